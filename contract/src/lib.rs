@@ -1,0 +1,9 @@
+//! The wire contract shared by the operator and the data plane (gateway, worker).
+//!
+//! Kept free of Kubernetes dependencies so the data-plane binaries stay small and run
+//! standalone with the same files the operator renders.
+#![forbid(unsafe_code)]
+
+pub mod envelope;
+pub mod gateway_config;
+pub mod worker_config;

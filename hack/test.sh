@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Runs every test of Tributary on this machine (as root), installing and starting what the
+# tests need: lint, unit and integration tests against real servers on loopback, then the
+# cluster tests on a real single-node Kubernetes. Ends with "N passed, N failed".
+#
+# A cluster that was already running is reused and left running; one this command started
+# is stopped at the end (set TRIBUTARY_KEEP_CLUSTER=1 to keep it).
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=../tests/cluster/lib.sh
+source "$repo/tests/cluster/lib.sh"
+require_root
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$TRIBUTARY_CACHE/target}"
+export CARGO_TERM_COLOR=never
+
+suites_passed=0
+suites_failed=0
+failed_names=()
+
+# suite NAME COMMAND...: runs one suite; its failure is counted, not fatal.
+suite() {
+  local name=$1
+  shift
+  step "suite: $name"
+  if "$@"; then
+    suites_passed=$((suites_passed + 1))
+    step "suite passed: $name"
+  else
+    suites_failed=$((suites_failed + 1))
+    failed_names+=("$name")
+    step "suite FAILED: $name"
+  fi
+}
+
+started_cluster=0
+cleanup() {
+  if [ "$started_cluster" = 1 ] && [ "${TRIBUTARY_KEEP_CLUSTER:-0}" != 1 ]; then
+    bash "$repo/tests/cluster/cluster.sh" down || true
+  fi
+}
+trap cleanup EXIT
+
+step "installing packages (Debian) the build and tests need"
+bash "$repo/tests/cluster/install-deps.sh"
+
+cd "$repo"
+suite "cargo fmt --check" cargo fmt --all -- --check
+suite "cargo clippy -D warnings" cargo clippy --workspace --all-targets --locked -q -- -D warnings
+suite "unit and integration tests (cargo test)" cargo test --workspace --locked
+
+if ! bash tests/cluster/cluster.sh status >/dev/null 2>&1; then
+  started_cluster=1
+fi
+bash tests/cluster/cluster.sh up
+export KUBECONFIG="$KUBECONFIG_PATH"
+bash tests/images/build-and-load.sh
+suite "cluster smoke test" bash tests/smoke/smoke.sh
+
+step "done"
+if [ "$suites_failed" -gt 0 ]; then
+  echo "failed suites: ${failed_names[*]}"
+fi
+echo "suites: $suites_passed passed, $suites_failed failed"
+[ "$suites_failed" -eq 0 ]
