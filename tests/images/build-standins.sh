@@ -111,7 +111,10 @@ build_image() {
   build_rootfs "$name" "$rootfs"
   local c
   c=$(buildah from scratch)
-  (cd "$rootfs" && tar --numeric-owner -cf - .) | buildah add "$c" - / >/dev/null
+  # buildah extracts a local tar archive given to `add`.
+  (cd "$rootfs" && tar --numeric-owner -cf "$rootfs.tar" .)
+  buildah add "$c" "$rootfs.tar" / >/dev/null
+  rm -f "$rootfs.tar"
   local args=(--env "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" --env LANG=C.UTF-8)
   local e p
   for e in ${ENVS[$name]:-}; do args+=(--env "$e"); done

@@ -1,0 +1,32 @@
+{{/* Full name of the release's objects. */}}
+{{- define "tributary.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Common labels. */}}
+{{- define "tributary.labels" -}}
+app.kubernetes.io/name: tributary-operator
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{/* Selector labels. */}}
+{{- define "tributary.selectorLabels" -}}
+app.kubernetes.io/name: tributary-operator
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* Service account name. */}}
+{{- define "tributary.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "tributary.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}

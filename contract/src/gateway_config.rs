@@ -1,0 +1,325 @@
+//! The gateway config file the operator renders (and users write for standalone runs).
+//!
+//! Secrets never appear inline: the broker URI, password hashes, JWT public keys and TLS
+//! keys are files (Kubernetes Secrets mounted as files), referenced here by path.
+//!
+//! ```yaml
+//! tenant: factory
+//! gateway: line-1
+//! healthListen: 0.0.0.0:8080
+//! listeners:
+//!   mqtt: 0.0.0.0:1883
+//!   http: 0.0.0.0:8081
+//! auth:
+//!   passwordFile: /etc/tributary/secrets/passwords
+//! broker:
+//!   uriFile: /etc/tributary/secrets/amqp-uri
+//! routes:
+//!   - topicFilter: devices/+/telemetry
+//!     queue: telemetry
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole gateway config file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GatewayConfig {
+    /// The tenant (the Gateway resource's namespace), written into every envelope.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+    /// The Gateway resource's name, written into every envelope.
+    #[serde(default = "default_gateway")]
+    pub gateway: String,
+    /// Address of the health (`/healthz`, `/readyz`) and Prometheus (`/metrics`) endpoint.
+    pub health_listen: SocketAddr,
+    /// Where devices connect. Every listener is optional.
+    #[serde(default)]
+    pub listeners: Listeners,
+    /// How devices prove who they are.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Topic templates a device may publish to; `{device}` is replaced by the authenticated
+    /// device id, and MQTT wildcards (`+`, `#`) are allowed. Default: `devices/{device}/#`.
+    #[serde(default = "default_permissions")]
+    pub permissions: Vec<String>,
+    /// Routes from MQTT topic filters to queues. A message goes to every queue whose filter
+    /// matches its topic; a message that matches no route is refused.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    /// The RabbitMQ broker the gateway publishes to.
+    pub broker: BrokerConfig,
+    /// Limits that protect the gateway and the broker.
+    #[serde(default)]
+    pub limits: Limits,
+    /// When a device's message is acknowledged.
+    #[serde(default)]
+    pub delivery: DeliveryMode,
+}
+
+fn default_tenant() -> String {
+    "default".into()
+}
+
+fn default_gateway() -> String {
+    "gateway".into()
+}
+
+fn default_permissions() -> Vec<String> {
+    vec!["devices/{device}/#".into()]
+}
+
+/// The gateway's device-facing listeners.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Listeners {
+    /// Plain MQTT (3.1.1 and 5.0), usually port 1883.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<SocketAddr>,
+    /// MQTT over TLS, usually port 8883.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt_tls: Option<TlsListener>,
+    /// HTTP ingest: `POST /v1/publish/{topic}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<SocketAddr>,
+}
+
+/// A TLS listener; certificate and key are PEM files (a mounted `kubernetes.io/tls` Secret).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TlsListener {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// PEM certificate chain of the server.
+    pub cert_file: PathBuf,
+    /// PEM private key of the server.
+    pub key_file: PathBuf,
+}
+
+/// Device authentication sources. A device may use any configured one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthConfig {
+    /// A file of `device:hash` lines, one device per line, with an argon2 PHC hash
+    /// (`$argon2id$...`); `#` starts a comment. MQTT: username = device, password.
+    /// HTTP: Basic authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// JSON Web Tokens signed with RS256 or ES256. MQTT: the token is the password (the
+    /// username is ignored). HTTP: `Authorization: Bearer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtAuth>,
+    /// Client certificates on the TLS listener; the device id is the certificate subject's
+    /// common name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificates: Option<ClientCertificateAuth>,
+    /// Accept devices without credentials. Off unless explicitly enabled; anonymous devices
+    /// get the id `anonymousDevice`.
+    #[serde(default)]
+    pub allow_anonymous: bool,
+    /// The device id anonymous devices get.
+    #[serde(default = "default_anonymous_device")]
+    pub anonymous_device: String,
+    /// Failed logins allowed per source address per minute before further attempts from
+    /// it are refused without being checked.
+    #[serde(default = "default_failed_logins_per_minute")]
+    pub failed_logins_per_minute: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            password_file: None,
+            jwt: None,
+            client_certificates: None,
+            allow_anonymous: false,
+            anonymous_device: default_anonymous_device(),
+            failed_logins_per_minute: default_failed_logins_per_minute(),
+        }
+    }
+}
+
+fn default_anonymous_device() -> String {
+    "anonymous".into()
+}
+
+fn default_failed_logins_per_minute() -> u32 {
+    30
+}
+
+/// JWT verification settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct JwtAuth {
+    /// PEM public keys (RSA for RS256, P-256 EC for ES256), one file each. A token is valid
+    /// when any key verifies it.
+    pub public_key_files: Vec<PathBuf>,
+    /// The claim that carries the device id.
+    #[serde(default = "default_device_claim")]
+    pub device_claim: String,
+    /// Required `iss` claim, if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Required `aud` claim, if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+}
+
+fn default_device_claim() -> String {
+    "sub".into()
+}
+
+/// Client certificate (mTLS) settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClientCertificateAuth {
+    /// PEM bundle of the CAs that sign device certificates.
+    pub ca_file: PathBuf,
+}
+
+/// A route from a topic filter to a queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Route {
+    /// MQTT topic filter (`+` one level, `#` the rest), e.g. `devices/+/telemetry`.
+    pub topic_filter: String,
+    /// The queue name (published through the default exchange with `mandatory`).
+    pub queue: String,
+}
+
+/// The broker connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BrokerConfig {
+    /// A file holding the `amqp://` or `amqps://` URI (with credentials), read at each
+    /// (re)connect. The URI never appears in logs.
+    pub uri_file: PathBuf,
+    /// Longest wait between reconnect attempts, in milliseconds.
+    #[serde(default = "default_reconnect_max_delay_ms")]
+    pub reconnect_max_delay_ms: u64,
+    /// How long to wait for the broker's confirm before a message counts as failed, in
+    /// milliseconds.
+    #[serde(default = "default_confirm_timeout_ms")]
+    pub confirm_timeout_ms: u64,
+}
+
+fn default_reconnect_max_delay_ms() -> u64 {
+    5_000
+}
+
+fn default_confirm_timeout_ms() -> u64 {
+    30_000
+}
+
+/// Limits on devices and on work in flight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Limits {
+    /// Largest accepted payload in bytes (MQTT packets are capped a little above this).
+    #[serde(default = "default_max_payload_bytes")]
+    pub max_payload_bytes: usize,
+    /// Most simultaneous MQTT connections; further CONNECTs get "server unavailable".
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Sustained messages per second per device (MQTT is slowed down, HTTP gets 429).
+    #[serde(default = "default_messages_per_second")]
+    pub messages_per_second: u32,
+    /// Burst of messages a device may send above the sustained rate.
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+    /// Messages awaiting a broker confirm across the gateway; beyond this the gateway stops
+    /// reading from device sockets (backpressure).
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Unacknowledged QoS 1 messages per MQTT connection (MQTT 5 "receive maximum").
+    #[serde(default = "default_max_in_flight_per_connection")]
+    pub max_in_flight_per_connection: u16,
+    /// Seconds a new connection has to send CONNECT.
+    #[serde(default = "default_connect_timeout_seconds")]
+    pub connect_timeout_seconds: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_payload_bytes: default_max_payload_bytes(),
+            max_connections: default_max_connections(),
+            messages_per_second: default_messages_per_second(),
+            burst: default_burst(),
+            max_in_flight: default_max_in_flight(),
+            max_in_flight_per_connection: default_max_in_flight_per_connection(),
+            connect_timeout_seconds: default_connect_timeout_seconds(),
+        }
+    }
+}
+
+fn default_max_payload_bytes() -> usize {
+    256 * 1024
+}
+
+fn default_max_connections() -> usize {
+    50_000
+}
+
+fn default_messages_per_second() -> u32 {
+    100
+}
+
+fn default_burst() -> u32 {
+    200
+}
+
+fn default_max_in_flight() -> usize {
+    10_000
+}
+
+fn default_max_in_flight_per_connection() -> u16 {
+    64
+}
+
+fn default_connect_timeout_seconds() -> u64 {
+    10
+}
+
+/// When the gateway acknowledges a device's message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum DeliveryMode {
+    /// MQTT PUBACK / HTTP 202 only after the broker confirmed the message (durable).
+    #[default]
+    Confirmed,
+    /// Acknowledge once the message is handed to the broker connection (faster; a broker
+    /// crash may lose acknowledged messages).
+    Fast,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let config: GatewayConfig = serde_json::from_value(serde_json::json!({
+            "healthListen": "0.0.0.0:8080",
+            "broker": {"uriFile": "/secrets/amqp-uri"}
+        }))
+        .expect("parse");
+        assert_eq!(config.tenant, "default");
+        assert_eq!(config.permissions, vec!["devices/{device}/#".to_string()]);
+        assert_eq!(config.delivery, DeliveryMode::Confirmed);
+        assert!(!config.auth.allow_anonymous);
+        assert_eq!(config.limits, Limits::default());
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let result: Result<GatewayConfig, _> = serde_json::from_value(serde_json::json!({
+            "healthListen": "0.0.0.0:8080",
+            "broker": {"uriFile": "/x", "uri": "amqp://inline"}
+        }));
+        assert!(result.is_err());
+    }
+}

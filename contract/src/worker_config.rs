@@ -1,0 +1,453 @@
+//! The worker config file the operator renders (and users write for standalone runs).
+//!
+//! One file describes one worker: the queue it consumes, how it processes each envelope
+//! (a declarative pipeline of CEL steps, or a custom container on localhost), and the sinks
+//! every processed message is written to. Secrets (AMQP URI, database URLs, keys) are never
+//! inline: the file names the paths of the mounted Secret files instead.
+//!
+//! Field names are camelCase, unknown fields are rejected, and every optional setting has a
+//! documented default, so a rendered file is self-describing.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole worker config file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// The queue this worker consumes.
+    pub queue: QueueConfig,
+    /// Where messages go that cannot be processed or stored (after the retry limit, or at
+    /// once for a permanent error). When absent, such messages are rejected without requeue,
+    /// so the broker's own dead-letter policy (if any) applies; the reason is then only logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<DeadLetterConfig>,
+    /// Retry policy for transient failures (a sink or the custom container unavailable).
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// How each envelope is processed before it reaches the sinks. When absent, the envelope
+    /// goes to the sinks unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processing: Option<ProcessingConfig>,
+    /// Where processed messages are written. A message is acknowledged only after every sink
+    /// confirmed it. At least one sink is required.
+    pub sinks: Vec<SinkConfig>,
+    /// The HTTP server for metrics and health endpoints.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Seconds to stop consuming, flush batches and acknowledge on SIGTERM before exiting
+    /// anyway (unacknowledged messages then return to the queue). Default 25, below
+    /// Kubernetes' default termination grace period of 30 s.
+    #[serde(default = "default_shutdown_grace_seconds")]
+    pub shutdown_grace_seconds: u64,
+}
+
+/// The queue to consume.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct QueueConfig {
+    /// File holding the broker's `amqp://` or `amqps://` URI (a mounted Secret key).
+    pub uri_file: PathBuf,
+    /// The queue name.
+    pub name: String,
+    /// Maximum number of unacknowledged messages the broker sends this worker (AMQP
+    /// prefetch). It bounds memory and must cover the largest sink batch. Default 500.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: u16,
+    /// Messages processed (pipeline or custom container) at the same time in this pod.
+    /// Default 4.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
+    /// Declare the queue (durable, no arguments) and, when `deadLetter` uses the default
+    /// exchange, the dead-letter queue, before consuming. For standalone runs only: under the
+    /// operator, the Queue resource owns the topology. Default false.
+    #[serde(default)]
+    pub declare: bool,
+}
+
+/// Where unprocessable messages are published, carrying the reason in headers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeadLetterConfig {
+    /// The exchange to publish to; empty (the default) is the default exchange, where the
+    /// routing key is the queue name.
+    #[serde(default)]
+    pub exchange: String,
+    /// The routing key (with the default exchange: the dead-letter queue's name).
+    pub routing_key: String,
+}
+
+/// Retries with exponential backoff for transient failures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts in total (the first try included) before the message is dead-lettered;
+    /// 0 retries without limit (until shutdown, when the message returns to the queue).
+    /// Default 10.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Delay before the first retry, in milliseconds; doubled after every failure. Default 200.
+    #[serde(default = "default_initial_backoff_ms")]
+    pub initial_backoff_ms: u64,
+    /// Upper bound of the delay between retries, in milliseconds. Default 30000.
+    #[serde(default = "default_max_backoff_ms")]
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: default_max_attempts(),
+            initial_backoff_ms: default_initial_backoff_ms(),
+            max_backoff_ms: default_max_backoff_ms(),
+        }
+    }
+}
+
+/// How envelopes are processed: exactly one of the two modes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum ProcessingConfig {
+    /// A declarative pipeline of CEL steps evaluated on the message.
+    Pipeline(PipelineConfig),
+    /// A user container that receives each envelope over HTTP on localhost.
+    Container(ContainerConfig),
+}
+
+/// A declarative pipeline.
+///
+/// Steps see the message as CEL variables: every top-level field of the message
+/// (`id`, `tenant`, `gateway`, `device`, `topic`, `protocol`, `receivedAt`, `contentType`,
+/// `payload`, `payloadEncoding`, and any field an earlier `set` step added), and the whole
+/// message as `message`. `payload` is the device's JSON value (or the base64 text of a
+/// binary payload, with `payloadEncoding` `"base64"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// The steps, applied in order.
+    pub steps: Vec<PipelineStep>,
+}
+
+/// One pipeline step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum PipelineStep {
+    /// A CEL expression that must evaluate to a bool: messages for which it is false are
+    /// acknowledged and dropped (counted in `tributary_worker_pipeline_dropped_total`).
+    Filter(String),
+    /// Compute a field from a CEL expression.
+    Set(SetStep),
+    /// Remove fields, by dotted path (`payload.raw`). Missing fields are ignored.
+    Drop(Vec<String>),
+}
+
+/// A `set` step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SetStep {
+    /// Dotted path of the field to set (`payload.celsius`, `site`); intermediate objects are
+    /// created as needed.
+    pub field: String,
+    /// The CEL expression computing the value.
+    pub expr: String,
+}
+
+/// A custom container: each envelope is POSTed as JSON to `url`. A 2xx response
+/// acknowledges it (a non-empty JSON body replaces the message for the sinks), a 5xx or a
+/// connection failure is retried with backoff, a 4xx dead-letters it with the response as
+/// the reason.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContainerConfig {
+    /// The container's endpoint, on localhost (the container shares the pod's network).
+    pub url: String,
+    /// Per-request timeout in milliseconds. Default 30000.
+    #[serde(default = "default_container_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+/// Batching of a sink's writes: a batch is written when it holds `maxMessages` messages or
+/// `maxBytes` bytes, or when its oldest message waited `maxAgeMs`, whichever comes first.
+/// Each sink kind has its own default; when given, all three fields are required.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Maximum messages per batch.
+    pub max_messages: usize,
+    /// Maximum bytes (of the sink's encoded records) per batch.
+    pub max_bytes: usize,
+    /// Maximum wait of the oldest message in a batch, in milliseconds.
+    pub max_age_ms: u64,
+}
+
+/// One sink. Every sink has a `name`, unique in the file, used in metrics and logs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum SinkConfig {
+    /// Rows in a PostgreSQL table.
+    Postgres(PostgresSinkConfig),
+    /// The latest value per key in Redis.
+    Redis(RedisSinkConfig),
+    /// JSON Lines objects in S3-compatible object storage.
+    S3(S3SinkConfig),
+    /// An HTTP POST per message, signed with HMAC-SHA256.
+    Webhook(WebhookSinkConfig),
+    /// Republish to another queue (or exchange).
+    Republish(RepublishSinkConfig),
+}
+
+impl SinkConfig {
+    /// The sink's name.
+    pub fn name(&self) -> &str {
+        match self {
+            SinkConfig::Postgres(c) => &c.name,
+            SinkConfig::Redis(c) => &c.name,
+            SinkConfig::S3(c) => &c.name,
+            SinkConfig::Webhook(c) => &c.name,
+            SinkConfig::Republish(c) => &c.name,
+        }
+    }
+}
+
+/// PostgreSQL sink: one row per message, idempotent on the message id (duplicates skipped).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PostgresSinkConfig {
+    /// The sink's name.
+    pub name: String,
+    /// File holding a `postgres://user:password@host:port/db` URL (a mounted Secret key).
+    pub url_file: PathBuf,
+    /// Target table, optionally schema-qualified (`telemetry.readings`).
+    pub table: String,
+    /// The column receiving the message id; it must be the primary key or carry a unique
+    /// constraint. Default `id`.
+    #[serde(default = "default_id_column")]
+    pub id_column: String,
+    /// The other columns, each computed by a CEL expression over the processed message.
+    pub columns: Vec<ColumnMapping>,
+    /// Create the table (id column as text primary key, the columns with their `type`) if it
+    /// does not exist. Default false.
+    #[serde(default)]
+    pub create_table: bool,
+    /// Batching. Default 1000 messages, 4 MiB, 200 ms.
+    #[serde(default = "default_postgres_batch")]
+    pub batch: BatchConfig,
+}
+
+/// One column of a PostgreSQL sink.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ColumnMapping {
+    /// Column name.
+    pub name: String,
+    /// CEL expression for the value: strings and numbers are written as text for
+    /// PostgreSQL to parse into the column type, maps and lists as JSON, null as NULL.
+    pub expr: String,
+    /// SQL type, used only by `createTable` (for example `text`, `double precision`,
+    /// `timestamptz`, `jsonb`). Default `text`.
+    #[serde(default = "default_column_type")]
+    pub r#type: String,
+}
+
+/// Redis sink: the latest message per key, written only when newer (by message id) than
+/// the stored one, so redeliveries and reordering never move a value back in time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RedisSinkConfig {
+    /// The sink's name.
+    pub name: String,
+    /// File holding a `redis://[:password@]host:port[/db]` URL (a mounted Secret key).
+    pub url_file: PathBuf,
+    /// Key template: `{path}` is replaced by the message field at that dotted path
+    /// (`latest:{device}`, `site:{payload.site}:{device}`).
+    pub key_template: String,
+    /// Optional CEL expression for the stored value (JSON-encoded); default the whole
+    /// processed message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Expiry of each key in seconds; 0 (the default) keeps keys forever.
+    #[serde(default)]
+    pub ttl_seconds: u64,
+    /// Batching. Default 500 messages, 4 MiB, 50 ms.
+    #[serde(default = "default_redis_batch")]
+    pub batch: BatchConfig,
+}
+
+/// S3-compatible object storage sink: each batch becomes one JSON Lines object with key
+/// `{prefix}YYYY/MM/DD/HH/{time}-{batch id}.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct S3SinkConfig {
+    /// The sink's name.
+    pub name: String,
+    /// The service endpoint, e.g. `https://s3.example.net` or `http://127.0.0.1:9100`.
+    pub endpoint: String,
+    /// Signing region. Default `us-east-1`.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// The bucket.
+    pub bucket: String,
+    /// Key prefix (include a trailing `/` for a folder). Default empty.
+    #[serde(default)]
+    pub prefix: String,
+    /// File holding the access key id.
+    pub access_key_id_file: PathBuf,
+    /// File holding the secret access key.
+    pub secret_access_key_file: PathBuf,
+    /// Create the bucket at start if it does not exist. Default false.
+    #[serde(default)]
+    pub create_bucket: bool,
+    /// Batching (one object per batch). Default 10000 messages, 8 MiB, 60 s.
+    #[serde(default = "default_s3_batch")]
+    pub batch: BatchConfig,
+}
+
+/// HTTP webhook sink: one POST per message, body the processed message as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebhookSinkConfig {
+    /// The sink's name.
+    pub name: String,
+    /// The URL to POST to.
+    pub url: String,
+    /// File holding the HMAC key. The header carries `sha256=<hex HMAC-SHA256 of the body>`.
+    pub secret_file: PathBuf,
+    /// Header name of the signature. Default `X-Tributary-Signature`.
+    #[serde(default = "default_signature_header")]
+    pub signature_header: String,
+    /// Per-request timeout in milliseconds. Default 10000.
+    #[serde(default = "default_webhook_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Batching (the POSTs of a batch run concurrently). Default 50 messages, 1 MiB, 50 ms.
+    #[serde(default = "default_webhook_batch")]
+    pub batch: BatchConfig,
+}
+
+/// Republish sink: the processed message as JSON, persistent, with the envelope id as the
+/// AMQP message id, confirmed by the broker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RepublishSinkConfig {
+    /// The sink's name.
+    pub name: String,
+    /// File holding the target broker's URI; default the consumed queue's broker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri_file: Option<PathBuf>,
+    /// The exchange; empty (the default) is the default exchange.
+    #[serde(default)]
+    pub exchange: String,
+    /// The routing key (with the default exchange: the target queue's name).
+    pub routing_key: String,
+    /// Batching (publishes of a batch are confirmed together). Default 500 messages, 4 MiB,
+    /// 20 ms.
+    #[serde(default = "default_republish_batch")]
+    pub batch: BatchConfig,
+}
+
+/// The metrics and health HTTP server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Listen address for `/metrics`, `/healthz` and `/readyz`. Default `0.0.0.0:9090`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+        }
+    }
+}
+
+fn default_shutdown_grace_seconds() -> u64 {
+    25
+}
+fn default_prefetch() -> u16 {
+    500
+}
+fn default_concurrency() -> u32 {
+    4
+}
+fn default_max_attempts() -> u32 {
+    10
+}
+fn default_initial_backoff_ms() -> u64 {
+    200
+}
+fn default_max_backoff_ms() -> u64 {
+    30_000
+}
+fn default_container_timeout_ms() -> u64 {
+    30_000
+}
+fn default_id_column() -> String {
+    "id".into()
+}
+fn default_column_type() -> String {
+    "text".into()
+}
+fn default_region() -> String {
+    "us-east-1".into()
+}
+fn default_signature_header() -> String {
+    "X-Tributary-Signature".into()
+}
+fn default_webhook_timeout_ms() -> u64 {
+    10_000
+}
+fn default_listen() -> String {
+    "0.0.0.0:9090".into()
+}
+fn batch(max_messages: usize, max_bytes: usize, max_age_ms: u64) -> BatchConfig {
+    BatchConfig {
+        max_messages,
+        max_bytes,
+        max_age_ms,
+    }
+}
+fn default_postgres_batch() -> BatchConfig {
+    batch(1000, 4 << 20, 200)
+}
+fn default_redis_batch() -> BatchConfig {
+    batch(500, 4 << 20, 50)
+}
+fn default_s3_batch() -> BatchConfig {
+    batch(10_000, 8 << 20, 60_000)
+}
+fn default_webhook_batch() -> BatchConfig {
+    batch(50, 1 << 20, 50)
+}
+fn default_republish_batch() -> BatchConfig {
+    batch(500, 4 << 20, 20)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let text = r#"{
+            "queue": {"uriFile": "/s/uri", "name": "telemetry"},
+            "sinks": [{"republish": {"name": "fwd", "routingKey": "other"}}]
+        }"#;
+        let config: WorkerConfig = serde_json::from_str(text).expect("parse");
+        assert_eq!(config.queue.prefetch, 500);
+        assert_eq!(config.retry, RetryConfig::default());
+        assert_eq!(config.http.listen, "0.0.0.0:9090");
+        assert_eq!(config.sinks[0].name(), "fwd");
+    }
+
+    #[test]
+    fn unknown_field_is_rejected() {
+        let text = r#"{
+            "queue": {"uriFile": "/s/uri", "name": "q", "prefetsh": 10},
+            "sinks": []
+        }"#;
+        let error = serde_json::from_str::<WorkerConfig>(text).expect_err("must fail");
+        assert!(error.to_string().contains("prefetsh"), "{error}");
+    }
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): MQTT QoS 1 ingest through the gateway (-> RabbitMQ with confirms)
+# beside RabbitMQ's own MQTT plugin (same broker) and Mosquitto (no durability), same load
+# generator, same run; then memory per idle connection, gateway vs Mosquitto.
+#   gateway-image/bench.sh                 # BENCH_MODE=all|throughput|idle
+#   BENCH_CLIENTS=20 BENCH_MESSAGES=2000 BENCH_WINDOW=10 BENCH_IDLE_CONNECTIONS=10000
+# Starts (or reuses) our RabbitMQ on loopback via tests/services/rabbitmq.sh; starts its own
+# Mosquitto and gateway processes on loopback ports 18830/18831/18090 and stops them after.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+tests/services/rabbitmq.sh start
+eval "$(tests/services/rabbitmq.sh env)"
+if ! command -v mosquitto >/dev/null 2>&1; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null
+fi
+# 10,000 idle connections need as many descriptors on each side: raise the soft limit to
+# the hard one.
+ulimit -n "$(ulimit -Hn)"
+echo "bench: open-file limit $(ulimit -n)" >&2
+exec cargo bench -p tributary-gateway --bench mqtt_ingest

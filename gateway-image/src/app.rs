@@ -1,0 +1,240 @@
+//! Wiring: load the config, bind every listener, serve until shutdown, then drain.
+//!
+//! The health listener comes up first and stays up whatever the broker does, so
+//! `/healthz` answers while the gateway keeps retrying an unreachable broker.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tributary_contract::gateway_config::GatewayConfig;
+
+use crate::auth::{AuthLoadError, Authenticator};
+use crate::broker::Broker;
+use crate::ingest::{Gateway, RateLimiter};
+use crate::metrics::Metrics;
+use crate::topics::{Permissions, Router, TopicError};
+use crate::{http, mqtt, tls};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The config file could not be read.
+    #[error("reading config {path}")]
+    ReadConfig {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid.
+    #[error("parsing config {path}")]
+    ParseConfig {
+        /// The file.
+        path: String,
+        /// The parse error.
+        source: serde_yaml::Error,
+    },
+    /// A permission template is not a valid topic filter.
+    #[error("permission template: {0}")]
+    Permission(TopicError),
+    /// A route's topic filter is invalid.
+    #[error("route topic filter: {0}")]
+    Route(TopicError),
+    /// An authentication source could not be loaded.
+    #[error(transparent)]
+    Auth(#[from] AuthLoadError),
+    /// TLS setup failed.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// A listener could not bind.
+    #[error("binding {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Reads and parses a config file.
+pub fn load_config(path: &Path) -> Result<GatewayConfig, StartError> {
+    let text = std::fs::read_to_string(path).map_err(|source| StartError::ReadConfig {
+        path: path.display().to_string(),
+        source,
+    })?;
+    serde_yaml::from_str(&text).map_err(|source| StartError::ParseConfig {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// The addresses the gateway actually bound (port 0 resolves to a real port).
+#[derive(Debug, Clone)]
+pub struct Bound {
+    /// Health and metrics.
+    pub health: SocketAddr,
+    /// Plain MQTT.
+    pub mqtt: Option<SocketAddr>,
+    /// MQTT over TLS.
+    pub mqtt_tls: Option<SocketAddr>,
+    /// HTTP ingest.
+    pub http: Option<SocketAddr>,
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+fn local(listener: &TcpListener, fallback: SocketAddr) -> SocketAddr {
+    listener.local_addr().unwrap_or(fallback)
+}
+
+/// A started gateway.
+pub struct Running {
+    /// Where it listens.
+    pub bound: Bound,
+    /// The shared state (for tests: metrics, broker status).
+    pub gateway: Arc<Gateway>,
+    tracker: TaskTracker,
+    broker_close: CancellationToken,
+    broker_task: tokio::task::JoinHandle<()>,
+    health_task: tokio::task::JoinHandle<()>,
+}
+
+/// Builds the gateway, binds every listener and starts serving.
+pub async fn start(config: GatewayConfig) -> Result<Running, StartError> {
+    let metrics = Arc::new(Metrics::new());
+    let permissions =
+        Permissions::new(config.permissions.clone()).map_err(StartError::Permission)?;
+    let router = Router::new(config.routes.clone()).map_err(StartError::Route)?;
+    let auth = Arc::new(Authenticator::load(&config.auth)?);
+    let tls_config = match &config.listeners.mqtt_tls {
+        Some(listener) => Some(tls::server_config(
+            listener,
+            config.auth.client_certificates.as_ref(),
+        )?),
+        None => None,
+    };
+    let health_listener = bind(config.health_listen).await?;
+    let broker_close = CancellationToken::new();
+    let (broker, broker_task) = Broker::start(
+        config.broker.clone(),
+        format!("tributary-gateway {}/{}", config.tenant, config.gateway),
+        Arc::clone(&metrics),
+        broker_close.clone(),
+    );
+    let gateway = Arc::new(Gateway {
+        tenant: config.tenant.clone(),
+        gateway: config.gateway.clone(),
+        auth,
+        permissions,
+        router,
+        broker,
+        metrics,
+        limits: config.limits.clone(),
+        delivery: config.delivery,
+        rate: RateLimiter::new(config.limits.messages_per_second, config.limits.burst),
+        connections: Arc::new(Semaphore::new(config.limits.max_connections.max(1))),
+        in_flight: Arc::new(Semaphore::new(config.limits.max_in_flight.max(1))),
+        draining: CancellationToken::new(),
+    });
+    let mut bound = Bound {
+        health: local(&health_listener, config.health_listen),
+        mqtt: None,
+        mqtt_tls: None,
+        http: None,
+    };
+    let health_app = http::health_router(Arc::clone(&gateway));
+    let health_task = tokio::spawn(async move {
+        if let Err(error) = axum::serve(health_listener, health_app).await {
+            tracing::error!(error = %error, "health listener failed");
+        }
+    });
+    tracing::info!(addr = %bound.health, "health and metrics listening");
+    let tracker = TaskTracker::new();
+    if let Some(addr) = config.listeners.mqtt {
+        let listener = bind(addr).await?;
+        bound.mqtt = Some(local(&listener, addr));
+        tracing::info!(addr = %local(&listener, addr), "mqtt listening");
+        tokio::spawn(mqtt::server::serve_plain(
+            Arc::clone(&gateway),
+            listener,
+            tracker.clone(),
+        ));
+    }
+    if let (Some(listener_config), Some(tls_config)) = (&config.listeners.mqtt_tls, tls_config) {
+        let listener = bind(listener_config.listen).await?;
+        bound.mqtt_tls = Some(local(&listener, listener_config.listen));
+        tracing::info!(addr = %local(&listener, listener_config.listen), "mqtt tls listening");
+        tokio::spawn(mqtt::server::serve_tls(
+            Arc::clone(&gateway),
+            listener,
+            tokio_rustls::TlsAcceptor::from(tls_config),
+            tracker.clone(),
+        ));
+    }
+    if let Some(addr) = config.listeners.http {
+        let listener = bind(addr).await?;
+        bound.http = Some(local(&listener, addr));
+        tracing::info!(addr = %local(&listener, addr), "http ingest listening");
+        let app = http::ingest_router(Arc::clone(&gateway))
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let draining = gateway.draining.clone();
+        tracker.spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { draining.cancelled().await })
+                .await;
+            if let Err(error) = served {
+                tracing::error!(error = %error, "http listener failed");
+            }
+        });
+    }
+    Ok(Running {
+        bound,
+        gateway,
+        tracker,
+        broker_close,
+        broker_task,
+        health_task,
+    })
+}
+
+impl Running {
+    /// Drains: stop accepting, let sessions and requests finish their in-flight confirms
+    /// (up to `deadline`), then close the broker connection and the health listener.
+    pub async fn drain(self, deadline: Duration) {
+        tracing::info!("draining");
+        self.gateway.draining.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(deadline, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("drain deadline passed with connections still open");
+        }
+        self.broker_close.cancel();
+        let _ = self.broker_task.await;
+        self.health_task.abort();
+        tracing::info!("drained");
+    }
+}
+
+/// Runs the gateway until `shutdown` resolves, then drains.
+pub async fn run(
+    config: GatewayConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    let running = start(config).await?;
+    shutdown.await;
+    running.drain(Duration::from_secs(30)).await;
+    Ok(())
+}

@@ -1,0 +1,17 @@
+//! The Tributary gateway: devices connect over MQTT and HTTP, and every message it
+//! acknowledges is durably queued in RabbitMQ.
+//!
+//! One module per job: [`mqtt`] (codec, sessions, listeners), [`http`] (ingest, health),
+//! [`auth`], [`topics`] (permissions, routes), [`ingest`] (the shared message path),
+//! [`broker`] (publisher confirms, reconnect), [`metrics`], [`tls`], and [`app`] (wiring).
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod auth;
+pub mod broker;
+pub mod http;
+pub mod ingest;
+pub mod metrics;
+pub mod mqtt;
+pub mod tls;
+pub mod topics;

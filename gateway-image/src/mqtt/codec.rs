@@ -1,0 +1,432 @@
+//! MQTT 3.1.1 and 5.0 packet decoding for the packets a client may send.
+//!
+//! Hostile input is the normal case here: every length is checked against the data and the
+//! configured maximum before anything is allocated, and strings are validated UTF-8 without
+//! U+0000. Packets only a server may send are an error.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use super::properties::{read_properties, Properties};
+use crate::topics::{validate_topic_filter, validate_topic_name};
+
+/// Why a packet could not be decoded. Each closes the connection.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Remaining length longer than 4 bytes.
+    #[error("malformed remaining length")]
+    MalformedRemainingLength,
+    /// The packet is larger than the gateway accepts.
+    #[error("packet of {0} bytes exceeds the limit")]
+    PacketTooLarge(usize),
+    /// A fixed-header flag that must be a fixed value was not.
+    #[error("reserved flags set on packet type {0}")]
+    ReservedFlags(u8),
+    /// Packet type 0 or 15 (AUTH in 3.1.1).
+    #[error("unknown packet type {0}")]
+    UnknownPacketType(u8),
+    /// CONNACK, SUBACK, UNSUBACK or PINGRESP from a client.
+    #[error("server-only packet type {0} from a client")]
+    ServerOnlyPacket(u8),
+    /// A field runs past the end of the packet, or bytes are left over.
+    #[error("malformed packet: {0}")]
+    Malformed(&'static str),
+    /// A string that is not valid UTF-8 or contains U+0000.
+    #[error("invalid string")]
+    InvalidString,
+    /// A PUBLISH topic that is empty or contains wildcards.
+    #[error("invalid topic name")]
+    InvalidTopic,
+    /// A SUBSCRIBE/UNSUBSCRIBE topic filter that is malformed.
+    #[error("invalid topic filter")]
+    InvalidFilter,
+    /// Packet identifier 0 where one is required.
+    #[error("packet identifier 0")]
+    ZeroPacketId,
+    /// A QoS 2 PUBLISH (the gateway supports QoS 0 and 1).
+    #[error("QoS 2 is not supported")]
+    QosNotSupported,
+    /// A CONNECT protocol name or level the gateway does not speak.
+    #[error("unsupported protocol level {0}")]
+    UnsupportedProtocol(u8),
+    /// A v5 topic alias (the gateway advertises a topic alias maximum of 0).
+    #[error("topic alias not allowed")]
+    TopicAlias,
+}
+
+impl DecodeError {
+    /// The MQTT 5 DISCONNECT reason code for this error.
+    pub fn v5_reason(&self) -> u8 {
+        match self {
+            DecodeError::PacketTooLarge(_) => 0x95,
+            DecodeError::InvalidTopic => 0x90,
+            DecodeError::QosNotSupported => 0x9B,
+            DecodeError::TopicAlias => 0x94,
+            DecodeError::ServerOnlyPacket(_) | DecodeError::UnsupportedProtocol(_) => 0x82,
+            _ => 0x81,
+        }
+    }
+}
+
+/// A CONNECT packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connect {
+    /// True for MQTT 5.0, false for 3.1.1.
+    pub v5: bool,
+    /// Clean session / clean start.
+    pub clean_start: bool,
+    /// Keep alive in seconds (0 = off).
+    pub keep_alive: u16,
+    /// The client identifier (may be empty).
+    pub client_id: String,
+    /// The user name, if present.
+    pub username: Option<String>,
+    /// The password, if present.
+    pub password: Option<Bytes>,
+    /// Whether a will message was set (wills are accepted but not yet delivered).
+    pub has_will: bool,
+    /// v5 properties.
+    pub properties: Properties,
+}
+
+/// A PUBLISH packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    /// Quality of service: 0 or 1.
+    pub qos: u8,
+    /// The retain flag (the gateway does not retain; the flag is ignored).
+    pub retain: bool,
+    /// The topic name, validated.
+    pub topic: String,
+    /// The packet identifier (QoS 1 only).
+    pub packet_id: Option<u16>,
+    /// The payload.
+    pub payload: Bytes,
+    /// v5 properties.
+    pub properties: Properties,
+}
+
+/// The packets a client may send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Packet {
+    /// CONNECT.
+    Connect(Box<Connect>),
+    /// PUBLISH.
+    Publish(Publish),
+    /// PUBACK, PUBREC, PUBREL or PUBCOMP (acknowledgements of server-sent messages).
+    Ack {
+        /// Packet type (4..=7).
+        kind: u8,
+        /// Packet identifier.
+        packet_id: u16,
+    },
+    /// SUBSCRIBE with its filters' count.
+    Subscribe {
+        /// Packet identifier.
+        packet_id: u16,
+        /// Number of topic filters.
+        filters: usize,
+    },
+    /// UNSUBSCRIBE with its filters' count.
+    Unsubscribe {
+        /// Packet identifier.
+        packet_id: u16,
+        /// Number of topic filters.
+        filters: usize,
+    },
+    /// PINGREQ.
+    Pingreq,
+    /// DISCONNECT.
+    Disconnect,
+    /// AUTH (MQTT 5).
+    Auth,
+}
+
+/// Decodes one packet from the front of `buffer`, or returns `Ok(None)` when more bytes are
+/// needed. `v5` selects MQTT 5 parsing once the CONNECT told the version; `max_packet` caps
+/// the whole packet's size.
+pub fn decode(
+    buffer: &mut BytesMut,
+    v5: bool,
+    max_packet: usize,
+) -> Result<Option<Packet>, DecodeError> {
+    let Some((header_len, remaining)) = read_fixed_header(buffer)? else {
+        return Ok(None);
+    };
+    let total = header_len + remaining;
+    if total > max_packet {
+        return Err(DecodeError::PacketTooLarge(total));
+    }
+    if buffer.len() < total {
+        buffer.reserve(total - buffer.len());
+        return Ok(None);
+    }
+    let first = buffer[0];
+    let mut packet = buffer.split_to(total).freeze();
+    packet.advance(header_len);
+    decode_body(first >> 4, first & 0x0F, packet, v5).map(Some)
+}
+
+/// Reads the fixed header: (header length, remaining length), or `None` if incomplete.
+fn read_fixed_header(buffer: &[u8]) -> Result<Option<(usize, usize)>, DecodeError> {
+    let mut remaining: usize = 0;
+    for index in 0..4 {
+        let Some(&byte) = buffer.get(1 + index) else {
+            return Ok(None);
+        };
+        remaining |= usize::from(byte & 0x7F) << (7 * index);
+        if byte & 0x80 == 0 {
+            return Ok(Some((2 + index, remaining)));
+        }
+    }
+    Err(DecodeError::MalformedRemainingLength)
+}
+
+fn decode_body(kind: u8, flags: u8, mut body: Bytes, v5: bool) -> Result<Packet, DecodeError> {
+    let expect_flags = |expected: u8| {
+        if flags == expected {
+            Ok(())
+        } else {
+            Err(DecodeError::ReservedFlags(kind))
+        }
+    };
+    match kind {
+        1 => {
+            expect_flags(0)?;
+            decode_connect(&mut body).map(|c| Packet::Connect(Box::new(c)))
+        }
+        3 => decode_publish(flags, body, v5).map(Packet::Publish),
+        4..=7 => {
+            expect_flags(if kind == 6 { 0b0010 } else { 0 })?;
+            let packet_id = read_u16(&mut body)?;
+            // v5 may append a reason code and properties; they carry nothing we act on.
+            if !v5 && body.has_remaining() {
+                return Err(DecodeError::Malformed("bytes after packet identifier"));
+            }
+            Ok(Packet::Ack { kind, packet_id })
+        }
+        8 | 10 => {
+            expect_flags(0b0010)?;
+            let packet_id = read_packet_id(&mut body)?;
+            if v5 {
+                read_properties(&mut body)?;
+            }
+            let mut filters = 0;
+            while body.has_remaining() {
+                let filter = read_string(&mut body)?;
+                validate_topic_filter(&filter).map_err(|_| DecodeError::InvalidFilter)?;
+                if kind == 8 {
+                    let options = read_u8(&mut body)?;
+                    let reserved = if v5 { 0b1100_0000 } else { 0b1111_1100 };
+                    if options & reserved != 0 || options & 0b11 == 3 {
+                        return Err(DecodeError::Malformed("subscription options"));
+                    }
+                }
+                filters += 1;
+            }
+            if filters == 0 {
+                return Err(DecodeError::Malformed("no topic filters"));
+            }
+            Ok(if kind == 8 {
+                Packet::Subscribe { packet_id, filters }
+            } else {
+                Packet::Unsubscribe { packet_id, filters }
+            })
+        }
+        12 => {
+            expect_flags(0)?;
+            expect_empty(&body)?;
+            Ok(Packet::Pingreq)
+        }
+        14 => {
+            expect_flags(0)?;
+            if v5 {
+                if body.has_remaining() {
+                    read_u8(&mut body)?;
+                }
+                if body.has_remaining() {
+                    read_properties(&mut body)?;
+                }
+            }
+            expect_empty(&body)?;
+            Ok(Packet::Disconnect)
+        }
+        15 if v5 => {
+            expect_flags(0)?;
+            Ok(Packet::Auth)
+        }
+        2 | 9 | 11 | 13 => Err(DecodeError::ServerOnlyPacket(kind)),
+        _ => Err(DecodeError::UnknownPacketType(kind)),
+    }
+}
+
+fn decode_connect(body: &mut Bytes) -> Result<Connect, DecodeError> {
+    let protocol = read_string(body)?;
+    let level = read_u8(body)?;
+    let v5 = match (protocol.as_str(), level) {
+        ("MQTT", 4) => false,
+        ("MQTT", 5) => true,
+        ("MQTT" | "MQIsdp", other) => return Err(DecodeError::UnsupportedProtocol(other)),
+        _ => return Err(DecodeError::Malformed("protocol name")),
+    };
+    let flags = read_u8(body)?;
+    if flags & 0x01 != 0 {
+        return Err(DecodeError::Malformed("reserved connect flag"));
+    }
+    let has_will = flags & 0x04 != 0;
+    let will_qos = (flags >> 3) & 0x03;
+    let will_retain = flags & 0x20 != 0;
+    if will_qos == 3 || (!has_will && (will_qos != 0 || will_retain)) {
+        return Err(DecodeError::Malformed("will flags"));
+    }
+    let has_password = flags & 0x40 != 0;
+    let has_username = flags & 0x80 != 0;
+    if !v5 && has_password && !has_username {
+        return Err(DecodeError::Malformed("password without user name"));
+    }
+    let keep_alive = read_u16(body)?;
+    let properties = if v5 {
+        read_properties(body)?
+    } else {
+        Properties::default()
+    };
+    let client_id = read_string(body)?;
+    if has_will {
+        if v5 {
+            read_properties(body)?;
+        }
+        let topic = read_string(body)?;
+        validate_topic_name(&topic).map_err(|_| DecodeError::InvalidTopic)?;
+        read_binary(body)?;
+    }
+    let username = if has_username {
+        Some(read_string(body)?)
+    } else {
+        None
+    };
+    let password = if has_password {
+        Some(read_binary(body)?)
+    } else {
+        None
+    };
+    expect_empty(body)?;
+    Ok(Connect {
+        v5,
+        clean_start: flags & 0x02 != 0,
+        keep_alive,
+        client_id,
+        username,
+        password,
+        has_will,
+        properties,
+    })
+}
+
+fn decode_publish(flags: u8, mut body: Bytes, v5: bool) -> Result<Publish, DecodeError> {
+    let qos = (flags >> 1) & 0x03;
+    match qos {
+        3 => return Err(DecodeError::Malformed("QoS 3")),
+        2 => return Err(DecodeError::QosNotSupported),
+        _ => {}
+    }
+    if qos == 0 && flags & 0x08 != 0 {
+        return Err(DecodeError::Malformed("DUP set at QoS 0"));
+    }
+    let topic = read_string(&mut body)?;
+    let packet_id = if qos > 0 {
+        Some(read_packet_id(&mut body)?)
+    } else {
+        None
+    };
+    let properties = if v5 {
+        read_properties(&mut body)?
+    } else {
+        Properties::default()
+    };
+    if properties.topic_alias.is_some() {
+        return Err(DecodeError::TopicAlias);
+    }
+    validate_topic_name(&topic).map_err(|_| DecodeError::InvalidTopic)?;
+    Ok(Publish {
+        qos,
+        retain: flags & 0x01 != 0,
+        topic,
+        packet_id,
+        payload: body,
+        properties,
+    })
+}
+
+fn expect_empty(body: &Bytes) -> Result<(), DecodeError> {
+    if body.has_remaining() {
+        Err(DecodeError::Malformed("trailing bytes"))
+    } else {
+        Ok(())
+    }
+}
+
+/// Reads one byte.
+pub(crate) fn read_u8(body: &mut Bytes) -> Result<u8, DecodeError> {
+    if body.remaining() < 1 {
+        return Err(DecodeError::Malformed("truncated byte"));
+    }
+    Ok(body.get_u8())
+}
+
+/// Reads a big-endian u16.
+pub(crate) fn read_u16(body: &mut Bytes) -> Result<u16, DecodeError> {
+    if body.remaining() < 2 {
+        return Err(DecodeError::Malformed("truncated two-byte integer"));
+    }
+    Ok(body.get_u16())
+}
+
+/// Reads a big-endian u32.
+pub(crate) fn read_u32(body: &mut Bytes) -> Result<u32, DecodeError> {
+    if body.remaining() < 4 {
+        return Err(DecodeError::Malformed("truncated four-byte integer"));
+    }
+    Ok(body.get_u32())
+}
+
+fn read_packet_id(body: &mut Bytes) -> Result<u16, DecodeError> {
+    match read_u16(body)? {
+        0 => Err(DecodeError::ZeroPacketId),
+        id => Ok(id),
+    }
+}
+
+/// Reads a variable byte integer (at most 4 bytes).
+pub(crate) fn read_varint(body: &mut Bytes) -> Result<u32, DecodeError> {
+    let mut value: u32 = 0;
+    for index in 0..4 {
+        let byte = read_u8(body)?;
+        value |= u32::from(byte & 0x7F) << (7 * index);
+        if byte & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+    Err(DecodeError::Malformed("variable byte integer"))
+}
+
+/// Reads length-prefixed binary data.
+pub(crate) fn read_binary(body: &mut Bytes) -> Result<Bytes, DecodeError> {
+    let len = usize::from(read_u16(body)?);
+    if body.remaining() < len {
+        return Err(DecodeError::Malformed("length beyond the packet"));
+    }
+    Ok(body.split_to(len))
+}
+
+/// Reads a length-prefixed UTF-8 string without U+0000.
+pub(crate) fn read_string(body: &mut Bytes) -> Result<String, DecodeError> {
+    let raw = read_binary(body)?;
+    let text = std::str::from_utf8(&raw).map_err(|_| DecodeError::InvalidString)?;
+    if text.contains('\0') {
+        return Err(DecodeError::InvalidString);
+    }
+    Ok(text.to_owned())
+}
+
+#[cfg(test)]
+#[path = "codec_tests.rs"]
+mod tests;

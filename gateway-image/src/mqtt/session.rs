@@ -1,0 +1,430 @@
+//! One MQTT connection: CONNECT and authentication, then PUBLISH handling with broker
+//! confirms, in order, at most `receive maximum` in flight (backpressure: the socket is not
+//! read while the window is full or the gateway-wide in-flight budget is used up).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures::stream::FuturesOrdered;
+use futures::StreamExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::codec::{decode, Connect, DecodeError, Packet, Publish};
+use super::encode::{self, ConnectRefusal, ServerLimits};
+use crate::auth::{looks_like_jwt, AuthError, Credentials};
+use crate::broker::PublishError;
+use crate::ingest::{Gateway, IngestError};
+use crate::metrics::{ProtocolLabel, RejectReason};
+use crate::topics::is_safe_identity;
+
+type Pending = Pin<Box<dyn Future<Output = (Option<u16>, Result<String, IngestError>)> + Send>>;
+
+/// Why a session ended (for the log line).
+#[derive(Debug, thiserror::Error)]
+pub enum SessionEnd {
+    /// The client closed or disconnected.
+    #[error("client disconnected")]
+    Disconnected,
+    /// A protocol violation or malformed packet.
+    #[error("protocol error: {0}")]
+    Protocol(#[from] DecodeError),
+    /// A client-side protocol violation not caught by the codec.
+    #[error("protocol violation: {0}")]
+    Violation(&'static str),
+    /// Refused at CONNECT.
+    #[error("connection refused: {0:?}")]
+    Refused(ConnectRefusal),
+    /// No CONNECT in time, or keep-alive expired.
+    #[error("timed out")]
+    Timeout,
+    /// The message could not be accepted and 3.1.1 has no way to say so.
+    #[error("message not accepted: {0}")]
+    NotAccepted(IngestError),
+    /// Socket error.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The gateway is draining.
+    #[error("gateway draining")]
+    Draining,
+}
+
+/// The largest MQTT packet accepted: the payload limit plus room for topic and properties.
+pub fn max_packet_size(gateway: &Gateway) -> usize {
+    gateway.limits.max_payload_bytes + 65_536 + 1_024
+}
+
+/// Serves one connection until it ends. `certificate_device` is the device id from a
+/// verified client certificate, if any.
+pub async fn serve<S>(
+    gateway: Arc<Gateway>,
+    stream: S,
+    peer: SocketAddr,
+    certificate_device: Option<String>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let (reader, writer) = tokio::io::split(stream);
+    let mut session = Session {
+        gateway,
+        reader,
+        writer,
+        buffer: BytesMut::with_capacity(1024),
+        out: BytesMut::new(),
+        v5: false,
+        device: String::new(),
+        peer,
+    };
+    let end = session.run(certificate_device).await;
+    // Flush what is queued (e.g. a DISCONNECT) and close cleanly.
+    let _ = session.flush().await;
+    let _ = session.writer.shutdown().await;
+    match end {
+        SessionEnd::Disconnected | SessionEnd::Draining => {
+            tracing::debug!(peer = %peer, device = %session.device, "mqtt session ended")
+        }
+        other => {
+            tracing::info!(peer = %peer, device = %session.device, reason = %other, "mqtt session closed")
+        }
+    }
+}
+
+struct Session<R, W> {
+    gateway: Arc<Gateway>,
+    reader: R,
+    writer: W,
+    buffer: BytesMut,
+    out: BytesMut,
+    v5: bool,
+    device: String,
+    peer: SocketAddr,
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
+    async fn run(&mut self, certificate_device: Option<String>) -> SessionEnd {
+        let timeout = Duration::from_secs(self.gateway.limits.connect_timeout_seconds.max(1));
+        let connect = match tokio::time::timeout(timeout, self.read_connect()).await {
+            Ok(Ok(connect)) => connect,
+            Ok(Err(end)) => return end,
+            Err(_) => return SessionEnd::Timeout,
+        };
+        self.v5 = connect.v5;
+        let _connection_permit = match self.accept(&connect, certificate_device).await {
+            Ok(permit) => permit,
+            Err(refusal) => {
+                encode::connack_refused(&mut self.out, self.v5, refusal);
+                return SessionEnd::Refused(refusal);
+            }
+        };
+        let metrics = Arc::clone(&self.gateway.metrics);
+        metrics.connections.inc();
+        let end = self.publish_loop(connect.keep_alive).await;
+        metrics.connections.dec();
+        end
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            self.writer.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        self.writer.flush().await
+    }
+
+    /// Reads bytes into the buffer; `Disconnected` at end of stream.
+    async fn fill(&mut self) -> Result<(), SessionEnd> {
+        match self.reader.read_buf(&mut self.buffer).await? {
+            0 => Err(SessionEnd::Disconnected),
+            _ => Ok(()),
+        }
+    }
+
+    async fn read_connect(&mut self) -> Result<Box<Connect>, SessionEnd> {
+        let max = max_packet_size(&self.gateway);
+        loop {
+            match decode(&mut self.buffer, false, max) {
+                Ok(Some(Packet::Connect(connect))) => return Ok(connect),
+                Ok(Some(_)) => return Err(SessionEnd::Violation("first packet is not CONNECT")),
+                Ok(None) => self.fill().await?,
+                Err(DecodeError::UnsupportedProtocol(level)) => {
+                    encode::connack_refused(
+                        &mut self.out,
+                        false,
+                        ConnectRefusal::UnsupportedProtocol,
+                    );
+                    return Err(SessionEnd::Protocol(DecodeError::UnsupportedProtocol(
+                        level,
+                    )));
+                }
+                Err(error) => return Err(SessionEnd::Protocol(error)),
+            }
+        }
+    }
+
+    /// Validates and authenticates a CONNECT; on success sends CONNACK and returns the
+    /// connection-limit permit held for the session's lifetime.
+    async fn accept(
+        &mut self,
+        connect: &Connect,
+        certificate_device: Option<String>,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, ConnectRefusal> {
+        let gateway = Arc::clone(&self.gateway);
+        if connect.properties.auth_method.is_some() {
+            return Err(ConnectRefusal::BadAuthMethod);
+        }
+        let id_ok = connect.client_id.is_empty() || is_safe_identity(&connect.client_id);
+        let username_ok = connect.username.as_deref().is_none_or(is_safe_identity);
+        if !id_ok
+            || !username_ok
+            || (connect.client_id.is_empty() && !connect.clean_start && !self.v5)
+        {
+            return Err(ConnectRefusal::IdentifierRejected);
+        }
+        let credentials = match (certificate_device, &connect.username, &connect.password) {
+            (Some(device), _, _) => Credentials::Certificate(device),
+            (None, _, Some(password)) if gateway.auth.jwt_enabled() && looks_like_jwt(password) => {
+                Credentials::Token(String::from_utf8_lossy(password).into_owned())
+            }
+            (None, Some(username), password) => Credentials::Password {
+                device: username.clone(),
+                password: password.as_deref().unwrap_or_default().to_vec(),
+            },
+            (None, None, _) => Credentials::None,
+        };
+        let method = credentials.method();
+        match gateway.auth.authenticate(self.peer.ip(), credentials).await {
+            Ok(device) => self.device = device,
+            Err(AuthError::Denied | AuthError::Throttled) => {
+                gateway.metrics.auth_failure(ProtocolLabel::Mqtt, method);
+                return Err(ConnectRefusal::BadCredentials);
+            }
+        }
+        if gateway.draining.is_cancelled() || !gateway.broker.is_connected() {
+            return Err(ConnectRefusal::ServerUnavailable);
+        }
+        let permit = Arc::clone(&gateway.connections)
+            .try_acquire_owned()
+            .map_err(|_| ConnectRefusal::ServerUnavailable)?;
+        let limits = ServerLimits {
+            receive_maximum: gateway.limits.max_in_flight_per_connection.max(1),
+            maximum_packet_size: u32::try_from(max_packet_size(&gateway)).unwrap_or(u32::MAX),
+            assigned_client_id: (self.v5 && connect.client_id.is_empty())
+                .then(|| ulid::Ulid::generate().to_string()),
+        };
+        encode::connack_accepted(&mut self.out, self.v5, &limits);
+        if connect.has_will {
+            tracing::debug!(device = %self.device, "will message accepted but not delivered");
+        }
+        Ok(permit)
+    }
+
+    async fn publish_loop(&mut self, keep_alive: u16) -> SessionEnd {
+        let gateway = Arc::clone(&self.gateway);
+        let window = usize::from(gateway.limits.max_in_flight_per_connection.max(1));
+        let max_packet = max_packet_size(&gateway);
+        // The spec allows one and a half keep-alive periods of silence.
+        let idle = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+        let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
+        let mut reading = true;
+        loop {
+            if let Err(end) = self.flush().await {
+                return end.into();
+            }
+            // Decode what is buffered while the window has room.
+            while reading && pending.len() < window {
+                match decode(&mut self.buffer, self.v5, max_packet) {
+                    Ok(Some(packet)) => match self.handle(packet, &mut pending).await {
+                        Ok(true) => {}
+                        Ok(false) => reading = false,
+                        Err(end) => return end,
+                    },
+                    Ok(None) => break,
+                    Err(error) => {
+                        gateway
+                            .metrics
+                            .reject(ProtocolLabel::Mqtt, RejectReason::Malformed);
+                        if self.v5 {
+                            encode::disconnect(&mut self.out, error.v5_reason());
+                        }
+                        return error.into();
+                    }
+                }
+            }
+            if let Err(end) = self.flush().await {
+                return end.into();
+            }
+            if !reading && pending.is_empty() {
+                return SessionEnd::Disconnected;
+            }
+            let can_read = reading && pending.len() < window;
+            tokio::select! {
+                Some((packet_id, result)) = pending.next(), if !pending.is_empty() => {
+                    if let Err(end) = self.acknowledge(packet_id, result) {
+                        return end;
+                    }
+                }
+                read = self.reader.read_buf(&mut self.buffer), if can_read => match read {
+                    Ok(0) => reading = false,
+                    Ok(_) => {}
+                    Err(error) => return error.into(),
+                },
+                _ = sleep_or_forever(idle), if can_read => {
+                    return SessionEnd::Timeout;
+                }
+                _ = gateway.draining.cancelled(), if reading => {
+                    // Stop reading; the loop finishes the confirms in flight, then closes.
+                    reading = false;
+                    if self.v5 {
+                        encode::disconnect(&mut self.out, 0x8B);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one packet; `Ok(false)` means the client is done sending.
+    async fn handle(
+        &mut self,
+        packet: Packet,
+        pending: &mut FuturesOrdered<Pending>,
+    ) -> Result<bool, SessionEnd> {
+        match packet {
+            Packet::Publish(publish) => self.publish(publish, pending).await.map(|()| true),
+            Packet::Subscribe { packet_id, filters } => {
+                encode::suback_refused(&mut self.out, self.v5, packet_id, filters);
+                Ok(true)
+            }
+            Packet::Unsubscribe { packet_id, filters } => {
+                encode::unsuback(&mut self.out, self.v5, packet_id, filters);
+                Ok(true)
+            }
+            Packet::Pingreq => {
+                encode::pingresp(&mut self.out);
+                Ok(true)
+            }
+            Packet::Disconnect => Ok(false),
+            // The gateway never sends QoS > 0 messages, so acks from the client are stray
+            // but harmless; PUBREL belongs to QoS 2, which is not supported.
+            Packet::Ack { kind: 6, .. } => self.violation("PUBREL without QoS 2"),
+            Packet::Ack { .. } => Ok(true),
+            Packet::Connect(_) => self.violation("second CONNECT"),
+            Packet::Auth => self.violation("AUTH is not supported"),
+        }
+    }
+
+    fn violation(&mut self, what: &'static str) -> Result<bool, SessionEnd> {
+        if self.v5 {
+            encode::disconnect(&mut self.out, 0x82);
+        }
+        Err(SessionEnd::Violation(what))
+    }
+
+    async fn publish(
+        &mut self,
+        publish: Publish,
+        pending: &mut FuturesOrdered<Pending>,
+    ) -> Result<(), SessionEnd> {
+        let gateway = Arc::clone(&self.gateway);
+        // Slow the device down rather than refuse: MQTT has no "retry later".
+        gateway.rate.take(&self.device).await;
+        let prepared = gateway.prepare(
+            &self.device,
+            &publish.topic,
+            ProtocolLabel::Mqtt,
+            publish.properties.content_type.clone(),
+            &publish.payload,
+        );
+        let prepared = match prepared {
+            Ok(prepared) => prepared,
+            Err(IngestError::TooLarge) => {
+                if self.v5 {
+                    encode::disconnect(&mut self.out, 0x95);
+                }
+                return Err(SessionEnd::NotAccepted(IngestError::TooLarge));
+            }
+            Err(error) => {
+                tracing::info!(device = %self.device, topic = %publish.topic, error = %error, "publish refused");
+                return match (self.v5, publish.packet_id) {
+                    (true, Some(packet_id)) => {
+                        let reason = if error == IngestError::NotPermitted {
+                            0x87
+                        } else {
+                            0x90
+                        };
+                        encode::puback(&mut self.out, true, packet_id, reason);
+                        Ok(())
+                    }
+                    (_, None) => Ok(()),
+                    // 3.1.1 cannot refuse a QoS 1 message except by closing.
+                    (false, Some(_)) => Err(SessionEnd::NotAccepted(error)),
+                };
+            }
+        };
+        // Gateway-wide backpressure: wait (not reading) until confirms free the budget.
+        let permit = tokio::select! {
+            permit = Arc::clone(&gateway.in_flight).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return Err(SessionEnd::Draining),
+            },
+            _ = gateway.draining.cancelled() => return Err(SessionEnd::Draining),
+        };
+        let packet_id = publish.packet_id;
+        pending.push_back(Box::pin(async move {
+            let _permit = permit;
+            (
+                packet_id,
+                gateway.deliver(prepared, ProtocolLabel::Mqtt).await,
+            )
+        }));
+        Ok(())
+    }
+
+    /// Sends the PUBACK for a finished publish, or ends the session when the broker could
+    /// not take the message (the client resends it after reconnecting).
+    fn acknowledge(
+        &mut self,
+        packet_id: Option<u16>,
+        result: Result<String, IngestError>,
+    ) -> Result<(), SessionEnd> {
+        match (result, packet_id) {
+            (Ok(_), Some(packet_id)) => {
+                encode::puback(&mut self.out, self.v5, packet_id, 0);
+                Ok(())
+            }
+            (Ok(_), None) => Ok(()),
+            (Err(error), Some(packet_id)) if self.v5 && is_permanent(&error) => {
+                let reason = if error == IngestError::Broker(PublishError::Nacked) {
+                    0x97 // quota exceeded: e.g. a full queue with reject-publish
+                } else {
+                    0x80
+                };
+                encode::puback(&mut self.out, true, packet_id, reason);
+                Ok(())
+            }
+            (Err(_), None) => Ok(()),
+            (Err(error), Some(_)) => {
+                if self.v5 {
+                    encode::disconnect(&mut self.out, 0x89); // server busy
+                }
+                Err(SessionEnd::NotAccepted(error))
+            }
+        }
+    }
+}
+
+fn is_permanent(error: &IngestError) -> bool {
+    matches!(
+        error,
+        IngestError::Broker(PublishError::Nacked | PublishError::Unroutable(_))
+    )
+}
+
+async fn sleep_or_forever(duration: Option<Duration>) {
+    match duration {
+        Some(duration) => tokio::time::sleep(duration).await,
+        None => std::future::pending().await,
+    }
+}

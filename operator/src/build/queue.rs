@@ -1,0 +1,838 @@
+//! Desired state of a Queue: validation, the managed RabbitMQ's children, and the AMQP
+//! arguments the queue is declared with.
+
+use super::{
+    check_dns_label, child_meta, hash_parts, name_and_namespace, restricted_container_security,
+    restricted_pod_security, selector_labels, BuildError, CONFIG_HASH_ANNOTATION,
+};
+use crate::crd::queue::{ManagedBroker, QueueType};
+use crate::crd::{Queue, SecretKeyRef};
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Secret, SecretKeySelector,
+    SecretVolumeSource, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
+    VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::ByteString;
+use std::collections::BTreeMap;
+
+/// AMQP port of a managed broker.
+pub const AMQP_PORT: i32 = 5672;
+/// Management API port of a managed broker.
+pub const MANAGEMENT_PORT: i32 = 15672;
+/// uid/gid of the `rabbitmq` user in the official image.
+pub const RABBITMQ_UID: i64 = 999;
+/// Longest Queue name with a managed broker (child names add up to 25 characters).
+pub const MAX_MANAGED_NAME: usize = 38;
+/// Secret keys of the generated credentials Secret.
+pub const KEY_USERNAME: &str = "username";
+/// See [`KEY_USERNAME`].
+pub const KEY_PASSWORD: &str = "password";
+/// See [`KEY_USERNAME`].
+pub const KEY_COOKIE: &str = "erlang-cookie";
+/// See [`KEY_USERNAME`]: the `amqp://` URI Gateways and Workers use.
+pub const KEY_URI: &str = "uri";
+/// See [`KEY_USERNAME`]: the management API base URI.
+pub const KEY_MANAGEMENT_URI: &str = "management-uri";
+
+/// Generated secrets of a managed broker. Kept across reconciles (read back from the
+/// Secret) so they never change under running clients.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// Broker user name.
+    pub username: String,
+    /// Broker password.
+    pub password: String,
+    /// Erlang distribution cookie shared by the broker nodes.
+    pub erlang_cookie: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the spec asks for, after validation.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BrokerPlan {
+    /// The operator runs RabbitMQ.
+    Managed(ManagedBroker),
+    /// Someone else runs RabbitMQ; the URI is in this Secret key.
+    External {
+        /// The AMQP URI.
+        uri: SecretKeyRef,
+        /// The management API URI, when given.
+        management_uri: Option<SecretKeyRef>,
+    },
+}
+
+/// Validates a Queue's spec; the error message is shown to the user in a condition.
+pub fn validate(queue: &Queue) -> Result<BrokerPlan, BuildError> {
+    let (name, _) = name_and_namespace(queue)?;
+    let spec = &queue.spec;
+    let plan = match (&spec.broker.managed, &spec.broker.external) {
+        (Some(_), Some(_)) => {
+            return Err(BuildError::Invalid(
+                "spec.broker: set exactly one of managed and external, not both".into(),
+            ))
+        }
+        (None, None) => {
+            return Err(BuildError::Invalid(
+                "spec.broker: set exactly one of managed and external".into(),
+            ))
+        }
+        (Some(managed), None) => {
+            check_dns_label(
+                "a Queue with a managed broker has a name that",
+                &name,
+                MAX_MANAGED_NAME,
+            )?;
+            BrokerPlan::Managed(managed.clone())
+        }
+        (None, Some(external)) => BrokerPlan::External {
+            uri: external.uri_secret_ref.clone(),
+            management_uri: external.management_uri_secret_ref.clone(),
+        },
+    };
+    if spec.queue_type == QueueType::Stream {
+        let unsupported = [
+            (spec.max_length.is_some(), "maxLength"),
+            (spec.message_ttl_seconds.is_some(), "messageTtlSeconds"),
+            (spec.dead_letter.is_some(), "deadLetter"),
+        ];
+        if let Some((_, field)) = unsupported.iter().find(|(set, _)| *set) {
+            return Err(BuildError::Invalid(format!(
+                "spec.{field} is not supported by stream queues (use maxLengthBytes)"
+            )));
+        }
+    }
+    if let Some(queue_name) = &spec.queue_name {
+        if queue_name.is_empty() || queue_name.len() > 255 || queue_name.starts_with("amq.") {
+            return Err(BuildError::Invalid(
+                "spec.queueName must be 1-255 bytes and must not start with \"amq.\"".into(),
+            ));
+        }
+    }
+    Ok(plan)
+}
+
+/// Name of the queue on the broker: `spec.queueName` or `<namespace>.<name>`.
+pub fn broker_queue_name(queue: &Queue) -> Result<String, BuildError> {
+    let (name, namespace) = name_and_namespace(queue)?;
+    Ok(queue
+        .spec
+        .queue_name
+        .clone()
+        .unwrap_or_else(|| format!("{namespace}.{name}")))
+}
+
+/// Name of the dead-letter queue, when dead-lettering is on.
+pub fn dead_letter_queue_name(queue: &Queue) -> Result<Option<String>, BuildError> {
+    let Some(dead_letter) = &queue.spec.dead_letter else {
+        return Ok(None);
+    };
+    Ok(Some(match &dead_letter.queue_name {
+        Some(name) => name.clone(),
+        None => format!("{}.dlq", broker_queue_name(queue)?),
+    }))
+}
+
+/// One AMQP queue argument value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ArgValue {
+    /// A string argument.
+    Str(String),
+    /// An integer argument.
+    Int(i64),
+}
+
+/// The `x-*` arguments the broker queue is declared with.
+pub fn declare_arguments(queue: &Queue) -> Result<BTreeMap<String, ArgValue>, BuildError> {
+    let spec = &queue.spec;
+    let mut args = BTreeMap::new();
+    args.insert(
+        "x-queue-type".to_owned(),
+        ArgValue::Str(spec.queue_type.as_str().to_owned()),
+    );
+    if let Some(bytes) = spec.max_length_bytes {
+        args.insert("x-max-length-bytes".to_owned(), ArgValue::Int(bytes));
+    }
+    if spec.queue_type == QueueType::Stream {
+        return Ok(args);
+    }
+    if let Some(length) = spec.max_length {
+        args.insert("x-max-length".to_owned(), ArgValue::Int(length));
+    }
+    if spec.max_length.is_some() || spec.max_length_bytes.is_some() {
+        args.insert(
+            "x-overflow".to_owned(),
+            ArgValue::Str(spec.overflow.as_str().to_owned()),
+        );
+    }
+    if let Some(ttl) = spec.message_ttl_seconds {
+        let millis = ttl
+            .checked_mul(1000)
+            .ok_or_else(|| BuildError::Invalid("spec.messageTtlSeconds is too large".to_owned()))?;
+        args.insert("x-message-ttl".to_owned(), ArgValue::Int(millis));
+    }
+    if let (Some(dead_letter), Some(dlq)) = (&spec.dead_letter, dead_letter_queue_name(queue)?) {
+        args.insert(
+            "x-dead-letter-exchange".to_owned(),
+            ArgValue::Str(String::new()),
+        );
+        args.insert("x-dead-letter-routing-key".to_owned(), ArgValue::Str(dlq));
+        if spec.queue_type == QueueType::Quorum {
+            args.insert(
+                "x-delivery-limit".to_owned(),
+                ArgValue::Int(i64::from(dead_letter.delivery_limit)),
+            );
+        }
+    }
+    Ok(args)
+}
+
+/// Names of a managed broker's children.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManagedNames {
+    /// StatefulSet and client Service.
+    pub broker: String,
+    /// Headless Service giving each node a stable DNS name.
+    pub headless: String,
+    /// Generated credentials Secret.
+    pub credentials: String,
+    /// ConfigMap with `rabbitmq.conf` and `enabled_plugins`.
+    pub config: String,
+}
+
+impl ManagedNames {
+    /// The names for a Queue called `queue`.
+    pub fn for_queue(queue: &str) -> Self {
+        ManagedNames {
+            broker: format!("{queue}-rabbitmq"),
+            headless: format!("{queue}-rabbitmq-nodes"),
+            credentials: format!("{queue}-rabbitmq-credentials"),
+            config: format!("{queue}-rabbitmq-config"),
+        }
+    }
+}
+
+/// The Secret key Gateways and Workers read the AMQP URI from.
+pub fn connection_secret_ref(queue: &Queue, plan: &BrokerPlan) -> Result<SecretKeyRef, BuildError> {
+    let (name, _) = name_and_namespace(queue)?;
+    Ok(match plan {
+        BrokerPlan::Managed(_) => SecretKeyRef {
+            name: ManagedNames::for_queue(&name).credentials,
+            key: KEY_URI.to_owned(),
+        },
+        BrokerPlan::External { uri, .. } => uri.clone(),
+    })
+}
+
+/// The children of a managed broker.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ManagedChildren {
+    /// Generated credentials.
+    pub secret: Secret,
+    /// Broker configuration files.
+    pub config_map: ConfigMap,
+    /// Per-node DNS names.
+    pub headless_service: Service,
+    /// AMQP and management endpoint for clients.
+    pub service: Service,
+    /// The broker nodes.
+    pub stateful_set: StatefulSet,
+}
+
+const COMPONENT: &str = "rabbitmq";
+
+/// Builds every child of a managed broker.
+pub fn build_managed(
+    queue: &Queue,
+    managed: &ManagedBroker,
+    credentials: &Credentials,
+    default_image: &str,
+) -> Result<ManagedChildren, BuildError> {
+    let (name, namespace) = name_and_namespace(queue)?;
+    let names = ManagedNames::for_queue(&name);
+    let config = render_config(&names, &namespace, managed.replicas);
+    Ok(ManagedChildren {
+        secret: credentials_secret(queue, &names, &namespace, credentials)?,
+        headless_service: headless_service(queue, &names)?,
+        service: client_service(queue, &names)?,
+        stateful_set: stateful_set(queue, managed, &names, &namespace, &config, default_image)?,
+        config_map: ConfigMap {
+            metadata: child_meta(queue, &names.config, COMPONENT)?,
+            data: Some(config),
+            ..ConfigMap::default()
+        },
+    })
+}
+
+fn credentials_secret(
+    queue: &Queue,
+    names: &ManagedNames,
+    namespace: &str,
+    credentials: &Credentials,
+) -> Result<Secret, BuildError> {
+    let host = format!("{}.{namespace}.svc", names.broker);
+    let user = &credentials.username;
+    let password = &credentials.password;
+    let data = BTreeMap::from([
+        (KEY_USERNAME.to_owned(), user.clone()),
+        (KEY_PASSWORD.to_owned(), password.clone()),
+        (KEY_COOKIE.to_owned(), credentials.erlang_cookie.clone()),
+        (
+            KEY_URI.to_owned(),
+            format!("amqp://{user}:{password}@{host}:{AMQP_PORT}/%2f"),
+        ),
+        (
+            KEY_MANAGEMENT_URI.to_owned(),
+            format!("http://{user}:{password}@{host}:{MANAGEMENT_PORT}"),
+        ),
+    ]);
+    Ok(Secret {
+        metadata: child_meta(queue, &names.credentials, COMPONENT)?,
+        // `data`, not `stringData`: server-side apply then owns exactly the stored fields.
+        data: Some(
+            data.into_iter()
+                .map(|(k, v)| (k, ByteString(v.into_bytes())))
+                .collect(),
+        ),
+        type_: Some("Opaque".to_owned()),
+        ..Secret::default()
+    })
+}
+
+/// `rabbitmq.conf` and `enabled_plugins`.
+fn render_config(names: &ManagedNames, namespace: &str, replicas: i32) -> BTreeMap<String, String> {
+    let mut conf = format!(
+        "# Rendered by tributary-operator; edits are overwritten.\n\
+         listeners.tcp.default = {AMQP_PORT}\n\
+         management.tcp.port = {MANAGEMENT_PORT}\n\
+         log.console = true\n\
+         log.file = false\n\
+         total_memory_available_override_value = 1073741824\n\
+         vm_memory_high_watermark.relative = 0.6\n"
+    );
+    if replicas > 1 {
+        conf.push_str("cluster_formation.peer_discovery_backend = classic_config\n");
+        for ordinal in 0..replicas {
+            conf.push_str(&format!(
+                "cluster_formation.classic_config.nodes.{} = rabbit@{}-{ordinal}.{}.{namespace}.svc.cluster.local\n",
+                ordinal + 1,
+                names.broker,
+                names.headless
+            ));
+        }
+    }
+    BTreeMap::from([
+        ("rabbitmq.conf".to_owned(), conf),
+        (
+            "enabled_plugins".to_owned(),
+            "[rabbitmq_management].\n".to_owned(),
+        ),
+    ])
+}
+
+fn port(name: &str, number: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.to_owned()),
+        port: number,
+        target_port: Some(IntOrString::Int(number)),
+        protocol: Some("TCP".to_owned()),
+        ..ServicePort::default()
+    }
+}
+
+fn headless_service(queue: &Queue, names: &ManagedNames) -> Result<Service, BuildError> {
+    let (name, _) = name_and_namespace(queue)?;
+    Ok(Service {
+        metadata: child_meta(queue, &names.headless, COMPONENT)?,
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".to_owned()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(selector_labels(&name, COMPONENT)),
+            ports: Some(vec![
+                port("epmd", 4369),
+                port("amqp", AMQP_PORT),
+                port("dist", 25672),
+            ]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    })
+}
+
+fn client_service(queue: &Queue, names: &ManagedNames) -> Result<Service, BuildError> {
+    let (name, _) = name_and_namespace(queue)?;
+    Ok(Service {
+        metadata: child_meta(queue, &names.broker, COMPONENT)?,
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".to_owned()),
+            selector: Some(selector_labels(&name, COMPONENT)),
+            ports: Some(vec![
+                port("amqp", AMQP_PORT),
+                port("management", MANAGEMENT_PORT),
+            ]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    })
+}
+
+fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.to_owned(),
+                key: key.to_owned(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value.to_owned()),
+        ..EnvVar::default()
+    }
+}
+
+fn mount(name: &str, path: &str, sub_path: Option<&str>, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.to_owned(),
+        mount_path: path.to_owned(),
+        sub_path: sub_path.map(str::to_owned),
+        read_only: Some(read_only),
+        ..VolumeMount::default()
+    }
+}
+
+fn tcp_probe(port: i32, initial_delay: i32, period: i32, failures: i32) -> Probe {
+    Probe {
+        tcp_socket: Some(TCPSocketAction {
+            port: IntOrString::Int(port),
+            ..TCPSocketAction::default()
+        }),
+        initial_delay_seconds: Some(initial_delay),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(5),
+        ..Probe::default()
+    }
+}
+
+fn stateful_set(
+    queue: &Queue,
+    managed: &ManagedBroker,
+    names: &ManagedNames,
+    namespace: &str,
+    config: &BTreeMap<String, String>,
+    default_image: &str,
+) -> Result<StatefulSet, BuildError> {
+    let (name, _) = name_and_namespace(queue)?;
+    let meta = child_meta(queue, &names.broker, COMPONENT)?;
+    let image = managed
+        .image
+        .clone()
+        .unwrap_or_else(|| default_image.to_owned());
+    let config_hash = hash_parts(config.iter().map(|(k, v)| (k.as_str(), v.as_bytes())));
+    let mut envs = vec![
+        secret_env("RABBITMQ_DEFAULT_USER", &names.credentials, KEY_USERNAME),
+        secret_env("RABBITMQ_DEFAULT_PASS", &names.credentials, KEY_PASSWORD),
+        env("HOME", "/var/lib/rabbitmq"),
+        env("RABBITMQ_LOGS", "-"),
+    ];
+    if managed.replicas > 1 {
+        // Clustered nodes need names other nodes can resolve: the pod's DNS name under the
+        // headless Service.
+        envs.push(EnvVar {
+            name: "POD_NAME".to_owned(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".to_owned(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        });
+        envs.push(env("RABBITMQ_USE_LONGNAME", "true"));
+        envs.push(env(
+            "RABBITMQ_NODENAME",
+            &format!(
+                "rabbit@$(POD_NAME).{}.{namespace}.svc.cluster.local",
+                names.headless
+            ),
+        ));
+    }
+    let data_mount = mount("data", "/var/lib/rabbitmq", None, false);
+    // The cookie must be a private file in $HOME before the node starts.
+    let init = Container {
+        name: "erlang-cookie".to_owned(),
+        image: Some(image.clone()),
+        command: Some(vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            "cp /tmp/cookie/.erlang.cookie /var/lib/rabbitmq/.erlang.cookie && \
+             chmod 600 /var/lib/rabbitmq/.erlang.cookie"
+                .to_owned(),
+        ]),
+        volume_mounts: Some(vec![
+            data_mount.clone(),
+            mount("cookie", "/tmp/cookie", None, true),
+        ]),
+        security_context: Some(restricted_container_security(false)),
+        ..Container::default()
+    };
+    let broker = Container {
+        name: "rabbitmq".to_owned(),
+        image: Some(image),
+        env: Some(envs),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("amqp".to_owned()),
+                container_port: AMQP_PORT,
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("management".to_owned()),
+                container_port: MANAGEMENT_PORT,
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("epmd".to_owned()),
+                container_port: 4369,
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("dist".to_owned()),
+                container_port: 25672,
+                ..ContainerPort::default()
+            },
+        ]),
+        volume_mounts: Some(vec![
+            data_mount,
+            mount(
+                "config",
+                "/etc/rabbitmq/rabbitmq.conf",
+                Some("rabbitmq.conf"),
+                true,
+            ),
+            mount(
+                "config",
+                "/etc/rabbitmq/enabled_plugins",
+                Some("enabled_plugins"),
+                true,
+            ),
+        ]),
+        readiness_probe: Some(tcp_probe(AMQP_PORT, 5, 5, 3)),
+        liveness_probe: Some(tcp_probe(AMQP_PORT, 90, 30, 6)),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_owned(), Quantity("100m".to_owned())),
+                ("memory".to_owned(), Quantity("256Mi".to_owned())),
+            ])),
+            limits: Some(BTreeMap::from([(
+                "memory".to_owned(),
+                Quantity("1Gi".to_owned()),
+            )])),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(restricted_container_security(false)),
+        ..Container::default()
+    };
+    let mut volumes = vec![
+        Volume {
+            name: "config".to_owned(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: names.config.clone(),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "cookie".to_owned(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(names.credentials.clone()),
+                items: Some(vec![KeyToPath {
+                    key: KEY_COOKIE.to_owned(),
+                    path: ".erlang.cookie".to_owned(),
+                    mode: Some(0o400),
+                }]),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+    ];
+    let claims = match &managed.storage {
+        Some(storage) => Some(vec![PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: Some("data".to_owned()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PersistentVolumeClaimSpec {
+                access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
+                storage_class_name: storage.storage_class_name.clone(),
+                resources: Some(VolumeResourceRequirements {
+                    requests: Some(BTreeMap::from([(
+                        "storage".to_owned(),
+                        Quantity(storage.size.clone()),
+                    )])),
+                    ..VolumeResourceRequirements::default()
+                }),
+                ..PersistentVolumeClaimSpec::default()
+            }),
+            ..PersistentVolumeClaim::default()
+        }]),
+        None => {
+            volumes.push(Volume {
+                name: "data".to_owned(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Volume::default()
+            });
+            None
+        }
+    };
+    let pod_labels = meta.labels.clone();
+    Ok(StatefulSet {
+        metadata: meta,
+        spec: Some(StatefulSetSpec {
+            replicas: Some(managed.replicas),
+            service_name: Some(names.headless.clone()),
+            pod_management_policy: Some("Parallel".to_owned()),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(&name, COMPONENT)),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: pod_labels,
+                    annotations: Some(BTreeMap::from([(
+                        CONFIG_HASH_ANNOTATION.to_owned(),
+                        config_hash,
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    automount_service_account_token: Some(false),
+                    security_context: Some(restricted_pod_security(RABBITMQ_UID)),
+                    termination_grace_period_seconds: Some(60),
+                    init_containers: Some(vec![init]),
+                    containers: vec![broker],
+                    volumes: Some(volumes),
+                    ..PodSpec::default()
+                }),
+            },
+            volume_claim_templates: claims,
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::fixtures::load;
+
+    fn credentials() -> Credentials {
+        Credentials {
+            username: "tributary".into(),
+            password: "s3cret".into(),
+            erlang_cookie: "cookie".into(),
+        }
+    }
+
+    fn managed_children(file: &str) -> ManagedChildren {
+        let queue: Queue = load(file);
+        let BrokerPlan::Managed(managed) = validate(&queue).expect("valid") else {
+            panic!("fixture must be managed");
+        };
+        build_managed(&queue, &managed, &credentials(), "rabbitmq:3-management").expect("builds")
+    }
+
+    #[test]
+    fn managed_queue_builds_statefulset_services_secret_and_config() {
+        let children = managed_children("queue-managed.yaml");
+        let sts = children.stateful_set;
+        assert_eq!(sts.metadata.name.as_deref(), Some("telemetry-rabbitmq"));
+        let owner = &sts.metadata.owner_references.as_ref().expect("owned")[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.controller),
+            ("Queue", Some(true))
+        );
+        let spec = sts.spec.expect("spec");
+        assert_eq!(spec.replicas, Some(1));
+        assert_eq!(
+            spec.service_name.as_deref(),
+            Some("telemetry-rabbitmq-nodes")
+        );
+        let pod = spec.template.spec.expect("pod");
+        let broker = &pod.containers[0];
+        assert_eq!(broker.image.as_deref(), Some("rabbitmq:3-management"));
+        let env: Vec<_> = broker
+            .env
+            .iter()
+            .flatten()
+            .map(|e| e.name.as_str())
+            .collect();
+        assert!(env.contains(&"RABBITMQ_DEFAULT_USER") && env.contains(&"RABBITMQ_DEFAULT_PASS"));
+        let mounts: Vec<_> = broker
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.mount_path.as_str())
+            .collect();
+        assert!(mounts.contains(&"/var/lib/rabbitmq"));
+        assert!(mounts.contains(&"/etc/rabbitmq/rabbitmq.conf"));
+        assert!(
+            pod.volumes.iter().flatten().any(|v| v.empty_dir.is_some()),
+            "ephemeral data"
+        );
+        assert_eq!(
+            children
+                .headless_service
+                .spec
+                .expect("spec")
+                .cluster_ip
+                .as_deref(),
+            Some("None")
+        );
+        let ports: Vec<i32> = children
+            .service
+            .spec
+            .expect("spec")
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| p.port)
+            .collect();
+        assert_eq!(ports, vec![5672, 15672]);
+        let plugins = &children.config_map.data.expect("data")["enabled_plugins"];
+        assert!(plugins.contains("rabbitmq_management"));
+        let secret = children.secret.data.expect("data");
+        assert_eq!(
+            secret[KEY_URI].0,
+            b"amqp://tributary:s3cret@telemetry-rabbitmq.factory.svc:5672/%2f"
+        );
+    }
+
+    #[test]
+    fn three_replicas_form_a_cluster_with_long_names_and_persistent_storage() {
+        let children = managed_children("queue-managed-ha.yaml");
+        let conf = &children.config_map.data.expect("data")["rabbitmq.conf"];
+        assert!(conf.contains("cluster_formation.classic_config.nodes.3 = rabbit@ha-rabbitmq-2.ha-rabbitmq-nodes.factory.svc.cluster.local"), "{conf}");
+        let spec = children.stateful_set.spec.expect("spec");
+        assert_eq!(spec.replicas, Some(3));
+        let claims = spec.volume_claim_templates.expect("claims");
+        let requests = claims[0]
+            .spec
+            .as_ref()
+            .and_then(|s| s.resources.as_ref())
+            .and_then(|r| r.requests.as_ref())
+            .expect("requests");
+        assert_eq!(requests["storage"].0, "2Gi");
+        let pod = spec.template.spec.expect("pod");
+        assert!(pod.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .any(|e| e.name == "RABBITMQ_USE_LONGNAME"));
+    }
+
+    #[test]
+    fn broker_pod_passes_pod_security_restricted() {
+        let pod = managed_children("queue-managed.yaml")
+            .stateful_set
+            .spec
+            .expect("spec")
+            .template
+            .spec
+            .expect("pod");
+        crate::build::tests_support::assert_restricted(&pod);
+    }
+
+    #[test]
+    fn config_change_changes_the_pod_template_hash() {
+        let one = managed_children("queue-managed.yaml").stateful_set;
+        let three = managed_children("queue-managed-ha.yaml").stateful_set;
+        let hash = |s: &StatefulSet| {
+            s.spec
+                .as_ref()
+                .and_then(|s| s.template.metadata.as_ref())
+                .and_then(|m| m.annotations.as_ref())
+                .map(|a| a[CONFIG_HASH_ANNOTATION].clone())
+        };
+        assert!(hash(&one).is_some());
+        assert_ne!(hash(&one), hash(&three));
+    }
+
+    #[test]
+    fn declare_arguments_carry_type_length_overflow_ttl_and_dead_letter() {
+        let queue: Queue = load("queue-managed.yaml");
+        let args = declare_arguments(&queue).expect("args");
+        assert_eq!(args["x-queue-type"], ArgValue::Str("quorum".into()));
+        assert_eq!(args["x-max-length"], ArgValue::Int(100_000));
+        assert_eq!(args["x-overflow"], ArgValue::Str("reject-publish".into()));
+        assert_eq!(args["x-message-ttl"], ArgValue::Int(86_400_000));
+        assert_eq!(args["x-dead-letter-exchange"], ArgValue::Str(String::new()));
+        assert_eq!(
+            args["x-dead-letter-routing-key"],
+            ArgValue::Str("factory.telemetry.dlq".into())
+        );
+        assert_eq!(args["x-delivery-limit"], ArgValue::Int(3));
+    }
+
+    #[test]
+    fn external_queue_uses_the_users_secret_and_builds_no_broker() {
+        let queue: Queue = load("queue-external.yaml");
+        let plan = validate(&queue).expect("valid");
+        let secret = connection_secret_ref(&queue, &plan).expect("ref");
+        assert_eq!(
+            (secret.name.as_str(), secret.key.as_str()),
+            ("shared-rabbit", "uri")
+        );
+        assert_eq!(broker_queue_name(&queue).expect("name"), "shared.telemetry");
+    }
+
+    #[test]
+    fn both_or_neither_broker_is_invalid() {
+        let mut queue: Queue = load("queue-external.yaml");
+        let managed: Queue = load("queue-managed.yaml");
+        queue.spec.broker.managed = managed.spec.broker.managed.clone();
+        let error = validate(&queue).expect_err("both");
+        assert!(error.to_string().contains("not both"), "{error}");
+        queue.spec.broker = Default::default();
+        assert!(validate(&queue)
+            .expect_err("neither")
+            .to_string()
+            .contains("exactly one"));
+    }
+
+    #[test]
+    fn stream_queue_rejects_dead_lettering() {
+        let mut queue: Queue = load("queue-managed.yaml");
+        queue.spec.queue_type = QueueType::Stream;
+        let error = validate(&queue).expect_err("invalid");
+        assert!(error.to_string().contains("stream"), "{error}");
+    }
+
+    #[test]
+    fn credentials_never_show_in_debug_output() {
+        assert!(!format!("{:?}", credentials()).contains("s3cret"));
+    }
+}

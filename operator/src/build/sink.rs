@@ -1,0 +1,303 @@
+//! Validation of a Sink and its rendering into the worker config's sink section.
+
+use super::{name_and_namespace, BuildError};
+use crate::crd::sink::Batch;
+use crate::crd::{SecretKeyRef, Sink};
+use std::path::{Path, PathBuf};
+use tributary_contract::worker_config::{
+    BatchConfig, ColumnMapping, PostgresSinkConfig, RedisSinkConfig, RepublishSinkConfig,
+    S3SinkConfig, SinkConfig, WebhookSinkConfig,
+};
+
+/// Folder in data-plane pods under which each referenced Secret is mounted as
+/// `<folder>/<secret name>/<key>`.
+pub const SECRETS_DIR: &str = "/etc/tributary/secrets";
+
+/// Path of a Secret key mounted under [`SECRETS_DIR`].
+pub fn secret_file(secret: &str, key: &str) -> PathBuf {
+    Path::new(SECRETS_DIR).join(secret).join(key)
+}
+
+/// The one destination a valid Sink names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SinkKind {
+    /// PostgreSQL.
+    Postgres,
+    /// Redis.
+    Redis,
+    /// S3-compatible storage.
+    S3,
+    /// HTTP webhook.
+    Webhook,
+    /// Another Queue.
+    Queue,
+}
+
+impl SinkKind {
+    /// The name shown in `status.sinkType`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkKind::Postgres => "postgres",
+            SinkKind::Redis => "redis",
+            SinkKind::S3 => "s3",
+            SinkKind::Webhook => "webhook",
+            SinkKind::Queue => "queue",
+        }
+    }
+}
+
+/// Validates that exactly one destination is set and its fields make sense.
+pub fn validate(sink: &Sink) -> Result<SinkKind, BuildError> {
+    name_and_namespace(sink)?;
+    let spec = &sink.spec;
+    let set: Vec<SinkKind> = [
+        (spec.postgres.is_some(), SinkKind::Postgres),
+        (spec.redis.is_some(), SinkKind::Redis),
+        (spec.s3.is_some(), SinkKind::S3),
+        (spec.webhook.is_some(), SinkKind::Webhook),
+        (spec.queue.is_some(), SinkKind::Queue),
+    ]
+    .into_iter()
+    .filter_map(|(present, kind)| present.then_some(kind))
+    .collect();
+    let kind = match set.as_slice() {
+        [kind] => *kind,
+        [] => {
+            return Err(BuildError::Invalid(
+                "set exactly one of spec.postgres, redis, s3, webhook or queue".into(),
+            ))
+        }
+        many => {
+            let names: Vec<_> = many.iter().map(|k| k.as_str()).collect();
+            return Err(BuildError::Invalid(format!(
+                "set exactly one sink type, found {}",
+                names.join(", ")
+            )));
+        }
+    };
+    if let Some(webhook) = &spec.webhook {
+        if !(webhook.url.starts_with("http://") || webhook.url.starts_with("https://")) {
+            return Err(BuildError::Invalid(
+                "spec.webhook.url must be an http(s) URL".into(),
+            ));
+        }
+    }
+    if let Some(s3) = &spec.s3 {
+        if !(s3.endpoint.starts_with("http://") || s3.endpoint.starts_with("https://")) {
+            return Err(BuildError::Invalid(
+                "spec.s3.endpoint must be an http(s) URL".into(),
+            ));
+        }
+    }
+    if let Some(postgres) = &spec.postgres {
+        let mut seen = std::collections::BTreeSet::from([postgres.id_column.as_str()]);
+        for column in &postgres.columns {
+            if !seen.insert(column.name.as_str()) {
+                return Err(BuildError::Invalid(format!(
+                    "spec.postgres.columns: column {:?} appears twice",
+                    column.name
+                )));
+            }
+        }
+    }
+    Ok(kind)
+}
+
+/// Every Secret key the Sink reads.
+pub fn referenced_secrets(sink: &Sink) -> Vec<SecretKeyRef> {
+    let spec = &sink.spec;
+    let mut refs = Vec::new();
+    if let Some(postgres) = &spec.postgres {
+        refs.push(postgres.url_secret_ref.clone());
+    }
+    if let Some(redis) = &spec.redis {
+        refs.push(redis.url_secret_ref.clone());
+    }
+    if let Some(s3) = &spec.s3 {
+        for key in ["accessKeyId", "secretAccessKey"] {
+            refs.push(SecretKeyRef {
+                name: s3.credentials_secret.clone(),
+                key: key.to_owned(),
+            });
+        }
+    }
+    if let Some(webhook) = &spec.webhook {
+        refs.push(webhook.hmac_secret_ref.clone());
+    }
+    refs
+}
+
+/// Name of the Queue a `queue` sink republishes to.
+pub fn target_queue(sink: &Sink) -> Option<&str> {
+    sink.spec.queue.as_ref().map(|q| q.name.as_str())
+}
+
+/// A `queue` sink's target, as dereferenced from the target Queue's status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolvedTarget {
+    /// Queue name on the broker.
+    pub broker_queue: String,
+    /// Secret key with the target broker's URI.
+    pub uri: SecretKeyRef,
+}
+
+fn batch(batch: &Option<Batch>) -> Result<Option<BatchConfig>, BuildError> {
+    let Some(batch) = batch else { return Ok(None) };
+    let invalid = |field: &str| BuildError::Invalid(format!("batch.{field} is out of range"));
+    Ok(Some(BatchConfig {
+        max_messages: usize::try_from(batch.max_messages).map_err(|_| invalid("maxMessages"))?,
+        max_bytes: usize::try_from(batch.max_bytes).map_err(|_| invalid("maxBytes"))?,
+        max_age_ms: u64::try_from(batch.max_age_ms).map_err(|_| invalid("maxAgeMs"))?,
+    }))
+}
+
+/// Renders a validated Sink into the worker config's sink entry. `defaults` supplies the
+/// contract's default batch per type when the spec sets none.
+pub fn to_config(
+    sink: &Sink,
+    target: Option<&ResolvedTarget>,
+    defaults: &dyn Fn(SinkKind) -> BatchConfig,
+) -> Result<SinkConfig, BuildError> {
+    let (name, _) = name_and_namespace(sink)?;
+    let kind = validate(sink)?;
+    let spec = &sink.spec;
+    let file = |r: &SecretKeyRef| secret_file(&r.name, &r.key);
+    let or_default = |b: Option<BatchConfig>| b.unwrap_or_else(|| defaults(kind));
+    let missing = || BuildError::Invalid("sink type vanished during rendering".into());
+    Ok(match kind {
+        SinkKind::Postgres => {
+            let p = spec.postgres.as_ref().ok_or_else(missing)?;
+            SinkConfig::Postgres(PostgresSinkConfig {
+                name,
+                url_file: file(&p.url_secret_ref),
+                table: p.table.clone(),
+                id_column: p.id_column.clone(),
+                columns: p
+                    .columns
+                    .iter()
+                    .map(|c| ColumnMapping {
+                        name: c.name.clone(),
+                        expr: c.expr.clone(),
+                        r#type: c.type_.clone(),
+                    })
+                    .collect(),
+                create_table: p.create_table,
+                batch: or_default(batch(&p.batch)?),
+            })
+        }
+        SinkKind::Redis => {
+            let r = spec.redis.as_ref().ok_or_else(missing)?;
+            let ttl = r.ttl_seconds.unwrap_or(0);
+            SinkConfig::Redis(RedisSinkConfig {
+                name,
+                url_file: file(&r.url_secret_ref),
+                key_template: r.key_template.clone(),
+                value: r.value.clone(),
+                ttl_seconds: u64::try_from(ttl)
+                    .map_err(|_| BuildError::Invalid("spec.redis.ttlSeconds < 0".into()))?,
+                batch: or_default(batch(&r.batch)?),
+            })
+        }
+        SinkKind::S3 => {
+            let s = spec.s3.as_ref().ok_or_else(missing)?;
+            SinkConfig::S3(S3SinkConfig {
+                name,
+                endpoint: s.endpoint.clone(),
+                region: s.region.clone(),
+                bucket: s.bucket.clone(),
+                prefix: s.prefix.clone().unwrap_or_default(),
+                access_key_id_file: secret_file(&s.credentials_secret, "accessKeyId"),
+                secret_access_key_file: secret_file(&s.credentials_secret, "secretAccessKey"),
+                create_bucket: s.create_bucket,
+                batch: or_default(batch(&s.batch)?),
+            })
+        }
+        SinkKind::Webhook => {
+            let w = spec.webhook.as_ref().ok_or_else(missing)?;
+            SinkConfig::Webhook(WebhookSinkConfig {
+                name,
+                url: w.url.clone(),
+                secret_file: file(&w.hmac_secret_ref),
+                signature_header: w.signature_header.clone(),
+                timeout_ms: u64::try_from(w.timeout_ms)
+                    .map_err(|_| BuildError::Invalid("spec.webhook.timeoutMs < 0".into()))?,
+                batch: or_default(batch(&w.batch)?),
+            })
+        }
+        SinkKind::Queue => {
+            let q = spec.queue.as_ref().ok_or_else(missing)?;
+            let target = target.ok_or_else(|| {
+                BuildError::Invalid(format!("target Queue {:?} is not resolved", q.name))
+            })?;
+            SinkConfig::Republish(RepublishSinkConfig {
+                name,
+                uri_file: Some(file(&target.uri)),
+                exchange: String::new(),
+                routing_key: target.broker_queue.clone(),
+                batch: or_default(batch(&q.batch)?),
+            })
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::fixtures::load;
+
+    fn defaults(_: SinkKind) -> BatchConfig {
+        BatchConfig {
+            max_messages: 7,
+            max_bytes: 7,
+            max_age_ms: 7,
+        }
+    }
+
+    #[test]
+    fn postgres_sink_renders_url_file_columns_and_default_batch() {
+        let sink: Sink = load("sink-postgres.yaml");
+        assert_eq!(validate(&sink), Ok(SinkKind::Postgres));
+        let SinkConfig::Postgres(config) = to_config(&sink, None, &defaults).expect("renders")
+        else {
+            panic!("postgres expected");
+        };
+        assert_eq!(
+            config.url_file,
+            PathBuf::from("/etc/tributary/secrets/pg/url")
+        );
+        assert_eq!(config.table, "readings");
+        assert_eq!(config.columns.len(), 2);
+        assert_eq!(config.columns[1].r#type, "double precision");
+        assert_eq!(config.batch.max_messages, 7);
+        assert_eq!(referenced_secrets(&sink)[0].name, "pg");
+    }
+
+    #[test]
+    fn sink_with_two_types_is_invalid() {
+        let mut sink: Sink = load("sink-postgres.yaml");
+        let other: Sink = load("sink-queue.yaml");
+        sink.spec.queue = other.spec.queue;
+        let error = validate(&sink).expect_err("invalid");
+        assert!(error.to_string().contains("postgres, queue"), "{error}");
+        assert!(validate(&Sink::new("empty", Default::default())).is_err());
+    }
+
+    #[test]
+    fn queue_sink_needs_its_resolved_target() {
+        let sink: Sink = load("sink-queue.yaml");
+        assert!(to_config(&sink, None, &defaults).is_err());
+        let target = ResolvedTarget {
+            broker_queue: "factory.alerts".into(),
+            uri: SecretKeyRef {
+                name: "alerts-rabbitmq-credentials".into(),
+                key: "uri".into(),
+            },
+        };
+        let SinkConfig::Republish(config) =
+            to_config(&sink, Some(&target), &defaults).expect("renders")
+        else {
+            panic!("republish expected");
+        };
+        assert_eq!(config.routing_key, "factory.alerts");
+    }
+}

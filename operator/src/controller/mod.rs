@@ -1,0 +1,319 @@
+//! The controllers: one module per resource, each reconciling in the steps
+//! dereference → validate → build → apply → status. Shared here: the context, the error
+//! type, server-side apply and status helpers.
+
+use crate::build::{BuildError, Images, FIELD_MANAGER};
+use crate::crd::Condition;
+use crate::metrics::Metrics;
+use conditions::Desired;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::NamespaceResourceScope;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub mod broker;
+pub mod conditions;
+pub mod gateway;
+pub mod pdb;
+pub mod queue;
+pub mod sink;
+pub mod worker;
+
+/// Shared state of every controller.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Default images of the children.
+    pub images: Images,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Publishes Kubernetes Events.
+    pub recorder: Recorder,
+    /// The PodDisruptionBudget API version the cluster serves.
+    pub pdb: pdb::PdbApi,
+}
+
+/// Why a reconcile failed. Invalid specs and missing references are not errors: they
+/// become conditions.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// A desired object could not be built (missing metadata).
+    #[error("building children: {0}")]
+    Build(#[from] BuildError),
+    /// The broker failed.
+    #[error(transparent)]
+    Broker(#[from] broker::BrokerError),
+    /// A value could not be (de)serialized.
+    #[error("serialization: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl Error {
+    /// Short label of the error kind, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Build(_) => "build",
+            Error::Broker(_) => "broker",
+            Error::Json(_) => "serialization",
+        }
+    }
+}
+
+/// Requeue interval of a healthy resource (drift checks and status refresh).
+pub const RESYNC: Duration = Duration::from_secs(60);
+/// Requeue interval while children are progressing.
+pub const PROGRESS_POLL: Duration = Duration::from_secs(5);
+/// Requeue interval after a transient failure.
+pub const RETRY: Duration = Duration::from_secs(15);
+
+/// `error_policy` shared by all controllers: count the failure and retry soon.
+pub fn error_policy<K: Resource<DynamicType = ()>>(
+    object: Arc<K>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    let kind = K::kind(&()).to_string();
+    ctx.metrics.error(&kind, error.kind());
+    tracing::warn!(
+        kind = %kind,
+        name = %object.meta().name.as_deref().unwrap_or_default(),
+        namespace = %object.meta().namespace.as_deref().unwrap_or_default(),
+        error = %error,
+        "reconcile failed"
+    );
+    Action::requeue(RETRY)
+}
+
+/// Server-side applies one namespaced object, forced, under the operator's field manager.
+pub async fn apply<K>(client: &Client, object: &K) -> Result<K, Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + Debug,
+{
+    let namespace = object
+        .meta()
+        .namespace
+        .clone()
+        .ok_or(BuildError::MissingMetadata("namespace"))?;
+    let name = object
+        .meta()
+        .name
+        .clone()
+        .ok_or(BuildError::MissingMetadata("name"))?;
+    let api: Api<K> = Api::namespaced(client.clone(), &namespace);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    Ok(api.patch(&name, &params, &Patch::Apply(object)).await?)
+}
+
+/// Writes `status` through server-side apply on `/status`, unless it equals `current`
+/// (nothing is written at steady state).
+pub async fn patch_status<K, S>(
+    client: &Client,
+    object: &K,
+    current: Option<&S>,
+    status: &S,
+) -> Result<(), Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + DeserializeOwned
+        + Clone
+        + Debug,
+    S: Serialize + PartialEq,
+{
+    if current == Some(status) {
+        return Ok(());
+    }
+    let namespace = object
+        .meta()
+        .namespace
+        .clone()
+        .ok_or(BuildError::MissingMetadata("namespace"))?;
+    let api: Api<K> = Api::namespaced(client.clone(), &namespace);
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch_status(&object.name_any(), &params, &Patch::Apply(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Merges the desired `Ready` condition, and publishes an Event when its status or reason
+/// changed (so users see transitions in `kubectl describe`, without an Event per resync).
+pub async fn ready_condition<K>(
+    ctx: &Context,
+    object: &K,
+    existing: &[Condition],
+    desired: &Desired,
+) -> Vec<Condition>
+where
+    K: Resource<DynamicType = ()>,
+{
+    let merged = conditions::merge(
+        existing,
+        desired,
+        object.meta().generation,
+        &conditions::now(),
+    );
+    let before = conditions::ready(existing);
+    let changed = before.is_none_or(|c| {
+        c.reason != desired.reason || c.status != conditions::status_text(desired.ok)
+    });
+    if changed {
+        let event = Event {
+            type_: if desired.ok {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            },
+            reason: desired.reason.to_owned(),
+            note: Some(truncate(&desired.message, 1000)),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        if let Err(error) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
+            tracing::warn!(%error, "publishing an Event failed");
+        }
+    }
+    merged
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+/// A dereferenced Secret's data, or `None` when the Secret does not exist.
+pub async fn secret_data(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<BTreeMap<String, Vec<u8>>>, Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    Ok(api.get_opt(name).await?.map(|secret| {
+        let mut data: BTreeMap<String, Vec<u8>> = secret
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect();
+        for (key, value) in secret.string_data.unwrap_or_default() {
+            data.insert(key, value.into_bytes());
+        }
+        data
+    }))
+}
+
+/// Outcome of one reconcile, before the status is written.
+pub struct Outcome {
+    /// The `Ready` condition.
+    pub ready: Desired,
+    /// When to look again.
+    pub action: Action,
+}
+
+impl Outcome {
+    /// Ready, resync later.
+    pub fn ready(message: impl Into<String>) -> Self {
+        Outcome {
+            ready: Desired::ready(true, conditions::reason::RECONCILED, message),
+            action: Action::requeue(RESYNC),
+        }
+    }
+
+    /// Not ready for `reason`; look again after `after` (watches usually wake it sooner).
+    pub fn waiting(reason: &'static str, message: impl Into<String>, after: Duration) -> Self {
+        Outcome {
+            ready: Desired::ready(false, reason, message),
+            action: Action::requeue(after),
+        }
+    }
+
+    /// The spec is invalid: wait for the user to change it.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Outcome {
+            ready: Desired::ready(false, conditions::reason::INVALID_SPEC, message),
+            action: Action::await_change(),
+        }
+    }
+}
+
+/// Dereferences a Queue by name: its broker queue and connection Secret once it is Ready,
+/// or a waiting outcome naming it.
+pub async fn resolve_queue(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Result<crate::build::worker::ResolvedQueue, Outcome>, Error> {
+    let api: Api<crate::crd::Queue> = Api::namespaced(client.clone(), namespace);
+    let waiting = |message: String| {
+        Err(Outcome::waiting(
+            conditions::reason::WAITING_FOR_QUEUE,
+            message,
+            RESYNC,
+        ))
+    };
+    let Some(queue) = api.get_opt(name).await? else {
+        return Ok(waiting(format!("Queue {name:?} does not exist")));
+    };
+    let status = queue.status.unwrap_or_default();
+    match (
+        conditions::is_ready(&status.conditions),
+        status.queue_name,
+        status.connection_secret_ref,
+    ) {
+        (true, Some(broker_queue), Some(uri)) => Ok(Ok(crate::build::worker::ResolvedQueue {
+            broker_queue,
+            uri,
+            dead_letter_queue: status.dead_letter_queue_name,
+        })),
+        _ => Ok(waiting(format!("Queue {name:?} is not ready yet"))),
+    }
+}
+
+/// Dereferences Secrets by name; the first missing one yields a waiting outcome.
+pub async fn resolve_secrets(
+    client: &Client,
+    namespace: &str,
+    names: impl IntoIterator<Item = String>,
+) -> Result<Result<crate::build::SecretData, Outcome>, Error> {
+    let mut data = crate::build::SecretData::new();
+    for name in names {
+        match secret_data(client, namespace, &name).await? {
+            Some(values) => {
+                data.insert(name, values);
+            }
+            None => {
+                return Ok(Err(Outcome::waiting(
+                    conditions::reason::WAITING_FOR_SECRET,
+                    format!("Secret {name:?} does not exist"),
+                    RESYNC,
+                )))
+            }
+        }
+    }
+    Ok(Ok(data))
+}

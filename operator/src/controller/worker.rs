@@ -1,0 +1,123 @@
+//! Worker controller: dereferences the Queue, the Sinks and their Secrets, renders the
+//! worker config, applies the ConfigMap and Deployment, and reports replicas.
+
+use super::conditions::{self, reason};
+use super::{
+    apply, patch_status, ready_condition, resolve_queue, resolve_secrets, Context, Error, Outcome,
+    PROGRESS_POLL, RESYNC,
+};
+use crate::build::sink::{self as sink_build, ResolvedTarget};
+use crate::build::worker::{self as build, WorkerInputs};
+use crate::build::BuildError;
+use crate::crd::{Sink, Worker, WorkerStatus};
+use kube::runtime::controller::Action;
+use kube::{Api, ResourceExt};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use tracing::Instrument;
+
+/// One reconcile of a Worker.
+pub async fn reconcile(worker: Arc<Worker>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile("Worker");
+    let span = tracing::info_span!("reconcile", kind = "Worker", name = %worker.name_any(), namespace = ?worker.namespace());
+    let current = worker.status.clone().unwrap_or_default();
+    let mut status = WorkerStatus {
+        replicas: current.replicas,
+        ready_replicas: current.ready_replicas,
+        last_scale_reason: current.last_scale_reason.clone(),
+        ..WorkerStatus::default()
+    };
+    let outcome = run(&worker, &ctx, &mut status).instrument(span).await?;
+    status.conditions =
+        ready_condition(&ctx, worker.as_ref(), &current.conditions, &outcome.ready).await;
+    status.observed_generation = worker.metadata.generation;
+    patch_status(
+        &ctx.client,
+        worker.as_ref(),
+        worker.status.as_ref(),
+        &status,
+    )
+    .await?;
+    Ok(outcome.action)
+}
+
+async fn run(worker: &Worker, ctx: &Context, status: &mut WorkerStatus) -> Result<Outcome, Error> {
+    match build::validate(worker) {
+        Ok(()) => {}
+        Err(BuildError::Invalid(message)) => return Ok(Outcome::invalid(message)),
+        Err(other) => return Err(other.into()),
+    }
+    status.selector = Some(build::selector_string(worker)?);
+    let namespace = worker.namespace().unwrap_or_default();
+    // Dereference: the Queue, then each Sink (Ready), then every Secret they need.
+    let queue = match resolve_queue(&ctx.client, &namespace, &worker.spec.queue).await? {
+        Ok(queue) => queue,
+        Err(outcome) => return Ok(outcome),
+    };
+    let sinks_api: Api<Sink> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mut sinks = Vec::new();
+    for name in &worker.spec.sinks {
+        let Some(sink) = sinks_api.get_opt(name).await? else {
+            return Ok(Outcome::waiting(
+                reason::WAITING_FOR_SINK,
+                format!("Sink {name:?} does not exist"),
+                RESYNC,
+            ));
+        };
+        let sink_ready = sink
+            .status
+            .as_ref()
+            .is_some_and(|s| conditions::is_ready(&s.conditions));
+        if !sink_ready {
+            return Ok(Outcome::waiting(
+                reason::WAITING_FOR_SINK,
+                format!("Sink {name:?} is not ready yet"),
+                RESYNC,
+            ));
+        }
+        let target = match sink_build::target_queue(&sink) {
+            None => None,
+            Some(target) => match resolve_queue(&ctx.client, &namespace, target).await? {
+                Ok(resolved) => Some(ResolvedTarget {
+                    broker_queue: resolved.broker_queue,
+                    uri: resolved.uri,
+                }),
+                Err(outcome) => return Ok(outcome),
+            },
+        };
+        sinks.push((sink, target));
+    }
+    let mut inputs = WorkerInputs {
+        queue,
+        sinks,
+        secrets: Default::default(),
+        image: ctx.images.worker.clone(),
+    };
+    let names: BTreeSet<String> = build::mounted_secrets(&inputs);
+    inputs.secrets = match resolve_secrets(&ctx.client, &namespace, names).await? {
+        Ok(secrets) => secrets,
+        Err(outcome) => return Ok(outcome),
+    };
+    let children = match build::build(worker, &inputs) {
+        Ok(children) => children,
+        Err(BuildError::Invalid(message)) => return Ok(Outcome::invalid(message)),
+        Err(other) => return Err(other.into()),
+    };
+    apply(&ctx.client, &children.config_map).await?;
+    let deployment = apply(&ctx.client, &children.deployment).await?;
+    let desired = build::desired_replicas(worker);
+    let deployment_status = deployment.status.unwrap_or_default();
+    status.replicas = Some(deployment_status.replicas.unwrap_or(0));
+    let ready = deployment_status.ready_replicas.unwrap_or(0);
+    status.ready_replicas = Some(ready);
+    if desired > 0 && ready == 0 {
+        return Ok(Outcome::waiting(
+            reason::PROGRESSING,
+            format!("waiting for worker pods to become ready (0/{desired})"),
+            PROGRESS_POLL,
+        ));
+    }
+    Ok(Outcome::ready(format!(
+        "{ready}/{desired} worker pods ready"
+    )))
+}

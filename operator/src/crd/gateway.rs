@@ -1,0 +1,290 @@
+//! The `Gateway` resource: devices connect to it over MQTT or HTTP, and every accepted
+//! message is routed into a Queue.
+
+use super::{Condition, SecretRef};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A provisioned device endpoint: a Deployment and Service of the gateway image.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "tributary.dev",
+    version = "v1alpha1",
+    kind = "Gateway",
+    namespaced,
+    status = "GatewayStatus",
+    shortname = "tgw",
+    category = "tributary",
+    doc = "A device endpoint: MQTT and HTTP listeners that authenticate devices and route their messages into Queues.",
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(
+        name = "Available",
+        type_ = "integer",
+        json_path = ".status.readyReplicas"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Delivery", type_ = "string", json_path = ".spec.delivery"),
+    printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewaySpec {
+    /// Number of gateway pods. Default 1.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0))]
+    pub replicas: i32,
+    /// Gateway container image. Default: the operator's configured gateway image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Network listeners devices connect to. At least one must be set.
+    pub listeners: Listeners,
+    /// The Service in front of the gateway pods.
+    #[serde(default)]
+    pub service: ServiceSpec,
+    /// How devices authenticate. At least one method must be configured.
+    pub auth: AuthSpec,
+    /// Topics an authenticated device may publish to, as templates over the device id:
+    /// `{device}` is replaced by it. Default: `devices/{device}/#`.
+    #[serde(default = "default_publish_topics")]
+    pub publish_topics: Vec<String>,
+    /// Routes from topic filters (MQTT wildcards `+` and `#`) to Queues; a message goes to
+    /// every Queue whose filter matches. All routed Queues must be on the same broker.
+    #[schemars(length(min = 1))]
+    pub routes: Vec<Route>,
+    /// When a device's publish is acknowledged: `confirmed` (default: after the broker
+    /// confirmed the message) or `fast` (on receipt).
+    #[serde(default)]
+    pub delivery: DeliveryMode,
+    /// Limits protecting the gateway and the queue.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+fn default_publish_topics() -> Vec<String> {
+    vec!["devices/{device}/#".to_owned()]
+}
+
+/// The gateway's listeners; each is optional, at least one is required.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Listeners {
+    /// Plain MQTT 3.1.1 and 5.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<PlainListener>,
+    /// MQTT over TLS; required for client-certificate authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt_tls: Option<TlsListener>,
+    /// HTTP ingest: `POST /v1/publish/<topic>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<PlainListener>,
+}
+
+/// A plain-text listener.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlainListener {
+    /// Port the Service exposes and the container listens on.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
+/// A TLS listener.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsListener {
+    /// Port the Service exposes and the container listens on.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// A `kubernetes.io/tls` Secret (`tls.crt`, `tls.key`) with the server certificate.
+    #[schemars(length(min = 1))]
+    pub secret_name: String,
+}
+
+/// The gateway Service.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// Service type: `ClusterIP` (default), `NodePort` or `LoadBalancer`.
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+}
+
+/// Kubernetes Service type.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ServiceType {
+    /// Reachable inside the cluster.
+    #[default]
+    ClusterIP,
+    /// Also on a port of every node.
+    NodePort,
+    /// Also through the cloud's load balancer.
+    LoadBalancer,
+}
+
+impl ServiceType {
+    /// The Service `spec.type` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::ClusterIP => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+            ServiceType::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// Device authentication methods; a device may use any configured one.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// Secret whose key `passwords` holds lines `device-id:hash` (argon2 PHC hashes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passwords: Option<SecretRef>,
+    /// JSON Web Tokens as passwords (MQTT) or bearer tokens (HTTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtAuth>,
+    /// Client certificates (mTLS) on TLS listeners; the device id is the certificate's
+    /// common name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificates: Option<ClientCertAuth>,
+    /// Accept devices without credentials (they get the id `anonymous`). Default false.
+    #[serde(default)]
+    pub allow_anonymous: bool,
+}
+
+/// JWT authentication.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtAuth {
+    /// Secret whose keys are PEM public keys (RS256 or ES256) that may sign device tokens.
+    pub public_keys: SecretRef,
+    /// Required `iss` claim, when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Required `aud` claim, when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// Claim holding the device id. Default `sub`.
+    #[serde(default = "default_device_claim")]
+    pub device_claim: String,
+}
+
+fn default_device_claim() -> String {
+    "sub".to_owned()
+}
+
+/// mTLS authentication.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientCertAuth {
+    /// Secret whose key `ca.crt` holds the CA bundle that signs device certificates.
+    /// Needs the `mqttTls` listener.
+    pub ca: SecretRef,
+}
+
+/// A route from a topic filter to a Queue.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Route {
+    /// MQTT topic filter, e.g. `devices/+/telemetry`.
+    #[schemars(length(min = 1))]
+    pub topic_filter: String,
+    /// Name of a Queue in the same namespace.
+    #[schemars(length(min = 1))]
+    pub queue: String,
+}
+
+/// When a publish is acknowledged to the device.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryMode {
+    /// After the broker confirmed the message (at-least-once).
+    #[default]
+    Confirmed,
+    /// As soon as the gateway received the message.
+    Fast,
+}
+
+/// Gateway limits.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    /// Largest accepted payload in bytes. Default 262144 (256 KiB).
+    #[serde(default = "default_max_payload")]
+    #[schemars(range(min = 1))]
+    pub max_payload_bytes: i64,
+    /// Most concurrent device connections per gateway pod. Default 50000.
+    #[serde(default = "default_max_connections")]
+    #[schemars(range(min = 1))]
+    pub max_connections: i64,
+    /// Sustained messages per second one device may publish (MQTT is slowed down, HTTP
+    /// gets 429). Default 100.
+    #[serde(default = "default_rate")]
+    #[schemars(range(min = 1))]
+    pub messages_per_second_per_device: i64,
+    /// Messages a device may send in a burst above the sustained rate. Default 200.
+    #[serde(default = "default_burst")]
+    #[schemars(range(min = 0))]
+    pub burst: i64,
+}
+
+fn default_rate() -> i64 {
+    100
+}
+
+fn default_burst() -> i64 {
+    200
+}
+
+fn default_max_payload() -> i64 {
+    262_144
+}
+
+fn default_max_connections() -> i64 {
+    50_000
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_payload_bytes: default_max_payload(),
+            max_connections: default_max_connections(),
+            messages_per_second_per_device: default_rate(),
+            burst: default_burst(),
+        }
+    }
+}
+
+/// Observed state of a Gateway.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayStatus {
+    /// Conditions: `Ready` tells whether the gateway accepts devices.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` last reconciled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Gateway pods ready to accept devices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+    /// In-cluster DNS name of the gateway Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Devices connected, as last reported by the gateway pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connected_devices: Option<i64>,
+}

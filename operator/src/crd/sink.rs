@@ -1,0 +1,232 @@
+//! The `Sink` resource: where processed data goes. Credentials always come from Secrets.
+
+use super::{Condition, SecretKeyRef};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A destination for processed messages. Exactly one of `postgres`, `redis`, `s3`,
+/// `webhook` or `queue` must be set.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "tributary.dev",
+    version = "v1alpha1",
+    kind = "Sink",
+    namespaced,
+    status = "SinkStatus",
+    shortname = "tsk",
+    category = "tributary",
+    doc = "A destination for processed messages: PostgreSQL, Redis, S3-compatible storage, an HTTP webhook or another Queue.",
+    printcolumn(name = "Type", type_ = "string", json_path = ".status.sinkType"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SinkSpec {
+    /// Rows in a PostgreSQL table, idempotent on the message id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresSink>,
+    /// Latest value per key in Redis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisSink>,
+    /// Batched JSON Lines objects in S3-compatible object storage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Sink>,
+    /// HMAC-signed HTTP POSTs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookSink>,
+    /// Republish into another Queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueSink>,
+}
+
+/// Batching of a sink's writes: a batch is written when it reaches `maxMessages` or
+/// `maxBytes`, or when its oldest message waited `maxAgeMs`. Unset: the sink type's default.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Batch {
+    /// Most messages per batch.
+    #[schemars(range(min = 1))]
+    pub max_messages: i64,
+    /// Most bytes of encoded records per batch.
+    #[schemars(range(min = 1))]
+    pub max_bytes: i64,
+    /// Longest wait of the oldest message in a batch, in milliseconds.
+    #[schemars(range(min = 0))]
+    pub max_age_ms: i64,
+}
+
+/// PostgreSQL sink: one row per message, idempotent on the message id.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresSink {
+    /// Secret key holding a `postgres://user:password@host:port/db` URL.
+    pub url_secret_ref: SecretKeyRef,
+    /// Target table, optionally schema-qualified.
+    #[schemars(length(min = 1))]
+    pub table: String,
+    /// Column receiving the message id (primary key or unique). Default `id`.
+    #[serde(default = "default_id_column")]
+    pub id_column: String,
+    /// The other columns, each computed by a CEL expression over the processed message.
+    #[serde(default)]
+    pub columns: Vec<Column>,
+    /// Create the table when it does not exist. Default false.
+    #[serde(default)]
+    pub create_table: bool,
+    /// Write batching. Default 1000 messages, 4 MiB, 200 ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<Batch>,
+}
+
+fn default_id_column() -> String {
+    "id".to_owned()
+}
+
+/// One PostgreSQL column.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Column {
+    /// Column name.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// CEL expression for the value, e.g. `payload.temp` or `receivedAt`.
+    #[schemars(length(min = 1))]
+    pub expr: String,
+    /// SQL type, used only by `createTable`. Default `text`.
+    #[serde(default = "default_column_type", rename = "type")]
+    pub type_: String,
+}
+
+fn default_column_type() -> String {
+    "text".to_owned()
+}
+
+/// Redis sink: the latest message per key, never moved back in time by redeliveries.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisSink {
+    /// Secret key holding a `redis://[:password@]host:port[/db]` URL.
+    pub url_secret_ref: SecretKeyRef,
+    /// Key template; `{path}` is replaced by the message field at that dotted path.
+    /// Default `latest:{device}`.
+    #[serde(default = "default_redis_key")]
+    pub key_template: String,
+    /// CEL expression for the stored value. Default: the whole processed message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Expiry of each key in seconds; unset keeps keys forever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub ttl_seconds: Option<i64>,
+    /// Write batching. Default 500 messages, 4 MiB, 50 ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<Batch>,
+}
+
+fn default_redis_key() -> String {
+    "latest:{device}".to_owned()
+}
+
+/// S3-compatible object storage sink: each batch becomes one JSON Lines object.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Sink {
+    /// Endpoint URL, e.g. `http://minio.storage:9000`.
+    #[schemars(length(min = 1))]
+    pub endpoint: String,
+    /// Signing region. Default `us-east-1`.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Bucket name.
+    #[schemars(length(min = 1))]
+    pub bucket: String,
+    /// Object key prefix (end it with `/` for a folder). Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Secret with the keys `accessKeyId` and `secretAccessKey`.
+    #[schemars(length(min = 1))]
+    pub credentials_secret: String,
+    /// Create the bucket at start when it does not exist. Default false.
+    #[serde(default)]
+    pub create_bucket: bool,
+    /// Batching, one object per batch. Default 10000 messages, 8 MiB, 60 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<Batch>,
+}
+
+fn default_region() -> String {
+    "us-east-1".to_owned()
+}
+
+/// HTTP webhook sink: one POST per message, signed with HMAC-SHA256.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookSink {
+    /// URL messages are POSTed to.
+    #[schemars(length(min = 1))]
+    pub url: String,
+    /// Secret key holding the HMAC key; the signature header carries
+    /// `sha256=<hex HMAC-SHA256 of the body>`.
+    pub hmac_secret_ref: SecretKeyRef,
+    /// Signature header name. Default `X-Tributary-Signature`.
+    #[serde(default = "default_signature_header")]
+    pub signature_header: String,
+    /// Per-request timeout in milliseconds. Default 10000.
+    #[serde(default = "default_webhook_timeout")]
+    #[schemars(range(min = 1))]
+    pub timeout_ms: i64,
+    /// Batching (the POSTs of a batch run concurrently). Default 50 messages, 1 MiB, 50 ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<Batch>,
+}
+
+fn default_signature_header() -> String {
+    "X-Tributary-Signature".to_owned()
+}
+
+fn default_webhook_timeout() -> i64 {
+    10_000
+}
+
+/// Republish into another Queue.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueSink {
+    /// Name of a Queue in the same namespace.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// Batching (publishes of a batch are confirmed together). Default 500 messages,
+    /// 4 MiB, 20 ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<Batch>,
+}
+
+/// Observed state of a Sink.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SinkStatus {
+    /// Conditions: `Ready` tells whether the sink's spec and Secrets are valid.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` last reconciled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `postgres`, `redis`, `s3`, `webhook` or `queue`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sink_type: Option<String>,
+}

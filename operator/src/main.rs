@@ -1,0 +1,167 @@
+//! Entry point: parse arguments, start the runtime, hand over.
+#![forbid(unsafe_code)]
+
+use clap::{Parser, Subcommand};
+
+mod check_api;
+
+/// The Tributary operator: turns Gateway, Queue, Worker and Sink resources into running
+/// IoT data pipelines.
+#[derive(Parser, Debug)]
+#[command(name = "tributary-operator", version, about, long_about = None)]
+struct Cli {
+    /// Log format: `text` or `json`.
+    #[arg(
+        long,
+        env = "TRIBUTARY_LOG_FORMAT",
+        default_value = "text",
+        global = true
+    )]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Connect to the Kubernetes API (in-cluster or from the kubeconfig), verify TLS, and
+    /// print the server's version. Exits non-zero when the API cannot be reached.
+    CheckApi,
+    /// Print the YAML of every CustomResourceDefinition the operator serves (what
+    /// `hack/gen-crds.sh` writes to `crds/`).
+    Crds {
+        /// Write one `<name>.yaml` file per CRD into this directory instead of printing.
+        #[arg(long)]
+        out_dir: Option<std::path::PathBuf>,
+    },
+    /// Run the controllers (with leader election) until SIGTERM.
+    Run(RunArgs),
+}
+
+/// Arguments of `run`.
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Namespaces to watch (comma-separated or repeated); empty watches all.
+    #[arg(
+        long = "namespace",
+        env = "TRIBUTARY_NAMESPACES",
+        value_delimiter = ','
+    )]
+    namespaces: Vec<String>,
+    /// Address of the /metrics, /healthz and /readyz endpoint.
+    #[arg(long, env = "TRIBUTARY_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: std::net::SocketAddr,
+    /// Default RabbitMQ image of managed brokers.
+    #[arg(
+        long,
+        env = "TRIBUTARY_RABBITMQ_IMAGE",
+        default_value = "rabbitmq:3-management"
+    )]
+    rabbitmq_image: String,
+    /// Default gateway image.
+    #[arg(
+        long,
+        env = "TRIBUTARY_GATEWAY_IMAGE",
+        default_value = "tributary/gateway:0.1.0"
+    )]
+    gateway_image: String,
+    /// Default worker image.
+    #[arg(
+        long,
+        env = "TRIBUTARY_WORKER_IMAGE",
+        default_value = "tributary/worker:0.1.0"
+    )]
+    worker_image: String,
+    /// Namespace of the leader-election Lease; without it, no leader election (one replica).
+    #[arg(long, env = "TRIBUTARY_LEASE_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// Name of the leader-election Lease.
+    #[arg(
+        long,
+        env = "TRIBUTARY_LEASE_NAME",
+        default_value = "tributary-operator"
+    )]
+    lease_name: String,
+    /// This replica's identity in the Lease (the pod name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+}
+
+/// Prints all CRDs, or writes one file per CRD into `out_dir`.
+fn print_crds(out_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use tributary_operator::crd;
+    let Some(dir) = out_dir else {
+        print!("{}", crd::all_yaml()?);
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for definition in crd::all() {
+        let path = dir.join(crd::file_name(&definition));
+        std::fs::write(&path, crd::to_yaml(&definition)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let identity = match args.identity {
+        Some(identity) if !identity.is_empty() => identity,
+        _ => format!("tributary-operator-{}", std::process::id()),
+    };
+    let settings = tributary_operator::run::Settings {
+        namespaces: args
+            .namespaces
+            .into_iter()
+            .filter(|n| !n.is_empty())
+            .collect(),
+        listen: args.listen,
+        images: tributary_operator::build::Images {
+            rabbitmq: args.rabbitmq_image,
+            gateway: args.gateway_image,
+            worker: args.worker_image,
+        },
+        lease_namespace: args.lease_namespace.filter(|n| !n.is_empty()),
+        lease_name: args.lease_name,
+        identity,
+    };
+    tributary_operator::run::run(settings).await?;
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        // lapin logs broker-side refusals the operator already reports as conditions.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=off"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::CheckApi => check_api::run().await,
+            Command::Crds { out_dir } => print_crds(out_dir.as_deref()),
+            Command::Run(args) => run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,456 @@
+//! `tributary-operator run`: leader election, the four controllers, the metrics and health
+//! endpoint, and graceful shutdown on SIGTERM/SIGINT.
+
+use crate::build::Images;
+use crate::controller::{self, error_policy, pdb::PdbApi, Context};
+use crate::crd::{Gateway, Queue, Sink, Worker};
+use crate::leader::LeaseLock;
+use crate::metrics::Metrics;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::controller::Controller;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Settings of `run`.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Namespaces to watch; empty means all.
+    pub namespaces: Vec<String>,
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    pub listen: SocketAddr,
+    /// Default images of the children.
+    pub images: Images,
+    /// Leader election: namespace of the Lease, or `None` to run without election.
+    pub lease_namespace: Option<String>,
+    /// Name of the Lease.
+    pub lease_name: String,
+    /// This replica's identity (the pod name).
+    pub identity: String,
+}
+
+/// Why the operator stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// No Kubernetes configuration.
+    #[error("no Kubernetes configuration: {0}")]
+    Config(#[from] kube::config::InferConfigError),
+    /// The client could not be built.
+    #[error("Kubernetes client: {0}")]
+    Client(#[from] kube::Error),
+    /// The metrics endpoint could not listen.
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+    /// Leadership was lost: exit so that a fresh process re-elects.
+    #[error("lost the leader Lease")]
+    LostLease,
+}
+
+#[derive(Clone)]
+struct HttpState {
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+}
+
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    state: HttpState,
+    mut stop: watch::Receiver<bool>,
+) {
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(|State(s): State<HttpState>| async move {
+                (
+                    [(
+                        "content-type",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    s.metrics.render(),
+                )
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State(s): State<HttpState>| async move {
+                if s.ready.load(Ordering::Relaxed) {
+                    (StatusCode::OK, "ready")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "starting")
+                }
+            }),
+        )
+        .with_state(state);
+    let shutdown = async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    };
+    if let Err(error) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(%error, "metrics server failed");
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = tokio::signal::ctrl_c() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Resolves once `stop` carries `true` (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+fn api_for<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
+
+fn children_config() -> watcher::Config {
+    watcher::Config::default().labels("app.kubernetes.io/managed-by=tributary-operator")
+}
+
+/// Runs the four controllers for one namespace (or all) until `stop` fires.
+async fn run_controllers(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    stop: watch::Receiver<bool>,
+) {
+    let ns = namespace.as_deref();
+    let client = &ctx.client;
+    let wc = watcher::Config::default();
+    let stopped = |mut stop: watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+
+    let queues = Controller::new(api_for::<Queue>(client, ns), wc.clone());
+    let queue_store = queues.store();
+    let queues = queues
+        .owns(api_for::<StatefulSet>(client, ns), children_config())
+        .watches(
+            api_for::<Secret>(client, ns),
+            wc.clone(),
+            move |secret: Secret| {
+                // External brokers: the URI Secret may appear after the Queue.
+                let namespace = secret.namespace();
+                queue_store
+                    .state()
+                    .into_iter()
+                    .filter(|q| q.namespace() == namespace)
+                    .filter(|q| {
+                        q.spec
+                            .broker
+                            .external
+                            .as_ref()
+                            .is_some_and(|e| e.uri_secret_ref.name == secret.name_any())
+                    })
+                    .map(|q| ObjectRef::from_obj(q.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(stopped(stop.clone()))
+        .run(controller::queue::reconcile, error_policy, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
+
+    let sinks = Controller::new(api_for::<Sink>(client, ns), wc.clone());
+    let sink_store = sinks.store();
+    let sink_store_for_queues = sink_store.clone();
+    let sinks = sinks
+        .watches(
+            api_for::<Secret>(client, ns),
+            wc.clone(),
+            move |secret: Secret| {
+                let namespace = secret.namespace();
+                sink_store
+                    .state()
+                    .into_iter()
+                    .filter(|s| s.namespace() == namespace)
+                    .filter(|s| {
+                        crate::build::sink::referenced_secrets(s)
+                            .iter()
+                            .any(|r| r.name == secret.name_any())
+                    })
+                    .map(|s| ObjectRef::from_obj(s.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .watches(
+            api_for::<Queue>(client, ns),
+            wc.clone(),
+            move |queue: Queue| {
+                let namespace = queue.namespace();
+                sink_store_for_queues
+                    .state()
+                    .into_iter()
+                    .filter(|s| s.namespace() == namespace)
+                    .filter(|s| {
+                        crate::build::sink::target_queue(s) == Some(queue.name_any().as_str())
+                    })
+                    .map(|s| ObjectRef::from_obj(s.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(stopped(stop.clone()))
+        .run(controller::sink::reconcile, error_policy, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
+
+    let gateways = Controller::new(api_for::<Gateway>(client, ns), wc.clone());
+    let by_queue = gateways.store();
+    let by_secret = gateways.store();
+    let gateways = gateways
+        .owns(api_for::<Deployment>(client, ns), children_config())
+        .watches(
+            api_for::<Queue>(client, ns),
+            wc.clone(),
+            move |queue: Queue| {
+                let namespace = queue.namespace();
+                by_queue
+                    .state()
+                    .into_iter()
+                    .filter(|g| g.namespace() == namespace)
+                    .filter(|g| g.spec.routes.iter().any(|r| r.queue == queue.name_any()))
+                    .map(|g| ObjectRef::from_obj(g.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .watches(
+            api_for::<Secret>(client, ns),
+            wc.clone(),
+            move |secret: Secret| {
+                // Device credentials, TLS and broker URIs: any Secret of the namespace may be
+                // referenced directly or through a Queue.
+                let namespace = secret.namespace();
+                by_secret
+                    .state()
+                    .into_iter()
+                    .filter(|g| g.namespace() == namespace)
+                    .map(|g| ObjectRef::from_obj(g.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(stopped(stop.clone()))
+        .run(controller::gateway::reconcile, error_policy, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
+
+    let workers = Controller::new(api_for::<Worker>(client, ns), wc.clone());
+    let by_queue = workers.store();
+    let by_sink = workers.store();
+    let by_secret = workers.store();
+    let workers = workers
+        .owns(api_for::<Deployment>(client, ns), children_config())
+        .watches(
+            api_for::<Queue>(client, ns),
+            wc.clone(),
+            move |queue: Queue| {
+                let namespace = queue.namespace();
+                by_queue
+                    .state()
+                    .into_iter()
+                    .filter(|w| w.namespace() == namespace)
+                    // Sinks of type queue also depend on Queues: reconcile every Worker of the
+                    // namespace that uses this Queue directly; sink targets come via the Sink.
+                    .filter(|w| w.spec.queue == queue.name_any())
+                    .map(|w| ObjectRef::from_obj(w.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .watches(
+            api_for::<Sink>(client, ns),
+            wc.clone(),
+            move |sink: Sink| {
+                let namespace = sink.namespace();
+                by_sink
+                    .state()
+                    .into_iter()
+                    .filter(|w| w.namespace() == namespace)
+                    .filter(|w| w.spec.sinks.contains(&sink.name_any()))
+                    .map(|w| ObjectRef::from_obj(w.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .watches(api_for::<Secret>(client, ns), wc, move |secret: Secret| {
+            let namespace = secret.namespace();
+            by_secret
+                .state()
+                .into_iter()
+                .filter(|w| w.namespace() == namespace)
+                .map(|w| ObjectRef::from_obj(w.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(stopped(stop))
+        .run(controller::worker::reconcile, error_policy, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
+
+    tokio::join!(queues, sinks, gateways, workers);
+}
+
+/// Runs the operator until SIGTERM/SIGINT (graceful) or loss of the leader Lease (error).
+pub async fn run(settings: Settings) -> Result<(), RunError> {
+    let config = kube::Config::infer().await?;
+    let client = Client::try_from(config)?;
+    let metrics = Arc::new(Metrics::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|error| RunError::Listen(settings.listen, error))?;
+    tracing::info!(listen = %settings.listen, "serving /metrics, /healthz and /readyz");
+    let http = tokio::spawn(serve_http(
+        listener,
+        HttpState {
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+        },
+        stop_rx.clone(),
+    ));
+
+    let signal_tx = stop_tx.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested");
+        let _ = signal_tx.send(true);
+    });
+
+    // Leader election: wait for the Lease, then keep renewing it in the background.
+    let lock = settings.lease_namespace.as_ref().map(|namespace| {
+        Arc::new(LeaseLock::new(
+            client.clone(),
+            namespace,
+            &settings.lease_name,
+            &settings.identity,
+            15,
+        ))
+    });
+    let lost = Arc::new(AtomicBool::new(false));
+    if let Some(lock) = &lock {
+        let mut stop = stop_rx.clone();
+        loop {
+            match lock.try_acquire().await {
+                Ok(true) => break,
+                Ok(false) => {
+                    tracing::info!(identity = %settings.identity, "waiting for the leader Lease")
+                }
+                Err(error) => tracing::warn!(%error, "leader election failed; retrying"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(3)) => {},
+                _ = stopped(&mut stop) => {
+                    let _ = http.await;
+                    return Ok(());
+                },
+            }
+        }
+        metrics.leader.set(1);
+        tracing::info!(identity = %settings.identity, "acquired the leader Lease");
+        let lock = lock.clone();
+        let renew_stop = stop_tx.clone();
+        let lost = lost.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let period = Duration::from_secs(5);
+            let mut last_ok = tokio::time::Instant::now();
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(period) => {},
+                    _ = stopped(&mut stop) => return,
+                }
+                match lock.try_acquire().await {
+                    Ok(true) => last_ok = tokio::time::Instant::now(),
+                    Ok(false) => {
+                        tracing::error!("another replica took the leader Lease");
+                        lost.store(true, Ordering::Relaxed);
+                        let _ = renew_stop.send(true);
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "renewing the leader Lease failed");
+                        if last_ok.elapsed()
+                            > Duration::from_secs(u64::from(lock.duration_seconds().unsigned_abs()))
+                        {
+                            lost.store(true, Ordering::Relaxed);
+                            let _ = renew_stop.send(true);
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    let ctx = Arc::new(Context {
+        pdb: PdbApi::discover(&client).await,
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: crate::build::FIELD_MANAGER.to_owned(),
+                instance: Some(settings.identity.clone()),
+            },
+        ),
+        client,
+        images: settings.images.clone(),
+        metrics,
+    });
+    tracing::info!(pdb = %ctx.pdb.api_version(), namespaces = ?settings.namespaces, "starting controllers");
+    ready.store(true, Ordering::Relaxed);
+    let namespaces: Vec<Option<String>> = if settings.namespaces.is_empty() {
+        vec![None]
+    } else {
+        settings.namespaces.iter().cloned().map(Some).collect()
+    };
+    futures::future::join_all(
+        namespaces
+            .into_iter()
+            .map(|ns| run_controllers(ctx.clone(), ns, stop_rx.clone())),
+    )
+    .await;
+    let _ = stop_tx.send(true);
+    if let Some(lock) = &lock {
+        if !lost.load(Ordering::Relaxed) {
+            if let Err(error) = lock.release().await {
+                tracing::warn!(%error, "releasing the leader Lease failed");
+            }
+        }
+    }
+    let _ = http.await;
+    tracing::info!("stopped");
+    if lost.load(Ordering::Relaxed) {
+        return Err(RunError::LostLease);
+    }
+    Ok(())
+}

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Our own PostgreSQL on loopback for integration tests and benchmarks.
+#   tests/services/postgres.sh start|stop|status|env
+# Installs Debian's postgresql when missing, runs one cluster as the `postgres` user with
+# its data under /var/lib/tributary-services/$INSTANCE, listening on 127.0.0.1:$PORT with a
+# password user. Start is idempotent; stop stops exactly the PID in our PID file.
+# A second instance (e.g. for an outage test) runs with other values of:
+#   TRIBUTARY_PG_INSTANCE (default postgres), TRIBUTARY_PG_PORT (default 5433)
+set -euo pipefail
+
+INSTANCE="${TRIBUTARY_PG_INSTANCE:-postgres}"
+PORT="${TRIBUTARY_PG_PORT:-5433}"
+BASE="/var/lib/tributary-services/$INSTANCE"
+DATA="$BASE/data"
+SOCK="$BASE/sock"
+LOG="$BASE/postgres.log"
+PIDFILE="$BASE/postgres.pid"
+USER_NAME=tributary
+PASSWORD=tributary
+DB=tributary
+DEADLINE_SECONDS=60
+
+log() { echo "postgres.sh[$INSTANCE]: $*" >&2; }
+
+pg_bin() {
+  local dir
+  dir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)"
+  [ -n "$dir" ] && echo "$dir"
+}
+
+install_if_missing() {
+  if [ -z "$(pg_bin)" ]; then
+    log "installing Debian's postgresql"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq postgresql >/dev/null
+  fi
+  [ -n "$(pg_bin)" ] || { log "postgresql binaries not found after install"; exit 1; }
+}
+
+running_pid() {
+  [ -f "$PIDFILE" ] || return 1
+  local pid
+  pid="$(cat "$PIDFILE")"
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+}
+
+ready() {
+  PGPASSWORD="$PASSWORD" "$(pg_bin)/psql" -h 127.0.0.1 -p "$PORT" -U "$USER_NAME" -d "$DB" \
+    -tAc 'select 1' >/dev/null 2>&1
+}
+
+start() {
+  install_if_missing
+  local bin
+  bin="$(pg_bin)"
+  if pid="$(running_pid)"; then
+    if ready; then log "already running (pid $pid)"; return 0; fi
+  fi
+  mkdir -p "$BASE" "$SOCK"
+  chown postgres:postgres "$BASE" "$SOCK"
+  local fresh=0
+  if [ ! -f "$DATA/PG_VERSION" ]; then
+    fresh=1
+    rm -rf "$DATA"
+    install -d -o postgres -g postgres -m 700 "$DATA"
+    runuser -u postgres -- "$bin/initdb" -D "$DATA" -U postgres --auth-local=trust \
+      --auth-host=scram-sha-256 -E UTF8 >"$BASE/initdb.log" 2>&1 \
+      || { log "initdb failed, see $BASE/initdb.log"; exit 1; }
+  fi
+  # A stale postmaster.pid from a killed run would block the start.
+  if [ -f "$DATA/postmaster.pid" ] && ! kill -0 "$(head -n1 "$DATA/postmaster.pid")" 2>/dev/null; then
+    rm -f "$DATA/postmaster.pid"
+  fi
+  touch "$LOG" && chown postgres:postgres "$LOG"
+  runuser -u postgres -- "$bin/pg_ctl" -D "$DATA" -l "$LOG" -w -t "$DEADLINE_SECONDS" \
+    -o "-p $PORT -c listen_addresses=127.0.0.1 -k $SOCK -c fsync=off -c max_connections=200" \
+    start >/dev/null || { log "pg_ctl start failed, see $LOG"; tail -n 20 "$LOG" >&2; exit 1; }
+  head -n1 "$DATA/postmaster.pid" >"$PIDFILE"
+  if [ "$fresh" = 1 ] || ! ready; then
+    runuser -u postgres -- "$bin/psql" -h "$SOCK" -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 -q <<SQL >/dev/null
+DO \$\$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$USER_NAME') THEN
+    CREATE ROLE $USER_NAME LOGIN PASSWORD '$PASSWORD' CREATEDB;
+  END IF;
+END \$\$;
+SELECT 'CREATE DATABASE $DB OWNER $USER_NAME' WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = '$DB')\gexec
+SQL
+  fi
+  local end=$((SECONDS + DEADLINE_SECONDS))
+  until ready; do
+    [ "$SECONDS" -lt "$end" ] || { log "not ready within ${DEADLINE_SECONDS}s, see $LOG"; exit 1; }
+    sleep 0.2
+  done
+  log "running (pid $(cat "$PIDFILE")) on 127.0.0.1:$PORT"
+}
+
+stop() {
+  local pid
+  if ! pid="$(running_pid)"; then log "not running"; rm -f "$PIDFILE"; return 0; fi
+  kill -INT "$pid"   # fast shutdown: disconnect clients, checkpoint, exit
+  local end=$((SECONDS + DEADLINE_SECONDS))
+  while kill -0 "$pid" 2>/dev/null; do
+    [ "$SECONDS" -lt "$end" ] || { log "pid $pid did not stop within ${DEADLINE_SECONDS}s"; exit 1; }
+    sleep 0.1
+  done
+  rm -f "$PIDFILE"
+  log "stopped (pid $pid)"
+}
+
+status() {
+  if pid="$(running_pid)" && ready; then echo "running pid $pid 127.0.0.1:$PORT"; else echo "stopped"; return 3; fi
+}
+
+env_lines() {
+  echo "export TRIBUTARY_TEST_POSTGRES_URL=postgres://$USER_NAME:$PASSWORD@127.0.0.1:$PORT/$DB"
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  status) status ;;
+  env) env_lines ;;
+  *) echo "usage: $0 start|stop|status|env" >&2; exit 2 ;;
+esac

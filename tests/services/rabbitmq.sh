@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# A private RabbitMQ node on loopback for Tributary's integration tests and benchmarks.
+#
+#   tests/services/rabbitmq.sh start|stop|status|env
+#
+# Runs OUR OWN node (never the Debian package's service) as a background process with its
+# own node name, data and log directories, config file and PID file. Only the PID this script
+# started is ever stopped. Idempotent: `start` on a running node is a no-op.
+#
+# Several independent instances can run side by side (the gateway's broker-outage test uses
+# a second one so stopping it does not disturb other tests):
+#   TRIBUTARY_RABBITMQ_INSTANCE   instance name (default: test) -> node tributary-NAME@localhost
+#   TRIBUTARY_RABBITMQ_PORT       AMQP port            (default: 5673)
+#   TRIBUTARY_RABBITMQ_MGMT_PORT  management HTTP port (default: 15673)
+#   TRIBUTARY_RABBITMQ_MQTT_PORT  MQTT plugin port     (default: 1884)
+#   TRIBUTARY_RABBITMQ_START_TIMEOUT seconds to wait for readiness (default: 120)
+#
+# Also installs Debian's mosquitto-clients (mosquitto_pub/sub), which the gateway's tests use
+# as a third-party MQTT client; `tests/services/install-clients.sh` does only that part.
+set -euo pipefail
+
+INSTANCE="${TRIBUTARY_RABBITMQ_INSTANCE:-test}"
+AMQP_PORT="${TRIBUTARY_RABBITMQ_PORT:-5673}"
+MGMT_PORT="${TRIBUTARY_RABBITMQ_MGMT_PORT:-15673}"
+MQTT_PORT="${TRIBUTARY_RABBITMQ_MQTT_PORT:-1884}"
+START_TIMEOUT="${TRIBUTARY_RABBITMQ_START_TIMEOUT:-120}"
+USER_NAME="tributary"
+USER_PASS="tributary-test-pass"
+NODE="tributary-${INSTANCE}@localhost"
+BASE="/var/lib/tributary-services/rabbitmq/${INSTANCE}"
+PID_FILE="${BASE}/server.pid"
+RABBIT_BIN="/usr/lib/rabbitmq/bin"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+log() { echo "rabbitmq[${INSTANCE}]: $*" >&2; }
+
+install_packages() {
+    if [ ! -x "${RABBIT_BIN}/rabbitmq-server" ]; then
+        log "installing Debian's rabbitmq-server"
+        # The package's own service may not start here (policy-rc.d), and we never use it.
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null
+        # Where the install auto-started the package's own node (rabbit@host, port 5672),
+        # stop it through its init script only; it does not clash with our ports, but we
+        # do not want a second broker eating memory on a small machine.
+        if /usr/sbin/rabbitmqctl -q status >/dev/null 2>&1; then
+            log "stopping the package's own rabbitmq-server service (started by the install)"
+            service rabbitmq-server stop >/dev/null 2>&1 || true
+        fi
+    fi
+    bash "${HERE}/install-clients.sh"
+}
+
+# The environment every rabbitmq-* command of our node needs: node name, private cookie
+# (HOME), directories, config file.
+node_env() {
+    export HOME="${BASE}/home"
+    export RABBITMQ_NODENAME="${NODE}"
+    export RABBITMQ_CONFIG_FILE="${BASE}/rabbitmq"
+    export RABBITMQ_ENABLED_PLUGINS_FILE="${BASE}/enabled_plugins"
+    export RABBITMQ_MNESIA_BASE="${BASE}/mnesia"
+    export RABBITMQ_LOG_BASE="${BASE}/log"
+    export RABBITMQ_PID_FILE="${BASE}/beam.pid"
+    export RABBITMQ_NODE_IP_ADDRESS="127.0.0.1"
+    export RABBITMQ_NODE_PORT="${AMQP_PORT}"
+    export RABBITMQ_DIST_PORT="$((AMQP_PORT + 20000))"
+    export RABBITMQ_CONF_ENV_FILE="${BASE}/rabbitmq-env.conf"
+    export ERL_EPMD_ADDRESS="127.0.0.1"
+}
+
+write_config() {
+    mkdir -p "${BASE}/home" "${BASE}/mnesia" "${BASE}/log"
+    : >"${BASE}/rabbitmq-env.conf"
+    cat >"${BASE}/rabbitmq.conf" <<EOF
+listeners.tcp.default = 127.0.0.1:${AMQP_PORT}
+management.tcp.ip = 127.0.0.1
+management.tcp.port = ${MGMT_PORT}
+mqtt.listeners.tcp.default = 127.0.0.1:${MQTT_PORT}
+mqtt.allow_anonymous = false
+default_user = ${USER_NAME}
+default_pass = ${USER_PASS}
+default_user_tags.administrator = true
+default_permissions.configure = .*
+default_permissions.read = .*
+default_permissions.write = .*
+loopback_users = none
+log.console = false
+log.file.level = warning
+EOF
+    echo '[rabbitmq_management,rabbitmq_mqtt].' >"${BASE}/enabled_plugins"
+}
+
+our_pid() {
+    [ -f "${PID_FILE}" ] || return 1
+    local pid
+    pid="$(cat "${PID_FILE}")"
+    [ -n "${pid}" ] && kill -0 "${pid}" 2>/dev/null || return 1
+    echo "${pid}"
+}
+
+is_ready() {
+    node_env
+    "${RABBIT_BIN}/rabbitmqctl" -q -n "${NODE}" await_startup --timeout 5 >/dev/null 2>&1
+}
+
+port_open() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+start() {
+    if pid="$(our_pid)"; then
+        if is_ready; then
+            log "already running (pid ${pid})"
+            return 0
+        fi
+        log "pid ${pid} is running but not ready yet; waiting"
+    else
+        install_packages
+        if port_open "${AMQP_PORT}"; then
+            log "port ${AMQP_PORT} is taken by a process this script did not start"
+            exit 1
+        fi
+        write_config
+        node_env
+        log "starting node ${NODE} (AMQP 127.0.0.1:${AMQP_PORT}, management :${MGMT_PORT}, MQTT :${MQTT_PORT})"
+        # setsid: the node must outlive the shell (and test process) that started it.
+        setsid "${RABBIT_BIN}/rabbitmq-server" >"${BASE}/log/stdout.log" 2>&1 </dev/null &
+        echo $! >"${PID_FILE}"
+    fi
+    local deadline=$((SECONDS + START_TIMEOUT))
+    while ((SECONDS < deadline)); do
+        if ! our_pid >/dev/null; then
+            log "the node exited during startup; last lines of its output:"
+            tail -n 30 "${BASE}/log/stdout.log" >&2 || true
+            exit 1
+        fi
+        if is_ready && port_open "${AMQP_PORT}" && port_open "${MGMT_PORT}"; then
+            log "ready (pid $(cat "${PID_FILE}"))"
+            return 0
+        fi
+        log "waiting for the node to be ready ($((deadline - SECONDS))s left)"
+        sleep 2
+    done
+    log "not ready after ${START_TIMEOUT}s; see ${BASE}/log"
+    exit 1
+}
+
+stop() {
+    local pid
+    if ! pid="$(our_pid)"; then
+        log "not running"
+        rm -f "${PID_FILE}"
+        return 0
+    fi
+    node_env
+    log "stopping node ${NODE} (pid ${pid})"
+    # rabbitmqctl addresses our node by name only; the wrapper PID we started then exits.
+    "${RABBIT_BIN}/rabbitmqctl" -q -n "${NODE}" stop >/dev/null 2>&1 || kill -TERM "${pid}" 2>/dev/null || true
+    local deadline=$((SECONDS + 60))
+    while kill -0 "${pid}" 2>/dev/null && ((SECONDS < deadline)); do
+        sleep 1
+    done
+    if kill -0 "${pid}" 2>/dev/null; then
+        log "pid ${pid} still running after 60s; sending SIGKILL to it"
+        kill -KILL "${pid}" 2>/dev/null || true
+    fi
+    rm -f "${PID_FILE}"
+    log "stopped"
+}
+
+status() {
+    if pid="$(our_pid)" && is_ready; then
+        echo "running (pid ${pid}, node ${NODE}, AMQP 127.0.0.1:${AMQP_PORT})"
+    elif our_pid >/dev/null; then
+        echo "starting (pid $(cat "${PID_FILE}"))"
+        exit 1
+    else
+        echo "stopped"
+        exit 3
+    fi
+}
+
+print_env() {
+    echo "export TRIBUTARY_TEST_AMQP_URL=amqp://${USER_NAME}:${USER_PASS}@127.0.0.1:${AMQP_PORT}/%2f"
+    echo "export TRIBUTARY_TEST_RABBITMQ_API=http://127.0.0.1:${MGMT_PORT}"
+    echo "export TRIBUTARY_TEST_RABBITMQ_API_USER=${USER_NAME}"
+    echo "export TRIBUTARY_TEST_RABBITMQ_API_PASSWORD=${USER_PASS}"
+    echo "export TRIBUTARY_TEST_RABBITMQ_MQTT=127.0.0.1:${MQTT_PORT}"
+}
+
+case "${1:-}" in
+start) start ;;
+stop) stop ;;
+status) status ;;
+env) print_env ;;
+*)
+    echo "usage: $0 start|stop|status|env" >&2
+    exit 2
+    ;;
+esac

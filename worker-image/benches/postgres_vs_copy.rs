@@ -1,0 +1,286 @@
+//! Benchmark (not a test): worker → PostgreSQL rows/s, beside a plain `COPY` of the same
+//! rows into a table of the same shape, in the same run; prints both and the ratio.
+//!
+//! Needs RabbitMQ and PostgreSQL from `tests/services/`; `worker-image/bench.sh` starts
+//! them and runs this. Rows: `BENCH_ROWS` (default 100000).
+
+use std::time::{Duration, Instant};
+
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use serde_json::json;
+use tokio_postgres::NoTls;
+use tokio_util::sync::CancellationToken;
+use tributary_worker::config;
+use tributary_worker::record::{parse_envelope, record_of};
+use tributary_worker::sinks::postgres::push_copy_field;
+
+const COLUMNS: &str =
+    "id text PRIMARY KEY, device text, seq bigint, temp double precision, payload jsonb";
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        eprintln!("{name} is not set: run worker-image/bench.sh (it starts the servers)");
+        std::process::exit(2);
+    })
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tributary_worker::http_client::install_crypto_provider();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run())
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let amqp_url = env("TRIBUTARY_TEST_AMQP_URL");
+    let pg_url = env("TRIBUTARY_TEST_POSTGRES_URL");
+    let rows: usize = std::env::var("BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let tag = ulid::Ulid::generate().to_string().to_lowercase();
+    let (pg, connection) = tokio_postgres::connect(&pg_url, NoTls).await?;
+    tokio::spawn(connection);
+
+    // The same envelopes for both runs.
+    let mut generator = ulid::Generator::new();
+    let bodies: Vec<(String, Vec<u8>)> = (0..rows)
+        .map(|i| {
+            let id = generator.generate().map(|u| u.to_string()).unwrap_or_default();
+            let body = json!({
+                "id": id, "tenant": "bench", "gateway": "g", "device": format!("d{}", i % 100),
+                "topic": "t", "protocol": "mqtt", "receivedAt": "2026-11-26T09:00:00.000Z",
+                "payload": {"encoding": "json", "data": {"seq": i, "temp": 20.0 + (i % 50) as f64 / 10.0}},
+            });
+            (id, serde_json::to_vec(&body).unwrap_or_default())
+        })
+        .collect();
+
+    // Peer: one plain COPY of the same rows (text format, built in advance).
+    let copy_table = format!("bench_copy_{tag}");
+    pg.batch_execute(&format!("CREATE TABLE {copy_table} ({COLUMNS})"))
+        .await?;
+    let mut text = String::new();
+    for (_, body) in &bodies {
+        let record = record_of(&parse_envelope(body)?);
+        let v = &record.value;
+        for (i, value) in [
+            json!(record.id),
+            v["device"].clone(),
+            v["payload"]["seq"].clone(),
+            v["payload"]["temp"].clone(),
+            v["payload"].clone(),
+        ]
+        .iter()
+        .enumerate()
+        {
+            if i > 0 {
+                text.push('\t');
+            }
+            push_copy_field(&mut text, value);
+        }
+        text.push('\n');
+    }
+    let started = Instant::now();
+    {
+        use futures::SinkExt;
+        let sink = pg
+            .copy_in::<_, bytes::Bytes>(&format!("COPY {copy_table} FROM STDIN"))
+            .await?;
+        let mut sink = std::pin::pin!(sink);
+        sink.send(bytes::Bytes::from(text)).await?;
+        sink.as_mut().finish().await?;
+    }
+    let copy_seconds = started.elapsed().as_secs_f64();
+
+    // Worker: the queue is filled first (not timed), then the worker drains it.
+    let connection = Connection::connect(&amqp_url, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let queue = format!("bench_{tag}");
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(queue.as_str().into(), durable, FieldTable::default())
+        .await?;
+    publish(&channel, &queue, &bodies).await?;
+    // Broker ceiling: a bare consumer that only acknowledges, same prefetch, same messages.
+    let bare_queue = format!("bench_bare_{tag}");
+    channel
+        .queue_declare(bare_queue.as_str().into(), durable, FieldTable::default())
+        .await?;
+    publish(&channel, &bare_queue, &bodies).await?;
+    let bare_seconds = bare_consume(&connection, &bare_queue, rows).await?;
+
+    let worker_table = format!("bench_worker_{tag}");
+    pg.batch_execute(&format!("CREATE TABLE {worker_table} ({COLUMNS})"))
+        .await?;
+    let dir = std::env::temp_dir().join(format!("tributary-bench-{tag}"));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("amqp"), &amqp_url)?;
+    std::fs::write(dir.join("pg"), &pg_url)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let config_text = format!(
+        r#"
+queue: {{uriFile: {dir}/amqp, name: {queue}, prefetch: 4000, concurrency: 4}}
+sinks:
+  - postgres:
+      name: rows
+      urlFile: {dir}/pg
+      table: {worker_table}
+      columns:
+        - {{name: device, expr: device}}
+        - {{name: seq, expr: payload.seq}}
+        - {{name: temp, expr: payload.temp}}
+        - {{name: payload, expr: payload}}
+      batch: {{maxMessages: 2000, maxBytes: 8000000, maxAgeMs: 50}}
+http: {{listen: "127.0.0.1:{port}"}}
+"#,
+        dir = dir.display()
+    );
+    let worker = tributary_worker::Worker::build(config::parse(&config_text)?)?;
+    let metrics = worker.metrics();
+
+    // CPU of the processing path alone (parse, record, column expressions), for context.
+    let parsed = config::parse(&config_text)?;
+    let sink = tributary_worker::sinks::Sink::build(
+        &tributary_worker::expr::CelEnv::default(),
+        &parsed.sinks[0],
+        &amqp_url,
+    )?;
+    let started = Instant::now();
+    for (_, body) in &bodies {
+        let record = record_of(&parse_envelope(body)?);
+        sink.prepare(&record)?;
+    }
+    let prepare_micros = started.elapsed().as_secs_f64() * 1e6 / rows as f64;
+    let shutdown = CancellationToken::new();
+    let started = Instant::now();
+    let handle = tokio::spawn(worker.run(shutdown.clone()));
+    let count_sql = format!("SELECT count(*) FROM {worker_table}");
+    loop {
+        let count: i64 = pg.query_one(&count_sql, &[]).await?.get(0);
+        if count as usize >= rows {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            return Err(format!("worker stored only {count} of {rows} rows in 600 s").into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let worker_seconds = started.elapsed().as_secs_f64();
+    shutdown.cancel();
+    let _ = handle.await;
+
+    let copy_rate = rows as f64 / copy_seconds;
+    let worker_rate = rows as f64 / worker_seconds;
+    println!("rows: {rows}");
+    println!("plain COPY into {copy_table}: {copy_seconds:.3} s, {copy_rate:.0} rows/s");
+    println!(
+        "worker (RabbitMQ -> pipeline -> batched COPY + INSERT ON CONFLICT, acks) into {worker_table}: {worker_seconds:.3} s, {worker_rate:.0} rows/s"
+    );
+    println!("ratio worker/COPY: {:.2}", worker_rate / copy_rate);
+    let bare_rate = rows as f64 / bare_seconds;
+    println!(
+        "broker ceiling (bare consumer, ack only, no processing or sink): {bare_seconds:.3} s, {bare_rate:.0} rows/s; worker/ceiling {:.2}",
+        worker_rate / bare_rate
+    );
+    println!("processing CPU (parse + record + column CEL) per message: {prepare_micros:.1} µs");
+    for line in metrics.render().lines() {
+        if line.starts_with("tributary_worker_sink_write_duration_seconds_sum")
+            || line.starts_with("tributary_worker_sink_write_duration_seconds_count")
+            || line.starts_with("tributary_worker_messages_acked_total")
+        {
+            println!("  {line}");
+        }
+    }
+
+    for name in [&queue, &bare_queue] {
+        channel
+            .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+            .await?;
+    }
+    pg.batch_execute(&format!(
+        "DROP TABLE {copy_table}; DROP TABLE {worker_table}"
+    ))
+    .await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+async fn publish(
+    channel: &lapin::Channel,
+    queue: &str,
+    bodies: &[(String, Vec<u8>)],
+) -> Result<(), Box<dyn std::error::Error>> {
+    for chunk in bodies.chunks(5000) {
+        let mut confirms = Vec::new();
+        for (id, body) in chunk {
+            let properties = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_message_id(id.as_str().into());
+            confirms.push(
+                channel
+                    .basic_publish(
+                        "".into(),
+                        queue.into(),
+                        BasicPublishOptions::default(),
+                        body,
+                        properties,
+                    )
+                    .await?,
+            );
+        }
+        for confirm in confirms {
+            confirm.await?;
+        }
+    }
+    Ok(())
+}
+
+/// Seconds for a consumer that only acknowledges to drain `rows` messages.
+async fn bare_consume(
+    connection: &Connection,
+    queue: &str,
+    rows: usize,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    use futures::StreamExt;
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(4000, lapin::options::BasicQosOptions::default())
+        .await?;
+    let started = Instant::now();
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            "bench-bare".into(),
+            lapin::options::BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut seen = 0;
+    while seen < rows {
+        let Some(delivery) = consumer.next().await else {
+            break;
+        };
+        delivery?
+            .acker
+            .ack(lapin::options::BasicAckOptions::default())
+            .await?;
+        seen += 1;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    channel.close(200, "done".into()).await?;
+    Ok(seconds)
+}

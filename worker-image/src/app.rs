@@ -1,0 +1,324 @@
+//! The worker's lifecycle: build everything from the config (failing fast on a bad one),
+//! connect, consume until shutdown, then drain: stop consuming, let in-flight messages reach
+//! the sinks, flush every batch, settle, close — within the grace period.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties};
+use thiserror::Error;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tributary_contract::worker_config::{ProcessingConfig, WorkerConfig};
+
+use crate::ack::Finisher;
+use crate::batch::{backoff, SinkRunner};
+use crate::container::ContainerClient;
+use crate::expr::CelEnv;
+use crate::http::{serve, Health};
+use crate::metrics::Metrics;
+use crate::pipeline::{Pipeline, PipelineBuildError};
+use crate::process::{Mode, Processor};
+use crate::sinks::{read_secret, Sink, SinkBuildError};
+
+/// A worker that cannot start.
+#[derive(Debug, Error)]
+pub enum BuildError {
+    /// The AMQP URI file cannot be read.
+    #[error("queue: {0}")]
+    Uri(SinkBuildError),
+    /// A pipeline step is invalid.
+    #[error(transparent)]
+    Pipeline(#[from] PipelineBuildError),
+    /// The custom container endpoint is invalid.
+    #[error("processing.container: {0}")]
+    Container(String),
+    /// A sink is invalid.
+    #[error(transparent)]
+    Sink(#[from] SinkBuildError),
+}
+
+/// A worker that stopped on an error.
+#[derive(Debug, Error)]
+pub enum RunError {
+    /// The metrics listener cannot bind.
+    #[error("http.listen {listen}: {source}")]
+    Listen {
+        /// The address.
+        listen: String,
+        /// The bind error.
+        source: std::io::Error,
+    },
+    /// A broker operation failed.
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    /// The broker closed the consumer (connection lost, queue deleted).
+    #[error("broker closed the consumer")]
+    ConsumerClosed,
+}
+
+/// A worker ready to run.
+pub struct Worker {
+    config: WorkerConfig,
+    amqp_uri: String,
+    mode: Option<Mode>,
+    sinks: Vec<Arc<Sink>>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("queue", &self.config.queue.name)
+            .field("sinks", &self.sinks)
+            .finish()
+    }
+}
+
+impl Worker {
+    /// Compiles the processing, builds the sinks and reads the secrets; no network yet.
+    pub fn build(config: WorkerConfig) -> Result<Self, BuildError> {
+        let env = CelEnv::default();
+        let amqp_uri = read_secret("queue", &config.queue.uri_file).map_err(BuildError::Uri)?;
+        let mode = match &config.processing {
+            None => Mode::PassThrough,
+            Some(ProcessingConfig::Pipeline(p)) => Mode::Pipeline(Pipeline::compile(&env, p)?),
+            Some(ProcessingConfig::Container(c)) => {
+                Mode::Container(ContainerClient::new(c).map_err(BuildError::Container)?)
+            }
+        };
+        let sinks = config
+            .sinks
+            .iter()
+            .map(|c| Sink::build(&env, c, &amqp_uri).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        for sink in &sinks {
+            if sink.batch_config().max_messages > usize::from(config.queue.prefetch) {
+                tracing::warn!(
+                    sink = sink.name(),
+                    prefetch = config.queue.prefetch,
+                    "batch maxMessages exceeds queue.prefetch: batches will be flushed by age"
+                );
+            }
+        }
+        Ok(Self {
+            config,
+            amqp_uri,
+            mode: Some(mode),
+            sinks,
+            metrics: Arc::new(Metrics::new()),
+            health: Arc::new(Health::default()),
+        })
+    }
+
+    /// The metrics (for tests and embedding).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Runs until `shutdown` is cancelled (then drains) or a broker error.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), RunError> {
+        let http_stop = CancellationToken::new();
+        let listen = self.config.http.listen.clone();
+        let http = serve(
+            &listen,
+            self.health.clone(),
+            self.metrics.clone(),
+            http_stop.clone(),
+        )
+        .await
+        .map_err(|source| RunError::Listen { listen, source })?;
+        let result = self.consume(shutdown).await;
+        http_stop.cancel();
+        let _ = http.await;
+        result
+    }
+
+    async fn consume(&mut self, shutdown: CancellationToken) -> Result<(), RunError> {
+        let Some(connection) = self.connect(&shutdown).await else {
+            return Ok(());
+        };
+        if !self.init_sinks(&shutdown).await {
+            return Ok(());
+        }
+        let queue = self.config.queue.clone();
+        let consume_channel = connection.create_channel().await?;
+        consume_channel
+            .basic_qos(queue.prefetch, BasicQosOptions::default())
+            .await?;
+        let publish_channel = connection.create_channel().await?;
+        publish_channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        if queue.declare {
+            self.declare(&consume_channel).await?;
+        }
+        let finisher = Arc::new(Finisher::new(
+            queue.name.clone(),
+            self.config.dead_letter.clone(),
+            Some(publish_channel.clone()),
+            self.metrics.clone(),
+        ));
+        let mut runners = Vec::new();
+        let mut senders = Vec::new();
+        for sink in &self.sinks {
+            let (tx, rx) = mpsc::channel(usize::from(queue.prefetch).max(1));
+            let runner = SinkRunner {
+                sink: sink.clone(),
+                retry: self.config.retry.clone(),
+                finisher: finisher.clone(),
+                metrics: self.metrics.clone(),
+                shutdown: shutdown.clone(),
+            };
+            runners.push(tokio::spawn(Arc::new(runner).run(rx)));
+            senders.push((sink.clone(), tx));
+        }
+        let processor = Arc::new(Processor {
+            mode: self.mode.take().unwrap_or(Mode::PassThrough),
+            sinks: senders,
+            finisher,
+            metrics: self.metrics.clone(),
+            retry: self.config.retry.clone(),
+            shutdown: shutdown.clone(),
+        });
+        let tag = format!("tributary-worker-{}", std::process::id());
+        let mut consumer = consume_channel
+            .basic_consume(
+                queue.name.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        self.health.ready.store(true, Ordering::Relaxed);
+        tracing::info!(queue = %queue.name, prefetch = queue.prefetch, concurrency = queue.concurrency, "consuming");
+
+        let concurrency = queue.concurrency;
+        let permits = Arc::new(Semaphore::new(concurrency as usize));
+        let outcome = loop {
+            let next = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break Ok(()),
+                next = consumer.next() => next,
+            };
+            let delivery = match next {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(e)) => break Err(RunError::Broker(e)),
+                None => break Err(RunError::ConsumerClosed),
+            };
+            self.metrics.consumed.inc();
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break Ok(());
+            };
+            let processor = processor.clone();
+            tokio::spawn(async move {
+                processor.process(delivery).await;
+                drop(permit);
+            });
+        };
+        self.health.ready.store(false, Ordering::Relaxed);
+        if outcome.is_err() {
+            self.health.alive.store(false, Ordering::Relaxed);
+        }
+        tracing::info!("draining: stop consuming, flush batches, settle");
+        let grace = Duration::from_secs(self.config.shutdown_grace_seconds);
+        let drained = tokio::time::timeout(grace, async {
+            let _ = consume_channel
+                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                .await;
+            // Every processing task has handed its message to the sinks once all permits
+            // are back; dropping the processor then closes the sinks' queues.
+            let _ = permits.acquire_many(concurrency).await;
+            drop(processor);
+            for runner in runners {
+                let _ = runner.await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                grace_seconds = grace.as_secs(),
+                "grace period over; unsettled messages return to the queue"
+            );
+        }
+        // Closing requeues whatever is still unacknowledged (prefetched, never processed).
+        let _ = consume_channel.close(200, "worker stopping".into()).await;
+        let _ = publish_channel.close(200, "worker stopping".into()).await;
+        let _ = connection.close(200, "worker stopping".into()).await;
+        outcome
+    }
+
+    async fn connect(&self, shutdown: &CancellationToken) -> Option<Connection> {
+        let mut failures = 0;
+        loop {
+            let properties =
+                ConnectionProperties::default().with_connection_name("tributary-worker".into());
+            match Connection::connect(&self.amqp_uri, properties).await {
+                Ok(connection) => {
+                    self.health.alive.store(true, Ordering::Relaxed);
+                    return Some(connection);
+                }
+                Err(e) => {
+                    failures += 1;
+                    let delay = backoff(&self.config.retry, failures);
+                    tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "broker connection failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return None,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits until every sink is reachable (and its table or bucket exists).
+    async fn init_sinks(&self, shutdown: &CancellationToken) -> bool {
+        for sink in &self.sinks {
+            let mut failures = 0;
+            while let Err(e) = sink.init().await {
+                failures += 1;
+                let delay = backoff(&self.config.retry, failures);
+                tracing::warn!(sink = sink.name(), error = %e, "sink not ready; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return false,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+        true
+    }
+
+    async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        channel
+            .queue_declare(
+                self.config.queue.name.as_str().into(),
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        if let Some(dead_letter) = &self.config.dead_letter {
+            if dead_letter.exchange.is_empty() {
+                channel
+                    .queue_declare(
+                        dead_letter.routing_key.as_str().into(),
+                        durable,
+                        FieldTable::default(),
+                    )
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,315 @@
+//! Each sink's task: gather items into batches (by count, bytes or age), write them with
+//! retries and backoff, and settle every message's ticket with the outcome.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tributary_contract::worker_config::{BatchConfig, RetryConfig};
+
+use crate::ack::{Delivered, Finisher, Ticket, Verdict};
+use crate::metrics::Metrics;
+use crate::sinks::{Prepared, Sink, SinkError};
+
+/// One message on its way into one sink.
+pub struct SinkItem {
+    /// The encoded message.
+    pub prepared: Prepared,
+    /// Its settlement.
+    pub ticket: Ticket<Delivered>,
+}
+
+/// A batch being gathered.
+#[derive(Debug)]
+pub struct BatchBuffer<T> {
+    config: BatchConfig,
+    items: Vec<T>,
+    bytes: usize,
+    started: Option<Instant>,
+}
+
+impl<T> BatchBuffer<T> {
+    /// An empty buffer with a policy.
+    pub fn new(config: BatchConfig) -> Self {
+        Self {
+            items: Vec::with_capacity(config.max_messages.min(10_000)),
+            config,
+            bytes: 0,
+            started: None,
+        }
+    }
+
+    /// Adds an item of `size` bytes; true when the batch is now due by count or bytes.
+    pub fn push(&mut self, item: T, size: usize, now: Instant) -> bool {
+        if self.items.is_empty() {
+            self.started = Some(now);
+        }
+        self.items.push(item);
+        self.bytes += size;
+        self.is_full()
+    }
+
+    /// Whether the batch is due by count or bytes.
+    pub fn is_full(&self) -> bool {
+        self.items.len() >= self.config.max_messages.max(1) || self.bytes >= self.config.max_bytes
+    }
+
+    /// When the batch is due by age (None when empty).
+    pub fn deadline(&self) -> Option<Instant> {
+        self.started
+            .map(|start| start + Duration::from_millis(self.config.max_age_ms))
+    }
+
+    /// Whether the buffer is empty.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Takes the batch, leaving the buffer empty.
+    pub fn take(&mut self) -> Vec<T> {
+        self.bytes = 0;
+        self.started = None;
+        std::mem::take(&mut self.items)
+    }
+}
+
+/// The backoff delays for a retry policy: doubling from the initial delay up to the cap.
+pub fn backoff(retry: &RetryConfig, failures: u32) -> Duration {
+    let factor = 2u64.saturating_pow(failures.saturating_sub(1));
+    Duration::from_millis(
+        retry
+            .initial_backoff_ms
+            .saturating_mul(factor)
+            .min(retry.max_backoff_ms),
+    )
+}
+
+/// Whether another attempt is allowed after `attempts` (0 means no limit).
+pub fn may_retry(retry: &RetryConfig, attempts: u32) -> bool {
+    retry.max_attempts == 0 || attempts < retry.max_attempts
+}
+
+/// Batches of one sink written at the same time: the next batch is gathered and written
+/// while the previous one is still being written and settled.
+pub const WRITES_IN_FLIGHT: usize = 2;
+
+enum Outcome {
+    Written,
+    Rejected(String),
+    Exhausted(String),
+    Interrupted,
+}
+
+/// Runs one sink until its channel closes (every sender dropped), flushing what is left.
+pub struct SinkRunner {
+    /// The sink.
+    pub sink: Arc<Sink>,
+    /// Retry policy.
+    pub retry: RetryConfig,
+    /// Settles deliveries.
+    pub finisher: Arc<Finisher>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Cancelled at shutdown: stops waiting between retries (the batch is requeued).
+    pub shutdown: CancellationToken,
+}
+
+impl SinkRunner {
+    /// The task's body.
+    pub async fn run(self: Arc<Self>, mut rx: mpsc::Receiver<SinkItem>) {
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(WRITES_IN_FLIGHT));
+        let mut writes = tokio::task::JoinSet::new();
+        let mut buffer = BatchBuffer::new(self.sink.batch_config().clone());
+        let mut open = true;
+        while open {
+            if buffer.is_empty() {
+                match rx.recv().await {
+                    Some(item) => {
+                        let size = item.prepared.bytes.len();
+                        buffer.push(item, size, Instant::now());
+                    }
+                    None => break,
+                }
+            }
+            while !buffer.is_full() {
+                let deadline = buffer.deadline().unwrap_or_else(Instant::now);
+                tokio::select! {
+                    item = rx.recv() => match item {
+                        Some(item) => {
+                            let size = item.prepared.bytes.len();
+                            buffer.push(item, size, Instant::now());
+                        }
+                        None => { open = false; break; }
+                    },
+                    _ = tokio::time::sleep_until(deadline.into()) => break,
+                }
+            }
+            let items = buffer.take();
+            self.spawn_write(&in_flight, &mut writes, items).await;
+        }
+        if !buffer.is_empty() {
+            let items = buffer.take();
+            self.spawn_write(&in_flight, &mut writes, items).await;
+        }
+        while writes.join_next().await.is_some() {}
+    }
+
+    async fn spawn_write(
+        self: &Arc<Self>,
+        in_flight: &Arc<tokio::sync::Semaphore>,
+        writes: &mut tokio::task::JoinSet<()>,
+        items: Vec<SinkItem>,
+    ) {
+        // Reap finished writes so the set does not grow.
+        while writes.try_join_next().is_some() {}
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let runner = self.clone();
+        writes.spawn(async move {
+            runner.write_and_settle(items).await;
+            drop(permit);
+        });
+    }
+
+    async fn write_and_settle(&self, items: Vec<SinkItem>) {
+        let (prepared, tickets): (Vec<Prepared>, Vec<Ticket<Delivered>>) =
+            items.into_iter().map(|i| (i.prepared, i.ticket)).unzip();
+        tracing::debug!(
+            sink = self.sink.name(),
+            size = prepared.len(),
+            "writing batch"
+        );
+        match self.write_with_retry(&prepared).await {
+            Outcome::Rejected(_) if prepared.len() > 1 => {
+                // One bad row fails the whole batch: find it by writing one at a time.
+                for (item, ticket) in prepared.iter().zip(tickets) {
+                    let outcome = self.write_with_retry(std::slice::from_ref(item)).await;
+                    self.settle(vec![ticket], outcome).await;
+                }
+            }
+            outcome => self.settle(tickets, outcome).await,
+        }
+    }
+
+    async fn settle(&self, tickets: Vec<Ticket<Delivered>>, outcome: Outcome) {
+        let name = self.sink.name();
+        let verdict = match outcome {
+            Outcome::Written => Verdict::Ack,
+            Outcome::Rejected(message) => Verdict::DeadLetter {
+                kind: "sink-rejected",
+                reason: format!("sink {name} refused the message: {message}"),
+            },
+            Outcome::Exhausted(message) => Verdict::DeadLetter {
+                kind: "sink-unavailable",
+                reason: format!("sink {name}: {message}"),
+            },
+            Outcome::Interrupted => Verdict::Requeue,
+        };
+        let settled: Vec<_> = tickets
+            .iter()
+            .filter_map(|ticket| ticket.complete(verdict.clone()))
+            .collect();
+        futures::future::join_all(
+            settled
+                .into_iter()
+                .map(|(delivery, verdict)| self.finisher.finish(delivery, verdict)),
+        )
+        .await;
+    }
+
+    async fn write_with_retry(&self, batch: &[Prepared]) -> Outcome {
+        let name = self.sink.name();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let started = Instant::now();
+            let error = match self.sink.write(batch).await {
+                Ok(()) => {
+                    self.metrics
+                        .sink_write(name, started.elapsed().as_secs_f64(), batch.len());
+                    return Outcome::Written;
+                }
+                Err(SinkError::Permanent(message)) => {
+                    self.metrics.sink_error(name, "permanent");
+                    return Outcome::Rejected(message);
+                }
+                Err(SinkError::Transient(message)) => message,
+            };
+            self.metrics.sink_error(name, "transient");
+            if !may_retry(&self.retry, attempts) {
+                return Outcome::Exhausted(format!("{error} (after {attempts} attempts)"));
+            }
+            let delay = backoff(&self.retry, attempts);
+            tracing::warn!(sink = name, attempts, error = %error, delay_ms = delay.as_millis() as u64, "sink write failed; retrying");
+            self.metrics.retried(name, batch.len() as u64);
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return Outcome::Interrupted,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(max_messages: usize, max_bytes: usize) -> BatchConfig {
+        BatchConfig {
+            max_messages,
+            max_bytes,
+            max_age_ms: 100,
+        }
+    }
+
+    #[test]
+    fn batch_is_due_by_count() {
+        let mut buffer = BatchBuffer::new(policy(3, 1 << 20));
+        let now = Instant::now();
+        assert!(!buffer.push(1, 10, now));
+        assert!(!buffer.push(2, 10, now));
+        assert!(buffer.push(3, 10, now));
+        assert_eq!(buffer.take(), vec![1, 2, 3]);
+        assert!(buffer.is_empty());
+        assert_eq!(buffer.deadline(), None);
+    }
+
+    #[test]
+    fn batch_is_due_by_bytes() {
+        let mut buffer = BatchBuffer::new(policy(100, 25));
+        let now = Instant::now();
+        assert!(!buffer.push("a", 10, now));
+        assert!(!buffer.push("b", 10, now));
+        assert!(buffer.push("c", 10, now));
+    }
+
+    #[test]
+    fn batch_age_counts_from_its_first_item() {
+        let mut buffer = BatchBuffer::new(policy(100, 1 << 20));
+        let first = Instant::now();
+        buffer.push(1, 1, first);
+        buffer.push(2, 1, first + Duration::from_millis(50));
+        assert_eq!(buffer.deadline(), Some(first + Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let retry = RetryConfig {
+            max_attempts: 5,
+            initial_backoff_ms: 100,
+            max_backoff_ms: 350,
+        };
+        let delays: Vec<u128> = (1..=4).map(|n| backoff(&retry, n).as_millis()).collect();
+        assert_eq!(delays, vec![100, 200, 350, 350]);
+        assert!(may_retry(&retry, 4));
+        assert!(!may_retry(&retry, 5));
+        let forever = RetryConfig {
+            max_attempts: 0,
+            ..retry
+        };
+        assert!(may_retry(&forever, 1_000_000));
+    }
+}

@@ -1,0 +1,88 @@
+//! The operations endpoint: `/metrics`, `/healthz` (the process and its broker connection
+//! are alive) and `/readyz` (consuming, not shutting down).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// Health flags, flipped by the runtime.
+#[derive(Debug)]
+pub struct Health {
+    /// False once the broker connection is lost (waiting for it at start is healthy).
+    pub alive: AtomicBool,
+    /// True while consuming.
+    pub ready: AtomicBool,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            alive: AtomicBool::new(true),
+            ready: AtomicBool::new(false),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+}
+
+async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}
+
+fn flag(value: bool) -> (StatusCode, &'static str) {
+    if value {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ok\n")
+    }
+}
+
+async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    flag(state.health.alive.load(Ordering::Relaxed))
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    flag(state.health.ready.load(Ordering::Relaxed))
+}
+
+/// Binds the listener (so a bad address fails at start) and serves until `stop`.
+pub async fn serve(
+    listen: &str,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = TcpListener::bind(listen).await?;
+    let app = Router::new()
+        .route("/metrics", get(render_metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(AppState { health, metrics });
+    Ok(tokio::spawn(async move {
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "http server failed");
+        }
+    }))
+}

@@ -1,0 +1,172 @@
+//! Sinks: where processed messages are written.
+//!
+//! Each sink has two halves. `prepare` turns one record into the bytes the sink writes
+//! (run by the processing tasks, so a message a sink cannot encode is dead-lettered before it
+//! reaches any sink); `write` stores a batch of prepared items (run by the sink's own
+//! batching task, see [`crate::batch`]). Every write is idempotent on the envelope id.
+
+pub mod postgres;
+pub mod redis;
+pub mod republish;
+pub mod s3;
+pub mod sigv4;
+pub mod webhook;
+
+use std::path::Path;
+
+use thiserror::Error;
+use tributary_contract::worker_config::{BatchConfig, SinkConfig};
+
+use crate::expr::CelEnv;
+use crate::record::Record;
+
+/// One message, encoded for one sink.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepared {
+    /// The envelope id.
+    pub id: String,
+    /// A sink-specific key (Redis key), if any.
+    pub key: Option<String>,
+    /// The encoded message (a COPY line, a JSON line, a request body).
+    pub bytes: Vec<u8>,
+}
+
+/// A failed batch write.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum SinkError {
+    /// Worth retrying: the target is unreachable, overloaded, restarting.
+    #[error("transient: {0}")]
+    Transient(String),
+    /// Retrying cannot help: the data itself is refused.
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+/// A sink that cannot be built from its config.
+#[derive(Debug, Error)]
+pub enum SinkBuildError {
+    /// A secret file could not be read.
+    #[error("sink {sink}: cannot read {path}: {message}")]
+    Secret {
+        /// Sink name.
+        sink: String,
+        /// File path.
+        path: String,
+        /// The I/O error.
+        message: String,
+    },
+    /// A setting is invalid.
+    #[error("sink {sink}: {message}")]
+    Invalid {
+        /// Sink name.
+        sink: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Reads a secret file, trimming the trailing newline editors and `kubectl` leave.
+pub fn read_secret(sink: &str, path: &Path) -> Result<String, SinkBuildError> {
+    std::fs::read_to_string(path)
+        .map(|text| text.trim_end_matches(['\n', '\r']).to_string())
+        .map_err(|e| SinkBuildError::Secret {
+            sink: sink.to_string(),
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
+}
+
+/// A configured sink.
+#[derive(Debug)]
+pub enum Sink {
+    /// PostgreSQL rows.
+    Postgres(postgres::PostgresSink),
+    /// Redis latest values.
+    Redis(redis::RedisSink),
+    /// S3 JSON Lines objects.
+    S3(s3::S3Sink),
+    /// HTTP webhook.
+    Webhook(webhook::WebhookSink),
+    /// Republish to AMQP.
+    Republish(republish::RepublishSink),
+}
+
+impl Sink {
+    /// Builds a sink (compiles expressions, reads secrets); no I/O to the target yet.
+    /// `default_amqp_uri` is the consumed broker's URI, for a republish sink without its own.
+    pub fn build(
+        env: &CelEnv,
+        config: &SinkConfig,
+        default_amqp_uri: &str,
+    ) -> Result<Self, SinkBuildError> {
+        Ok(match config {
+            SinkConfig::Postgres(c) => Sink::Postgres(postgres::PostgresSink::build(env, c)?),
+            SinkConfig::Redis(c) => Sink::Redis(redis::RedisSink::build(env, c)?),
+            SinkConfig::S3(c) => Sink::S3(s3::S3Sink::build(c)?),
+            SinkConfig::Webhook(c) => Sink::Webhook(webhook::WebhookSink::build(c)?),
+            SinkConfig::Republish(c) => {
+                Sink::Republish(republish::RepublishSink::build(c, default_amqp_uri)?)
+            }
+        })
+    }
+
+    /// The sink's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Sink::Postgres(s) => s.name(),
+            Sink::Redis(s) => s.name(),
+            Sink::S3(s) => s.name(),
+            Sink::Webhook(s) => s.name(),
+            Sink::Republish(s) => s.name(),
+        }
+    }
+
+    /// The sink's batching policy.
+    pub fn batch_config(&self) -> &BatchConfig {
+        match self {
+            Sink::Postgres(s) => s.batch_config(),
+            Sink::Redis(s) => s.batch_config(),
+            Sink::S3(s) => s.batch_config(),
+            Sink::Webhook(s) => s.batch_config(),
+            Sink::Republish(s) => s.batch_config(),
+        }
+    }
+
+    /// One-time setup at start (connect, create the table or bucket).
+    pub async fn init(&self) -> Result<(), SinkError> {
+        match self {
+            Sink::Postgres(s) => s.init().await,
+            Sink::Redis(s) => s.init().await,
+            Sink::S3(s) => s.init().await,
+            Sink::Webhook(_) => Ok(()),
+            Sink::Republish(s) => s.init().await,
+        }
+    }
+
+    /// Encodes one record; an error is permanent for that message.
+    pub fn prepare(&self, record: &Record) -> Result<Prepared, String> {
+        match self {
+            Sink::Postgres(s) => s.prepare(record),
+            Sink::Redis(s) => s.prepare(record),
+            Sink::S3(s) => s.prepare(record),
+            Sink::Webhook(s) => s.prepare(record),
+            Sink::Republish(s) => s.prepare(record),
+        }
+    }
+
+    /// Writes a batch; returns only when the target confirmed all of it.
+    pub async fn write(&self, batch: &[Prepared]) -> Result<(), SinkError> {
+        match self {
+            Sink::Postgres(s) => s.write(batch).await,
+            Sink::Redis(s) => s.write(batch).await,
+            Sink::S3(s) => s.write(batch).await,
+            Sink::Webhook(s) => s.write(batch).await,
+            Sink::Republish(s) => s.write(batch).await,
+        }
+    }
+}
+
+/// Serializes a JSON value; a `serde_json::Value` always serializes.
+pub(crate) fn json_bytes(value: &serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}
