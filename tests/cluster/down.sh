@@ -61,8 +61,22 @@ remove_iptables_rules() {
 unmount_under() {
   local root=$1 m
   # Deepest first.
-  findmnt -rn -o TARGET | grep -E "^$root(/|$)" | sort -r | while read -r m; do
+  { findmnt -rn -o TARGET | grep -E "^$root(/|$)" || true; } | sort -r | while read -r m; do
     umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
+  done
+}
+
+# Deletes the (now empty) nftables tables that iptables-nft created for the cluster.
+remove_added_nft_tables() {
+  command -v nft >/dev/null || return 0
+  [ -f "$CLUSTER_STATE/host-before/nft-tables" ] || return 0
+  local family name
+  nft list tables 2>/dev/null | while read -r _ family name; do
+    grep -qx "table $family $name" "$CLUSTER_STATE/host-before/nft-tables" && continue
+    # Only tables without rules: anything someone else added stays.
+    if ! nft list table "$family" "$name" 2>/dev/null | grep -qE '^\s+(ip|tcp|udp|meta|ct|counter|jump|goto|accept|drop|reject|mark)'; then
+      nft delete table "$family" "$name" 2>/dev/null || true
+    fi
   done
 }
 
@@ -73,6 +87,19 @@ remove_netns() {
     if ! grep -qx "$ns" "$CLUSTER_STATE/host-before/netns" 2>/dev/null; then
       ip netns delete "$ns" 2>/dev/null || true
     fi
+  done
+}
+
+# Processes of containers whose shim is gone (a killed run): every process in the
+# kubelet's pod cgroups belongs to the cluster.
+kill_pod_processes() {
+  local f pid
+  for f in /sys/fs/cgroup/*/kubepods/cgroup.procs /sys/fs/cgroup/*/kubepods/*/cgroup.procs \
+    /sys/fs/cgroup/*/kubepods/*/*/cgroup.procs /sys/fs/cgroup/*/kubepods/*/*/*/cgroup.procs; do
+    [ -f "$f" ] || continue
+    while read -r pid; do
+      kill -KILL "$pid" 2>/dev/null || true
+    done <"$f"
   done
 }
 
@@ -135,8 +162,10 @@ cluster_down() {
   for shim in $(our_shims); do
     kill -KILL "$shim" 2>/dev/null || true
   done
+  kill_pod_processes
   step "containerd and its shims stopped"
   remove_iptables_rules
+  remove_added_nft_tables
   remove_netns
   local link
   for link in $(ip -o link show type veth 2>/dev/null | awk -F'[:@ ]+' '{print $2}'); do

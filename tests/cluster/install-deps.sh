@@ -11,7 +11,7 @@ PACKAGES=(
   # Building Kubernetes 1.20 from Debian's source package.
   golang-go rsync make dpkg-dev golang-github-modern-go-reflect2-dev
   # The node.
-  etcd-server containerd runc containernetworking-plugins iptables conntrack
+  etcd-server containerd runc containernetworking-plugins iptables nftables conntrack
   dnsmasq-base socat ethtool iproute2 util-linux mount kmod openssl procps
   # Images without a registry.
   buildah debootstrap

@@ -46,6 +46,8 @@ record_host_state() {
     echo "$s=$(sysctl -n "$s" 2>/dev/null || echo missing)" >>"$CLUSTER_STATE/host-before/sysctls"
   done
   ip netns list 2>/dev/null | awk '{print $1}' >"$CLUSTER_STATE/host-before/netns"
+  # iptables-nft creates its tables on first use; `down` removes the ones it added.
+  nft list tables 2>/dev/null >"$CLUSTER_STATE/host-before/nft-tables" || true
   touch "$CLUSTER_STATE/host-before/recorded"
 }
 
