@@ -14,7 +14,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use std::net::SocketAddr;
@@ -141,6 +141,25 @@ where
     }
 }
 
+/// The objects cached in `store` that live in `namespace` and satisfy `depends`: what to
+/// reconcile when a watched object of that namespace changes.
+fn dependents<K>(
+    store: &Store<K>,
+    namespace: Option<String>,
+    depends: impl Fn(&K) -> bool,
+) -> Vec<ObjectRef<K>>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    store
+        .state()
+        .into_iter()
+        .filter(|object| object.namespace() == namespace && depends(object))
+        .map(|object| ObjectRef::from_obj(object.as_ref()))
+        .collect()
+}
+
 fn children_config() -> watcher::Config {
     watcher::Config::default().labels("app.kubernetes.io/managed-by=tributary-operator")
 }
@@ -167,20 +186,13 @@ async fn run_controllers(
             wc.clone(),
             move |secret: Secret| {
                 // External brokers: the URI Secret may appear after the Queue.
-                let namespace = secret.namespace();
-                queue_store
-                    .state()
-                    .into_iter()
-                    .filter(|q| q.namespace() == namespace)
-                    .filter(|q| {
-                        q.spec
-                            .broker
-                            .external
-                            .as_ref()
-                            .is_some_and(|e| e.uri_secret_ref.name == secret.name_any())
-                    })
-                    .map(|q| ObjectRef::from_obj(q.as_ref()))
-                    .collect::<Vec<_>>()
+                dependents(&queue_store, secret.namespace(), |q| {
+                    q.spec
+                        .broker
+                        .external
+                        .as_ref()
+                        .is_some_and(|e| e.uri_secret_ref.name == secret.name_any())
+                })
             },
         )
         .graceful_shutdown_on(stopped(stop.clone()))
@@ -195,34 +207,20 @@ async fn run_controllers(
             api_for::<Secret>(client, ns),
             wc.clone(),
             move |secret: Secret| {
-                let namespace = secret.namespace();
-                sink_store
-                    .state()
-                    .into_iter()
-                    .filter(|s| s.namespace() == namespace)
-                    .filter(|s| {
-                        crate::build::sink::referenced_secrets(s)
-                            .iter()
-                            .any(|r| r.name == secret.name_any())
-                    })
-                    .map(|s| ObjectRef::from_obj(s.as_ref()))
-                    .collect::<Vec<_>>()
+                dependents(&sink_store, secret.namespace(), |s| {
+                    crate::build::sink::referenced_secrets(s)
+                        .iter()
+                        .any(|r| r.name == secret.name_any())
+                })
             },
         )
         .watches(
             api_for::<Queue>(client, ns),
             wc.clone(),
             move |queue: Queue| {
-                let namespace = queue.namespace();
-                sink_store_for_queues
-                    .state()
-                    .into_iter()
-                    .filter(|s| s.namespace() == namespace)
-                    .filter(|s| {
-                        crate::build::sink::target_queue(s) == Some(queue.name_any().as_str())
-                    })
-                    .map(|s| ObjectRef::from_obj(s.as_ref()))
-                    .collect::<Vec<_>>()
+                dependents(&sink_store_for_queues, queue.namespace(), |s| {
+                    crate::build::sink::target_queue(s) == Some(queue.name_any().as_str())
+                })
             },
         )
         .graceful_shutdown_on(stopped(stop.clone()))
@@ -238,14 +236,9 @@ async fn run_controllers(
             api_for::<Queue>(client, ns),
             wc.clone(),
             move |queue: Queue| {
-                let namespace = queue.namespace();
-                by_queue
-                    .state()
-                    .into_iter()
-                    .filter(|g| g.namespace() == namespace)
-                    .filter(|g| g.spec.routes.iter().any(|r| r.queue == queue.name_any()))
-                    .map(|g| ObjectRef::from_obj(g.as_ref()))
-                    .collect::<Vec<_>>()
+                dependents(&by_queue, queue.namespace(), |g| {
+                    g.spec.routes.iter().any(|r| r.queue == queue.name_any())
+                })
             },
         )
         .watches(
@@ -254,13 +247,7 @@ async fn run_controllers(
             move |secret: Secret| {
                 // Device credentials, TLS and broker URIs: any Secret of the namespace may be
                 // referenced directly or through a Queue.
-                let namespace = secret.namespace();
-                by_secret
-                    .state()
-                    .into_iter()
-                    .filter(|g| g.namespace() == namespace)
-                    .map(|g| ObjectRef::from_obj(g.as_ref()))
-                    .collect::<Vec<_>>()
+                dependents(&by_secret, secret.namespace(), |_| true)
             },
         )
         .graceful_shutdown_on(stopped(stop.clone()))
@@ -277,40 +264,24 @@ async fn run_controllers(
             api_for::<Queue>(client, ns),
             wc.clone(),
             move |queue: Queue| {
-                let namespace = queue.namespace();
-                by_queue
-                    .state()
-                    .into_iter()
-                    .filter(|w| w.namespace() == namespace)
-                    // Sinks of type queue also depend on Queues: reconcile every Worker of the
-                    // namespace that uses this Queue directly; sink targets come via the Sink.
-                    .filter(|w| w.spec.queue == queue.name_any())
-                    .map(|w| ObjectRef::from_obj(w.as_ref()))
-                    .collect::<Vec<_>>()
+                // Sinks of type queue also depend on Queues: reconcile every Worker of the
+                // namespace that uses this Queue directly; sink targets come via the Sink.
+                dependents(&by_queue, queue.namespace(), |w| {
+                    w.spec.queue == queue.name_any()
+                })
             },
         )
         .watches(
             api_for::<Sink>(client, ns),
             wc.clone(),
             move |sink: Sink| {
-                let namespace = sink.namespace();
-                by_sink
-                    .state()
-                    .into_iter()
-                    .filter(|w| w.namespace() == namespace)
-                    .filter(|w| w.spec.sinks.contains(&sink.name_any()))
-                    .map(|w| ObjectRef::from_obj(w.as_ref()))
-                    .collect::<Vec<_>>()
+                dependents(&by_sink, sink.namespace(), |w| {
+                    w.spec.sinks.contains(&sink.name_any())
+                })
             },
         )
         .watches(api_for::<Secret>(client, ns), wc, move |secret: Secret| {
-            let namespace = secret.namespace();
-            by_secret
-                .state()
-                .into_iter()
-                .filter(|w| w.namespace() == namespace)
-                .map(|w| ObjectRef::from_obj(w.as_ref()))
-                .collect::<Vec<_>>()
+            dependents(&by_secret, secret.namespace(), |_| true)
         })
         .graceful_shutdown_on(stopped(stop))
         .run(controller::worker::reconcile, error_policy, ctx.clone())
