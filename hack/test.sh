@@ -69,6 +69,7 @@ cd "$repo"
 suite "cargo fmt --check" cargo fmt --all -- --check
 suite "cargo clippy -D warnings" cargo clippy --workspace --all-targets --locked -q -- -D warnings
 suite "unit and integration tests (cargo test)" cargo test --workspace --locked
+suite "monitoring with a real Prometheus" bash tests/monitoring/prometheus.sh
 
 if ! bash tests/cluster/cluster.sh status >/dev/null 2>&1; then
   started_cluster=1
@@ -82,6 +83,7 @@ suite "helm chart lint and template" bash charts/test.sh
 suite "operator against the cluster (cargo test --ignored)" \
   cargo test -p tributary-operator --locked --test cluster -- --ignored
 suite "operator installed with the Helm chart" bash charts/install-test.sh
+suite "end to end: examples, simulated devices, exact counts" bash tests/e2e/e2e.sh
 
 step "done"
 if [ "$suites_failed" -gt 0 ]; then

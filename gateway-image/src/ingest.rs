@@ -163,6 +163,22 @@ impl Gateway {
     }
 }
 
+/// Message ids in strictly increasing order within this process, even within one
+/// millisecond: sinks keep the newest message per key by id, so a device's burst must get
+/// ids in the order it was received.
+fn next_message_id() -> String {
+    static GENERATOR: std::sync::Mutex<ulid::Generator> =
+        std::sync::Mutex::new(ulid::Generator::new());
+    let mut generator = GENERATOR
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Overflow needs 2^80 ids in one millisecond; fall back to a fresh random id.
+    generator
+        .generate()
+        .unwrap_or_else(|_| ulid::Ulid::generate())
+        .to_string()
+}
+
 fn build_envelope(
     gateway: &Gateway,
     device: &str,
@@ -176,7 +192,7 @@ fn build_envelope(
         Err(_) => Payload::Base64(base64::engine::general_purpose::STANDARD.encode(payload)),
     };
     Envelope {
-        id: ulid::Ulid::generate().to_string(),
+        id: next_message_id(),
         tenant: gateway.tenant.clone(),
         gateway: gateway.gateway.clone(),
         device: device.to_owned(),
@@ -236,6 +252,15 @@ impl RateLimiter {
         while let Err(wait) = self.try_take(device) {
             tokio::time::sleep(wait).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod id_tests {
+    #[test]
+    fn message_ids_increase_within_a_millisecond() {
+        let ids: Vec<String> = (0..10_000).map(|_| super::next_message_id()).collect();
+        assert!(ids.windows(2).all(|pair| pair[0] < pair[1]));
     }
 }
 

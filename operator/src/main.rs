@@ -36,6 +36,24 @@ enum Command {
     },
     /// Run the controllers (with leader election) until SIGTERM.
     Run(RunArgs),
+    /// Print the field reference of the custom resources (markdown, generated from the CRD
+    /// schemas; what `hack/gen-reference.sh` writes to `docs/resources.md`).
+    Reference {
+        /// Write the page to this file instead of printing it.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Print the alert rules the operator would create for the Queues and Gateways in
+    /// FILES (YAML manifests) as a plain Prometheus rules file, e.g. for
+    /// `promtool check rules`.
+    Rules {
+        /// Manifests holding Queues and Gateways (other kinds are skipped).
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+        /// Namespace of objects without one.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+    },
 }
 
 /// Arguments of `run`.
@@ -105,6 +123,39 @@ fn print_crds(out_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints the PrometheusRule specs of the Queues and Gateways in `files` as one rules file.
+fn print_rules(files: &[std::path::PathBuf], namespace: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let mut groups = Vec::new();
+    for file in files {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        groups.extend(
+            tributary_operator::build::monitoring::rule_groups_of_manifests(&text, namespace)
+                .with_context(|| file.display().to_string())?,
+        );
+    }
+    print!(
+        "{}",
+        serde_yaml::to_string(&serde_json::json!({ "groups": groups }))?
+    );
+    Ok(())
+}
+
+/// Prints the resource reference, or writes it to `out`.
+fn print_reference(out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let page = tributary_operator::reference::render(&tributary_operator::crd::all());
+    match out {
+        None => print!("{page}"),
+        Some(path) => {
+            std::fs::write(path, page).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
+    }
+    Ok(())
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let identity = match args.identity {
         Some(identity) if !identity.is_empty() => identity,
@@ -154,6 +205,8 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::CheckApi => check_api::run().await,
             Command::Crds { out_dir } => print_crds(out_dir.as_deref()),
+            Command::Rules { files, namespace } => print_rules(&files, &namespace),
+            Command::Reference { out } => print_reference(out.as_deref()),
             Command::Run(args) => run(args).await,
         }
     });

@@ -4,7 +4,13 @@
 //! - `tributary_operator_reconcile_errors_total{kind,error}`: failed reconciles by error kind.
 //! - `tributary_operator_reconcile_duration_seconds{kind}`: reconcile latency histogram.
 //! - `tributary_operator_leader`: 1 while this replica holds the leader Lease.
+//! - `tributary_operator_queue_ready_messages{namespace,queue}`, `…_unacked_messages`,
+//!   `…_consumers`, `…_dead_letter_messages`: the broker counts the Queue controller last
+//!   read (the leader only), for backlog and dead-letter alerts.
+//!
+//! The full table is in `docs/metrics.md`; a test below keeps the two in step.
 
+use crate::controller::broker::QueueCounts;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -23,6 +29,13 @@ pub struct Metrics {
     durations: Family<Labels, Histogram>,
     /// 1 while leading.
     pub leader: Gauge,
+    scale_events: Family<Labels, Counter>,
+    worker_replicas: Family<Labels, Gauge>,
+    worker_backlog: Family<Labels, Gauge>,
+    queue_ready: Family<Labels, Gauge>,
+    queue_unacked: Family<Labels, Gauge>,
+    queue_consumers: Family<Labels, Gauge>,
+    queue_dead_letter: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -61,12 +74,65 @@ impl Metrics {
             "1 while this replica holds the leader Lease",
             leader.clone(),
         );
+        let scale_events = Family::<Labels, Counter>::default();
+        let worker_replicas = Family::<Labels, Gauge>::default();
+        let worker_backlog = Family::<Labels, Gauge>::default();
+        registry.register(
+            "scale_events",
+            "Replica changes made by the autoscaler, by namespace and worker",
+            scale_events.clone(),
+        );
+        registry.register(
+            "worker_desired_replicas",
+            "Replicas the autoscaler last decided, by namespace and worker",
+            worker_replicas.clone(),
+        );
+        registry.register(
+            "worker_backlog_messages",
+            "Ready + unacknowledged messages of the worker's queue at the autoscaler's last reading",
+            worker_backlog.clone(),
+        );
+        let queue_ready = Family::<Labels, Gauge>::default();
+        let queue_unacked = Family::<Labels, Gauge>::default();
+        let queue_consumers = Family::<Labels, Gauge>::default();
+        let queue_dead_letter = Family::<Labels, Gauge>::default();
+        for (name, help, family) in [
+            (
+                "queue_ready_messages",
+                "Ready messages of a Queue at the last reading",
+                &queue_ready,
+            ),
+            (
+                "queue_unacked_messages",
+                "Delivered, unacknowledged messages of a Queue at the last reading",
+                &queue_unacked,
+            ),
+            (
+                "queue_consumers",
+                "Consumers of a Queue at the last reading",
+                &queue_consumers,
+            ),
+            (
+                "queue_dead_letter_messages",
+                "Messages in a Queue's dead-letter queue at the last reading",
+                &queue_dead_letter,
+            ),
+        ] {
+            registry.register(name, help, family.clone());
+        }
         Metrics {
             registry,
             reconciles,
             errors,
             durations,
             leader,
+            scale_events,
+            worker_replicas,
+            worker_backlog,
+            queue_ready,
+            queue_unacked,
+            queue_consumers,
+            queue_dead_letter,
         }
     }
 
@@ -90,6 +156,55 @@ impl Metrics {
         self.errors.get_or_create(&labels).inc();
     }
 
+    /// Records an autoscaler reading of a worker's queue and its decision.
+    pub fn observed(&self, namespace: &str, worker: &str, backlog: i64, replicas: i32) {
+        let labels = worker_labels(namespace, worker);
+        self.worker_backlog.get_or_create(&labels).set(backlog);
+        self.worker_replicas
+            .get_or_create(&labels)
+            .set(i64::from(replicas));
+    }
+
+    /// Counts a replica change made by the autoscaler.
+    pub fn scaled(&self, namespace: &str, worker: &str) {
+        self.scale_events
+            .get_or_create(&worker_labels(namespace, worker))
+            .inc();
+    }
+
+    /// Records the broker counts of the Queue `queue` in `namespace`.
+    pub fn queue_counts(&self, namespace: &str, queue: &str, counts: &QueueCounts) {
+        let labels = queue_labels(namespace, queue);
+        self.queue_ready.get_or_create(&labels).set(counts.ready);
+        self.queue_unacked
+            .get_or_create(&labels)
+            .set(counts.unacked);
+        self.queue_consumers
+            .get_or_create(&labels)
+            .set(counts.consumers);
+        match counts.dead_lettered {
+            Some(depth) => {
+                self.queue_dead_letter.get_or_create(&labels).set(depth);
+            }
+            None => {
+                self.queue_dead_letter.remove(&labels);
+            }
+        }
+    }
+
+    /// Drops the series of a deleted Queue.
+    pub fn forget_queue(&self, namespace: &str, queue: &str) {
+        let labels = queue_labels(namespace, queue);
+        for family in [
+            &self.queue_ready,
+            &self.queue_unacked,
+            &self.queue_consumers,
+            &self.queue_dead_letter,
+        ] {
+            family.remove(&labels);
+        }
+    }
+
     /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -98,6 +213,20 @@ impl Metrics {
         }
         out
     }
+}
+
+fn worker_labels(namespace: &str, worker: &str) -> Labels {
+    vec![
+        ("namespace".to_owned(), namespace.to_owned()),
+        ("worker".to_owned(), worker.to_owned()),
+    ]
+}
+
+fn queue_labels(namespace: &str, queue: &str) -> Labels {
+    vec![
+        ("namespace".to_owned(), namespace.to_owned()),
+        ("queue".to_owned(), queue.to_owned()),
+    ]
 }
 
 /// Records a reconcile's duration on drop.
@@ -117,7 +246,37 @@ impl Drop for ReconcileTimer<'_> {
 }
 
 #[cfg(test)]
+pub(crate) mod docs {
+    //! Reading `docs/metrics.md` in tests.
+
+    /// The (name, type) pairs of the metrics table under `## heading` in
+    /// `docs/metrics.md`.
+    pub fn documented(heading: &str) -> Vec<(String, String)> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md");
+        let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let mut in_section = false;
+        let mut names = Vec::new();
+        for line in text.lines() {
+            if let Some(title) = line.strip_prefix("## ") {
+                in_section = title.trim() == heading;
+                continue;
+            }
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            if in_section && cells.len() > 3 && cells[1].starts_with("`tributary_") {
+                names.push((cells[1].trim_matches('`').to_owned(), cells[2].to_owned()));
+            }
+        }
+        assert!(
+            !names.is_empty(),
+            "no metrics documented under ## {heading}"
+        );
+        names
+    }
+}
+
+#[cfg(test)]
 mod tests {
+    use super::docs::documented;
     use super::*;
 
     #[test]
@@ -140,5 +299,78 @@ mod tests {
             text.contains("tributary_operator_reconcile_duration_seconds_count{kind=\"Queue\"} 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn queue_counts_are_exported_and_forgotten() {
+        let metrics = Metrics::new();
+        let counts = QueueCounts {
+            ready: 7,
+            unacked: 2,
+            consumers: 1,
+            dead_lettered: Some(3),
+        };
+        metrics.queue_counts("factory", "telemetry", &counts);
+        let text = metrics.render();
+        for line in [
+            "tributary_operator_queue_ready_messages{namespace=\"factory\",queue=\"telemetry\"} 7",
+            "tributary_operator_queue_unacked_messages{namespace=\"factory\",queue=\"telemetry\"} 2",
+            "tributary_operator_queue_consumers{namespace=\"factory\",queue=\"telemetry\"} 1",
+            "tributary_operator_queue_dead_letter_messages{namespace=\"factory\",queue=\"telemetry\"} 3",
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
+        metrics.forget_queue("factory", "telemetry");
+        assert!(!metrics.render().contains("queue=\"telemetry\""));
+    }
+
+    #[test]
+    fn every_documented_operator_metric_is_exported_and_vice_versa() {
+        let metrics = Metrics::new();
+        drop(metrics.reconcile("Queue"));
+        metrics.error("Queue", "broker");
+        metrics.leader.set(1);
+        metrics.observed("factory", "ingest", 5, 2);
+        metrics.scaled("factory", "ingest");
+        metrics.queue_counts(
+            "factory",
+            "telemetry",
+            &QueueCounts {
+                ready: 1,
+                unacked: 0,
+                consumers: 1,
+                dead_lettered: Some(0),
+            },
+        );
+        let text = metrics.render();
+        let documented = documented("Operator");
+        for (name, kind) in &documented {
+            let sample = if kind == "histogram" {
+                format!("{name}_count")
+            } else {
+                name.clone()
+            };
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(&sample) && l[sample.len()..].starts_with([' ', '{'])),
+                "documented {name} ({kind}) is not exported:\n{text}"
+            );
+        }
+        // And every exported family is documented.
+        for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let mut parts = line.split_whitespace().skip(2);
+            let (Some(family), Some(kind)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let name = if kind == "counter" {
+                format!("{family}_total")
+            } else {
+                family.to_owned()
+            };
+            assert!(
+                documented.iter().any(|(d, _)| *d == name),
+                "exported {name} is not documented in docs/metrics.md"
+            );
+        }
     }
 }

@@ -164,7 +164,8 @@ fn children_config() -> watcher::Config {
     watcher::Config::default().labels("app.kubernetes.io/managed-by=tributary-operator")
 }
 
-/// Runs the four controllers for one namespace (or all) until `stop` fires.
+/// Runs the four controllers and the autoscaler for one namespace (or all) until `stop`
+/// fires.
 async fn run_controllers(
     ctx: Arc<Context>,
     namespace: Option<String>,
@@ -258,6 +259,8 @@ async fn run_controllers(
     let by_queue = workers.store();
     let by_sink = workers.store();
     let by_secret = workers.store();
+    let autoscaled = workers.store();
+    let autoscaler = crate::autoscaler::run(ctx.clone(), autoscaled, stop.clone());
     let workers = workers
         .owns(api_for::<Deployment>(client, ns), children_config())
         .watches(
@@ -287,7 +290,7 @@ async fn run_controllers(
         .run(controller::worker::reconcile, error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
 
-    tokio::join!(queues, sinks, gateways, workers);
+    tokio::join!(queues, sinks, gateways, workers, autoscaler);
 }
 
 /// Runs the operator until SIGTERM/SIGINT (graceful) or loss of the leader Lease (error).

@@ -61,10 +61,26 @@ where
     }
 }
 
+/// A stand-in for one Prometheus Operator CRD (`monitoring.coreos.com/v1`): the real
+/// schemas are large; the operator only needs the kind to be served.
+fn monitoring_crd(kind: &str, plural: &str) -> CustomResourceDefinition {
+    serde_yaml::from_str(&format!(
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {{name: {plural}.monitoring.coreos.com}}\nspec:\n  group: monitoring.coreos.com\n  scope: Namespaced\n  names: {{kind: {kind}, plural: {plural}, singular: {singular}, listKind: {kind}List}}\n  versions:\n    - name: v1\n      served: true\n      storage: true\n      schema:\n        openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}\n",
+        singular = kind.to_lowercase()
+    ))
+    .expect("monitoring CRD YAML")
+}
+
+/// Installs Tributary's CRDs and the two Prometheus Operator kinds the operator writes
+/// (every test does, so the operator's cached discovery answer is the same in all).
 async fn install_crds(client: &Client) {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let params = PatchParams::apply("tributary-operator-tests").force();
-    for definition in crd::all() {
+    let monitoring = [
+        monitoring_crd("PodMonitor", "podmonitors"),
+        monitoring_crd("PrometheusRule", "prometheusrules"),
+    ];
+    for definition in crd::all().into_iter().chain(monitoring) {
         let name = definition.name_any();
         api.patch(&name, &params, &Patch::Apply(&definition))
             .await
@@ -611,4 +627,317 @@ async fn delete_policy_refuses_a_non_empty_queue_until_allowed() {
     if let Ok(found) = tributary_operator::controller::broker::inspect(&uri, &broker_queue).await {
         assert!(found.is_none(), "broker queue deleted");
     }
+}
+
+/// Publishes `count` envelopes (devices `d-0`…`d-9`) straight into a broker queue.
+async fn publish_envelopes(uri: &str, queue: &str, tenant: &str, count: usize) {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    use lapin::{BasicProperties, Connection, ConnectionProperties};
+    let connection = Connection::connect(uri, ConnectionProperties::default())
+        .await
+        .expect("amqp connect");
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let mut confirms = Vec::with_capacity(count);
+    for i in 0..count {
+        let envelope = serde_json::json!({
+            "id": format!("01JTEST{i:019}"),
+            "tenant": tenant,
+            "gateway": "test",
+            "device": format!("d-{}", i % 10),
+            "topic": "devices/test/telemetry",
+            "protocol": "mqtt",
+            "receivedAt": "2026-11-26T12:00:00.000Z",
+            "payload": {"encoding": "json", "data": {"seq": i}},
+        });
+        let body = serde_json::to_vec(&envelope).expect("json");
+        confirms.push(
+            channel
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .expect("publish"),
+        );
+    }
+    for confirm in confirms {
+        confirm.await.expect("broker confirm");
+    }
+    let _ = connection.close(200, "done".into()).await;
+}
+
+/// The AMQP URI of a managed Queue's broker, reachable from the node.
+async fn managed_broker_uri(ns: &TestNamespace, queue: &str) -> String {
+    let services: Api<Service> = ns.api();
+    let secrets: Api<Secret> = ns.api();
+    let ip = services
+        .get(&format!("{queue}-rabbitmq"))
+        .await
+        .expect("service")
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .expect("ip");
+    let password = String::from_utf8(
+        secrets
+            .get(&format!("{queue}-rabbitmq-credentials"))
+            .await
+            .expect("secret")
+            .data
+            .expect("data")["password"]
+            .0
+            .clone(),
+    )
+    .expect("utf8");
+    format!("amqp://tributary:{password}@{ip}:5672/%2f")
+}
+
+fn deployment_replicas(deployment: &Deployment) -> Option<i32> {
+    deployment.spec.as_ref().and_then(|s| s.replicas)
+}
+
+async fn scale_events(client: &Client, ns: &str, worker: &str) -> Vec<String> {
+    use k8s_openapi::api::core::v1::Event;
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    events
+        .list(&Default::default())
+        .await
+        .map(|list| {
+            list.items
+                .into_iter()
+                .filter(|e| e.involved_object.name.as_deref() == Some(worker))
+                .filter_map(|e| Some(format!("{}: {}", e.reason?, e.message?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+#[ignore = "needs the test cluster: cargo test -p tributary-operator --test cluster -- --ignored"]
+async fn autoscaler_follows_the_backlog_scales_to_zero_and_wakes_on_a_message() {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::create(&client, "scale").await;
+    start_operator(&ns.name);
+    let deployments: Api<Deployment> = ns.api();
+    let workers: Api<Worker> = ns.api();
+    let queues: Api<Queue> = ns.api();
+
+    // The sink's Redis, the Queue, the Sink and an autoscaled Worker (min 0, max 3).
+    apply_yaml(&deployments, "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: cache}\nspec:\n  selector: {matchLabels: {app: cache}}\n  template:\n    metadata: {labels: {app: cache}}\n    spec:\n      securityContext: {runAsNonRoot: true, seccompProfile: {type: RuntimeDefault}}\n      containers:\n        - name: redis\n          image: redis:7\n          ports: [{containerPort: 6379}]\n          securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}\n          volumeMounts: [{name: data, mountPath: /data}]\n      volumes: [{name: data, emptyDir: {}}]\n").await;
+    let services: Api<Service> = ns.api();
+    apply_yaml(&services, "apiVersion: v1\nkind: Service\nmetadata: {name: cache}\nspec:\n  selector: {app: cache}\n  ports: [{port: 6379, protocol: TCP}]\n").await;
+    let secrets: Api<Secret> = ns.api();
+    apply_yaml(&secrets, "apiVersion: v1\nkind: Secret\nmetadata: {name: cache}\nstringData: {url: 'redis://cache:6379'}\n").await;
+    let sinks: Api<Sink> = ns.api();
+    apply_yaml(&sinks, "apiVersion: tributary.dev/v1alpha1\nkind: Sink\nmetadata: {name: latest}\nspec:\n  redis:\n    urlSecretRef: {name: cache, key: url}\n").await;
+    apply_yaml(&queues, "apiVersion: tributary.dev/v1alpha1\nkind: Queue\nmetadata: {name: telemetry}\nspec:\n  broker:\n    managed: {}\n  type: classic\n").await;
+    apply_yaml(&workers, "apiVersion: tributary.dev/v1alpha1\nkind: Worker\nmetadata: {name: ingest}\nspec:\n  queue: telemetry\n  sinks: [latest]\n  scaling:\n    minReplicas: 0\n    maxReplicas: 3\n    messagesPerReplica: 200\n    scaleDownDelaySeconds: 10\n    pollIntervalSeconds: 2\n").await;
+    step("Queue Ready");
+    wait_ready(&queues, "telemetry", "Queue Ready", |s, _| s == "True").await;
+    step("Worker Ready at zero replicas, replica count owned by the autoscaler");
+    wait_ready(&workers, "ingest", "Worker Ready", |s, _| s == "True").await;
+    let deployment = deployments.get("ingest-worker").await.expect("deployment");
+    assert_eq!(deployment_replicas(&deployment), Some(0));
+    wait_for("autoscaler owns spec.replicas", || async {
+        let d = deployments.get("ingest-worker").await.ok()?;
+        tributary_operator::autoscaler::owns_replicas(
+            &d,
+            tributary_operator::autoscaler::FIELD_MANAGER,
+        )
+        .then_some(())
+    })
+    .await;
+
+    // A backlog of 1000 messages wants 5 replicas at 200 each: capped at 3.
+    let uri = managed_broker_uri(&ns, "telemetry").await;
+    let broker_queue = format!("{}.telemetry", ns.name);
+    publish_envelopes(&uri, &broker_queue, &ns.name, 1000).await;
+    let published = tokio::time::Instant::now();
+    step("backlog published: replicas rise to the maximum");
+    wait_for("worker Deployment scaled to 3", || async {
+        let d = deployments.get("ingest-worker").await.ok()?;
+        (deployment_replicas(&d) == Some(3)).then_some(())
+    })
+    .await;
+    step(&format!(
+        "scaled to 3 after {:.1}s",
+        published.elapsed().as_secs_f64()
+    ));
+    let status = workers
+        .get("ingest")
+        .await
+        .expect("worker")
+        .status
+        .expect("status");
+    let scaling = status.scaling.expect("status.scaling");
+    assert!(scaling.last_scale_time.is_some());
+    assert!(
+        scaling
+            .last_scale_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("0 → 3")),
+        "{scaling:?}"
+    );
+
+    // The workers drain the queue (into Redis), then the count falls back to zero.
+    step("queue drained by the worker pods (nothing ready, nothing unacknowledged)");
+    wait_for("queue drained", || async {
+        let ready = tributary_operator::controller::broker::inspect(&uri, &broker_queue)
+            .await
+            .ok()??;
+        let scaling = workers.get("ingest").await.ok()?.status?.scaling?;
+        (ready == 0 && scaling.backlog == Some(0)).then_some(())
+    })
+    .await;
+    step("replicas fall back to zero once the queue is empty and idle");
+    wait_for("worker Deployment scaled to 0", || async {
+        let d = deployments.get("ingest-worker").await.ok()?;
+        (deployment_replicas(&d) == Some(0)).then_some(())
+    })
+    .await;
+    let scaling = workers
+        .get("ingest")
+        .await
+        .expect("worker")
+        .status
+        .and_then(|s| s.scaling)
+        .expect("status.scaling");
+    assert_eq!(scaling.backlog, Some(0));
+    assert_eq!(scaling.desired_replicas, Some(0));
+    assert!(
+        scaling
+            .last_scale_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("idle")),
+        "{scaling:?}"
+    );
+
+    // One message wakes one replica.
+    publish_envelopes(&uri, &broker_queue, &ns.name, 1).await;
+    step("a new message wakes one replica");
+    wait_for("worker Deployment scaled to 1", || async {
+        let d = deployments.get("ingest-worker").await.ok()?;
+        (deployment_replicas(&d) == Some(1)).then_some(())
+    })
+    .await;
+    wait_for("status.scaling tells of the wake-up", || async {
+        let reason = workers
+            .get("ingest")
+            .await
+            .ok()?
+            .status?
+            .scaling?
+            .last_scale_reason?;
+        reason.contains("0 → 1").then_some(())
+    })
+    .await;
+    let events = wait_for("WokeUp, ScaledDown and ScaledToZero Events", || async {
+        let events = scale_events(&client, &ns.name, "ingest").await;
+        let told = events
+            .iter()
+            .any(|e| e.starts_with("WokeUp: ") && e.contains("0 → 3"))
+            && events.iter().any(|e| e.starts_with("ScaledDown: "))
+            && events.iter().any(|e| e.starts_with("ScaledToZero: "));
+        told.then_some(events)
+    })
+    .await;
+    step(&format!("Events: {events:?}"));
+}
+
+fn monitoring_api(client: &Client, ns: &str, kind: &str, plural: &str) -> Api<DynamicObject> {
+    let resource = ApiResource {
+        group: "monitoring.coreos.com".into(),
+        version: "v1".into(),
+        api_version: "monitoring.coreos.com/v1".into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    };
+    Api::namespaced_with(client.clone(), ns, &resource)
+}
+
+#[tokio::test]
+#[ignore = "needs the test cluster: cargo test -p tributary-operator --test cluster -- --ignored"]
+async fn monitoring_objects_appear_and_disappear_with_their_owners() {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::create(&client, "monitoring").await;
+    start_operator(&ns.name);
+    let pod_monitors = monitoring_api(&client, &ns.name, "PodMonitor", "podmonitors");
+    let rules = monitoring_api(&client, &ns.name, "PrometheusRule", "prometheusrules");
+    let queues: Api<Queue> = ns.api();
+    let gateways: Api<Gateway> = ns.api();
+    let workers: Api<Worker> = ns.api();
+    let secrets: Api<Secret> = ns.api();
+    let sinks: Api<Sink> = ns.api();
+
+    apply_yaml(&queues, "apiVersion: tributary.dev/v1alpha1\nkind: Queue\nmetadata: {name: telemetry}\nspec:\n  broker:\n    managed: {}\n  type: classic\n").await;
+    apply_yaml(&secrets, "apiVersion: v1\nkind: Secret\nmetadata: {name: devices}\nstringData: {passwords: 'd1:$argon2id$v=19$m=16,t=2,p=1$c2FsdHNhbHQ$aGFzaA'}\n").await;
+    apply_yaml(&gateways, "apiVersion: tributary.dev/v1alpha1\nkind: Gateway\nmetadata: {name: line-1}\nspec:\n  listeners:\n    mqtt: {port: 1883}\n  auth:\n    passwords: {name: devices}\n  routes:\n    - topicFilter: devices/+/telemetry\n      queue: telemetry\n").await;
+    apply_yaml(&secrets, "apiVersion: v1\nkind: Secret\nmetadata: {name: cache}\nstringData: {url: 'redis://cache:6379'}\n").await;
+    apply_yaml(&sinks, "apiVersion: tributary.dev/v1alpha1\nkind: Sink\nmetadata: {name: latest}\nspec:\n  redis:\n    urlSecretRef: {name: cache, key: url}\n").await;
+    apply_yaml(&workers, "apiVersion: tributary.dev/v1alpha1\nkind: Worker\nmetadata: {name: ingest}\nspec:\n  queue: telemetry\n  sinks: [latest]\n").await;
+
+    step(
+        "PrometheusRule of the Queue, PodMonitor and rule of the Gateway, PodMonitor of the Worker",
+    );
+    let owner_of = |object: &DynamicObject| {
+        object
+            .owner_references()
+            .first()
+            .map(|o| format!("{}/{}", o.kind, o.name))
+    };
+    let queue_rule = wait_for("Queue PrometheusRule", || async {
+        rules.get_opt("telemetry-queue-alerts").await.ok()?
+    })
+    .await;
+    assert_eq!(owner_of(&queue_rule).as_deref(), Some("Queue/telemetry"));
+    let groups = &queue_rule.data["spec"]["groups"];
+    assert!(
+        groups.to_string().contains("TributaryQueue"),
+        "alerts of the queue: {groups}"
+    );
+    let gateway_monitor = wait_for("Gateway PodMonitor", || async {
+        pod_monitors.get_opt("line-1-gateway").await.ok()?
+    })
+    .await;
+    assert_eq!(
+        owner_of(&gateway_monitor).as_deref(),
+        Some("Gateway/line-1")
+    );
+    wait_for("Gateway PrometheusRule", || async {
+        rules.get_opt("line-1-gateway-alerts").await.ok()?
+    })
+    .await;
+    let worker_monitor = wait_for("Worker PodMonitor", || async {
+        pod_monitors.get_opt("ingest-worker").await.ok()?
+    })
+    .await;
+    assert_eq!(owner_of(&worker_monitor).as_deref(), Some("Worker/ingest"));
+
+    step("deleting the owners removes them");
+    workers
+        .delete("ingest", &DeleteParams::default())
+        .await
+        .expect("delete worker");
+    gateways
+        .delete("line-1", &DeleteParams::default())
+        .await
+        .expect("delete gateway");
+    queues
+        .delete("telemetry", &DeleteParams::default())
+        .await
+        .expect("delete queue");
+    wait_for("monitoring objects garbage-collected", || async {
+        let monitors = pod_monitors.list(&Default::default()).await.ok()?.items;
+        let rules = rules.list(&Default::default()).await.ok()?.items;
+        (monitors.is_empty() && rules.is_empty()).then_some(())
+    })
+    .await;
 }

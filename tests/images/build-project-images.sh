@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the project's images (operator, gateway, worker) from binaries built on this host
+# Builds the project's images (operator, gateway, worker, device simulator) from binaries built on this host
 # and the runtime stage of each Dockerfile, as docker-archive files in the cache. Prints
 # the archive paths, one per line, on stdout; progress goes to stderr.
 set -euo pipefail
@@ -16,10 +16,10 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$TRIBUTARY_CACHE/target}"
 mkdir -p "$IMAGES_CACHE"
 
 # component:crate-folder
-COMPONENTS=(operator:operator gateway:gateway-image worker:worker-image)
+COMPONENTS=(operator:operator gateway:gateway-image worker:worker-image simulator:simulator)
 
 step "building release binaries (cargo, target in $CARGO_TARGET_DIR)"
-(cd "$repo" && cargo build --release --locked -q -p tributary-operator -p tributary-gateway -p tributary-worker)
+(cd "$repo" && cargo build --release --locked -q -p tributary-operator -p tributary-gateway -p tributary-worker -p tributary-simulator)
 
 # The runtime stage's base image is a stand-in built from Debian's packages.
 base_archive=$(bash "$here/build-standins.sh" debian)

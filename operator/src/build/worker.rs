@@ -41,6 +41,8 @@ pub struct WorkerInputs {
     pub secrets: SecretData,
     /// Default worker image.
     pub image: String,
+    /// Whether the Deployment carries `spec.replicas`; false once the autoscaler owns it.
+    pub set_replicas: bool,
 }
 
 /// The Worker's children.
@@ -216,11 +218,15 @@ pub fn mounted_secrets(inputs: &WorkerInputs) -> BTreeSet<String> {
     names
 }
 
-/// Replicas the Deployment should run: `spec.replicas` (autoscaler, `/scale`) clamped to
-/// the scaling bounds, or `minReplicas`.
+/// Replicas the Deployment should run when the operator (not the autoscaler) sets them:
+/// `minReplicas` for an autoscaled worker (its starting point), otherwise `spec.replicas`
+/// (`kubectl scale`, HPA) clamped to the scaling bounds.
 pub fn desired_replicas(worker: &Worker) -> i32 {
     let scaling = &worker.spec.scaling;
     let max = scaling.max_replicas.max(scaling.min_replicas);
+    if scaling.enabled {
+        return scaling.min_replicas;
+    }
     worker
         .spec
         .replicas
@@ -296,14 +302,22 @@ pub fn build(worker: &Worker, inputs: &WorkerInputs) -> Result<WorkerChildren, B
             data: Some(BTreeMap::from([(CONFIG_KEY.to_owned(), text)])),
             ..ConfigMap::default()
         },
-        deployment: deployment(
-            child_meta(worker, &child, COMPONENT)?,
-            selector_labels(&name, COMPONENT),
-            desired_replicas(worker),
-            hash,
-            containers,
-            volumes,
-        ),
+        deployment: {
+            let mut deployment = deployment(
+                child_meta(worker, &child, COMPONENT)?,
+                selector_labels(&name, COMPONENT),
+                desired_replicas(worker),
+                hash,
+                containers,
+                volumes,
+            );
+            if !inputs.set_replicas {
+                if let Some(spec) = deployment.spec.as_mut() {
+                    spec.replicas = None;
+                }
+            }
+            deployment
+        },
     })
 }
 
@@ -338,6 +352,7 @@ mod tests {
                 BTreeMap::from([("url".into(), b"postgres://x".to_vec())]),
             )]),
             image: "tributary/worker:0.1.0".into(),
+            set_replicas: true,
         }
     }
 
@@ -367,6 +382,13 @@ mod tests {
         let children = build(&worker, &inputs()).expect("builds");
         let spec = children.deployment.spec.expect("spec");
         assert_eq!(spec.replicas, Some(2));
+        // Once the autoscaler owns the replica count, the operator leaves it out.
+        let handed_over = WorkerInputs {
+            set_replicas: false,
+            ..inputs()
+        };
+        let without = build(&worker, &handed_over).expect("builds");
+        assert_eq!(without.deployment.spec.expect("spec").replicas, None);
         let pod = spec.template.spec.expect("pod");
         crate::build::tests_support::assert_restricted(&pod);
         let mounts: Vec<_> = pod.containers[0]
@@ -455,9 +477,14 @@ mod tests {
     #[test]
     fn replicas_are_clamped_to_the_scaling_bounds() {
         let mut worker: Worker = load("worker-pipeline.yaml");
+        worker.spec.scaling.enabled = false;
         worker.spec.replicas = Some(50);
         assert_eq!(desired_replicas(&worker), 5);
         worker.spec.replicas = None;
+        assert_eq!(desired_replicas(&worker), 2);
+        // Autoscaled: spec.replicas is ignored; the autoscaler starts from the minimum.
+        worker.spec.scaling.enabled = true;
+        worker.spec.replicas = Some(4);
         assert_eq!(desired_replicas(&worker), 2);
         assert_eq!(
             selector_string(&worker).expect("selector"),

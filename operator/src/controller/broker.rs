@@ -178,6 +178,12 @@ pub async fn declare(
 
 /// Whether a queue exists, with its ready count, by passive declaration.
 pub async fn inspect(uri: &str, queue: &str) -> Result<Option<u32>, BrokerError> {
+    Ok(passive(uri, queue).await?.map(|(ready, _)| ready))
+}
+
+/// Ready messages and consumers of a queue by passive declaration (current to the
+/// moment, unlike the management API's sampled statistics); `None` when it is missing.
+async fn passive(uri: &str, queue: &str) -> Result<Option<(u32, u32)>, BrokerError> {
     let connection = connect(uri).await?;
     let result = async {
         let channel = timed(connection.create_channel(), BrokerError::Connect).await?;
@@ -193,7 +199,7 @@ pub async fn inspect(uri: &str, queue: &str) -> Result<Option<u32>, BrokerError>
         // After a 404 the broker already closed the channel; closing again is harmless.
         let _ = tokio::time::timeout(TIMEOUT, channel.close(200, "done".into())).await;
         match declared {
-            Ok(Ok(declared)) => Ok(Some(declared.message_count())),
+            Ok(Ok(declared)) => Ok(Some((declared.message_count(), declared.consumer_count()))),
             // A passive declare of a missing queue closes the channel with 404.
             Ok(Err(error)) if error.to_string().contains("NOT_FOUND") => Ok(None),
             Ok(Err(error)) => Err(BrokerError::Refused {
@@ -317,6 +323,39 @@ pub async fn counts(
         consumers: number(&info, "consumers"),
         dead_lettered,
     })
+}
+
+/// One reading of a queue for the autoscaler: ready messages and consumers by passive
+/// declaration; unacknowledged messages and the publish counter from the management API
+/// when there is one (its figures are sampled, so a failure there only leaves them out).
+pub async fn reading(
+    uri: &str,
+    management: Option<&Management>,
+    queue: &str,
+) -> Result<crate::autoscaler::policy::Reading, BrokerError> {
+    let Some((ready, consumers)) = passive(uri, queue).await? else {
+        return Err(BrokerError::Refused {
+            operation: "inspection",
+            queue: queue.to_owned(),
+            reason: "the queue does not exist on the broker".to_owned(),
+        });
+    };
+    let mut reading = crate::autoscaler::policy::Reading {
+        ready: i64::from(ready),
+        unacked: None,
+        consumers: i64::from(consumers),
+        published: None,
+    };
+    if let Some(management) = management {
+        match queue_info(management, queue).await {
+            Ok(info) => {
+                reading.unacked = info["messages_unacknowledged"].as_i64();
+                reading.published = info["message_stats"]["publish"].as_u64();
+            }
+            Err(error) => tracing::debug!(%error, queue, "management reading failed"),
+        }
+    }
+    Ok(reading)
 }
 
 #[cfg(test)]

@@ -83,6 +83,7 @@ async fn run(
     apply(&ctx.client, &children.service).await?;
     ctx.pdb.apply(&ctx.client, &children.pdb).await?;
     let deployment = apply(&ctx.client, &children.deployment).await?;
+    super::monitoring::ensure_for_gateway(ctx, gateway).await;
     let child = build::child_name(&gateway.name_any());
     status.endpoint = Some(format!("{child}.{namespace}.svc"));
     let ready = deployment

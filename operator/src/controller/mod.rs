@@ -22,6 +22,7 @@ use std::time::Duration;
 pub mod broker;
 pub mod conditions;
 pub mod gateway;
+pub mod monitoring;
 pub mod pdb;
 pub mod queue;
 pub mod sink;

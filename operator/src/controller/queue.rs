@@ -30,9 +30,25 @@ pub const DRIFT_CHECK: Duration = Duration::from_secs(20);
 pub const FINALIZER: &str = "tributary.dev/broker-queue";
 
 /// How the operator reaches the broker of a Queue (credentials inside: never log).
-struct Endpoint {
-    amqp_uri: String,
-    management: Option<broker::Management>,
+pub struct Endpoint {
+    /// AMQP URI.
+    pub amqp_uri: String,
+    /// Management API, when the broker has one the operator knows.
+    pub management: Option<broker::Management>,
+}
+
+/// Dereferences how to reach a Queue's broker (for the autoscaler), or the outcome that
+/// says why it is not possible yet.
+pub async fn broker_endpoint(
+    ctx: &Context,
+    queue: &Queue,
+) -> Result<Result<Endpoint, Outcome>, Error> {
+    let plan = match build::validate(queue) {
+        Ok(plan) => plan,
+        Err(BuildError::Invalid(message)) => return Ok(Err(Outcome::invalid(message))),
+        Err(other) => return Err(other.into()),
+    };
+    endpoint(ctx, queue, &plan).await
 }
 
 fn random_token(bytes: usize) -> Result<String, Error> {
@@ -263,6 +279,8 @@ pub async fn reconcile(queue: Arc<Queue>, ctx: Arc<Context>) -> Result<Action, E
     let outcome = run(&queue, &ctx, &mut status).instrument(span).await?;
     let Some(outcome) = outcome else {
         // Deleted: no status to write.
+        ctx.metrics
+            .forget_queue(&queue.namespace().unwrap_or_default(), &queue.name_any());
         return Ok(Action::await_change());
     };
     status.conditions =
@@ -384,11 +402,17 @@ async fn run(
                 status.unacked_messages = Some(counts.unacked);
                 status.consumers = Some(counts.consumers);
                 status.dead_lettered_messages = counts.dead_lettered;
+                ctx.metrics.queue_counts(
+                    &queue.namespace().unwrap_or_default(),
+                    &queue.name_any(),
+                    &counts,
+                );
             }
             Err(error) => tracing::debug!(%error, "reading queue counts failed"),
         }
     }
     let mut outcome = Outcome::ready(format!("queue {broker_queue} is declared on the broker"));
     outcome.action = Action::requeue(DRIFT_CHECK);
+    super::monitoring::ensure_for_queue(ctx, queue).await;
     Ok(Some(outcome))
 }

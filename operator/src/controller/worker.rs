@@ -6,10 +6,12 @@ use super::{
     apply, patch_status, ready_condition, resolve_queue, resolve_secrets, Context, Error, Outcome,
     PROGRESS_POLL, RESYNC,
 };
+use crate::autoscaler;
 use crate::build::sink::{self as sink_build, ResolvedTarget};
 use crate::build::worker::{self as build, WorkerInputs};
 use crate::build::BuildError;
 use crate::crd::{Sink, Worker, WorkerStatus};
+use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 use std::collections::BTreeSet;
@@ -24,20 +26,19 @@ pub async fn reconcile(worker: Arc<Worker>, ctx: Arc<Context>) -> Result<Action,
     let mut status = WorkerStatus {
         replicas: current.replicas,
         ready_replicas: current.ready_replicas,
-        last_scale_reason: current.last_scale_reason.clone(),
         ..WorkerStatus::default()
     };
     let outcome = run(&worker, &ctx, &mut status).instrument(span).await?;
     status.conditions =
         ready_condition(&ctx, worker.as_ref(), &current.conditions, &outcome.ready).await;
     status.observed_generation = worker.metadata.generation;
-    patch_status(
-        &ctx.client,
-        worker.as_ref(),
-        worker.status.as_ref(),
-        &status,
-    )
-    .await?;
+    // `status.scaling` belongs to the autoscaler's field manager: leave it out of both
+    // the comparison and the write.
+    let comparable = WorkerStatus {
+        scaling: None,
+        ..current
+    };
+    patch_status(&ctx.client, worker.as_ref(), Some(&comparable), &status).await?;
     Ok(outcome.action)
 }
 
@@ -87,11 +88,22 @@ async fn run(worker: &Worker, ctx: &Context, status: &mut WorkerStatus) -> Resul
         };
         sinks.push((sink, target));
     }
+    // An autoscaled Deployment's replica count belongs to the autoscaler once it has taken
+    // it over; until then (creation, scaling just enabled) the operator sets the minimum and
+    // hands the field over right after applying.
+    let namespace_deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+    let child = build::child_name(&worker.name_any());
+    let autoscaled = worker.spec.scaling.enabled;
+    let handed_over = namespace_deployments
+        .get_opt(&child)
+        .await?
+        .is_some_and(|d| autoscaler::owns_replicas(&d, autoscaler::FIELD_MANAGER));
     let mut inputs = WorkerInputs {
         queue,
         sinks,
         secrets: Default::default(),
         image: ctx.images.worker.clone(),
+        set_replicas: !(autoscaled && handed_over),
     };
     let names: BTreeSet<String> = build::mounted_secrets(&inputs);
     inputs.secrets = match resolve_secrets(&ctx.client, &namespace, names).await? {
@@ -105,7 +117,15 @@ async fn run(worker: &Worker, ctx: &Context, status: &mut WorkerStatus) -> Resul
     };
     apply(&ctx.client, &children.config_map).await?;
     let deployment = apply(&ctx.client, &children.deployment).await?;
-    let desired = build::desired_replicas(worker);
+    super::monitoring::ensure_for_worker(ctx, worker).await;
+    let desired = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(1);
+    if autoscaled && !handed_over {
+        autoscaler::set_replicas(&ctx.client, &namespace, &child, desired).await?;
+    }
     let deployment_status = deployment.status.unwrap_or_default();
     status.replicas = Some(deployment_status.replicas.unwrap_or(0));
     let ready = deployment_status.ready_replicas.unwrap_or(0);
@@ -115,6 +135,11 @@ async fn run(worker: &Worker, ctx: &Context, status: &mut WorkerStatus) -> Resul
             reason::PROGRESSING,
             format!("waiting for worker pods to become ready (0/{desired})"),
             PROGRESS_POLL,
+        ));
+    }
+    if desired == 0 {
+        return Ok(Outcome::ready(
+            "scaled to zero: the queue is empty; the first message wakes a worker",
         ));
     }
     Ok(Outcome::ready(format!(

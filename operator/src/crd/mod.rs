@@ -22,7 +22,7 @@ pub mod worker;
 pub use gateway::{Gateway, GatewaySpec, GatewayStatus};
 pub use queue::{Queue, QueueSpec, QueueStatus};
 pub use sink::{Sink, SinkSpec, SinkStatus};
-pub use worker::{Worker, WorkerSpec, WorkerStatus};
+pub use worker::{Scaling, ScalingStatus, Worker, WorkerSpec, WorkerStatus};
 
 /// The API group of every Tributary resource.
 pub const GROUP: &str = "tributary.dev";

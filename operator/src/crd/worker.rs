@@ -36,6 +36,11 @@ use std::collections::BTreeMap;
     ),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.replicas"),
     printcolumn(
+        name = "Backlog",
+        type_ = "integer",
+        json_path = ".status.scaling.backlog"
+    ),
+    printcolumn(
         name = "Ready",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
@@ -63,8 +68,9 @@ pub struct WorkerSpec {
     /// each message over HTTP on localhost, and a 2xx response acknowledges it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<CustomContainer>,
-    /// Desired replicas; written by the autoscaler and the `/scale` subresource. Default:
-    /// `scaling.minReplicas`.
+    /// Desired replicas when `scaling.enabled` is false, written by `kubectl scale` or an
+    /// HPA/KEDA through the `/scale` subresource (clamped to the scaling bounds). Ignored
+    /// while the operator's autoscaler is enabled. Default: `scaling.minReplicas`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub replicas: Option<i32>,
@@ -167,10 +173,21 @@ fn default_container_path() -> String {
     "/".to_owned()
 }
 
-/// Scaling bounds.
+/// Backlog-driven autoscaling.
+///
+/// Every `pollIntervalSeconds` the operator reads the queue's ready + unacknowledged count
+/// and wants `ceil(backlog / messagesPerReplica)` replicas within the bounds. It scales up
+/// at once; it scales down only to the highest replica count wanted during the last
+/// `scaleDownDelaySeconds`, removing at most `maxScaleDownPercent` of the replicas per
+/// poll. With `minReplicas: 0` the worker stops when the queue has been empty and idle (no
+/// publishes) for the delay, and the first message wakes one replica.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Scaling {
+    /// Whether the operator scales this worker on its queue's backlog. When false, the
+    /// replica count is `spec.replicas` (`kubectl scale`, HPA, KEDA). Default true.
+    #[serde(default = "default_enabled")]
+    pub enabled: bool,
     /// Fewest replicas; 0 lets the worker scale to zero on an empty queue. Default 1.
     #[serde(default = "default_min_replicas")]
     #[schemars(range(min = 0))]
@@ -183,12 +200,25 @@ pub struct Scaling {
     #[serde(default = "default_messages_per_replica")]
     #[schemars(range(min = 1))]
     pub messages_per_replica: i64,
-    /// Seconds the backlog must stay low before replicas are removed. Default 60.
+    /// Seconds the backlog must stay low before replicas are removed (and, with
+    /// `minReplicas: 0`, the queue empty and idle before the worker stops). Default 60.
     #[serde(default = "default_scale_down_delay")]
     #[schemars(range(min = 0))]
     pub scale_down_delay_seconds: i64,
+    /// Seconds between two readings of the queue. Default 5.
+    #[serde(default = "default_poll_interval")]
+    #[schemars(range(min = 1))]
+    pub poll_interval_seconds: i64,
+    /// Largest share of the replicas removed by one scale-down step (at least one
+    /// replica). Default 50.
+    #[serde(default = "default_max_scale_down_percent")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_scale_down_percent: i32,
 }
 
+fn default_enabled() -> bool {
+    true
+}
 fn default_min_replicas() -> i32 {
     1
 }
@@ -201,14 +231,23 @@ fn default_messages_per_replica() -> i64 {
 fn default_scale_down_delay() -> i64 {
     60
 }
+fn default_poll_interval() -> i64 {
+    5
+}
+fn default_max_scale_down_percent() -> i32 {
+    50
+}
 
 impl Default for Scaling {
     fn default() -> Self {
         Scaling {
+            enabled: default_enabled(),
             min_replicas: default_min_replicas(),
             max_replicas: default_max_replicas(),
             messages_per_replica: default_messages_per_replica(),
             scale_down_delay_seconds: default_scale_down_delay(),
+            poll_interval_seconds: default_poll_interval(),
+            max_scale_down_percent: default_max_scale_down_percent(),
         }
     }
 }
@@ -271,7 +310,31 @@ pub struct WorkerStatus {
     /// Label selector of the worker pods (the `/scale` selector).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
+    /// The autoscaler's view (written by the autoscaler only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaling: Option<ScalingStatus>,
+}
+
+/// What the autoscaler last saw and decided.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingStatus {
+    /// Ready + unacknowledged messages of the queue at the last reading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backlog: Option<i64>,
+    /// Consumers of the queue at the last reading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumers: Option<i64>,
+    /// Replicas the autoscaler wants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_replicas: Option<i32>,
+    /// When the autoscaler last changed the replica count (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<String>,
     /// Why the replica count last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_reason: Option<String>,
+    /// Why the last reading failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): how fast the autoscaler reacts to a backlog. On the running
+# cluster (tests/cluster/cluster.sh up; images loaded), with the operator installed by its
+# Helm chart, a Worker at minReplicas 0 gets a backlog of BENCH_MESSAGES messages published
+# by simulated devices through a Gateway. Per trial it measures:
+#   decision: backlog fully in the queue -> the worker Deployment's replicas change
+#   consuming: backlog fully in the queue -> the first worker pod Ready (consuming)
+# for pollIntervalSeconds 5 (the default) and 1, and prints them beside the reference
+# chain of a polling scaler with the default settings of KEDA + HPA (30 s polling interval,
+# then 15 s HPA sync): decision after U(0,30) + U(0,15) s (mean 22.5 s, worst 45 s) plus the
+# same pod start measured here.
+#   operator/bench-autoscale.sh            # BENCH_TRIALS=3 BENCH_MESSAGES=500
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=../tests/cluster/lib.sh
+source "$repo/tests/cluster/lib.sh"
+# shellcheck source=../tests/e2e/lib.sh
+source "$repo/tests/e2e/lib.sh"
+export KUBECONFIG="${KUBECONFIG:-$KUBECONFIG_PATH}" PATH="$K8S_BIN:$PATH"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$TRIBUTARY_CACHE/target}"
+trials="${BENCH_TRIALS:-3}"
+messages="${BENCH_MESSAGES:-500}"
+ns=bench-autoscale
+kubectl version >/dev/null 2>&1 || { echo "the cluster is not reachable: tests/cluster/cluster.sh up" >&2; exit 1; }
+(cd "$repo" && cargo build --release --locked -q -p tributary-simulator -p tributary-gateway)
+simulator="$CARGO_TARGET_DIR/release/tributary-simulator"
+install_operator "$repo"
+kubectl delete namespace "$ns" --ignore-not-found --wait=true >/dev/null
+kubectl create namespace "$ns" >/dev/null
+trap 'kubectl delete namespace "$ns" --wait=false >/dev/null 2>&1 || true' EXIT
+hash=$(printf bench-password | "$CARGO_TARGET_DIR/release/tributary-gateway" hash-password)
+kubectl -n "$ns" create secret generic devices --from-literal=passwords="bench-1:$hash" >/dev/null
+kubectl -n "$ns" create secret generic cache --from-literal=url=redis://cache:6379 >/dev/null
+kubectl -n "$ns" apply -f - >/dev/null <<'YAML'
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: cache}
+spec:
+  selector: {matchLabels: {app: cache}}
+  template:
+    metadata: {labels: {app: cache}}
+    spec:
+      securityContext: {runAsNonRoot: true, seccompProfile: {type: RuntimeDefault}}
+      containers:
+        - name: redis
+          image: redis:7
+          securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
+          volumeMounts: [{name: data, mountPath: /data}]
+      volumes: [{name: data, emptyDir: {}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: cache}
+spec:
+  selector: {app: cache}
+  ports: [{port: 6379, protocol: TCP}]
+---
+apiVersion: tributary.dev/v1alpha1
+kind: Queue
+metadata: {name: backlog}
+spec:
+  broker: {managed: {}}
+  type: classic
+---
+apiVersion: tributary.dev/v1alpha1
+kind: Gateway
+metadata: {name: bench}
+spec:
+  listeners: {mqtt: {port: 1883}}
+  auth: {passwords: {name: devices}}
+  routes: [{topicFilter: "devices/+/telemetry", queue: backlog}]
+---
+apiVersion: tributary.dev/v1alpha1
+kind: Sink
+metadata: {name: latest}
+spec:
+  redis: {urlSecretRef: {name: cache, key: url}}
+YAML
+worker() { # POLL_SECONDS
+  kubectl -n "$ns" apply -f - >/dev/null <<YAML
+apiVersion: tributary.dev/v1alpha1
+kind: Worker
+metadata: {name: drain}
+spec:
+  queue: backlog
+  sinks: [latest]
+  scaling: {minReplicas: 0, maxReplicas: 4, messagesPerReplica: 100, scaleDownDelaySeconds: 5, pollIntervalSeconds: $1}
+YAML
+}
+worker 5
+wait_ready "$ns" 600 queue/backlog gateway/bench sink/latest worker/drain
+ip=$(service_ip "$ns" bench-gateway)
+now() { date +%s.%N; }
+replicas() { kubectl -n "$ns" get deployment drain-worker -o jsonpath='{.spec.replicas}'; }
+pods_ready() {
+  kubectl -n "$ns" get pods -l app.kubernetes.io/instance=drain,app.kubernetes.io/name=worker \
+    -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -q True
+}
+at_zero() { [ "$(replicas)" = 0 ] && ! kubectl -n "$ns" get pods -l app.kubernetes.io/instance=drain -o name | grep -q .; }
+
+results=()
+for poll in 5 1; do
+  worker "$poll"
+  for trial in $(seq 1 "$trials"); do
+    wait_until 300 at_zero || { echo "worker did not return to zero replicas" >&2; exit 1; }
+    sleep "$(awk -v s="$RANDOM" 'BEGIN { srand(s); printf "%.1f", rand() * 3 }')" # random phase against the poll
+    TRIBUTARY_DEVICE_PASSWORD=bench-password "$simulator" --host "$ip" --devices 1 \
+      --messages "$messages" --username-template 'bench-{n}' --max-inflight 256 >/dev/null 2>&1
+    t0=$(now)
+    until [ "$(replicas)" != 0 ]; do sleep 0.1; done
+    t1=$(now)
+    until pods_ready; do sleep 0.1; done
+    t2=$(now)
+    decision=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
+    consuming=$(awk -v a="$t0" -v b="$t2" 'BEGIN { printf "%.1f", b - a }')
+    echo "poll ${poll}s trial $trial: decision ${decision}s, first pod consuming ${consuming}s" >&2
+    results+=("$poll $decision $consuming")
+  done
+done
+
+printf '%s\n' "${results[@]}" | awk -v trials="$trials" '
+  { d[$1] += $2; c[$1] += $3; s[$1] += $3 - $2; if ($2 > dm[$1]) dm[$1] = $2 }
+  END {
+    start = (s[5] + s[1]) / (2 * trials)
+    printf "\n%-44s %12s %12s %16s\n", "scaler (backlog of '"$messages"' msgs, min 0)", "decision", "worst seen", "pods consuming"
+    printf "%-44s %11.1fs %11.1fs %15.1fs\n", "Tributary autoscaler, poll 5 s (default)", d[5] / trials, dm[5], c[5] / trials
+    printf "%-44s %11.1fs %11.1fs %15.1fs\n", "Tributary autoscaler, poll 1 s", d[1] / trials, dm[1], c[1] / trials
+    printf "%-44s %11.1fs %11.1fs %15.1fs\n", "reference: 30 s polling + 15 s HPA sync", 22.5, 45.0, 22.5 + start
+    printf "\nratio of mean decision time, reference / Tributary: %.1fx (poll 5 s), %.1fx (poll 1 s)\n", 22.5 / (d[5] / trials), 22.5 / (d[1] / trials)
+    printf "(reference decision = expected value of U(0,30)+U(0,15); its pod start = the %.1f s measured here)\n", start
+  }'

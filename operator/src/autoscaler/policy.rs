@@ -1,0 +1,314 @@
+//! The autoscaler's decision, pure: from one reading of the queue, the current replica
+//! count and the worker's recent history to the replica count it should run.
+//!
+//! Time is seconds on a monotonic clock chosen by the caller.
+
+use crate::crd::Scaling;
+use std::collections::VecDeque;
+
+/// One reading of a queue.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reading {
+    /// Messages waiting to be delivered.
+    pub ready: i64,
+    /// Messages delivered and not yet acknowledged, when the broker tells (management API).
+    pub unacked: Option<i64>,
+    /// Consumers of the queue.
+    pub consumers: i64,
+    /// Cumulative count of messages published to the queue, when the broker tells.
+    pub published: Option<u64>,
+}
+
+impl Reading {
+    /// Ready + unacknowledged.
+    pub fn backlog(&self) -> i64 {
+        self.ready.max(0) + self.unacked.unwrap_or(0).max(0)
+    }
+}
+
+/// What the autoscaler remembers of one worker between readings.
+#[derive(Clone, Debug, Default)]
+pub struct History {
+    /// Replica counts wanted during the scale-down window, oldest first.
+    wanted: VecDeque<(f64, i32)>,
+    /// Last time the queue had a backlog or received a message.
+    last_activity: Option<f64>,
+    /// The publish counter at the previous reading.
+    last_published: Option<u64>,
+}
+
+/// The autoscaler's answer for one reading.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// Replicas to run.
+    pub replicas: i32,
+    /// Replicas this reading alone asks for (before the scale-down window and rate limit).
+    pub wanted: i32,
+    /// Why the count changes; `None` when it stays.
+    pub reason: Option<String>,
+    /// The Event reason of the change: `WokeUp`, `ScaledUp`, `ScaledDown` or `ScaledToZero`.
+    pub event: Option<&'static str>,
+}
+
+/// Replicas for `backlog` at `per_replica` messages each (rounded up).
+fn replicas_for(backlog: i64, per_replica: i64) -> i64 {
+    let per_replica = per_replica.max(1);
+    (backlog.max(0) + per_replica - 1) / per_replica
+}
+
+/// Decides the replica count after `reading`, taken at `now`, with `current` replicas
+/// running. Scales up at once; scales down to the highest count wanted during the last
+/// `scaleDownDelaySeconds`, at most `maxScaleDownPercent` of the replicas per step; keeps
+/// one replica while the queue saw messages within the delay.
+pub fn decide(
+    scaling: &Scaling,
+    current: i32,
+    reading: &Reading,
+    history: &mut History,
+    now: f64,
+) -> Decision {
+    let min = scaling.min_replicas.max(0);
+    let max = scaling.max_replicas.max(min).max(1);
+    let delay = scaling.scale_down_delay_seconds.max(0) as f64;
+    let backlog = reading.backlog();
+
+    let published_moved = matches!(
+        (history.last_published, reading.published),
+        (Some(before), Some(after)) if after != before
+    );
+    if reading.published.is_some() {
+        history.last_published = reading.published;
+    }
+    if backlog > 0 || published_moved || history.last_activity.is_none() {
+        // The first reading counts as activity: nothing stops before a full delay.
+        history.last_activity = Some(now);
+    }
+    let recently_active = history
+        .last_activity
+        .is_some_and(|at| now - at < delay || backlog > 0);
+
+    let by_backlog = replicas_for(backlog, scaling.messages_per_replica);
+    let by_backlog = i32::try_from(by_backlog)
+        .unwrap_or(i32::MAX)
+        .clamp(min, max);
+    // While messages flow, a running worker keeps one replica even if each message is
+    // consumed at once. (A stopped worker wakes on a backlog, never on this floor.)
+    let floor = if recently_active && current > 0 {
+        min.max(1)
+    } else {
+        min
+    }
+    .min(max);
+    let wanted = by_backlog.max(floor);
+
+    if history.wanted.is_empty() {
+        // Without history, the running count stands for the window: no scale-down before
+        // the delay has passed under this autoscaler's eyes.
+        history.wanted.push_back((now, current.clamp(min, max)));
+    }
+    history.wanted.push_back((now, by_backlog));
+    while history
+        .wanted
+        .front()
+        .is_some_and(|(at, _)| *at < now - delay)
+        && history.wanted.len() > 1
+    {
+        history.wanted.pop_front();
+    }
+    let window_max = history
+        .wanted
+        .iter()
+        .map(|(_, w)| *w)
+        .max()
+        .unwrap_or(by_backlog)
+        .max(floor);
+
+    let per_replica = scaling.messages_per_replica;
+    let (replicas, reason, event) = if wanted > current {
+        if current == 0 {
+            let reason = format!("backlog {backlog} after idle: waking the worker, 0 → {wanted}");
+            (wanted, Some(reason), Some("WokeUp"))
+        } else {
+            let reason = format!(
+                "backlog {backlog} needs {wanted} replicas at {per_replica} messages each: \
+                 {current} → {wanted}"
+            );
+            (wanted, Some(reason), Some("ScaledUp"))
+        }
+    } else if current > max {
+        let reason = format!("above maxReplicas: {current} → {max}");
+        (max, Some(reason), Some("ScaledDown"))
+    } else if window_max < current {
+        let percent = i64::from(scaling.max_scale_down_percent.clamp(1, 100));
+        let step = ((i64::from(current) * percent) / 100).max(1) as i32;
+        let target = window_max.max(current - step);
+        if target == 0 {
+            let reason = format!(
+                "queue empty and idle for {}s: stopping the worker, {current} → 0",
+                delay as i64
+            );
+            (target, Some(reason), Some("ScaledToZero"))
+        } else {
+            let reason = format!(
+                "backlog {backlog}; at most {window_max} replicas needed for {}s: \
+                 {current} → {target}",
+                delay as i64
+            );
+            (target, Some(reason), Some("ScaledDown"))
+        }
+    } else {
+        (current, None, None)
+    };
+    Decision {
+        replicas,
+        wanted,
+        reason,
+        event,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scaling(min: i32, max: i32, delay: i64) -> Scaling {
+        Scaling {
+            min_replicas: min,
+            max_replicas: max,
+            messages_per_replica: 100,
+            scale_down_delay_seconds: delay,
+            ..Scaling::default()
+        }
+    }
+
+    fn ready(n: i64) -> Reading {
+        Reading {
+            ready: n,
+            unacked: Some(0),
+            consumers: 1,
+            published: Some(0),
+        }
+    }
+
+    #[test]
+    fn backlog_scales_up_at_once_within_max() {
+        let mut history = History::default();
+        let d = decide(&scaling(1, 4, 60), 1, &ready(250), &mut history, 0.0);
+        assert_eq!(d.replicas, 3);
+        assert!(d.reason.expect("changed").contains("backlog 250"));
+        let d = decide(&scaling(1, 4, 60), 3, &ready(10_000), &mut history, 5.0);
+        assert_eq!((d.replicas, d.wanted), (4, 4));
+    }
+
+    #[test]
+    fn unacknowledged_messages_count_as_backlog() {
+        let reading = Reading {
+            ready: 50,
+            unacked: Some(500),
+            consumers: 1,
+            published: None,
+        };
+        let d = decide(
+            &scaling(1, 10, 60),
+            1,
+            &reading,
+            &mut History::default(),
+            0.0,
+        );
+        assert_eq!(d.replicas, 6);
+    }
+
+    #[test]
+    fn scale_down_waits_for_the_delay_then_steps_by_percent() {
+        let policy = scaling(1, 10, 30);
+        let mut history = History::default();
+        assert_eq!(
+            decide(&policy, 1, &ready(1000), &mut history, 0.0).replicas,
+            10
+        );
+        // Drained: nothing changes until 30 s after the last high reading.
+        for t in [5.0, 10.0, 20.0, 29.0] {
+            let d = decide(&policy, 10, &ready(0), &mut history, t);
+            assert_eq!(d.replicas, 10, "at {t}s");
+            assert_eq!(d.reason, None);
+        }
+        // Then at most half of the replicas per step, down to the minimum.
+        let mut current = 10;
+        let mut steps = Vec::new();
+        for t in [31.0, 36.0, 41.0, 46.0, 51.0, 56.0] {
+            current = decide(&policy, current, &ready(0), &mut history, t).replicas;
+            steps.push(current);
+        }
+        assert_eq!(steps, vec![5, 3, 2, 1, 1, 1]);
+    }
+
+    #[test]
+    fn no_scale_down_right_after_the_autoscaler_starts() {
+        let policy = scaling(1, 10, 60);
+        let mut history = History::default();
+        let d = decide(&policy, 6, &ready(0), &mut history, 100.0);
+        assert_eq!(d.replicas, 6);
+        let d = decide(&policy, 6, &ready(0), &mut history, 161.0);
+        assert_eq!(d.replicas, 3);
+    }
+
+    #[test]
+    fn scales_to_zero_only_when_empty_and_idle() {
+        let policy = scaling(0, 5, 20);
+        let mut history = History::default();
+        let mut reading = ready(0);
+        assert_eq!(decide(&policy, 1, &reading, &mut history, 0.0).replicas, 1);
+        // Messages keep arriving and are consumed at once: the backlog reads 0, but the
+        // publish counter moves, so one replica stays.
+        for (i, t) in [10.0, 20.0, 30.0, 40.0].into_iter().enumerate() {
+            reading.published = Some((i as u64 + 1) * 7);
+            assert_eq!(decide(&policy, 1, &reading, &mut history, t).replicas, 1);
+        }
+        // Traffic stops: 20 s later the worker stops.
+        assert_eq!(decide(&policy, 1, &reading, &mut history, 50.0).replicas, 1);
+        let d = decide(&policy, 1, &reading, &mut history, 61.0);
+        assert_eq!(d.replicas, 0);
+        assert_eq!(d.event, Some("ScaledToZero"));
+        assert!(d.reason.expect("changed").contains("idle for 20s"));
+    }
+
+    #[test]
+    fn first_message_wakes_a_stopped_worker() {
+        let policy = scaling(0, 5, 20);
+        let mut history = History::default();
+        assert_eq!(decide(&policy, 0, &ready(0), &mut history, 0.0).replicas, 0);
+        let d = decide(&policy, 0, &ready(1), &mut history, 5.0);
+        assert_eq!(d.replicas, 1);
+        assert_eq!(d.event, Some("WokeUp"));
+        assert!(d.reason.expect("changed").contains("waking"));
+    }
+
+    #[test]
+    fn without_publish_counts_an_empty_queue_is_idle() {
+        let policy = scaling(0, 5, 10);
+        let mut history = History::default();
+        let reading = Reading {
+            ready: 0,
+            unacked: None,
+            consumers: 1,
+            published: None,
+        };
+        assert_eq!(decide(&policy, 1, &reading, &mut history, 0.0).replicas, 1);
+        assert_eq!(decide(&policy, 1, &reading, &mut history, 11.0).replicas, 0);
+    }
+
+    #[test]
+    fn bounds_changed_under_a_running_worker_apply_at_once() {
+        let mut history = History::default();
+        let d = decide(&scaling(1, 3, 60), 8, &ready(0), &mut history, 0.0);
+        assert_eq!(d.replicas, 3);
+        let d = decide(
+            &scaling(2, 3, 60),
+            1,
+            &ready(0),
+            &mut History::default(),
+            0.0,
+        );
+        assert_eq!(d.replicas, 2);
+    }
+}

@@ -1,0 +1,338 @@
+//! Command line arguments and the validated settings a run uses.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{ArgGroup, Parser};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use thiserror::Error;
+
+use crate::credentials::{self, CredentialsError, Passwords, Secret};
+use crate::payload::PayloadKind;
+use crate::plan;
+use crate::template::{self, TemplateError};
+
+/// Simulated devices: each connects to the gateway over MQTT, publishes JSON readings at
+/// QoS 1 and counts PUBACKs. Exits 0 only when every message was acknowledged.
+#[derive(Parser, Debug)]
+#[command(name = "tributary-simulator", version, about, long_about = None)]
+#[command(group(ArgGroup::new("amount").required(true).args(["messages", "duration_seconds"])))]
+pub struct Cli {
+    /// The gateway's host name or address.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// The gateway's MQTT port (usually 1883, or 8883 with --tls).
+    #[arg(long, default_value_t = 1883)]
+    pub port: u16,
+    /// How many devices connect at once.
+    #[arg(long, default_value_t = 1)]
+    pub devices: u32,
+    /// Messages in total, spread evenly over the devices.
+    #[arg(long)]
+    pub messages: Option<u64>,
+    /// Instead of a total: send for this many seconds, then wait for outstanding PUBACKs.
+    #[arg(long)]
+    pub duration_seconds: Option<u64>,
+    /// Messages per second across all devices; 0 sends as fast as PUBACKs allow.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// MQTT QoS of each publish; only 1 (at least once) is supported.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=1))]
+    pub qos: u8,
+    // Help texts never spell the plain number placeholder: clap turns it into a line break.
+    /// Topic template: `{device}` is the device id; the device number placeholders are
+    /// those of --username-template.
+    #[arg(long, default_value = "devices/{device}/telemetry")]
+    pub topic: String,
+    /// Device id (MQTT user name and client id) template: the device number from 1, plain
+    /// as in the default, or `{n:0W}` zero-padded to W digits.
+    #[arg(long, default_value = "machine-{n}")]
+    pub username_template: String,
+    /// Password, or a password template with the placeholders of --topic. Prefer the
+    /// environment variable: command lines are visible to other users.
+    #[arg(
+        long,
+        env = "TRIBUTARY_DEVICE_PASSWORD",
+        hide_env_values = true,
+        value_name = "TEMPLATE"
+    )]
+    pub password_template: Option<String>,
+    /// A file of `username:password` lines (`#` comments); takes precedence over the
+    /// password template.
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    /// Unacknowledged messages per device at most.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub max_inflight: u16,
+    /// The kind of readings devices send.
+    #[arg(long, value_enum, default_value = "factory")]
+    pub payload: PayloadKind,
+    /// Make every K-th reading of each device out of range (see the README).
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
+    pub out_of_range_every: Option<u64>,
+    /// Connect with TLS.
+    #[arg(long)]
+    pub tls: bool,
+    /// PEM file of the CA(s) that sign the gateway's certificate (default: system roots).
+    #[arg(long, requires = "tls")]
+    pub ca_file: Option<PathBuf>,
+    /// Longest wait for the TCP/TLS connection and the CONNACK (gateways check passwords
+    /// with a deliberately slow hash, so many devices connecting at once queue up).
+    #[arg(long, default_value_t = 30)]
+    pub connect_timeout_seconds: u64,
+    /// A connection whose oldest unacknowledged message waits this long is dropped and its
+    /// messages sent again.
+    #[arg(long, default_value_t = 30)]
+    pub ack_timeout_seconds: u64,
+    /// A device whose messages wait this long without any PUBACK (across reconnects, or
+    /// failing to connect) gives up.
+    #[arg(long, default_value_t = 60)]
+    pub give_up_seconds: u64,
+    /// Print the final summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Why the arguments do not make a run.
+#[derive(Debug, Error)]
+pub enum SettingsError {
+    #[error("--devices must be at least 1")]
+    NoDevices,
+    #[error("--rate must be a number ≥ 0")]
+    BadRate,
+    #[error("--username-template: {0}")]
+    Username(TemplateError),
+    #[error("--topic: {0}")]
+    Topic(TemplateError),
+    #[error("--username-template gives device {n} the id {id:?} of another device; use {{n}}")]
+    DuplicateId { n: u32, id: String },
+    #[error(
+        "no password: set TRIBUTARY_DEVICE_PASSWORD (or --password-template) or --password-file"
+    )]
+    NoPassword,
+    #[error("{0}")]
+    Credentials(#[from] CredentialsError),
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// One simulated device.
+#[derive(Debug, Clone)]
+pub struct DeviceSpec {
+    /// 0-based position among the devices (for pacing).
+    pub index: u32,
+    /// The device number (`{n}`), from 1.
+    pub n: u32,
+    /// Device id: MQTT user name and client id.
+    pub id: String,
+    /// The topic it publishes to.
+    pub topic: String,
+    /// Its password.
+    pub password: Secret,
+    /// How many messages it sends; `None` in a timed run.
+    pub messages: Option<u64>,
+}
+
+/// Everything a run needs, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub host: String,
+    pub port: u16,
+    /// The TLS client configuration, with `--tls`.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub devices: Vec<DeviceSpec>,
+    /// The planned total (`--messages`).
+    pub total: Option<u64>,
+    /// The sending time (`--duration-seconds`).
+    pub duration: Option<Duration>,
+    pub rate: f64,
+    pub max_inflight: u16,
+    pub payload: PayloadKind,
+    pub out_of_range_every: Option<u64>,
+    pub connect_timeout: Duration,
+    pub ack_timeout: Duration,
+    pub give_up: Duration,
+    pub json: bool,
+}
+
+impl Settings {
+    /// Checks the arguments, expands every template and reads the files they name.
+    pub fn from_cli(cli: Cli) -> Result<Self, SettingsError> {
+        if cli.devices == 0 {
+            return Err(SettingsError::NoDevices);
+        }
+        if !(cli.rate.is_finite() && cli.rate >= 0.0) {
+            return Err(SettingsError::BadRate);
+        }
+        let passwords = match (&cli.password_file, &cli.password_template) {
+            (Some(path), _) => Passwords::File(credentials::parse_password_file(&read(path)?)?),
+            (None, Some(template)) => Passwords::Template(Secret::new(template.as_str())),
+            (None, None) => return Err(SettingsError::NoPassword),
+        };
+        let mut seen = HashSet::new();
+        let mut devices = Vec::with_capacity(cli.devices as usize);
+        for index in 0..cli.devices {
+            let n = index + 1;
+            let id =
+                template::device_id(&cli.username_template, n).map_err(SettingsError::Username)?;
+            if !seen.insert(id.clone()) {
+                return Err(SettingsError::DuplicateId { n, id });
+            }
+            let topic = template::topic(&cli.topic, n, &id).map_err(SettingsError::Topic)?;
+            let password = passwords.for_device(n, &id)?;
+            let messages = cli
+                .messages
+                .map(|total| plan::messages_for_device(total, cli.devices, index));
+            devices.push(DeviceSpec {
+                index,
+                n,
+                id,
+                topic,
+                password,
+                messages,
+            });
+        }
+        let tls = if cli.tls {
+            Some(tls_config(cli.ca_file.as_deref())?)
+        } else {
+            None
+        };
+        Ok(Self {
+            host: cli.host,
+            port: cli.port,
+            tls,
+            devices,
+            total: cli.messages,
+            duration: cli.duration_seconds.map(Duration::from_secs),
+            rate: cli.rate,
+            max_inflight: cli.max_inflight,
+            payload: cli.payload,
+            out_of_range_every: cli.out_of_range_every,
+            connect_timeout: Duration::from_secs(cli.connect_timeout_seconds.max(1)),
+            ack_timeout: Duration::from_secs(cli.ack_timeout_seconds.max(1)),
+            give_up: Duration::from_secs(cli.give_up_seconds.max(1)),
+            json: cli.json,
+        })
+    }
+}
+
+fn read(path: &Path) -> Result<String, SettingsError> {
+    std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// A TLS client config trusting `ca_file`, or the system's roots without one.
+fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, SettingsError> {
+    let tls = |text: String| SettingsError::Tls(text);
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| tls(format!("{}: {e}", path.display())))?;
+            for cert in certs {
+                let cert = cert.map_err(|e| tls(format!("{}: {e}", path.display())))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| tls(format!("{}: {e}", path.display())))?;
+            }
+        }
+        None => {
+            // Unreadable system certificates are skipped; an empty store is refused below.
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    if roots.is_empty() {
+        return Err(tls("no CA certificates to trust".into()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut all = vec!["tributary-simulator"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).expect("arguments parse")
+    }
+
+    #[test]
+    fn devices_get_ids_topics_passwords_and_their_share() {
+        let settings = Settings::from_cli(cli(&[
+            "--devices",
+            "3",
+            "--messages",
+            "10",
+            "--password-template",
+            "pw-{n}",
+            "--topic",
+            "factory/line-1/{device}/telemetry",
+        ]))
+        .expect("settings");
+        let device = &settings.devices[2];
+        assert_eq!(device.id, "machine-3");
+        assert_eq!(device.topic, "factory/line-1/machine-3/telemetry");
+        assert_eq!(device.password.expose(), "pw-3");
+        let shares: Vec<Option<u64>> = settings.devices.iter().map(|d| d.messages).collect();
+        assert_eq!(shares, vec![Some(4), Some(3), Some(3)]);
+    }
+
+    #[test]
+    fn a_total_or_a_duration_is_required_but_not_both() {
+        let base = ["tributary-simulator", "--password-template", "x"];
+        assert!(Cli::try_parse_from(base).is_err());
+        let both = [&base[..], &["--messages", "1", "--duration-seconds", "1"]].concat();
+        assert!(Cli::try_parse_from(both).is_err());
+    }
+
+    #[test]
+    fn only_qos_1_is_accepted() {
+        let args = ["tributary-simulator", "--messages", "1", "--qos", "2"];
+        assert!(Cli::try_parse_from(args).is_err());
+    }
+
+    #[test]
+    fn same_id_for_two_devices_is_refused() {
+        let result = Settings::from_cli(cli(&[
+            "--devices",
+            "2",
+            "--messages",
+            "2",
+            "--username-template",
+            "press",
+            "--password-template",
+            "x",
+        ]));
+        assert!(matches!(
+            result,
+            Err(SettingsError::DuplicateId { n: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn missing_password_is_a_clear_error() {
+        let mut args = cli(&["--messages", "1"]);
+        args.password_template = None; // whatever the environment holds
+        let error = Settings::from_cli(args).expect_err("no password");
+        assert!(error.to_string().contains("TRIBUTARY_DEVICE_PASSWORD"));
+    }
+}

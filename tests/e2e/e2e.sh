@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# The end-to-end suite on the running cluster: the operator installed with the Helm chart,
+# examples/factory-telemetry applied, N messages (default 10,000) published by 50 simulated
+# devices through the gateway Service, then exactly N distinct rows in PostgreSQL, the last
+# reading of every device in Redis, nothing dead-lettered; examples/multi-tenant refuses a
+# cross-tenant publish; deleting the examples' resources removes everything the operator
+# made. Needs KUBECONFIG, kubectl and helm on PATH, the images loaded into the node
+# (tests/images/build-and-load.sh) and mosquitto_pub (tests/services/install-clients.sh).
+# Fails, never skips, when something it needs is missing. Ends with "N passed, N failed".
+#
+# It uses the examples' namespaces (factory, tenant-a, tenant-b): a demo pipeline running
+# there is replaced and removed.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck source=../cluster/lib.sh
+source "$repo/tests/cluster/lib.sh"
+# shellcheck source=lib.sh
+source "$repo/tests/e2e/lib.sh"
+: "${KUBECONFIG:?KUBECONFIG must point at the test cluster (tests/cluster/cluster.sh up)}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$TRIBUTARY_CACHE/target}"
+N="${TRIBUTARY_E2E_MESSAGES:-10000}"
+DEVICES=50
+PER_DEVICE=$((N / DEVICES))
+[ $((PER_DEVICE * DEVICES)) -eq "$N" ] || { echo "TRIBUTARY_E2E_MESSAGES must be a multiple of $DEVICES" >&2; exit 2; }
+
+passed=0
+failed=0
+check() {
+  local name=$1
+  shift
+  if "$@"; then
+    passed=$((passed + 1))
+    echo "ok   $name"
+  else
+    failed=$((failed + 1))
+    echo "FAIL $name"
+  fi
+}
+finish() {
+  echo "$passed passed, $failed failed"
+  [ "$failed" -eq 0 ]
+}
+work=$(mktemp -d)
+sampler_pid=
+cleanup() {
+  [ -n "$sampler_pid" ] && kill "$sampler_pid" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+kubectl version >/dev/null 2>&1 || { echo "the test cluster is not reachable" >&2; failed=1; finish; }
+command -v mosquitto_pub >/dev/null || { echo "mosquitto_pub missing: run tests/services/install-clients.sh" >&2; failed=1; finish; }
+step "building the device simulator (release)"
+cargo build --release --locked -q -p tributary-simulator
+simulator="$CARGO_TARGET_DIR/release/tributary-simulator"
+
+# A clean start: earlier runs' namespaces gone.
+for ns in factory tenant-a tenant-b; do
+  kubectl delete namespace "$ns" --ignore-not-found --wait=true --timeout=180s >/dev/null
+done
+
+step "installing the operator with the Helm chart"
+check operator-installed-with-helm install_operator "$repo"
+
+step "applying examples/factory-telemetry"
+kubectl apply -k "$repo/examples/factory-telemetry" >/dev/null
+check factory-resources-ready wait_ready factory 300 queue/telemetry sink/readings-db \
+  sink/latest-readings gateway/sensors worker/readings
+check factory-databases-ready kubectl -n factory rollout status statefulset/postgres --timeout=180s
+two_gateways() { [ "$(jsonpath factory gateway/sensors .status.readyReplicas 0)" = 2 ]; }
+check gateway-two-replicas-ready wait_until 120 two_gateways
+
+# Worker replicas seen while the messages flow (the autoscaler's work), sampled each second.
+(
+  while true; do
+    jsonpath factory worker/readings .status.replicas 0 >>"$work/replicas"
+    sleep 1
+  done
+) &
+sampler_pid=$!
+
+ip=$(service_ip factory sensors-gateway)
+step "publishing $N messages from $DEVICES devices through the gateway Service $ip:1883"
+publish() {
+  TRIBUTARY_DEVICE_PASSWORD=factory-demo-password "$simulator" --host "$ip" --port 1883 \
+    --devices "$DEVICES" --messages "$N" --username-template 'machine-{n}' \
+    --topic 'factory/line-1/{device}/telemetry' --json >"$work/summary.json"
+}
+check simulator-every-message-acknowledged publish
+acknowledged=$(jq -r '.acknowledged' "$work/summary.json" 2>/dev/null || echo 0)
+step "simulator: $(cat "$work/summary.json" 2>/dev/null)"
+check simulator-acknowledged-equals-n test "$acknowledged" = "$N"
+
+rows_reach_n() { [ "$(factory_rows)" -ge "$N" ]; }
+check rows-reach-n wait_until 300 rows_reach_n
+sleep 5 # anything extra (a duplicate) would show now
+rows=$(factory_rows)
+distinct=$(factory_sql "SELECT count(DISTINCT (machine, seq)) FROM readings" || echo 0)
+step "PostgreSQL: $rows rows, $distinct distinct (machine, seq)"
+check rows-exactly-n test "$rows" = "$N"
+check rows-distinct-n test "$distinct" = "$N"
+per_device=$(factory_sql "SELECT count(*) FROM (SELECT machine FROM readings GROUP BY machine HAVING count(*) = $PER_DEVICE AND max(seq) = $PER_DEVICE) m" || echo 0)
+check rows-every-device-complete test "$per_device" = "$DEVICES"
+
+latest_is_last() {
+  local n value
+  for n in $(seq 1 "$DEVICES"); do
+    value=$(factory_redis GET "factory:latest:machine-$n")
+    [ "$(jq -r '.seq' <<<"$value")" = "$PER_DEVICE" ] || { echo "machine-$n: $value" >&2; return 1; }
+  done
+}
+check redis-last-value-of-each-device latest_is_last
+
+drained() {
+  [ "$(jsonpath factory worker/readings .status.scaling.backlog x)" = 0 ] &&
+    [ -n "$(jsonpath factory queue/telemetry .status.deadLetteredMessages)" ]
+}
+check queue-drained wait_until 120 drained
+dead=$(jsonpath factory queue/telemetry .status.deadLetteredMessages x)
+check dead-letter-queue-empty test "$dead" = 0
+kill "$sampler_pid" 2>/dev/null || true
+sampler_pid=
+max_replicas=$(sort -n "$work/replicas" | tail -1)
+desired=$(jsonpath factory worker/readings .status.scaling.desiredReplicas)
+step "worker replicas during the run: up to ${max_replicas:-?}; autoscaler wants ${desired:-?} now"
+check workers-autoscaled test -n "$desired"
+
+step "applying examples/multi-tenant"
+kubectl apply -k "$repo/examples/multi-tenant" >/dev/null
+check tenants-ready wait_ready tenant-a 300 queue/telemetry gateway/devices worker/latest
+check tenant-b-ready wait_ready tenant-b 300 queue/telemetry gateway/devices worker/latest
+ip_a=$(service_ip tenant-a devices-gateway)
+ip_b=$(service_ip tenant-b devices-gateway)
+pub() { # IP PASSWORD
+  mosquitto_pub -h "$1" -p 1883 -V mqttv311 -q 1 -i sensor-1 -u sensor-1 -P "$2" \
+    -t sensors/sensor-1/data -m '{"seq": 1, "value": 21.5}'
+}
+check tenant-a-device-publishes-to-its-gateway pub "$ip_a" tenant-a-demo-password
+refused() { ! pub "$ip_b" tenant-a-demo-password 2>"$work/refused"; }
+check tenant-a-device-refused-by-tenant-b refused
+step "cross-tenant publish: $(tr '\n' ' ' <"$work/refused")"
+
+step "deleting the examples' Tributary resources"
+made_by_operator() { # NAMESPACE: objects the operator made that still exist
+  kubectl -n "$1" get deployments,statefulsets,services,configmaps,secrets,pods \
+    -l app.kubernetes.io/managed-by=tributary-operator -o name 2>/dev/null
+}
+for f in worker gateway sinks queue; do
+  kubectl delete -f "$repo/examples/factory-telemetry/$f.yaml" --wait=true --timeout=180s >/dev/null
+done
+nothing_left() { [ -z "$(made_by_operator factory)" ]; }
+check factory-children-removed wait_until 180 nothing_left
+[ -z "$(made_by_operator factory)" ] || step "left behind: $(made_by_operator factory | tr '\n' ' ')"
+check factory-user-databases-kept kubectl -n factory get statefulset/postgres deployment/redis
+kubectl delete -k "$repo/examples/multi-tenant" --wait=true --timeout=300s >/dev/null
+kubectl delete -k "$repo/examples/factory-telemetry" --ignore-not-found --wait=true --timeout=300s >/dev/null
+gone() { ! kubectl get namespace factory tenant-a tenant-b >/dev/null 2>&1; }
+check example-namespaces-removed wait_until 180 gone
+finish

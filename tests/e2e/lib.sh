@@ -1,0 +1,85 @@
+# Shared by the main command (hack/demo.sh) and the e2e suite (tests/e2e/e2e.sh): install
+# the operator with the Helm chart, apply an example, look at a running pipeline.
+# Expects tests/cluster/lib.sh sourced, KUBECONFIG exported and kubectl on PATH.
+
+# The operator's Helm release and namespace.
+OPERATOR_NAMESPACE="${OPERATOR_NAMESPACE:-tributary-system}"
+OPERATOR_RELEASE="${OPERATOR_RELEASE:-tributary}"
+
+# install_operator: installs (or upgrades) the chart, watching every namespace, and waits
+# for the operator pod.
+install_operator() {
+  local repo=$1
+  helm upgrade --install "$OPERATOR_RELEASE" "$repo/charts/tributary" \
+    --namespace "$OPERATOR_NAMESPACE" --create-namespace --wait --timeout 300s >/dev/null
+  kubectl -n "$OPERATOR_NAMESPACE" rollout status "deployment/$OPERATOR_RELEASE" --timeout=180s >/dev/null
+}
+
+# wait_until SECONDS COMMAND...: polls COMMAND every 2 s until it succeeds.
+wait_until() {
+  local deadline=$((SECONDS + $1))
+  shift
+  until "$@" >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$deadline" ] || return 1
+    sleep 2
+  done
+}
+
+# ready NAMESPACE KIND/NAME: the resource's Ready condition is True.
+ready() {
+  [ "$(kubectl -n "$1" get "$2" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
+}
+
+# wait_ready NAMESPACE SECONDS KIND/NAME...: waits for each resource's Ready condition and
+# says which one did not get there (with its condition message).
+wait_ready() {
+  local ns=$1 seconds=$2 resource
+  shift 2
+  for resource in "$@"; do
+    if ! wait_until "$seconds" ready "$ns" "$resource"; then
+      echo "$ns/$resource not Ready after ${seconds}s: $(kubectl -n "$ns" get "$resource" \
+        -o jsonpath='{.status.conditions[?(@.type=="Ready")].message}' 2>&1)" >&2
+      return 1
+    fi
+  done
+}
+
+# service_ip NAMESPACE SERVICE
+service_ip() {
+  kubectl -n "$1" get service "$2" -o jsonpath='{.spec.clusterIP}'
+}
+
+# factory_sql SQL: runs SQL in the factory example's PostgreSQL, prints unaligned rows.
+factory_sql() {
+  kubectl -n factory exec postgres-0 -c postgres -- \
+    env PGPASSWORD=factory-demo-db-password \
+    psql -h 127.0.0.1 -U tributary -d factory -v ON_ERROR_STOP=1 -Atc "$1"
+}
+
+# factory_redis ARGS...: runs redis-cli in the factory example's Redis.
+factory_redis() {
+  kubectl -n factory exec deploy/redis -c redis -- \
+    redis-cli -a factory-demo-redis-password --no-auth-warning "$@"
+}
+
+# factory_rows: readings stored so far (0 while the database is not up).
+factory_rows() {
+  factory_sql "SELECT count(*) FROM readings" 2>/dev/null || echo 0
+}
+
+# jsonpath NAMESPACE RESOURCE PATH [DEFAULT]
+jsonpath() {
+  local value
+  value=$(kubectl -n "$1" get "$2" -o jsonpath="{$3}" 2>/dev/null || true)
+  echo "${value:-${4:-}}"
+}
+
+# pipeline_line: one line on the factory pipeline's state.
+pipeline_line() {
+  local gateways backlog workers rows
+  gateways=$(jsonpath factory gateway/sensors .status.readyReplicas 0)
+  backlog=$(jsonpath factory worker/readings .status.scaling.backlog 0)
+  workers=$(jsonpath factory worker/readings .status.replicas 0)
+  rows=$(factory_rows)
+  echo "gateway pods ${gateways} · queue depth ${backlog} · worker replicas ${workers} · rows stored ${rows}"
+}
