@@ -83,6 +83,7 @@ suite "helm chart lint and template" bash charts/test.sh
 suite "operator against the cluster (cargo test --ignored)" \
   cargo test -p tributary-operator --locked --test cluster -- --ignored
 suite "operator installed with the Helm chart" bash charts/install-test.sh
+suite "examples render (kustomize) and pass a server-side dry run" bash examples/check.sh --server
 suite "end to end: examples, simulated devices, exact counts" bash tests/e2e/e2e.sh
 
 step "done"

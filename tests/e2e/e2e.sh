@@ -66,7 +66,20 @@ step "applying examples/factory-telemetry"
 kubectl apply -k "$repo/examples/factory-telemetry" >/dev/null
 check factory-resources-ready wait_ready factory 300 queue/telemetry sink/readings-db \
   sink/latest-readings gateway/sensors worker/readings
-check factory-databases-ready kubectl -n factory rollout status statefulset/postgres --timeout=180s
+databases_ready() { kubectl -n factory rollout status statefulset/postgres --timeout=180s >/dev/null; }
+check factory-databases-ready databases_ready
+columns_shown() {
+  local out
+  out=$(kubectl -n factory get queues,gateways,workers,sinks)
+  grep -q 'MESSAGES' <<<"$out" && grep -q 'DELIVERY' <<<"$out" && grep -q 'BACKLOG' <<<"$out" &&
+    grep -q 'REASON' <<<"$out" && grep -q 'sensors-gateway.factory.svc' <<<"$out"
+}
+check kubectl-get-shows-columns columns_shown
+explained() {
+  kubectl explain gateway.spec | grep -q 'publishTopics' &&
+    kubectl explain worker.spec.scaling.minReplicas | grep -q 'Fewest replicas'
+}
+check kubectl-explain-shows-field-docs explained
 two_gateways() { [ "$(jsonpath factory gateway/sensors .status.readyReplicas 0)" = 2 ]; }
 check gateway-two-replicas-ready wait_until 120 two_gateways
 
@@ -151,7 +164,8 @@ done
 nothing_left() { [ -z "$(made_by_operator factory)" ]; }
 check factory-children-removed wait_until 180 nothing_left
 [ -z "$(made_by_operator factory)" ] || step "left behind: $(made_by_operator factory | tr '\n' ' ')"
-check factory-user-databases-kept kubectl -n factory get statefulset/postgres deployment/redis
+user_databases_kept() { kubectl -n factory get statefulset/postgres deployment/redis >/dev/null; }
+check factory-user-databases-kept user_databases_kept
 kubectl delete -k "$repo/examples/multi-tenant" --wait=true --timeout=300s >/dev/null
 kubectl delete -k "$repo/examples/factory-telemetry" --ignore-not-found --wait=true --timeout=300s >/dev/null
 gone() { ! kubectl get namespace factory tenant-a tenant-b >/dev/null 2>&1; }
