@@ -6,8 +6,8 @@
 #   decision: the publisher starts (the backlog starts to appear) -> the worker
 #             Deployment's replicas change
 #   consuming: the publisher starts -> the first worker pod Ready (consuming)
-# (the publish itself, a device login and 500 QoS 1 messages, takes a few tenths of a
-# second and is counted against us)
+# The publisher is mosquitto_pub (one device login, the messages at QoS 1 from a file); its
+# own time, a few tenths of a second, is counted against us and printed.
 # for pollIntervalSeconds 5 (the default) and 1, and prints them beside the reference
 # chain of a polling scaler with the default settings of KEDA + HPA (30 s polling interval,
 # then 15 s HPA sync): decision after U(0,30) + U(0,15) s (mean 22.5 s, worst 45 s) plus the
@@ -25,8 +25,8 @@ trials="${BENCH_TRIALS:-3}"
 messages="${BENCH_MESSAGES:-500}"
 ns=bench-autoscale
 kubectl version >/dev/null 2>&1 || { echo "the cluster is not reachable: tests/cluster/cluster.sh up" >&2; exit 1; }
-(cd "$repo" && cargo build --release --locked -q -p tributary-simulator -p tributary-gateway)
-simulator="$CARGO_TARGET_DIR/release/tributary-simulator"
+(cd "$repo" && cargo build --release --locked -q -p tributary-gateway)
+command -v mosquitto_pub >/dev/null || bash "$repo/tests/services/install-clients.sh"
 install_operator "$repo"
 kubectl delete namespace "$ns" --ignore-not-found --wait=true >/dev/null
 kubectl create namespace "$ns" >/dev/null
@@ -95,28 +95,37 @@ wait_ready "$ns" 600 queue/backlog gateway/bench sink/latest worker/drain
 ip=$(service_ip "$ns" bench-gateway)
 now() { date +%s.%N; }
 replicas() { kubectl -n "$ns" get deployment drain-worker -o jsonpath='{.spec.replicas}'; }
-pods_ready() {
-  kubectl -n "$ns" get pods -l app.kubernetes.io/instance=drain,app.kubernetes.io/name=worker \
-    -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -q True
-}
 at_zero() { [ "$(replicas)" = 0 ] && ! kubectl -n "$ns" get pods -l app.kubernetes.io/instance=drain -o name | grep -q .; }
 
 results=()
+payload=$(mktemp)
+for i in $(seq 1 "$messages"); do echo "{\"seq\": $i, \"value\": 1}"; done >"$payload"
 for poll in 5 1; do
   worker "$poll"
   for trial in $(seq 1 "$trials"); do
     wait_until 300 at_zero || { echo "worker did not return to zero replicas" >&2; exit 1; }
     sleep "$(awk -v s="$RANDOM" -v p="$poll" 'BEGIN { srand(s); printf "%.1f", rand() * p }')" # random phase against the poll
+    pods=$(mktemp)
+    # The worker pods' "<name> <Ready>" as they change (kubectl itself in the background, so
+    # that its PID is the one stopped below).
+    kubectl -n "$ns" get pods -l app.kubernetes.io/instance=drain,app.kubernetes.io/name=worker -w \
+      -o jsonpath='{.metadata.name} {.status.conditions[?(@.type=="Ready")].status}{"\n"}' >"$pods" &
+    watcher=$!
+    sleep 1
     t0=$(now)
-    TRIBUTARY_DEVICE_PASSWORD=bench-password "$simulator" --host "$ip" --devices 1 \
-      --messages "$messages" --username-template 'bench-{n}' --max-inflight 256 >/dev/null 2>&1
+    mosquitto_pub -h "$ip" -p 1883 -V mqttv311 -q 1 -i bench-1 -u bench-1 -P bench-password \
+      -t devices/bench-1/telemetry -l <"$payload"
+    published=$(now)
     until [ "$(replicas)" != 0 ]; do sleep 0.1; done
     t1=$(now)
-    until pods_ready; do sleep 0.1; done
+    until grep -q ' True$' "$pods"; do sleep 0.05; done
     t2=$(now)
+    kill "$watcher" 2>/dev/null || true
+    rm -f "$pods"
+    publish=$(awk -v a="$t0" -v b="$published" 'BEGIN { printf "%.2f", b - a }')
     decision=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
     consuming=$(awk -v a="$t0" -v b="$t2" 'BEGIN { printf "%.1f", b - a }')
-    echo "poll ${poll}s trial $trial: decision ${decision}s, first pod consuming ${consuming}s" >&2
+    echo "poll ${poll}s trial $trial: publish took ${publish}s; decision ${decision}s, first pod consuming ${consuming}s" >&2
     results+=("$poll $decision $consuming")
   done
 done
