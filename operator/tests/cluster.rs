@@ -849,6 +849,29 @@ async fn autoscaler_follows_the_backlog_scales_to_zero_and_wakes_on_a_message() 
     })
     .await;
     step(&format!("Events: {events:?}"));
+
+    // Autoscaler off: `kubectl scale` through the /scale subresource drives the replicas.
+    let patch = serde_json::json!({"spec": {"scaling": {"enabled": false}}});
+    workers
+        .patch("ingest", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("disable scaling");
+    let scale = serde_json::json!({"spec": {"replicas": 2}});
+    workers
+        .patch_scale("ingest", &PatchParams::default(), &Patch::Merge(&scale))
+        .await
+        .expect("scale through /scale");
+    step("with scaling disabled, /scale sets the replicas");
+    wait_for("worker Deployment at the /scale replicas", || async {
+        let d = deployments.get("ingest-worker").await.ok()?;
+        (deployment_replicas(&d) == Some(2)).then_some(())
+    })
+    .await;
+    wait_for("the /scale status reports the replicas", || async {
+        let scale = workers.get_scale("ingest").await.ok()?;
+        (scale.status?.replicas == 2).then_some(())
+    })
+    .await;
 }
 
 fn monitoring_api(client: &Client, ns: &str, kind: &str, plural: &str) -> Api<DynamicObject> {

@@ -10,6 +10,9 @@ OPERATOR_RELEASE="${OPERATOR_RELEASE:-tributary}"
 # for the operator pod.
 install_operator() {
   local repo=$1
+  # Helm installs a chart's CRDs only once and never upgrades them: apply the current ones.
+  kubectl apply --server-side --force-conflicts --field-manager=tributary-install \
+    -f "$repo/crds/" >/dev/null
   helm upgrade --install "$OPERATOR_RELEASE" "$repo/charts/tributary" \
     --namespace "$OPERATOR_NAMESPACE" --create-namespace --wait --timeout 300s >/dev/null
   kubectl -n "$OPERATOR_NAMESPACE" rollout status "deployment/$OPERATOR_RELEASE" --timeout=180s >/dev/null
