@@ -6,8 +6,9 @@
 #   decision: the publisher starts (the backlog starts to appear) -> the worker
 #             Deployment's replicas change
 #   consuming: the publisher starts -> the first worker pod Ready (consuming)
-# The publisher is mosquitto_pub (one device login, the messages at QoS 1 from a file); its
-# own time, a few tenths of a second, is counted against us and printed.
+# The publishers are BENCH_DEVICES (10) mosquitto_pub processes at once, each one device
+# login and its share of the messages at QoS 1; their time (the gateway acknowledges each
+# message after the broker confirmed it) is counted against us and printed.
 # for pollIntervalSeconds 5 (the default) and 1, and prints them beside the reference
 # chain of a polling scaler with the default settings of KEDA + HPA (30 s polling interval,
 # then 15 s HPA sync): decision after U(0,30) + U(0,15) s (mean 22.5 s, worst 45 s) plus the
@@ -23,6 +24,7 @@ export KUBECONFIG="${KUBECONFIG:-$KUBECONFIG_PATH}" PATH="$K8S_BIN:$PATH"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$TRIBUTARY_CACHE/target}"
 trials="${BENCH_TRIALS:-3}"
 messages="${BENCH_MESSAGES:-500}"
+devices="${BENCH_DEVICES:-10}"
 ns=bench-autoscale
 kubectl version >/dev/null 2>&1 || { echo "the cluster is not reachable: tests/cluster/cluster.sh up" >&2; exit 1; }
 (cd "$repo" && cargo build --release --locked -q -p tributary-gateway)
@@ -32,7 +34,8 @@ kubectl delete namespace "$ns" --ignore-not-found --wait=true >/dev/null
 kubectl create namespace "$ns" >/dev/null
 trap 'kubectl delete namespace "$ns" --wait=false >/dev/null 2>&1 || true' EXIT
 hash=$(printf bench-password | "$CARGO_TARGET_DIR/release/tributary-gateway" hash-password)
-kubectl -n "$ns" create secret generic devices --from-literal=passwords="bench-1:$hash" >/dev/null
+kubectl -n "$ns" create secret generic devices \
+  --from-literal=passwords="$(for d in $(seq 1 "$devices"); do echo "bench-$d:$hash"; done)" >/dev/null
 kubectl -n "$ns" create secret generic cache --from-literal=url=redis://cache:6379 >/dev/null
 kubectl -n "$ns" apply -f - >/dev/null <<'YAML'
 apiVersion: apps/v1
@@ -99,7 +102,18 @@ at_zero() { [ "$(replicas)" = 0 ] && ! kubectl -n "$ns" get pods -l app.kubernet
 
 results=()
 payload=$(mktemp)
-for i in $(seq 1 "$messages"); do echo "{\"seq\": $i, \"value\": 1}"; done >"$payload"
+for i in $(seq 1 $((messages / devices))); do echo "{\"seq\": $i, \"value\": 1}"; done >"$payload"
+# publish_all: every device publishes its share at once; fails if any publisher failed.
+publish_all() {
+  local d pids=() failed=0
+  for d in $(seq 1 "$devices"); do
+    mosquitto_pub -h "$ip" -p 1883 -V mqttv311 -q 1 -i "bench-$d" -u "bench-$d" -P bench-password \
+      -t "devices/bench-$d/telemetry" -l <"$payload" &
+    pids+=($!)
+  done
+  for d in "${pids[@]}"; do wait "$d" || failed=1; done
+  return "$failed"
+}
 for poll in 5 1; do
   worker "$poll"
   for trial in $(seq 1 "$trials"); do
@@ -113,8 +127,7 @@ for poll in 5 1; do
     watcher=$!
     sleep 1
     t0=$(now)
-    mosquitto_pub -h "$ip" -p 1883 -V mqttv311 -q 1 -i bench-1 -u bench-1 -P bench-password \
-      -t devices/bench-1/telemetry -l <"$payload"
+    publish_all
     published=$(now)
     until [ "$(replicas)" != 0 ]; do sleep 0.1; done
     t1=$(now)
