@@ -384,25 +384,7 @@ async fn managed_queue_serves_workers_and_gateways_and_children_follow_the_owner
 
     // Drift: a queue deleted by hand on the broker is declared again.
     let services: Api<Service> = ns.api();
-    let ip = services
-        .get("telemetry-rabbitmq")
-        .await
-        .expect("service")
-        .spec
-        .and_then(|s| s.cluster_ip)
-        .expect("ip");
-    let password = String::from_utf8(
-        secrets
-            .get("telemetry-rabbitmq-credentials")
-            .await
-            .expect("secret")
-            .data
-            .expect("data")["password"]
-            .0
-            .clone(),
-    )
-    .expect("utf8");
-    let uri = format!("amqp://tributary:{password}@{ip}:5672/%2f");
+    let uri = managed_broker_uri(&ns, "telemetry").await;
     tributary_operator::controller::broker::delete(&uri, &broker_queue, None, true)
         .await
         .expect("delete by hand");
@@ -535,27 +517,7 @@ async fn delete_policy_refuses_a_non_empty_queue_until_allowed() {
     assert_eq!(finalizers, vec!["tributary.dev/broker-queue".to_owned()]);
 
     // One message in the queue.
-    let services: Api<Service> = ns.api();
-    let secrets: Api<Secret> = ns.api();
-    let ip = services
-        .get("telemetry-rabbitmq")
-        .await
-        .expect("service")
-        .spec
-        .and_then(|s| s.cluster_ip)
-        .expect("ip");
-    let password = String::from_utf8(
-        secrets
-            .get("telemetry-rabbitmq-credentials")
-            .await
-            .expect("secret")
-            .data
-            .expect("data")["password"]
-            .0
-            .clone(),
-    )
-    .expect("utf8");
-    let uri = format!("amqp://tributary:{password}@{ip}:5672/%2f");
+    let uri = managed_broker_uri(&ns, "telemetry").await;
     let broker_queue = format!("{}.telemetry", ns.name);
     let connection = Connection::connect(&uri, ConnectionProperties::default())
         .await
