@@ -79,7 +79,15 @@ explained() {
   kubectl explain gateway.spec | grep -q 'publishTopics' &&
     kubectl explain worker.spec.scaling.minReplicas | grep -q 'Fewest replicas'
 }
-check kubectl-explain-shows-field-docs explained
+# The API server republishes a changed CRD's OpenAPI schema asynchronously (its aggregator
+# re-reads the CRD schemas about once a minute), so explain may lag the CRD apply above.
+explained_eventually() {
+  wait_until 150 explained && return 0
+  step "kubectl explain still lacks the field docs after 150 s:"
+  kubectl explain worker.spec.scaling.minReplicas 2>&1 | head -20
+  return 1
+}
+check kubectl-explain-shows-field-docs explained_eventually
 two_gateways() { [ "$(jsonpath factory gateway/sensors .status.readyReplicas 0)" = 2 ]; }
 check gateway-two-replicas-ready wait_until 120 two_gateways
 
