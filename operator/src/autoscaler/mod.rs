@@ -7,12 +7,14 @@
 //! manager (see [`owns_replicas`]); with scaling disabled it writes `spec.replicas` from
 //! the Worker itself (the `/scale` subresource), taking the field back.
 
+pub mod connections;
 pub mod policy;
 
 use crate::controller::conditions;
-use crate::controller::queue::broker_endpoint;
+use crate::controller::queue::{broker_endpoint, Endpoint};
 use crate::controller::{broker, Context, Error};
 use crate::crd::{Queue, ScalingStatus, Worker};
+use connections::Connections;
 use futures::future::join_all;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Patch, PatchParams};
@@ -72,6 +74,7 @@ struct Tracked {
 /// Runs the autoscaler over the Workers in `workers` until `stop` fires.
 pub async fn run(ctx: Arc<Context>, workers: Store<Worker>, mut stop: watch::Receiver<bool>) {
     let origin = Instant::now();
+    let connections = Connections::default();
     let mut tracked: HashMap<ObjectRef<Worker>, Tracked> = HashMap::new();
     loop {
         tokio::select! {
@@ -110,11 +113,13 @@ pub async fn run(ctx: Arc<Context>, workers: Store<Worker>, mut stop: watch::Rec
                 }
             })
             .collect();
+        let connections = &connections;
         let polls = due.into_iter().map(|(key, worker, mut state)| {
             let ctx = ctx.clone();
             async move {
                 let seconds = origin.elapsed().as_secs_f64();
-                if let Err(error) = poll(&ctx, &worker, &mut state.history, seconds).await {
+                let polled = poll(&ctx, connections, &worker, &mut state.history, seconds).await;
+                if let Err(error) = polled {
                     tracing::warn!(
                         worker = %worker.name_any(),
                         namespace = ?worker.namespace(),
@@ -130,6 +135,7 @@ pub async fn run(ctx: Arc<Context>, workers: Store<Worker>, mut stop: watch::Rec
         for (key, state) in join_all(polls).await {
             tracked.insert(key, state);
         }
+        connections.close_idle().await;
     }
 }
 
@@ -152,6 +158,7 @@ fn current_status(worker: &Worker) -> ScalingStatus {
 /// One reading and decision for one Worker.
 async fn poll(
     ctx: &Context,
+    connections: &Connections,
     worker: &Worker,
     history: &mut History,
     now: f64,
@@ -175,13 +182,7 @@ async fn poll(
             return write_status(ctx, worker, status).await;
         }
     };
-    let reading = match broker::reading(
-        &endpoint.amqp_uri,
-        endpoint.management.as_ref(),
-        &broker_queue,
-    )
-    .await
-    {
+    let reading = match read_queue(connections, &endpoint, &broker_queue).await {
         Ok(reading) => reading,
         Err(error) => {
             let status = unreadable(worker, error.to_string());
@@ -229,6 +230,21 @@ async fn poll(
         status.last_scale_reason = Some(reason);
     }
     write_status(ctx, worker, status).await
+}
+
+/// One reading of `queue` over the broker's kept-open connection; a failed reading drops
+/// the connection so the next poll starts afresh.
+async fn read_queue(
+    connections: &Connections,
+    endpoint: &Endpoint,
+    queue: &str,
+) -> Result<policy::Reading, broker::BrokerError> {
+    let connection = connections.get(&endpoint.amqp_uri).await?;
+    let reading = broker::reading(&connection, endpoint.management.as_ref(), queue).await;
+    if reading.is_err() {
+        connections.forget(&endpoint.amqp_uri).await;
+    }
+    reading
 }
 
 /// Writes `status.scaling` under the autoscaler's field manager when it changed.

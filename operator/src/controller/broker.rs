@@ -107,7 +107,8 @@ async fn timed<T, E: std::fmt::Display>(
     }
 }
 
-async fn connect(uri: &str) -> Result<Connection, BrokerError> {
+/// Opens an AMQP connection (bounded by the operation timeout).
+pub(crate) async fn connect(uri: &str) -> Result<Connection, BrokerError> {
     timed(
         Connection::connect(uri, ConnectionProperties::default()),
         BrokerError::Connect,
@@ -185,34 +186,40 @@ pub async fn inspect(uri: &str, queue: &str) -> Result<Option<u32>, BrokerError>
 /// moment, unlike the management API's sampled statistics); `None` when it is missing.
 async fn passive(uri: &str, queue: &str) -> Result<Option<(u32, u32)>, BrokerError> {
     let connection = connect(uri).await?;
-    let result = async {
-        let channel = timed(connection.create_channel(), BrokerError::Connect).await?;
-        let options = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        let declared = tokio::time::timeout(
-            TIMEOUT,
-            channel.queue_declare(queue.into(), options, FieldTable::default()),
-        )
-        .await;
-        // After a 404 the broker already closed the channel; closing again is harmless.
-        let _ = tokio::time::timeout(TIMEOUT, channel.close(200, "done".into())).await;
-        match declared {
-            Ok(Ok(declared)) => Ok(Some((declared.message_count(), declared.consumer_count()))),
-            // A passive declare of a missing queue closes the channel with 404.
-            Ok(Err(error)) if error.to_string().contains("NOT_FOUND") => Ok(None),
-            Ok(Err(error)) => Err(BrokerError::Refused {
-                operation: "inspection",
-                queue: queue.to_owned(),
-                reason: error.to_string(),
-            }),
-            Err(_) => Err(BrokerError::Timeout(TIMEOUT)),
-        }
-    }
-    .await;
+    let result = passive_on(&connection, queue).await;
     let _ = tokio::time::timeout(TIMEOUT, connection.close(200, "done".into())).await;
     result
+}
+
+/// [`passive`] on an open connection, in a channel of its own (a passive declaration of a
+/// missing queue closes the channel, never the connection).
+async fn passive_on(
+    connection: &Connection,
+    queue: &str,
+) -> Result<Option<(u32, u32)>, BrokerError> {
+    let channel = timed(connection.create_channel(), BrokerError::Connect).await?;
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let declared = tokio::time::timeout(
+        TIMEOUT,
+        channel.queue_declare(queue.into(), options, FieldTable::default()),
+    )
+    .await;
+    // After a 404 the broker already closed the channel; closing again is harmless.
+    let _ = tokio::time::timeout(TIMEOUT, channel.close(200, "done".into())).await;
+    match declared {
+        Ok(Ok(declared)) => Ok(Some((declared.message_count(), declared.consumer_count()))),
+        // A passive declare of a missing queue closes the channel with 404.
+        Ok(Err(error)) if error.to_string().contains("NOT_FOUND") => Ok(None),
+        Ok(Err(error)) => Err(BrokerError::Refused {
+            operation: "inspection",
+            queue: queue.to_owned(),
+            reason: error.to_string(),
+        }),
+        Err(_) => Err(BrokerError::Timeout(TIMEOUT)),
+    }
 }
 
 /// Deletes the queue (and its dead-letter queue). Refuses a non-empty queue unless
@@ -329,11 +336,11 @@ pub async fn counts(
 /// declaration; unacknowledged messages and the publish counter from the management API
 /// when there is one (its figures are sampled, so a failure there only leaves them out).
 pub async fn reading(
-    uri: &str,
+    connection: &Connection,
     management: Option<&Management>,
     queue: &str,
 ) -> Result<crate::autoscaler::policy::Reading, BrokerError> {
-    let Some((ready, consumers)) = passive(uri, queue).await? else {
+    let Some((ready, consumers)) = passive_on(connection, queue).await? else {
         return Err(BrokerError::Refused {
             operation: "inspection",
             queue: queue.to_owned(),
