@@ -1,4 +1,4 @@
-//! Broker I/O of the Queue controller: declaring and deleting the queue topology over AMQP
+//! Broker I/O of the Queue controller and the autoscaler: declaring and deleting the queue topology over AMQP
 //! (lapin), and reading message counts from the management API.
 //!
 //! URIs carry credentials: they are never logged and never put into error messages.
