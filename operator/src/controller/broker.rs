@@ -1,5 +1,6 @@
-//! Broker I/O of the Queue controller and the autoscaler: declaring and deleting the queue topology over AMQP
-//! (lapin), and reading message counts from the management API.
+//! Broker I/O of the Queue controller and the autoscaler: declaring and deleting the queue
+//! topology over AMQP (lapin), and reading message counts (passive declarations and the
+//! management API).
 //!
 //! URIs carry credentials: they are never logged and never put into error messages.
 
