@@ -208,6 +208,17 @@ impl SinkConfig {
             SinkConfig::Republish(c) => &c.name,
         }
     }
+
+    /// The sink's batching policy.
+    pub fn batch(&self) -> &BatchConfig {
+        match self {
+            SinkConfig::Postgres(c) => &c.batch,
+            SinkConfig::Redis(c) => &c.batch,
+            SinkConfig::S3(c) => &c.batch,
+            SinkConfig::Webhook(c) => &c.batch,
+            SinkConfig::Republish(c) => &c.batch,
+        }
+    }
 }
 
 /// PostgreSQL sink: one row per message, idempotent on the message id (duplicates skipped).

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Container, ContainerPort, EnvVar};
 use std::collections::{BTreeMap, BTreeSet};
 use tributary_contract::worker_config::{
     self as contract, BatchConfig, ContainerConfig, DeadLetterConfig, HttpConfig, PipelineConfig,
-    ProcessingConfig, QueueConfig, RetryConfig, SetStep, WorkerConfig,
+    ProcessingConfig, QueueConfig, RetryConfig, SetStep, SinkConfig, WorkerConfig,
 };
 
 /// Key of the rendered config inside the worker ConfigMap.
@@ -128,6 +128,28 @@ fn default_batch(kind: SinkKind) -> BatchConfig {
     }
 }
 
+/// The smallest prefetch the operator chooses when the Worker sets none.
+pub const DEFAULT_PREFETCH: u16 = 500;
+
+/// A worker pod's AMQP prefetch: the Worker's own, or one that lets the largest sink batch
+/// fill (so batches are written by size, not only by age), at least [`DEFAULT_PREFETCH`].
+pub fn prefetch(requested: Option<i32>, sinks: &[SinkConfig]) -> Result<u16, BuildError> {
+    if let Some(requested) = requested {
+        return u16::try_from(requested)
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| out_of_range("spec.prefetch"));
+    }
+    let largest_batch = sinks
+        .iter()
+        .map(|sink| sink.batch().max_messages)
+        .max()
+        .unwrap_or(0);
+    Ok(u16::try_from(largest_batch)
+        .unwrap_or(u16::MAX)
+        .max(DEFAULT_PREFETCH))
+}
+
 fn out_of_range(field: &str) -> BuildError {
     BuildError::Invalid(format!("{field} is out of range"))
 }
@@ -172,7 +194,7 @@ pub fn render_config(worker: &Worker, inputs: &WorkerInputs) -> Result<WorkerCon
         queue: QueueConfig {
             uri_file: sink_build::secret_file(&inputs.queue.uri.name, &inputs.queue.uri.key),
             name: inputs.queue.broker_queue.clone(),
-            prefetch: u16::try_from(spec.prefetch).map_err(|_| out_of_range("spec.prefetch"))?,
+            prefetch: prefetch(spec.prefetch, &sinks)?,
             concurrency: u32::try_from(spec.concurrency)
                 .map_err(|_| out_of_range("spec.concurrency"))?,
             declare: false,
@@ -374,6 +396,30 @@ mod tests {
         };
         assert_eq!(pipeline.steps.len(), 3);
         assert_eq!(config.sinks[0].name(), "readings");
+    }
+
+    #[test]
+    fn prefetch_defaults_to_the_largest_sink_batch_and_keeps_the_workers_own() {
+        let mut worker: Worker = load("worker-pipeline.yaml");
+        assert_eq!(worker.spec.prefetch, None);
+        let config = render_config(&worker, &inputs()).expect("renders");
+        // The PostgreSQL sink's default batch is 1000 messages.
+        assert_eq!(config.sinks[0].batch().max_messages, 1000);
+        assert_eq!(config.queue.prefetch, 1000);
+        assert_eq!(prefetch(None, &[]), Ok(DEFAULT_PREFETCH));
+
+        let mut huge = config.sinks[0].clone();
+        if let SinkConfig::Postgres(postgres) = &mut huge {
+            postgres.batch.max_messages = 100_000;
+        }
+        assert_eq!(prefetch(None, &[huge]), Ok(u16::MAX));
+
+        worker.spec.prefetch = Some(200);
+        let config = render_config(&worker, &inputs()).expect("renders");
+        assert_eq!(config.queue.prefetch, 200);
+        for bad in [0, 70_000] {
+            assert!(prefetch(Some(bad), &[]).is_err(), "{bad}");
+        }
     }
 
     #[test]

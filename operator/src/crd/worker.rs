@@ -80,11 +80,12 @@ pub struct WorkerSpec {
     /// Retries of a failed message before it is dead-lettered with the reason.
     #[serde(default)]
     pub retry: Retry,
-    /// Messages a worker pod holds unacknowledged at once (AMQP prefetch); it must cover
-    /// the largest sink batch. Default 500.
-    #[serde(default = "default_prefetch")]
+    /// Messages a worker pod holds unacknowledged at once (AMQP prefetch). A sink batch
+    /// larger than this can only be written when it reaches its age limit. Default: the
+    /// largest `batch.maxMessages` of the Worker's sinks, at least 500.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
-    pub prefetch: i32,
+    pub prefetch: Option<i32>,
     /// Messages processed at the same time in one pod. Default 4.
     #[serde(default = "default_concurrency")]
     #[schemars(range(min = 1))]
@@ -92,10 +93,6 @@ pub struct WorkerSpec {
     /// Worker runtime image. Default: the operator's configured worker image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-}
-
-fn default_prefetch() -> i32 {
-    500
 }
 
 fn default_concurrency() -> i32 {
