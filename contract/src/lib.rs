@@ -6,4 +6,5 @@
 
 pub mod envelope;
 pub mod gateway_config;
+pub mod sql;
 pub mod worker_config;

@@ -208,6 +208,13 @@ pub fn render_yaml<T: serde::Serialize>(what: &str, config: &T) -> Result<String
     serde_yaml::to_string(&value).map_err(|e| invalid(e.to_string()))
 }
 
+/// Checks that a CEL expression compiles (the worker compiles it again at start).
+pub fn check_cel(what: &str, source: &str) -> Result<(), BuildError> {
+    cel::Program::compile(source)
+        .map(|_| ())
+        .map_err(|error| BuildError::Invalid(format!("{what}: invalid CEL {source:?}: {error}")))
+}
+
 /// Checks that `name` is a DNS-1035 label of at most `max` characters (Service names).
 pub fn check_dns_label(what: &str, name: &str, max: usize) -> Result<(), BuildError> {
     let ok = !name.is_empty()

@@ -1,9 +1,10 @@
 //! Validation of a Sink and its rendering into the worker config's sink section.
 
-use super::{name_and_namespace, BuildError};
-use crate::crd::sink::Batch;
+use super::{check_cel, name_and_namespace, BuildError};
+use crate::crd::sink::{Batch, PostgresSink};
 use crate::crd::{SecretKeyRef, Sink};
 use std::path::{Path, PathBuf};
+use tributary_contract::sql;
 use tributary_contract::worker_config::{
     BatchConfig, ColumnMapping, PostgresSinkConfig, RedisSinkConfig, RepublishSinkConfig,
     S3SinkConfig, SinkConfig, WebhookSinkConfig,
@@ -90,17 +91,58 @@ pub fn validate(sink: &Sink) -> Result<SinkKind, BuildError> {
         }
     }
     if let Some(postgres) = &spec.postgres {
-        let mut seen = std::collections::BTreeSet::from([postgres.id_column.as_str()]);
-        for column in &postgres.columns {
-            if !seen.insert(column.name.as_str()) {
-                return Err(BuildError::Invalid(format!(
-                    "spec.postgres.columns: column {:?} appears twice",
-                    column.name
-                )));
-            }
-        }
+        validate_postgres(postgres)?;
+    }
+    if let Some(value) = spec.redis.as_ref().and_then(|redis| redis.value.as_deref()) {
+        check_cel("spec.redis.value", value)?;
     }
     Ok(kind)
+}
+
+/// The PostgreSQL sink's names and expressions, checked as the worker will use them.
+fn validate_postgres(postgres: &PostgresSink) -> Result<(), BuildError> {
+    if sql::quote_table(&postgres.table).is_none() {
+        return Err(BuildError::Invalid(format!(
+            "spec.postgres.table: {:?} is not a plain table name (letters, digits and _, \
+             optionally schema.table)",
+            postgres.table
+        )));
+    }
+    if sql::quote_ident(&postgres.id_column).is_none() {
+        return Err(BuildError::Invalid(format!(
+            "spec.postgres.idColumn: {:?} is not a plain column name",
+            postgres.id_column
+        )));
+    }
+    if postgres.columns.is_empty() {
+        return Err(BuildError::Invalid(
+            "spec.postgres.columns: name at least one column to store".into(),
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::from([postgres.id_column.as_str()]);
+    for (index, column) in postgres.columns.iter().enumerate() {
+        let at = format!("spec.postgres.columns[{index}]");
+        if sql::quote_ident(&column.name).is_none() {
+            return Err(BuildError::Invalid(format!(
+                "{at}: {:?} is not a plain column name",
+                column.name
+            )));
+        }
+        if !seen.insert(column.name.as_str()) {
+            return Err(BuildError::Invalid(format!(
+                "spec.postgres.columns: column {:?} appears twice",
+                column.name
+            )));
+        }
+        if !sql::is_plain_column_type(&column.type_) {
+            return Err(BuildError::Invalid(format!(
+                "{at}.type: {:?} is not a column type",
+                column.type_
+            )));
+        }
+        check_cel(&format!("{at}.expr"), &column.expr)?;
+    }
+    Ok(())
 }
 
 /// Every Secret key the Sink reads.
@@ -280,6 +322,55 @@ mod tests {
         let error = validate(&sink).expect_err("invalid");
         assert!(error.to_string().contains("postgres, queue"), "{error}");
         assert!(validate(&Sink::new("empty", Default::default())).is_err());
+    }
+
+    #[test]
+    fn postgres_names_types_and_expressions_the_worker_would_refuse_are_invalid() {
+        let sink: Sink = load("sink-postgres.yaml");
+        let with = |change: &dyn Fn(&mut PostgresSink)| {
+            let mut sink = sink.clone();
+            change(sink.spec.postgres.as_mut().expect("postgres"));
+            validate(&sink).expect_err("invalid").to_string()
+        };
+        let error = with(&|pg| pg.table = "readings; drop".into());
+        assert!(error.contains("spec.postgres.table"), "{error}");
+        let error = with(&|pg| pg.id_column = "message id".into());
+        assert!(error.contains("spec.postgres.idColumn"), "{error}");
+        let error = with(&|pg| pg.columns.clear());
+        assert!(error.contains("at least one column"), "{error}");
+        let error = with(&|pg| pg.columns[1].name = "temp-c".into());
+        assert!(error.contains("spec.postgres.columns[1]"), "{error}");
+        let error = with(&|pg| pg.columns[1].type_ = "text); DROP TABLE readings; --".into());
+        assert!(error.contains("spec.postgres.columns[1].type"), "{error}");
+        let error = with(&|pg| pg.columns[0].expr = "payload.(".into());
+        assert!(
+            error.contains("spec.postgres.columns[0].expr: invalid CEL"),
+            "{error}"
+        );
+        let error = with(&|pg| pg.columns[0].name = "id".into());
+        assert!(error.contains("appears twice"), "{error}");
+    }
+
+    #[test]
+    fn redis_value_expression_must_compile() {
+        let mut sink: Sink = load("sink-postgres.yaml");
+        sink.spec.postgres = None;
+        sink.spec.redis = Some(crate::crd::sink::RedisSink {
+            url_secret_ref: SecretKeyRef {
+                name: "redis".into(),
+                key: "url".into(),
+            },
+            key_template: "latest:{device}".into(),
+            value: Some("payload.temp +".into()),
+            ttl_seconds: None,
+            batch: None,
+        });
+        let error = validate(&sink).expect_err("invalid").to_string();
+        assert!(error.contains("spec.redis.value: invalid CEL"), "{error}");
+        if let Some(redis) = sink.spec.redis.as_mut() {
+            redis.value = Some("payload.temp".into());
+        }
+        assert_eq!(validate(&sink), Ok(SinkKind::Redis));
     }
 
     #[test]

@@ -3,7 +3,9 @@
 
 use super::pod::{config_and_secret_volumes, deployment, http_probe, CONFIG_DIR};
 use super::sink::{self as sink_build, ResolvedTarget, SinkKind};
-use super::{child_meta, config_hash, name_and_namespace, selector_labels, BuildError, SecretData};
+use super::{
+    check_cel, child_meta, config_hash, name_and_namespace, selector_labels, BuildError, SecretData,
+};
 use crate::crd::{SecretKeyRef, Sink, Worker};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, ContainerPort, EnvVar};
@@ -57,12 +59,6 @@ pub struct WorkerChildren {
 /// Name of the worker Deployment and ConfigMap.
 pub fn child_name(worker: &str) -> String {
     format!("{worker}-worker")
-}
-
-fn check_cel(what: &str, source: &str) -> Result<(), BuildError> {
-    cel::Program::compile(source)
-        .map(|_| ())
-        .map_err(|error| BuildError::Invalid(format!("{what}: invalid CEL {source:?}: {error}")))
 }
 
 /// Validates a Worker's spec without looking at other resources.

@@ -6,6 +6,7 @@
 use serde_json::Value;
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls};
+use tributary_contract::sql::{is_plain_column_type, quote_ident, quote_table};
 use tributary_contract::worker_config::{BatchConfig, PostgresSinkConfig};
 
 use super::{read_secret, Prepared, SinkBuildError, SinkError};
@@ -37,22 +38,6 @@ impl std::fmt::Debug for PostgresSink {
             .field("name", &self.name)
             .finish()
     }
-}
-
-/// Quotes an identifier after checking it is a plain one (letters, digits, `_`).
-pub fn quote_ident(name: &str) -> Option<String> {
-    let mut chars = name.chars();
-    let first_ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
-    (first_ok && chars.all(|c| c.is_ascii_alphanumeric() || c == '_') && name.len() <= 63)
-        .then(|| format!("\"{name}\""))
-}
-
-/// Quotes `table` or `schema.table`.
-pub fn quote_table(name: &str) -> Option<String> {
-    let parts: Option<Vec<String>> = name.split('.').map(quote_ident).collect();
-    parts.filter(|p| p.len() <= 2).map(|p| p.join("."))
 }
 
 /// Appends a value to a COPY text-format line: NULL as `\N`, strings escaped, numbers and
@@ -102,7 +87,7 @@ impl PostgresSink {
             if names.contains(&name) {
                 return Err(invalid(format!("column `{}` appears twice", column.name)));
             }
-            if column.r#type.contains([';', '"', '\'']) {
+            if !is_plain_column_type(&column.r#type) {
                 return Err(invalid(format!(
                     "column type `{}` is not valid",
                     column.r#type
@@ -287,16 +272,5 @@ mod tests {
             line.push('|');
         }
         assert_eq!(line, "a\\tb\\\\c\\nd|\\N|21.5|{\"k\":[1]}|");
-    }
-
-    #[test]
-    fn identifiers_are_checked_and_quoted() {
-        assert_eq!(
-            quote_table("telemetry.readings").as_deref(),
-            Some("\"telemetry\".\"readings\"")
-        );
-        assert_eq!(quote_ident("bad name"), None);
-        assert_eq!(quote_ident("x\";drop"), None);
-        assert_eq!(quote_table("a.b.c"), None);
     }
 }
