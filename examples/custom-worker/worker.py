@@ -60,7 +60,9 @@ class Handler(BaseHTTPRequestHandler):
 if __name__ == "__main__":
     address = (os.environ.get("BIND", "127.0.0.1"), int(os.environ.get("PORT", "8080")))
     server = ThreadingHTTPServer(address, Handler)
-    print(f"custom worker listening on {address[0]}:{address[1]}", flush=True)
+    # The bound address, so PORT=0 (any free port, as the tests use) is reported exactly.
+    host, port = server.server_address[:2]
+    print(f"custom worker listening on {host}:{port}", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -239,17 +239,26 @@ async fn custom_container_example_processes_messages_end_to_end() {
     let pg_url = required_env("TRIBUTARY_TEST_POSTGRES_URL", "postgres.sh");
     let broker = Broker::connect("custom").await;
     let pg = postgres(&pg_url).await;
-    let container_port = free_port();
     let script = repo_root().join("examples/custom-worker/worker.py");
-    let _container = UserContainer {
-        child: std::process::Command::new("python3")
-            .arg(&script)
-            .env("PORT", container_port.to_string())
-            .env("BIND", "127.0.0.1")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run python3 {}: {e}", script.display())),
-    };
+    // PORT=0: the container binds a free port itself and prints it (no port race).
+    let mut child = std::process::Command::new("python3")
+        .arg(&script)
+        .env("PORT", "0")
+        .env("BIND", "127.0.0.1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run python3 {}: {e}", script.display()));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let _container = UserContainer { child };
+    let mut first_line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut first_line)
+        .expect("the example container prints where it listens");
+    let container_port: u16 = first_line
+        .trim()
+        .rsplit(':')
+        .next()
+        .and_then(|port| port.parse().ok())
+        .unwrap_or_else(|| panic!("no port in the container's first line {first_line:?}"));
     tributary_worker::http_client::install_crypto_provider();
     let http = reqwest::Client::new();
     wait_for(
