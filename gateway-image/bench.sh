@@ -7,13 +7,15 @@
 # Starts (or reuses) our RabbitMQ on loopback via tests/services/rabbitmq.sh; starts its own
 # Mosquitto and gateway processes on loopback ports 18830/18831/18090 and stops them after.
 set -euo pipefail
+# shellcheck source=tests/lib/apt.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")/../tests/lib" && pwd)/apt.sh"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 tests/services/rabbitmq.sh start
 eval "$(tests/services/rabbitmq.sh env)"
 if ! command -v mosquitto >/dev/null 2>&1; then
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null
+  apt_install mosquitto
 fi
 # 10,000 idle connections need as many descriptors on each side: raise the soft limit to
 # the hard one.

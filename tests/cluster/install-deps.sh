@@ -2,6 +2,8 @@
 # Installs, from Debian's packages, everything the local cluster, the image builds and the
 # integration tests need. Safe to run again: it installs only what is missing.
 set -euo pipefail
+# shellcheck source=tests/lib/apt.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")/../lib" && pwd)/apt.sh"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=lib.sh
 source "$here/lib.sh"
@@ -28,7 +30,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   step "installing ${#missing[@]} Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt_install --no-install-recommends "${missing[@]}"
 fi
 
 # Debian starts services from some of these packages; the cluster runs its own

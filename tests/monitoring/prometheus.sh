@@ -15,6 +15,8 @@
 # that cannot start is a failure with the reason, never a skip. No timing assertions: every
 # wait is on a condition with a deadline.
 set -euo pipefail
+# shellcheck source=tests/lib/apt.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")/../lib" && pwd)/apt.sh"
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 DEADLINE="${TRIBUTARY_MONITORING_DEADLINE:-120}"
@@ -53,8 +55,7 @@ done
 if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
     log "installing Debian's prometheus package (its service is not used)"
     apt-get update -qq || die "apt-get update failed"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
-        >/dev/null || die "cannot install the prometheus package"
+    apt_install --no-install-recommends prometheus || die "cannot install the prometheus package"
     # The install enables (and, where services may start, starts) the package's unit; we
     # never use it: undo that right after our own install.
     if command -v systemctl >/dev/null; then

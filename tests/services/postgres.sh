@@ -7,6 +7,8 @@
 # A second instance (e.g. for an outage test) runs with other values of:
 #   TRIBUTARY_PG_INSTANCE (default postgres), TRIBUTARY_PG_PORT (default 5433)
 set -euo pipefail
+# shellcheck source=tests/lib/apt.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")/../lib" && pwd)/apt.sh"
 
 INSTANCE="${TRIBUTARY_PG_INSTANCE:-postgres}"
 PORT="${TRIBUTARY_PG_PORT:-5433}"
@@ -33,7 +35,7 @@ install_if_missing() {
     log "installing Debian's postgresql"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >/dev/null
-    apt-get install -y -qq postgresql >/dev/null
+    apt_install postgresql
   fi
   [ -n "$(pg_bin)" ] || { log "postgresql binaries not found after install"; exit 1; }
 }

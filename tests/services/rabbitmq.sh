@@ -18,6 +18,8 @@
 # Also installs Debian's mosquitto-clients (mosquitto_pub/sub), which the gateway's tests use
 # as a third-party MQTT client; `tests/services/install-clients.sh` does only that part.
 set -euo pipefail
+# shellcheck source=tests/lib/apt.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")/../lib" && pwd)/apt.sh"
 
 INSTANCE="${TRIBUTARY_RABBITMQ_INSTANCE:-test}"
 AMQP_PORT="${TRIBUTARY_RABBITMQ_PORT:-5673}"
@@ -37,9 +39,10 @@ log() { echo "rabbitmq[${INSTANCE}]: $*" >&2; }
 install_packages() {
     if [ ! -x "${RABBIT_BIN}/rabbitmq-server" ]; then
         log "installing Debian's rabbitmq-server"
-        # The package's own service may not start here (policy-rc.d), and we never use it.
+        # The package's own service is not started by the install (apt_install), and we
+        # never use it.
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null
+        apt_install rabbitmq-server
         # Where the install auto-started the package's own node (rabbit@host, port 5672),
         # stop it through its init script only; it does not clash with our ports, but we
         # do not want a second broker eating memory on a small machine.

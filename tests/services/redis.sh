@@ -5,6 +5,8 @@
 # with its files under /var/lib/tributary-services/redis. Start is idempotent; stop stops
 # exactly the PID in our PID file.
 set -euo pipefail
+# shellcheck source=tests/lib/apt.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")/../lib" && pwd)/apt.sh"
 
 PORT="${TRIBUTARY_REDIS_PORT:-6380}"
 BASE="/var/lib/tributary-services/redis"
@@ -19,7 +21,7 @@ install_if_missing() {
     log "installing Debian's redis-server"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >/dev/null
-    apt-get install -y -qq redis-server >/dev/null
+    apt_install redis-server
   fi
 }
 

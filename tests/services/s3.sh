@@ -5,6 +5,8 @@
 # it on 127.0.0.1:9100 (in memory) with its log and PID file under
 # /var/lib/tributary-services/s3. Start is idempotent; stop stops exactly our PID.
 set -euo pipefail
+# shellcheck source=tests/lib/apt.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")/../lib" && pwd)/apt.sh"
 
 PORT="${TRIBUTARY_S3_PORT:-9100}"
 VENV="/var/cache/tributary/venv-moto"
@@ -23,7 +25,7 @@ install_if_missing() {
     log "installing moto[server] into $VENV"
     command -v python3 >/dev/null || {
       export DEBIAN_FRONTEND=noninteractive
-      apt-get update -qq >/dev/null && apt-get install -y -qq python3 python3-venv >/dev/null
+      apt-get update -qq >/dev/null && apt_install python3 python3-venv
     }
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q 'moto[server]'
