@@ -1,10 +1,14 @@
 //! The worker's lifecycle: build everything from the config (failing fast on a bad one),
 //! connect, consume until shutdown, then drain: stop consuming, let in-flight messages reach
 //! the sinks, flush every batch, settle, close — within the grace period.
+//!
+//! A lost broker connection ends one consuming session, not the worker: the session drains
+//! like a shutdown (what it could not acknowledge returns to the queue and is stored again
+//! idempotently), and the worker reconnects with backoff and consumes again.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use lapin::options::{
@@ -27,6 +31,10 @@ use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineBuildError};
 use crate::process::{Mode, Processor};
 use crate::sinks::{read_secret, Sink, SinkBuildError};
+
+/// A session that lasted this long was a working one: after it ends, reconnecting starts
+/// from the shortest backoff.
+const STABLE_SESSION: Duration = Duration::from_secs(30);
 
 /// A worker that cannot start.
 #[derive(Debug, Error)]
@@ -68,7 +76,7 @@ pub enum RunError {
 pub struct Worker {
     config: WorkerConfig,
     amqp_uri: String,
-    mode: Option<Mode>,
+    mode: Arc<Mode>,
     sinks: Vec<Arc<Sink>>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
@@ -112,7 +120,7 @@ impl Worker {
         Ok(Self {
             config,
             amqp_uri,
-            mode: Some(mode),
+            mode: Arc::new(mode),
             sinks,
             metrics: Arc::new(Metrics::new()),
             health: Arc::new(Health::default()),
@@ -124,7 +132,7 @@ impl Worker {
         self.metrics.clone()
     }
 
-    /// Runs until `shutdown` is cancelled (then drains) or a broker error.
+    /// Runs until `shutdown` is cancelled (then drains); reconnects after a broker loss.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), RunError> {
         let http_stop = CancellationToken::new();
         let listen = self.config.http.listen.clone();
@@ -143,12 +151,57 @@ impl Worker {
     }
 
     async fn consume(&mut self, shutdown: CancellationToken) -> Result<(), RunError> {
-        let Some(connection) = self.connect(&shutdown).await else {
-            return Ok(());
-        };
-        if !self.init_sinks(&shutdown).await {
-            return Ok(());
+        let mut sinks_ready = false;
+        let mut quick_failures = 0;
+        loop {
+            let Some(connection) = self.connect(&shutdown).await else {
+                return Ok(());
+            };
+            if !sinks_ready {
+                if !self.init_sinks(&shutdown).await {
+                    return Ok(());
+                }
+                sinks_ready = true;
+            }
+            let started = Instant::now();
+            let Err(error) = self.session(connection, &shutdown).await else {
+                return Ok(());
+            };
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            // A session that failed at once (queue missing, access refused) backs off more
+            // each time; one that ran for a while starts the backoff afresh.
+            quick_failures = if started.elapsed() >= STABLE_SESSION {
+                1
+            } else {
+                quick_failures + 1
+            };
+            let delay = backoff(&self.config.retry, quick_failures);
+            self.metrics.broker_reconnects.inc();
+            tracing::warn!(
+                %error,
+                delay_ms = delay.as_millis() as u64,
+                "broker session ended; unacknowledged messages return to the queue; reconnecting"
+            );
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(delay) => {}
+            }
         }
+    }
+
+    /// One consuming session on `connection`, until shutdown (`Ok`) or a broker error, then
+    /// the drain.
+    async fn session(
+        &mut self,
+        connection: Connection,
+        shutdown: &CancellationToken,
+    ) -> Result<(), RunError> {
+        // Cancelled with the worker's shutdown, or at the end of this session's drain so no
+        // task of a lost session outlives it (retrying a sink for a dead channel).
+        let session_stop = shutdown.child_token();
+        let _stop_on_return = session_stop.clone().drop_guard();
         let queue = self.config.queue.clone();
         let consume_channel = connection.create_channel().await?;
         consume_channel
@@ -176,18 +229,18 @@ impl Worker {
                 retry: self.config.retry.clone(),
                 finisher: finisher.clone(),
                 metrics: self.metrics.clone(),
-                shutdown: shutdown.clone(),
+                shutdown: session_stop.clone(),
             };
             runners.push(tokio::spawn(Arc::new(runner).run(rx)));
             senders.push((sink.clone(), tx));
         }
         let processor = Arc::new(Processor {
-            mode: self.mode.take().unwrap_or(Mode::PassThrough),
+            mode: self.mode.clone(),
             sinks: senders,
             finisher,
             metrics: self.metrics.clone(),
             retry: self.config.retry.clone(),
-            shutdown: shutdown.clone(),
+            shutdown: session_stop.clone(),
         });
         let tag = format!("tributary-worker-{}", std::process::id());
         let mut consumer = consume_channel
@@ -225,9 +278,6 @@ impl Worker {
             });
         };
         self.health.ready.store(false, Ordering::Relaxed);
-        if outcome.is_err() {
-            self.health.alive.store(false, Ordering::Relaxed);
-        }
         tracing::info!("draining: stop consuming, flush batches, settle");
         let grace = Duration::from_secs(self.config.shutdown_grace_seconds);
         let drained = tokio::time::timeout(grace, async {
@@ -262,10 +312,7 @@ impl Worker {
             let properties =
                 ConnectionProperties::default().with_connection_name("tributary-worker".into());
             match Connection::connect(&self.amqp_uri, properties).await {
-                Ok(connection) => {
-                    self.health.alive.store(true, Ordering::Relaxed);
-                    return Some(connection);
-                }
+                Ok(connection) => return Some(connection),
                 Err(e) => {
                     failures += 1;
                     let delay = backoff(&self.config.retry, failures);

@@ -52,6 +52,8 @@ pub struct Metrics {
     write_duration: Family<Labels, Histogram, LatencyBuckets>,
     batch_size: Family<Labels, Histogram, SizeBuckets>,
     sink_errors: Family<Labels, Counter>,
+    /// Consuming sessions that ended on a broker error and were reconnected.
+    pub broker_reconnects: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -79,6 +81,12 @@ impl Metrics {
         let write_duration = Family::new_with_constructor(LatencyBuckets);
         let batch_size = Family::new_with_constructor(SizeBuckets);
         let sink_errors = Family::<Labels, Counter>::default();
+        let broker_reconnects = Counter::default();
+        registry.register(
+            "broker_reconnects",
+            "Consuming sessions ended by a broker error, after which the worker reconnected",
+            broker_reconnects.clone(),
+        );
         registry.register(
             "messages_consumed",
             "Deliveries received from the broker",
@@ -135,6 +143,7 @@ impl Metrics {
             write_duration,
             batch_size,
             sink_errors,
+            broker_reconnects,
         }
     }
 

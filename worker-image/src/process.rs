@@ -29,8 +29,8 @@ pub enum Mode {
 
 /// Shared by all processing tasks.
 pub struct Processor {
-    /// Processing mode.
-    pub mode: Mode,
+    /// Processing mode (shared by the consuming sessions).
+    pub mode: Arc<Mode>,
     /// Sinks, in config order, with their queues.
     pub sinks: Vec<(Arc<Sink>, mpsc::Sender<SinkItem>)>,
     /// Settles deliveries.
@@ -73,7 +73,7 @@ impl Processor {
             }
         };
         let mut record = record_of(&envelope);
-        match &self.mode {
+        match self.mode.as_ref() {
             Mode::PassThrough => {}
             Mode::Pipeline(pipeline) => match pipeline.apply(record.value) {
                 Ok(Outcome::Keep(value)) => record.value = value,

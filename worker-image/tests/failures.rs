@@ -430,3 +430,137 @@ http: {{listen: "127.0.0.1:{port}"}}
     .await;
     broker.cleanup().await;
 }
+
+/// Runs our RabbitMQ script for a dedicated node (instance `worker-outage`, AMQP 5675) that
+/// this test may stop; the shared test broker is never disturbed.
+fn outage_broker(action: &str) {
+    let script: PathBuf = repo_root().join("tests/services/rabbitmq.sh");
+    let output = Command::new("bash")
+        .arg(&script)
+        .arg(action)
+        .env("TRIBUTARY_RABBITMQ_INSTANCE", "worker-outage")
+        .env("TRIBUTARY_RABBITMQ_PORT", "5675")
+        .env("TRIBUTARY_RABBITMQ_MGMT_PORT", "15675")
+        .env("TRIBUTARY_RABBITMQ_MQTT_PORT", "1886")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        output.status.success(),
+        "rabbitmq.sh {action} for the outage broker failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Stops the outage broker when the test ends, also when it fails half-way.
+struct StopBrokerOnDrop;
+
+impl Drop for StopBrokerOnDrop {
+    fn drop(&mut self) {
+        outage_broker("stop");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_reconnects_after_a_broker_restart_and_loses_nothing() {
+    let pg_url = required_env("TRIBUTARY_TEST_POSTGRES_URL", "postgres.sh");
+    let shared = required_env("TRIBUTARY_TEST_AMQP_URL", "rabbitmq.sh");
+    // Same credentials as the shared test broker, other port.
+    let url = shared.replace(":5673/", ":5675/");
+    assert_ne!(url, shared, "the shared broker URL should use port 5673");
+    tokio::task::spawn_blocking(|| outage_broker("start"))
+        .await
+        .expect("start the outage broker");
+    let _stop = StopBrokerOnDrop;
+    let queue = unique("reconnect");
+    let broker = Broker::connect_to(&url, &queue).await;
+    let pg = postgres(&pg_url).await;
+    let scratch = Scratch::new("reconnect");
+    let table = unique("reconnect");
+    let port = free_port();
+    let config = scratch.file(
+        "worker.yaml",
+        &format!(
+            r#"
+queue: {{uriFile: {amqp}, name: {queue}, prefetch: 200, concurrency: 2}}
+deadLetter: {{routingKey: {dlq}}}
+retry: {{maxAttempts: 0, initialBackoffMs: 100, maxBackoffMs: 1000}}
+sinks:
+  - postgres:
+      name: rows
+      urlFile: {pg}
+      table: {table}
+      createTable: true
+      columns: [{{name: seq, expr: payload.seq, type: bigint}}]
+      batch: {{maxMessages: 50, maxBytes: 1000000, maxAgeMs: 50}}
+http: {{listen: "127.0.0.1:{port}"}}
+"#,
+            amqp = scratch.file("amqp", &url).display(),
+            queue = broker.queue,
+            dlq = broker.dead_letter_queue,
+            pg = scratch.file("pg", &pg_url).display(),
+        ),
+    );
+    const HALF: usize = 200;
+    let batch = |from: usize| -> Vec<Value> {
+        (from..from + HALF)
+            .map(|i| envelope(&new_id(), "d", json!({"seq": i})))
+            .collect()
+    };
+    broker.publish(&batch(0)).await;
+    let worker = WorkerProcess::start(&scratch, &config, port, 1);
+    wait_for("the first half stored", DEADLINE, || async {
+        (count_rows(&pg, &table).await == HALF as i64).then_some(())
+    })
+    .await;
+
+    drop(broker);
+    tokio::task::spawn_blocking(|| outage_broker("stop"))
+        .await
+        .expect("stop the outage broker");
+    wait_for("the worker to notice the lost broker", DEADLINE, || async {
+        (worker.status("/readyz").await == Some(503)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        worker.status("/healthz").await,
+        Some(200),
+        "a lost broker is not a reason to restart the worker"
+    );
+    tokio::task::spawn_blocking(|| outage_broker("start"))
+        .await
+        .expect("restart the outage broker");
+    let broker = Broker::connect_to(&url, &queue).await;
+    broker.publish(&batch(HALF)).await;
+
+    wait_for(
+        "every message stored after the restart, by the same worker process",
+        DEADLINE,
+        || async { (count_rows(&pg, &table).await == 2 * HALF as i64).then_some(()) },
+    )
+    .await;
+    assert_eq!(worker.status("/readyz").await, Some(200), "consuming again");
+    let reconnects = worker
+        .metric("tributary_worker_broker_reconnects_total")
+        .await
+        .unwrap_or(0.0);
+    assert!(reconnects >= 1.0, "reconnects counted: {reconnects}");
+    assert!(
+        worker
+            .log_text()
+            .contains("broker session ended; unacknowledged messages return to the queue"),
+        "the log tells about the reconnect"
+    );
+    let distinct: i64 = pg
+        .query_one(&format!("SELECT count(DISTINCT seq) FROM \"{table}\""), &[])
+        .await
+        .expect("distinct")
+        .get(0);
+    assert_eq!(distinct, 2 * HALF as i64);
+    wait_for("the queue drained", DEADLINE, || async {
+        (broker.depth(&broker.queue).await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(broker.depth(&broker.dead_letter_queue).await, 0);
+    broker.cleanup().await;
+    drop(worker);
+}

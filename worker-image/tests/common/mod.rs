@@ -100,20 +100,31 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Connects (or fails saying how to start RabbitMQ) and declares fresh queues.
+    /// Connects to the shared test broker (or fails saying how to start RabbitMQ) and
+    /// declares fresh queues.
     pub async fn connect(prefix: &str) -> Broker {
         let url = required_env("TRIBUTARY_TEST_AMQP_URL", "rabbitmq.sh");
+        Broker::connect_to(&url, &unique(prefix)).await
+    }
+
+    /// Connects to the broker at `url` and declares the durable queue `queue` and its
+    /// dead-letter queue (again, when they exist: declaring is idempotent).
+    pub async fn connect_to(url: &str, queue: &str) -> Broker {
+        let url = url.to_owned();
         let connection = Connection::connect(&url, ConnectionProperties::default())
             .await
             .unwrap_or_else(|e| {
-                panic!("RabbitMQ at TRIBUTARY_TEST_AMQP_URL is unreachable ({e}); run `tests/services/rabbitmq.sh start`")
+                panic!(
+                    "RabbitMQ at {} is unreachable ({e}); run `tests/services/rabbitmq.sh start`",
+                    url.rsplit('@').next().unwrap_or_default()
+                )
             });
         let channel = connection.create_channel().await.expect("channel");
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .expect("confirm.select");
-        let queue = unique(prefix);
+        let queue = queue.to_owned();
         let dead_letter_queue = format!("{queue}.dlq");
         for name in [&queue, &dead_letter_queue] {
             channel
