@@ -1,5 +1,6 @@
 //! MQTT protocol behaviour a device sees: MQTT 5 reason codes, SUBSCRIBE refused without
-//! dropping the connection, keep-alive pings, QoS 0 and QoS 2, connection limit, drain.
+//! dropping the connection, keep-alive pings, QoS 0 and QoS 2 (exactly once within a
+//! connection), connection limit, drain.
 
 mod common;
 
@@ -113,27 +114,92 @@ async fn qos0_publish_is_delivered_without_an_ack() {
 }
 
 #[tokio::test]
-async fn qos2_is_refused_per_version_and_never_half_delivered() {
+async fn qos2_publish_is_stored_once_answered_pubrec_and_completed_on_pubrel() {
     let (connection, queue, _dir, running) = setup(Limits::default()).await;
     let mqtt = running.bound.mqtt.expect("mqtt");
-    let mut qos2 = string("devices/press-7/t");
-    qos2.extend_from_slice(&[0, 1]);
+    let qos2 = |packet_id: u16, dup: bool, v5: bool, via: u8| {
+        let mut body = string("devices/press-7/t");
+        body.extend_from_slice(&packet_id.to_be_bytes());
+        if v5 {
+            body.push(0); // no properties
+        }
+        body.extend_from_slice(format!("{{\"via\":{via}}}").as_bytes());
+        packet(if dup { 0x3C } else { 0x34 }, &body)
+    };
+
+    // MQTT 3.1.1: PUBREC once stored; a resend before PUBREL gets PUBREC again and is not
+    // published twice; PUBREL gets PUBCOMP, also for an identifier the gateway never saw.
     let (mut v311, _) = RawMqtt::connect(mqtt, "press-7", "pw7").await;
-    let mut body = qos2.clone();
-    body.extend_from_slice(b"{}");
-    v311.send(&packet(0x34, &body)).await;
-    assert!(v311.closed_by_server().await, "3.1.1: connection closed");
+    v311.send(&qos2(1, false, false, 1)).await;
+    assert_eq!(
+        v311.read_packet().await,
+        Some(vec![0x50, 2, 0, 1]),
+        "PUBREC"
+    );
+    v311.send(&qos2(1, true, false, 1)).await;
+    assert_eq!(
+        v311.read_packet().await,
+        Some(vec![0x50, 2, 0, 1]),
+        "PUBREC again"
+    );
+    v311.send(&[0x62, 2, 0, 1]).await;
+    assert_eq!(
+        v311.read_packet().await,
+        Some(vec![0x70, 2, 0, 1]),
+        "PUBCOMP"
+    );
+    v311.send(&[0x62, 2, 0, 9]).await;
+    assert_eq!(
+        v311.read_packet().await,
+        Some(vec![0x70, 2, 0, 9]),
+        "PUBCOMP, unknown id"
+    );
+    // The identifier is free again: a new message with it is a new message.
+    v311.send(&qos2(1, false, false, 2)).await;
+    assert_eq!(
+        v311.read_packet().await,
+        Some(vec![0x50, 2, 0, 1]),
+        "PUBREC, reused id"
+    );
+
+    // MQTT 5: the same flow; an unknown identifier is named in the PUBCOMP, and a forbidden
+    // topic is refused in the PUBREC.
     let mut v5 = connect_v5_client(mqtt, "press-7").await;
-    let mut body = qos2;
-    body.push(0);
-    body.extend_from_slice(b"{}");
-    v5.send(&packet(0x34, &body)).await;
+    v5.send(&qos2(4, false, true, 3)).await;
     assert_eq!(
         v5.read_packet().await,
-        Some(vec![0xE0, 2, 0x9B, 0]),
-        "5: DISCONNECT QoS not supported"
+        Some(vec![0x50, 2, 0, 4]),
+        "v5 PUBREC"
     );
-    assert!(drain_queue(&connection, &queue).await.is_empty());
+    v5.send(&[0x62, 2, 0, 4]).await;
+    assert_eq!(
+        v5.read_packet().await,
+        Some(vec![0x70, 2, 0, 4]),
+        "v5 PUBCOMP"
+    );
+    v5.send(&[0x62, 2, 0, 5]).await;
+    assert_eq!(
+        v5.read_packet().await,
+        Some(vec![0x70, 3, 0, 5, 0x92]),
+        "v5 PUBCOMP: packet identifier not found"
+    );
+    let mut forbidden = string("devices/press-8/t");
+    forbidden.extend_from_slice(&[0, 6, 0]);
+    forbidden.extend_from_slice(b"{}");
+    v5.send(&packet(0x34, &forbidden)).await;
+    assert_eq!(
+        v5.read_packet().await,
+        Some(vec![0x50, 3, 0, 6, 0x87]),
+        "v5 PUBREC: not authorized"
+    );
+
+    let messages = wait_for_messages(&connection, &queue, 3).await;
+    let mut via: Vec<u64> = messages
+        .iter()
+        .filter_map(|m| m["payload"]["data"]["via"].as_u64())
+        .collect();
+    via.sort_unstable();
+    assert_eq!(via, vec![1, 2, 3], "each QoS 2 message exactly once");
     delete_queue(&connection, &queue).await;
 }
 

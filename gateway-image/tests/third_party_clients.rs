@@ -11,7 +11,8 @@ use common::*;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType};
 use tributary_contract::gateway_config::{AuthConfig, ClientCertificateAuth, JwtAuth, TlsListener};
 
-/// Runs `mosquitto_pub` (QoS 1, so it waits for the PUBACK) with extra arguments.
+/// Runs `mosquitto_pub` (QoS 1 unless the arguments say otherwise, so it waits for the
+/// broker's answer) with extra arguments.
 async fn mosquitto_pub(port: u16, args: &[&str]) -> Output {
     let mut command = tokio::process::Command::new("mosquitto_pub");
     command
@@ -163,6 +164,28 @@ async fn mosquitto_pub_publishes_with_password_jwt_tls_and_client_certificate() 
             ],
         ),
         (
+            // A later -q overrides the helper's QoS 1: mosquitto_pub then waits for PUBCOMP.
+            "password, MQTT 3.1.1, QoS 2",
+            plain,
+            vec!["-q", "2", "-u", "press-7", "-P", "pw7", "-m", "{\"via\":7}"],
+        ),
+        (
+            "password, MQTT 5, QoS 2",
+            plain,
+            vec![
+                "-V",
+                "mqttv5",
+                "-q",
+                "2",
+                "-u",
+                "press-7",
+                "-P",
+                "pw7",
+                "-m",
+                "{\"via\":8}",
+            ],
+        ),
+        (
             "jwt as password",
             plain,
             vec!["-u", "ignored", "-P", &token, "-m", "{\"via\":3}"],
@@ -238,7 +261,7 @@ async fn mosquitto_pub_publishes_with_password_jwt_tls_and_client_certificate() 
         .filter_map(|m| m["payload"]["data"]["via"].as_u64())
         .collect();
     via.sort_unstable();
-    assert_eq!(via, vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(via, vec![1, 2, 3, 4, 5, 6, 7, 8]);
     assert!(messages.iter().all(|m| m["device"] == "press-7"));
 
     let refusals: Vec<(&str, u16, Vec<&str>)> = vec![

@@ -42,9 +42,6 @@ pub enum DecodeError {
     /// Packet identifier 0 where one is required.
     #[error("packet identifier 0")]
     ZeroPacketId,
-    /// A QoS 2 PUBLISH (the gateway supports QoS 0 and 1).
-    #[error("QoS 2 is not supported")]
-    QosNotSupported,
     /// A CONNECT protocol name or level the gateway does not speak.
     #[error("unsupported protocol level {0}")]
     UnsupportedProtocol(u8),
@@ -59,7 +56,6 @@ impl DecodeError {
         match self {
             DecodeError::PacketTooLarge(_) => 0x95,
             DecodeError::InvalidTopic => 0x90,
-            DecodeError::QosNotSupported => 0x9B,
             DecodeError::TopicAlias => 0x94,
             DecodeError::ServerOnlyPacket(_) | DecodeError::UnsupportedProtocol(_) => 0x82,
             _ => 0x81,
@@ -91,14 +87,16 @@ pub struct Connect {
 /// A PUBLISH packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publish {
-    /// Quality of service: 0 or 1.
+    /// Quality of service: 0, 1 or 2.
     pub qos: u8,
     /// The retain flag (the gateway does not retain; the flag is ignored).
     pub retain: bool,
     /// The topic name, validated.
     pub topic: String,
-    /// The packet identifier (QoS 1 only).
+    /// The packet identifier (QoS 1 and 2).
     pub packet_id: Option<u16>,
+    /// The DUP flag: the client may have sent this packet before.
+    pub dup: bool,
     /// The payload.
     pub payload: Bytes,
     /// v5 properties.
@@ -112,7 +110,8 @@ pub enum Packet {
     Connect(Box<Connect>),
     /// PUBLISH.
     Publish(Publish),
-    /// PUBACK, PUBREC, PUBREL or PUBCOMP (acknowledgements of server-sent messages).
+    /// PUBACK, PUBREC, PUBREL or PUBCOMP: PUBREL ends a QoS 2 publish from the client;
+    /// the others would acknowledge server-sent messages.
     Ack {
         /// Packet type (4..=7).
         kind: u8,
@@ -323,10 +322,8 @@ fn decode_connect(body: &mut Bytes) -> Result<Connect, DecodeError> {
 
 fn decode_publish(flags: u8, mut body: Bytes, v5: bool) -> Result<Publish, DecodeError> {
     let qos = (flags >> 1) & 0x03;
-    match qos {
-        3 => return Err(DecodeError::Malformed("QoS 3")),
-        2 => return Err(DecodeError::QosNotSupported),
-        _ => {}
+    if qos == 3 {
+        return Err(DecodeError::Malformed("QoS 3"));
     }
     if qos == 0 && flags & 0x08 != 0 {
         return Err(DecodeError::Malformed("DUP set at QoS 0"));
@@ -348,6 +345,7 @@ fn decode_publish(flags: u8, mut body: Bytes, v5: bool) -> Result<Publish, Decod
     validate_topic_name(&topic).map_err(|_| DecodeError::InvalidTopic)?;
     Ok(Publish {
         qos,
+        dup: flags & 0x08 != 0,
         retain: flags & 0x01 != 0,
         topic,
         packet_id,

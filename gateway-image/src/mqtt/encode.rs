@@ -79,8 +79,7 @@ pub fn connack_accepted(out: &mut BytesMut, v5: bool, limits: &ServerLimits) {
         let mut props = BytesMut::new();
         props.put_u8(0x21);
         props.put_u16(limits.receive_maximum);
-        props.put_u8(0x24); // maximum QoS
-        props.put_u8(1);
+        // No maximum QoS property: QoS 2 is supported.
         props.put_u8(0x25); // retain available
         props.put_u8(0);
         props.put_u8(0x27);
@@ -111,13 +110,28 @@ pub fn connack_refused(out: &mut BytesMut, v5: bool, refusal: ConnectRefusal) {
     }
 }
 
-/// PUBACK; `reason` is only sent to MQTT 5 clients (3.1.1 has no negative PUBACK).
+/// PUBACK: a QoS 1 message is stored (reason 0) or refused (a v5 reason code ≥ 0x80).
 pub fn puback(out: &mut BytesMut, v5: bool, packet_id: u16, reason: u8) {
+    publish_ack(out, 0x40, v5, packet_id, reason);
+}
+
+/// PUBREC: a QoS 2 message is stored (reason 0; PUBREL/PUBCOMP follow) or refused.
+pub fn pubrec(out: &mut BytesMut, v5: bool, packet_id: u16, reason: u8) {
+    publish_ack(out, 0x50, v5, packet_id, reason);
+}
+
+/// PUBCOMP: the end of a QoS 2 exchange (v5 reason 0x92: the identifier was unknown).
+pub fn pubcomp(out: &mut BytesMut, v5: bool, packet_id: u16, reason: u8) {
+    publish_ack(out, 0x70, v5, packet_id, reason);
+}
+
+/// A packet identifier, and in MQTT 5 a reason code unless it is success (the short form).
+fn publish_ack(out: &mut BytesMut, first_byte: u8, v5: bool, packet_id: u16, reason: u8) {
     let [high, low] = packet_id.to_be_bytes();
     if v5 && reason != 0 {
-        put_packet(out, 0x40, &[high, low, reason]);
+        put_packet(out, first_byte, &[high, low, reason]);
     } else {
-        put_packet(out, 0x40, &[high, low]);
+        put_packet(out, first_byte, &[high, low]);
     }
 }
 

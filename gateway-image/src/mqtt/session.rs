@@ -1,7 +1,13 @@
 //! One MQTT connection: CONNECT and authentication, then PUBLISH handling with broker
 //! confirms, in order, at most `receive maximum` in flight (backpressure: the socket is not
 //! read while the window is full or the gateway-wide in-flight budget is used up).
+//!
+//! QoS 1 is answered with PUBACK once the broker confirmed the message; QoS 2 with PUBREC
+//! at that point, then PUBCOMP on the client's PUBREL. A QoS 2 message resent before its
+//! PUBREL is answered again, not published twice. Sessions are not persisted, so that
+//! promise holds within one connection.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -21,7 +27,23 @@ use crate::ingest::{Gateway, IngestError};
 use crate::metrics::{ProtocolLabel, RejectReason};
 use crate::topics::is_safe_identity;
 
-type Pending = Pin<Box<dyn Future<Output = (Option<u16>, Result<String, IngestError>)> + Send>>;
+type Pending = Pin<Box<dyn Future<Output = (Option<Answer>, Result<String, IngestError>)> + Send>>;
+
+/// How a finished publish is answered: PUBACK (QoS 1) or PUBREC (QoS 2); QoS 0 has none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Answer {
+    packet_id: u16,
+    exactly_once: bool,
+}
+
+/// Where a QoS 2 message of this connection stands, by packet identifier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ExactlyOnce {
+    /// On its way to the broker; no PUBREC yet.
+    Delivering,
+    /// Stored and PUBREC sent; waiting for the client's PUBREL.
+    Received,
+}
 
 /// Why a session ended (for the log line).
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +99,7 @@ pub async fn serve<S>(
         v5: false,
         device: String::new(),
         peer,
+        exactly_once: HashMap::new(),
     };
     let end = session.run(certificate_device).await;
     // Flush what is queued (e.g. a DISCONNECT) and close cleanly.
@@ -101,6 +124,7 @@ struct Session<R, W> {
     v5: bool,
     device: String,
     peer: SocketAddr,
+    exactly_once: HashMap<u16, ExactlyOnce>,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
@@ -261,8 +285,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
             }
             let can_read = reading && pending.len() < window;
             tokio::select! {
-                Some((packet_id, result)) = pending.next(), if !pending.is_empty() => {
-                    if let Err(end) = self.acknowledge(packet_id, result) {
+                Some((answer, result)) = pending.next(), if !pending.is_empty() => {
+                    if let Err(end) = self.acknowledge(answer, result) {
                         return end;
                     }
                 }
@@ -306,12 +330,30 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                 Ok(true)
             }
             Packet::Disconnect => Ok(false),
-            // The gateway never sends QoS > 0 messages, so acks from the client are stray
-            // but harmless; PUBREL belongs to QoS 2, which is not supported.
-            Packet::Ack { kind: 6, .. } => self.violation("PUBREL without QoS 2"),
+            Packet::Ack { kind: 6, packet_id } => self.release(packet_id),
+            // The gateway never sends QoS > 0 messages, so other acks from the client are
+            // stray but harmless.
             Packet::Ack { .. } => Ok(true),
             Packet::Connect(_) => self.violation("second CONNECT"),
             Packet::Auth => self.violation("AUTH is not supported"),
+        }
+    }
+
+    /// PUBREL: the client got our PUBREC; forget the identifier and complete.
+    fn release(&mut self, packet_id: u16) -> Result<bool, SessionEnd> {
+        match self.exactly_once.get(&packet_id) {
+            Some(ExactlyOnce::Received) => {
+                self.exactly_once.remove(&packet_id);
+                encode::pubcomp(&mut self.out, self.v5, packet_id, 0);
+                Ok(true)
+            }
+            Some(ExactlyOnce::Delivering) => self.violation("PUBREL before PUBREC"),
+            // Unknown here (e.g. a PUBREL resent on a new connection): complete it anyway so
+            // the client can finish; MQTT 5 is told the identifier was not found.
+            None => {
+                encode::pubcomp(&mut self.out, self.v5, packet_id, 0x92);
+                Ok(true)
+            }
         }
     }
 
@@ -327,6 +369,26 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
         publish: Publish,
         pending: &mut FuturesOrdered<Pending>,
     ) -> Result<(), SessionEnd> {
+        let answer = publish.packet_id.map(|packet_id| Answer {
+            packet_id,
+            exactly_once: publish.qos == 2,
+        });
+        if let Some(answer) = answer.filter(|a| a.exactly_once) {
+            match self.exactly_once.get(&answer.packet_id) {
+                // Resent before its PUBREL: stored already, answer again (in order).
+                Some(ExactlyOnce::Received) => {
+                    pending.push_back(Box::pin(async move { (Some(answer), Ok(String::new())) }));
+                    return Ok(());
+                }
+                Some(ExactlyOnce::Delivering) => {
+                    if self.v5 {
+                        encode::disconnect(&mut self.out, 0x91); // identifier in use
+                    }
+                    return Err(SessionEnd::Violation("QoS 2 packet identifier in use"));
+                }
+                None => {}
+            }
+        }
         let gateway = Arc::clone(&self.gateway);
         // Slow the device down rather than refuse: MQTT has no "retry later".
         gateway.rate.take(&self.device).await;
@@ -354,11 +416,15 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                         } else {
                             0x90
                         };
-                        encode::puback(&mut self.out, true, packet_id, reason);
+                        if publish.qos == 2 {
+                            encode::pubrec(&mut self.out, true, packet_id, reason);
+                        } else {
+                            encode::puback(&mut self.out, true, packet_id, reason);
+                        }
                         Ok(())
                     }
                     (_, None) => Ok(()),
-                    // 3.1.1 cannot refuse a QoS 1 message except by closing.
+                    // 3.1.1 cannot refuse a QoS 1 or 2 message except by closing.
                     (false, Some(_)) => Err(SessionEnd::NotAccepted(error)),
                 };
             }
@@ -371,47 +437,57 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
             },
             _ = gateway.draining.cancelled() => return Err(SessionEnd::Draining),
         };
-        let packet_id = publish.packet_id;
+        if let Some(answer) = answer.filter(|a| a.exactly_once) {
+            self.exactly_once
+                .insert(answer.packet_id, ExactlyOnce::Delivering);
+        }
         pending.push_back(Box::pin(async move {
             let _permit = permit;
-            (
-                packet_id,
-                gateway.deliver(prepared, ProtocolLabel::Mqtt).await,
-            )
+            (answer, gateway.deliver(prepared, ProtocolLabel::Mqtt).await)
         }));
         Ok(())
     }
 
-    /// Sends the PUBACK for a finished publish, or ends the session when the broker could
-    /// not take the message (the client resends it after reconnecting).
+    /// Sends the PUBACK (QoS 1) or PUBREC (QoS 2) for a finished publish, or ends the
+    /// session when the broker could not take the message (the client resends it after
+    /// reconnecting).
     fn acknowledge(
         &mut self,
-        packet_id: Option<u16>,
+        answer: Option<Answer>,
         result: Result<String, IngestError>,
     ) -> Result<(), SessionEnd> {
-        match (result, packet_id) {
-            (Ok(_), Some(packet_id)) => {
-                encode::puback(&mut self.out, self.v5, packet_id, 0);
-                Ok(())
-            }
-            (Ok(_), None) => Ok(()),
-            (Err(error), Some(packet_id)) if self.v5 && is_permanent(&error) => {
-                let reason = if error == IngestError::Broker(PublishError::Nacked) {
+        let Some(answer) = answer else {
+            return Ok(()); // QoS 0: nothing to answer, whatever happened
+        };
+        let reason = match result {
+            Ok(_) => 0,
+            Err(error) if self.v5 && is_permanent(&error) => {
+                if error == IngestError::Broker(PublishError::Nacked) {
                     0x97 // quota exceeded: e.g. a full queue with reject-publish
                 } else {
                     0x80
-                };
-                encode::puback(&mut self.out, true, packet_id, reason);
-                Ok(())
+                }
             }
-            (Err(_), None) => Ok(()),
-            (Err(error), Some(_)) => {
+            Err(error) => {
                 if self.v5 {
                     encode::disconnect(&mut self.out, 0x89); // server busy
                 }
-                Err(SessionEnd::NotAccepted(error))
+                return Err(SessionEnd::NotAccepted(error));
             }
+        };
+        if answer.exactly_once {
+            // A refused QoS 2 message ends its exchange at the PUBREC.
+            if reason == 0 {
+                self.exactly_once
+                    .insert(answer.packet_id, ExactlyOnce::Received);
+            } else {
+                self.exactly_once.remove(&answer.packet_id);
+            }
+            encode::pubrec(&mut self.out, self.v5, answer.packet_id, reason);
+        } else {
+            encode::puback(&mut self.out, self.v5, answer.packet_id, reason);
         }
+        Ok(())
     }
 }
 
