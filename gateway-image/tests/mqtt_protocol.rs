@@ -1,6 +1,6 @@
 //! MQTT protocol behaviour a device sees: MQTT 5 reason codes, SUBSCRIBE refused without
 //! dropping the connection, keep-alive pings, QoS 0 and QoS 2 (exactly once within a
-//! connection), connection limit, drain.
+//! connection), will messages, connection limit, drain.
 
 mod common;
 
@@ -30,6 +30,25 @@ fn publish_v5(topic: &str, packet_id: u16) -> Vec<u8> {
     body.push(0); // no properties
     body.extend_from_slice(b"{}");
     packet(0x32, &body)
+}
+
+/// CONNECT with a will message on `will_topic`.
+fn connect_with_will(v5: bool, device: &str, password: &str, will_topic: &str) -> Vec<u8> {
+    let mut body = string("MQTT");
+    // user name, password, will (QoS 0), clean session; keep-alive 60 s.
+    body.extend_from_slice(&[if v5 { 5 } else { 4 }, 0xC6, 0, 60]);
+    if v5 {
+        body.push(0); // no CONNECT properties
+    }
+    body.extend(string(device));
+    if v5 {
+        body.push(0); // no will properties
+    }
+    body.extend(string(will_topic));
+    body.extend(string(&format!("{{\"will\":\"{device}\",\"v5\":{v5}}}")));
+    body.extend(string(device));
+    body.extend(string(password));
+    packet(0x10, &body)
 }
 
 async fn setup(
@@ -110,6 +129,68 @@ async fn qos0_publish_is_delivered_without_an_ack() {
     let messages = wait_for_messages(&connection, &queue, 1).await;
     assert_eq!(messages.len(), 1);
     assert_eq!(messages[0]["payload"]["data"]["qos"], 0);
+    delete_queue(&connection, &queue).await;
+}
+
+#[tokio::test]
+async fn will_message_is_published_unless_the_client_disconnects_cleanly() {
+    let (connection, queue, _dir, running) = setup(Limits::default()).await;
+    let mqtt = running.bound.mqtt.expect("mqtt");
+    let session = |v5: bool, will_topic: &'static str| async move {
+        let mut client = RawMqtt::open(mqtt).await;
+        client
+            .send(&connect_with_will(v5, "press-7", "pw7", will_topic))
+            .await;
+        let connack = client.read_packet().await.expect("CONNACK");
+        assert_eq!(connack[0], 0x20, "CONNACK");
+        assert_eq!(connack[3], 0, "accepted");
+        client
+    };
+    // No will: a clean DISCONNECT (3.1.1, and v5 reason 0x00).
+    let mut clean = session(false, "devices/press-7/status").await;
+    clean.send(&[0xE0, 0]).await;
+    assert!(clean.closed_by_server().await);
+    let mut clean_v5 = session(true, "devices/press-7/status").await;
+    clean_v5.send(&[0xE0, 1, 0x00]).await;
+    assert!(clean_v5.closed_by_server().await);
+    // No will either: a topic outside the device's permissions, even on an abrupt close.
+    drop(session(false, "devices/press-8/status").await);
+    // A marker, acknowledged after the sessions above ended.
+    let (mut marker, _) = RawMqtt::connect(mqtt, "press-7", "pw7").await;
+    assert_eq!(
+        marker
+            .publish_qos1("devices/press-7/t", 1, b"{\"marker\":true}")
+            .await,
+        Some(1)
+    );
+    let before = wait_for_messages(&connection, &queue, 1).await;
+    assert_eq!(before.len(), 1, "only the marker: {before:?}");
+
+    // Wills: the connection drops without DISCONNECT; v5 DISCONNECT 0x04 asks for it.
+    drop(session(false, "devices/press-7/status").await);
+    let mut with_will = session(true, "devices/press-7/status").await;
+    with_will.send(&[0xE0, 1, 0x04]).await;
+    assert!(with_will.closed_by_server().await);
+    let wills = wait_for_messages(&connection, &queue, 2).await;
+    let mut seen: Vec<(String, bool)> = wills
+        .iter()
+        .map(|m| {
+            (
+                m["topic"].as_str().unwrap_or_default().to_owned(),
+                m["payload"]["data"]["v5"].as_bool().unwrap_or_default(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            ("devices/press-7/status".to_owned(), false),
+            ("devices/press-7/status".to_owned(), true),
+        ],
+        "{wills:?}"
+    );
+    assert!(wills.iter().all(|m| m["device"] == "press-7"));
     delete_queue(&connection, &queue).await;
 }
 

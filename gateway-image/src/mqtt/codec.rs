@@ -78,9 +78,20 @@ pub struct Connect {
     pub username: Option<String>,
     /// The password, if present.
     pub password: Option<Bytes>,
-    /// Whether a will message was set (wills are accepted but not yet delivered).
-    pub has_will: bool,
+    /// The will message, published if the connection ends without a clean DISCONNECT.
+    pub will: Option<Will>,
     /// v5 properties.
+    pub properties: Properties,
+}
+
+/// A CONNECT's will message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Will {
+    /// The topic name, validated.
+    pub topic: String,
+    /// The payload.
+    pub payload: Bytes,
+    /// v5 will properties (content type).
     pub properties: Properties,
 }
 
@@ -134,8 +145,11 @@ pub enum Packet {
     },
     /// PINGREQ.
     Pingreq,
-    /// DISCONNECT.
-    Disconnect,
+    /// DISCONNECT with its reason code (0 for 3.1.1; 0x04 asks for the will message).
+    Disconnect {
+        /// Reason code.
+        reason: u8,
+    },
     /// AUTH (MQTT 5).
     Auth,
 }
@@ -238,16 +252,17 @@ fn decode_body(kind: u8, flags: u8, mut body: Bytes, v5: bool) -> Result<Packet,
         }
         14 => {
             expect_flags(0)?;
+            let mut reason = 0;
             if v5 {
                 if body.has_remaining() {
-                    read_u8(&mut body)?;
+                    reason = read_u8(&mut body)?;
                 }
                 if body.has_remaining() {
                     read_properties(&mut body)?;
                 }
             }
             expect_empty(&body)?;
-            Ok(Packet::Disconnect)
+            Ok(Packet::Disconnect { reason })
         }
         15 if v5 => {
             expect_flags(0)?;
@@ -289,14 +304,23 @@ fn decode_connect(body: &mut Bytes) -> Result<Connect, DecodeError> {
         Properties::default()
     };
     let client_id = read_string(body)?;
-    if has_will {
-        if v5 {
-            read_properties(body)?;
-        }
+    let will = if has_will {
+        let properties = if v5 {
+            read_properties(body)?
+        } else {
+            Properties::default()
+        };
         let topic = read_string(body)?;
         validate_topic_name(&topic).map_err(|_| DecodeError::InvalidTopic)?;
-        read_binary(body)?;
-    }
+        let payload = read_binary(body)?;
+        Some(Will {
+            topic,
+            payload,
+            properties,
+        })
+    } else {
+        None
+    };
     let username = if has_username {
         Some(read_string(body)?)
     } else {
@@ -315,7 +339,7 @@ fn decode_connect(body: &mut Bytes) -> Result<Connect, DecodeError> {
         client_id,
         username,
         password,
-        has_will,
+        will,
         properties,
     })
 }

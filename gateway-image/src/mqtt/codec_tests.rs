@@ -68,6 +68,38 @@ fn v5_publish_with_content_type_decodes() {
 }
 
 #[test]
+fn will_message_and_disconnect_reason_decode() {
+    // v5 CONNECT with a will (flags: user name, will QoS 1, will, clean start).
+    let mut tail = vec![4, 0x03, 0, 1, b't']; // will properties: content type "t"
+    tail.extend(string(b"devices/press-7/status"));
+    tail.extend(string(b"offline"));
+    tail.extend(string(b"press-7"));
+    let bytes = packet(0x10, &connect_body(5, 0x8E, b"c1", &tail));
+    let Some(Packet::Connect(connect)) = decode_all(&bytes, true).expect("valid") else {
+        panic!("not a connect");
+    };
+    let will = connect.will.expect("will");
+    assert_eq!(will.topic, "devices/press-7/status");
+    assert_eq!(&will.payload[..], b"offline");
+    assert_eq!(will.properties.content_type.as_deref(), Some("t"));
+    assert_eq!(connect.username.as_deref(), Some("press-7"));
+    // A will topic with a wildcard is refused.
+    let mut tail = string(b"devices/#");
+    tail.extend(string(b"x"));
+    let bytes = packet(0x10, &connect_body(4, 0x06, b"c1", &tail));
+    assert_eq!(decode_all(&bytes, false), Err(DecodeError::InvalidTopic));
+    // DISCONNECT: 3.1.1 has no reason; v5 0x04 asks for the will.
+    assert_eq!(
+        decode_all(&[0xE0, 0], false),
+        Ok(Some(Packet::Disconnect { reason: 0 }))
+    );
+    assert_eq!(
+        decode_all(&[0xE0, 1, 0x04], true),
+        Ok(Some(Packet::Disconnect { reason: 0x04 }))
+    );
+}
+
+#[test]
 fn qos2_publish_and_pubrel_decode_with_identifier_and_dup_flag() {
     let mut body = string(b"devices/a/t");
     body.extend_from_slice(&[0, 7]);
@@ -245,7 +277,7 @@ fn two_packets_in_one_buffer_decode_one_at_a_time() {
     assert_eq!(decode(&mut buffer, false, MAX), Ok(Some(Packet::Pingreq)));
     assert_eq!(
         decode(&mut buffer, false, MAX),
-        Ok(Some(Packet::Disconnect))
+        Ok(Some(Packet::Disconnect { reason: 0 }))
     );
     assert_eq!(decode(&mut buffer, false, MAX), Ok(None));
 }

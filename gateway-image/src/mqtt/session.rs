@@ -19,7 +19,7 @@ use futures::stream::FuturesOrdered;
 use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::codec::{decode, Connect, DecodeError, Packet, Publish};
+use super::codec::{decode, Connect, DecodeError, Packet, Publish, Will};
 use super::encode::{self, ConnectRefusal, ServerLimits};
 use crate::auth::{looks_like_jwt, AuthError, Credentials};
 use crate::broker::PublishError;
@@ -100,6 +100,7 @@ pub async fn serve<S>(
         device: String::new(),
         peer,
         exactly_once: HashMap::new(),
+        disconnect_reason: None,
     };
     let end = session.run(certificate_device).await;
     // Flush what is queued (e.g. a DISCONNECT) and close cleanly.
@@ -125,6 +126,8 @@ struct Session<R, W> {
     device: String,
     peer: SocketAddr,
     exactly_once: HashMap<u16, ExactlyOnce>,
+    /// The reason code of the client's DISCONNECT, once received.
+    disconnect_reason: Option<u8>,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
@@ -147,7 +150,42 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
         metrics.connections.inc();
         let end = self.publish_loop(connect.keep_alive).await;
         metrics.connections.dec();
+        // Only a DISCONNECT with reason 0 (all of 3.1.1's) discards the will.
+        if let Some(will) = connect.will {
+            if self.disconnect_reason != Some(0) {
+                self.publish_will(will).await;
+            }
+        }
         end
+    }
+
+    /// Publishes the will message like a publish from the device (its topic permissions
+    /// and routes apply). The MQTT 5 will delay interval is not honoured: sessions are not
+    /// persisted, so there is no reconnect to wait for.
+    async fn publish_will(&self, will: Will) {
+        let gateway = &self.gateway;
+        let prepared = gateway.prepare(
+            &self.device,
+            &will.topic,
+            ProtocolLabel::Mqtt,
+            will.properties.content_type,
+            &will.payload,
+        );
+        let prepared = match prepared {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                tracing::info!(device = %self.device, topic = %will.topic, %error, "will message refused");
+                return;
+            }
+        };
+        match gateway.deliver(prepared, ProtocolLabel::Mqtt).await {
+            Ok(id) => {
+                tracing::info!(device = %self.device, topic = %will.topic, message_id = %id, "will message published")
+            }
+            Err(error) => {
+                tracing::warn!(device = %self.device, topic = %will.topic, %error, "will message not delivered")
+            }
+        }
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
@@ -239,9 +277,6 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                 .then(|| ulid::Ulid::generate().to_string()),
         };
         encode::connack_accepted(&mut self.out, self.v5, &limits);
-        if connect.has_will {
-            tracing::debug!(device = %self.device, "will message accepted but not delivered");
-        }
         Ok(permit)
     }
 
@@ -329,7 +364,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                 encode::pingresp(&mut self.out);
                 Ok(true)
             }
-            Packet::Disconnect => Ok(false),
+            Packet::Disconnect { reason } => {
+                self.disconnect_reason = Some(reason);
+                Ok(false)
+            }
             Packet::Ack { kind: 6, packet_id } => self.release(packet_id),
             // The gateway never sends QoS > 0 messages, so other acks from the client are
             // stray but harmless.
