@@ -45,6 +45,7 @@ spec:
   postgres:
     urlSecretRef: {name: pg, key: url}
     table: readings
+    columns: [{name: device, expr: device}]
 YAML
 check sink-waits-for-secret wait_for 120 sink_waiting
 kubectl -n "$ns" create secret generic pg --from-literal=url=postgres://u:p@db:5432/x >/dev/null

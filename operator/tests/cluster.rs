@@ -293,7 +293,7 @@ async fn sink_waits_for_its_secret_and_recovers_when_it_appears() {
     let ns = TestNamespace::create(&client, "sink").await;
     start_operator(&ns.name);
     let sinks: Api<Sink> = ns.api();
-    apply_yaml(&sinks, "apiVersion: tributary.dev/v1alpha1\nkind: Sink\nmetadata: {name: readings}\nspec:\n  postgres:\n    urlSecretRef: {name: pg, key: url}\n    table: readings\n").await;
+    apply_yaml(&sinks, "apiVersion: tributary.dev/v1alpha1\nkind: Sink\nmetadata: {name: readings}\nspec:\n  postgres:\n    urlSecretRef: {name: pg, key: url}\n    table: readings\n    columns: [{name: device, expr: device}]\n").await;
     wait_ready(&sinks, "readings", "Sink WaitingForSecret", |_, r| {
         r == "WaitingForSecret"
     })
@@ -348,7 +348,7 @@ async fn managed_queue_serves_workers_and_gateways_and_children_follow_the_owner
 
     // A Worker created before its Queue waits for it.
     apply_yaml(&secrets, "apiVersion: v1\nkind: Secret\nmetadata: {name: pg}\nstringData: {url: 'postgres://u:p@db/x'}\n").await;
-    apply_yaml(&sinks, "apiVersion: tributary.dev/v1alpha1\nkind: Sink\nmetadata: {name: readings}\nspec:\n  postgres:\n    urlSecretRef: {name: pg, key: url}\n    table: readings\n").await;
+    apply_yaml(&sinks, "apiVersion: tributary.dev/v1alpha1\nkind: Sink\nmetadata: {name: readings}\nspec:\n  postgres:\n    urlSecretRef: {name: pg, key: url}\n    table: readings\n    columns: [{name: device, expr: device}]\n").await;
     apply_yaml(&workers, "apiVersion: tributary.dev/v1alpha1\nkind: Worker\nmetadata: {name: ingest}\nspec:\n  queue: telemetry\n  sinks: [readings]\n").await;
     step("Worker WaitingForQueue");
     wait_ready(&workers, "ingest", "Worker WaitingForQueue", |_, r| {

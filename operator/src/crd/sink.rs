@@ -81,7 +81,11 @@ pub struct PostgresSink {
     /// Column receiving the message id (primary key or unique). Default `id`.
     #[serde(default = "default_id_column")]
     pub id_column: String,
-    /// The other columns, each computed by a CEL expression over the processed message.
+    /// The other columns (at least one), each computed by a CEL expression over the
+    /// processed message.
+    // Neither required nor `minItems` in the schema (its default `[]` must validate, and
+    // Sinks stored before this rule must still deserialize): the operator reports an empty
+    // list as an invalid spec.
     #[serde(default)]
     pub columns: Vec<Column>,
     /// Create the table when it does not exist. Default false.
