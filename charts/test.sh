@@ -39,6 +39,10 @@ check rbac-monitoring grep -q '"podmonitors", "prometheusrules"' "$rendered"
 check servicemonitor-when-served sh -c "helm template tributary '$chart' --namespace tributary-system \
   --api-versions monitoring.coreos.com/v1/ServiceMonitor | grep -A30 '^kind: ServiceMonitor' | grep -q 'honorLabels: true'"
 check no-servicemonitor-without-api sh -c "! grep -q '^kind: ServiceMonitor' '$rendered'"
+check monitoring-labels-passed-to-the-operator sh -c "helm template tributary '$chart' \
+  --set monitoring.labels.release=kube-prometheus-stack --set monitoring.labels.team=platform |
+  grep -A1 'name: TRIBUTARY_MONITORING_LABELS' | grep -q 'value: \"release=kube-prometheus-stack,team=platform\"'"
+check no-monitoring-labels-by-default sh -c "! grep -q TRIBUTARY_MONITORING_LABELS '$rendered'"
 # Every dashboard file becomes one ConfigMap with the sidecar label and valid JSON whose
 # datasource is the ${datasource} variable and whose metrics are documented in docs/metrics.md.
 check_dashboards() {

@@ -103,6 +103,15 @@ struct RunArgs {
     /// This replica's identity in the Lease (the pod name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Extra label KEY=VALUE on every PodMonitor and PrometheusRule the operator creates
+    /// (comma-separated or repeated), e.g. `release=kube-prometheus-stack` for the
+    /// selectors of that chart's Prometheus.
+    #[arg(
+        long = "monitoring-label",
+        env = "TRIBUTARY_MONITORING_LABELS",
+        value_delimiter = ','
+    )]
+    monitoring_labels: Vec<String>,
 }
 
 /// Prints all CRDs, or writes one file per CRD into `out_dir`.
@@ -176,6 +185,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         lease_namespace: args.lease_namespace.filter(|n| !n.is_empty()),
         lease_name: args.lease_name,
         identity,
+        monitoring_labels: tributary_operator::build::labels::parse(&args.monitoring_labels)
+            .map_err(|reason| anyhow::anyhow!("--monitoring-label: {reason}"))?,
     };
     tributary_operator::run::run(settings).await?;
     Ok(())

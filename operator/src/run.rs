@@ -38,6 +38,8 @@ pub struct Settings {
     pub lease_name: String,
     /// This replica's identity (the pod name).
     pub identity: String,
+    /// Extra labels on the PodMonitors and PrometheusRules the operator creates.
+    pub monitoring_labels: std::collections::BTreeMap<String, String>,
 }
 
 /// Why the operator stopped.
@@ -399,6 +401,7 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
         client,
         images: settings.images.clone(),
         metrics,
+        monitoring_labels: settings.monitoring_labels.clone(),
     });
     tracing::info!(pdb = %ctx.pdb.api_version(), namespaces = ?settings.namespaces, "starting controllers");
     ready.store(true, Ordering::Relaxed);

@@ -191,6 +191,11 @@ fn start_operator(namespace: &str) {
         lease_namespace: None,
         lease_name: "unused".to_owned(),
         identity: format!("test-{namespace}"),
+        // As a platform team would set for kube-prometheus-stack's selectors.
+        monitoring_labels: std::collections::BTreeMap::from([(
+            "release".to_owned(),
+            "kube-prometheus-stack".to_owned(),
+        )]),
     };
     tokio::spawn(async move {
         if let Err(error) = tributary_operator::run::run(settings).await {
@@ -905,6 +910,14 @@ async fn monitoring_objects_appear_and_disappear_with_their_owners() {
     })
     .await;
     assert_eq!(owner_of(&worker_monitor).as_deref(), Some("Worker/ingest"));
+    for object in [&queue_rule, &gateway_monitor, &worker_monitor] {
+        assert_eq!(
+            object.labels().get("release").map(String::as_str),
+            Some("kube-prometheus-stack"),
+            "the operator's extra monitoring label on {:?}",
+            object.metadata.name
+        );
+    }
 
     step("deleting the owners removes them");
     workers

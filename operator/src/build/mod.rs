@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 pub mod gateway;
+pub mod labels;
 pub mod monitoring;
 pub mod pod;
 pub mod queue;

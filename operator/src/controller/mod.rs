@@ -40,6 +40,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// The PodDisruptionBudget API version the cluster serves.
     pub pdb: pdb::PdbApi,
+    /// Extra labels on the PodMonitors and PrometheusRules (e.g. a Prometheus' selector).
+    pub monitoring_labels: BTreeMap<String, String>,
 }
 
 /// Why a reconcile failed. Invalid specs and missing references are not errors: they

@@ -150,7 +150,10 @@ async fn ensure<K>(
             continue;
         }
         let result = match object {
-            Ok(object) => apply_dynamic(&ctx.client, &kind.api_resource(), &object).await,
+            Ok(mut object) => {
+                crate::build::labels::add_missing(&mut object.metadata, &ctx.monitoring_labels);
+                apply_dynamic(&ctx.client, &kind.api_resource(), &object).await
+            }
             Err(error) => Err(error.into()),
         };
         if let Err(error) = result {
