@@ -745,11 +745,12 @@ async fn autoscaler_follows_the_backlog_scales_to_zero_and_wakes_on_a_message() 
         .expect("status");
     let scaling = status.scaling.expect("status.scaling");
     assert!(scaling.last_scale_time.is_some());
+    // A poll during the publishing may have seen part of the backlog (0 → 2, then 2 → 3).
     assert!(
         scaling
             .last_scale_reason
             .as_deref()
-            .is_some_and(|r| r.contains("0 → 3")),
+            .is_some_and(|r| r.contains("backlog") && r.contains(" → 3")),
         "{scaling:?}"
     );
 
@@ -809,7 +810,7 @@ async fn autoscaler_follows_the_backlog_scales_to_zero_and_wakes_on_a_message() 
         let events = scale_events(&client, &ns.name, "ingest").await;
         let told = events
             .iter()
-            .any(|e| e.starts_with("WokeUp: ") && e.contains("0 → 3"))
+            .any(|e| e.starts_with("WokeUp: ") && e.contains(" 0 → "))
             && events.iter().any(|e| e.starts_with("ScaledDown: "))
             && events.iter().any(|e| e.starts_with("ScaledToZero: "));
         told.then_some(events)
