@@ -173,6 +173,56 @@ http: {{listen: "127.0.0.1:{port}"}}
     broker.cleanup().await;
 }
 
+/// A worker config storing each message's `payload.seq` in `table` (the outage tests), with
+/// retries forever at the given (initial, max) backoff in milliseconds.
+fn seq_rows_config(
+    scratch: &Scratch,
+    broker: &Broker,
+    pg_url: &str,
+    table: &str,
+    port: u16,
+    (initial_backoff_ms, max_backoff_ms): (u64, u64),
+) -> PathBuf {
+    scratch.file(
+        "worker.yaml",
+        &format!(
+            r#"
+queue: {{uriFile: {amqp}, name: {queue}, prefetch: 200, concurrency: 2}}
+deadLetter: {{routingKey: {dlq}}}
+retry: {{maxAttempts: 0, initialBackoffMs: {initial_backoff_ms}, maxBackoffMs: {max_backoff_ms}}}
+sinks:
+  - postgres:
+      name: rows
+      urlFile: {pg}
+      table: {table}
+      createTable: true
+      columns: [{{name: seq, expr: payload.seq, type: bigint}}]
+      batch: {{maxMessages: 50, maxBytes: 1000000, maxAgeMs: 50}}
+http: {{listen: "127.0.0.1:{port}"}}
+"#,
+            amqp = scratch.file("amqp", &broker.url).display(),
+            queue = broker.queue,
+            dlq = broker.dead_letter_queue,
+            pg = scratch.file("pg", pg_url).display(),
+        ),
+    )
+}
+
+/// One envelope per `seq` in `range`, each with a fresh id.
+fn seq_envelopes(range: std::ops::Range<usize>) -> Vec<Value> {
+    range
+        .map(|i| envelope(&new_id(), "d", json!({"seq": i})))
+        .collect()
+}
+
+/// Distinct `seq` values stored in `table`.
+async fn distinct_seq(pg: &tokio_postgres::Client, table: &str) -> i64 {
+    pg.query_one(&format!("SELECT count(DISTINCT seq) FROM \"{table}\""), &[])
+        .await
+        .expect("distinct")
+        .get(0)
+}
+
 /// Runs our PostgreSQL script for a dedicated instance that this test may stop.
 fn outage_postgres(action: &str) -> String {
     let script: PathBuf = repo_root().join("tests/services/postgres.sh");
@@ -202,35 +252,9 @@ async fn postgres_outage_loses_no_message() {
     let scratch = Scratch::new("outage");
     let table = unique("outage");
     let port = free_port();
-    let config = scratch.file(
-        "worker.yaml",
-        &format!(
-            r#"
-queue: {{uriFile: {amqp}, name: {queue}, prefetch: 200, concurrency: 2}}
-deadLetter: {{routingKey: {dlq}}}
-retry: {{maxAttempts: 0, initialBackoffMs: 50, maxBackoffMs: 400}}
-sinks:
-  - postgres:
-      name: rows
-      urlFile: {pg}
-      table: {table}
-      createTable: true
-      columns: [{{name: seq, expr: payload.seq, type: bigint}}]
-      batch: {{maxMessages: 50, maxBytes: 1000000, maxAgeMs: 50}}
-http: {{listen: "127.0.0.1:{port}"}}
-"#,
-            amqp = scratch.file("amqp", &broker.url).display(),
-            queue = broker.queue,
-            dlq = broker.dead_letter_queue,
-            pg = scratch.file("pg", &pg_url).display(),
-        ),
-    );
+    let config = seq_rows_config(&scratch, &broker, &pg_url, &table, port, (50, 400));
     const HALF: usize = 300;
-    let batch = |from: usize| -> Vec<Value> {
-        (from..from + HALF)
-            .map(|i| envelope(&new_id(), "d", json!({"seq": i})))
-            .collect()
-    };
+    let batch = |from: usize| seq_envelopes(from..from + HALF);
     broker.publish(&batch(0)).await;
     let worker = WorkerProcess::start(&scratch, &config, port, 1);
     {
@@ -268,12 +292,7 @@ http: {{listen: "127.0.0.1:{port}"}}
             .then_some(())
     })
     .await;
-    let distinct: i64 = pg
-        .query_one(&format!("SELECT count(DISTINCT seq) FROM \"{table}\""), &[])
-        .await
-        .expect("distinct")
-        .get(0);
-    assert_eq!(distinct, 2 * HALF as i64);
+    assert_eq!(distinct_seq(&pg, &table).await, 2 * HALF as i64);
     assert_eq!(
         broker.depth(&broker.dead_letter_queue).await,
         0,
@@ -477,35 +496,9 @@ async fn worker_reconnects_after_a_broker_restart_and_loses_nothing() {
     let scratch = Scratch::new("reconnect");
     let table = unique("reconnect");
     let port = free_port();
-    let config = scratch.file(
-        "worker.yaml",
-        &format!(
-            r#"
-queue: {{uriFile: {amqp}, name: {queue}, prefetch: 200, concurrency: 2}}
-deadLetter: {{routingKey: {dlq}}}
-retry: {{maxAttempts: 0, initialBackoffMs: 100, maxBackoffMs: 1000}}
-sinks:
-  - postgres:
-      name: rows
-      urlFile: {pg}
-      table: {table}
-      createTable: true
-      columns: [{{name: seq, expr: payload.seq, type: bigint}}]
-      batch: {{maxMessages: 50, maxBytes: 1000000, maxAgeMs: 50}}
-http: {{listen: "127.0.0.1:{port}"}}
-"#,
-            amqp = scratch.file("amqp", &url).display(),
-            queue = broker.queue,
-            dlq = broker.dead_letter_queue,
-            pg = scratch.file("pg", &pg_url).display(),
-        ),
-    );
+    let config = seq_rows_config(&scratch, &broker, &pg_url, &table, port, (100, 1000));
     const HALF: usize = 200;
-    let batch = |from: usize| -> Vec<Value> {
-        (from..from + HALF)
-            .map(|i| envelope(&new_id(), "d", json!({"seq": i})))
-            .collect()
-    };
+    let batch = |from: usize| seq_envelopes(from..from + HALF);
     broker.publish(&batch(0)).await;
     let worker = WorkerProcess::start(&scratch, &config, port, 1);
     wait_for("the first half stored", DEADLINE, || async {
@@ -550,12 +543,7 @@ http: {{listen: "127.0.0.1:{port}"}}
             .contains("broker session ended; unacknowledged messages return to the queue"),
         "the log tells about the reconnect"
     );
-    let distinct: i64 = pg
-        .query_one(&format!("SELECT count(DISTINCT seq) FROM \"{table}\""), &[])
-        .await
-        .expect("distinct")
-        .get(0);
-    assert_eq!(distinct, 2 * HALF as i64);
+    assert_eq!(distinct_seq(&pg, &table).await, 2 * HALF as i64);
     wait_for("the queue drained", DEADLINE, || async {
         (broker.depth(&broker.queue).await == 0).then_some(())
     })
