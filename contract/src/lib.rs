@@ -8,3 +8,4 @@ pub mod envelope;
 pub mod gateway_config;
 pub mod sql;
 pub mod worker_config;
+pub mod worker_status;

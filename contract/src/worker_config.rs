@@ -18,12 +18,15 @@ use serde::{Deserialize, Serialize};
 pub struct WorkerConfig {
     /// The queue this worker consumes.
     pub queue: QueueConfig,
-    /// Where messages go that cannot be processed or stored (after the retry limit, or at
-    /// once for a permanent error). When absent, such messages are rejected without requeue,
-    /// so the broker's own dead-letter policy (if any) applies; the reason is then only logged.
+    /// Where messages go that are themselves bad: an envelope that does not parse, a step that
+    /// fails, a row the database refuses, a message the custom container fails every time.
+    /// An unavailable sink or container is never a reason: it is waited for. When absent,
+    /// such messages are rejected without requeue, so the broker's own dead-letter policy
+    /// applies; with none, **poison messages are discarded** (the reason is only logged).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter: Option<DeadLetterConfig>,
-    /// Retry policy for transient failures (a sink or the custom container unavailable).
+    /// Backoff for failures: sink and container outages are retried with it for as long as
+    /// they last; `maxAttempts` limits only the per-message failures.
     #[serde(default)]
     pub retry: RetryConfig,
     /// How each envelope is processed before it reaches the sinks. When absent, the envelope
@@ -64,6 +67,12 @@ pub struct QueueConfig {
     /// operator, the Queue resource owns the topology. Default false.
     #[serde(default)]
     pub declare: bool,
+    /// Deliveries after which a message that keeps coming back unsettled (its worker crashed
+    /// or was stopped while holding it) is dead-lettered. The worker counts them itself in
+    /// the `x-tributary-deliveries` header: set it for classic queues, which keep no count.
+    /// Quorum queues count on the broker (`x-delivery-limit`); leave it absent for them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_limit: Option<u32>,
 }
 
 /// Where unprocessable messages are published, carrying the reason in headers.
@@ -82,9 +91,10 @@ pub struct DeadLetterConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RetryConfig {
-    /// Attempts in total (the first try included) before the message is dead-lettered;
-    /// 0 retries without limit (until shutdown, when the message returns to the queue).
-    /// Default 10.
+    /// Attempts in total (the first try included) at a message that fails on its own (the
+    /// custom container answers 5xx or drops the connection for it) before it is
+    /// dead-lettered; 0 retries without limit. Outages (a sink or the container unreachable)
+    /// are retried without limit whatever this says. Default 10.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
     /// Delay before the first retry, in milliseconds; doubled after every failure. Default 200.

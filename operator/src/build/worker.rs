@@ -188,6 +188,7 @@ pub fn render_config(worker: &Worker, inputs: &WorkerInputs) -> Result<WorkerCon
         .collect::<Result<Vec<_>, _>>()?;
     Ok(WorkerConfig {
         queue: QueueConfig {
+            delivery_limit: None,
             uri_file: sink_build::secret_file(&inputs.queue.uri.name, &inputs.queue.uri.key),
             name: inputs.queue.broker_queue.clone(),
             prefetch: prefetch(spec.prefetch, &sinks)?,
