@@ -1,16 +1,21 @@
 //! Settling deliveries: a [`Ticket`] gathers every sink's verdict on one message, and the
-//! [`Finisher`] acts on the final one (ack, dead-letter then ack, or requeue).
+//! [`Finisher`] acts on the final one (ack, dead-letter then ack, or requeue). A dead letter
+//! the broker refuses is held and retried with backoff, never dropped; for classic queues the
+//! finisher also counts redeliveries (see [`redelivery`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions, BasicRejectOptions};
-use lapin::types::{AMQPValue, LongString};
+use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::Acker;
 use lapin::{BasicProperties, Channel};
-use tributary_contract::worker_config::DeadLetterConfig;
+use tokio_util::sync::CancellationToken;
+use tributary_contract::worker_config::{DeadLetterConfig, RetryConfig};
 
+use crate::batch::backoff;
 use crate::metrics::Metrics;
+use crate::outages::Outages;
 
 /// What happens to a message.
 #[derive(Debug, Clone, PartialEq)]
@@ -107,6 +112,75 @@ pub struct Delivered {
     pub body: Vec<u8>,
     /// The original properties.
     pub properties: BasicProperties,
+    /// The broker delivered it before (a worker held it and did not settle it).
+    pub redelivered: bool,
+}
+
+impl Delivered {
+    fn message_id(&self) -> String {
+        self.properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_default()
+    }
+}
+
+/// The header in which the worker counts the deliveries of a message that came back
+/// unsettled (classic queues keep no count of their own).
+pub const DELIVERIES_HEADER: &str = "x-tributary-deliveries";
+
+/// The outage target reported while dead letters cannot be published.
+pub const DEAD_LETTER_TARGET: &str = "dead-letter queue";
+
+/// What to do with a delivery under the worker's own delivery limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redelivery {
+    /// Process it (no limit, or not a redelivery).
+    Process,
+    /// It came back unsettled for the `n`th time: put it back with the count, then process
+    /// the copy when it comes.
+    Count(u32),
+    /// It came back unsettled `n` times, reaching the limit: dead-letter it.
+    Limit(u32),
+}
+
+/// Decides on a delivery under `limit`, given whether the broker redelivered it and the
+/// count its header carries.
+pub fn redelivery(limit: Option<u32>, redelivered: bool, counted: u32) -> Redelivery {
+    match limit {
+        Some(limit) if redelivered => {
+            let returns = counted.saturating_add(1);
+            if returns >= limit {
+                Redelivery::Limit(returns)
+            } else {
+                Redelivery::Count(returns)
+            }
+        }
+        _ => Redelivery::Process,
+    }
+}
+
+/// The count in a message's [`DELIVERIES_HEADER`] (0 when absent or not a number).
+pub fn counted_deliveries(properties: &BasicProperties) -> u32 {
+    let Some(value) = properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(DELIVERIES_HEADER).cloned())
+    else {
+        return 0;
+    };
+    let number: i64 = match value {
+        AMQPValue::LongLongInt(n) => n,
+        AMQPValue::LongInt(n) => i64::from(n),
+        AMQPValue::ShortInt(n) => i64::from(n),
+        AMQPValue::ShortShortInt(n) => i64::from(n),
+        AMQPValue::LongUInt(n) => i64::from(n),
+        AMQPValue::ShortUInt(n) => i64::from(n),
+        AMQPValue::ShortShortUInt(n) => i64::from(n),
+        _ => 0,
+    };
+    u32::try_from(number.max(0)).unwrap_or(u32::MAX)
 }
 
 /// Acts on final verdicts.
@@ -115,6 +189,9 @@ pub struct Finisher {
     dead_letter: Option<DeadLetterConfig>,
     channel: Option<Channel>,
     metrics: Arc<Metrics>,
+    retry: RetryConfig,
+    outages: Arc<Outages>,
+    stop: CancellationToken,
 }
 
 impl std::fmt::Debug for Finisher {
@@ -125,72 +202,68 @@ impl std::fmt::Debug for Finisher {
     }
 }
 
+/// Where the finisher publishes and how it waits out a broker that refuses.
+pub struct FinisherSetup {
+    /// The consumed queue's name (republished counted messages go back to it).
+    pub queue: String,
+    /// The dead-letter target, when configured.
+    pub dead_letter: Option<DeadLetterConfig>,
+    /// A channel in confirm mode for dead letters and counted messages.
+    pub channel: Option<Channel>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Backoff between failed publishes.
+    pub retry: RetryConfig,
+    /// Where a dead-letter queue that refuses is reported.
+    pub outages: Arc<Outages>,
+    /// Cancelled when the session ends: a message still waiting is requeued.
+    pub stop: CancellationToken,
+}
+
 impl Finisher {
-    /// A finisher; `channel` (in confirm mode) publishes dead letters when configured.
-    pub fn new(
-        queue: String,
-        dead_letter: Option<DeadLetterConfig>,
-        channel: Option<Channel>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    /// A finisher.
+    pub fn new(setup: FinisherSetup) -> Self {
         Self {
-            queue,
-            dead_letter,
-            channel,
-            metrics,
+            queue: setup.queue,
+            dead_letter: setup.dead_letter,
+            channel: setup.channel,
+            metrics: setup.metrics,
+            retry: setup.retry,
+            outages: setup.outages,
+            stop: setup.stop,
         }
     }
 
     /// Settles one delivery. Errors are logged: an unsettled delivery returns to the queue
     /// when the channel closes, so nothing is lost.
     pub async fn finish(&self, delivery: Delivered, verdict: Verdict) {
-        let id = delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|s| s.to_string())
-            .unwrap_or_default();
+        let id = delivery.message_id();
         match verdict {
             Verdict::Ack => self.ack(&delivery, &id).await,
-            Verdict::Requeue => {
-                let options = BasicNackOptions {
-                    multiple: false,
-                    requeue: true,
-                };
-                match delivery.acker.nack(options).await {
-                    Ok(_) => {
-                        self.metrics.requeued.inc();
-                    }
-                    Err(e) => tracing::warn!(message_id = %id, error = %e, "nack failed"),
-                };
-            }
+            Verdict::Requeue => self.requeue(&delivery, &id).await,
             Verdict::DeadLetter { kind, reason } => {
                 tracing::warn!(message_id = %id, kind, reason = %reason, "dead-lettering");
                 match (&self.dead_letter, &self.channel) {
                     (Some(target), Some(channel)) => {
-                        match self
-                            .publish(channel, target, &delivery, kind, &reason)
-                            .await
-                        {
-                            Ok(()) => {
-                                self.metrics.dead_lettered(kind);
-                                self.ack(&delivery, &id).await;
-                            }
-                            Err(e) => {
-                                // Keep the message: back to the queue rather than lost.
-                                tracing::error!(message_id = %id, error = %e, "dead-letter publish failed; requeueing");
-                                let _ = delivery
-                                    .acker
-                                    .nack(BasicNackOptions {
-                                        multiple: false,
-                                        requeue: true,
-                                    })
-                                    .await;
-                            }
+                        let headers = dead_letter_headers(&delivery, kind, &reason, &self.queue);
+                        let published = self
+                            .publish_until_taken(
+                                channel,
+                                (&target.exchange, &target.routing_key),
+                                &delivery,
+                                headers,
+                            )
+                            .await;
+                        if published {
+                            self.metrics.dead_lettered(kind);
+                            self.ack(&delivery, &id).await;
+                        } else {
+                            self.requeue(&delivery, &id).await;
                         }
                     }
                     _ => {
-                        // No target configured: the broker's dead-letter policy applies.
+                        // Dead-lettering switched off: the broker's own policy applies, and
+                        // without one the message is discarded (as documented).
                         match delivery
                             .acker
                             .reject(BasicRejectOptions { requeue: false })
@@ -205,6 +278,76 @@ impl Finisher {
         }
     }
 
+    /// Puts a message that came back unsettled back on its queue with its count, then
+    /// acknowledges this delivery; requeues it instead when the session ends first.
+    pub async fn put_back_counted(&self, delivery: Delivered, count: u32) {
+        let id = delivery.message_id();
+        let Some(channel) = &self.channel else {
+            self.requeue(&delivery, &id).await;
+            return;
+        };
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        headers.insert(
+            DELIVERIES_HEADER.into(),
+            AMQPValue::LongLongInt(i64::from(count)),
+        );
+        tracing::info!(message_id = %id, count, "redelivered message counted and put back");
+        if self
+            .publish_until_taken(channel, ("", &self.queue), &delivery, headers)
+            .await
+        {
+            self.metrics.redeliveries_counted.inc();
+            self.ack(&delivery, &id).await;
+        } else {
+            self.requeue(&delivery, &id).await;
+        }
+    }
+
+    /// Publishes a copy of the delivery with `headers`, waiting out a broker that refuses
+    /// (backoff, reported as an outage of the dead-letter queue) until it is confirmed;
+    /// false when the session ended first.
+    async fn publish_until_taken(
+        &self,
+        channel: &Channel,
+        (exchange, routing_key): (&str, &str),
+        delivery: &Delivered,
+        headers: FieldTable,
+    ) -> bool {
+        let mut failures = 0u32;
+        loop {
+            match publish(channel, (exchange, routing_key), delivery, headers.clone()).await {
+                Ok(()) => {
+                    self.outages.recovered(DEAD_LETTER_TARGET);
+                    return true;
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    self.outages.failed(DEAD_LETTER_TARGET, &e);
+                    let delay = backoff(&self.retry, failures);
+                    tracing::error!(message_id = %delivery.message_id(), error = %e, delay_ms = delay.as_millis() as u64, "publish refused; holding the message and retrying");
+                    tokio::select! {
+                        biased;
+                        _ = self.stop.cancelled() => return false,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn requeue(&self, delivery: &Delivered, id: &str) {
+        let options = BasicNackOptions {
+            multiple: false,
+            requeue: true,
+        };
+        match delivery.acker.nack(options).await {
+            Ok(_) => {
+                self.metrics.requeued.inc();
+            }
+            Err(e) => tracing::warn!(message_id = %id, error = %e, "nack failed"),
+        };
+    }
+
     async fn ack(&self, delivery: &Delivered, id: &str) {
         match delivery.acker.ack(BasicAckOptions::default()).await {
             Ok(_) => {
@@ -213,56 +356,59 @@ impl Finisher {
             Err(e) => tracing::warn!(message_id = %id, error = %e, "ack failed"),
         }
     }
+}
 
-    async fn publish(
-        &self,
-        channel: &Channel,
-        target: &DeadLetterConfig,
-        delivery: &Delivered,
-        kind: &str,
-        reason: &str,
-    ) -> Result<(), String> {
-        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-        let text = |s: &str| AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()));
-        headers.insert("x-tributary-reason".into(), text(reason));
-        headers.insert("x-tributary-reason-kind".into(), text(kind));
-        headers.insert("x-tributary-source-queue".into(), text(&self.queue));
-        headers.insert(
-            "x-tributary-failed-at".into(),
-            text(&chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
-        );
-        let properties = delivery
-            .properties
-            .clone()
-            .with_delivery_mode(2)
-            .with_headers(headers);
-        let confirm = channel
-            .basic_publish(
-                target.exchange.as_str().into(),
-                target.routing_key.as_str().into(),
-                // Mandatory: an unroutable dead letter comes back instead of vanishing.
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &delivery.body,
-                properties,
-            )
-            .await
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| e.to_string())?;
-        if confirm.is_nack() {
-            return Err("broker refused the dead letter".into());
-        }
-        if confirm.take_message().is_some() {
-            return Err(format!(
-                "dead letter unroutable (exchange `{}`, routing key `{}`)",
-                target.exchange, target.routing_key
-            ));
-        }
-        Ok(())
+/// The delivery's headers plus the reason it is dead-lettered.
+fn dead_letter_headers(delivery: &Delivered, kind: &str, reason: &str, queue: &str) -> FieldTable {
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    let text = |s: &str| AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()));
+    headers.insert("x-tributary-reason".into(), text(reason));
+    headers.insert("x-tributary-reason-kind".into(), text(kind));
+    headers.insert("x-tributary-source-queue".into(), text(queue));
+    headers.insert(
+        "x-tributary-failed-at".into(),
+        text(&chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+    );
+    headers
+}
+
+/// Publishes a persistent, mandatory copy of the delivery and waits for the confirm.
+async fn publish(
+    channel: &Channel,
+    (exchange, routing_key): (&str, &str),
+    delivery: &Delivered,
+    headers: FieldTable,
+) -> Result<(), String> {
+    let properties = delivery
+        .properties
+        .clone()
+        .with_delivery_mode(2)
+        .with_headers(headers);
+    let confirm = channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            // Mandatory: an unroutable copy comes back instead of vanishing.
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            &delivery.body,
+            properties,
+        )
+        .await
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    if confirm.is_nack() {
+        return Err("the broker refused the message".into());
     }
+    if confirm.take_message().is_some() {
+        return Err(format!(
+            "unroutable (exchange `{exchange}`, routing key `{routing_key}`)"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -285,6 +431,34 @@ mod tests {
             ticket.complete(Verdict::Ack),
             Some(("delivery", dead("db refused")))
         );
+    }
+
+    #[test]
+    fn redeliveries_are_counted_up_to_the_limit() {
+        assert_eq!(redelivery(None, true, 7), Redelivery::Process);
+        assert_eq!(redelivery(Some(3), false, 2), Redelivery::Process);
+        assert_eq!(redelivery(Some(3), true, 0), Redelivery::Count(1));
+        assert_eq!(redelivery(Some(3), true, 1), Redelivery::Count(2));
+        assert_eq!(redelivery(Some(3), true, 2), Redelivery::Limit(3));
+        assert_eq!(redelivery(Some(1), true, 0), Redelivery::Limit(1));
+        assert_eq!(
+            redelivery(Some(3), true, u32::MAX),
+            Redelivery::Limit(u32::MAX)
+        );
+    }
+
+    #[test]
+    fn the_count_is_read_from_any_integer_header() {
+        let with = |value| {
+            let mut headers = FieldTable::default();
+            headers.insert(DELIVERIES_HEADER.into(), value);
+            BasicProperties::default().with_headers(headers)
+        };
+        assert_eq!(counted_deliveries(&BasicProperties::default()), 0);
+        assert_eq!(counted_deliveries(&with(AMQPValue::LongLongInt(4))), 4);
+        assert_eq!(counted_deliveries(&with(AMQPValue::ShortShortInt(2))), 2);
+        assert_eq!(counted_deliveries(&with(AMQPValue::LongLongInt(-4))), 0);
+        assert_eq!(counted_deliveries(&with(AMQPValue::Boolean(true))), 0);
     }
 
     #[test]

@@ -22,12 +22,13 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tributary_contract::worker_config::{ProcessingConfig, WorkerConfig};
 
-use crate::ack::Finisher;
+use crate::ack::{Finisher, FinisherSetup};
 use crate::batch::{backoff, SinkRunner};
 use crate::container::ContainerClient;
 use crate::expr::CelEnv;
 use crate::http::{serve, Health};
 use crate::metrics::Metrics;
+use crate::outages::Outages;
 use crate::pipeline::{Pipeline, PipelineBuildError};
 use crate::process::{Mode, Processor};
 use crate::sinks::{read_secret, Sink, SinkBuildError};
@@ -79,6 +80,7 @@ pub struct Worker {
     mode: Arc<Mode>,
     sinks: Vec<Arc<Sink>>,
     metrics: Arc<Metrics>,
+    outages: Arc<Outages>,
     health: Arc<Health>,
 }
 
@@ -117,12 +119,14 @@ impl Worker {
                 );
             }
         }
+        let metrics = Arc::new(Metrics::new());
         Ok(Self {
             config,
             amqp_uri,
             mode: Arc::new(mode),
             sinks,
-            metrics: Arc::new(Metrics::new()),
+            outages: Arc::new(Outages::new(metrics.clone())),
+            metrics,
             health: Arc::new(Health::default()),
         })
     }
@@ -140,6 +144,7 @@ impl Worker {
             &listen,
             self.health.clone(),
             self.metrics.clone(),
+            self.outages.clone(),
             http_stop.clone(),
         )
         .await
@@ -214,12 +219,15 @@ impl Worker {
         if queue.declare {
             self.declare(&consume_channel).await?;
         }
-        let finisher = Arc::new(Finisher::new(
-            queue.name.clone(),
-            self.config.dead_letter.clone(),
-            Some(publish_channel.clone()),
-            self.metrics.clone(),
-        ));
+        let finisher = Arc::new(Finisher::new(FinisherSetup {
+            queue: queue.name.clone(),
+            dead_letter: self.config.dead_letter.clone(),
+            channel: Some(publish_channel.clone()),
+            metrics: self.metrics.clone(),
+            retry: self.config.retry.clone(),
+            outages: self.outages.clone(),
+            stop: session_stop.clone(),
+        }));
         let mut runners = Vec::new();
         let mut senders = Vec::new();
         for sink in &self.sinks {
@@ -229,6 +237,7 @@ impl Worker {
                 retry: self.config.retry.clone(),
                 finisher: finisher.clone(),
                 metrics: self.metrics.clone(),
+                outages: self.outages.clone(),
                 shutdown: session_stop.clone(),
             };
             runners.push(tokio::spawn(Arc::new(runner).run(rx)));
@@ -240,6 +249,8 @@ impl Worker {
             finisher,
             metrics: self.metrics.clone(),
             retry: self.config.retry.clone(),
+            delivery_limit: queue.delivery_limit,
+            outages: self.outages.clone(),
             shutdown: session_stop.clone(),
         });
         let tag = format!("tributary-worker-{}", std::process::id());

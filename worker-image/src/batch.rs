@@ -1,5 +1,5 @@
-//! Each sink's task: gather items into batches (by count, bytes or age), write them with
-//! retries and backoff, and settle every message's ticket with the outcome.
+//! Each sink's task: gather items into batches (by count, bytes or age), write them (waiting
+//! out outages with backoff), and settle every message's ticket with the outcome.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,6 +10,7 @@ use tributary_contract::worker_config::{BatchConfig, RetryConfig};
 
 use crate::ack::{Delivered, Finisher, Ticket, Verdict};
 use crate::metrics::Metrics;
+use crate::outages::{sink_target, Outages};
 use crate::sinks::{Prepared, Sink, SinkError};
 
 /// One message on its way into one sink.
@@ -85,7 +86,8 @@ pub fn backoff(retry: &RetryConfig, failures: u32) -> Duration {
     )
 }
 
-/// Whether another attempt is allowed after `attempts` (0 means no limit).
+/// Whether another attempt at a per-message failure is allowed after `attempts` (0 means
+/// no limit). Outages are not limited by it.
 pub fn may_retry(retry: &RetryConfig, attempts: u32) -> bool {
     retry.max_attempts == 0 || attempts < retry.max_attempts
 }
@@ -97,7 +99,6 @@ pub const WRITES_IN_FLIGHT: usize = 2;
 enum Outcome {
     Written,
     Rejected(String),
-    Exhausted(String),
     Interrupted,
 }
 
@@ -111,6 +112,8 @@ pub struct SinkRunner {
     pub finisher: Arc<Finisher>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Where an outage of this sink is reported.
+    pub outages: Arc<Outages>,
     /// Cancelled at shutdown: stops waiting between retries (the batch is requeued).
     pub shutdown: CancellationToken,
 }
@@ -201,10 +204,6 @@ impl SinkRunner {
                 kind: "sink-rejected",
                 reason: format!("sink {name} refused the message: {message}"),
             },
-            Outcome::Exhausted(message) => Verdict::DeadLetter {
-                kind: "sink-unavailable",
-                reason: format!("sink {name}: {message}"),
-            },
             Outcome::Interrupted => Verdict::Requeue,
         };
         let settled: Vec<_> = tickets
@@ -219,30 +218,36 @@ impl SinkRunner {
         .await;
     }
 
+    /// Writes until the sink takes the batch or refuses its data. An outage is waited out
+    /// with capped backoff for as long as it lasts (the batch stays unacknowledged, and the
+    /// full queues in front of this sink stop the worker taking new deliveries); only
+    /// shutdown interrupts it, and then the batch returns to the queue.
     async fn write_with_retry(&self, batch: &[Prepared]) -> Outcome {
         let name = self.sink.name();
-        let mut attempts = 0;
+        let target = sink_target(name);
+        let mut failures = 0u32;
         loop {
-            attempts += 1;
             let started = Instant::now();
             let error = match self.sink.write(batch).await {
                 Ok(()) => {
+                    self.outages.recovered(&target);
                     self.metrics
                         .sink_write(name, started.elapsed().as_secs_f64(), batch.len());
                     return Outcome::Written;
                 }
-                Err(SinkError::Permanent(message)) => {
-                    self.metrics.sink_error(name, "permanent");
+                Err(SinkError::Rejected(message)) => {
+                    // The sink answered: whatever it refused, it is up.
+                    self.outages.recovered(&target);
+                    self.metrics.sink_error(name, "rejected");
                     return Outcome::Rejected(message);
                 }
-                Err(SinkError::Transient(message)) => message,
+                Err(SinkError::Unavailable(message)) => message,
             };
-            self.metrics.sink_error(name, "transient");
-            if !may_retry(&self.retry, attempts) {
-                return Outcome::Exhausted(format!("{error} (after {attempts} attempts)"));
-            }
-            let delay = backoff(&self.retry, attempts);
-            tracing::warn!(sink = name, attempts, error = %error, delay_ms = delay.as_millis() as u64, "sink write failed; retrying");
+            failures = failures.saturating_add(1);
+            self.metrics.sink_error(name, "unavailable");
+            self.outages.failed(&target, &error);
+            let delay = backoff(&self.retry, failures);
+            tracing::warn!(sink = name, failures, error = %error, delay_ms = delay.as_millis() as u64, "sink unavailable; holding the batch and retrying");
             self.metrics.retried(name, batch.len() as u64);
             tokio::select! {
                 biased;

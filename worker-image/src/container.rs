@@ -1,6 +1,7 @@
 //! Custom-container mode: each envelope is POSTed to the user's container on localhost.
-//! 2xx: done (a non-empty JSON body replaces the message); 5xx or no answer: retry;
-//! 4xx: the container refused the message for good (dead-letter).
+//! 2xx: done (a non-empty JSON body replaces the message); unreachable, 503 or 429: an
+//! outage, waited for; another 5xx, 408, a timeout or a dropped answer: this message failed,
+//! retried up to the limit; another 4xx: the container refused the message for good.
 
 use std::time::Duration;
 
@@ -12,9 +13,15 @@ use tributary_contract::worker_config::ContainerConfig;
 /// A failed delivery to the container.
 #[derive(Debug, Error, PartialEq)]
 pub enum ContainerError {
-    /// Worth retrying (5xx, 408, 429, connection refused, timeout).
+    /// An outage: nothing listens (connection refused), or it says it is overloaded or
+    /// unavailable (503, 429). Waited for without limit.
     #[error("container unavailable: {0}")]
     Unavailable(String),
+    /// Processing this message failed (another 5xx, 408, a timeout, the connection dropped
+    /// mid-request, as when the container crashes on it): retried up to the limit, then
+    /// dead-lettered.
+    #[error("container failed on the message: {0}")]
+    Failed(String),
     /// The container refused the message (4xx) or answered something that is not JSON.
     #[error("container rejected the message: {0}")]
     Rejected(String),
@@ -49,12 +56,18 @@ impl ContainerClient {
             .body(body.to_vec())
             .send()
             .await
-            .map_err(|e| ContainerError::Unavailable(e.to_string()))?;
+            .map_err(|e| {
+                if e.is_connect() {
+                    ContainerError::Unavailable(e.to_string())
+                } else {
+                    ContainerError::Failed(e.to_string())
+                }
+            })?;
         let status = response.status();
         let bytes = response
             .bytes()
             .await
-            .map_err(|e| ContainerError::Unavailable(e.to_string()))?;
+            .map_err(|e| ContainerError::Failed(e.to_string()))?;
         let snippet = || {
             String::from_utf8_lossy(&bytes)
                 .chars()
@@ -71,16 +84,14 @@ impl ContainerClient {
                 ))
             });
         }
-        let retryable = status.is_server_error()
-            || status == StatusCode::REQUEST_TIMEOUT
-            || status == StatusCode::TOO_MANY_REQUESTS;
-        if retryable {
-            Err(ContainerError::Unavailable(format!(
-                "{status}: {}",
-                snippet()
-            )))
-        } else {
-            Err(ContainerError::Rejected(format!("{status}: {}", snippet())))
-        }
+        let text = format!("{status}: {}", snippet());
+        Err(match status {
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
+                ContainerError::Unavailable(text)
+            }
+            StatusCode::REQUEST_TIMEOUT => ContainerError::Failed(text),
+            _ if status.is_server_error() => ContainerError::Failed(text),
+            _ => ContainerError::Rejected(text),
+        })
     }
 }

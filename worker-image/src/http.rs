@@ -1,6 +1,7 @@
 //! The operations endpoint: `/metrics`, `/healthz` (the process answers: its runtime is not
-//! wedged; a lost broker is reconnected in-process, which a restart would not speed up) and
-//! `/readyz` (consuming, not shutting down).
+//! wedged; a lost broker is reconnected in-process, which a restart would not speed up),
+//! `/readyz` (consuming, not shutting down) and `/status` (the targets it is waiting for, as
+//! JSON, read by the operator).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::outages::Outages;
 
 /// Health flags, flipped by the runtime.
 #[derive(Debug, Default)]
@@ -26,6 +28,14 @@ pub struct Health {
 struct AppState {
     health: Arc<Health>,
     metrics: Arc<Metrics>,
+    outages: Arc<Outages>,
+}
+
+async fn status(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_string(&state.outages.report()).unwrap_or_default(),
+    )
 }
 
 async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
@@ -59,6 +69,7 @@ pub async fn serve(
     listen: &str,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
+    outages: Arc<Outages>,
     stop: CancellationToken,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(listen).await?;
@@ -66,7 +77,12 @@ pub async fn serve(
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(AppState { health, metrics });
+        .route("/status", get(status))
+        .with_state(AppState {
+            health,
+            metrics,
+            outages,
+        });
     Ok(tokio::spawn(async move {
         let result = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })

@@ -11,6 +11,7 @@ pub mod expr;
 pub mod http;
 pub mod http_client;
 pub mod metrics;
+pub mod outages;
 pub mod pipeline;
 pub mod process;
 pub mod record;

@@ -11,10 +11,13 @@
 //! | `tributary_worker_sink_write_duration_seconds` | histogram | `sink` |
 //! | `tributary_worker_sink_batch_size_messages` | histogram | `sink` |
 //! | `tributary_worker_sink_errors_total` | counter | `sink`, `kind` |
+//! | `tributary_worker_target_unavailable` | gauge | `target` (`sink NAME`, `container`, `dead-letter queue`) |
+//! | `tributary_worker_redeliveries_counted_total` | counter | |
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -54,6 +57,9 @@ pub struct Metrics {
     sink_errors: Family<Labels, Counter>,
     /// Consuming sessions that ended on a broker error and were reconnected.
     pub broker_reconnects: Counter,
+    target_unavailable: Family<Labels, Gauge>,
+    /// Redelivered messages the worker counted and put back (classic queues).
+    pub redeliveries_counted: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -82,6 +88,18 @@ impl Metrics {
         let batch_size = Family::new_with_constructor(SizeBuckets);
         let sink_errors = Family::<Labels, Counter>::default();
         let broker_reconnects = Counter::default();
+        let target_unavailable = Family::<Labels, Gauge>::default();
+        let redeliveries_counted = Counter::default();
+        registry.register(
+            "target_unavailable",
+            "1 while a target (sink, container, dead-letter queue) is unavailable and its messages are held",
+            target_unavailable.clone(),
+        );
+        registry.register(
+            "redeliveries_counted",
+            "Redelivered messages counted in x-tributary-deliveries and put back on the queue",
+            redeliveries_counted.clone(),
+        );
         registry.register(
             "broker_reconnects",
             "Consuming sessions ended by a broker error, after which the worker reconnected",
@@ -99,7 +117,7 @@ impl Metrics {
         );
         registry.register(
             "messages_retried",
-            "Retries after a transient failure, by stage",
+            "Retries after a failure (an outage or a per-message failure), by stage",
             retried.clone(),
         );
         registry.register(
@@ -129,7 +147,7 @@ impl Metrics {
         );
         registry.register(
             "sink_errors",
-            "Failed sink writes, by sink and kind (transient or permanent)",
+            "Failed sink writes, by sink and kind (unavailable or rejected)",
             sink_errors.clone(),
         );
         Self {
@@ -144,6 +162,8 @@ impl Metrics {
             batch_size,
             sink_errors,
             broker_reconnects,
+            target_unavailable,
+            redeliveries_counted,
         }
     }
 
@@ -178,6 +198,13 @@ impl Metrics {
                 ("kind".into(), kind.into()),
             ])
             .inc();
+    }
+
+    /// Sets whether a target is unavailable.
+    pub fn target_unavailable(&self, target: &str, unavailable: bool) {
+        self.target_unavailable
+            .get_or_create(&vec![("target".into(), target.into())])
+            .set(i64::from(unavailable));
     }
 
     /// The text exposition format.

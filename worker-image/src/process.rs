@@ -1,6 +1,7 @@
-//! Processing one delivery: parse the envelope, run the pipeline or the custom container,
-//! encode for every sink, and hand the message to the sinks (or settle it right away when it
-//! is filtered out or cannot be processed).
+//! Processing one delivery: apply the worker's own delivery limit (classic queues), parse
+//! the envelope, run the pipeline or the custom container, encode for every sink, and hand
+//! the message to the sinks (or settle it right away when it is filtered out or cannot be
+//! processed).
 
 use std::sync::Arc;
 
@@ -9,10 +10,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tributary_contract::worker_config::RetryConfig;
 
-use crate::ack::{Delivered, Finisher, Ticket, Verdict};
+use crate::ack::{
+    counted_deliveries, redelivery, Delivered, Finisher, Redelivery, Ticket, Verdict,
+};
 use crate::batch::{backoff, may_retry, SinkItem};
 use crate::container::{ContainerClient, ContainerError};
 use crate::metrics::Metrics;
+use crate::outages::Outages;
 use crate::pipeline::{Outcome, Pipeline};
 use crate::record::{parse_envelope, record_of, Record};
 use crate::sinks::Sink;
@@ -39,9 +43,16 @@ pub struct Processor {
     pub metrics: Arc<Metrics>,
     /// Retry policy (custom container).
     pub retry: RetryConfig,
+    /// The worker's own delivery limit (classic queues), if any.
+    pub delivery_limit: Option<u32>,
+    /// Where an outage of the custom container is reported.
+    pub outages: Arc<Outages>,
     /// Cancelled at shutdown.
     pub shutdown: CancellationToken,
 }
+
+/// The outage target of the custom container.
+const CONTAINER_TARGET: &str = "container";
 
 enum Step {
     Forward(Record),
@@ -55,7 +66,24 @@ impl Processor {
             acker: delivery.acker,
             body: delivery.data,
             properties: delivery.properties,
+            redelivered: delivery.redelivered,
         };
+        let counted = counted_deliveries(&delivered.properties);
+        match redelivery(self.delivery_limit, delivered.redelivered, counted) {
+            Redelivery::Process => {}
+            Redelivery::Count(count) => {
+                return self.finisher.put_back_counted(delivered, count).await;
+            }
+            Redelivery::Limit(count) => {
+                let verdict = Verdict::DeadLetter {
+                    kind: "delivery-limit",
+                    reason: format!(
+                        "came back unsettled {count} times (its worker crashed or stopped while holding it each time); delivery limit reached"
+                    ),
+                };
+                return self.finisher.finish(delivered, verdict).await;
+            }
+        }
         match self.evaluate(&delivered.body).await {
             Step::Settle(verdict) => self.finisher.finish(delivered, verdict).await,
             Step::Forward(record) => self.forward(record, delivered).await,
@@ -98,34 +126,51 @@ impl Processor {
         Step::Forward(record)
     }
 
+    /// Calls the container until it answers for this message. Its outages are waited out
+    /// without limit; failures on this message count against `retry.maxAttempts`.
     async fn call_container(
         &self,
         client: &ContainerClient,
         id: &str,
         body: &[u8],
     ) -> Result<Option<serde_json::Value>, Verdict> {
-        let mut attempts = 0;
+        let mut failures = 0u32;
+        let mut outage = 0u32;
         loop {
-            attempts += 1;
-            let message = match client.process(id, body).await {
-                Ok(value) => return Ok(value),
+            let delay = match client.process(id, body).await {
+                Ok(value) => {
+                    self.outages.recovered(CONTAINER_TARGET);
+                    return Ok(value);
+                }
                 Err(ContainerError::Rejected(message)) => {
+                    self.outages.recovered(CONTAINER_TARGET);
                     return Err(Verdict::DeadLetter {
                         kind: "container-rejected",
                         reason: format!("container rejected the message: {message}"),
-                    })
+                    });
                 }
-                Err(ContainerError::Unavailable(message)) => message,
+                Err(ContainerError::Failed(message)) => {
+                    self.outages.recovered(CONTAINER_TARGET);
+                    failures += 1;
+                    if !may_retry(&self.retry, failures) {
+                        return Err(Verdict::DeadLetter {
+                            kind: "container-failed",
+                            reason: format!(
+                                "container failed on the message {failures} times: {message}"
+                            ),
+                        });
+                    }
+                    tracing::warn!(message_id = %id, failures, error = %message, "container failed on the message; retrying");
+                    backoff(&self.retry, failures)
+                }
+                Err(ContainerError::Unavailable(message)) => {
+                    outage = outage.saturating_add(1);
+                    self.outages.failed(CONTAINER_TARGET, &message);
+                    tracing::warn!(message_id = %id, error = %message, "container unavailable; holding the message");
+                    backoff(&self.retry, outage)
+                }
             };
-            if !may_retry(&self.retry, attempts) {
-                return Err(Verdict::DeadLetter {
-                    kind: "container-unavailable",
-                    reason: format!("container unavailable: {message} (after {attempts} attempts)"),
-                });
-            }
-            self.metrics.retried("container", 1);
-            let delay = backoff(&self.retry, attempts);
-            tracing::warn!(message_id = %id, attempts, error = %message, "container unavailable; retrying");
+            self.metrics.retried(CONTAINER_TARGET, 1);
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => return Err(Verdict::Requeue),

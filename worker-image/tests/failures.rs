@@ -1,5 +1,5 @@
 //! Failure behaviour against real servers: a crash with messages written but not
-//! acknowledged, a PostgreSQL outage, poison messages.
+//! acknowledged, poison messages, a broker restart. (Sink outages: `no_loss.rs`.)
 
 mod common;
 
@@ -171,136 +171,6 @@ http: {{listen: "127.0.0.1:{port}"}}
     assert_eq!(broker.depth(&broker.queue).await, 0);
     assert_eq!(broker.depth(&broker.dead_letter_queue).await, 0);
     broker.cleanup().await;
-}
-
-/// A worker config storing each message's `payload.seq` in `table` (the outage tests), with
-/// retries forever at the given (initial, max) backoff in milliseconds.
-fn seq_rows_config(
-    scratch: &Scratch,
-    broker: &Broker,
-    pg_url: &str,
-    table: &str,
-    port: u16,
-    (initial_backoff_ms, max_backoff_ms): (u64, u64),
-) -> PathBuf {
-    scratch.file(
-        "worker.yaml",
-        &format!(
-            r#"
-queue: {{uriFile: {amqp}, name: {queue}, prefetch: 200, concurrency: 2}}
-deadLetter: {{routingKey: {dlq}}}
-retry: {{maxAttempts: 0, initialBackoffMs: {initial_backoff_ms}, maxBackoffMs: {max_backoff_ms}}}
-sinks:
-  - postgres:
-      name: rows
-      urlFile: {pg}
-      table: {table}
-      createTable: true
-      columns: [{{name: seq, expr: payload.seq, type: bigint}}]
-      batch: {{maxMessages: 50, maxBytes: 1000000, maxAgeMs: 50}}
-http: {{listen: "127.0.0.1:{port}"}}
-"#,
-            amqp = scratch.file("amqp", &broker.url).display(),
-            queue = broker.queue,
-            dlq = broker.dead_letter_queue,
-            pg = scratch.file("pg", pg_url).display(),
-        ),
-    )
-}
-
-/// One envelope per `seq` in `range`, each with a fresh id.
-fn seq_envelopes(range: std::ops::Range<usize>) -> Vec<Value> {
-    range
-        .map(|i| envelope(&new_id(), "d", json!({"seq": i})))
-        .collect()
-}
-
-/// Distinct `seq` values stored in `table`.
-async fn distinct_seq(pg: &tokio_postgres::Client, table: &str) -> i64 {
-    pg.query_one(&format!("SELECT count(DISTINCT seq) FROM \"{table}\""), &[])
-        .await
-        .expect("distinct")
-        .get(0)
-}
-
-/// Runs our PostgreSQL script for a dedicated instance that this test may stop.
-fn outage_postgres(action: &str) -> String {
-    let script: PathBuf = repo_root().join("tests/services/postgres.sh");
-    let output = Command::new(&script)
-        .arg(action)
-        .env("TRIBUTARY_PG_INSTANCE", "postgres-outage")
-        .env("TRIBUTARY_PG_PORT", "5434")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(
-        output.status.success(),
-        "postgres.sh {action} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_outage_loses_no_message() {
-    // Needs the same packages as postgres.sh start; the instance is this test's own.
-    outage_postgres("start");
-    let pg_url = outage_postgres("env")
-        .trim()
-        .trim_start_matches("export TRIBUTARY_TEST_POSTGRES_URL=")
-        .to_string();
-    let broker = Broker::connect("outage").await;
-    let scratch = Scratch::new("outage");
-    let table = unique("outage");
-    let port = free_port();
-    let config = seq_rows_config(&scratch, &broker, &pg_url, &table, port, (50, 400));
-    const HALF: usize = 300;
-    let batch = |from: usize| seq_envelopes(from..from + HALF);
-    broker.publish(&batch(0)).await;
-    let worker = WorkerProcess::start(&scratch, &config, port, 1);
-    {
-        let pg = postgres(&pg_url).await;
-        wait_for("the first half stored", DEADLINE, || async {
-            (count_rows(&pg, &table).await == HALF as i64).then_some(())
-        })
-        .await;
-    }
-
-    outage_postgres("stop");
-    broker.publish(&batch(HALF)).await;
-    wait_for(
-        "the worker to hit the outage and retry",
-        DEADLINE,
-        || async {
-            worker
-                .metric("tributary_worker_messages_retried_total")
-                .await
-                .filter(|retried| *retried >= 2.0)
-        },
-    )
-    .await;
-    outage_postgres("start");
-
-    let pg = postgres(&pg_url).await;
-    wait_for(
-        "every message stored after the outage",
-        DEADLINE,
-        || async { (count_rows(&pg, &table).await == 2 * HALF as i64).then_some(()) },
-    )
-    .await;
-    wait_for("every message acknowledged", DEADLINE, || async {
-        (worker.metric("tributary_worker_messages_acked_total").await == Some(2.0 * HALF as f64))
-            .then_some(())
-    })
-    .await;
-    assert_eq!(distinct_seq(&pg, &table).await, 2 * HALF as i64);
-    assert_eq!(
-        broker.depth(&broker.dead_letter_queue).await,
-        0,
-        "nothing dead-lettered"
-    );
-    broker.cleanup().await;
-    drop(worker);
-    outage_postgres("stop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -496,7 +366,14 @@ async fn worker_reconnects_after_a_broker_restart_and_loses_nothing() {
     let scratch = Scratch::new("reconnect");
     let table = unique("reconnect");
     let port = free_port();
-    let config = seq_rows_config(&scratch, &broker, &pg_url, &table, port, (100, 1000));
+    let rows = SeqRows {
+        dead_letter: true,
+        retry: (0, 100, 1000),
+        pg_url: &pg_url,
+        table: &table,
+        port,
+    };
+    let config = seq_rows_config(&scratch, &broker, &rows);
     const HALF: usize = 200;
     let batch = |from: usize| seq_envelopes(from..from + HALF);
     broker.publish(&batch(0)).await;

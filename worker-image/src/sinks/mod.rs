@@ -34,12 +34,27 @@ pub struct Prepared {
 /// A failed batch write.
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum SinkError {
-    /// Worth retrying: the target is unreachable, overloaded, restarting.
-    #[error("transient: {0}")]
-    Transient(String),
-    /// Retrying cannot help: the data itself is refused.
-    #[error("permanent: {0}")]
-    Permanent(String),
+    /// An outage: the target is unreachable, overloaded, restarting, or failing for reasons
+    /// of its own (including a missing table or bucket, or refused credentials). Retried for
+    /// as long as it lasts; never a reason to dead-letter.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The data itself is refused (a value the column cannot hold, a constraint, a request
+    /// the target names as bad): retrying cannot help, the message is dead-lettered.
+    #[error("rejected: {0}")]
+    Rejected(String),
+}
+
+/// Whether an HTTP status names the request as bad (the message is dead-lettered) rather
+/// than the target as unavailable or misconfigured (waited for): a 4xx, except those that
+/// say something about the endpoint, the credentials or the load — 401, 403, 404, 405, 407,
+/// 408, 409, 421, 423, 425 and 429.
+pub fn status_rejects_the_message(status: reqwest::StatusCode) -> bool {
+    status.is_client_error()
+        && !matches!(
+            status.as_u16(),
+            401 | 403 | 404 | 405 | 407 | 408 | 409 | 421 | 423 | 425 | 429
+        )
 }
 
 /// A sink that cannot be built from its config.
@@ -169,4 +184,22 @@ impl Sink {
 /// Serializes a JSON value; a `serde_json::Value` always serializes.
 pub(crate) fn json_bytes(value: &serde_json::Value) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::status_rejects_the_message;
+    use reqwest::StatusCode;
+
+    #[test]
+    fn only_statuses_that_name_the_request_reject_the_message() {
+        for rejected in [400, 410, 413, 415, 422] {
+            let status = StatusCode::from_u16(rejected).expect("status");
+            assert!(status_rejects_the_message(status), "{rejected}");
+        }
+        for waited in [401, 403, 404, 408, 429, 500, 502, 503, 504] {
+            let status = StatusCode::from_u16(waited).expect("status");
+            assert!(!status_rejects_the_message(status), "{waited}");
+        }
+    }
 }

@@ -165,7 +165,7 @@ impl PostgresSink {
         let result = write_batch(client, self, batch).await;
         if let Err(e) = result {
             let error = classify(&e);
-            if matches!(error, SinkError::Transient(_)) {
+            if matches!(error, SinkError::Unavailable(_)) {
                 // Reconnect next time: the session (and its staging table) may be gone.
                 *guard = None;
             }
@@ -195,7 +195,7 @@ impl PostgresSink {
         if guard.is_none() {
             let (client, connection) = tokio_postgres::connect(&self.url, NoTls)
                 .await
-                .map_err(|e| SinkError::Transient(format!("connect: {e}")))?;
+                .map_err(|e| SinkError::Unavailable(format!("connect: {e}")))?;
             let name = self.name.clone();
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
@@ -213,7 +213,7 @@ impl PostgresSink {
         }
         guard
             .as_mut()
-            .ok_or_else(|| SinkError::Transient("no connection".into()))
+            .ok_or_else(|| SinkError::Unavailable("no connection".into()))
     }
 }
 
@@ -239,18 +239,19 @@ async fn write_batch(
     transaction.commit().await
 }
 
-/// Data errors (SQLSTATE classes 22 and 23) are permanent; everything else (connection
-/// loss, shutdown, a missing table someone may yet create) is worth retrying.
+/// Data errors (SQLSTATE classes 22 and 23: a value the column cannot hold, a constraint) name
+/// the message; everything else is an outage waited for: connection exceptions (08),
+/// rollbacks and deadlocks (40), insufficient resources (53), operator intervention such as
+/// a shutdown (57), system errors (58), refused credentials (28), a missing table or column
+/// someone may yet create (42), and a lost connection (no SQLSTATE).
 fn classify(error: &tokio_postgres::Error) -> SinkError {
     let text = match error.as_db_error() {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),
         None => error.to_string(),
     };
     match error.code().map(|c| c.code()) {
-        Some(code) if code.starts_with("22") || code.starts_with("23") => {
-            SinkError::Permanent(text)
-        }
-        _ => SinkError::Transient(text),
+        Some(code) if code.starts_with("22") || code.starts_with("23") => SinkError::Rejected(text),
+        _ => SinkError::Unavailable(text),
     }
 }
 

@@ -148,7 +148,7 @@ impl RedisSink {
         let result: redis::RedisResult<()> = pipe.query_async(&mut connection).await;
         if let Err(e) = result {
             *self.connection.lock().await = None;
-            return Err(SinkError::Transient(format!("redis: {e}")));
+            return Err(SinkError::Unavailable(format!("redis: {e}")));
         }
         Ok(())
     }
@@ -162,7 +162,7 @@ impl RedisSink {
             .client
             .get_multiplexed_async_connection()
             .await
-            .map_err(|e| SinkError::Transient(format!("redis connect: {e}")))?;
+            .map_err(|e| SinkError::Unavailable(format!("redis connect: {e}")))?;
         *guard = Some(connection.clone());
         Ok(connection)
     }

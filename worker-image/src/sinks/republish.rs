@@ -89,15 +89,15 @@ impl RepublishSink {
         }
         let connection = Connection::connect(&self.uri, ConnectionProperties::default())
             .await
-            .map_err(|e| SinkError::Transient(format!("connect: {e}")))?;
+            .map_err(|e| SinkError::Unavailable(format!("connect: {e}")))?;
         let channel = connection
             .create_channel()
             .await
-            .map_err(|e| SinkError::Transient(format!("channel: {e}")))?;
+            .map_err(|e| SinkError::Unavailable(format!("channel: {e}")))?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
-            .map_err(|e| SinkError::Transient(format!("confirm.select: {e}")))?;
+            .map_err(|e| SinkError::Unavailable(format!("confirm.select: {e}")))?;
         *guard = Some((connection, channel.clone()));
         Ok(channel)
     }
@@ -129,21 +129,21 @@ pub async fn publish_all(
                 properties,
             )
             .await
-            .map_err(|e| SinkError::Transient(format!("publish: {e}")))?;
+            .map_err(|e| SinkError::Unavailable(format!("publish: {e}")))?;
         confirms.push(confirm);
     }
     for confirm in confirms {
         let confirmation = confirm
             .await
-            .map_err(|e| SinkError::Transient(format!("confirm: {e}")))?;
+            .map_err(|e| SinkError::Unavailable(format!("confirm: {e}")))?;
         if confirmation.is_nack() {
-            return Err(SinkError::Transient(
+            return Err(SinkError::Unavailable(
                 "broker refused (nack) a publish".into(),
             ));
         }
         if confirmation.take_message().is_some() {
             // No queue bound yet: retried, as the topology may still be in the making.
-            return Err(SinkError::Transient(format!(
+            return Err(SinkError::Unavailable(format!(
                 "unroutable: exchange `{exchange}`, routing key `{routing_key}`"
             )));
         }

@@ -10,7 +10,9 @@ use reqwest::{Method, StatusCode, Url};
 use tributary_contract::worker_config::{BatchConfig, S3SinkConfig};
 
 use super::sigv4::{sha256_hex, uri_encode, Signer};
-use super::{json_bytes, read_secret, Prepared, SinkBuildError, SinkError};
+use super::{
+    json_bytes, read_secret, status_rejects_the_message, Prepared, SinkBuildError, SinkError,
+};
 use crate::record::Record;
 
 /// A minimal path-style S3 client: the calls the sink and its tests need.
@@ -220,7 +222,7 @@ impl S3Sink {
             self.client
                 .ensure_bucket(&self.bucket)
                 .await
-                .map_err(|e| SinkError::Transient(format!("create bucket: {e}")))?;
+                .map_err(|e| SinkError::Unavailable(format!("create bucket: {e}")))?;
         }
         Ok(())
     }
@@ -246,16 +248,10 @@ impl S3Sink {
         let path = format!("{}/{key}", self.bucket);
         match self.client.checked(Method::PUT, &path, &[], body).await {
             Ok(_) => Ok(()),
-            Err(S3Error::Status { status, body })
-                if status.is_client_error()
-                    && status != StatusCode::REQUEST_TIMEOUT
-                    && status != StatusCode::TOO_MANY_REQUESTS
-                    && status != StatusCode::NOT_FOUND
-                    && status != StatusCode::FORBIDDEN =>
-            {
-                Err(SinkError::Permanent(format!("put {key}: {status}: {body}")))
+            Err(S3Error::Status { status, body }) if status_rejects_the_message(status) => {
+                Err(SinkError::Rejected(format!("put {key}: {status}: {body}")))
             }
-            Err(e) => Err(SinkError::Transient(format!("put {key}: {e}"))),
+            Err(e) => Err(SinkError::Unavailable(format!("put {key}: {e}"))),
         }
     }
 }

@@ -7,11 +7,12 @@
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
-use reqwest::StatusCode;
 use sha2::Sha256;
 use tributary_contract::worker_config::{BatchConfig, WebhookSinkConfig};
 
-use super::{json_bytes, read_secret, Prepared, SinkBuildError, SinkError};
+use super::{
+    json_bytes, read_secret, status_rejects_the_message, Prepared, SinkBuildError, SinkError,
+};
 use crate::record::Record;
 
 /// The webhook sink.
@@ -99,14 +100,14 @@ impl WebhookSink {
         })
     }
 
-    /// POSTs every item; a 4xx other than 408/429 is permanent, anything else transient.
+    /// POSTs every item; a 4xx that names the request rejects it, anything else is an outage.
     pub async fn write(&self, batch: &[Prepared]) -> Result<(), SinkError> {
         let results = futures::future::join_all(batch.iter().map(|item| self.post(item))).await;
         let mut transient = None;
         for result in results {
             match result {
                 Ok(()) => {}
-                Err(e @ SinkError::Permanent(_)) => return Err(e),
+                Err(e @ SinkError::Rejected(_)) => return Err(e),
                 Err(e) => transient = Some(e),
             }
         }
@@ -123,17 +124,14 @@ impl WebhookSink {
             .body(item.bytes.clone())
             .send()
             .await
-            .map_err(|e| SinkError::Transient(format!("POST: {e}")))?;
+            .map_err(|e| SinkError::Unavailable(format!("POST: {e}")))?;
         let status = response.status();
         if status.is_success() {
             Ok(())
-        } else if status.is_client_error()
-            && status != StatusCode::REQUEST_TIMEOUT
-            && status != StatusCode::TOO_MANY_REQUESTS
-        {
-            Err(SinkError::Permanent(format!("POST answered {status}")))
+        } else if status_rejects_the_message(status) {
+            Err(SinkError::Rejected(format!("POST answered {status}")))
         } else {
-            Err(SinkError::Transient(format!("POST answered {status}")))
+            Err(SinkError::Unavailable(format!("POST answered {status}")))
         }
     }
 }

@@ -382,3 +382,110 @@ impl Drop for WorkerProcess {
         self.kill();
     }
 }
+
+/// How the seq-rows worker of the outage tests is configured.
+pub struct SeqRows<'a> {
+    /// Dead-letter into the broker's `.dlq` queue (else: no dead-letter target at all).
+    pub dead_letter: bool,
+    /// `retry` as (maxAttempts, initialBackoffMs, maxBackoffMs).
+    pub retry: (u32, u64, u64),
+    /// The PostgreSQL URL.
+    pub pg_url: &'a str,
+    /// The table.
+    pub table: &'a str,
+    /// The metrics port.
+    pub port: u16,
+}
+
+/// A worker config storing each message's `payload.seq` in a table (the outage tests).
+pub fn seq_rows_config(scratch: &Scratch, broker: &Broker, rows: &SeqRows<'_>) -> PathBuf {
+    let (max_attempts, initial_backoff_ms, max_backoff_ms) = rows.retry;
+    let dead_letter = if rows.dead_letter {
+        format!("deadLetter: {{routingKey: {}}}", broker.dead_letter_queue)
+    } else {
+        String::new()
+    };
+    scratch.file(
+        "worker.yaml",
+        &format!(
+            r#"
+queue: {{uriFile: {amqp}, name: {queue}, prefetch: 200, concurrency: 2}}
+{dead_letter}
+retry: {{maxAttempts: {max_attempts}, initialBackoffMs: {initial_backoff_ms}, maxBackoffMs: {max_backoff_ms}}}
+sinks:
+  - postgres:
+      name: rows
+      urlFile: {pg}
+      table: {table}
+      createTable: true
+      columns: [{{name: seq, expr: payload.seq, type: bigint}}]
+      batch: {{maxMessages: 50, maxBytes: 1000000, maxAgeMs: 50}}
+http: {{listen: "127.0.0.1:{port}"}}
+"#,
+            amqp = scratch.file("amqp", &broker.url).display(),
+            queue = broker.queue,
+            pg = scratch.file("pg", rows.pg_url).display(),
+            table = rows.table,
+            port = rows.port,
+        ),
+    )
+}
+
+/// One envelope per `seq` in `range`, each with a fresh id.
+pub fn seq_envelopes(range: std::ops::Range<usize>) -> Vec<Value> {
+    range
+        .map(|i| envelope(&new_id(), "d", json!({"seq": i})))
+        .collect()
+}
+
+/// Distinct `seq` values stored in `table`.
+pub async fn distinct_seq(pg: &tokio_postgres::Client, table: &str) -> i64 {
+    pg.query_one(&format!("SELECT count(DISTINCT seq) FROM \"{table}\""), &[])
+        .await
+        .expect("distinct")
+        .get(0)
+}
+
+/// A queue's delivery counters from the RabbitMQ management API (they lag by up to the
+/// broker's statistics interval, 5 s by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueCounters {
+    /// Deliveries to consumers, redeliveries included.
+    pub delivered: u64,
+    /// Deliveries acknowledged.
+    pub acked: u64,
+    /// Deliveries of messages that had been delivered before.
+    pub redelivered: u64,
+}
+
+impl QueueCounters {
+    /// Deliveries neither acknowledged nor followed by a redelivery: rejected (or nacked)
+    /// without requeue, that is, dropped or dead-lettered by the broker.
+    pub fn dropped(&self) -> u64 {
+        self.delivered.saturating_sub(self.acked + self.redelivered)
+    }
+}
+
+/// Reads `queue`'s counters from the shared test broker's management API.
+pub async fn queue_counters(queue: &str) -> QueueCounters {
+    let api = required_env("TRIBUTARY_TEST_RABBITMQ_API", "rabbitmq.sh");
+    let user = required_env("TRIBUTARY_TEST_RABBITMQ_API_USER", "rabbitmq.sh");
+    let password = required_env("TRIBUTARY_TEST_RABBITMQ_API_PASSWORD", "rabbitmq.sh");
+    let client = tributary_worker::http_client::client(Duration::from_secs(5)).expect("client");
+    let bytes = client
+        .get(format!("{api}/api/queues/%2f/{queue}"))
+        .basic_auth(user, Some(password))
+        .send()
+        .await
+        .expect("management API")
+        .bytes()
+        .await
+        .expect("queue JSON");
+    let body: Value = serde_json::from_slice(&bytes).expect("queue JSON");
+    let stat = |name: &str| body["message_stats"][name].as_u64().unwrap_or(0);
+    QueueCounters {
+        delivered: stat("deliver_get"),
+        acked: stat("ack"),
+        redelivered: stat("redeliver"),
+    }
+}
