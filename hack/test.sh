@@ -35,8 +35,43 @@ suite() {
 SERVICES=(rabbitmq postgres redis s3)
 started_cluster=0
 started_services=()
+# Tributary operators already installed on the cluster (the main command's, or a user's)
+# act on every namespace they watch, and would fight the operators these tests run with
+# them over the same objects: scaled to 0 for the operator suites, restored afterwards.
+paused_operators=()
+pause_installed_operators() {
+  local ns name replicas
+  while read -r ns name replicas; do
+    [ -n "$name" ] || continue
+    paused_operators+=("$ns/$name/${replicas:-1}")
+    step "pausing the installed operator $ns/$name (replicas ${replicas:-1} -> 0) during the operator tests"
+    kubectl -n "$ns" scale deployment "$name" --replicas=0 >/dev/null
+  done < <(kubectl get deployments --all-namespaces -l app.kubernetes.io/name=tributary-operator \
+    -o jsonpath='{range .items[*]}{.metadata.namespace} {.metadata.name} {.spec.replicas}{"\n"}{end}')
+  [ "${#paused_operators[@]}" -gt 0 ] || return 0
+  local deadline=$((SECONDS + 180))
+  while kubectl get pods --all-namespaces -l app.kubernetes.io/name=tributary-operator \
+    -o name 2>/dev/null | grep -q .; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "installed operator pods did not stop within 180 s" >&2
+      return 1
+    fi
+    sleep 2
+  done
+}
+resume_installed_operators() {
+  local entry ns name replicas
+  for entry in "${paused_operators[@]}"; do
+    IFS=/ read -r ns name replicas <<<"$entry"
+    step "restoring the installed operator $ns/$name (replicas $replicas)"
+    kubectl -n "$ns" scale deployment "$name" --replicas="$replicas" >/dev/null || true
+  done
+  paused_operators=()
+}
+
 cleanup() {
   local svc
+  resume_installed_operators
   for svc in "${started_services[@]}"; do
     bash "$repo/tests/services/$svc.sh" stop >/dev/null 2>&1 || true
   done
@@ -80,9 +115,11 @@ bash tests/images/build-and-load.sh
 suite "cluster smoke test" bash tests/smoke/smoke.sh
 export PATH="$K8S_BIN:$PATH"
 suite "helm chart lint and template" bash charts/test.sh
+pause_installed_operators || step "could not pause every installed operator; the operator tests may see it act"
 suite "operator against the cluster (cargo test --ignored)" \
   cargo test -p tributary-operator --locked --test cluster -- --ignored
 suite "operator installed with the Helm chart" bash charts/install-test.sh
+resume_installed_operators
 suite "examples render (kustomize) and pass a server-side dry run" bash examples/check.sh --server
 suite "end to end: examples, simulated devices, exact counts" bash tests/e2e/e2e.sh
 
