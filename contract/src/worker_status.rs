@@ -42,7 +42,10 @@ mod tests {
         };
         let text = serde_json::to_string(&status).expect("json");
         assert!(text.contains(r#""outages":[{"target":"sink rows","since":"#));
-        assert_eq!(serde_json::from_str::<WorkerStatus>(&text).expect("parse"), status);
+        assert_eq!(
+            serde_json::from_str::<WorkerStatus>(&text).expect("parse"),
+            status
+        );
         assert_eq!(
             serde_json::from_str::<WorkerStatus>("{}").expect("empty"),
             WorkerStatus::default()

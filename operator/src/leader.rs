@@ -1,18 +1,117 @@
 //! Leader election through a `coordination.k8s.io/v1` Lease: one operator replica
 //! reconciles, the others wait and take over when the Lease expires.
+//!
+//! The Lease also tells other Tributary operators which namespaces this one acts on (a
+//! label and an annotation), so that a second installation watching the same namespaces
+//! notices the first and refuses to start instead of fighting over the same objects.
+
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{ObjectMeta, PostParams};
-use kube::{Api, Client};
+use kube::api::{ListParams, ObjectMeta, PostParams};
+use kube::{Api, Client, ResourceExt};
+
+/// The label every Tributary operator's leader Lease carries.
+pub const LEASE_LABEL: (&str, &str) = ("app.kubernetes.io/name", "tributary-operator");
+
+/// The annotation naming the namespaces an operator watches (`*` for all).
+pub const WATCH_ANNOTATION: &str = "tributary.dev/watch-namespaces";
 
 /// A Lease-based lock held by `identity`.
 pub struct LeaseLock {
     api: Api<Lease>,
+    namespace: String,
     name: String,
     identity: String,
     duration_seconds: i32,
+    watched: Vec<String>,
+}
+
+/// The annotation value for the watched namespaces (empty: all).
+pub fn watch_annotation(watched: &[String]) -> String {
+    if watched.is_empty() {
+        "*".to_owned()
+    } else {
+        watched.join(",")
+    }
+}
+
+/// Whether two operators, watching `a` and `b` (annotation values), act on a common
+/// namespace.
+pub fn watches_overlap(a: &str, b: &str) -> bool {
+    if a == "*" || b == "*" {
+        return true;
+    }
+    let theirs: Vec<&str> = b.split(',').map(str::trim).collect();
+    a.split(',')
+        .map(str::trim)
+        .any(|ns| !ns.is_empty() && theirs.contains(&ns))
+}
+
+/// The other Tributary operators that hold a live Lease and watch a namespace this one
+/// (Lease `own_namespace/own_name`, watching `watched`) watches too, described for a person.
+pub fn conflicting_operators(
+    leases: &[Lease],
+    (own_namespace, own_name): (&str, &str),
+    watched: &[String],
+    now: Timestamp,
+) -> Vec<String> {
+    let ours = watch_annotation(watched);
+    leases
+        .iter()
+        .filter(|lease| {
+            !(lease.namespace().as_deref() == Some(own_namespace) && lease.name_any() == own_name)
+        })
+        .filter(|lease| {
+            lease.labels().get(LEASE_LABEL.0).map(String::as_str) == Some(LEASE_LABEL.1)
+        })
+        .filter_map(|lease| {
+            let spec = lease.spec.as_ref()?;
+            if !is_live(spec, now) {
+                return None;
+            }
+            let theirs = lease
+                .annotations()
+                .get(WATCH_ANNOTATION)
+                .cloned()
+                .unwrap_or_else(|| "*".to_owned());
+            watches_overlap(&ours, &theirs).then(|| {
+                let holder = spec.holder_identity.as_deref().unwrap_or_default();
+                let scope = if theirs == "*" {
+                    "every namespace".to_owned()
+                } else {
+                    format!("namespaces {theirs}")
+                };
+                format!(
+                    "Lease {}/{} held by {holder}, watching {scope}",
+                    lease.namespace().unwrap_or_default(),
+                    lease.name_any()
+                )
+            })
+        })
+        .collect()
+}
+
+/// Lists the live Leases of other Tributary operators watching a namespace this one
+/// watches (empty when there are none).
+pub async fn other_operators(
+    client: &Client,
+    own: (&str, &str),
+    watched: &[String],
+) -> Result<Vec<String>, LeaseError> {
+    let leases: Api<Lease> = Api::all(client.clone());
+    let selector = format!("{}={}", LEASE_LABEL.0, LEASE_LABEL.1);
+    let list = leases
+        .list(&ListParams::default().labels(&selector))
+        .await?;
+    Ok(conflicting_operators(
+        &list.items,
+        own,
+        watched,
+        Timestamp::now(),
+    ))
 }
 
 /// Why the Lease could not be read or written.
@@ -20,36 +119,69 @@ pub struct LeaseLock {
 #[error("leader Lease: {0}")]
 pub struct LeaseError(#[from] kube::Error);
 
-/// Whether `spec` is free for `identity` at `now`: unheld, held by it, or expired.
-pub fn is_free(spec: &LeaseSpec, identity: &str, now: Timestamp) -> bool {
-    let holder = spec.holder_identity.as_deref().unwrap_or_default();
-    if holder.is_empty() || holder == identity {
-        return true;
+/// Whether `spec` is held and unexpired at `now`.
+pub fn is_live(spec: &LeaseSpec, now: Timestamp) -> bool {
+    if spec
+        .holder_identity
+        .as_deref()
+        .unwrap_or_default()
+        .is_empty()
+    {
+        return false;
     }
     let duration = i64::from(spec.lease_duration_seconds.unwrap_or(15));
     match &spec.renew_time {
         Some(MicroTime(renewed)) => renewed
             .checked_add(SignedDuration::from_secs(duration))
-            .map_or(true, |end| end < now),
-        None => true,
+            .is_ok_and(|end| end >= now),
+        None => false,
     }
 }
 
+/// Whether `spec` is free for `identity` at `now`: unheld, held by it, or expired.
+pub fn is_free(spec: &LeaseSpec, identity: &str, now: Timestamp) -> bool {
+    spec.holder_identity.as_deref() == Some(identity) || !is_live(spec, now)
+}
+
 impl LeaseLock {
-    /// A lock on Lease `namespace/name`.
+    /// A lock on Lease `namespace/name`, for an operator watching `watched` (empty: all).
     pub fn new(
         client: Client,
-        namespace: &str,
-        name: &str,
+        (namespace, name): (&str, &str),
         identity: &str,
         duration_seconds: i32,
+        watched: &[String],
     ) -> Self {
         LeaseLock {
             api: Api::namespaced(client, namespace),
+            namespace: namespace.to_owned(),
             name: name.to_owned(),
             identity: identity.to_owned(),
             duration_seconds,
+            watched: watched.to_vec(),
         }
+    }
+
+    /// The Lease's namespace and name.
+    pub fn lease(&self) -> (&str, &str) {
+        (&self.namespace, &self.name)
+    }
+
+    /// The namespaces the operator watches (empty: all).
+    pub fn watched(&self) -> &[String] {
+        &self.watched
+    }
+
+    /// Labels the Lease so other operators find it, with the watched namespaces.
+    fn mark(&self, metadata: &mut ObjectMeta) {
+        metadata
+            .labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert(LEASE_LABEL.0.to_owned(), LEASE_LABEL.1.to_owned());
+        metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(WATCH_ANNOTATION.to_owned(), watch_annotation(&self.watched));
     }
 
     /// Acquires or renews the Lease. `Ok(false)` when another replica holds it (or won a
@@ -57,13 +189,14 @@ impl LeaseLock {
     pub async fn try_acquire(&self) -> Result<bool, LeaseError> {
         let now = Timestamp::now();
         let Some(mut lease) = self.api.get_opt(&self.name).await? else {
-            let lease = Lease {
+            let mut lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(self.name.clone()),
                     ..ObjectMeta::default()
                 },
                 spec: Some(self.spec(now, now, 0)),
             };
+            self.mark(&mut lease.metadata);
             return match self.api.create(&PostParams::default(), &lease).await {
                 Ok(_) => Ok(true),
                 Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
@@ -82,6 +215,7 @@ impl LeaseLock {
         };
         let transitions = current.lease_transitions.unwrap_or(0) + i32::from(!ours);
         lease.spec = Some(self.spec(acquired, now, transitions));
+        self.mark(&mut lease.metadata);
         // `replace` carries the resourceVersion: a concurrent writer makes this fail (409).
         match self
             .api
@@ -145,6 +279,88 @@ mod tests {
         assert!(!is_free(&held_by("other", now), "me", now));
         assert!(is_free(&held_by("me", now), "me", now));
         assert!(is_free(&LeaseSpec::default(), "me", now));
+    }
+
+    fn lease(namespace: &str, name: &str, watching: Option<&str>, spec: LeaseSpec) -> Lease {
+        let mut lease = Lease {
+            metadata: ObjectMeta {
+                namespace: Some(namespace.into()),
+                name: Some(name.into()),
+                labels: Some(BTreeMap::from([(
+                    LEASE_LABEL.0.to_owned(),
+                    LEASE_LABEL.1.to_owned(),
+                )])),
+                ..ObjectMeta::default()
+            },
+            spec: Some(spec),
+        };
+        if let Some(watching) = watching {
+            lease.metadata.annotations = Some(BTreeMap::from([(
+                WATCH_ANNOTATION.to_owned(),
+                watching.to_owned(),
+            )]));
+        }
+        lease
+    }
+
+    #[test]
+    fn watched_namespaces_overlap_when_either_watches_all_or_they_share_one() {
+        assert!(watches_overlap("*", "a"));
+        assert!(watches_overlap("a,b", "*"));
+        assert!(watches_overlap("a,b", "c, b"));
+        assert!(!watches_overlap("a,b", "c"));
+        assert_eq!(watch_annotation(&[]), "*");
+        assert_eq!(watch_annotation(&["a".into(), "b".into()]), "a,b");
+    }
+
+    #[test]
+    fn a_live_lease_of_another_operator_on_the_same_namespaces_conflicts() {
+        let now = Timestamp::now();
+        let old = now
+            .checked_sub(SignedDuration::from_secs(60))
+            .expect("time");
+        let leases = vec![
+            // Our own Lease (another replica of this installation): never a conflict.
+            lease(
+                "tributary-system",
+                "tributary-operator",
+                None,
+                held_by("peer", now),
+            ),
+            // Another installation watching everything: a conflict.
+            lease(
+                "other-system",
+                "tributary-operator",
+                Some("*"),
+                held_by("x-1", now),
+            ),
+            // Another installation on other namespaces: no conflict.
+            lease(
+                "team-b",
+                "tributary-operator",
+                Some("team-b"),
+                held_by("b-1", now),
+            ),
+            // An uninstalled operator's expired Lease: no conflict.
+            lease("gone", "tributary-operator", Some("*"), held_by("g-1", old)),
+        ];
+        let found = conflicting_operators(
+            &leases,
+            ("tributary-system", "tributary-operator"),
+            &["factory".to_owned()],
+            now,
+        );
+        assert_eq!(
+            found,
+            vec!["Lease other-system/tributary-operator held by x-1, watching every namespace"]
+        );
+        let on_team_b = conflicting_operators(
+            &leases,
+            ("tributary-system", "tributary-operator"),
+            &["team-b".to_owned()],
+            now,
+        );
+        assert_eq!(on_team_b.len(), 2, "{on_team_b:?}");
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! - `tributary_operator_queue_ready_messages{namespace,queue}`, `…_unacked_messages`,
 //!   `…_consumers`, `…_dead_letter_messages`: the broker counts the Queue controller last
 //!   read (the leader only), for backlog and dead-letter alerts.
+//! - `tributary_operator_worker_sink_outages{namespace,worker}`: targets a Worker's pods
+//!   report unavailable at `/status`, for the sink-outage alert.
 //!
 //! The full table is in `docs/metrics.md`; a test below keeps the two in step.
 
@@ -32,6 +34,7 @@ pub struct Metrics {
     scale_events: Family<Labels, Counter>,
     worker_replicas: Family<Labels, Gauge>,
     worker_backlog: Family<Labels, Gauge>,
+    worker_sink_outages: Family<Labels, Gauge>,
     queue_ready: Family<Labels, Gauge>,
     queue_unacked: Family<Labels, Gauge>,
     queue_consumers: Family<Labels, Gauge>,
@@ -77,6 +80,7 @@ impl Metrics {
         let scale_events = Family::<Labels, Counter>::default();
         let worker_replicas = Family::<Labels, Gauge>::default();
         let worker_backlog = Family::<Labels, Gauge>::default();
+        let worker_sink_outages = Family::<Labels, Gauge>::default();
         registry.register(
             "scale_events",
             "Replica changes made by the autoscaler, by namespace and worker",
@@ -91,6 +95,11 @@ impl Metrics {
             "worker_backlog_messages",
             "Ready + unacknowledged messages of the worker's queue at the autoscaler's last reading",
             worker_backlog.clone(),
+        );
+        registry.register(
+            "worker_sink_outages",
+            "Targets (sinks, the custom container) a Worker's pods report unavailable at the last reading",
+            worker_sink_outages.clone(),
         );
         let queue_ready = Family::<Labels, Gauge>::default();
         let queue_unacked = Family::<Labels, Gauge>::default();
@@ -129,6 +138,7 @@ impl Metrics {
             scale_events,
             worker_replicas,
             worker_backlog,
+            worker_sink_outages,
             queue_ready,
             queue_unacked,
             queue_consumers,
@@ -163,6 +173,25 @@ impl Metrics {
         self.worker_replicas
             .get_or_create(&labels)
             .set(i64::from(replicas));
+    }
+
+    /// Records how many targets a Worker's pods report unavailable.
+    pub fn sink_outages(&self, namespace: &str, worker: &str, targets: usize) {
+        self.worker_sink_outages
+            .get_or_create(&worker_labels(namespace, worker))
+            .set(i64::try_from(targets).unwrap_or(i64::MAX));
+    }
+
+    /// Drops the gauges of a Worker that is gone (a stale outage must not keep alerting).
+    pub fn forget_worker(&self, namespace: &str, worker: &str) {
+        let labels = worker_labels(namespace, worker);
+        for family in [
+            &self.worker_backlog,
+            &self.worker_replicas,
+            &self.worker_sink_outages,
+        ] {
+            family.remove(&labels);
+        }
     }
 
     /// Counts a replica change made by the autoscaler.
@@ -332,6 +361,7 @@ mod tests {
         metrics.leader.set(1);
         metrics.observed("factory", "ingest", 5, 2);
         metrics.scaled("factory", "ingest");
+        metrics.sink_outages("factory", "ingest", 1);
         metrics.queue_counts(
             "factory",
             "telemetry",
@@ -372,5 +402,21 @@ mod tests {
                 "exported {name} is not documented in docs/metrics.md"
             );
         }
+    }
+
+    #[test]
+    fn worker_sink_outages_are_exported_and_forgotten_with_the_worker() {
+        let metrics = Metrics::new();
+        metrics.observed("factory", "ingest", 40, 2);
+        metrics.sink_outages("factory", "ingest", 2);
+        let text = metrics.render();
+        let line =
+            "tributary_operator_worker_sink_outages{namespace=\"factory\",worker=\"ingest\"} 2";
+        assert!(text.contains(line), "{line} missing in\n{text}");
+        metrics.sink_outages("factory", "ingest", 0);
+        assert!(metrics.render().contains(&line.replace("} 2", "} 0")));
+        metrics.forget_worker("factory", "ingest");
+        let text = metrics.render();
+        assert!(!text.contains("worker=\"ingest\"} "), "{text}");
     }
 }

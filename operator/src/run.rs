@@ -57,6 +57,13 @@ pub enum RunError {
     /// Leadership was lost: exit so that a fresh process re-elects.
     #[error("lost the leader Lease")]
     LostLease,
+    /// Another Tributary operator acts on the same namespaces: two would fight over the
+    /// same objects, so this one does not start.
+    #[error(
+        "another Tributary operator acts on the namespaces this one watches ({0}); \
+         uninstall one of them, or give each its own namespaces (watchNamespaces)"
+    )]
+    AnotherOperator(String),
 }
 
 #[derive(Clone)]
@@ -162,6 +169,20 @@ where
         .collect()
 }
 
+/// The Queue a managed broker child names in its labels (owned or kept under `Retain`).
+fn labelled_queue<K: Resource>(child: &K) -> Option<ObjectRef<Queue>> {
+    let labels = child.meta().labels.as_ref()?;
+    if labels
+        .get(crate::build::OWNER_KIND_LABEL)
+        .map(String::as_str)
+        != Some("queue")
+    {
+        return None;
+    }
+    let name = labels.get(crate::build::OWNER_LABEL)?;
+    Some(ObjectRef::new(name).within(child.meta().namespace.as_deref()?))
+}
+
 fn children_config() -> watcher::Config {
     watcher::Config::default().labels("app.kubernetes.io/managed-by=tributary-operator")
 }
@@ -183,7 +204,12 @@ async fn run_controllers(
     let queues = Controller::new(api_for::<Queue>(client, ns), wc.clone());
     let queue_store = queues.store();
     let queues = queues
-        .owns(api_for::<StatefulSet>(client, ns), children_config())
+        // By label, not owner reference: under `Retain` the broker has no owner.
+        .watches(
+            api_for::<StatefulSet>(client, ns),
+            children_config(),
+            |set: StatefulSet| labelled_queue(&set),
+        )
         .watches(
             api_for::<Secret>(client, ns),
             wc.clone(),
@@ -327,10 +353,10 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
     let lock = settings.lease_namespace.as_ref().map(|namespace| {
         Arc::new(LeaseLock::new(
             client.clone(),
-            namespace,
-            &settings.lease_name,
+            (namespace, &settings.lease_name),
             &settings.identity,
             15,
+            &settings.namespaces,
         ))
     });
     let lost = Arc::new(AtomicBool::new(false));
@@ -350,6 +376,24 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
                     let _ = http.await;
                     return Ok(());
                 },
+            }
+        }
+        // A second installation (another Helm release) watching the same namespaces would
+        // fight the first over every object: refuse to start, saying which one it is.
+        match crate::leader::other_operators(&client, lock.lease(), lock.watched()).await {
+            Ok(others) if !others.is_empty() => {
+                let others = others.join("; ");
+                tracing::error!(%others, "another Tributary operator acts on the same namespaces; not starting");
+                if let Err(error) = lock.release().await {
+                    tracing::warn!(%error, "releasing the leader Lease failed");
+                }
+                let _ = stop_tx.send(true);
+                let _ = http.await;
+                return Err(RunError::AnotherOperator(others));
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, "cannot list other operators' Leases; going on without that check")
             }
         }
         metrics.leader.set(1);
@@ -430,4 +474,35 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
         return Err(RunError::LostLease);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::fixtures::load;
+    use crate::build::queue::{build_managed, validate, BrokerPlan, Credentials};
+
+    #[test]
+    fn a_kept_broker_wakes_the_queue_it_is_labelled_with() {
+        let queue: Queue = load("queue-managed.yaml");
+        let BrokerPlan::Managed(managed) = validate(&queue).expect("valid") else {
+            panic!("managed");
+        };
+        let credentials = Credentials {
+            username: "u".into(),
+            password: "p".into(),
+            erlang_cookie: "c".into(),
+        };
+        let set = build_managed(&queue, &managed, &credentials, "img")
+            .expect("builds")
+            .stateful_set;
+        // Retain: no owner reference, so only the labels lead back to the Queue.
+        assert_eq!(set.metadata.owner_references, None);
+        assert_eq!(
+            labelled_queue(&set),
+            Some(ObjectRef::new("telemetry").within("factory"))
+        );
+        let unlabelled = StatefulSet::default();
+        assert_eq!(labelled_queue(&unlabelled), None);
+    }
 }

@@ -1,15 +1,19 @@
 //! The operator's broker I/O against a real RabbitMQ on loopback: the autoscaler's
-//! readings over one kept-open connection.
+//! readings over one kept-open connection, deletion that the broker refuses while a queue
+//! holds messages, the emptiness check of a broker switch, and the replay of dead letters.
 //!
 //! Needs `tests/services/rabbitmq.sh start` and its `env` output loaded (the test command
 //! does both); fails, saying so, when the broker is not there.
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 use tributary_operator::autoscaler::connections::Connections;
-use tributary_operator::controller::broker::{self, BrokerError, Management};
+use tributary_operator::build::queue::ArgValue;
+use tributary_operator::controller::broker::{self, BrokerError, Management, ReplayRequest};
 
 fn required_env(name: &str) -> String {
     match std::env::var(name) {
@@ -69,7 +73,7 @@ async fn autoscaler_readings_share_one_connection_and_reconnect_after_a_failure(
     let uri = required_env("TRIBUTARY_TEST_AMQP_URL");
     let management = management();
     let queue = fresh_queue("readings");
-    broker::declare(&uri, &queue, &BTreeMap::new(), None, "classic")
+    broker::declare(&uri, &queue, &BTreeMap::new(), None)
         .await
         .expect("queue declared");
     publish(&uri, &queue, 3).await;
@@ -119,4 +123,299 @@ async fn autoscaler_readings_share_one_connection_and_reconnect_after_a_failure(
     broker::delete(&uri, &queue, None, true)
         .await
         .expect("queue deleted");
+}
+
+fn classic() -> BTreeMap<String, ArgValue> {
+    BTreeMap::from([("x-queue-type".to_owned(), ArgValue::Str("classic".into()))])
+}
+
+/// A queue and its dead-letter queue, declared as the Queue controller does.
+async fn queue_with_dlq(uri: &str, label: &str) -> (String, String) {
+    let queue = fresh_queue(label);
+    let dlq = format!("{queue}.dlq");
+    let mut args = classic();
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        ArgValue::Str(String::new()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        ArgValue::Str(dlq.clone()),
+    );
+    broker::declare(uri, &queue, &args, Some((&dlq, &classic())))
+        .await
+        .expect("queue and dead-letter queue declared");
+    (queue, dlq)
+}
+
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+/// Publishes dead letters as the worker does: persistent, with a message id and the reason
+/// headers (plus a header of the device's own that must survive a replay).
+async fn publish_dead_letters(uri: &str, dlq: &str, kinds: &[&str]) {
+    let connection = lapin::Connection::connect(uri, lapin::ConnectionProperties::default())
+        .await
+        .expect("publisher connects");
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    for (n, kind) in kinds.iter().enumerate() {
+        let mut headers = FieldTable::default();
+        headers.insert("x-tributary-reason-kind".into(), text(kind));
+        headers.insert("x-tributary-reason".into(), text("step 2 failed"));
+        headers.insert("x-tributary-source-queue".into(), text("q"));
+        headers.insert("x-custom".into(), text("kept"));
+        headers.insert("x-death".into(), AMQPValue::FieldArray(Default::default()));
+        channel
+            .basic_publish(
+                "".into(),
+                dlq.into(),
+                BasicPublishOptions::default(),
+                format!("{{\"seq\":{n}}}").as_bytes(),
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_message_id(format!("m-{n}").into())
+                    .with_content_type("application/json".into())
+                    .with_headers(headers),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("broker confirms");
+    }
+    connection.close(200, "done".into()).await.expect("close");
+}
+
+/// Takes every message of a queue (acknowledging each): (message id, body, header names).
+async fn drain(uri: &str, queue: &str) -> Vec<(String, String, Vec<String>, Option<u8>)> {
+    let connection = lapin::Connection::connect(uri, lapin::ConnectionProperties::default())
+        .await
+        .expect("connects");
+    let channel = connection.create_channel().await.expect("channel");
+    let mut messages = Vec::new();
+    while let Some(message) = channel
+        .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+        .await
+        .expect("basic.get")
+    {
+        let delivery = message.delivery;
+        let properties = &delivery.properties;
+        let headers = properties
+            .headers()
+            .as_ref()
+            .map(|h| h.inner().keys().map(|k| k.as_str().to_owned()).collect())
+            .unwrap_or_default();
+        messages.push((
+            properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.as_str().to_owned())
+                .unwrap_or_default(),
+            String::from_utf8_lossy(&delivery.data).into_owned(),
+            headers,
+            *properties.delivery_mode(),
+        ));
+        delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .expect("ack");
+    }
+    connection.close(200, "done".into()).await.expect("close");
+    messages
+}
+
+#[tokio::test]
+async fn deletion_is_refused_by_the_broker_while_the_queue_or_its_dlq_holds_messages() {
+    let uri = required_env("TRIBUTARY_TEST_AMQP_URL");
+    let (queue, dlq) = queue_with_dlq(&uri, "delete").await;
+    publish(&uri, &queue, 2).await;
+
+    let refused = broker::delete(&uri, &queue, Some(&dlq), false).await;
+    match &refused {
+        Err(BrokerError::NotEmpty {
+            queue: name,
+            messages,
+        }) => {
+            assert_eq!((name.as_str(), *messages), (queue.as_str(), 2));
+        }
+        other => panic!("expected NotEmpty for the queue, got {other:?}"),
+    }
+    assert_eq!(
+        broker::inspect(&uri, &queue).await.expect("inspect"),
+        Some(2)
+    );
+    assert_eq!(broker::inspect(&uri, &dlq).await.expect("inspect"), Some(0));
+
+    // Queue drained, a dead letter left: the queue goes, the dead-letter queue stays.
+    assert_eq!(drain(&uri, &queue).await.len(), 2);
+    publish(&uri, &dlq, 1).await;
+    let refused = broker::delete(&uri, &queue, Some(&dlq), false).await;
+    assert!(
+        matches!(&refused, Err(BrokerError::NotEmpty { queue: name, messages: 1 }) if *name == dlq),
+        "{refused:?}"
+    );
+    assert_eq!(broker::inspect(&uri, &queue).await.expect("inspect"), None);
+    assert_eq!(broker::inspect(&uri, &dlq).await.expect("inspect"), Some(1));
+
+    // deleteNonEmpty: deleted with its messages; deleting what is gone is not an error.
+    broker::delete(&uri, &queue, Some(&dlq), true)
+        .await
+        .expect("deleted although non-empty");
+    assert_eq!(broker::inspect(&uri, &dlq).await.expect("inspect"), None);
+    broker::delete(&uri, &queue, Some(&dlq), false)
+        .await
+        .expect("missing queues count as deleted");
+}
+
+#[tokio::test]
+async fn message_total_counts_ready_and_unacked_messages_of_existing_queues() {
+    let uri = required_env("TRIBUTARY_TEST_AMQP_URL");
+    let management = management();
+    let (queue, dlq) = queue_with_dlq(&uri, "total").await;
+    let missing = fresh_queue("missing");
+    assert_eq!(
+        broker::message_total(&uri, Some(&management), &[&queue, &dlq, &missing])
+            .await
+            .expect("total"),
+        0
+    );
+    publish(&uri, &queue, 2).await;
+    publish(&uri, &dlq, 1).await;
+    assert_eq!(
+        broker::message_total(&uri, None, &[&queue, &dlq, &missing])
+            .await
+            .expect("total"),
+        3
+    );
+    // One message held unacknowledged by a consumer still counts (the management API's
+    // figures are sampled every few seconds: wait for them, with a deadline).
+    let connection = lapin::Connection::connect(&uri, lapin::ConnectionProperties::default())
+        .await
+        .expect("connects");
+    let channel = connection.create_channel().await.expect("channel");
+    let held = channel
+        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+        .await
+        .expect("basic.get")
+        .expect("a message");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let total = broker::message_total(&uri, Some(&management), &[&queue, &dlq])
+            .await
+            .expect("total");
+        if total == 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the unacknowledged message was not counted: total {total}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    drop(held);
+    connection.close(200, "done".into()).await.expect("close");
+    broker::delete(&uri, &queue, Some(&dlq), true)
+        .await
+        .expect("cleanup");
+}
+
+#[tokio::test]
+async fn replay_moves_matching_dead_letters_back_with_their_ids_and_keeps_the_rest() {
+    let uri = required_env("TRIBUTARY_TEST_AMQP_URL");
+    let (queue, dlq) = queue_with_dlq(&uri, "replay").await;
+    publish_dead_letters(
+        &uri,
+        &dlq,
+        &[
+            "pipeline",
+            "sink-rejected",
+            "pipeline",
+            "sink-rejected",
+            "pipeline",
+        ],
+    )
+    .await;
+
+    let report = broker::replay(
+        &uri,
+        &ReplayRequest {
+            dead_letter_queue: &dlq,
+            queue: &queue,
+            reason_kind: Some("pipeline"),
+            max_messages: None,
+        },
+    )
+    .await
+    .expect("replay");
+    assert_eq!(
+        (report.moved, report.skipped, report.remaining),
+        (3, 2, 2),
+        "{report:?}"
+    );
+    let moved = drain(&uri, &queue).await;
+    let ids: Vec<&str> = moved.iter().map(|m| m.0.as_str()).collect();
+    assert_eq!(ids, vec!["m-0", "m-2", "m-4"]);
+    for (id, body, headers, delivery_mode) in &moved {
+        assert!(body.starts_with("{\"seq\":"), "{id}: {body}");
+        assert_eq!(headers, &vec!["x-custom".to_owned()], "{id}");
+        assert_eq!(*delivery_mode, Some(2), "{id} is persistent");
+    }
+
+    // Without a filter, at most one: one moved, the other goes back to the tail.
+    let report = broker::replay(
+        &uri,
+        &ReplayRequest {
+            dead_letter_queue: &dlq,
+            queue: &queue,
+            reason_kind: None,
+            max_messages: Some(1),
+        },
+    )
+    .await
+    .expect("replay");
+    assert_eq!((report.moved, report.skipped, report.remaining), (1, 1, 1));
+    assert_eq!(
+        drain(&uri, &queue)
+            .await
+            .iter()
+            .map(|m| m.0.clone())
+            .collect::<Vec<_>>(),
+        vec!["m-1"]
+    );
+    let left = drain(&uri, &dlq).await;
+    assert_eq!(left.len(), 1);
+    let (id, _, headers, _) = &left[0];
+    assert_eq!(id, "m-3");
+    // A skipped message keeps its reason.
+    assert!(
+        headers.contains(&"x-tributary-reason-kind".to_owned()),
+        "{headers:?}"
+    );
+
+    // Replaying into a queue that does not exist moves nothing and loses nothing.
+    publish_dead_letters(&uri, &dlq, &["pipeline"]).await;
+    let missing = fresh_queue("gone");
+    let failed = broker::replay(
+        &uri,
+        &ReplayRequest {
+            dead_letter_queue: &dlq,
+            queue: &missing,
+            reason_kind: None,
+            max_messages: None,
+        },
+    )
+    .await;
+    assert!(
+        matches!(failed, Err(BrokerError::Refused { .. })),
+        "{failed:?}"
+    );
+    assert_eq!(broker::inspect(&uri, &dlq).await.expect("inspect"), Some(1));
+    broker::delete(&uri, &queue, Some(&dlq), true)
+        .await
+        .expect("cleanup");
 }

@@ -181,7 +181,17 @@ impl Drop for TestNamespace {
 
 /// Starts the operator in-process, watching only `namespace`.
 fn start_operator(namespace: &str) {
-    let settings = tributary_operator::run::Settings {
+    let settings = operator_settings(namespace);
+    tokio::spawn(async move {
+        if let Err(error) = tributary_operator::run::run(settings).await {
+            panic!("operator stopped: {error}");
+        }
+    });
+}
+
+/// The settings of an in-process operator watching only `namespace`, without election.
+fn operator_settings(namespace: &str) -> tributary_operator::run::Settings {
+    tributary_operator::run::Settings {
         namespaces: vec![namespace.to_owned()],
         listen: "127.0.0.1:0".parse().expect("address"),
         images: Images {
@@ -196,12 +206,7 @@ fn start_operator(namespace: &str) {
             "release".to_owned(),
             "kube-prometheus-stack".to_owned(),
         )]),
-    };
-    tokio::spawn(async move {
-        if let Err(error) = tributary_operator::run::run(settings).await {
-            panic!("operator stopped: {error}");
-        }
-    });
+    }
 }
 
 async fn apply_yaml<K>(api: &Api<K>, yaml: &str) -> K
@@ -938,5 +943,344 @@ async fn monitoring_objects_appear_and_disappear_with_their_owners() {
         let rules = rules.list(&Default::default()).await.ok()?.items;
         (monitors.is_empty() && rules.is_empty()).then_some(())
     })
+    .await;
+}
+
+/// The uid of an object, for "the same object, not a new one" assertions.
+fn uid_of<K: Resource>(object: &K) -> String {
+    object.meta().uid.clone().unwrap_or_default()
+}
+
+#[tokio::test]
+#[ignore = "needs the test cluster: cargo test -p tributary-operator --test cluster -- --ignored"]
+async fn retain_keeps_the_managed_broker_and_its_messages_and_a_new_queue_adopts_them() {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use k8s_openapi::api::core::v1::Pod;
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::create(&client, "retain").await;
+    start_operator(&ns.name);
+    let queues: Api<Queue> = ns.api();
+    let sets: Api<StatefulSet> = ns.api();
+    let pods: Api<Pod> = ns.api();
+    let secrets: Api<Secret> = ns.api();
+    let rules = monitoring_api(&client, &ns.name, "PrometheusRule", "prometheusrules");
+    // The default deletionPolicy: Retain.
+    let yaml = "apiVersion: tributary.dev/v1alpha1\nkind: Queue\nmetadata: {name: telemetry}\nspec:\n  broker:\n    managed: {}\n  type: classic\n";
+    apply_yaml(&queues, yaml).await;
+    step("managed Queue Ready");
+    wait_ready(&queues, "telemetry", "managed Queue Ready", |s, _| {
+        s == "True"
+    })
+    .await;
+    let broker_queue = format!("{}.telemetry", ns.name);
+    let uri = managed_broker_uri(&ns, "telemetry").await;
+    publish_envelopes(&uri, &broker_queue, &ns.name, 25).await;
+    let count = || async {
+        tributary_operator::controller::broker::inspect(&uri, &broker_queue)
+            .await
+            .ok()
+            .flatten()
+    };
+    assert_eq!(count().await, Some(25), "messages before");
+    let set = sets.get("telemetry-rabbitmq").await.expect("StatefulSet");
+    assert!(
+        set.owner_references().is_empty(),
+        "under Retain the broker has no owner: {:?}",
+        set.owner_references()
+    );
+    assert_eq!(
+        set.labels().get("tributary.dev/owner").map(String::as_str),
+        Some("telemetry")
+    );
+    let pod = pods.get("telemetry-rabbitmq-0").await.expect("broker pod");
+    let secret = secrets
+        .get("telemetry-rabbitmq-credentials")
+        .await
+        .expect("credentials");
+    wait_for("Queue PrometheusRule", || async {
+        rules.get_opt("telemetry-queue-alerts").await.ok()?
+    })
+    .await;
+
+    step("deleting the Queue (Retain)");
+    queues
+        .delete("telemetry", &DeleteParams::default())
+        .await
+        .expect("delete queue");
+    wait_for("Queue gone", || async {
+        queues
+            .get_opt("telemetry")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    // The garbage collector has handled the Queue's dependents once its rule is gone.
+    wait_for(
+        "the Queue's own PrometheusRule garbage-collected",
+        || async {
+            rules
+                .get_opt("telemetry-queue-alerts")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    let kept_set = sets
+        .get("telemetry-rabbitmq")
+        .await
+        .expect("StatefulSet kept");
+    assert_eq!(uid_of(&kept_set), uid_of(&set));
+    assert!(kept_set.metadata.deletion_timestamp.is_none());
+    let kept_pod = pods.get("telemetry-rabbitmq-0").await.expect("pod kept");
+    assert_eq!(
+        uid_of(&kept_pod),
+        uid_of(&pod),
+        "the broker pod was not replaced"
+    );
+    assert_eq!(count().await, Some(25), "messages after deleting the Queue");
+    eprintln!("after deleting the Queue: broker pod kept, 25 of 25 messages on the broker");
+
+    step("re-creating the Queue adopts the broker");
+    apply_yaml(&queues, yaml).await;
+    wait_ready(&queues, "telemetry", "re-created Queue Ready", |s, _| {
+        s == "True"
+    })
+    .await;
+    let adopted = sets.get("telemetry-rabbitmq").await.expect("StatefulSet");
+    assert_eq!(uid_of(&adopted), uid_of(&set), "the same StatefulSet");
+    assert_eq!(
+        uid_of(&pods.get("telemetry-rabbitmq-0").await.expect("pod")),
+        uid_of(&pod),
+        "the same broker pod"
+    );
+    let reused = secrets
+        .get("telemetry-rabbitmq-credentials")
+        .await
+        .expect("credentials");
+    assert_eq!(
+        reused.data.as_ref().map(|d| d["password"].clone()),
+        secret.data.as_ref().map(|d| d["password"].clone()),
+        "credentials reused, not regenerated"
+    );
+    assert_eq!(count().await, Some(25), "messages after adoption");
+    step("status counts the kept messages");
+    wait_for("status.readyMessages 25", || async {
+        let status = queues.get("telemetry").await.ok()?.status?;
+        (status.ready_messages == Some(25)).then_some(())
+    })
+    .await;
+
+    // Switching to an external broker is refused while the managed one holds messages.
+    apply_yaml(&secrets, "apiVersion: v1\nkind: Secret\nmetadata: {name: elsewhere}\nstringData: {uri: 'amqp://u:p@127.0.0.1:1/%2f'}\n").await;
+    let external = "apiVersion: tributary.dev/v1alpha1\nkind: Queue\nmetadata: {name: telemetry}\nspec:\n  broker:\n    external:\n      uriSecretRef: {name: elsewhere, key: uri}\n  type: classic\n";
+    apply_yaml(&queues, external).await;
+    step("switch to external refused while messages remain");
+    wait_ready(&queues, "telemetry", "BrokerSwitchBlocked", |s, r| {
+        s == "False" && r == "BrokerSwitchBlocked"
+    })
+    .await;
+    let message = queues
+        .get("telemetry")
+        .await
+        .expect("queue")
+        .status
+        .expect("status")
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("Ready")
+        .message;
+    assert!(message.contains("25 messages"), "{message}");
+    assert_eq!(
+        uid_of(&sets.get("telemetry-rabbitmq").await.expect("kept")),
+        uid_of(&set)
+    );
+    assert_eq!(count().await, Some(25), "nothing deleted");
+
+    step("drained: the switch proceeds and removes the managed broker");
+    let connection = lapin::Connection::connect(&uri, lapin::ConnectionProperties::default())
+        .await
+        .expect("amqp");
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .queue_purge(broker_queue.as_str().into(), Default::default())
+        .await
+        .expect("purge");
+    let _ = connection.close(200, "done".into()).await;
+    wait_for("managed broker removed after the switch", || async {
+        let set = sets.get_opt("telemetry-rabbitmq").await.ok()?;
+        let secret = secrets
+            .get_opt("telemetry-rabbitmq-credentials")
+            .await
+            .ok()?;
+        (set.is_none() && secret.is_none()).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs the test cluster: cargo test -p tributary-operator --test cluster -- --ignored"]
+async fn deletion_never_hangs_when_the_broker_is_gone() {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::create(&client, "gone").await;
+    start_operator(&ns.name);
+    let queues: Api<Queue> = ns.api();
+    let secrets: Api<Secret> = ns.api();
+
+    // An external broker that is unreachable: deletion waits for it, until its Secret goes.
+    apply_yaml(&secrets, "apiVersion: v1\nkind: Secret\nmetadata: {name: shared-rabbit}\nstringData: {uri: 'amqp://u:p@127.0.0.1:1/%2f'}\n").await;
+    apply_yaml(&queues, "apiVersion: tributary.dev/v1alpha1\nkind: Queue\nmetadata: {name: orphan}\nspec:\n  broker:\n    external:\n      uriSecretRef: {name: shared-rabbit, key: uri}\n  type: classic\n  deletionPolicy: Delete\n").await;
+    step("finalizer of the external Delete Queue");
+    wait_for("finalizer", || async {
+        let queue = queues.get("orphan").await.ok()?;
+        (!queue.finalizers().is_empty()).then_some(())
+    })
+    .await;
+    queues
+        .delete("orphan", &DeleteParams::default())
+        .await
+        .expect("delete queue");
+    step("deletion waits for the unreachable broker");
+    wait_for("BrokerUnavailable while deleting", || async {
+        let queue = queues.get("orphan").await.ok()?;
+        let ready = queue
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready")?;
+        (ready.reason == "BrokerUnavailable").then_some(())
+    })
+    .await;
+    secrets
+        .delete("shared-rabbit", &DeleteParams::default())
+        .await
+        .expect("delete Secret");
+    step("Secret gone: the Queue is released with a BrokerGone Event");
+    wait_for("Queue released", || async {
+        queues.get_opt("orphan").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let events = wait_for("BrokerGone Event", || async {
+        let events = scale_events(&client, &ns.name, "orphan").await;
+        events
+            .iter()
+            .any(|e| e.starts_with("BrokerGone: "))
+            .then_some(events)
+    })
+    .await;
+    eprintln!("events of Queue orphan: {events:?}");
+
+    // A managed Queue under Delete holding a message: deleting the namespace completes.
+    apply_yaml(&queues, "apiVersion: tributary.dev/v1alpha1\nkind: Queue\nmetadata: {name: telemetry}\nspec:\n  broker:\n    managed: {}\n  type: classic\n  deletionPolicy: Delete\n").await;
+    step("managed Delete Queue Ready");
+    wait_ready(&queues, "telemetry", "managed Queue Ready", |s, _| {
+        s == "True"
+    })
+    .await;
+    let uri = managed_broker_uri(&ns, "telemetry").await;
+    publish_envelopes(&uri, &format!("{}.telemetry", ns.name), &ns.name, 1).await;
+    step("deleting the namespace");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let started = std::time::Instant::now();
+    namespaces
+        .delete(&ns.name, &DeleteParams::default())
+        .await
+        .expect("delete namespace");
+    let limit = Duration::from_secs(120);
+    loop {
+        let found = namespaces.get_opt(&ns.name).await.expect("read namespace");
+        if found.is_none() {
+            break;
+        }
+        if started.elapsed() > limit {
+            let left = queues
+                .list(&Default::default())
+                .await
+                .map(|l| {
+                    l.items
+                        .iter()
+                        .map(|q| format!("{} {:?}", q.name_any(), q.status))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default();
+            panic!("namespace still there after {limit:?}; Queues left: {left:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!(
+        "namespace of a Delete Queue deleted in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs the test cluster: cargo test -p tributary-operator --test cluster -- --ignored"]
+async fn a_second_operator_on_the_same_namespace_refuses_to_start_while_the_first_reconciles() {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::create(&client, "two-operators").await;
+    // The first operator, with leader election (its Lease in the namespace it watches).
+    let first = tributary_operator::run::Settings {
+        lease_namespace: Some(ns.name.clone()),
+        lease_name: "tributary-first".to_owned(),
+        identity: "first".to_owned(),
+        listen: "127.0.0.1:0".parse().expect("address"),
+        ..operator_settings(&ns.name)
+    };
+    tokio::spawn(async move {
+        if let Err(error) = tributary_operator::run::run(first).await {
+            panic!("the first operator stopped: {error}");
+        }
+    });
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = ns.api();
+    wait_for("the first operator holding its Lease", || async {
+        let lease = leases.get_opt("tributary-first").await.ok()??;
+        (lease.spec?.holder_identity.as_deref() == Some("first")).then_some(())
+    })
+    .await;
+
+    // A second installation on the same namespace (another release: another Lease).
+    let second = tributary_operator::run::Settings {
+        lease_namespace: Some(ns.name.clone()),
+        lease_name: "tributary-second".to_owned(),
+        identity: "second".to_owned(),
+        listen: "127.0.0.1:0".parse().expect("address"),
+        ..operator_settings(&ns.name)
+    };
+    let refused = tokio::time::timeout(DEADLINE, tributary_operator::run::run(second))
+        .await
+        .expect("the second operator decides within the deadline");
+    let message = match refused {
+        Err(error @ tributary_operator::run::RunError::AnotherOperator(_)) => error.to_string(),
+        other => panic!("the second operator should refuse to start, got {other:?}"),
+    };
+    assert!(
+        message.contains(&format!("Lease {}/tributary-first held by first", ns.name)),
+        "{message}"
+    );
+    let second_lease = leases.get_opt("tributary-second").await.expect("get");
+    assert!(
+        second_lease
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity)
+            .is_none(),
+        "the refusing operator gave its Lease up"
+    );
+
+    // The first keeps reconciling.
+    let queues: Api<Queue> = ns.api();
+    apply_yaml(&queues, "apiVersion: tributary.dev/v1alpha1\nkind: Queue\nmetadata: {name: both}\nspec:\n  broker:\n    managed: {}\n    external: {uriSecretRef: {name: x, key: uri}}\n").await;
+    wait_ready(
+        &queues,
+        "both",
+        "the first operator reconciling a new Queue",
+        |s, r| s == "False" && r == "InvalidSpec",
+    )
     .await;
 }

@@ -162,9 +162,10 @@ check tenant-a-device-refused-by-tenant-b refused
 step "cross-tenant publish: $(tr '\n' ' ' <"$work/refused")"
 
 step "deleting the examples' Tributary resources"
-made_by_operator() { # NAMESPACE: objects the operator made that still exist
+made_by_operator() { # NAMESPACE: objects the operator made that still exist, but the
+  # managed broker, which the example's Queue (deletionPolicy: Retain) keeps with its messages
   kubectl -n "$1" get deployments,statefulsets,services,configmaps,secrets,pods \
-    -l app.kubernetes.io/managed-by=tributary-operator -o name 2>/dev/null
+    -l 'app.kubernetes.io/managed-by=tributary-operator,tributary.dev/owner-kind!=queue' -o name 2>/dev/null
 }
 for f in worker gateway sinks queue; do
   kubectl delete -f "$repo/examples/factory-telemetry/$f.yaml" --wait=true --timeout=180s >/dev/null
@@ -172,6 +173,10 @@ done
 nothing_left() { [ -z "$(made_by_operator factory)" ]; }
 check factory-children-removed wait_until 180 nothing_left
 [ -z "$(made_by_operator factory)" ] || step "left behind: $(made_by_operator factory | tr '\n' ' ')"
+broker_retained() {
+  [ -n "$(kubectl -n factory get statefulsets -l tributary.dev/owner-kind=queue,tributary.dev/owner=telemetry -o name)" ]
+}
+check factory-retained-broker-kept broker_retained
 user_databases_kept() { kubectl -n factory get statefulset/postgres deployment/redis >/dev/null; }
 check factory-user-databases-kept user_databases_kept
 kubectl delete -k "$repo/examples/multi-tenant" --wait=true --timeout=300s >/dev/null

@@ -165,6 +165,9 @@ cat >"$WORK/worker-failing.yaml" <<EOF
 queue: {uriFile: $WORK/amqp, name: "$Q_FAIL", declare: true, prefetch: 100, concurrency: 2}
 deadLetter: {routingKey: "$Q_FAIL.dlq"}
 retry: {maxAttempts: 2, initialBackoffMs: 10, maxBackoffMs: 20}
+processing:
+  pipeline:
+    steps: [{set: {field: celsius, expr: "payload.temp"}}]
 sinks:
   - webhook:
       name: hook
@@ -264,6 +267,7 @@ round() { # messages through both workers, a refused topic, failed logins
     done
     publish devices/d1/telemetry '{"note": "no temp: filtered"}' -u d1 -P d1-secret || true
     publish devices/d1/broken '{"temp": 1}' -u d1 -P d1-secret || fail "mosquitto_pub to the failing worker"
+    publish devices/d1/broken '{"note": "no temp: the step fails"}' -u d1 -P d1-secret || fail "mosquitto_pub of a poison message"
     [ "$(post devices/d1/telemetry '{"temp": 9}' -u d1:d1-secret)" = 202 ] || fail "HTTP publish accepted"
     post other/topic '{"temp": 1}' -u d1:d1-secret >/dev/null # not permitted
     publish devices/d1/telemetry '{"temp": 1}' -u d1 -P wrong-password >/dev/null 2>&1 || true
@@ -316,10 +320,20 @@ firing() { # ALERTNAME JQ-FILTER-ON-LABELS
     curl -sf "$PROM_URL/api/v1/alerts" |
         jq -e --arg name "$1" "[.data.alerts[] | select(.labels.alertname == \$name and .state == \"firing\") | select(.labels | $2)] | length > 0" >/dev/null
 }
-if wait_for firing TributaryQueueMessagesDeadLettered '.worker == "failing" and .reason == "sink-unavailable"'; then
-    pass "TributaryQueueMessagesDeadLettered fires for the worker whose sink is down"
+if wait_for firing TributaryQueueMessagesDeadLettered '.worker == "failing" and .reason == "pipeline"'; then
+    pass "TributaryQueueMessagesDeadLettered fires for the worker that dead-letters a poison message"
 else
-    fail "TributaryQueueMessagesDeadLettered fires for the worker whose sink is down"
+    fail "TributaryQueueMessagesDeadLettered fires for the worker that dead-letters a poison message"
+fi
+# A down sink is an outage, not a reason to dead-letter: the alert is pending (for: 1m) or firing.
+sink_alert() {
+    curl -sf "$PROM_URL/api/v1/alerts" | jq -e '[.data.alerts[] | select(.labels.alertname == "TributaryQueueSinkUnavailable"
+        and .labels.worker == "failing" and .labels.target == "sink hook")] | length > 0' >/dev/null
+}
+if wait_for sink_alert; then
+    pass "TributaryQueueSinkUnavailable is raised for the worker whose sink is down"
+else
+    fail "TributaryQueueSinkUnavailable is raised for the worker whose sink is down"
 fi
 if wait_for firing TributaryGatewayAuthFailureBurst '.gateway == "line-1" and .method == "none"'; then
     pass "TributaryGatewayAuthFailureBurst fires after a burst of failed logins"

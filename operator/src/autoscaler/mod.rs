@@ -1,7 +1,9 @@
-//! The autoscaler: every `pollIntervalSeconds`, for each Worker with scaling enabled, it
-//! reads the queue's backlog, decides the replica count ([`policy`]), writes the worker
-//! Deployment's `spec.replicas` under its own field manager, and tells the story in the
-//! Worker's `status.scaling` and in Events.
+//! The autoscaler: every `pollIntervalSeconds`, for each Worker, it asks the worker pods
+//! which targets they find unavailable ([`sinks`]: the `SinksAvailable` condition, its
+//! Events and a gauge); then, for a Worker with scaling enabled, it reads the queue's
+//! backlog, decides the replica count ([`policy`]; no scale-up while a pod reports an
+//! outage), writes the worker Deployment's `spec.replicas` under its own field manager, and
+//! tells the story in the Worker's `status.scaling` and in Events.
 //!
 //! The Worker controller leaves `spec.replicas` of an autoscaled Deployment to this field
 //! manager (see [`owns_replicas`]); with scaling disabled it writes `spec.replicas` from
@@ -9,11 +11,12 @@
 
 pub mod connections;
 pub mod policy;
+pub mod sinks;
 
 use crate::controller::conditions;
 use crate::controller::queue::{broker_endpoint, Endpoint};
 use crate::controller::{broker, Context, Error};
-use crate::crd::{Queue, ScalingStatus, Worker};
+use crate::crd::{Condition, Queue, ScalingStatus, Worker};
 use connections::Connections;
 use futures::future::join_all;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -66,15 +69,23 @@ pub async fn set_replicas(
 }
 
 /// Per-Worker memory of the loop.
+#[derive(Default)]
 struct Tracked {
     history: History,
-    next_poll: Instant,
+    next_poll: Option<Instant>,
+    /// The `SinksAvailable` condition this loop last wrote or confirmed, with the Worker's
+    /// uid: the watched copy may lag behind the loop's own write, and an outage must raise
+    /// one Event, not one per poll.
+    sinks: Option<(Option<String>, Condition)>,
+    /// Whether the last decision held the replicas below the backlog's ask.
+    held: bool,
 }
 
 /// Runs the autoscaler over the Workers in `workers` until `stop` fires.
 pub async fn run(ctx: Arc<Context>, workers: Store<Worker>, mut stop: watch::Receiver<bool>) {
     let origin = Instant::now();
     let connections = Connections::default();
+    let reader = sinks::Reader::default();
     let mut tracked: HashMap<ObjectRef<Worker>, Tracked> = HashMap::new();
     loop {
         tokio::select! {
@@ -82,43 +93,43 @@ pub async fn run(ctx: Arc<Context>, workers: Store<Worker>, mut stop: watch::Rec
             _ = stop.wait_for(|stopped| *stopped) => return,
         }
         let now = Instant::now();
-        let scaled: Vec<Arc<Worker>> = workers
+        // Every Worker: the sinks' status is read for all; scaling only where enabled.
+        let watched: Vec<Arc<Worker>> = workers
             .state()
             .into_iter()
-            .filter(|w| w.spec.scaling.enabled && w.metadata.deletion_timestamp.is_none())
+            .filter(|w| w.metadata.deletion_timestamp.is_none())
             .collect();
-        let present: HashSet<ObjectRef<Worker>> = scaled
+        let present: HashSet<ObjectRef<Worker>> = watched
             .iter()
             .map(|w| ObjectRef::from_obj(w.as_ref()))
             .collect();
-        tracked.retain(|key, _| present.contains(key));
-        let due: Vec<(ObjectRef<Worker>, Arc<Worker>, Tracked)> = scaled
+        tracked.retain(|key, _| {
+            let keep = present.contains(key);
+            if !keep {
+                ctx.metrics
+                    .forget_worker(key.namespace.as_deref().unwrap_or_default(), &key.name);
+            }
+            keep
+        });
+        let due: Vec<(ObjectRef<Worker>, Arc<Worker>, Tracked)> = watched
             .into_iter()
             .filter_map(|worker| {
                 let key = ObjectRef::from_obj(worker.as_ref());
-                match tracked.remove(&key) {
-                    Some(state) if state.next_poll > now => {
-                        tracked.insert(key, state);
-                        None
-                    }
-                    Some(state) => Some((key, worker, state)),
-                    None => Some((
-                        key,
-                        worker,
-                        Tracked {
-                            history: History::default(),
-                            next_poll: now,
-                        },
-                    )),
+                let state = tracked.remove(&key).unwrap_or_default();
+                if state.next_poll.is_some_and(|at| at > now) {
+                    tracked.insert(key, state);
+                    return None;
                 }
+                Some((key, worker, state))
             })
             .collect();
         let connections = &connections;
+        let reader = &reader;
         let polls = due.into_iter().map(|(key, worker, mut state)| {
             let ctx = ctx.clone();
             async move {
                 let seconds = origin.elapsed().as_secs_f64();
-                let polled = poll(&ctx, connections, &worker, &mut state.history, seconds).await;
+                let polled = poll(&ctx, connections, reader, &worker, &mut state, seconds).await;
                 if let Err(error) = polled {
                     tracing::warn!(
                         worker = %worker.name_any(),
@@ -128,7 +139,8 @@ pub async fn run(ctx: Arc<Context>, workers: Store<Worker>, mut stop: watch::Rec
                     );
                 }
                 let interval = worker.spec.scaling.poll_interval_seconds.max(1);
-                state.next_poll = Instant::now() + Duration::from_secs(interval.unsigned_abs());
+                state.next_poll =
+                    Some(Instant::now() + Duration::from_secs(interval.unsigned_abs()));
                 (key, state)
             }
         });
@@ -155,52 +167,187 @@ fn current_status(worker: &Worker) -> ScalingStatus {
         .unwrap_or_default()
 }
 
-/// One reading and decision for one Worker.
+/// One poll of one Worker: the pods' sink status, then (when enabled) a scaling decision.
 async fn poll(
     ctx: &Context,
     connections: &Connections,
+    reader: &sinks::Reader,
     worker: &Worker,
-    history: &mut History,
+    state: &mut Tracked,
     now: f64,
 ) -> Result<(), Error> {
+    if !worker.spec.scaling.enabled {
+        observe_sinks(ctx, reader, worker, &mut state.sinks).await;
+        return Ok(());
+    }
+    // Both at once: pods slow to answer add at most their timeout to the reading.
+    let (verdict, reading) = tokio::join!(
+        observe_sinks(ctx, reader, worker, &mut state.sinks),
+        read_backlog(ctx, connections, worker),
+    );
+    let Some((reading, current)) = reading? else {
+        return Ok(());
+    };
+    let outage = verdict
+        .as_ref()
+        .and_then(sinks::SinkVerdict::outage_summary);
+    scale(
+        ctx,
+        worker,
+        state,
+        &reading,
+        current,
+        outage.as_deref(),
+        now,
+    )
+    .await
+}
+
+/// Reads what the Worker's pods report at `/status`; sets the `SinksAvailable` condition,
+/// publishes an Event when an outage starts or ends, and updates the gauge. Failures are
+/// logged: they must not stop the scaling decision.
+async fn observe_sinks(
+    ctx: &Context,
+    reader: &sinks::Reader,
+    worker: &Worker,
+    memory: &mut Option<(Option<String>, Condition)>,
+) -> Option<sinks::SinkVerdict> {
     let namespace = worker.namespace().unwrap_or_default();
     let name = worker.name_any();
+    let verdict = match reader.read_worker(&ctx.client, worker).await {
+        Ok(verdict) => verdict,
+        Err(error) => {
+            tracing::warn!(worker = %name, %namespace, %error, "reading the worker pods' status failed");
+            return None;
+        }
+    };
+    if verdict.available().is_none() {
+        // No pod answered: nothing is known, nothing changes.
+        return Some(verdict);
+    }
+    ctx.metrics
+        .sink_outages(&namespace, &name, verdict.outages.len());
+    let uid = worker.uid();
+    let stored = sinks::stored(worker);
+    let previous = memory
+        .as_ref()
+        .filter(|(remembered, _)| *remembered == uid)
+        .map(|(_, condition)| condition)
+        .or(stored);
+    let transition = sinks::transition(
+        previous,
+        &verdict,
+        worker.metadata.generation,
+        &conditions::now(),
+    )?;
+    if stored != Some(&transition.condition) {
+        if let Err(error) = sinks::write_condition(&ctx.client, worker, &transition.condition).await
+        {
+            // Neither remembered nor announced: the next poll tries again.
+            tracing::warn!(worker = %name, %namespace, %error, "writing the SinksAvailable condition failed");
+            return Some(verdict);
+        }
+    }
+    if let Some(event) = transition.event {
+        let mut note = event.note;
+        if event.warning && worker.spec.scaling.enabled {
+            note.push_str("; the autoscaler adds no replicas for the backlog meanwhile");
+        }
+        tracing::info!(worker = %name, %namespace, reason = event.reason, note = %note, "sink availability changed");
+        let event = Event {
+            type_: if event.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: event.reason.to_owned(),
+            note: Some(truncate(&note, 1000)),
+            action: "ReadWorkerStatus".to_owned(),
+            secondary: None,
+        };
+        if let Err(error) = ctx.recorder.publish(&event, &worker.object_ref(&())).await {
+            tracing::warn!(%error, "publishing an Event failed");
+        }
+    }
+    *memory = Some((uid, transition.condition));
+    Some(verdict)
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+fn truncate(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+/// One reading of the Worker's queue and its Deployment's replicas; `None` when there is
+/// none (why is then written to `status.scaling.error`, or the Deployment does not exist
+/// yet).
+async fn read_backlog(
+    ctx: &Context,
+    connections: &Connections,
+    worker: &Worker,
+) -> Result<Option<(policy::Reading, i32)>, Error> {
+    let namespace = worker.namespace().unwrap_or_default();
+    let name = worker.name_any();
+    let no_reading = |message: String| async move {
+        write_status(ctx, worker, unreadable(worker, message))
+            .await
+            .map(|()| None)
+    };
     let queues: Api<Queue> = Api::namespaced(ctx.client.clone(), &namespace);
     let queue_name = &worker.spec.queue;
     let Some(queue) = queues.get_opt(queue_name).await? else {
-        let status = unreadable(worker, format!("Queue {queue_name:?} does not exist"));
-        return write_status(ctx, worker, status).await;
+        return no_reading(format!("Queue {queue_name:?} does not exist")).await;
     };
     let Some(broker_queue) = queue.status.as_ref().and_then(|s| s.queue_name.clone()) else {
-        let status = unreadable(worker, format!("Queue {queue_name:?} is not ready yet"));
-        return write_status(ctx, worker, status).await;
+        return no_reading(format!("Queue {queue_name:?} is not ready yet")).await;
     };
     let endpoint = match broker_endpoint(ctx, &queue).await? {
         Ok(endpoint) => endpoint,
-        Err(outcome) => {
-            let status = unreadable(worker, outcome.ready.message);
-            return write_status(ctx, worker, status).await;
-        }
+        Err(outcome) => return no_reading(outcome.ready.message).await,
     };
     let reading = match read_queue(connections, &endpoint, &broker_queue).await {
         Ok(reading) => reading,
-        Err(error) => {
-            let status = unreadable(worker, error.to_string());
-            return write_status(ctx, worker, status).await;
-        }
+        Err(error) => return no_reading(error.to_string()).await,
     };
     let child = crate::build::worker::child_name(&name);
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
     let Some(deployment) = deployments.get_opt(&child).await? else {
         // The Worker controller has not created it yet.
-        return Ok(());
+        return Ok(None);
     };
     let current = deployment
         .spec
         .as_ref()
         .and_then(|s| s.replicas)
         .unwrap_or(1);
-    let decision = policy::decide(&worker.spec.scaling, current, &reading, history, now);
+    Ok(Some((reading, current)))
+}
+
+/// The scaling decision after one reading: replicas, `status.scaling`, Events.
+async fn scale(
+    ctx: &Context,
+    worker: &Worker,
+    state: &mut Tracked,
+    reading: &policy::Reading,
+    current: i32,
+    outage: Option<&str>,
+    now: f64,
+) -> Result<(), Error> {
+    let namespace = worker.namespace().unwrap_or_default();
+    let name = worker.name_any();
+    let child = crate::build::worker::child_name(&name);
+    let decision = policy::decide(
+        &worker.spec.scaling,
+        current,
+        reading,
+        &mut state.history,
+        now,
+        outage,
+    );
     ctx.metrics
         .observed(&namespace, &name, reading.backlog(), decision.replicas);
     let mut status = ScalingStatus {
@@ -208,8 +355,24 @@ async fn poll(
         consumers: Some(reading.consumers),
         desired_replicas: Some(decision.replicas),
         error: None,
+        hold: decision.held.clone(),
         ..current_status(worker)
     };
+    let was_held = state.held || current_status(worker).hold.is_some();
+    state.held = decision.held.is_some();
+    if let (false, Some(held)) = (was_held, &decision.held) {
+        tracing::info!(worker = %name, namespace = %namespace, %held, "scale-up held");
+        let event = Event {
+            type_: EventType::Normal,
+            reason: "ScaleUpHeld".to_owned(),
+            note: Some(truncate(held, 1000)),
+            action: "Scale".to_owned(),
+            secondary: None,
+        };
+        if let Err(error) = ctx.recorder.publish(&event, &worker.object_ref(&())).await {
+            tracing::warn!(%error, "publishing an Event failed");
+        }
+    }
     if let Some(reason) = decision.reason {
         set_replicas(&ctx.client, &namespace, &child, decision.replicas).await?;
         ctx.metrics.scaled(&namespace, &name);

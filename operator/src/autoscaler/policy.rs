@@ -48,6 +48,9 @@ pub struct Decision {
     pub reason: Option<String>,
     /// The Event reason of the change: `WokeUp`, `ScaledUp`, `ScaledDown` or `ScaledToZero`.
     pub event: Option<&'static str>,
+    /// Why the replicas stay below what the backlog asks for (an outage the pods report);
+    /// `None` when nothing is held.
+    pub held: Option<String>,
 }
 
 /// Replicas for `backlog` at `per_replica` messages each (rounded up).
@@ -60,12 +63,18 @@ fn replicas_for(backlog: i64, per_replica: i64) -> i64 {
 /// running. Scales up at once; scales down to the highest count wanted during the last
 /// `scaleDownDelaySeconds`, at most `maxScaleDownPercent` of the replicas per step; keeps
 /// one replica while the queue saw messages within the delay.
+///
+/// `outage` says which target the worker pods report unavailable (see
+/// [`super::sinks::SinkVerdict::outage_summary`]): then a backlog adds no replicas, since
+/// more consumers cannot drain what a down sink holds back. The bounds still apply, scaling
+/// down follows the usual rules, and a stopped worker still wakes (to one replica).
 pub fn decide(
     scaling: &Scaling,
     current: i32,
     reading: &Reading,
     history: &mut History,
     now: f64,
+    outage: Option<&str>,
 ) -> Decision {
     let min = scaling.min_replicas.max(0);
     let max = scaling.max_replicas.max(min).max(1);
@@ -124,7 +133,31 @@ pub fn decide(
         .max(floor);
 
     let per_replica = scaling.messages_per_replica;
-    let (replicas, reason, event) = if wanted > current {
+    let mut held = None;
+    let (replicas, reason, event) = if let (true, Some(outage)) = (wanted > current, outage) {
+        // No replicas for the backlog; only the bounds (and waking a stopped worker) count.
+        let target = if current == 0 {
+            min.max(1)
+        } else {
+            current.max(min)
+        };
+        if wanted > target {
+            held = Some(format!("holding at {target}: {outage}"));
+        }
+        if target == current {
+            (current, None, None)
+        } else if current == 0 {
+            let reason = format!(
+                "backlog {backlog} after idle: waking the worker, 0 → {target} \
+                 (no more while {outage})"
+            );
+            (target, Some(reason), Some("WokeUp"))
+        } else {
+            let reason =
+                format!("below minReplicas: {current} → {target} (no more while {outage})");
+            (target, Some(reason), Some("ScaledUp"))
+        }
+    } else if wanted > current {
         if current == 0 {
             let reason = format!("backlog {backlog} after idle: waking the worker, 0 → {wanted}");
             (wanted, Some(reason), Some("WokeUp"))
@@ -164,6 +197,7 @@ pub fn decide(
         wanted,
         reason,
         event,
+        held,
     }
 }
 
@@ -193,10 +227,17 @@ mod tests {
     #[test]
     fn backlog_scales_up_at_once_within_max() {
         let mut history = History::default();
-        let d = decide(&scaling(1, 4, 60), 1, &ready(250), &mut history, 0.0);
+        let d = decide(&scaling(1, 4, 60), 1, &ready(250), &mut history, 0.0, None);
         assert_eq!(d.replicas, 3);
         assert!(d.reason.expect("changed").contains("backlog 250"));
-        let d = decide(&scaling(1, 4, 60), 3, &ready(10_000), &mut history, 5.0);
+        let d = decide(
+            &scaling(1, 4, 60),
+            3,
+            &ready(10_000),
+            &mut history,
+            5.0,
+            None,
+        );
         assert_eq!((d.replicas, d.wanted), (4, 4));
     }
 
@@ -214,6 +255,7 @@ mod tests {
             &reading,
             &mut History::default(),
             0.0,
+            None,
         );
         assert_eq!(d.replicas, 6);
     }
@@ -223,12 +265,12 @@ mod tests {
         let policy = scaling(1, 10, 30);
         let mut history = History::default();
         assert_eq!(
-            decide(&policy, 1, &ready(1000), &mut history, 0.0).replicas,
+            decide(&policy, 1, &ready(1000), &mut history, 0.0, None).replicas,
             10
         );
         // Drained: nothing changes until 30 s after the last high reading.
         for t in [5.0, 10.0, 20.0, 29.0] {
-            let d = decide(&policy, 10, &ready(0), &mut history, t);
+            let d = decide(&policy, 10, &ready(0), &mut history, t, None);
             assert_eq!(d.replicas, 10, "at {t}s");
             assert_eq!(d.reason, None);
         }
@@ -236,7 +278,7 @@ mod tests {
         let mut current = 10;
         let mut steps = Vec::new();
         for t in [31.0, 36.0, 41.0, 46.0, 51.0, 56.0] {
-            current = decide(&policy, current, &ready(0), &mut history, t).replicas;
+            current = decide(&policy, current, &ready(0), &mut history, t, None).replicas;
             steps.push(current);
         }
         assert_eq!(steps, vec![5, 3, 2, 1, 1, 1]);
@@ -246,9 +288,9 @@ mod tests {
     fn no_scale_down_right_after_the_autoscaler_starts() {
         let policy = scaling(1, 10, 60);
         let mut history = History::default();
-        let d = decide(&policy, 6, &ready(0), &mut history, 100.0);
+        let d = decide(&policy, 6, &ready(0), &mut history, 100.0, None);
         assert_eq!(d.replicas, 6);
-        let d = decide(&policy, 6, &ready(0), &mut history, 161.0);
+        let d = decide(&policy, 6, &ready(0), &mut history, 161.0, None);
         assert_eq!(d.replicas, 3);
     }
 
@@ -257,16 +299,25 @@ mod tests {
         let policy = scaling(0, 5, 20);
         let mut history = History::default();
         let mut reading = ready(0);
-        assert_eq!(decide(&policy, 1, &reading, &mut history, 0.0).replicas, 1);
+        assert_eq!(
+            decide(&policy, 1, &reading, &mut history, 0.0, None).replicas,
+            1
+        );
         // Messages keep arriving and are consumed at once: the backlog reads 0, but the
         // publish counter moves, so one replica stays.
         for (i, t) in [10.0, 20.0, 30.0, 40.0].into_iter().enumerate() {
             reading.published = Some((i as u64 + 1) * 7);
-            assert_eq!(decide(&policy, 1, &reading, &mut history, t).replicas, 1);
+            assert_eq!(
+                decide(&policy, 1, &reading, &mut history, t, None).replicas,
+                1
+            );
         }
         // Traffic stops: 20 s later the worker stops.
-        assert_eq!(decide(&policy, 1, &reading, &mut history, 50.0).replicas, 1);
-        let d = decide(&policy, 1, &reading, &mut history, 61.0);
+        assert_eq!(
+            decide(&policy, 1, &reading, &mut history, 50.0, None).replicas,
+            1
+        );
+        let d = decide(&policy, 1, &reading, &mut history, 61.0, None);
         assert_eq!(d.replicas, 0);
         assert_eq!(d.event, Some("ScaledToZero"));
         assert!(d.reason.expect("changed").contains("idle for 20s"));
@@ -276,8 +327,11 @@ mod tests {
     fn first_message_wakes_a_stopped_worker() {
         let policy = scaling(0, 5, 20);
         let mut history = History::default();
-        assert_eq!(decide(&policy, 0, &ready(0), &mut history, 0.0).replicas, 0);
-        let d = decide(&policy, 0, &ready(1), &mut history, 5.0);
+        assert_eq!(
+            decide(&policy, 0, &ready(0), &mut history, 0.0, None).replicas,
+            0
+        );
+        let d = decide(&policy, 0, &ready(1), &mut history, 5.0, None);
         assert_eq!(d.replicas, 1);
         assert_eq!(d.event, Some("WokeUp"));
         assert!(d.reason.expect("changed").contains("waking"));
@@ -293,14 +347,20 @@ mod tests {
             consumers: 1,
             published: None,
         };
-        assert_eq!(decide(&policy, 1, &reading, &mut history, 0.0).replicas, 1);
-        assert_eq!(decide(&policy, 1, &reading, &mut history, 11.0).replicas, 0);
+        assert_eq!(
+            decide(&policy, 1, &reading, &mut history, 0.0, None).replicas,
+            1
+        );
+        assert_eq!(
+            decide(&policy, 1, &reading, &mut history, 11.0, None).replicas,
+            0
+        );
     }
 
     #[test]
     fn bounds_changed_under_a_running_worker_apply_at_once() {
         let mut history = History::default();
-        let d = decide(&scaling(1, 3, 60), 8, &ready(0), &mut history, 0.0);
+        let d = decide(&scaling(1, 3, 60), 8, &ready(0), &mut history, 0.0, None);
         assert_eq!(d.replicas, 3);
         let d = decide(
             &scaling(2, 3, 60),
@@ -308,7 +368,100 @@ mod tests {
             &ready(0),
             &mut History::default(),
             0.0,
+            None,
         );
         assert_eq!(d.replicas, 2);
+    }
+
+    const OUTAGE: &str = "sink rows unavailable since 2026-11-30T04:00:00Z";
+
+    #[test]
+    fn a_reported_outage_holds_scale_up_and_says_why() {
+        let policy = scaling(1, 10, 30);
+        let mut history = History::default();
+        let d = decide(&policy, 2, &ready(900), &mut history, 0.0, Some(OUTAGE));
+        assert_eq!(
+            (d.replicas, d.wanted, d.reason, d.event),
+            (2, 9, None, None)
+        );
+        assert_eq!(
+            d.held.as_deref(),
+            Some("holding at 2: sink rows unavailable since 2026-11-30T04:00:00Z")
+        );
+        // The outage ends: the backlog scales up at once, nothing held.
+        let d = decide(&policy, 2, &ready(900), &mut history, 5.0, None);
+        assert_eq!((d.replicas, d.held), (9, None));
+        assert_eq!(d.event, Some("ScaledUp"));
+    }
+
+    #[test]
+    fn nothing_is_held_when_the_backlog_asks_for_no_more() {
+        let d = decide(
+            &scaling(1, 10, 30),
+            3,
+            &ready(250),
+            &mut History::default(),
+            0.0,
+            Some(OUTAGE),
+        );
+        assert_eq!((d.replicas, d.reason, d.held), (3, None, None));
+    }
+
+    #[test]
+    fn during_an_outage_scale_down_and_bounds_still_apply() {
+        let policy = scaling(1, 10, 30);
+        let mut history = History::default();
+        assert_eq!(
+            decide(&policy, 8, &ready(800), &mut history, 0.0, None).replicas,
+            8
+        );
+        // The backlog drained before the sink went down: scale-down follows the delay and
+        // the step limit as usual.
+        for t in [5.0, 20.0] {
+            let d = decide(&policy, 8, &ready(0), &mut history, t, Some(OUTAGE));
+            assert_eq!((d.replicas, d.reason), (8, None), "at {t}s");
+        }
+        let d = decide(&policy, 8, &ready(0), &mut history, 31.0, Some(OUTAGE));
+        assert_eq!((d.replicas, d.event), (4, Some("ScaledDown")));
+        // Above maxReplicas comes down; below minReplicas goes up to it, and no further.
+        let d = decide(
+            &scaling(1, 3, 30),
+            5,
+            &ready(900),
+            &mut History::default(),
+            0.0,
+            Some(OUTAGE),
+        );
+        assert_eq!(d.replicas, 3);
+        let d = decide(
+            &scaling(2, 10, 30),
+            1,
+            &ready(900),
+            &mut History::default(),
+            0.0,
+            Some(OUTAGE),
+        );
+        assert_eq!((d.replicas, d.event), (2, Some("ScaledUp")));
+        assert!(d.reason.expect("changed").contains("below minReplicas"));
+        assert_eq!(
+            d.held.as_deref(),
+            Some(format!("holding at 2: {OUTAGE}").as_str())
+        );
+    }
+
+    #[test]
+    fn a_stopped_worker_wakes_to_one_replica_even_with_an_outage_reported() {
+        let policy = scaling(0, 10, 30);
+        let mut history = History::default();
+        assert_eq!(
+            decide(&policy, 0, &ready(0), &mut history, 0.0, Some(OUTAGE)).replicas,
+            0
+        );
+        let d = decide(&policy, 0, &ready(500), &mut history, 5.0, Some(OUTAGE));
+        assert_eq!((d.replicas, d.event), (1, Some("WokeUp")));
+        assert!(d.reason.expect("changed").contains("0 → 1"));
+        // Without an outage the same backlog wakes it to what the backlog asks for.
+        let d = decide(&policy, 0, &ready(500), &mut History::default(), 5.0, None);
+        assert_eq!(d.replicas, 5);
     }
 }

@@ -410,6 +410,7 @@ mod tests {
                 key: "uri".into(),
             },
             dead_letter_queue: None,
+            delivery_limit: None,
         };
         GatewayInputs {
             queues: BTreeMap::from([("telemetry".into(), queue)]),

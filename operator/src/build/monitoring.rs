@@ -226,8 +226,20 @@ pub fn queue_rule_spec(queue: &Queue) -> Result<Value, BuildError> {
             "Worker {{ $labels.worker }} fails {{ $value | humanize }} writes/s to sink \
              {{ $labels.sink }} ({{ $labels.kind }}) for 10 minutes.",
         ),
+        alert(
+            "TributaryQueueSinkUnavailable",
+            format!(
+                "max by (namespace, queue, worker, target) \
+                 (tributary_worker_target_unavailable{{{sel}}}) > 0"
+            ),
+            "1m",
+            "warning",
+            &format!("A worker of {who} waits for a target that is down"),
+            "Worker {{ $labels.worker }} cannot reach {{ $labels.target }}: it holds its \
+             messages unacknowledged and the backlog waits in the queue until it is back.",
+        ),
     ];
-    if queue.spec.dead_letter.is_some() {
+    if queue.spec.dead_letter.enabled {
         rules.insert(
             2,
             alert(
@@ -419,6 +431,7 @@ mod tests {
                 key: "uri".into(),
             },
             dead_letter_queue: None,
+            delivery_limit: None,
         };
         let inputs = GatewayInputs {
             queues: [("telemetry".to_owned(), queue)].into(),
@@ -499,6 +512,7 @@ mod tests {
                 "TributaryQueueDeadLetters",
                 "TributaryQueueMessagesDeadLettered",
                 "TributaryQueueSinkErrors",
+                "TributaryQueueSinkUnavailable",
             ]
         );
         for rule in &rules {
@@ -517,12 +531,21 @@ mod tests {
     }
 
     #[test]
-    fn queue_without_dead_letter_queue_has_no_dead_letter_depth_alert() {
+    fn queue_without_dead_letter_field_has_the_dead_letter_depth_alert() {
+        // queue-external.yaml sets no `deadLetter`: the default dead-letter queue is watched.
         let queue: Queue = load("queue-external.yaml");
+        let rules = rules(&queue_rule_spec(&queue).expect("builds"));
+        assert!(alert_named(&rules, "TributaryQueueDeadLetters").is_some());
+    }
+
+    #[test]
+    fn queue_that_opted_out_of_dead_lettering_has_no_dead_letter_depth_alert() {
+        let mut queue: Queue = load("queue-external.yaml");
+        queue.spec.dead_letter.enabled = false;
         let spec = queue_rule_spec(&queue).expect("builds");
         let rules = rules(&spec);
         assert!(alert_named(&rules, "TributaryQueueDeadLetters").is_none());
-        // Workers may still dead-letter (the broker's policy applies).
+        // Workers still count what they discard as dead-lettered.
         assert!(alert_named(&rules, "TributaryQueueMessagesDeadLettered").is_some());
         let high = alert_named(&rules, "TributaryQueueBacklogHigh").expect("high");
         assert!(high["expr"]

@@ -30,6 +30,10 @@ pub struct ResolvedQueue {
     pub uri: SecretKeyRef,
     /// Dead-letter queue on the broker, when the Queue has one.
     pub dead_letter_queue: Option<String>,
+    /// Deliveries after which the worker itself dead-letters a message that keeps coming
+    /// back: set for classic queues, `None` where the broker counts (quorum) or nothing is
+    /// redelivered (stream).
+    pub delivery_limit: Option<u32>,
 }
 
 /// Everything a Worker's children depend on besides its spec.
@@ -188,7 +192,7 @@ pub fn render_config(worker: &Worker, inputs: &WorkerInputs) -> Result<WorkerCon
         .collect::<Result<Vec<_>, _>>()?;
     Ok(WorkerConfig {
         queue: QueueConfig {
-            delivery_limit: None,
+            delivery_limit: inputs.queue.delivery_limit,
             uri_file: sink_build::secret_file(&inputs.queue.uri.name, &inputs.queue.uri.key),
             name: inputs.queue.broker_queue.clone(),
             prefetch: prefetch(spec.prefetch, &sinks)?,
@@ -364,6 +368,7 @@ mod tests {
                     key: "uri".into(),
                 },
                 dead_letter_queue: Some("factory.telemetry.dlq".into()),
+                delivery_limit: None,
             },
             sinks: vec![(load("sink-postgres.yaml"), None)],
             secrets: SecretData::from([(
@@ -393,6 +398,43 @@ mod tests {
         };
         assert_eq!(pipeline.steps.len(), 3);
         assert_eq!(config.sinks[0].name(), "readings");
+    }
+
+    #[test]
+    fn classic_queue_delivery_limit_reaches_the_worker_config_and_quorum_has_none() {
+        use crate::crd::queue::QueueType;
+        let worker: Worker = load("worker-pipeline.yaml");
+        let mut queue: crate::crd::Queue = load("queue-managed.yaml");
+        let resolved = |queue: &crate::crd::Queue| ResolvedQueue {
+            delivery_limit: crate::build::queue::worker_delivery_limit(queue),
+            ..inputs().queue
+        };
+        // Quorum: the broker counts (x-delivery-limit); the worker does not.
+        let quorum = WorkerInputs {
+            queue: resolved(&queue),
+            ..inputs()
+        };
+        let config = render_config(&worker, &quorum).expect("renders");
+        assert_eq!(config.queue.delivery_limit, None);
+        // Classic: the worker counts, with the Queue's limit (3 in the fixture).
+        queue.spec.queue_type = QueueType::Classic;
+        let classic = WorkerInputs {
+            queue: resolved(&queue),
+            ..inputs()
+        };
+        let config = render_config(&worker, &classic).expect("renders");
+        assert_eq!(config.queue.delivery_limit, Some(3));
+        let text = crate::build::render_yaml("worker", &config).expect("yaml");
+        assert!(text.contains("deliveryLimit: 3"), "{text}");
+    }
+
+    #[test]
+    fn worker_of_a_queue_without_dlq_renders_no_dead_letter_target() {
+        let worker: Worker = load("worker-pipeline.yaml");
+        let mut opted_out = inputs();
+        opted_out.queue.dead_letter_queue = None;
+        let config = render_config(&worker, &opted_out).expect("renders");
+        assert_eq!(config.dead_letter, None);
     }
 
     #[test]

@@ -10,7 +10,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Connection, ConnectionProperties};
 use std::collections::BTreeMap;
@@ -129,14 +133,14 @@ fn field_table(args: &BTreeMap<String, ArgValue>) -> FieldTable {
     table
 }
 
-/// Declares the dead-letter queue (when given) and the queue with its arguments. Declaring
-/// is idempotent, and re-creates a queue deleted by hand. Returns the queue's ready count.
+/// Declares the dead-letter queue (when given, with its own arguments) and the queue with
+/// its arguments. Declaring is idempotent, and re-creates a queue deleted by hand. Returns
+/// the queue's ready count.
 pub async fn declare(
     uri: &str,
     queue: &str,
     args: &BTreeMap<String, ArgValue>,
-    dead_letter_queue: Option<&str>,
-    queue_type: &str,
+    dead_letter: Option<(&str, &BTreeMap<String, ArgValue>)>,
 ) -> Result<u32, BrokerError> {
     let connection = connect(uri).await?;
     let result = async {
@@ -145,14 +149,9 @@ pub async fn declare(
             durable: true,
             ..QueueDeclareOptions::default()
         };
-        if let Some(dlq) = dead_letter_queue {
-            let mut dlq_args = BTreeMap::new();
-            dlq_args.insert(
-                "x-queue-type".to_owned(),
-                ArgValue::Str(queue_type.to_owned()),
-            );
+        if let Some((dlq, dlq_args)) = dead_letter {
             timed(
-                channel.queue_declare(dlq.into(), options, field_table(&dlq_args)),
+                channel.queue_declare(dlq.into(), options, field_table(dlq_args)),
                 |reason| BrokerError::Refused {
                     operation: "declaration",
                     queue: dlq.to_owned(),
@@ -223,40 +222,285 @@ async fn passive_on(
     }
 }
 
-/// Deletes the queue (and its dead-letter queue). Refuses a non-empty queue unless
-/// `allow_non_empty`; a missing queue counts as deleted.
+/// The broker's soft (channel-level) error code in a lapin error, if it is one.
+fn soft_error(error: &lapin::Error) -> Option<AMQPSoftError> {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => match amqp.kind() {
+            AMQPErrorKind::Soft(soft) => Some(soft.clone()),
+            AMQPErrorKind::Hard(_) => None,
+        },
+        _ => None,
+    }
+}
+
+/// Deletes the queue, then its dead-letter queue. Unless `allow_non_empty`, each deletion
+/// is `queue.delete` with `if-empty`: the broker itself refuses a queue holding messages, so
+/// a message published between a check and the deletion is never dropped. A missing queue
+/// counts as deleted.
 pub async fn delete(
     uri: &str,
     queue: &str,
     dead_letter_queue: Option<&str>,
     allow_non_empty: bool,
 ) -> Result<(), BrokerError> {
-    if !allow_non_empty {
-        if let Some(messages) = inspect(uri, queue).await? {
-            if messages > 0 {
-                return Err(BrokerError::NotEmpty {
-                    queue: queue.to_owned(),
-                    messages,
-                });
-            }
-        }
-    }
     let connection = connect(uri).await?;
     let result = async {
-        let channel = timed(connection.create_channel(), BrokerError::Connect).await?;
         for name in std::iter::once(queue).chain(dead_letter_queue) {
-            timed(
-                channel.queue_delete(name.into(), QueueDeleteOptions::default()),
+            // A refusal closes the channel: one channel per deletion.
+            let channel = timed(connection.create_channel(), BrokerError::Connect).await?;
+            let options = QueueDeleteOptions {
+                if_empty: !allow_non_empty,
+                ..QueueDeleteOptions::default()
+            };
+            let deleted = tokio::time::timeout(TIMEOUT, channel.queue_delete(name.into(), options))
+                .await
+                .map_err(|_| BrokerError::Timeout(TIMEOUT))?;
+            match deleted {
+                Ok(_) => {
+                    let _ = tokio::time::timeout(TIMEOUT, channel.close(200, "done".into())).await;
+                }
+                Err(error) => match soft_error(&error) {
+                    Some(AMQPSoftError::NOTFOUND) => {}
+                    Some(AMQPSoftError::PRECONDITIONFAILED) if !allow_non_empty => {
+                        let messages = passive_on(&connection, name)
+                            .await
+                            .ok()
+                            .flatten()
+                            .map_or(0, |(ready, _)| ready);
+                        return Err(BrokerError::NotEmpty {
+                            queue: name.to_owned(),
+                            messages,
+                        });
+                    }
+                    _ => {
+                        return Err(BrokerError::Refused {
+                            operation: "deletion",
+                            queue: name.to_owned(),
+                            reason: error.to_string(),
+                        })
+                    }
+                },
+            }
+        }
+        Ok(())
+    }
+    .await;
+    let _ = tokio::time::timeout(TIMEOUT, connection.close(200, "done".into())).await;
+    result
+}
+
+/// Messages a set of queues hold: ready ones by passive declaration (exact), plus
+/// unacknowledged ones from the management API when given. Missing queues hold none.
+pub async fn message_total(
+    uri: &str,
+    management: Option<&Management>,
+    queues: &[&str],
+) -> Result<u64, BrokerError> {
+    let connection = connect(uri).await?;
+    let result = async {
+        let mut total = 0u64;
+        for queue in queues {
+            let Some((ready, _)) = passive_on(&connection, queue).await? else {
+                continue;
+            };
+            total += u64::from(ready);
+            if let Some(management) = management {
+                let info = queue_info(management, queue).await?;
+                total += info["messages_unacknowledged"].as_u64().unwrap_or(0);
+            }
+        }
+        Ok(total)
+    }
+    .await;
+    let _ = tokio::time::timeout(TIMEOUT, connection.close(200, "done".into())).await;
+    result
+}
+
+/// What to move back from a dead-letter queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplayRequest<'a> {
+    /// The dead-letter queue to read.
+    pub dead_letter_queue: &'a str,
+    /// The queue to publish into (through the default exchange).
+    pub queue: &'a str,
+    /// Only messages whose `x-tributary-reason-kind` header equals this.
+    pub reason_kind: Option<&'a str>,
+    /// At most this many messages are moved.
+    pub max_messages: Option<u64>,
+}
+
+/// What a replay did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// Messages moved into the queue.
+    pub moved: u64,
+    /// Messages looked at and put back at the dead-letter queue's tail.
+    pub skipped: u64,
+    /// Ready messages in the dead-letter queue afterwards.
+    pub remaining: u64,
+}
+
+/// Header name of the dead-letter reason kind the worker sets.
+pub const REASON_KIND_HEADER: &str = "x-tributary-reason-kind";
+
+/// Whether a header is dead-letter bookkeeping that a replayed message must not carry
+/// (the worker's reason headers, the broker's death records and delivery count).
+pub fn is_dead_letter_header(name: &str) -> bool {
+    name.starts_with("x-tributary-")
+        || name == "x-death"
+        || name.starts_with("x-first-death-")
+        || name.starts_with("x-last-death-")
+        || name == "x-delivery-count"
+}
+
+/// The headers of a replayed message: the original ones without dead-letter bookkeeping.
+pub fn replay_headers(headers: Option<&FieldTable>) -> FieldTable {
+    let mut kept = FieldTable::default();
+    for (key, value) in headers.map(FieldTable::inner).into_iter().flatten() {
+        if !is_dead_letter_header(key.as_str()) {
+            kept.insert(key.clone(), value.clone());
+        }
+    }
+    kept
+}
+
+/// A header's value as text (long or short string).
+fn header_text(headers: Option<&FieldTable>, name: &str) -> Option<String> {
+    match headers?.inner().get(name)? {
+        AMQPValue::LongString(text) => Some(String::from_utf8_lossy(text.as_bytes()).into_owned()),
+        AMQPValue::ShortString(text) => Some(text.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// Publishes with a confirm through the default exchange, mandatory (an unroutable message
+/// comes back as an error instead of vanishing).
+async fn publish_confirmed(
+    channel: &lapin::Channel,
+    routing_key: &str,
+    body: &[u8],
+    properties: lapin::BasicProperties,
+) -> Result<(), BrokerError> {
+    let refused = |reason: String| BrokerError::Refused {
+        operation: "publish",
+        queue: routing_key.to_owned(),
+        reason,
+    };
+    let confirm = timed(
+        channel.basic_publish(
+            "".into(),
+            routing_key.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            body,
+            properties,
+        ),
+        refused,
+    )
+    .await?;
+    let confirmation = timed(confirm, refused).await?;
+    if confirmation.is_nack() {
+        return Err(refused("the broker refused the message".to_owned()));
+    }
+    if confirmation.take_message().is_some() {
+        return Err(refused("unroutable: the queue does not exist".to_owned()));
+    }
+    Ok(())
+}
+
+/// Moves dead-lettered messages back into their queue. Each message is taken with
+/// `basic.get` (not auto-acknowledged), published persistent to the default exchange with the
+/// queue's name as routing key (same message id, body and properties, without the
+/// dead-letter headers), confirmed by the broker, and only then acknowledged in the
+/// dead-letter queue: a failure at any point leaves a message in one queue or, at worst, in
+/// both (sinks drop the duplicate by its id), never in neither. Messages that do not match
+/// `reason_kind`, or exceed `max_messages`, are republished unchanged to the dead-letter
+/// queue's tail and acknowledged. At most as many messages as the dead-letter queue held at
+/// the start are looked at, so the replay ends.
+pub async fn replay(uri: &str, request: &ReplayRequest<'_>) -> Result<ReplayReport, BrokerError> {
+    let connection = connect(uri).await?;
+    let result = async {
+        let Some((at_start, _)) = passive_on(&connection, request.dead_letter_queue).await? else {
+            return Err(BrokerError::Refused {
+                operation: "replay",
+                queue: request.dead_letter_queue.to_owned(),
+                reason: "the dead-letter queue does not exist on the broker".to_owned(),
+            });
+        };
+        if passive_on(&connection, request.queue).await?.is_none() {
+            return Err(BrokerError::Refused {
+                operation: "replay",
+                queue: request.queue.to_owned(),
+                reason: "the queue does not exist on the broker".to_owned(),
+            });
+        }
+        let channel = timed(connection.create_channel(), BrokerError::Connect).await?;
+        timed(
+            channel.confirm_select(ConfirmSelectOptions::default()),
+            BrokerError::Connect,
+        )
+        .await?;
+        let mut report = ReplayReport::default();
+        for _ in 0..at_start {
+            let got = timed(
+                channel.basic_get(
+                    request.dead_letter_queue.into(),
+                    BasicGetOptions { no_ack: false },
+                ),
                 |reason| BrokerError::Refused {
-                    operation: "deletion",
-                    queue: name.to_owned(),
+                    operation: "replay",
+                    queue: request.dead_letter_queue.to_owned(),
                     reason,
                 },
             )
             .await?;
+            let Some(message) = got else { break };
+            let delivery = message.delivery;
+            let headers = delivery.properties.headers().as_ref();
+            let matches = request.reason_kind.is_none_or(|kind| {
+                header_text(headers, REASON_KIND_HEADER).as_deref() == Some(kind)
+            });
+            let within = request.max_messages.is_none_or(|max| report.moved < max);
+            let published = if matches && within {
+                let properties = delivery
+                    .properties
+                    .clone()
+                    .with_delivery_mode(2)
+                    .with_headers(replay_headers(headers));
+                publish_confirmed(&channel, request.queue, &delivery.data, properties).await
+            } else {
+                publish_confirmed(
+                    &channel,
+                    request.dead_letter_queue,
+                    &delivery.data,
+                    delivery.properties.clone(),
+                )
+                .await
+            };
+            // On failure the copy stays in the dead-letter queue (the broker returns an
+            // unacknowledged message when the channel closes).
+            published?;
+            timed(delivery.acker.ack(BasicAckOptions::default()), |reason| {
+                BrokerError::Refused {
+                    operation: "replay",
+                    queue: request.dead_letter_queue.to_owned(),
+                    reason,
+                }
+            })
+            .await?;
+            if matches && within {
+                report.moved += 1;
+            } else {
+                report.skipped += 1;
+            }
         }
         let _ = tokio::time::timeout(TIMEOUT, channel.close(200, "done".into())).await;
-        Ok(())
+        report.remaining = passive_on(&connection, request.dead_letter_queue)
+            .await?
+            .map_or(0, |(ready, _)| u64::from(ready));
+        Ok(report)
     }
     .await;
     let _ = tokio::time::timeout(TIMEOUT, connection.close(200, "done".into())).await;
@@ -386,6 +630,32 @@ mod tests {
     fn queue_names_are_percent_encoded_in_paths() {
         assert_eq!(encode_segment("factory.telemetry"), "factory.telemetry");
         assert_eq!(encode_segment("a/b c"), "a%2Fb%20c");
+    }
+
+    #[test]
+    fn replayed_messages_lose_dead_letter_headers_and_keep_the_others() {
+        let mut headers = FieldTable::default();
+        for key in [
+            "x-tributary-reason",
+            "x-tributary-reason-kind",
+            "x-tributary-source-queue",
+            "x-death",
+            "x-first-death-queue",
+            "x-delivery-count",
+            "traceparent",
+            "x-custom",
+        ] {
+            headers.insert(key.into(), AMQPValue::LongString(LongString::from("v")));
+        }
+        let kept = replay_headers(Some(&headers));
+        let keys: Vec<&str> = kept.inner().keys().map(|k| k.as_str()).collect();
+        assert_eq!(keys, vec!["traceparent", "x-custom"]);
+        assert!(replay_headers(None).inner().is_empty());
+        assert_eq!(
+            header_text(Some(&headers), REASON_KIND_HEADER).as_deref(),
+            Some("v")
+        );
+        assert_eq!(header_text(Some(&headers), "missing"), None);
     }
 
     #[test]

@@ -24,6 +24,18 @@ pub mod reason {
     pub const BROKER_UNAVAILABLE: &str = "BrokerUnavailable";
     /// Deletion waits: the broker queue still holds messages.
     pub const DELETION_BLOCKED: &str = "DeletionBlocked";
+    /// A switch from the managed broker to an external one waits: the managed broker still
+    /// holds messages, or cannot be checked.
+    pub const BROKER_SWITCH_BLOCKED: &str = "BrokerSwitchBlocked";
+}
+
+/// Reasons of Events that are not transitions of the `Ready` condition.
+pub mod event {
+    /// A deleted Queue was released although its broker queue could not be deleted: the
+    /// broker no longer exists (or goes away with the namespace).
+    pub const BROKER_GONE: &str = "BrokerGone";
+    /// Dead-lettered messages were moved back into the queue.
+    pub const REPLAYED: &str = "Replayed";
 }
 
 /// `True`/`False` as condition status text.

@@ -282,6 +282,7 @@ pub async fn resolve_queue(
     let Some(queue) = api.get_opt(name).await? else {
         return Ok(waiting(format!("Queue {name:?} does not exist")));
     };
+    let delivery_limit = crate::build::queue::worker_delivery_limit(&queue);
     let status = queue.status.unwrap_or_default();
     match (
         conditions::is_ready(&status.conditions),
@@ -292,6 +293,7 @@ pub async fn resolve_queue(
             broker_queue,
             uri,
             dead_letter_queue: status.dead_letter_queue_name,
+            delivery_limit,
         })),
         _ => Ok(waiting(format!("Queue {name:?} is not ready yet"))),
     }

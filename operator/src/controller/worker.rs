@@ -10,7 +10,7 @@ use crate::autoscaler;
 use crate::build::sink::{self as sink_build, ResolvedTarget};
 use crate::build::worker::{self as build, WorkerInputs};
 use crate::build::BuildError;
-use crate::crd::{Sink, Worker, WorkerStatus};
+use crate::crd::{Condition, Sink, Worker, WorkerStatus};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
@@ -29,17 +29,28 @@ pub async fn reconcile(worker: Arc<Worker>, ctx: Arc<Context>) -> Result<Action,
         ..WorkerStatus::default()
     };
     let outcome = run(&worker, &ctx, &mut status).instrument(span).await?;
-    status.conditions =
-        ready_condition(&ctx, worker.as_ref(), &current.conditions, &outcome.ready).await;
+    status.conditions = own_conditions(
+        ready_condition(&ctx, worker.as_ref(), &current.conditions, &outcome.ready).await,
+    );
     status.observed_generation = worker.metadata.generation;
-    // `status.scaling` belongs to the autoscaler's field manager: leave it out of both
-    // the comparison and the write.
+    // `status.scaling` and the `SinksAvailable` condition belong to the autoscaler's field
+    // managers: leave them out of both the comparison and the write (a server-side apply
+    // of a stale copy would undo theirs).
     let comparable = WorkerStatus {
         scaling: None,
+        conditions: own_conditions(current.conditions.clone()),
         ..current
     };
     patch_status(&ctx.client, worker.as_ref(), Some(&comparable), &status).await?;
     Ok(outcome.action)
+}
+
+/// The conditions this controller writes (under its field manager): `Ready` only.
+fn own_conditions(conditions: Vec<Condition>) -> Vec<Condition> {
+    conditions
+        .into_iter()
+        .filter(|c| c.type_ == conditions::READY)
+        .collect()
 }
 
 async fn run(worker: &Worker, ctx: &Context, status: &mut WorkerStatus) -> Result<Outcome, Error> {
@@ -145,4 +156,39 @@ async fn run(worker: &Worker, ctx: &Context, status: &mut WorkerStatus) -> Resul
     Ok(Outcome::ready(format!(
         "{ready}/{desired} worker pods ready"
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::autoscaler::sinks;
+
+    fn condition(type_: &str) -> Condition {
+        Condition {
+            type_: type_.to_owned(),
+            status: "True".to_owned(),
+            reason: "R".to_owned(),
+            message: "m".to_owned(),
+            observed_generation: Some(1),
+            last_transition_time: "t".to_owned(),
+        }
+    }
+
+    #[test]
+    fn the_controller_writes_only_its_ready_condition() {
+        let merged = conditions::merge(
+            &[
+                condition(sinks::SINKS_AVAILABLE),
+                condition(conditions::READY),
+            ],
+            &conditions::Desired::ready(false, conditions::reason::PROGRESSING, "x"),
+            Some(2),
+            "t2",
+        );
+        assert_eq!(merged.len(), 2);
+        let own = own_conditions(merged);
+        assert_eq!(own.len(), 1);
+        assert_eq!(own[0].type_, conditions::READY);
+        assert_eq!(own[0].status, "False");
+    }
 }

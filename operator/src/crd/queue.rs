@@ -68,17 +68,26 @@ pub struct QueueSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub message_ttl_seconds: Option<i64>,
-    /// Dead-lettering of rejected or expired messages into a companion queue.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dead_letter: Option<DeadLetterSpec>,
-    /// What deleting this resource does to the queue on the broker: `Retain` (default: the
-    /// broker queue and its messages stay) or `Delete` (the broker queue is deleted).
+    /// The dead-letter queue, on by default: messages a Worker cannot process (with their
+    /// reason), messages past the delivery limit, and (on quorum and classic queues) expired
+    /// or dropped ones go there instead of being lost. Opt out with `enabled: false`.
+    #[serde(default)]
+    pub dead_letter: DeadLetterSpec,
+    /// What deleting this resource does: `Retain` (default: the broker queue, its messages
+    /// and a managed RabbitMQ with its storage and credentials stay; a new Queue of the same
+    /// name adopts them) or `Delete` (the broker queue and dead-letter queue are deleted,
+    /// then the managed RabbitMQ).
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
-    /// With `deletionPolicy: Delete`, also delete a queue that still holds messages.
-    /// Default false: deletion waits (condition `DeletionBlocked`) until the queue is empty.
+    /// With `deletionPolicy: Delete`, also delete a queue or dead-letter queue that still
+    /// holds messages. Default false: the broker refuses to delete a non-empty queue
+    /// (atomically, so a message arriving during deletion is kept) and deletion waits
+    /// (condition `DeletionBlocked`) until both are empty.
     #[serde(default)]
     pub delete_non_empty: bool,
+    /// Moves dead-lettered messages back into the queue (after the cause is fixed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<ReplaySpec>,
 }
 
 /// Which broker holds the queue. Exactly one field must be set.
@@ -185,29 +194,88 @@ impl Overflow {
 /// What deleting the resource does to the broker queue.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum DeletionPolicy {
-    /// Keep the broker queue and its messages.
+    /// Keep the broker queue and its messages, and a managed RabbitMQ with its storage.
     #[default]
     Retain,
-    /// Delete the broker queue (guarded by `deleteNonEmpty`).
+    /// Delete the broker queue and dead-letter queue (guarded by `deleteNonEmpty`), then the
+    /// managed RabbitMQ.
     Delete,
 }
 
-/// Dead-lettering settings.
+/// Dead-lettering settings. Every Queue has a dead-letter queue unless `enabled` is false.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeadLetterSpec {
+    /// Whether the Queue has a dead-letter queue. Default true. With `false`, **poison
+    /// messages are discarded**: a message that cannot be processed, or is delivered more
+    /// than `deliveryLimit` times, is dropped (its reason only logged by the Worker).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
     /// Name of the dead-letter queue on the broker. Default: `<queueName>.dlq`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_name: Option<String>,
-    /// Deliveries after which a message is dead-lettered instead of redelivered (quorum
-    /// queues only). Default 5.
+    /// Deliveries after which a message that keeps coming back (its worker crashed or was
+    /// stopped while holding it) is dead-lettered instead of redelivered. Quorum queues count
+    /// on the broker (`x-delivery-limit`); on classic queues the Worker counts. Default 5.
+    ///
+    /// A stream never redelivers and cannot dead-letter by itself: its dead-letter queue is a
+    /// separate quorum queue that Workers publish bad messages to, the stream carries no
+    /// dead-letter arguments, and this limit does not apply to it.
     #[serde(default = "default_delivery_limit")]
     #[schemars(range(min = 1))]
     pub delivery_limit: i32,
 }
 
+impl Default for DeadLetterSpec {
+    fn default() -> Self {
+        DeadLetterSpec {
+            enabled: true,
+            queue_name: None,
+            delivery_limit: default_delivery_limit(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
 fn default_delivery_limit() -> i32 {
     5
+}
+
+/// A request to move dead-lettered messages back into the queue.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplaySpec {
+    /// Any text; each new value asks for one replay (for example a date or a counter). The
+    /// operator replays when it differs from `status.replay.request`.
+    pub request: String,
+    /// Replay only messages whose `x-tributary-reason-kind` header has this value (for
+    /// example `pipeline` or `sink-rejected`); the others stay in the dead-letter queue.
+    /// Default: every message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason_kind: Option<String>,
+    /// Move at most this many messages. Default: all that match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_messages: Option<i64>,
+}
+
+/// The outcome of the last replay.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplayStatus {
+    /// The `spec.replay.request` this replay answered.
+    pub request: String,
+    /// Messages moved back into the queue.
+    pub moved: i64,
+    /// Messages that did not match `reasonKind` (or were past `maxMessages`) and stayed.
+    pub skipped: i64,
+    /// Messages left in the dead-letter queue after the replay.
+    pub remaining: i64,
+    /// When the replay finished (RFC 3339).
+    pub completed_at: String,
 }
 
 /// Observed state of a Queue.
@@ -245,4 +313,7 @@ pub struct QueueStatus {
     /// Messages waiting in the dead-letter queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_lettered_messages: Option<i64>,
+    /// The last replay of dead-lettered messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<ReplayStatus>,
 }

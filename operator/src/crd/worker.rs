@@ -46,6 +46,11 @@ use std::collections::BTreeMap;
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
     printcolumn(
+        name = "Sinks",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"SinksAvailable\")].status"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -202,7 +207,8 @@ pub struct Scaling {
     #[serde(default = "default_scale_down_delay")]
     #[schemars(range(min = 0))]
     pub scale_down_delay_seconds: i64,
-    /// Seconds between two readings of the queue. Default 5.
+    /// Seconds between two readings of the queue (and of the worker pods' sink status,
+    /// which is read for every Worker, autoscaled or not). Default 5.
     #[serde(default = "default_poll_interval")]
     #[schemars(range(min = 1))]
     pub poll_interval_seconds: i64,
@@ -291,7 +297,10 @@ impl Default for Retry {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerStatus {
-    /// Conditions: `Ready` tells whether the worker is consuming.
+    /// Conditions: `Ready` tells whether the worker is consuming; `SinksAvailable` whether
+    /// its pods can write to every sink (and reach the custom container). While a pod
+    /// reports one unavailable, it holds its messages unacknowledged, takes no new
+    /// deliveries, and the autoscaler adds no replicas for the backlog.
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -334,4 +343,8 @@ pub struct ScalingStatus {
     /// Why the last reading failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Why the replicas stay below what the backlog asks for, while they do: a sink the
+    /// worker pods report unavailable (more replicas cannot drain that backlog).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<String>,
 }

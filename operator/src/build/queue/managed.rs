@@ -3,9 +3,10 @@
 
 use crate::build::{
     child_meta, hash_parts, name_and_namespace, restricted_container_security,
-    restricted_pod_security, selector_labels, BuildError, CONFIG_HASH_ANNOTATION,
+    restricted_pod_security, selector_labels, BuildError, CONFIG_HASH_ANNOTATION, OWNER_KIND_LABEL,
+    OWNER_LABEL,
 };
-use crate::crd::queue::ManagedBroker;
+use crate::crd::queue::{DeletionPolicy, ManagedBroker};
 use crate::crd::Queue;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
@@ -43,6 +44,35 @@ pub struct ManagedChildren {
 
 const COMPONENT: &str = "rabbitmq";
 
+/// Metadata of a managed broker's child. Under `deletionPolicy: Delete` the Queue owns it
+/// (garbage-collected once the finalizer deleted the broker queue); under `Retain` it carries
+/// no owner reference, only the labels naming the Queue, so the broker, its storage and
+/// credentials outlive the Queue and a new Queue of the same name adopts them.
+fn broker_meta(queue: &Queue, name: &str) -> Result<ObjectMeta, BuildError> {
+    let mut meta = child_meta(queue, name, COMPONENT)?;
+    if queue.spec.deletion_policy != DeletionPolicy::Delete {
+        meta.owner_references = None;
+    }
+    Ok(meta)
+}
+
+/// Whether an existing object is a managed broker child of this Queue: owned by it, or
+/// (kept under `Retain`) owned by no Queue and labelled with its name.
+pub fn belongs_to(meta: &ObjectMeta, queue: &Queue) -> bool {
+    let owners = meta.owner_references.as_deref().unwrap_or_default();
+    if owners
+        .iter()
+        .any(|o| Some(&o.uid) == queue.metadata.uid.as_ref())
+    {
+        return true;
+    }
+    let labels = meta.labels.clone().unwrap_or_default();
+    !owners.iter().any(|o| o.kind == "Queue")
+        && labels.get(OWNER_KIND_LABEL).map(String::as_str) == Some("queue")
+        && labels.get(OWNER_LABEL) == queue.metadata.name.as_ref()
+        && labels.get("app.kubernetes.io/name").map(String::as_str) == Some(COMPONENT)
+}
+
 /// Builds every child of a managed broker.
 pub fn build_managed(
     queue: &Queue,
@@ -59,7 +89,7 @@ pub fn build_managed(
         service: client_service(queue, &names)?,
         stateful_set: stateful_set(queue, managed, &names, &namespace, &config, default_image)?,
         config_map: ConfigMap {
-            metadata: child_meta(queue, &names.config, COMPONENT)?,
+            metadata: broker_meta(queue, &names.config)?,
             data: Some(config),
             ..ConfigMap::default()
         },
@@ -89,7 +119,7 @@ fn credentials_secret(
         ),
     ]);
     Ok(Secret {
-        metadata: child_meta(queue, &names.credentials, COMPONENT)?,
+        metadata: broker_meta(queue, &names.credentials)?,
         // `data`, not `stringData`: server-side apply then owns exactly the stored fields.
         data: Some(
             data.into_iter()
@@ -145,7 +175,7 @@ fn port(name: &str, number: i32) -> ServicePort {
 fn headless_service(queue: &Queue, names: &ManagedNames) -> Result<Service, BuildError> {
     let (name, _) = name_and_namespace(queue)?;
     Ok(Service {
-        metadata: child_meta(queue, &names.headless, COMPONENT)?,
+        metadata: broker_meta(queue, &names.headless)?,
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".to_owned()),
             publish_not_ready_addresses: Some(true),
@@ -164,7 +194,7 @@ fn headless_service(queue: &Queue, names: &ManagedNames) -> Result<Service, Buil
 fn client_service(queue: &Queue, names: &ManagedNames) -> Result<Service, BuildError> {
     let (name, _) = name_and_namespace(queue)?;
     Ok(Service {
-        metadata: child_meta(queue, &names.broker, COMPONENT)?,
+        metadata: broker_meta(queue, &names.broker)?,
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".to_owned()),
             selector: Some(selector_labels(&name, COMPONENT)),
@@ -234,7 +264,7 @@ fn stateful_set(
     default_image: &str,
 ) -> Result<StatefulSet, BuildError> {
     let (name, _) = name_and_namespace(queue)?;
-    let meta = child_meta(queue, &names.broker, COMPONENT)?;
+    let meta = broker_meta(queue, &names.broker)?;
     let image = managed
         .image
         .clone()
@@ -461,11 +491,6 @@ mod tests {
         let children = managed_children("queue-managed.yaml");
         let sts = children.stateful_set;
         assert_eq!(sts.metadata.name.as_deref(), Some("telemetry-rabbitmq"));
-        let owner = &sts.metadata.owner_references.as_ref().expect("owned")[0];
-        assert_eq!(
-            (owner.kind.as_str(), owner.controller),
-            ("Queue", Some(true))
-        );
         let spec = sts.spec.expect("spec");
         assert_eq!(spec.replicas, Some(1));
         assert_eq!(
@@ -520,6 +545,82 @@ mod tests {
             secret[KEY_URI].0,
             b"amqp://tributary:s3cret@telemetry-rabbitmq.factory.svc:5672/%2f"
         );
+    }
+
+    fn metas(children: &ManagedChildren) -> Vec<&ObjectMeta> {
+        vec![
+            &children.secret.metadata,
+            &children.config_map.metadata,
+            &children.headless_service.metadata,
+            &children.service.metadata,
+            &children.stateful_set.metadata,
+        ]
+    }
+
+    #[test]
+    fn retain_leaves_the_broker_unowned_but_labelled_with_the_queue() {
+        let queue: Queue = load("queue-managed.yaml");
+        assert_eq!(queue.spec.deletion_policy, DeletionPolicy::Retain);
+        let children = managed_children("queue-managed.yaml");
+        for meta in metas(&children) {
+            let name = meta.name.clone().unwrap_or_default();
+            assert_eq!(meta.owner_references, None, "{name} must outlive the Queue");
+            let labels = meta.labels.clone().expect("labels");
+            assert_eq!(labels[OWNER_LABEL], "telemetry", "{name}");
+            assert_eq!(labels[OWNER_KIND_LABEL], "queue", "{name}");
+            assert!(belongs_to(meta, &queue), "{name}");
+        }
+        // Storage stays with the broker: the claims come from the StatefulSet's template.
+        let ha = managed_children("queue-managed-ha.yaml");
+        assert_eq!(ha.stateful_set.metadata.owner_references, None);
+    }
+
+    #[test]
+    fn delete_policy_makes_the_queue_own_its_broker() {
+        let mut queue: Queue = load("queue-managed.yaml");
+        queue.spec.deletion_policy = DeletionPolicy::Delete;
+        let BrokerPlan::Managed(managed) = validate(&queue).expect("valid") else {
+            panic!("managed");
+        };
+        let children = build_managed(&queue, &managed, &credentials(), "rabbitmq:3-management")
+            .expect("builds");
+        for meta in metas(&children) {
+            let owner = &meta.owner_references.as_ref().expect("owned")[0];
+            assert_eq!(
+                (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+                ("Queue", "telemetry", Some(true))
+            );
+            assert!(belongs_to(meta, &queue));
+        }
+    }
+
+    #[test]
+    fn broker_children_of_other_queues_or_owners_do_not_belong() {
+        let queue: Queue = load("queue-managed.yaml");
+        let mut other: Queue = load("queue-managed.yaml");
+        other.metadata.uid = Some("00000000-0000-0000-0000-000000000002".into());
+        other.spec.deletion_policy = DeletionPolicy::Delete;
+        let BrokerPlan::Managed(managed) = validate(&other).expect("valid") else {
+            panic!("managed");
+        };
+        // Same name, owned by another Queue (another uid): not ours to delete.
+        let owned_by_other =
+            build_managed(&other, &managed, &credentials(), "img").expect("builds");
+        assert!(!belongs_to(&owned_by_other.stateful_set.metadata, &queue));
+        // Unowned, but labelled for another Queue.
+        let mut foreign = managed_children("queue-managed.yaml").stateful_set.metadata;
+        foreign
+            .labels
+            .as_mut()
+            .expect("labels")
+            .insert(OWNER_LABEL.into(), "other".into());
+        assert!(!belongs_to(&foreign, &queue));
+        // A user's object of the same name without our labels.
+        let plain = ObjectMeta {
+            name: Some("telemetry-rabbitmq".into()),
+            ..ObjectMeta::default()
+        };
+        assert!(!belongs_to(&plain, &queue));
     }
 
     #[test]

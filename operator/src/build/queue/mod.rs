@@ -88,10 +88,11 @@ pub fn validate(queue: &Queue) -> Result<BrokerPlan, BuildError> {
         },
     };
     if spec.queue_type == QueueType::Stream {
+        // Streams keep their dead-letter queue (a separate queue Workers publish to), but
+        // cannot bound or expire messages by count or age.
         let unsupported = [
             (spec.max_length.is_some(), "maxLength"),
             (spec.message_ttl_seconds.is_some(), "messageTtlSeconds"),
-            (spec.dead_letter.is_some(), "deadLetter"),
         ];
         if let Some((_, field)) = unsupported.iter().find(|(set, _)| *set) {
             return Err(BuildError::Invalid(format!(
@@ -100,13 +101,43 @@ pub fn validate(queue: &Queue) -> Result<BrokerPlan, BuildError> {
         }
     }
     if let Some(queue_name) = &spec.queue_name {
-        if queue_name.is_empty() || queue_name.len() > 255 || queue_name.starts_with("amq.") {
+        if !is_broker_queue_name(queue_name) {
             return Err(BuildError::Invalid(
                 "spec.queueName must be 1-255 bytes and must not start with \"amq.\"".into(),
             ));
         }
     }
+    if let Some(dlq) = &spec.dead_letter.queue_name {
+        if !is_broker_queue_name(dlq) {
+            return Err(BuildError::Invalid(
+                "spec.deadLetter.queueName must be 1-255 bytes and must not start with \"amq.\""
+                    .into(),
+            ));
+        }
+    }
+    if spec.dead_letter.enabled && dead_letter_queue_name(queue)? == Some(broker_queue_name(queue)?)
+    {
+        return Err(BuildError::Invalid(
+            "spec.deadLetter.queueName must differ from the queue's own name".into(),
+        ));
+    }
+    if let Some(replay) = &spec.replay {
+        if !spec.dead_letter.enabled {
+            return Err(BuildError::Invalid(
+                "spec.replay needs a dead-letter queue (spec.deadLetter.enabled is false)".into(),
+            ));
+        }
+        if replay.request.is_empty() {
+            return Err(BuildError::Invalid(
+                "spec.replay.request must not be empty".into(),
+            ));
+        }
+    }
     Ok(plan)
+}
+
+fn is_broker_queue_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 255 && !name.starts_with("amq.")
 }
 
 /// Name of the queue on the broker: `spec.queueName` or `<namespace>.<name>`.
@@ -119,15 +150,38 @@ pub fn broker_queue_name(queue: &Queue) -> Result<String, BuildError> {
         .unwrap_or_else(|| format!("{namespace}.{name}")))
 }
 
-/// Name of the dead-letter queue, when dead-lettering is on.
+/// Name of the dead-letter queue: `spec.deadLetter.queueName` or `<queueName>.dlq`; `None`
+/// only when the user opted out with `deadLetter.enabled: false`.
 pub fn dead_letter_queue_name(queue: &Queue) -> Result<Option<String>, BuildError> {
-    let Some(dead_letter) = &queue.spec.dead_letter else {
+    let dead_letter = &queue.spec.dead_letter;
+    if !dead_letter.enabled {
         return Ok(None);
-    };
+    }
     Ok(Some(match &dead_letter.queue_name {
         Some(name) => name.clone(),
         None => format!("{}.dlq", broker_queue_name(queue)?),
     }))
+}
+
+/// Type of the dead-letter queue: the queue's own, except for a stream, whose dead letters
+/// go to a quorum queue (a stream cannot be drained message by message, so nothing could be
+/// replayed from it).
+pub fn dead_letter_queue_type(queue: &Queue) -> QueueType {
+    match queue.spec.queue_type {
+        QueueType::Stream => QueueType::Quorum,
+        other => other,
+    }
+}
+
+/// The delivery limit the Worker enforces itself: the Queue's on classic queues, which keep
+/// no delivery count; `None` on quorum queues, where the broker counts (`x-delivery-limit`),
+/// and on streams, which never redeliver (the worker counts by putting a message back on
+/// its queue, which would append a copy to the stream's log).
+pub fn worker_delivery_limit(queue: &Queue) -> Option<u32> {
+    match queue.spec.queue_type {
+        QueueType::Classic => u32::try_from(queue.spec.dead_letter.delivery_limit.max(1)).ok(),
+        QueueType::Quorum | QueueType::Stream => None,
+    }
 }
 
 /// One AMQP queue argument value.
@@ -168,20 +222,31 @@ pub fn declare_arguments(queue: &Queue) -> Result<BTreeMap<String, ArgValue>, Bu
             .ok_or_else(|| BuildError::Invalid("spec.messageTtlSeconds is too large".to_owned()))?;
         args.insert("x-message-ttl".to_owned(), ArgValue::Int(millis));
     }
-    if let (Some(dead_letter), Some(dlq)) = (&spec.dead_letter, dead_letter_queue_name(queue)?) {
+    if let Some(dlq) = dead_letter_queue_name(queue)? {
         args.insert(
             "x-dead-letter-exchange".to_owned(),
             ArgValue::Str(String::new()),
         );
         args.insert("x-dead-letter-routing-key".to_owned(), ArgValue::Str(dlq));
-        if spec.queue_type == QueueType::Quorum {
-            args.insert(
-                "x-delivery-limit".to_owned(),
-                ArgValue::Int(i64::from(dead_letter.delivery_limit)),
-            );
-        }
+    }
+    if spec.queue_type == QueueType::Quorum {
+        // Also without a dead-letter queue: a message that crashes its workers stops
+        // coming back (and is then discarded, as the opt-out says).
+        args.insert(
+            "x-delivery-limit".to_owned(),
+            ArgValue::Int(i64::from(spec.dead_letter.delivery_limit)),
+        );
     }
     Ok(args)
+}
+
+/// The `x-*` arguments of the dead-letter queue: its type only (durable, no limits, no
+/// dead-lettering of its own).
+pub fn dead_letter_arguments(queue: &Queue) -> BTreeMap<String, ArgValue> {
+    BTreeMap::from([(
+        "x-queue-type".to_owned(),
+        ArgValue::Str(dead_letter_queue_type(queue).as_str().to_owned()),
+    )])
 }
 
 /// Names of a managed broker's children.
@@ -229,6 +294,8 @@ pub use managed::{build_managed, ManagedChildren};
 mod tests {
     use super::*;
     use crate::build::fixtures::load;
+    use crate::crd::queue::{DeadLetterSpec, ReplaySpec};
+    use crate::crd::QueueSpec;
 
     #[test]
     fn declare_arguments_carry_type_length_overflow_ttl_and_dead_letter() {
@@ -273,11 +340,130 @@ mod tests {
     }
 
     #[test]
-    fn stream_queue_rejects_dead_lettering() {
+    fn stream_queue_rejects_length_and_ttl_limits() {
         let mut queue: Queue = load("queue-managed.yaml");
         queue.spec.queue_type = QueueType::Stream;
         let error = validate(&queue).expect_err("invalid");
         assert!(error.to_string().contains("stream"), "{error}");
+        queue.spec.max_length = None;
+        let error = validate(&queue).expect_err("invalid");
+        assert!(error.to_string().contains("messageTtlSeconds"), "{error}");
+    }
+
+    #[test]
+    fn stream_queue_keeps_a_quorum_dlq_without_dead_letter_arguments() {
+        let mut queue: Queue = load("queue-managed.yaml");
+        queue.spec.queue_type = QueueType::Stream;
+        queue.spec.max_length = None;
+        queue.spec.message_ttl_seconds = None;
+        validate(&queue).expect("a stream with a dead-letter queue is valid");
+        assert_eq!(
+            dead_letter_queue_name(&queue).expect("name").as_deref(),
+            Some("factory.telemetry.dlq")
+        );
+        let args = declare_arguments(&queue).expect("args");
+        assert_eq!(args.keys().collect::<Vec<_>>(), vec!["x-queue-type"]);
+        assert_eq!(
+            dead_letter_arguments(&queue)["x-queue-type"],
+            ArgValue::Str("quorum".into())
+        );
+        // A stream never redelivers: no count on the broker nor in the worker.
+        assert_eq!(worker_delivery_limit(&queue), None);
+    }
+
+    #[test]
+    fn queue_without_dead_letter_field_gets_a_dlq_with_the_default_limit() {
+        // queue-external.yaml: a classic queue with no `deadLetter` at all.
+        let queue: Queue = load("queue-external.yaml");
+        assert_eq!(queue.spec.dead_letter, DeadLetterSpec::default());
+        assert_eq!(
+            dead_letter_queue_name(&queue).expect("name").as_deref(),
+            Some("shared.telemetry.dlq")
+        );
+        let args = declare_arguments(&queue).expect("args");
+        assert_eq!(
+            args["x-dead-letter-routing-key"],
+            ArgValue::Str("shared.telemetry.dlq".into())
+        );
+        // Classic queues keep no delivery count: the worker enforces the default limit.
+        assert!(!args.contains_key("x-delivery-limit"));
+        assert_eq!(worker_delivery_limit(&queue), Some(5));
+        assert_eq!(
+            dead_letter_arguments(&queue)["x-queue-type"],
+            ArgValue::Str("classic".into())
+        );
+    }
+
+    #[test]
+    fn dead_letter_manifests_old_and_new_deserialize() {
+        let spec = |dead_letter: &str| -> QueueSpec {
+            serde_yaml::from_str(&format!("broker: {{managed: {{}}}}\n{dead_letter}"))
+                .expect("spec parses")
+        };
+        // Before the opt-out existed: queueName and deliveryLimit only.
+        let old = spec("deadLetter: {queueName: rejected, deliveryLimit: 3}");
+        assert_eq!(
+            old.dead_letter,
+            DeadLetterSpec {
+                enabled: true,
+                queue_name: Some("rejected".into()),
+                delivery_limit: 3
+            }
+        );
+        let absent = spec("");
+        assert!(absent.dead_letter.enabled);
+        assert_eq!(absent.dead_letter.delivery_limit, 5);
+        let opted_out = spec("deadLetter: {enabled: false}");
+        assert!(!opted_out.dead_letter.enabled);
+        assert_eq!(opted_out.dead_letter.delivery_limit, 5);
+    }
+
+    #[test]
+    fn opting_out_declares_no_dlq_but_keeps_the_delivery_limit() {
+        let mut queue: Queue = load("queue-managed.yaml");
+        queue.spec.dead_letter.enabled = false;
+        validate(&queue).expect("valid");
+        assert_eq!(dead_letter_queue_name(&queue).expect("name"), None);
+        let args = declare_arguments(&queue).expect("args");
+        assert!(!args.contains_key("x-dead-letter-exchange"));
+        assert!(!args.contains_key("x-dead-letter-routing-key"));
+        assert_eq!(args["x-delivery-limit"], ArgValue::Int(3));
+        assert_eq!(worker_delivery_limit(&queue), None);
+    }
+
+    #[test]
+    fn dead_letter_queue_name_must_be_valid_and_not_the_queue_itself() {
+        let mut queue: Queue = load("queue-managed.yaml");
+        queue.spec.dead_letter.queue_name = Some("amq.dead".into());
+        let error = validate(&queue).expect_err("reserved name");
+        assert!(
+            error.to_string().contains("deadLetter.queueName"),
+            "{error}"
+        );
+        queue.spec.dead_letter.queue_name = Some("factory.telemetry".into());
+        let error = validate(&queue).expect_err("same as the queue");
+        assert!(error.to_string().contains("differ"), "{error}");
+    }
+
+    #[test]
+    fn replay_needs_a_dead_letter_queue_and_a_request() {
+        let mut queue: Queue = load("queue-managed.yaml");
+        queue.spec.replay = Some(ReplaySpec {
+            request: "2026-01-01".into(),
+            reason_kind: None,
+            max_messages: None,
+        });
+        validate(&queue).expect("valid");
+        queue.spec.dead_letter.enabled = false;
+        let error = validate(&queue).expect_err("no DLQ");
+        assert!(error.to_string().contains("spec.replay"), "{error}");
+        queue.spec.dead_letter.enabled = true;
+        queue.spec.replay = Some(ReplaySpec {
+            request: String::new(),
+            reason_kind: None,
+            max_messages: None,
+        });
+        assert!(validate(&queue).is_err());
     }
 
     #[test]
