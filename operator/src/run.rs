@@ -361,6 +361,10 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
     });
     let lost = Arc::new(AtomicBool::new(false));
     if let Some(lock) = &lock {
+        // A replica waiting for the Lease is a healthy stand-by, ready to take over: were
+        // it unready, a rolling update (new pod up before the old one goes) would wait for
+        // the new pod forever, since the old one keeps the Lease until it is stopped.
+        ready.store(true, Ordering::Relaxed);
         let mut stop = stop_rx.clone();
         loop {
             match lock.try_acquire().await {
