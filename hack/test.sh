@@ -122,6 +122,7 @@ suite "operator installed with the Helm chart" bash charts/install-test.sh
 resume_installed_operators
 suite "examples render (kustomize) and pass a server-side dry run" bash examples/check.sh --server
 suite "end to end: examples, simulated devices, exact counts" bash tests/e2e/e2e.sh
+suite "operator pod killed mid-apply: converges, no orphans" bash tests/e2e/operator-restart.sh
 
 step "done"
 if [ "$suites_failed" -gt 0 ]; then
