@@ -1077,8 +1077,16 @@ async fn retain_keeps_the_managed_broker_and_its_messages_and_a_new_queue_adopts
 
     // Switching to an external broker is refused while the managed one holds messages.
     apply_yaml(&secrets, "apiVersion: v1\nkind: Secret\nmetadata: {name: elsewhere}\nstringData: {uri: 'amqp://u:p@127.0.0.1:1/%2f'}\n").await;
-    let external = "apiVersion: tributary.dev/v1alpha1\nkind: Queue\nmetadata: {name: telemetry}\nspec:\n  broker:\n    external:\n      uriSecretRef: {name: elsewhere, key: uri}\n  type: classic\n";
-    apply_yaml(&queues, external).await;
+    // As `kubectl patch --type=merge` (or `kubectl edit`) would: `managed` removed,
+    // `external` set.
+    let external = serde_json::json!({"spec": {"broker": {
+        "managed": null,
+        "external": {"uriSecretRef": {"name": "elsewhere", "key": "uri"}},
+    }}});
+    queues
+        .patch("telemetry", &PatchParams::default(), &Patch::Merge(&external))
+        .await
+        .expect("switch to external");
     step("switch to external refused while messages remain");
     wait_ready(&queues, "telemetry", "BrokerSwitchBlocked", |s, r| {
         s == "False" && r == "BrokerSwitchBlocked"
