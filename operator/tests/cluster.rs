@@ -1084,7 +1084,11 @@ async fn retain_keeps_the_managed_broker_and_its_messages_and_a_new_queue_adopts
         "external": {"uriSecretRef": {"name": "elsewhere", "key": "uri"}},
     }}});
     queues
-        .patch("telemetry", &PatchParams::default(), &Patch::Merge(&external))
+        .patch(
+            "telemetry",
+            &PatchParams::default(),
+            &Patch::Merge(&external),
+        )
         .await
         .expect("switch to external");
     step("switch to external refused while messages remain");

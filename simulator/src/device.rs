@@ -1,6 +1,7 @@
 //! One simulated device: connect, publish on schedule within the in-flight window, count
 //! PUBACKs, and on a lost connection reconnect and resend what was not acknowledged.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +23,8 @@ use crate::settings::{DeviceSpec, Settings};
 pub struct Shared {
     pub counters: Counters,
     pub console: Console,
+    /// Writing to `--ack-log` failed at least once (the run then does not pass).
+    pub ack_log_failed: std::sync::atomic::AtomicBool,
 }
 
 /// How a device's run ended.
@@ -102,10 +105,7 @@ pub async fn run(
             &mut last_progress,
         )
         .await;
-        shared
-            .counters
-            .connected
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        shared.counters.connected.fetch_sub(1, Ordering::Relaxed);
         match ended {
             None => {
                 connection.close().await;
@@ -195,8 +195,14 @@ async fn publish_until_done_or_lost(
                     return Some(format!("connection abandoned: packet id {pkid} still unacknowledged when due for reuse"));
                 }
                 Some(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
-                    if ledger.on_puback(ack.pkid).is_some() {
+                    if let Some(seq) = ledger.on_puback(ack.pkid) {
                         Counters::bump(&shared.counters.acknowledged);
+                        if let Some(log) = &settings.ack_log {
+                            if let Err(error) = log.record(&spec.id, seq) {
+                                shared.console.error(&spec.id, &format!("--ack-log: {error}"));
+                                shared.ack_log_failed.store(true, Ordering::Relaxed);
+                            }
+                        }
                         *last_progress = Instant::now();
                         waiting_since = Instant::now();
                     }

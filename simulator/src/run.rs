@@ -61,10 +61,21 @@ pub async fn run(settings: Settings) -> Summary {
         shared.console.line(&line);
     }
 
+    let mut ack_log_ok = !shared
+        .ack_log_failed
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if let Some(log) = &settings.ack_log {
+        if let Err(error) = log.flush() {
+            shared.console.line(&format!("error: --ack-log: {error}"));
+            ack_log_ok = false;
+        }
+    }
+
     let devices_refused = outcomes.iter().filter(|o| o.refused).count();
     let complete = outcomes.len() == settings.devices.len()
         && outcomes.iter().all(|o: &Outcome| o.unacknowledged == 0);
     let ok = complete
+        && ack_log_ok
         && !interrupted
         && failed_tasks == 0
         && total.is_none_or(|total| snapshot.acknowledged == total);

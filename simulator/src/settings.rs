@@ -1,8 +1,10 @@
 //! Command line arguments and the validated settings a run uses.
 
 use std::collections::HashSet;
+use std::fs::File;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::{ArgGroup, Parser};
@@ -94,6 +96,10 @@ pub struct Cli {
     /// Print the final summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Write every acknowledged message to this file as a `device-id seq` line (created or
+    /// truncated), to reconcile exactly what reached storage with what was acknowledged.
+    #[arg(long, value_name = "FILE")]
+    pub ack_log: Option<PathBuf>,
 }
 
 /// Why the arguments do not make a run.
@@ -117,6 +123,11 @@ pub enum SettingsError {
     Credentials(#[from] CredentialsError),
     #[error("reading {path}: {source}")]
     Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("creating {path}: {source}")]
+    Create {
         path: String,
         source: std::io::Error,
     },
@@ -161,6 +172,42 @@ pub struct Settings {
     pub ack_timeout: Duration,
     pub give_up: Duration,
     pub json: bool,
+    /// Where acknowledged messages are written (`--ack-log`).
+    pub ack_log: Option<AckLog>,
+}
+
+/// The `--ack-log` file: one `device-id seq` line per acknowledged message.
+#[derive(Debug, Clone)]
+pub struct AckLog {
+    path: String,
+    file: Arc<Mutex<BufWriter<File>>>,
+}
+
+impl AckLog {
+    /// Creates (or truncates) the file.
+    pub fn create(path: &Path) -> Result<Self, SettingsError> {
+        let file = File::create(path).map_err(|source| SettingsError::Create {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(Self {
+            path: path.display().to_string(),
+            file: Arc::new(Mutex::new(BufWriter::new(file))),
+        })
+    }
+
+    /// Records that `device` had message `seq` acknowledged.
+    pub fn record(&self, device: &str, seq: u64) -> std::io::Result<()> {
+        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        writeln!(file, "{device} {seq}")
+    }
+
+    /// Writes out what is buffered; the error names the file.
+    pub fn flush(&self) -> Result<(), String> {
+        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        file.flush()
+            .map_err(|e| format!("writing {}: {e}", self.path))
+    }
 }
 
 impl Settings {
@@ -220,6 +267,7 @@ impl Settings {
             ack_timeout: Duration::from_secs(cli.ack_timeout_seconds.max(1)),
             give_up: Duration::from_secs(cli.give_up_seconds.max(1)),
             json: cli.json,
+            ack_log: cli.ack_log.as_deref().map(AckLog::create).transpose()?,
         })
     }
 }
@@ -326,6 +374,27 @@ mod tests {
             result,
             Err(SettingsError::DuplicateId { n: 2, .. })
         ));
+    }
+
+    #[test]
+    fn ack_log_gets_one_line_per_acknowledged_message() {
+        let path = std::env::temp_dir().join(format!("ack-log-{}.txt", std::process::id()));
+        let settings = Settings::from_cli(cli(&[
+            "--messages",
+            "2",
+            "--password-template",
+            "x",
+            "--ack-log",
+            path.to_str().expect("utf-8 path"),
+        ]))
+        .expect("settings");
+        let log = settings.ack_log.expect("ack log");
+        log.record("machine-1", 1).expect("record");
+        log.record("machine-1", 2).expect("record");
+        log.flush().expect("flush");
+        let text = std::fs::read_to_string(&path).expect("read");
+        std::fs::remove_file(&path).ok();
+        assert_eq!(text, "machine-1 1\nmachine-1 2\n");
     }
 
     #[test]
