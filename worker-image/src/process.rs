@@ -151,7 +151,7 @@ impl Processor {
                 }
                 Err(ContainerError::Failed(message)) => {
                     self.outages.recovered(CONTAINER_TARGET);
-                    failures += 1;
+                    failures = failures.saturating_add(1);
                     if !may_retry(&self.retry, failures) {
                         return Err(Verdict::DeadLetter {
                             kind: "container-failed",
