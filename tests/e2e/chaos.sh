@@ -19,9 +19,10 @@
 # (default 120), TRIBUTARY_SIMULATOR (a built tributary-simulator; default: cargo builds it).
 # Wall time about 6-8 minutes on 2 cores. Fails, never skips. Ends with "N passed, N failed".
 #
-# Not yet in the test command (hack/test.sh): it still fails where issue 11 is open — a
-# deleted broker pod takes minutes to rejoin its cluster, so the later chaos steps miss
-# the sending window. Run it by hand.
+# Not yet in the test command (hack/test.sh): it fails in about half the runs, where issue 11
+# is open — the operator declares the quorum queue before all three broker nodes joined
+# (RabbitMQ 3.10 never adds members later), and Debian's RabbitMQ 3.10.8 sometimes hangs
+# when a deleted node rejoins (rabbitmq-server #6034). Run it by hand.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 # shellcheck source=../cluster/lib.sh
@@ -191,7 +192,8 @@ db_up() { k exec postgres-0 -c postgres -- pg_isready -q -h 127.0.0.1 -U tributa
 
 # acknowledged_now: the simulator's acknowledged count from its last progress line.
 acknowledged_now() {
-  grep '^devices connected' "$work/progress" 2>/dev/null | tail -n 1 | sed -n 's/.*acknowledged \([0-9]*\).*/\1/p'
+  { grep '^devices connected' "$work/progress" 2>/dev/null || true; } | tail -n 1 |
+    sed -n 's/.*acknowledged \([0-9]*\).*/\1/p'
 }
 # now_s: seconds since the simulator started.
 now_s() { echo $((SECONDS - run_start)); }
@@ -236,6 +238,9 @@ simulator="${TRIBUTARY_SIMULATOR:-$CARGO_TARGET_DIR/release/tributary-simulator}
 if [ -z "${TRIBUTARY_SIMULATOR:-}" ]; then
   cargo build --release --locked -q -p tributary-simulator
 fi
+# A private copy: the shared target folder may be rebuilt by another run meanwhile.
+cp "$simulator" "$work/tributary-simulator"
+simulator="$work/tributary-simulator"
 
 phase "a clean namespace $NS"
 kubectl delete namespace "$NS" --ignore-not-found --wait=true --timeout=180s >/dev/null
