@@ -287,24 +287,62 @@ fn messages_around_a_poison() -> (Vec<Value>, String) {
     (envelopes, poison_id)
 }
 
+/// One poison-message scenario: a classic queue holding 20 messages with a poison one in
+/// the middle, the stand-in container, and the container-mode worker's config.
+struct PoisonCase {
+    broker: Broker,
+    pg: tokio_postgres::Client,
+    container: Container,
+    scratch: Scratch,
+    table: String,
+    port: u16,
+    config: PathBuf,
+    poison_id: String,
+}
+
+impl PoisonCase {
+    async fn publish(name: &str, hang_on_poison: bool, timeout_ms: u64) -> PoisonCase {
+        let pg_url = required_env("TRIBUTARY_TEST_POSTGRES_URL", "postgres.sh");
+        let broker = Broker::connect(name).await;
+        let pg = postgres(&pg_url).await;
+        let (container, container_port) = start_container(hang_on_poison).await;
+        let scratch = Scratch::new(name);
+        let table = unique(&name.replace('-', "_"));
+        let port = free_port();
+        let config = container_config(
+            &scratch,
+            &broker,
+            (container_port, timeout_ms),
+            (&pg_url, &table),
+            port,
+        );
+        let (envelopes, poison_id) = messages_around_a_poison();
+        broker.publish(&envelopes).await;
+        PoisonCase {
+            broker,
+            pg,
+            container,
+            scratch,
+            table,
+            port,
+            config,
+            poison_id,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_failing_every_time_on_a_classic_queue_is_dead_lettered_after_the_limit() {
-    let pg_url = required_env("TRIBUTARY_TEST_POSTGRES_URL", "postgres.sh");
-    let broker = Broker::connect("fails-always").await;
-    let pg = postgres(&pg_url).await;
-    let (container, container_port) = start_container(false).await;
-    let scratch = Scratch::new("fails-always");
-    let table = unique("fails_always");
-    let port = free_port();
-    let config = container_config(
-        &scratch,
-        &broker,
-        (container_port, 5000),
-        (&pg_url, &table),
+    let PoisonCase {
+        broker,
+        pg,
+        container,
+        scratch,
+        table,
         port,
-    );
-    let (envelopes, poison_id) = messages_around_a_poison();
-    broker.publish(&envelopes).await;
+        config,
+        poison_id,
+    } = PoisonCase::publish("fails-always", false, 5000).await;
     let worker = WorkerProcess::start(&scratch, &config, port, 1);
 
     let (id, reason, _) = wait_for("the poison message dead-lettered", DEADLINE, || async {
@@ -332,24 +370,18 @@ async fn message_failing_every_time_on_a_classic_queue_is_dead_lettered_after_th
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_that_keeps_crashing_its_worker_is_dead_lettered_after_the_delivery_limit() {
-    let pg_url = required_env("TRIBUTARY_TEST_POSTGRES_URL", "postgres.sh");
-    let broker = Broker::connect("crash-loop").await;
-    let pg = postgres(&pg_url).await;
     // The container never answers the poison message: its worker is killed holding it,
     // again and again, as if the message crashed it each time.
-    let (container, container_port) = start_container(true).await;
-    let scratch = Scratch::new("crash-loop");
-    let table = unique("crash_loop");
-    let port = free_port();
-    let config = container_config(
-        &scratch,
-        &broker,
-        (container_port, 600_000),
-        (&pg_url, &table),
+    let PoisonCase {
+        broker,
+        pg,
+        container,
+        scratch,
+        table,
         port,
-    );
-    let (envelopes, poison_id) = messages_around_a_poison();
-    broker.publish(&envelopes).await;
+        config,
+        poison_id,
+    } = PoisonCase::publish("crash-loop", true, 600_000).await;
 
     for run in 1..=3 {
         let mut worker = WorkerProcess::start(&scratch, &config, port, run);
