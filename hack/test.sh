@@ -123,6 +123,8 @@ resume_installed_operators
 suite "examples render (kustomize) and pass a server-side dry run" bash examples/check.sh --server
 suite "end to end: examples, simulated devices, exact counts" bash tests/e2e/e2e.sh
 suite "operator pod killed mid-apply: converges, no orphans" bash tests/e2e/operator-restart.sh
+suite "chaos: broker, gateway and worker pods deleted, database stopped; nothing acknowledged lost" \
+  bash tests/e2e/chaos.sh
 
 step "done"
 if [ "$suites_failed" -gt 0 ]; then

@@ -19,10 +19,10 @@
 # (default 120), TRIBUTARY_SIMULATOR (a built tributary-simulator; default: cargo builds it).
 # Wall time about 6-8 minutes on 2 cores. Fails, never skips. Ends with "N passed, N failed".
 #
-# Not yet in the test command (hack/test.sh): it fails in about half the runs, where issue 11
-# is open — the operator declares the quorum queue before all three broker nodes joined
-# (RabbitMQ 3.10 never adds members later), and Debian's RabbitMQ 3.10.8 sometimes hangs
-# when a deleted node rejoins (rabbitmq-server #6034). Run it by hand.
+# In the test command (hack/test.sh), after the e2e suites. The operator declares the
+# quorum queue only once all three broker nodes run as one cluster (RabbitMQ 3.10 never
+# adds members later), and a broker node that hangs while rejoining (Debian's RabbitMQ
+# 3.10.8, rabbitmq-server #6034) is restarted by its startup probe after two minutes.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 # shellcheck source=../cluster/lib.sh

@@ -557,6 +557,23 @@ pub async fn queue_info(
     .await
 }
 
+/// How many broker nodes the management API reports running (one cluster's view).
+pub async fn running_nodes(management: &Management) -> Result<usize, BrokerError> {
+    Ok(count_running(
+        &management_get(management, "/api/nodes").await?,
+    ))
+}
+
+/// The nodes marked `running` in a management `/api/nodes` answer.
+fn count_running(nodes: &serde_json::Value) -> usize {
+    nodes.as_array().map_or(0, |nodes| {
+        nodes
+            .iter()
+            .filter(|node| node["running"].as_bool() == Some(true))
+            .count()
+    })
+}
+
 /// Ready, unacked and consumer counts of a queue (and the dead-letter queue's depth).
 pub async fn counts(
     management: &Management,
@@ -624,6 +641,18 @@ mod tests {
         );
         assert!(!format!("{management:?}").contains(":p"));
         assert!(Management::from_uri("https://u:p@h").is_none());
+    }
+
+    #[test]
+    fn only_nodes_marked_running_count() {
+        let nodes = serde_json::json!([
+            {"name": "rabbit@a", "running": true},
+            {"name": "rabbit@b", "running": false},
+            {"name": "rabbit@c"},
+            {"name": "rabbit@d", "running": true}
+        ]);
+        assert_eq!(count_running(&nodes), 2);
+        assert_eq!(count_running(&serde_json::json!({"error": "x"})), 0);
     }
 
     #[test]

@@ -328,7 +328,60 @@ async fn apply_managed(
             PROGRESS_POLL,
         )));
     }
+    if managed.replicas > 1 {
+        return await_cluster_formation(ctx, queue, managed.replicas, ready).await;
+    }
     Ok(None)
+}
+
+/// Before a clustered managed broker's queue first exists: waits until every broker pod is
+/// ready and all nodes run as one cluster. RabbitMQ places a quorum queue's members on the
+/// nodes running when it is declared and never adds any later, so a queue declared while
+/// one node was up would have one member, and losing that pod would lose the queue. Once
+/// the queue exists, nothing is waited for (a broker pod down is what replication is for).
+async fn await_cluster_formation(
+    ctx: &Context,
+    queue: &Queue,
+    replicas: i32,
+    ready_pods: i32,
+) -> Result<Option<Outcome>, Error> {
+    let Some(endpoint) = managed_endpoint(ctx, queue).await? else {
+        return Ok(None); // reported by the endpoint step
+    };
+    match broker::inspect(&endpoint.amqp_uri, &build::broker_queue_name(queue)?).await {
+        Ok(Some(_)) => return Ok(None),
+        // The declaration that follows reports an unreachable broker.
+        Err(_) => return Ok(None),
+        Ok(None) => {}
+    }
+    let running = match (&endpoint.management, ready_pods >= replicas) {
+        (Some(management), true) => broker::running_nodes(management).await.ok(),
+        _ => None,
+    };
+    Ok(formation_gap(replicas, ready_pods, running)
+        .map(|message| Outcome::waiting(reason::PROGRESSING, message, PROGRESS_POLL)))
+}
+
+/// What keeps a cluster of `replicas` broker nodes from being formed, if anything:
+/// `running_nodes` is what the management API reports (`None` when not asked or not
+/// answered).
+fn formation_gap(replicas: i32, ready_pods: i32, running_nodes: Option<usize>) -> Option<String> {
+    let wanted = usize::try_from(replicas).unwrap_or(0);
+    let why = "before declaring the queue, so that it is replicated on every node";
+    if ready_pods < replicas {
+        return Some(format!(
+            "waiting for all {replicas} broker pods to become ready ({ready_pods} ready) {why}"
+        ));
+    }
+    match running_nodes {
+        Some(running) if running >= wanted => None,
+        Some(running) => Some(format!(
+            "waiting for the {replicas} broker nodes to form one cluster ({running} running) {why}"
+        )),
+        None => Some(format!(
+            "waiting for the management API to list the {replicas} broker nodes {why}"
+        )),
+    }
 }
 
 /// After a switch to `external`: deletes the managed broker's children (owned by this Queue,
@@ -699,6 +752,21 @@ mod tests {
     use super::*;
     use crate::build::fixtures::load;
     use crate::crd::queue::ReplaySpec;
+
+    #[test]
+    fn a_clustered_broker_is_formed_only_when_every_node_runs() {
+        assert!(formation_gap(3, 1, None)
+            .expect("pods missing")
+            .contains("all 3 broker pods to become ready (1 ready)"));
+        assert!(formation_gap(3, 3, Some(2))
+            .expect("a node missing")
+            .contains("form one cluster (2 running)"));
+        assert!(formation_gap(3, 3, None)
+            .expect("nodes unknown")
+            .contains("management API to list the 3 broker nodes"));
+        assert_eq!(formation_gap(3, 3, Some(3)), None);
+        assert_eq!(formation_gap(2, 2, Some(3)), None);
+    }
 
     #[test]
     fn replay_runs_once_per_new_request() {

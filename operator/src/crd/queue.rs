@@ -106,7 +106,9 @@ pub struct BrokerSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ManagedBroker {
-    /// Number of RabbitMQ nodes. 3 gives replicated quorum queues. Default 1.
+    /// Number of RabbitMQ nodes. 3 gives replicated quorum queues. Default 1. The queue is
+    /// declared once every node is ready and they run as one cluster, so a quorum queue
+    /// gets a member on each; raising it later does not add members to an existing queue.
     #[serde(default = "default_broker_replicas")]
     #[schemars(range(min = 1, max = 7))]
     pub replicas: i32,

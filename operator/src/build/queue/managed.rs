@@ -359,8 +359,13 @@ fn stateful_set(
                 true,
             ),
         ]),
-        readiness_probe: Some(tcp_probe(AMQP_PORT, 5, 5, 3)),
-        liveness_probe: Some(tcp_probe(AMQP_PORT, 90, 30, 6)),
+        // A node boots in 10-35 s here, rejoining a running cluster included. Debian's
+        // RabbitMQ 3.10.8 sometimes hangs for good while rejoining (rabbitmq-server #6034):
+        // the startup probe restarts a node whose AMQP port is still closed two minutes
+        // after it started, and the restarted node rejoins.
+        startup_probe: Some(tcp_probe(AMQP_PORT, 5, 5, 24)),
+        readiness_probe: Some(tcp_probe(AMQP_PORT, 0, 5, 3)),
+        liveness_probe: Some(tcp_probe(AMQP_PORT, 0, 10, 6)),
         resources: Some(ResourceRequirements {
             requests: Some(BTreeMap::from([
                 ("cpu".to_owned(), Quantity("100m".to_owned())),
@@ -644,6 +649,26 @@ mod tests {
             .iter()
             .flatten()
             .any(|e| e.name == "RABBITMQ_USE_LONGNAME"));
+    }
+
+    #[test]
+    fn a_broker_node_that_never_opens_its_port_is_restarted_within_two_minutes() {
+        let pod = managed_children("queue-managed-ha.yaml")
+            .stateful_set
+            .spec
+            .expect("spec")
+            .template
+            .spec
+            .expect("pod");
+        let startup = pod.containers[0]
+            .startup_probe
+            .as_ref()
+            .expect("startup probe");
+        let seconds = startup.initial_delay_seconds.unwrap_or(0)
+            + startup.period_seconds.unwrap_or(10) * startup.failure_threshold.unwrap_or(3);
+        assert!(seconds <= 125, "{seconds} s");
+        // Well above the 10-35 s a node takes to boot or rejoin.
+        assert!(seconds >= 90, "{seconds} s");
     }
 
     #[test]
