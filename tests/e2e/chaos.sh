@@ -416,6 +416,7 @@ database_step() {
   t0=$SECONDS
   check database-back wait_until 60 db_up
   event "PostgreSQL accepting connections again ($((SECONDS - t0)) s after the start); Worker reported SinksAvailable=False during the outage: $outage_seen"
+  check worker-condition-reported-the-database-outage test "$outage_seen" = yes
 }
 
 # The steps in turn, each at its time or when the one before has recovered. A step must
