@@ -296,8 +296,9 @@ impl Finisher {
             .publish_until_taken(channel, ("", &self.queue), &delivery, headers)
             .await
         {
-            self.metrics.redeliveries_counted.inc();
             self.ack(&delivery, &id).await;
+            // Counted once the original is settled too (tests wait for it before a crash).
+            self.metrics.redeliveries_counted.inc();
         } else {
             self.requeue(&delivery, &id).await;
         }
