@@ -356,6 +356,25 @@ mod tests {
     }
 
     #[test]
+    fn limits_written_before_the_http_bounds_keep_parsing() {
+        let limits: Limits = serde_json::from_value(serde_json::json!({
+            "maxPayloadBytes": 1024,
+            "connectTimeoutSeconds": 3
+        }))
+        .expect("parse");
+        assert_eq!(limits.max_payload_bytes, 1024);
+        assert_eq!(limits.max_http_connections, DEFAULT_MAX_HTTP_CONNECTIONS);
+        assert_eq!(
+            limits.http_header_timeout_seconds,
+            DEFAULT_HTTP_HEADER_TIMEOUT_SECONDS
+        );
+        assert_eq!(
+            limits.http_body_timeout_seconds,
+            DEFAULT_HTTP_BODY_TIMEOUT_SECONDS
+        );
+    }
+
+    #[test]
     fn unknown_fields_are_refused() {
         let result: Result<GatewayConfig, _> = serde_json::from_value(serde_json::json!({
             "healthListen": "0.0.0.0:8080",
