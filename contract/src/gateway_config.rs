@@ -240,7 +240,33 @@ pub struct Limits {
     /// Seconds a new connection has to send CONNECT.
     #[serde(default = "default_connect_timeout_seconds")]
     pub connect_timeout_seconds: u64,
+    /// Most simultaneous connections to the HTTP ingest listener; further ones are closed
+    /// as soon as they are accepted.
+    #[serde(default = "default_max_http_connections")]
+    pub max_http_connections: usize,
+    /// Seconds an HTTP connection has to send a complete request head (request line and
+    /// headers), counted from accept or from the end of the previous response on a
+    /// kept-alive connection; a connection that does not is closed. Also applies to the
+    /// health listener.
+    #[serde(default = "default_http_header_timeout_seconds")]
+    pub http_header_timeout_seconds: u64,
+    /// Seconds an HTTP request body has to arrive, counted once its head was read; a body
+    /// that takes longer is abandoned with 408 and the connection closed.
+    #[serde(default = "default_http_body_timeout_seconds")]
+    pub http_body_timeout_seconds: u64,
 }
+
+/// Default of `limits.maxHttpConnections`: more than enough for devices that publish and
+/// hang up, small enough that idle sockets cannot exhaust the gateway's file descriptors.
+pub const DEFAULT_MAX_HTTP_CONNECTIONS: usize = 1024;
+
+/// Default of `limits.httpHeaderTimeoutSeconds`: a device on a slow link sends a few hundred
+/// bytes of head well within it; a socket that sends nothing is closed quickly.
+pub const DEFAULT_HTTP_HEADER_TIMEOUT_SECONDS: u64 = 5;
+
+/// Default of `limits.httpBodyTimeoutSeconds`: the largest default payload (256 KiB) at
+/// about 20 KB/s, a slow cellular link.
+pub const DEFAULT_HTTP_BODY_TIMEOUT_SECONDS: u64 = 15;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -252,6 +278,9 @@ impl Default for Limits {
             max_in_flight: default_max_in_flight(),
             max_in_flight_per_connection: default_max_in_flight_per_connection(),
             connect_timeout_seconds: default_connect_timeout_seconds(),
+            max_http_connections: default_max_http_connections(),
+            http_header_timeout_seconds: default_http_header_timeout_seconds(),
+            http_body_timeout_seconds: default_http_body_timeout_seconds(),
         }
     }
 }
@@ -284,6 +313,18 @@ fn default_connect_timeout_seconds() -> u64 {
     10
 }
 
+fn default_max_http_connections() -> usize {
+    DEFAULT_MAX_HTTP_CONNECTIONS
+}
+
+fn default_http_header_timeout_seconds() -> u64 {
+    DEFAULT_HTTP_HEADER_TIMEOUT_SECONDS
+}
+
+fn default_http_body_timeout_seconds() -> u64 {
+    DEFAULT_HTTP_BODY_TIMEOUT_SECONDS
+}
+
 /// When the gateway acknowledges a device's message.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -312,6 +353,25 @@ mod tests {
         assert_eq!(config.delivery, DeliveryMode::Confirmed);
         assert!(!config.auth.allow_anonymous);
         assert_eq!(config.limits, Limits::default());
+    }
+
+    #[test]
+    fn limits_written_before_the_http_bounds_keep_parsing() {
+        let limits: Limits = serde_json::from_value(serde_json::json!({
+            "maxPayloadBytes": 1024,
+            "connectTimeoutSeconds": 3
+        }))
+        .expect("parse");
+        assert_eq!(limits.max_payload_bytes, 1024);
+        assert_eq!(limits.max_http_connections, DEFAULT_MAX_HTTP_CONNECTIONS);
+        assert_eq!(
+            limits.http_header_timeout_seconds,
+            DEFAULT_HTTP_HEADER_TIMEOUT_SECONDS
+        );
+        assert_eq!(
+            limits.http_body_timeout_seconds,
+            DEFAULT_HTTP_BODY_TIMEOUT_SECONDS
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ use tributary_contract::gateway_config::GatewayConfig;
 
 use crate::auth::{AuthLoadError, Authenticator};
 use crate::broker::Broker;
+use crate::http_listener::{self, HEALTH_MAX_CONNECTIONS};
 use crate::ingest::{Gateway, RateLimiter};
 use crate::metrics::Metrics;
 use crate::topics::{Permissions, Router, TopicError};
@@ -107,7 +108,7 @@ pub struct Running {
     tracker: TaskTracker,
     broker_close: CancellationToken,
     broker_task: tokio::task::JoinHandle<()>,
-    health_task: tokio::task::JoinHandle<()>,
+    health_stop: CancellationToken,
 }
 
 /// Builds the gateway, binds every listener and starts serving.
@@ -153,12 +154,20 @@ pub async fn start(config: GatewayConfig) -> Result<Running, StartError> {
         mqtt_tls: None,
         http: None,
     };
-    let health_app = http::health_router(Arc::clone(&gateway));
-    let health_task = tokio::spawn(async move {
-        if let Err(error) = axum::serve(health_listener, health_app).await {
-            tracing::error!(error = %error, "health listener failed");
-        }
-    });
+    let header_timeout = Duration::from_secs(config.limits.http_header_timeout_seconds.max(1));
+    // Its own loop, cap and tasks: whatever the ingest listener suffers, probes get answers.
+    let health_stop = CancellationToken::new();
+    tokio::spawn(http_listener::serve(
+        health_listener,
+        http::health_router(Arc::clone(&gateway)),
+        http_listener::Bounds {
+            name: "health",
+            header_timeout,
+            max_connections: HEALTH_MAX_CONNECTIONS,
+        },
+        health_stop.clone(),
+        TaskTracker::new(),
+    ));
     tracing::info!(addr = %bound.health, "health and metrics listening");
     let tracker = TaskTracker::new();
     if let Some(addr) = config.listeners.mqtt {
@@ -186,17 +195,17 @@ pub async fn start(config: GatewayConfig) -> Result<Running, StartError> {
         let listener = bind(addr).await?;
         bound.http = Some(local(&listener, addr));
         tracing::info!(addr = %local(&listener, addr), "http ingest listening");
-        let app = http::ingest_router(Arc::clone(&gateway))
-            .into_make_service_with_connect_info::<SocketAddr>();
-        let draining = gateway.draining.clone();
-        tracker.spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { draining.cancelled().await })
-                .await;
-            if let Err(error) = served {
-                tracing::error!(error = %error, "http listener failed");
-            }
-        });
+        tracker.spawn(http_listener::serve(
+            listener,
+            http::ingest_router(Arc::clone(&gateway)),
+            http_listener::Bounds {
+                name: "http",
+                header_timeout,
+                max_connections: config.limits.max_http_connections,
+            },
+            gateway.draining.clone(),
+            tracker.clone(),
+        ));
     }
     Ok(Running {
         bound,
@@ -204,7 +213,7 @@ pub async fn start(config: GatewayConfig) -> Result<Running, StartError> {
         tracker,
         broker_close,
         broker_task,
-        health_task,
+        health_stop,
     })
 }
 
@@ -223,7 +232,7 @@ impl Running {
         }
         self.broker_close.cancel();
         let _ = self.broker_task.await;
-        self.health_task.abort();
+        self.health_stop.cancel();
         tracing::info!("drained");
     }
 }

@@ -2,11 +2,16 @@
 //! listener (`/healthz`, `/readyz`, `/metrics`).
 //!
 //! Ingest status codes: 202 accepted (after the broker confirmed, in `confirmed` mode),
-//! 400 malformed, 401 unauthenticated, 403 topic not permitted, 413 too large, 429 rate
-//! limited, 503 broker unavailable or draining.
+//! 400 malformed, 401 unauthenticated, 403 topic not permitted, 408 body not received in
+//! time, 413 too large (at once when the declared `Content-Length` is), 429 rate limited,
+//! 503 broker unavailable or draining.
+//!
+//! Both routers are served by [`crate::http_listener`], which bounds connections and
+//! request heads.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, State};
@@ -90,6 +95,13 @@ async fn publish(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    // Before anything costs CPU, and without reading a byte of the body.
+    if declared_length(&headers).is_some_and(|length| length > gateway.limits.max_payload_bytes) {
+        gateway
+            .metrics
+            .reject(ProtocolLabel::Http, RejectReason::TooLarge);
+        return closing(error(StatusCode::PAYLOAD_TOO_LARGE, "payload too large"));
+    }
     let Ok(credentials) = credentials(&headers) else {
         gateway.metrics.auth_failure(ProtocolLabel::Http, "none");
         return unauthorized();
@@ -113,14 +125,9 @@ async fn publish(
         Some(Ok(value)) => Some(value.to_owned()),
         Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "invalid content type"),
     };
-    let payload = match axum::body::to_bytes(body, gateway.limits.max_payload_bytes).await {
+    let payload = match read_body(body, &gateway).await {
         Ok(payload) => payload,
-        Err(_) => {
-            gateway
-                .metrics
-                .reject(ProtocolLabel::Http, RejectReason::TooLarge);
-            return error(StatusCode::PAYLOAD_TOO_LARGE, "payload too large");
-        }
+        Err(response) => return response,
     };
     let prepared =
         match gateway.prepare(&device, &topic, ProtocolLabel::Http, content_type, &payload) {
@@ -148,6 +155,77 @@ async fn publish(
         Ok(id) => (StatusCode::ACCEPTED, Json(serde_json::json!({ "id": id }))).into_response(),
         Err(refusal) => refusal_response(&refusal),
     }
+}
+
+/// The declared `Content-Length`, when there is a valid one (hyper already refused
+/// malformed and conflicting ones).
+fn declared_length(headers: &HeaderMap) -> Option<usize> {
+    let value = headers.get(header::CONTENT_LENGTH)?.to_str().ok()?;
+    // A length too big for usize is certainly over the limit.
+    Some(
+        value
+            .trim()
+            .parse::<u64>()
+            .ok()?
+            .try_into()
+            .unwrap_or(usize::MAX),
+    )
+}
+
+/// Reads the whole body within the payload limit and the body deadline. A body that is too
+/// large gets 413; one that does not arrive in time, or whose connection fails, gets 408
+/// (the client may never read it). Both close the connection, since the rest of the body
+/// may still be on its way.
+async fn read_body(body: Body, gateway: &Gateway) -> Result<bytes::Bytes, Response> {
+    let deadline = Duration::from_secs(gateway.limits.http_body_timeout_seconds.max(1));
+    let limit = gateway.limits.max_payload_bytes;
+    match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(payload)) => Ok(payload),
+        Ok(Err(failure)) if is_length_limit(&failure) => {
+            gateway
+                .metrics
+                .reject(ProtocolLabel::Http, RejectReason::TooLarge);
+            Err(closing(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload too large",
+            )))
+        }
+        Ok(Err(failure)) => {
+            tracing::debug!(error = %failure, "http body read failed");
+            Err(closing(error(
+                StatusCode::REQUEST_TIMEOUT,
+                "body not received",
+            )))
+        }
+        Err(_) => {
+            tracing::debug!(seconds = deadline.as_secs(), "http body deadline passed");
+            Err(closing(error(
+                StatusCode::REQUEST_TIMEOUT,
+                "body not received in time",
+            )))
+        }
+    }
+}
+
+/// Whether a body error is the payload limit (rather than the connection failing).
+fn is_length_limit(failure: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(failure);
+    while let Some(error) = source {
+        if error.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
+/// Marks a response as the last on its connection.
+fn closing(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 fn unauthorized() -> Response {
