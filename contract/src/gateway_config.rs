@@ -123,10 +123,22 @@ pub struct AuthConfig {
     /// The device id anonymous devices get.
     #[serde(default = "default_anonymous_device")]
     pub anonymous_device: String,
-    /// Failed logins allowed per source address per minute before further attempts from
-    /// it are refused without being checked.
+    /// Failed logins per source address per minute before further attempts from it are
+    /// slowed down (by at most half a second each). Never a refusal: devices behind one NAT
+    /// share an address, and a correct password from it is still accepted. Failures are
+    /// also counted per device id; after a few, that device's password checks are spaced
+    /// out with growing delays.
     #[serde(default = "default_failed_logins_per_minute")]
     pub failed_logins_per_minute: u32,
+    /// Password checks (argon2) that run at once. Each slot keeps one argon2 memory block
+    /// (19 MiB at the recommended cost) for the gateway's lifetime and reuses it, so
+    /// password logins never grow the process beyond `slots × memory cost`.
+    #[serde(default = "default_password_check_slots")]
+    pub password_check_slots: u16,
+    /// Password logins that may wait for a free slot; a login beyond this, or one whose
+    /// wait outlasts its CONNECT deadline, is answered "server unavailable" at once.
+    #[serde(default = "default_password_check_queue")]
+    pub password_check_queue: u16,
 }
 
 impl Default for AuthConfig {
@@ -138,6 +150,8 @@ impl Default for AuthConfig {
             allow_anonymous: false,
             anonymous_device: default_anonymous_device(),
             failed_logins_per_minute: default_failed_logins_per_minute(),
+            password_check_slots: default_password_check_slots(),
+            password_check_queue: default_password_check_queue(),
         }
     }
 }
@@ -148,6 +162,14 @@ fn default_anonymous_device() -> String {
 
 fn default_failed_logins_per_minute() -> u32 {
     30
+}
+
+fn default_password_check_slots() -> u16 {
+    2
+}
+
+fn default_password_check_queue() -> u16 {
+    64
 }
 
 /// JWT verification settings.
@@ -237,7 +259,8 @@ pub struct Limits {
     /// Unacknowledged QoS 1 messages per MQTT connection (MQTT 5 "receive maximum").
     #[serde(default = "default_max_in_flight_per_connection")]
     pub max_in_flight_per_connection: u16,
-    /// Seconds a new connection has to send CONNECT.
+    /// Seconds a new connection has to send CONNECT and be authenticated (waiting for a
+    /// password check slot included).
     #[serde(default = "default_connect_timeout_seconds")]
     pub connect_timeout_seconds: u64,
     /// Most simultaneous connections to the HTTP ingest listener; further ones are closed

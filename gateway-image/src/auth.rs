@@ -1,19 +1,27 @@
 //! Device authentication: argon2 password hashes, JWTs (RS256/ES256) and client
-//! certificates, plus a limit on failed logins per source address.
+//! certificates, plus throttling of failed logins (per source address and per device id).
 //!
 //! Every failure looks the same to the device (`AuthError::Denied`): whether the device
-//! exists is never revealed, and unknown devices cost as much CPU as known ones.
+//! exists is never revealed, and unknown devices cost as much CPU (and are throttled the
+//! same way) as known ones. Password checks run in a fixed number of slots with reused
+//! memory ([`hashing`]); throttling slows attackers without refusing a correct password
+//! from a busy address ([`throttle`]).
+
+mod hashing;
+mod throttle;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use argon2::{Argon2, PasswordHasher, PasswordVerifier};
+use argon2::{Argon2, PasswordHasher};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use tributary_contract::gateway_config::AuthConfig;
 
+use self::hashing::{HashingPool, StoredHash};
+use self::throttle::Throttle;
 use crate::topics::is_safe_identity;
 
 /// Errors loading authentication sources.
@@ -49,10 +57,18 @@ pub enum AuthError {
     /// Wrong or missing credentials (the only thing the device learns).
     #[error("bad credentials")]
     Denied,
-    /// Too many failed logins from this address recently.
+    /// The device id's password checks are booked out past the login deadline (too many
+    /// recent failures for it); try again later. Unknown ids are throttled alike.
     #[error("too many failed logins")]
     Throttled,
+    /// No password check slot freed up in time, or the queue for them is full.
+    #[error("password checks busy")]
+    Busy,
 }
+
+/// How long a login may wait (throttling and the password check queue) when the caller
+/// has no deadline of its own.
+pub const DEFAULT_LOGIN_WAIT: Duration = Duration::from_secs(10);
 
 /// What a device presented.
 #[derive(Debug, Clone)]
@@ -96,19 +112,18 @@ struct JwtKey {
 
 /// Verifies device credentials.
 pub struct Authenticator {
-    passwords: HashMap<String, String>,
+    passwords: HashMap<String, StoredHash>,
     /// Verified against for unknown devices so they take as long as known ones.
-    dummy_hash: String,
+    dummy_hash: Option<StoredHash>,
     jwt_keys: Vec<JwtKey>,
     jwt_validation: Vec<Validation>,
     device_claim: String,
     allow_anonymous: bool,
     anonymous_device: String,
-    failures: FailureLimiter,
-    /// Password hashing is CPU- and memory-heavy (argon2 allocates its memory cost per
-    /// hash): a login storm must not spawn hundreds of blocking threads, each keeping its
-    /// allocator arena, so at most one verification per core runs at once.
-    hashing: tokio::sync::Semaphore,
+    throttle: Throttle,
+    /// Password checks are CPU- and memory-heavy: a fixed number of slots with reused
+    /// argon2 memory, and a bounded queue in front of them.
+    hashing: HashingPool,
 }
 
 impl Authenticator {
@@ -155,10 +170,14 @@ impl Authenticator {
             }
         }
         // Without a password file there is no device whose existence could leak.
-        let dummy_hash = match passwords.values().next() {
-            Some(like) => dummy_hash(like),
-            None => String::new(),
-        };
+        let dummy_hash = passwords.values().next().and_then(dummy_hash);
+        // Every slot's memory fits the costliest hash, allocated once and reused.
+        let blocks = passwords
+            .values()
+            .chain(&dummy_hash)
+            .map(StoredHash::blocks)
+            .max()
+            .unwrap_or(0);
         Ok(Self {
             passwords,
             dummy_hash,
@@ -167,11 +186,11 @@ impl Authenticator {
             device_claim,
             allow_anonymous: config.allow_anonymous,
             anonymous_device: config.anonymous_device.clone(),
-            failures: FailureLimiter::new(config.failed_logins_per_minute),
-            hashing: tokio::sync::Semaphore::new(
-                std::thread::available_parallelism()
-                    .map(usize::from)
-                    .unwrap_or(2),
+            throttle: Throttle::new(config.failed_logins_per_minute),
+            hashing: HashingPool::new(
+                usize::from(config.password_check_slots),
+                usize::from(config.password_check_queue),
+                blocks,
             ),
         })
     }
@@ -181,50 +200,120 @@ impl Authenticator {
         !self.jwt_keys.is_empty()
     }
 
-    /// Authenticates a device; returns its device id. CPU-heavy hashing runs on the
-    /// blocking pool.
+    /// Authenticates a device; returns its device id. Waits at most
+    /// [`DEFAULT_LOGIN_WAIT`]; see [`Authenticator::authenticate_by`].
     pub async fn authenticate(
         self: &Arc<Self>,
         source: IpAddr,
         credentials: Credentials,
     ) -> Result<String, AuthError> {
-        if self.failures.is_throttled(source) {
-            return Err(AuthError::Throttled);
-        }
-        let this = Arc::clone(self);
-        let result = match credentials {
-            Credentials::Certificate(device) if is_safe_identity(&device) => Ok(device),
-            Credentials::Certificate(_) => Err(AuthError::Denied),
-            Credentials::Password { device, password } => match self.hashing.acquire().await {
-                Ok(_permit) => {
-                    tokio::task::spawn_blocking(move || this.check_password(device, &password))
-                        .await
-                        .unwrap_or(Err(AuthError::Denied))
-                }
-                Err(_) => Err(AuthError::Denied),
-            },
-            Credentials::Token(token) => self.check_token(&token),
-            Credentials::None if self.allow_anonymous => Ok(self.anonymous_device.clone()),
-            Credentials::None => Err(AuthError::Denied),
-        };
-        if result.is_err() {
-            self.failures.record(source);
-        }
-        result
+        let deadline = tokio::time::Instant::now() + DEFAULT_LOGIN_WAIT;
+        self.authenticate_by(source, credentials, deadline).await
     }
 
-    fn check_password(&self, device: String, password: &[u8]) -> Result<String, AuthError> {
-        let (hash, known) = match self.passwords.get(&device) {
-            Some(hash) => (hash.as_str(), true),
-            None if self.dummy_hash.is_empty() => return Err(AuthError::Denied),
-            None => (self.dummy_hash.as_str(), false),
-        };
-        let verified = Argon2::default().verify_password(password, hash).is_ok();
-        if verified && known {
-            Ok(device)
-        } else {
-            Err(AuthError::Denied)
+    /// Authenticates a device; returns its device id. Throttling and the wait for a
+    /// password check slot end by `deadline` (`Throttled` / `Busy`); a check that started
+    /// runs to its end. CPU-heavy hashing runs on the blocking pool.
+    pub async fn authenticate_by(
+        self: &Arc<Self>,
+        source: IpAddr,
+        credentials: Credentials,
+        deadline: tokio::time::Instant,
+    ) -> Result<String, AuthError> {
+        match credentials {
+            // Verified by the TLS handshake; nothing to guess.
+            Credentials::Certificate(device) if is_safe_identity(&device) => Ok(device),
+            Credentials::Certificate(_) => Err(AuthError::Denied),
+            Credentials::None if self.allow_anonymous => Ok(self.anonymous_device.clone()),
+            Credentials::None => {
+                // Cheap to refuse, but counted: the address's next attempts wait.
+                let _ = self.throttle.admit(source, None, deadline);
+                Err(AuthError::Denied)
+            }
+            Credentials::Token(token) => {
+                // The device id is only known once the signature checks out: by address.
+                let admission = self.admit(source, None, deadline).await?;
+                let result = self.check_token(&token);
+                if result.is_ok() {
+                    self.throttle.succeeded(&admission);
+                }
+                result
+            }
+            Credentials::Password { device, password } => {
+                let admission = self.admit(source, Some(&device), deadline).await?;
+                let result = self.check_password(device, password, deadline).await;
+                if result.is_ok() {
+                    self.throttle.succeeded(&admission);
+                }
+                result
+            }
         }
+    }
+
+    /// Counts the attempt as a failure (taken back on success) and waits out its delay.
+    async fn admit(
+        &self,
+        source: IpAddr,
+        identity: Option<&str>,
+        deadline: tokio::time::Instant,
+    ) -> Result<throttle::Admission, AuthError> {
+        let admission = self
+            .throttle
+            .admit(source, identity, deadline)
+            .map_err(|throttle::Throttled| AuthError::Throttled)?;
+        if !admission.wait.is_zero() {
+            let until = tokio::time::Instant::now() + admission.wait;
+            if until >= deadline {
+                return Err(AuthError::Busy);
+            }
+            tokio::time::sleep_until(until).await;
+        }
+        Ok(admission)
+    }
+
+    async fn check_password(
+        &self,
+        device: String,
+        password: Vec<u8>,
+        deadline: tokio::time::Instant,
+    ) -> Result<String, AuthError> {
+        let (hash, known) = match self.passwords.get(&device) {
+            Some(hash) => (hash, true),
+            None => match &self.dummy_hash {
+                Some(dummy) => (dummy, false),
+                None => return Err(AuthError::Denied),
+            },
+        };
+        match self.hashing.check(hash.clone(), password, deadline).await {
+            Ok(true) if known => Ok(device),
+            Ok(_) => Err(AuthError::Denied),
+            Err(hashing::Busy) => Err(AuthError::Busy),
+        }
+    }
+
+    /// Failed logins counted for `device` in its current window (metrics, tests).
+    pub fn device_failures(&self, device: &str) -> u32 {
+        self.throttle.identity_failures(device)
+    }
+
+    /// (source addresses, device ids) with failures being tracked; each is bounded.
+    pub fn tracked_failures(&self) -> (usize, usize) {
+        self.throttle.tracked()
+    }
+
+    /// Password checks started since load.
+    pub fn password_checks_started(&self) -> u64 {
+        self.hashing.started()
+    }
+
+    /// Password checks running now.
+    pub fn password_checks_running(&self) -> usize {
+        self.hashing.running()
+    }
+
+    /// Password logins waiting for a check slot now.
+    pub fn password_checks_waiting(&self) -> usize {
+        self.hashing.waiting()
     }
 
     fn check_token(&self, token: &str) -> Result<String, AuthError> {
@@ -261,15 +350,13 @@ pub fn hash_password_cheap(password: &[u8]) -> Result<String, argon2::password_h
 
 /// A hash of a fixed password with the same cost as the real ones, so that unknown devices
 /// take as long to refuse as wrong passwords.
-fn dummy_hash(like: &str) -> String {
-    let params = argon2::PasswordHash::new(like)
-        .ok()
-        .and_then(|hash| argon2::Params::try_from(&hash).ok())
-        .unwrap_or_default();
-    Argon2::from(params)
+fn dummy_hash(like: &StoredHash) -> Option<StoredHash> {
+    let phc = like
+        .argon2()
         .hash_password(b"tributary-dummy")
-        .map(|h| h.to_string())
-        .unwrap_or_default()
+        .ok()?
+        .to_string();
+    StoredHash::parse(&phc)
 }
 
 fn read(path: &Path) -> Result<String, AuthLoadError> {
@@ -280,7 +367,10 @@ fn read(path: &Path) -> Result<String, AuthLoadError> {
 }
 
 /// Parses `device:hash` lines; blank lines and `#` comments are skipped.
-fn parse_password_file(path: &Path, text: &str) -> Result<HashMap<String, String>, AuthLoadError> {
+fn parse_password_file(
+    path: &Path,
+    text: &str,
+) -> Result<HashMap<String, StoredHash>, AuthLoadError> {
     let mut out = HashMap::new();
     for (index, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -292,50 +382,13 @@ fn parse_password_file(path: &Path, text: &str) -> Result<HashMap<String, String
             line: index + 1,
         };
         let (device, hash) = line.split_once(':').ok_or_else(bad)?;
-        if !is_safe_identity(device) || argon2::PasswordHash::new(hash).is_err() {
+        if !is_safe_identity(device) {
             return Err(bad());
         }
-        out.insert(device.to_owned(), hash.to_owned());
+        let hash = StoredHash::parse(hash).ok_or_else(bad)?;
+        out.insert(device.to_owned(), hash);
     }
     Ok(out)
-}
-
-/// Counts failed logins per source address in one-minute windows.
-struct FailureLimiter {
-    per_minute: u32,
-    windows: Mutex<HashMap<IpAddr, (Instant, u32)>>,
-}
-
-impl FailureLimiter {
-    fn new(per_minute: u32) -> Self {
-        Self {
-            per_minute,
-            windows: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn is_throttled(&self, source: IpAddr) -> bool {
-        let Ok(windows) = self.windows.lock() else {
-            return false;
-        };
-        windows.get(&source).is_some_and(|(start, count)| {
-            start.elapsed() < Duration::from_secs(60) && *count >= self.per_minute
-        })
-    }
-
-    fn record(&self, source: IpAddr) {
-        let Ok(mut windows) = self.windows.lock() else {
-            return;
-        };
-        if windows.len() > 100_000 {
-            windows.retain(|_, (start, _)| start.elapsed() < Duration::from_secs(60));
-        }
-        let entry = windows.entry(source).or_insert((Instant::now(), 0));
-        if entry.0.elapsed() >= Duration::from_secs(60) {
-            *entry = (Instant::now(), 0);
-        }
-        entry.1 += 1;
-    }
 }
 
 #[cfg(test)]

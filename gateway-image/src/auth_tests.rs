@@ -1,6 +1,7 @@
 use std::io::Write;
 use std::net::Ipv4Addr;
 
+use argon2::Argon2;
 use jsonwebtoken::{EncodingKey, Header};
 use tributary_contract::gateway_config::JwtAuth;
 
@@ -90,23 +91,156 @@ async fn anonymous_is_refused_unless_enabled() {
     );
 }
 
+fn wrong_passwords(devices: impl Iterator<Item = String>) -> Vec<Credentials> {
+    devices
+        .map(|device| Credentials::Password {
+            device,
+            password: b"guess".to_vec(),
+        })
+        .collect()
+}
+
 #[tokio::test]
-async fn repeated_failures_from_one_address_are_throttled() {
+async fn correct_password_from_an_address_with_100_failed_logins_a_minute_is_accepted() {
+    let hash = hash_password_cheap(b"s3cret").expect("hash");
+    let file = temp_file(&format!("press-7:{hash}\n"));
+    // The default allowance (30 a minute), as in production: devices share a NAT address
+    // with whoever is failing.
     let config = AuthConfig {
-        failed_logins_per_minute: 2,
+        password_file: Some(file.0.clone()),
         ..AuthConfig::default()
     };
     let auth = Arc::new(Authenticator::load(&config).expect("load"));
-    for _ in 0..2 {
+    let attempts = wrong_passwords((0..100).map(|i| format!("ghost-{i}")))
+        .into_iter()
+        .map(|credentials| auth.authenticate(SOURCE, credentials));
+    let results = futures::future::join_all(attempts).await;
+    assert!(results.iter().all(Result::is_err), "{results:?}");
+    assert_eq!(
+        auth.authenticate(SOURCE, password("press-7", "s3cret"))
+            .await,
+        Ok("press-7".into())
+    );
+}
+
+#[tokio::test]
+async fn parallel_bad_logins_for_one_device_are_all_counted_before_any_check_ends() {
+    let hash = hash_password_cheap(b"s3cret").expect("hash");
+    let file = temp_file(&format!("press-7:{hash}\n"));
+    let auth = Arc::new(Authenticator::load(&password_config(&file)).expect("load"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let attempts = wrong_passwords((0..50).map(|_| "press-7".to_owned()))
+        .into_iter()
+        .map(|credentials| auth.authenticate_by(SOURCE, credentials, deadline));
+    let results = futures::future::join_all(attempts).await;
+    let started = auth.password_checks_started();
+    println!("50 parallel bad logins: {started} password checks ran, the rest were spaced out");
+    assert!(results.iter().all(Result::is_err), "{results:?}");
+    assert_eq!(auth.device_failures("press-7"), 50);
+    assert!(started < 50, "every bad login reached the hash: {started}");
+}
+
+#[tokio::test]
+async fn a_device_whose_password_is_being_guessed_still_gets_in_with_it() {
+    let hash = hash_password_cheap(b"s3cret").expect("hash");
+    let file = temp_file(&format!("press-7:{hash}\n"));
+    let auth = Arc::new(Authenticator::load(&password_config(&file)).expect("load"));
+    for _ in 0..8 {
         assert_eq!(
-            auth.authenticate(SOURCE, Credentials::None).await,
+            auth.authenticate(SOURCE, password("press-7", "guess"))
+                .await,
             Err(AuthError::Denied)
         );
     }
     assert_eq!(
-        auth.authenticate(SOURCE, Credentials::None).await,
-        Err(AuthError::Throttled)
+        auth.authenticate(SOURCE, password("press-7", "s3cret"))
+            .await,
+        Ok("press-7".into())
     );
+    assert_eq!(
+        auth.device_failures("press-7"),
+        8,
+        "the good login took back only its own count"
+    );
+}
+
+#[tokio::test]
+async fn failure_maps_stay_at_their_bound_when_fed_100000_devices() {
+    let config = AuthConfig {
+        failed_logins_per_minute: 1000,
+        ..AuthConfig::default()
+    };
+    let auth = Arc::new(Authenticator::load(&config).expect("load"));
+    for i in 0..100_000u32 {
+        let source = IpAddr::V6(std::net::Ipv6Addr::from(u128::from(i) + 1));
+        let result = auth
+            .authenticate(source, password(&format!("ghost-{i}"), "guess"))
+            .await;
+        assert_eq!(result, Err(AuthError::Denied));
+    }
+    let bound = throttle::MAX_TRACKED;
+    assert_eq!(auth.tracked_failures(), (bound, bound));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_check_queue_refuses_at_once_while_a_started_login_completes() {
+    // A costlier hash than the other tests so the first check is still running while the
+    // queue fills.
+    let slow = Argon2::from(argon2::Params::new(16 * 1024, 3, 1, None).expect("params"))
+        .hash_password(b"s3cret")
+        .expect("hash")
+        .to_string();
+    let file = temp_file(&format!("slow-7:{slow}\n"));
+    let config = AuthConfig {
+        password_check_slots: 1,
+        password_check_queue: 1,
+        ..password_config(&file)
+    };
+    let auth = Arc::new(Authenticator::load(&config).expect("load"));
+    let good = tokio::spawn({
+        let auth = Arc::clone(&auth);
+        async move {
+            auth.authenticate(SOURCE, password("slow-7", "s3cret"))
+                .await
+        }
+    });
+    assert!(
+        eventually(|| auth.password_checks_running() == 1).await,
+        "the good login's check never started"
+    );
+    let queued = tokio::spawn({
+        let auth = Arc::clone(&auth);
+        async move {
+            auth.authenticate(SOURCE, password("ghost-1", "guess"))
+                .await
+        }
+    });
+    assert!(
+        eventually(|| auth.password_checks_waiting() == 1).await,
+        "the second login never queued"
+    );
+    assert_eq!(
+        auth.authenticate(SOURCE, password("ghost-2", "guess"))
+            .await,
+        Err(AuthError::Busy)
+    );
+    assert!(
+        !good.is_finished(),
+        "the refusal waited for the running check"
+    );
+    assert_eq!(good.await.expect("join"), Ok("slow-7".into()));
+    assert_eq!(queued.await.expect("join"), Err(AuthError::Denied));
+}
+
+/// Polls `condition` (every millisecond, for up to 20 s).
+async fn eventually(condition: impl Fn() -> bool) -> bool {
+    for _ in 0..20_000 {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    false
 }
 
 #[test]

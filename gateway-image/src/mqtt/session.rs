@@ -133,13 +133,16 @@ struct Session<R, W> {
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
     async fn run(&mut self, certificate_device: Option<String>) -> SessionEnd {
         let timeout = Duration::from_secs(self.gateway.limits.connect_timeout_seconds.max(1));
-        let connect = match tokio::time::timeout(timeout, self.read_connect()).await {
+        // One deadline for reading CONNECT and authenticating (throttling and the wait for
+        // a password check slot included): logins never queue without limit.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let connect = match tokio::time::timeout_at(deadline, self.read_connect()).await {
             Ok(Ok(connect)) => connect,
             Ok(Err(end)) => return end,
             Err(_) => return SessionEnd::Timeout,
         };
         self.v5 = connect.v5;
-        let _connection_permit = match self.accept(&connect, certificate_device).await {
+        let _connection_permit = match self.accept(&connect, certificate_device, deadline).await {
             Ok(permit) => permit,
             Err(refusal) => {
                 encode::connack_refused(&mut self.out, self.v5, refusal);
@@ -232,6 +235,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
         &mut self,
         connect: &Connect,
         certificate_device: Option<String>,
+        deadline: tokio::time::Instant,
     ) -> Result<tokio::sync::OwnedSemaphorePermit, ConnectRefusal> {
         let gateway = Arc::clone(&self.gateway);
         if connect.properties.auth_method.is_some() {
@@ -257,11 +261,21 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
             (None, None, _) => Credentials::None,
         };
         let method = credentials.method();
-        match gateway.auth.authenticate(self.peer.ip(), credentials).await {
+        let authenticated = gateway
+            .auth
+            .authenticate_by(self.peer.ip(), credentials, deadline)
+            .await;
+        match authenticated {
             Ok(device) => self.device = device,
-            Err(AuthError::Denied | AuthError::Throttled) => {
+            Err(AuthError::Denied) => {
                 gateway.metrics.auth_failure(ProtocolLabel::Mqtt, method);
                 return Err(ConnectRefusal::BadCredentials);
+            }
+            // Not a verdict on the credentials: "unavailable" makes devices retry later
+            // rather than give up on a password that may well be right.
+            Err(AuthError::Throttled | AuthError::Busy) => {
+                gateway.metrics.auth_failure(ProtocolLabel::Mqtt, method);
+                return Err(ConnectRefusal::ServerUnavailable);
             }
         }
         if gateway.draining.is_cancelled() || !gateway.broker.is_connected() {
