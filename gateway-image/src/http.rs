@@ -4,7 +4,7 @@
 //! Ingest status codes: 202 accepted (after the broker confirmed, in `confirmed` mode),
 //! 400 malformed, 401 unauthenticated, 403 topic not permitted, 408 body not received in
 //! time, 413 too large (at once when the declared `Content-Length` is), 429 rate limited,
-//! 503 broker unavailable or draining.
+//! 503 broker unavailable or draining, or authentication busy or throttled (`Retry-After`).
 //!
 //! Both routers are served by [`crate::http_listener`], which bounds connections and
 //! request heads.
@@ -21,7 +21,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 
-use crate::auth::Credentials;
+use crate::auth::{AuthError, Credentials};
 use crate::broker::PublishError;
 use crate::ingest::{Gateway, IngestError};
 use crate::metrics::{ProtocolLabel, RejectReason};
@@ -109,9 +109,13 @@ async fn publish(
     let method = credentials.method();
     let device = match gateway.auth.authenticate(peer.ip(), credentials).await {
         Ok(device) => device,
-        Err(_) => {
+        Err(refusal) => {
             gateway.metrics.auth_failure(ProtocolLabel::Http, method);
-            return unauthorized();
+            return match refusal {
+                AuthError::Denied => unauthorized(),
+                // Not a verdict on the credentials: the device should come back.
+                AuthError::Throttled | AuthError::Busy => try_later(),
+            };
         }
     };
     if validate_topic_name(&topic).is_err() {
@@ -236,6 +240,16 @@ fn unauthorized() -> Response {
             "Basic realm=\"tributary\", Bearer",
         )],
         Json(serde_json::json!({ "error": "unauthenticated" })),
+    )
+        .into_response()
+}
+
+/// 503 with `Retry-After`: the password checks are busy or this device id is throttled.
+fn try_later() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "2")],
+        Json(serde_json::json!({ "error": "authentication busy, try again later" })),
     )
         .into_response()
 }
