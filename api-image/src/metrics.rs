@@ -168,3 +168,54 @@ impl Metrics {
         text
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The (name, type) rows of the `## API` table in `docs/metrics.md`.
+    fn documented() -> Vec<(String, String)> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md");
+        let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let mut in_section = false;
+        let mut rows = Vec::new();
+        for line in text.lines() {
+            if let Some(title) = line.strip_prefix("## ") {
+                in_section = title.trim() == "API";
+                continue;
+            }
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            if in_section && cells.len() > 3 && cells[1].starts_with("`tributary_") {
+                rows.push((cells[1].trim_matches('`').to_owned(), cells[2].to_owned()));
+            }
+        }
+        rows
+    }
+
+    #[test]
+    fn exported_metrics_and_docs_metrics_md_agree() {
+        let metrics = Metrics::new();
+        // Give every labelled family a series.
+        metrics.request("/v1/devices", 200, 0.01);
+        metrics.stream_clients("sse").set(0);
+        metrics.rate_limited("k");
+        let text = metrics.render();
+        let mut exported = Vec::new();
+        for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let mut parts = line.split_whitespace().skip(2);
+            let (Some(family), Some(kind)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let name = if kind == "counter" {
+                format!("{family}_total")
+            } else {
+                family.to_owned()
+            };
+            exported.push((name, kind.to_owned()));
+        }
+        let mut documented = documented();
+        documented.sort();
+        exported.sort();
+        assert_eq!(exported, documented, "docs/metrics.md ## API is out of step");
+    }
+}
