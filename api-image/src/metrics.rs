@@ -216,6 +216,9 @@ mod tests {
         let mut documented = documented();
         documented.sort();
         exported.sort();
-        assert_eq!(exported, documented, "docs/metrics.md ## API is out of step");
+        assert_eq!(
+            exported, documented,
+            "docs/metrics.md ## API is out of step"
+        );
     }
 }
