@@ -49,8 +49,13 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.openapi {
-        println!("{:#}", tributary_api::openapi::document());
-        return Ok(());
+        use std::io::Write;
+        let text = format!("{:#}\n", tributary_api::openapi::document());
+        // A closed pipe (`| head`) is not an error worth a panic.
+        return match std::io::stdout().write_all(text.as_bytes()) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+            _ => Ok(()),
+        };
     }
     let config = config::load(&cli.config)?;
     let api = Api::build(config).context("cannot start the API")?;
