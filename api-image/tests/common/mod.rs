@@ -67,9 +67,10 @@ pub fn new_id() -> String {
         .to_string()
 }
 
-/// A private directory for secret files.
+/// A private directory for secret files, under the build's own temporary directory (not
+/// the shared /tmp: the files hold the test servers' URLs).
 pub fn temp_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(unique("tributary-api-test"));
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique("api-test"));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
