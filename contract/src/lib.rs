@@ -1,9 +1,10 @@
-//! The wire contract shared by the operator and the data plane (gateway, worker).
+//! The wire contract shared by the operator and the data plane (gateway, worker, api).
 //!
 //! Kept free of Kubernetes dependencies so the data-plane binaries stay small and run
 //! standalone with the same files the operator renders.
 #![forbid(unsafe_code)]
 
+pub mod api_config;
 pub mod envelope;
 pub mod gateway_config;
 pub mod sql;

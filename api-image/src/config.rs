@@ -1,0 +1,145 @@
+//! Loading and checking the API config file (YAML or JSON).
+
+use std::path::Path;
+
+use thiserror::Error;
+use tributary_contract::api_config::ApiConfig;
+
+/// A config file that cannot be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read config {path}: {message}")]
+    Read {
+        /// The path.
+        path: String,
+        /// The I/O error.
+        message: String,
+    },
+    /// The file is not a valid API config.
+    #[error("invalid config {path}: {message}")]
+    Parse {
+        /// The path.
+        path: String,
+        /// What is wrong, with the location.
+        message: String,
+    },
+    /// The values do not make sense together.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// Reads, parses and checks a config file.
+pub fn load(path: &Path) -> Result<ApiConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    parse(&text).map_err(|e| match e {
+        ConfigError::Parse { message, .. } => ConfigError::Parse {
+            path: path.display().to_string(),
+            message,
+        },
+        other => other,
+    })
+}
+
+/// Parses and checks config text (YAML, of which JSON is a subset).
+pub fn parse(text: &str) -> Result<ApiConfig, ConfigError> {
+    // Through a JSON value: serde_yaml 0.9 wants YAML tags for enums, while people write
+    // single-key maps (`scope: {devicePrefix: a-}`).
+    let value: serde_json::Value = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: String::new(),
+        message: e.to_string(),
+    })?;
+    let config: ApiConfig =
+        serde_path_to_error::deserialize(value).map_err(|e| ConfigError::Parse {
+            path: String::new(),
+            message: match e.path().to_string().as_str() {
+                "." => e.inner().to_string(),
+                at => format!("at {at}: {}", e.inner()),
+            },
+        })?;
+    validate(&config)?;
+    Ok(config)
+}
+
+/// Checks what the types cannot express.
+pub fn validate(config: &ApiConfig) -> Result<(), ConfigError> {
+    let invalid = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+    let limits = &config.limits;
+    if config.postgres.connections == 0 {
+        return invalid("postgres.connections must be at least 1");
+    }
+    if limits.max_page_size == 0 || limits.default_page_size == 0 {
+        return invalid("limits.maxPageSize and limits.defaultPageSize must be at least 1");
+    }
+    if limits.default_page_size > limits.max_page_size {
+        return invalid("limits.defaultPageSize must not exceed limits.maxPageSize");
+    }
+    if limits.max_buckets == 0 || limits.max_devices_per_query == 0 {
+        return invalid("limits.maxBuckets and limits.maxDevicesPerQuery must be at least 1");
+    }
+    if let Some(live) = &config.live {
+        if live.exchange.is_empty() {
+            return invalid(
+                "live.exchange must name an exchange (the default exchange cannot be bound)",
+            );
+        }
+        if live.client_buffer == 0 || live.max_clients == 0 || live.queue_max_length == 0 {
+            return invalid(
+                "live.clientBuffer, live.maxClients and live.queueMaxLength must be at least 1",
+            );
+        }
+    }
+    if config.api_keys.is_empty() {
+        tracing::warn!("no apiKeys configured: every /v1 request will get 401");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+listen: 127.0.0.1:8080
+postgres: {urlFile: /s/pg, table: telemetry.readings, deviceColumn: machine}
+redis: {urlFile: /s/redis, keyTemplate: "factory:latest:{device}"}
+live: {uriFile: /s/amqp, exchange: tributary.live}
+apiKeys:
+  - {name: all, sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08, scope: all}
+  - name: site-a
+    sha256: 60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752
+    scope: {devicePrefix: site-a-}
+    rateLimit: {requestsPerSecond: 1, burst: 2}
+corsAllowedOrigins: ["https://dashboard.example"]
+"#;
+
+    #[test]
+    fn full_yaml_config_parses() {
+        let config = parse(FULL).expect("parse");
+        assert_eq!(config.postgres.device_column, "machine");
+        assert_eq!(config.api_keys.len(), 2);
+        assert_eq!(
+            config.live.as_ref().map(|l| l.routing_key.as_str()),
+            Some("#")
+        );
+    }
+
+    #[test]
+    fn a_misspelled_field_is_named_with_its_place() {
+        let error = parse(&FULL.replace("deviceColumn", "deviceColum")).expect_err("must fail");
+        let text = error.to_string();
+        assert!(
+            text.contains("postgres") && text.contains("deviceColum"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn contradictory_limits_are_refused() {
+        let text = format!("{FULL}limits: {{defaultPageSize: 50, maxPageSize: 10}}\n");
+        assert!(matches!(parse(&text), Err(ConfigError::Invalid(_))));
+    }
+}
