@@ -742,20 +742,23 @@ async fn autoscaler_follows_the_backlog_scales_to_zero_and_wakes_on_a_message() 
         "scaled to 3 after {:.1}s",
         published.elapsed().as_secs_f64()
     ));
-    let status = workers
-        .get("ingest")
-        .await
-        .expect("worker")
-        .status
-        .expect("status");
-    let scaling = status.scaling.expect("status.scaling");
-    assert!(scaling.last_scale_time.is_some());
-    // A poll during the publishing may have seen part of the backlog (0 → 2, then 2 → 3).
+    // The status follows the scale (written after the Deployment): wait for it too. A poll
+    // during the publishing may have seen part of the backlog (0 → 2, then 2 → 3).
+    let scaling = wait_for("status.scaling records the scale to 3", || async {
+        let scaling = workers.get("ingest").await.ok()?.status?.scaling?;
+        scaling
+            .last_scale_reason
+            .as_deref()
+            .is_some_and(|r| r.contains(" → 3"))
+            .then_some(scaling)
+    })
+    .await;
+    assert!(scaling.last_scale_time.is_some(), "{scaling:?}");
     assert!(
         scaling
             .last_scale_reason
             .as_deref()
-            .is_some_and(|r| r.contains("backlog") && r.contains(" → 3")),
+            .is_some_and(|r| r.contains("backlog")),
         "{scaling:?}"
     );
 
