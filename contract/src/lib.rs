@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api_config;
+pub mod config_file;
 pub mod envelope;
 pub mod gateway_config;
 pub mod sql;

@@ -3,65 +3,19 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use thiserror::Error;
+use tributary_contract::config_file;
 use tributary_contract::worker_config::WorkerConfig;
 
-/// A config file that cannot be used.
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    /// The file cannot be read.
-    #[error("cannot read config {path}: {message}")]
-    Read {
-        /// The path.
-        path: String,
-        /// The I/O error.
-        message: String,
-    },
-    /// The file is not a valid worker config.
-    #[error("invalid config {path}: {message}")]
-    Parse {
-        /// The path.
-        path: String,
-        /// What is wrong, with the location.
-        message: String,
-    },
-    /// The values do not make sense together.
-    #[error("invalid config: {0}")]
-    Invalid(String),
-}
+pub use tributary_contract::config_file::ConfigError;
 
 /// Reads, parses and checks a config file.
 pub fn load(path: &Path) -> Result<WorkerConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    })?;
-    parse(&text).map_err(|e| match e {
-        ConfigError::Parse { message, .. } => ConfigError::Parse {
-            path: path.display().to_string(),
-            message,
-        },
-        other => other,
-    })
+    config_file::load(path, validate)
 }
 
 /// Parses and checks config text (YAML, of which JSON is a subset).
 pub fn parse(text: &str) -> Result<WorkerConfig, ConfigError> {
-    // Through a JSON value: serde_yaml 0.9 wants YAML tags (`!pipeline`) for enums, while
-    // the operator and users write the usual single-key maps (`pipeline: ...`).
-    let value: serde_json::Value = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
-        path: String::new(),
-        message: e.to_string(),
-    })?;
-    // The error names where in the file it is (`sinks[1].redis`).
-    let config: WorkerConfig =
-        serde_path_to_error::deserialize(value).map_err(|e| ConfigError::Parse {
-            path: String::new(),
-            message: match e.path().to_string().as_str() {
-                "." => e.inner().to_string(),
-                at => format!("at {at}: {}", e.inner()),
-            },
-        })?;
+    let config = config_file::parse(text)?;
     validate(&config)?;
     Ok(config)
 }
