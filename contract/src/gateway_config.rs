@@ -182,12 +182,16 @@ pub struct JwtAuth {
     /// The claim that carries the device id.
     #[serde(default = "default_device_claim")]
     pub device_claim: String,
-    /// Required `iss` claim, if set.
+    /// Required `iss` claim, if set: a token without it is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
-    /// Required `aud` claim, if set.
+    /// Required `aud` claim, if set: a token without it is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audience: Option<String>,
+    /// Longest a token may still be valid when presented (`exp` minus now), if set: a
+    /// token minted to last for years is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_token_lifetime_seconds: Option<u64>,
 }
 
 fn default_device_claim() -> String {

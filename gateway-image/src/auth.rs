@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use argon2::{Argon2, PasswordHasher};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use tributary_contract::gateway_config::AuthConfig;
+use tributary_contract::gateway_config::{AuthConfig, JwtAuth};
 
 use self::hashing::{HashingPool, StoredHash};
 use self::throttle::Throttle;
@@ -118,6 +118,8 @@ pub struct Authenticator {
     jwt_keys: Vec<JwtKey>,
     jwt_validation: Vec<Validation>,
     device_claim: String,
+    /// Longest remaining validity a token may claim (`jwt.maxTokenLifetimeSeconds`).
+    max_token_lifetime: Option<u64>,
     allow_anonymous: bool,
     anonymous_device: String,
     throttle: Throttle,
@@ -155,17 +157,7 @@ impl Authenticator {
                         path: path.display().to_string(),
                     });
                 };
-                let mut validation = Validation::new(key.algorithm);
-                validation.leeway = 30;
-                validation.set_required_spec_claims(&["exp"]);
-                if let Some(issuer) = &jwt.issuer {
-                    validation.set_issuer(&[issuer]);
-                }
-                match &jwt.audience {
-                    Some(audience) => validation.set_audience(&[audience]),
-                    None => validation.validate_aud = false,
-                }
-                jwt_validation.push(validation);
+                jwt_validation.push(jwt_validation_for(key.algorithm, jwt));
                 jwt_keys.push(key);
             }
         }
@@ -184,6 +176,10 @@ impl Authenticator {
             jwt_keys,
             jwt_validation,
             device_claim,
+            max_token_lifetime: config
+                .jwt
+                .as_ref()
+                .and_then(|jwt| jwt.max_token_lifetime_seconds),
             allow_anonymous: config.allow_anonymous,
             anonymous_device: config.anonymous_device.clone(),
             throttle: Throttle::new(config.failed_logins_per_minute),
@@ -322,6 +318,13 @@ impl Authenticator {
             else {
                 continue;
             };
+            if outlives(
+                &data.claims,
+                self.max_token_lifetime,
+                jsonwebtoken::get_current_timestamp(),
+            ) {
+                return Err(AuthError::Denied);
+            }
             return match data.claims.get(&self.device_claim).and_then(|v| v.as_str()) {
                 Some(device) if is_safe_identity(device) => Ok(device.to_owned()),
                 _ => Err(AuthError::Denied),
@@ -329,6 +332,39 @@ impl Authenticator {
         }
         Err(AuthError::Denied)
     }
+}
+
+/// How tokens signed with `algorithm` are checked: `exp` always, `nbf` when present (30 s
+/// of clock skew either way), and a configured issuer or audience must be in the token.
+fn jwt_validation_for(algorithm: Algorithm, jwt: &JwtAuth) -> Validation {
+    let mut validation = Validation::new(algorithm);
+    validation.leeway = JWT_LEEWAY_SECONDS;
+    validation.validate_nbf = true;
+    let mut required = vec!["exp"];
+    if let Some(issuer) = &jwt.issuer {
+        validation.set_issuer(&[issuer]);
+        required.push("iss");
+    }
+    match &jwt.audience {
+        Some(audience) => {
+            validation.set_audience(&[audience]);
+            required.push("aud");
+        }
+        None => validation.validate_aud = false,
+    }
+    validation.set_required_spec_claims(&required);
+    validation
+}
+
+/// Clock skew tolerated between the token issuer and the gateway.
+const JWT_LEEWAY_SECONDS: u64 = 30;
+
+/// Whether a token's `exp` lies further ahead than `max_lifetime` (plus the leeway).
+fn outlives(claims: &serde_json::Value, max_lifetime: Option<u64>, now: u64) -> bool {
+    let (Some(max), Some(exp)) = (max_lifetime, claims.get("exp").and_then(|v| v.as_u64())) else {
+        return false;
+    };
+    exp > now.saturating_add(max).saturating_add(JWT_LEEWAY_SECONDS)
 }
 
 /// Hashes a password as an argon2id PHC string with the recommended cost (for writing

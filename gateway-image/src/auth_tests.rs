@@ -272,14 +272,24 @@ fn token(signer: &Signer, claims: serde_json::Value) -> String {
 }
 
 fn jwt_auth(public_pem: &str) -> (Arc<Authenticator>, tempfile_path::TempPath) {
+    jwt_auth_with(public_pem, |_| {})
+}
+
+fn jwt_auth_with(
+    public_pem: &str,
+    adjust: impl FnOnce(&mut JwtAuth),
+) -> (Arc<Authenticator>, tempfile_path::TempPath) {
     let file = temp_file(public_pem);
+    let mut jwt = JwtAuth {
+        public_key_files: vec![file.0.clone()],
+        device_claim: "sub".into(),
+        issuer: None,
+        audience: None,
+        max_token_lifetime_seconds: None,
+    };
+    adjust(&mut jwt);
     let config = AuthConfig {
-        jwt: Some(JwtAuth {
-            public_key_files: vec![file.0.clone()],
-            device_claim: "sub".into(),
-            issuer: None,
-            audience: None,
-        }),
+        jwt: Some(jwt),
         failed_logins_per_minute: 1000,
         ..AuthConfig::default()
     };
@@ -339,4 +349,70 @@ async fn expired_or_foreign_signed_or_wildcard_subject_tokens_are_denied() {
             "{name}"
         );
     }
+}
+
+#[tokio::test]
+async fn configured_issuer_and_audience_are_required_nbf_and_lifetime_are_honoured() {
+    let signer = es256_signer();
+    let (auth, _file) = jwt_auth_with(&signer.public_pem, |jwt| {
+        jwt.issuer = Some("https://issuer.example".into());
+        jwt.audience = Some("tributary".into());
+        jwt.max_token_lifetime_seconds = Some(3600);
+    });
+    let good = serde_json::json!({
+        "sub": "d", "exp": now() + 600, "iss": "https://issuer.example", "aud": "tributary"
+    });
+    let with = |changes: serde_json::Value| {
+        let mut claims = good.clone();
+        for (key, value) in changes.as_object().expect("object") {
+            if value.is_null() {
+                claims.as_object_mut().expect("object").remove(key);
+            } else {
+                claims[key] = value.clone();
+            }
+        }
+        token(&signer, claims)
+    };
+    assert_eq!(
+        auth.authenticate(SOURCE, Credentials::Token(token(&signer, good.clone())))
+            .await,
+        Ok("d".into()),
+        "every claim right"
+    );
+    let refused = [
+        ("no iss", with(serde_json::json!({"iss": null}))),
+        ("no aud", with(serde_json::json!({"aud": null}))),
+        (
+            "other iss",
+            with(serde_json::json!({"iss": "https://elsewhere"})),
+        ),
+        (
+            "other aud",
+            with(serde_json::json!({"aud": "someone-else"})),
+        ),
+        (
+            "not yet valid",
+            with(serde_json::json!({"nbf": now() + 600})),
+        ),
+        (
+            "valid for a year",
+            with(serde_json::json!({"exp": now() + 365 * 86_400})),
+        ),
+    ];
+    for (name, jwt) in refused {
+        assert_eq!(
+            auth.authenticate(SOURCE, Credentials::Token(jwt)).await,
+            Err(AuthError::Denied),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        auth.authenticate(
+            SOURCE,
+            Credentials::Token(with(serde_json::json!({"nbf": now() - 60})))
+        )
+        .await,
+        Ok("d".into()),
+        "nbf in the past"
+    );
 }

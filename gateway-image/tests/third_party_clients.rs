@@ -120,6 +120,7 @@ async fn mosquitto_pub_publishes_with_password_jwt_tls_and_client_certificate() 
             device_claim: "sub".into(),
             issuer: None,
             audience: None,
+            max_token_lifetime_seconds: None,
         }),
         client_certificates: Some(ClientCertificateAuth {
             ca_file: pki.ca.clone(),

@@ -236,6 +236,7 @@ pub fn render_config(
                 device_claim: jwt.device_claim.clone(),
                 issuer: jwt.issuer.clone(),
                 audience: jwt.audience.clone(),
+                max_token_lifetime_seconds: jwt.max_token_lifetime_seconds,
             })
         }
     };

@@ -170,12 +170,15 @@ pub struct AuthSpec {
 pub struct JwtAuth {
     /// Secret whose keys are PEM public keys (RS256 or ES256) that may sign device tokens.
     pub public_keys: SecretRef,
-    /// Required `iss` claim, when set.
+    /// Required `iss` claim, when set: a token without it is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
-    /// Required `aud` claim, when set.
+    /// Required `aud` claim, when set: a token without it is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audience: Option<String>,
+    /// Longest a token may still be valid when presented (`exp` minus now), when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_token_lifetime_seconds: Option<u64>,
     /// Claim holding the device id. Default `sub`.
     #[serde(default = "default_device_claim")]
     pub device_claim: String,
