@@ -44,15 +44,18 @@
     return out;
   }
 
-  /** About `count` round tick values covering [min, max]. */
+  /** About `count` round tick values, the first at or below `min`, the last at or above `max`. */
   function niceTicks(min, max, count) {
     const span = max - min || Math.abs(max) || 1;
     const raw = span / Math.max(1, count);
     const magnitude = Math.pow(10, Math.floor(Math.log10(raw)));
     const step = [1, 2, 2.5, 5, 10].map((m) => m * magnitude).find((s) => s >= raw) || raw;
+    const first = Math.floor(min / step);
+    const last = Math.max(first + 1, Math.ceil(max / step));
     const ticks = [];
-    for (let v = Math.ceil(min / step) * step; v <= max + step * 1e-9; v += step) {
-      ticks.push(Math.abs(v) < step * 1e-9 ? 0 : v);
+    for (let i = first; i <= last; i++) {
+      // Multiplying (not adding) keeps 0.1-steps free of accumulated rounding.
+      ticks.push(Number((i * step).toPrecision(12)));
     }
     return { step, ticks };
   }
@@ -105,8 +108,8 @@
       return;
     }
     if (response.status === 401) {
-      notice("This API key was refused. Paste another one.", true);
-      disconnect();
+      forget();
+      notice("This API key was refused and is forgotten. Paste another one.", true);
       return;
     }
     if (!response.ok) {
@@ -275,6 +278,10 @@
     const lines = [];
     for (const [device, list] of samples) {
       while (list.length && list[0].t < start) list.shift();
+      if (!list.length) {
+        samples.delete(device); // quiet devices do not keep memory
+        continue;
+      }
       const points = list.filter((s) => chosenField in s.values);
       if (points.length) lines.push({ device, points, last: points[points.length - 1].t });
     }
@@ -312,8 +319,8 @@
       max += 1;
     }
     const { ticks } = niceTicks(min, max, Math.max(2, Math.floor(height / 50)));
-    const low = Math.min(min, ticks[0]);
-    const high = Math.max(max, ticks[ticks.length - 1]);
+    const low = ticks[0];
+    const high = ticks[ticks.length - 1];
     const labels = ticks.map(formatNumber);
     const left = 12 + Math.max(...labels.map((l) => g.measureText(l).width));
     const right = width - 12;
@@ -400,6 +407,8 @@
     clearTimeout(retryTimer);
     if (source) source.close();
     source = null;
+    streamOpenedAt = 0;
+    retryDelay = 2000;
     streamState("off", "not connected");
   }
 
