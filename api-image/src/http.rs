@@ -1,5 +1,6 @@
-//! The HTTP server: routes, key authentication and rate limits, CORS, limits, metrics, and
-//! the operations endpoints (`/healthz`, `/readyz`, `/metrics`, `/openapi.json`).
+//! The HTTP server: routes, key authentication and rate limits, CORS, limits, metrics, the
+//! operations endpoints (`/healthz`, `/readyz`, `/metrics`, `/openapi.json`) and the
+//! dashboard (`/dashboard`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::query::BadParam;
 use crate::sql::Table;
 use crate::store::{Postgres, RedisLatest, StoreError};
-use crate::{handlers, openapi, stream};
+use crate::{dashboard, handlers, openapi, stream};
 
 /// `GET`: devices seen in the table.
 pub const DEVICES: &str = "/v1/devices";
@@ -46,9 +47,13 @@ pub const HEALTHZ: &str = "/healthz";
 pub const READYZ: &str = "/readyz";
 /// `GET`: Prometheus metrics.
 pub const METRICS: &str = "/metrics";
+/// `GET`: the dashboard page (no key: it holds no data).
+pub const DASHBOARD: &str = "/dashboard";
+/// `GET`: the dashboard's scripts, styles and images.
+pub const DASHBOARD_FILE: &str = "/dashboard/{file}";
 
 /// Every route the server answers, for the OpenAPI document's check.
-pub const ROUTES: [&str; 10] = [
+pub const ROUTES: [&str; 12] = [
     DEVICES,
     DEVICE_LATEST,
     DEVICE_HISTORY,
@@ -59,6 +64,8 @@ pub const ROUTES: [&str; 10] = [
     HEALTHZ,
     READYZ,
     METRICS,
+    DASHBOARD,
+    DASHBOARD_FILE,
 ];
 
 /// What every handler shares.
@@ -316,6 +323,8 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
         .route(HEALTHZ, get(healthz))
         .route(READYZ, get(readyz))
         .route(METRICS, get(render_metrics))
+        .route(DASHBOARD, get(dashboard::page))
+        .route(DASHBOARD_FILE, get(dashboard::file))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::GATEWAY_TIMEOUT,
             timeout,

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod dashboard;
 pub mod handlers;
 pub mod http;
 pub mod keys;

@@ -4,8 +4,8 @@
 use serde_json::{json, Value};
 
 use crate::http::{
-    DEVICES, DEVICE_HISTORY, DEVICE_LATEST, GROUP_HISTORY, HEALTHZ, METRICS, OPENAPI, READYZ,
-    STREAM, WEBSOCKET,
+    DASHBOARD, DASHBOARD_FILE, DEVICES, DEVICE_HISTORY, DEVICE_LATEST, GROUP_HISTORY, HEALTHZ,
+    METRICS, OPENAPI, READYZ, STREAM, WEBSOCKET,
 };
 
 fn query(name: &str, description: &str, schema: Value) -> Value {
@@ -175,6 +175,20 @@ pub fn document() -> Value {
     paths.insert(METRICS.into(), json!({"get": {
         "summary": "Prometheus metrics (tributary_api_*)", "operationId": "metrics",
         "responses": {"200": {"description": "OpenMetrics text", "content": {"application/openmetrics-text": {}}}}
+    }}));
+    paths.insert(DASHBOARD.into(), json!({"get": {
+        "summary": "The dashboard page: devices, live values and throughput, read with a key the user pastes (the page itself holds no data and needs no key)",
+        "operationId": "dashboard",
+        "responses": {"200": {"description": "The page", "content": {"text/html": {}}}}
+    }}));
+    paths.insert(DASHBOARD_FILE.into(), json!({"get": {
+        "summary": "A script, style or image of the dashboard, compiled into the binary",
+        "operationId": "dashboardFile",
+        "parameters": [{"name": "file", "in": "path", "required": true, "description": "The file name (`dashboard.js`, `dashboard.css`, `icon.svg`)", "schema": {"type": "string"}}],
+        "responses": {
+            "200": {"description": "The file", "content": {"text/javascript": {}, "text/css": {}, "image/svg+xml": {}}},
+            "404": error("No such file")
+        }
     }}));
     json!({
         "openapi": "3.0.3",

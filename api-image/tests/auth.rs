@@ -215,7 +215,9 @@ async fn openapi_documents_every_route_the_server_answers() {
     }
     // Every documented path is served (live ones answer 503 here: no broker configured).
     for path in paths.keys() {
-        let concrete = path.replace("{id}", "a-1");
+        let concrete = path
+            .replace("{id}", "a-1")
+            .replace("{file}", "dashboard.js");
         let (status, body) = server.get(&concrete, ADMIN).await;
         assert_ne!(status, 404, "{path} is documented but not served: {body}");
         assert_ne!(status, 405, "{path} does not answer GET");

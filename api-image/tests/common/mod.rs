@@ -316,6 +316,14 @@ impl SseReader {
         }
     }
 
+    /// Reads an already opened stream (for example one opened with `access_token=`).
+    pub fn from_response(response: reqwest::Response) -> SseReader {
+        SseReader {
+            response,
+            buffer: String::new(),
+        }
+    }
+
     /// The next event (comments and keep-alives skipped), or None when the stream ended.
     pub async fn next(&mut self) -> Option<SseEvent> {
         loop {
