@@ -202,17 +202,19 @@ async fn trickled_publish_is_closed_at_one_and_a_half_keep_alive() {
     let (mut reader, mut writer) = hostile.stream.into_split();
     let started = Instant::now();
     let before = good.acked();
-    let trickle = tokio::spawn(async move {
-        let mut sent = 0usize;
-        for byte in publish {
-            if writer.write_all(&[byte]).await.is_err() {
-                break;
+    let sent = Arc::new(AtomicU32::new(0));
+    let trickle = {
+        let sent = Arc::clone(&sent);
+        tokio::spawn(async move {
+            for byte in publish {
+                if writer.write_all(&[byte]).await.is_err() {
+                    break;
+                }
+                sent.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            sent += 1;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        sent
-    });
+        })
+    };
     let closed = tokio::time::timeout(Duration::from_secs(30), async {
         let mut buffer = [0u8; 64];
         loop {
@@ -225,7 +227,7 @@ async fn trickled_publish_is_closed_at_one_and_a_half_keep_alive() {
     .await;
     let elapsed = closed.expect("trickled PUBLISH closed within 30 s");
     trickle.abort();
-    let sent = trickle.await.unwrap_or_default();
+    let sent = sent.load(Ordering::SeqCst);
     println!("trickled publish (keep-alive 2 s) closed after {elapsed:?}; bytes trickled before the close: {sent}");
     good.assert_progress(before, "trickle").await;
     let total = good.stop().await;
@@ -328,9 +330,8 @@ async fn client_that_never_reads_is_closed_within_the_write_timeout() {
         .expect("flood task");
     println!(
         "client that never reads (write timeout 2 s): closed {elapsed:?} after it started \
-         sending; {} KiB of PINGREQs sent, {} KiB of PINGRESPs left unread",
-        sent / 1024,
-        sent / 2 / 1024
+         sending; {} KiB of PINGREQs sent before the gateway stopped reading",
+        sent / 1024
     );
     let before = good.acked();
     good.assert_progress(before, "after the close").await;
