@@ -281,6 +281,16 @@ pub struct Limits {
     /// that takes longer is abandoned with 408 and the connection closed.
     #[serde(default = "default_http_body_timeout_seconds")]
     pub http_body_timeout_seconds: u64,
+    /// Longest MQTT keep-alive the gateway grants, in seconds. A client asking for 0 (no
+    /// keep-alive) or for more gets this instead: MQTT 5 clients are told so with the
+    /// Server Keep Alive property in CONNACK, 3.1.1 clients are held to it. A connection
+    /// that sends no complete packet for 1.5 times its keep-alive is closed.
+    #[serde(default = "default_max_keep_alive_seconds")]
+    pub max_keep_alive_seconds: u16,
+    /// Seconds a write to an MQTT client may stay blocked (the client stopped reading and
+    /// its socket buffer is full) before the connection is closed.
+    #[serde(default = "default_write_timeout_seconds")]
+    pub write_timeout_seconds: u64,
 }
 
 /// Default of `limits.maxHttpConnections`: more than enough for devices that publish and
@@ -308,8 +318,26 @@ impl Default for Limits {
             max_http_connections: default_max_http_connections(),
             http_header_timeout_seconds: default_http_header_timeout_seconds(),
             http_body_timeout_seconds: default_http_body_timeout_seconds(),
+            max_keep_alive_seconds: default_max_keep_alive_seconds(),
+            write_timeout_seconds: default_write_timeout_seconds(),
         }
     }
+}
+
+/// Default of `limits.maxKeepAliveSeconds`: a silent or dead connection is found within
+/// 7.5 minutes.
+pub const DEFAULT_MAX_KEEP_ALIVE_SECONDS: u16 = 300;
+
+/// Default of `limits.writeTimeoutSeconds`: far longer than a slow link needs to take a
+/// few acknowledgements, short enough that a client that stopped reading is let go.
+pub const DEFAULT_WRITE_TIMEOUT_SECONDS: u64 = 30;
+
+fn default_max_keep_alive_seconds() -> u16 {
+    DEFAULT_MAX_KEEP_ALIVE_SECONDS
+}
+
+fn default_write_timeout_seconds() -> u64 {
+    DEFAULT_WRITE_TIMEOUT_SECONDS
 }
 
 fn default_max_payload_bytes() -> usize {
@@ -399,6 +427,11 @@ mod tests {
             limits.http_body_timeout_seconds,
             DEFAULT_HTTP_BODY_TIMEOUT_SECONDS
         );
+        assert_eq!(
+            limits.max_keep_alive_seconds,
+            DEFAULT_MAX_KEEP_ALIVE_SECONDS
+        );
+        assert_eq!(limits.write_timeout_seconds, DEFAULT_WRITE_TIMEOUT_SECONDS);
     }
 
     #[test]

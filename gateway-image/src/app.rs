@@ -147,6 +147,7 @@ pub async fn start(config: GatewayConfig) -> Result<Running, StartError> {
         connections: Arc::new(Semaphore::new(config.limits.max_connections.max(1))),
         in_flight: Arc::new(Semaphore::new(config.limits.max_in_flight.max(1))),
         draining: CancellationToken::new(),
+        sessions: Arc::default(),
     });
     let mut bound = Bound {
         health: local(&health_listener, config.health_listen),

@@ -79,6 +79,8 @@ pub struct Gateway {
     pub in_flight: Arc<Semaphore>,
     /// Cancelled when the gateway starts draining (stop accepting new work).
     pub draining: CancellationToken,
+    /// Live MQTT sessions by device and client id (client-id takeover).
+    pub sessions: Arc<crate::mqtt::registry::Sessions>,
 }
 
 /// A message that passed the checks, ready to publish.

@@ -68,6 +68,8 @@ pub struct ServerLimits {
     pub maximum_packet_size: u32,
     /// Client id the server assigned, when the client sent an empty one.
     pub assigned_client_id: Option<String>,
+    /// Server Keep Alive, when the gateway grants a different keep-alive than asked for.
+    pub server_keep_alive: Option<u16>,
 }
 
 /// A successful CONNACK.
@@ -90,6 +92,10 @@ pub fn connack_accepted(out: &mut BytesMut, v5: bool, limits: &ServerLimits) {
         props.put_u8(0);
         props.put_u8(0x2A); // shared subscriptions available
         props.put_u8(0);
+        if let Some(keep_alive) = limits.server_keep_alive {
+            props.put_u8(0x13);
+            props.put_u16(keep_alive);
+        }
         if let Some(id) = &limits.assigned_client_id {
             props.put_u8(0x12);
             props.put_u16(id.len() as u16);

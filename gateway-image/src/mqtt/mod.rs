@@ -3,5 +3,6 @@
 pub mod codec;
 pub mod encode;
 pub mod properties;
+pub mod registry;
 pub mod server;
 pub mod session;

@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::codec::{decode, Connect, DecodeError, Packet, Publish, Will};
 use super::encode::{self, ConnectRefusal, ServerLimits};
+use super::registry::Registration;
 use crate::auth::{looks_like_jwt, AuthError, Credentials};
 use crate::broker::PublishError;
 use crate::ingest::{Gateway, IngestError};
@@ -72,6 +73,23 @@ pub enum SessionEnd {
     /// The gateway is draining.
     #[error("gateway draining")]
     Draining,
+    /// A newer connection with the same device and client id took the session over.
+    #[error("session taken over")]
+    TakenOver,
+    /// A write stayed blocked past `limits.writeTimeoutSeconds` (the client stopped reading).
+    #[error("write timed out")]
+    WriteTimeout,
+}
+
+/// The keep-alive the gateway enforces for a client that asked for `requested` seconds:
+/// 0 (none) and anything above the maximum become the maximum.
+pub fn granted_keep_alive(requested: u16, maximum: u16) -> u16 {
+    let maximum = maximum.max(1);
+    if requested == 0 || requested > maximum {
+        maximum
+    } else {
+        requested
+    }
 }
 
 /// The largest MQTT packet accepted: the payload limit plus room for topic and properties.
@@ -101,13 +119,16 @@ pub async fn serve<S>(
         peer,
         exactly_once: HashMap::new(),
         disconnect_reason: None,
+        taken_over: tokio_util::sync::CancellationToken::new(),
     };
     let end = session.run(certificate_device).await;
-    // Flush what is queued (e.g. a DISCONNECT) and close cleanly.
+    // Flush what is queued (e.g. a DISCONNECT) and close cleanly, within the write timeout
+    // (a client that stopped reading must not hold the task).
     let _ = session.flush().await;
-    let _ = session.writer.shutdown().await;
+    let write_timeout = session.write_timeout();
+    let _ = tokio::time::timeout(write_timeout, session.writer.shutdown()).await;
     match end {
-        SessionEnd::Disconnected | SessionEnd::Draining => {
+        SessionEnd::Disconnected | SessionEnd::Draining | SessionEnd::TakenOver => {
             tracing::debug!(peer = %peer, device = %session.device, "mqtt session ended")
         }
         other => {
@@ -128,6 +149,8 @@ struct Session<R, W> {
     exactly_once: HashMap<u16, ExactlyOnce>,
     /// The reason code of the client's DISCONNECT, once received.
     disconnect_reason: Option<u8>,
+    /// Cancelled when a newer connection with the same client id takes over.
+    taken_over: tokio_util::sync::CancellationToken,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
@@ -142,16 +165,21 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
             Err(_) => return SessionEnd::Timeout,
         };
         self.v5 = connect.v5;
-        let _connection_permit = match self.accept(&connect, certificate_device, deadline).await {
-            Ok(permit) => permit,
-            Err(refusal) => {
-                encode::connack_refused(&mut self.out, self.v5, refusal);
-                return SessionEnd::Refused(refusal);
-            }
-        };
+        let (_connection_permit, _registration) =
+            match self.accept(&connect, certificate_device, deadline).await {
+                Ok(held) => held,
+                Err(refusal) => {
+                    encode::connack_refused(&mut self.out, self.v5, refusal);
+                    return SessionEnd::Refused(refusal);
+                }
+            };
         let metrics = Arc::clone(&self.gateway.metrics);
         metrics.connections.inc();
-        let end = self.publish_loop(connect.keep_alive).await;
+        let keep_alive = granted_keep_alive(
+            connect.keep_alive,
+            self.gateway.limits.max_keep_alive_seconds,
+        );
+        let end = self.publish_loop(keep_alive).await;
         metrics.connections.dec();
         // Only a DISCONNECT with reason 0 (all of 3.1.1's) discards the will.
         if let Some(will) = connect.will {
@@ -191,12 +219,25 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
         }
     }
 
-    async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.out.is_empty() {
-            self.writer.write_all(&self.out).await?;
-            self.out.clear();
+    fn write_timeout(&self) -> Duration {
+        Duration::from_secs(self.gateway.limits.write_timeout_seconds.max(1))
+    }
+
+    /// Writes what is queued; a client that stops reading gets `WriteTimeout` instead of
+    /// blocking the session forever.
+    async fn flush(&mut self) -> Result<(), SessionEnd> {
+        let write_timeout = self.write_timeout();
+        let write = async {
+            if !self.out.is_empty() {
+                self.writer.write_all(&self.out).await?;
+                self.out.clear();
+            }
+            self.writer.flush().await
+        };
+        match tokio::time::timeout(write_timeout, write).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(SessionEnd::WriteTimeout),
         }
-        self.writer.flush().await
     }
 
     /// Reads bytes into the buffer; `Disconnected` at end of stream.
@@ -230,13 +271,14 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
     }
 
     /// Validates and authenticates a CONNECT; on success sends CONNACK and returns the
-    /// connection-limit permit held for the session's lifetime.
+    /// connection-limit permit and the session's registration (client-id takeover), both
+    /// held for the session's lifetime.
     async fn accept(
         &mut self,
         connect: &Connect,
         certificate_device: Option<String>,
         deadline: tokio::time::Instant,
-    ) -> Result<tokio::sync::OwnedSemaphorePermit, ConnectRefusal> {
+    ) -> Result<(tokio::sync::OwnedSemaphorePermit, Option<Registration>), ConnectRefusal> {
         let gateway = Arc::clone(&self.gateway);
         if connect.properties.auth_method.is_some() {
             return Err(ConnectRefusal::BadAuthMethod);
@@ -289,31 +331,51 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
             maximum_packet_size: u32::try_from(max_packet_size(&gateway)).unwrap_or(u32::MAX),
             assigned_client_id: (self.v5 && connect.client_id.is_empty())
                 .then(|| ulid::Ulid::generate().to_string()),
+            server_keep_alive: {
+                let granted =
+                    granted_keep_alive(connect.keep_alive, gateway.limits.max_keep_alive_seconds);
+                (granted != connect.keep_alive).then_some(granted)
+            },
         };
+        // An empty client id names no session (3.1.1) or gets a fresh unique one (5).
+        let registration = (!connect.client_id.is_empty()).then(|| {
+            let registration = gateway.sessions.register(&self.device, &connect.client_id);
+            self.taken_over = registration.taken_over.clone();
+            registration
+        });
         encode::connack_accepted(&mut self.out, self.v5, &limits);
-        Ok(permit)
+        Ok((permit, registration))
     }
 
     async fn publish_loop(&mut self, keep_alive: u16) -> SessionEnd {
         let gateway = Arc::clone(&self.gateway);
         let window = usize::from(gateway.limits.max_in_flight_per_connection.max(1));
         let max_packet = max_packet_size(&gateway);
-        // The spec allows one and a half keep-alive periods of silence.
-        let idle = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+        // The spec allows one and a half keep-alive periods without a control packet. Only
+        // whole packets count: a packet trickled a byte at a time does not keep the
+        // connection alive.
+        let idle = Duration::from_millis(u64::from(keep_alive.max(1)) * 1500);
+        let mut last_packet = tokio::time::Instant::now();
         let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
         let mut reading = true;
         loop {
             if let Err(end) = self.flush().await {
-                return end.into();
+                return end;
             }
             // Decode what is buffered while the window has room.
             while reading && pending.len() < window {
                 match decode(&mut self.buffer, self.v5, max_packet) {
-                    Ok(Some(packet)) => match self.handle(packet, &mut pending).await {
-                        Ok(true) => {}
-                        Ok(false) => reading = false,
-                        Err(end) => return end,
-                    },
+                    Ok(Some(packet)) => {
+                        let handled = self.handle(packet, &mut pending).await;
+                        // After handling: time the gateway spent (rate limiting, waiting
+                        // for in-flight budget) is not the client's silence.
+                        last_packet = tokio::time::Instant::now();
+                        match handled {
+                            Ok(true) => {}
+                            Ok(false) => reading = false,
+                            Err(end) => return end,
+                        }
+                    }
                     Ok(None) => break,
                     Err(error) => {
                         gateway
@@ -327,7 +389,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                 }
             }
             if let Err(end) = self.flush().await {
-                return end.into();
+                return end;
             }
             if !reading && pending.is_empty() {
                 return SessionEnd::Disconnected;
@@ -344,8 +406,16 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                     Ok(_) => {}
                     Err(error) => return error.into(),
                 },
-                _ = sleep_or_forever(idle), if can_read => {
+                _ = tokio::time::sleep_until(last_packet + idle), if can_read => {
                     return SessionEnd::Timeout;
+                }
+                _ = self.taken_over.cancelled() => {
+                    // Unconfirmed messages in `pending` are dropped unanswered: the client
+                    // resends them on its new connection.
+                    if self.v5 {
+                        encode::disconnect(&mut self.out, 0x8E);
+                    }
+                    return SessionEnd::TakenOver;
                 }
                 _ = gateway.draining.cancelled(), if reading => {
                     // Stop reading; the loop finishes the confirms in flight, then closes.
@@ -354,6 +424,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                         encode::disconnect(&mut self.out, 0x8B);
                     }
                 }
+            }
+            if !can_read {
+                // Not reading is backpressure from the gateway, not silence from the client.
+                last_packet = tokio::time::Instant::now();
             }
         }
     }
@@ -550,9 +624,17 @@ fn is_permanent(error: &IngestError) -> bool {
     )
 }
 
-async fn sleep_or_forever(duration: Option<Duration>) {
-    match duration {
-        Some(duration) => tokio::time::sleep(duration).await,
-        None => std::future::pending().await,
+#[cfg(test)]
+mod tests {
+    use super::granted_keep_alive;
+
+    #[test]
+    fn keep_alive_zero_or_above_the_maximum_gets_the_maximum() {
+        assert_eq!(granted_keep_alive(0, 300), 300);
+        assert_eq!(granted_keep_alive(301, 300), 300);
+        assert_eq!(granted_keep_alive(60, 300), 60);
+        assert_eq!(granted_keep_alive(300, 300), 300);
+        // A maximum of 0 in the config would mean "never": treated as 1 s.
+        assert_eq!(granted_keep_alive(0, 0), 1);
     }
 }
