@@ -21,7 +21,7 @@ pub struct PostgresSink {
     name: String,
     url: String,
     batch: BatchConfig,
-    columns: Vec<Expr>,
+    columns: Vec<Column>,
     env: CelEnv,
     create_sql: Option<String>,
     stage_sql: String,
@@ -37,6 +37,73 @@ impl std::fmt::Debug for PostgresSink {
         f.debug_struct("PostgresSink")
             .field("name", &self.name)
             .finish()
+    }
+}
+
+/// One mapped column: its name (for dead-letter reasons), how PostgreSQL reads its text,
+/// and the expression computing its value.
+struct Column {
+    name: String,
+    kind: ColumnKind,
+    expr: Expr,
+}
+
+/// How PostgreSQL reads a column's text, as far as the checks before the COPY care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnKind {
+    /// `jsonb`: the text is parsed as JSON and its strings stored as text, so a `\u0000`
+    /// escape anywhere inside is refused (SQLSTATE 22P05).
+    Jsonb,
+    /// Any other type (`text`, `json`, numbers, times, ...).
+    Other,
+}
+
+impl ColumnKind {
+    /// The kind of a column of SQL type `sql_type` (as written in the config).
+    pub fn of(sql_type: &str) -> Self {
+        if sql_type.trim().eq_ignore_ascii_case("jsonb") {
+            ColumnKind::Jsonb
+        } else {
+            ColumnKind::Other
+        }
+    }
+}
+
+/// Why PostgreSQL would certainly refuse `value` in a column of `kind`, or None. Only
+/// refusals that are certain and cheap to see are checked (the server still judges the
+/// rest): U+0000 (NUL), which no PostgreSQL text value can hold — a NUL in a string is
+/// refused by every column type (the COPY data is not valid text, SQLSTATE 22021), and one
+/// anywhere in the JSON of a `jsonb` column (SQLSTATE 22P05). A `json` or `text` column
+/// stores an object or array with the NUL escaped as `\u0000`, which is accepted.
+pub fn refusal(kind: ColumnKind, value: &Value) -> Option<&'static str> {
+    const NUL_TEXT: &str = "contains U+0000 (NUL), which PostgreSQL cannot store in text";
+    const NUL_JSONB: &str = "contains U+0000 (NUL), which PostgreSQL cannot store in jsonb";
+    match (kind, value) {
+        (_, Value::String(s)) if s.contains('\0') => Some(NUL_TEXT),
+        // A string in a jsonb column is parsed as JSON by the server: look inside it. A
+        // string serde_json cannot parse is left to the server (its rules differ at the edges).
+        (ColumnKind::Jsonb, Value::String(s)) if s.contains("\\u0000") => {
+            serde_json::from_str::<Value>(s)
+                .ok()
+                .filter(json_has_nul)
+                .map(|_| NUL_JSONB)
+        }
+        (ColumnKind::Jsonb, Value::Array(_) | Value::Object(_)) if json_has_nul(value) => {
+            Some(NUL_JSONB)
+        }
+        _ => None,
+    }
+}
+
+/// Whether any string or object key inside `value` contains U+0000.
+fn json_has_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(json_has_nul),
+        Value::Object(map) => map
+            .iter()
+            .any(|(key, item)| key.contains('\0') || json_has_nul(item)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
     }
 }
 
@@ -98,7 +165,11 @@ impl PostgresSink {
                 .map_err(|e| invalid(format!("column {}: {e}", column.name)))?;
             definitions.push(format!("{name} {}", column.r#type));
             names.push(name);
-            columns.push(expr);
+            columns.push(Column {
+                name: column.name.clone(),
+                kind: ColumnKind::of(&column.r#type),
+                expr,
+            });
         }
         let list = names.join(", ");
         Ok(Self {
@@ -140,13 +211,28 @@ impl PostgresSink {
         self.connected(&mut guard).await.map(|_| ())
     }
 
-    /// One COPY line: the id, then each column's value.
+    /// One COPY line: the id, then each column's value. A value PostgreSQL would certainly
+    /// refuse (see [`refusal`]) marks the message as refused instead, so it is dead-lettered
+    /// and the rest of its batch is written in one transaction without it.
     pub fn prepare(&self, record: &Record) -> Result<Prepared, String> {
+        let refused = |column: &str, why: &str| Prepared {
+            id: record.id.clone(),
+            key: None,
+            bytes: Vec::new(),
+            refused: Some(format!("column {column}: {why}")),
+        };
+        let id = Value::String(record.id.clone());
+        if let Some(why) = refusal(ColumnKind::Other, &id) {
+            return Ok(refused("id", why));
+        }
         let mut line = String::with_capacity(128);
-        push_copy_field(&mut line, &Value::String(record.id.clone()));
+        push_copy_field(&mut line, &id);
         let scope = self.env.scope(&record.value);
-        for expr in &self.columns {
-            let value = expr.eval_in(&scope).map_err(|e| e.to_string())?;
+        for column in &self.columns {
+            let value = column.expr.eval_in(&scope).map_err(|e| e.to_string())?;
+            if let Some(why) = refusal(column.kind, &value) {
+                return Ok(refused(&column.name, why));
+            }
             line.push('\t');
             push_copy_field(&mut line, &value);
         }
@@ -155,6 +241,7 @@ impl PostgresSink {
             id: record.id.clone(),
             key: None,
             bytes: line.into_bytes(),
+            refused: None,
         })
     }
 
@@ -273,5 +360,58 @@ mod tests {
             line.push('|');
         }
         assert_eq!(line, "a\\tb\\\\c\\nd|\\N|21.5|{\"k\":[1]}|");
+    }
+
+    #[test]
+    fn nul_in_a_string_is_refused_by_every_column_type() {
+        for kind in [ColumnKind::Other, ColumnKind::Jsonb] {
+            let why = refusal(kind, &json!("a\u{0}b")).expect("refused");
+            assert!(why.contains("U+0000"), "{why}");
+        }
+        assert_eq!(refusal(ColumnKind::Other, &json!("a\\u0000b")), None);
+    }
+
+    #[test]
+    fn nul_inside_json_is_refused_only_by_jsonb() {
+        let nested = json!({"a": [1, {"b": "x\u{0}"}]});
+        let key = json!({"k\u{0}": 1});
+        for value in [&nested, &key] {
+            assert!(refusal(ColumnKind::Jsonb, value).is_some(), "{value}");
+            // text and json store the object with the NUL escaped as \u0000.
+            assert_eq!(refusal(ColumnKind::Other, value), None, "{value}");
+        }
+        // A string in a jsonb column is parsed as JSON by the server.
+        let text = json!(r#"{"a":"\u0000"}"#);
+        assert!(refusal(ColumnKind::Jsonb, &text).is_some());
+        assert_eq!(refusal(ColumnKind::Other, &text), None);
+        // An escaped backslash before u0000 is not a NUL.
+        assert_eq!(
+            refusal(ColumnKind::Jsonb, &json!(r#"{"a":"\\u0000"}"#)),
+            None
+        );
+    }
+
+    #[test]
+    fn ordinary_values_are_not_refused() {
+        for value in [
+            json!(null),
+            json!(true),
+            json!(21.5),
+            json!("plain"),
+            json!({"a": ["b", 1, null]}),
+            json!("not json {"),
+        ] {
+            for kind in [ColumnKind::Other, ColumnKind::Jsonb] {
+                assert_eq!(refusal(kind, &value), None, "{value}");
+            }
+        }
+    }
+
+    #[test]
+    fn column_kind_reads_the_sql_type() {
+        assert_eq!(ColumnKind::of(" JSONB "), ColumnKind::Jsonb);
+        for other in ["json", "text", "jsonb[]", "double precision"] {
+            assert_eq!(ColumnKind::of(other), ColumnKind::Other, "{other}");
+        }
     }
 }
