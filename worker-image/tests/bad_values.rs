@@ -101,6 +101,21 @@ async fn run_batch(name: &str, bad: &[(usize, Value)]) -> (Vec<(String, String)>
             .await,
         Some(bad.len() as f64)
     );
+    // All of them as refused by the sink, not as poison the worker could not encode.
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let rejected = format!(
+        "tributary_worker_messages_dead_lettered_total{{reason=\"sink-rejected\"}} {}",
+        bad.len()
+    );
+    assert!(
+        metrics.lines().any(|line| line == rejected),
+        "no `{rejected}` in\n{metrics}"
+    );
     // Nothing lost: every good message is a row, no bad one is, and the queue is empty.
     let stored: Vec<String> = pg
         .query(&format!("SELECT id FROM \"{table}\""), &[])
