@@ -194,3 +194,19 @@ async fn values_only_the_server_refuses_cost_a_few_transactions_not_one_per_row(
     // 2 bad × ceil(log2 50) = 12 transactions, where one row at a time would take 48.
     assert!(transactions <= 12, "48 rows in {transactions} transactions");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn number_an_integer_column_cannot_hold_is_dead_lettered_before_the_copy() {
+    let (dead, transactions) = run_batch(
+        "fraction",
+        &[(20, json!({"seq": 20.5, "note": "n", "doc": {}}))],
+    )
+    .await;
+    assert_eq!(transactions, 1, "the 49 rows in one transaction");
+    assert!(
+        dead[0]
+            .1
+            .starts_with("sink rows refused the message: column seq: is not an integer"),
+        "{dead:?}"
+    );
+}

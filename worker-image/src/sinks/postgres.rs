@@ -54,17 +54,23 @@ pub enum ColumnKind {
     /// `jsonb`: the text is parsed as JSON and its strings stored as text, so a `\u0000`
     /// escape anywhere inside is refused (SQLSTATE 22P05).
     Jsonb,
-    /// Any other type (`text`, `json`, numbers, times, ...).
+    /// `smallint`, `integer` or `bigint` (and their `int2`/`int4`/`int8` names), with the
+    /// width in bits: a JSON number with a fraction or out of range, a boolean, an object or
+    /// an array is refused (SQLSTATE 22P02 or 22003).
+    Integer(u32),
+    /// Any other type (`text`, `json`, `numeric`, times, ...).
     Other,
 }
 
 impl ColumnKind {
     /// The kind of a column of SQL type `sql_type` (as written in the config).
     pub fn of(sql_type: &str) -> Self {
-        if sql_type.trim().eq_ignore_ascii_case("jsonb") {
-            ColumnKind::Jsonb
-        } else {
-            ColumnKind::Other
+        match sql_type.trim().to_ascii_lowercase().as_str() {
+            "jsonb" => ColumnKind::Jsonb,
+            "smallint" | "int2" => ColumnKind::Integer(16),
+            "integer" | "int" | "int4" => ColumnKind::Integer(32),
+            "bigint" | "int8" => ColumnKind::Integer(64),
+            _ => ColumnKind::Other,
         }
     }
 }
@@ -74,11 +80,27 @@ impl ColumnKind {
 /// rest): U+0000 (NUL), which no PostgreSQL text value can hold — a NUL in a string is
 /// refused by every column type (the COPY data is not valid text, SQLSTATE 22021), and one
 /// anywhere in the JSON of a `jsonb` column (SQLSTATE 22P05). A `json` or `text` column
-/// stores an object or array with the NUL escaped as `\u0000`, which is accepted.
+/// stores an object or array with the NUL escaped as `\u0000`, which is accepted. Integer
+/// columns also refuse JSON values that are not integers in their range (strings are left to
+/// the server, whose integer syntax is broader).
 pub fn refusal(kind: ColumnKind, value: &Value) -> Option<&'static str> {
     const NUL_TEXT: &str = "contains U+0000 (NUL), which PostgreSQL cannot store in text";
     const NUL_JSONB: &str = "contains U+0000 (NUL), which PostgreSQL cannot store in jsonb";
+    const NOT_INTEGER: &str = "is not an integer, which the integer column cannot store";
+    const OUT_OF_RANGE: &str = "is out of the integer column's range";
     match (kind, value) {
+        (ColumnKind::Integer(bits), Value::Number(n)) => {
+            let limit = 1i128 << (bits.clamp(1, 64) - 1);
+            match n.as_i64().map(i128::from) {
+                Some(i) if (-limit..limit).contains(&i) => None,
+                Some(_) => Some(OUT_OF_RANGE),
+                None if n.is_u64() => Some(OUT_OF_RANGE),
+                None => Some(NOT_INTEGER),
+            }
+        }
+        (ColumnKind::Integer(_), Value::Bool(_) | Value::Array(_) | Value::Object(_)) => {
+            Some(NOT_INTEGER)
+        }
         (_, Value::String(s)) if s.contains('\0') => Some(NUL_TEXT),
         // A string in a jsonb column is parsed as JSON by the server: look inside it. A
         // string serde_json cannot parse is left to the server (its rules differ at the edges).
@@ -408,9 +430,55 @@ mod tests {
     }
 
     #[test]
+    fn integer_columns_refuse_json_that_is_not_an_integer_in_range() {
+        let int = ColumnKind::Integer(32);
+        for ok in [
+            json!(0),
+            json!(-7),
+            json!(2_147_483_647),
+            json!(-2_147_483_648i64),
+            json!("12"),
+            json!(null),
+        ] {
+            assert_eq!(refusal(int, &ok), None, "{ok}");
+        }
+        for bad in [
+            json!(21.5),
+            json!(3.0),
+            json!(true),
+            json!([1]),
+            json!({"a": 1}),
+        ] {
+            assert!(refusal(int, &bad).is_some_and(|why| why.contains("not an integer")));
+        }
+        for bad in [json!(2_147_483_648i64), json!(-2_147_483_649i64)] {
+            assert!(
+                refusal(int, &bad).is_some_and(|why| why.contains("range")),
+                "{bad}"
+            );
+        }
+        let small = ColumnKind::Integer(16);
+        assert_eq!(refusal(small, &json!(-32768)), None);
+        assert!(refusal(small, &json!(32768)).is_some());
+        let big = ColumnKind::Integer(64);
+        assert_eq!(refusal(big, &json!(i64::MIN)), None);
+        assert_eq!(refusal(big, &json!(i64::MAX)), None);
+        assert!(refusal(big, &json!(u64::MAX)).is_some());
+    }
+
+    #[test]
     fn column_kind_reads_the_sql_type() {
         assert_eq!(ColumnKind::of(" JSONB "), ColumnKind::Jsonb);
-        for other in ["json", "text", "jsonb[]", "double precision"] {
+        assert_eq!(ColumnKind::of("BIGINT"), ColumnKind::Integer(64));
+        assert_eq!(ColumnKind::of("int4"), ColumnKind::Integer(32));
+        assert_eq!(ColumnKind::of("smallint"), ColumnKind::Integer(16));
+        for other in [
+            "json",
+            "text",
+            "jsonb[]",
+            "double precision",
+            "numeric(10,2)",
+        ] {
             assert_eq!(ColumnKind::of(other), ColumnKind::Other, "{other}");
         }
     }
