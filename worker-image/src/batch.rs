@@ -177,22 +177,43 @@ impl SinkRunner {
     }
 
     async fn write_and_settle(&self, items: Vec<SinkItem>) {
-        let (prepared, tickets): (Vec<Prepared>, Vec<Ticket<Delivered>>) =
-            items.into_iter().map(|i| (i.prepared, i.ticket)).unzip();
-        tracing::debug!(
-            sink = self.sink.name(),
-            size = prepared.len(),
-            "writing batch"
-        );
-        match self.write_with_retry(&prepared).await {
-            Outcome::Rejected(_) if prepared.len() > 1 => {
-                // One bad row fails the whole batch: find it by writing one at a time.
-                for (item, ticket) in prepared.iter().zip(tickets) {
-                    let outcome = self.write_with_retry(std::slice::from_ref(item)).await;
-                    self.settle(vec![ticket], outcome).await;
+        let name = self.sink.name();
+        let mut prepared = Vec::with_capacity(items.len());
+        let mut tickets = Vec::with_capacity(items.len());
+        for mut item in items {
+            match item.prepared.refused.take() {
+                // Refused before any write: dead-lettered alone, the rest is written without it.
+                Some(reason) => {
+                    self.metrics.sink_error(name, "rejected");
+                    self.settle(vec![item.ticket], Outcome::Rejected(reason))
+                        .await;
+                }
+                None => {
+                    prepared.push(item.prepared);
+                    tickets.push(Some(item.ticket));
                 }
             }
-            outcome => self.settle(tickets, outcome).await,
+        }
+        if prepared.is_empty() {
+            return;
+        }
+        tracing::debug!(sink = name, size = prepared.len(), "writing batch");
+        // A value only the target can see is bad fails the whole batch: find it by halving,
+        // so k bad messages cost about 2·k·log2(n) extra writes, not one write per message.
+        let mut pending: Vec<std::ops::Range<usize>> = Vec::with_capacity(16);
+        pending.push(0..prepared.len());
+        while let Some(range) = pending.pop() {
+            match self.write_with_retry(&prepared[range.clone()]).await {
+                Outcome::Rejected(_) if range.len() > 1 => {
+                    let middle = range.start + range.len() / 2;
+                    pending.push(middle..range.end);
+                    pending.push(range.start..middle);
+                }
+                outcome => {
+                    let settled = tickets[range].iter_mut().filter_map(Option::take).collect();
+                    self.settle(settled, outcome).await;
+                }
+            }
         }
     }
 

@@ -167,7 +167,8 @@ impl KeyTemplate {
         Ok(Self { parts })
     }
 
-    /// Renders the template for a message; strings are inserted as-is, other scalars as JSON.
+    /// Renders the template for a message; strings are inserted escaped (see
+    /// [`push_key_field`]), other scalars as escaped JSON.
     pub fn render(&self, value: &Value) -> Result<String, RecordError> {
         let mut out = String::new();
         for part in &self.parts {
@@ -177,12 +178,35 @@ impl KeyTemplate {
                     None | Some(Value::Null) => {
                         return Err(RecordError::MissingField(path.clone()))
                     }
-                    Some(Value::String(text)) => out.push_str(text),
-                    Some(other) => out.push_str(&other.to_string()),
+                    Some(Value::String(text)) => push_key_field(&mut out, text),
+                    Some(other) => push_key_field(&mut out, &other.to_string()),
                 },
             }
         }
         Ok(out)
+    }
+}
+
+/// Appends a message value to a key, percent-encoding (`%XX` per byte) the characters that
+/// would let the value steer the key: the separator `:`, `#` (the `<key>#id` companion keys),
+/// glob characters `* ? [ ]`, cluster hash tags `{ }`, backslash, whitespace and control
+/// characters, and `%` itself so distinct values always give distinct keys. Ordinary device
+/// names and numbers are unchanged.
+pub fn push_key_field(out: &mut String, value: &str) {
+    for c in value.chars() {
+        let unsafe_char = matches!(
+            c,
+            '%' | ':' | '#' | '*' | '?' | '[' | ']' | '{' | '}' | '\\'
+        ) || c.is_whitespace()
+            || c.is_control();
+        if unsafe_char {
+            let mut buffer = [0u8; 4];
+            for byte in c.encode_utf8(&mut buffer).bytes() {
+                out.push_str(&format!("%{byte:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
     }
 }
 
@@ -242,6 +266,38 @@ mod tests {
         let template = KeyTemplate::parse("latest:{device}:{payload.line}").expect("parse");
         let value = json!({"device": "d1", "payload": {"line": 3}});
         assert_eq!(template.render(&value).expect("render"), "latest:d1:3");
+    }
+
+    #[test]
+    fn key_values_cannot_steer_the_key_into_another_key_space() {
+        let template = KeyTemplate::parse("latest:{device}").expect("parse");
+        for (device, key) in [
+            ("d1", "latest:d1"),
+            ("a:b", "latest:a%3Ab"),
+            ("d1#id", "latest:d1%23id"),
+            ("*", "latest:%2A"),
+            ("{x}?[y] z", "latest:%7Bx%7D%3F%5By%5D%20z"),
+            ("50%", "latest:50%25"),
+            ("nul\u{0}", "latest:nul%00"),
+            ("été", "latest:été"),
+        ] {
+            let rendered = template
+                .render(&json!({ "device": device }))
+                .expect("render");
+            assert_eq!(rendered, key, "{device}");
+        }
+        // A number is unchanged; a string looking like an escape stays distinct from it.
+        let numbered = KeyTemplate::parse("line:{n}").expect("parse");
+        assert_eq!(
+            numbered.render(&json!({"n": -2.5})).expect("render"),
+            "line:-2.5"
+        );
+        assert_ne!(
+            template
+                .render(&json!({"device": "a%3Ab"}))
+                .expect("render"),
+            template.render(&json!({"device": "a:b"})).expect("render")
+        );
     }
 
     #[test]

@@ -29,6 +29,10 @@ pub struct Prepared {
     pub key: Option<String>,
     /// The encoded message (a COPY line, a JSON line, a request body).
     pub bytes: Vec<u8>,
+    /// Why the target would certainly refuse this message (seen while encoding, e.g. a NUL
+    /// byte PostgreSQL cannot store): it is dead-lettered as `sink-rejected` without being
+    /// written, and the rest of its batch is written without it.
+    pub refused: Option<String>,
 }
 
 /// A failed batch write.

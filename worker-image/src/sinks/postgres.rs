@@ -21,7 +21,7 @@ pub struct PostgresSink {
     name: String,
     url: String,
     batch: BatchConfig,
-    columns: Vec<Expr>,
+    columns: Vec<Column>,
     env: CelEnv,
     create_sql: Option<String>,
     stage_sql: String,
@@ -37,6 +37,95 @@ impl std::fmt::Debug for PostgresSink {
         f.debug_struct("PostgresSink")
             .field("name", &self.name)
             .finish()
+    }
+}
+
+/// One mapped column: its name (for dead-letter reasons), how PostgreSQL reads its text,
+/// and the expression computing its value.
+struct Column {
+    name: String,
+    kind: ColumnKind,
+    expr: Expr,
+}
+
+/// How PostgreSQL reads a column's text, as far as the checks before the COPY care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnKind {
+    /// `jsonb`: the text is parsed as JSON and its strings stored as text, so a `\u0000`
+    /// escape anywhere inside is refused (SQLSTATE 22P05).
+    Jsonb,
+    /// `smallint`, `integer` or `bigint` (and their `int2`/`int4`/`int8` names), with the
+    /// width in bits: a JSON number with a fraction or out of range, a boolean, an object or
+    /// an array is refused (SQLSTATE 22P02 or 22003).
+    Integer(u32),
+    /// Any other type (`text`, `json`, `numeric`, times, ...).
+    Other,
+}
+
+impl ColumnKind {
+    /// The kind of a column of SQL type `sql_type` (as written in the config).
+    pub fn of(sql_type: &str) -> Self {
+        match sql_type.trim().to_ascii_lowercase().as_str() {
+            "jsonb" => ColumnKind::Jsonb,
+            "smallint" | "int2" => ColumnKind::Integer(16),
+            "integer" | "int" | "int4" => ColumnKind::Integer(32),
+            "bigint" | "int8" => ColumnKind::Integer(64),
+            _ => ColumnKind::Other,
+        }
+    }
+}
+
+/// Why PostgreSQL would certainly refuse `value` in a column of `kind`, or None. Only
+/// refusals that are certain and cheap to see are checked (the server still judges the
+/// rest): U+0000 (NUL), which no PostgreSQL text value can hold — a NUL in a string is
+/// refused by every column type (the COPY data is not valid text, SQLSTATE 22021), and one
+/// anywhere in the JSON of a `jsonb` column (SQLSTATE 22P05). A `json` or `text` column
+/// stores an object or array with the NUL escaped as `\u0000`, which is accepted. Integer
+/// columns also refuse JSON values that are not integers in their range (strings are left to
+/// the server, whose integer syntax is broader).
+pub fn refusal(kind: ColumnKind, value: &Value) -> Option<&'static str> {
+    const NUL_TEXT: &str = "contains U+0000 (NUL), which PostgreSQL cannot store in text";
+    const NUL_JSONB: &str = "contains U+0000 (NUL), which PostgreSQL cannot store in jsonb";
+    const NOT_INTEGER: &str = "is not an integer, which the integer column cannot store";
+    const OUT_OF_RANGE: &str = "is out of the integer column's range";
+    match (kind, value) {
+        (ColumnKind::Integer(bits), Value::Number(n)) => {
+            let limit = 1i128 << (bits.clamp(1, 64) - 1);
+            match n.as_i64().map(i128::from) {
+                Some(i) if (-limit..limit).contains(&i) => None,
+                Some(_) => Some(OUT_OF_RANGE),
+                None if n.is_u64() => Some(OUT_OF_RANGE),
+                None => Some(NOT_INTEGER),
+            }
+        }
+        (ColumnKind::Integer(_), Value::Bool(_) | Value::Array(_) | Value::Object(_)) => {
+            Some(NOT_INTEGER)
+        }
+        (_, Value::String(s)) if s.contains('\0') => Some(NUL_TEXT),
+        // A string in a jsonb column is parsed as JSON by the server: look inside it. A
+        // string serde_json cannot parse is left to the server (its rules differ at the edges).
+        (ColumnKind::Jsonb, Value::String(s)) if s.contains("\\u0000") => {
+            serde_json::from_str::<Value>(s)
+                .ok()
+                .filter(json_has_nul)
+                .map(|_| NUL_JSONB)
+        }
+        (ColumnKind::Jsonb, Value::Array(_) | Value::Object(_)) if json_has_nul(value) => {
+            Some(NUL_JSONB)
+        }
+        _ => None,
+    }
+}
+
+/// Whether any string or object key inside `value` contains U+0000.
+fn json_has_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(json_has_nul),
+        Value::Object(map) => map
+            .iter()
+            .any(|(key, item)| key.contains('\0') || json_has_nul(item)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
     }
 }
 
@@ -98,7 +187,11 @@ impl PostgresSink {
                 .map_err(|e| invalid(format!("column {}: {e}", column.name)))?;
             definitions.push(format!("{name} {}", column.r#type));
             names.push(name);
-            columns.push(expr);
+            columns.push(Column {
+                name: column.name.clone(),
+                kind: ColumnKind::of(&column.r#type),
+                expr,
+            });
         }
         let list = names.join(", ");
         Ok(Self {
@@ -140,13 +233,28 @@ impl PostgresSink {
         self.connected(&mut guard).await.map(|_| ())
     }
 
-    /// One COPY line: the id, then each column's value.
+    /// One COPY line: the id, then each column's value. A value PostgreSQL would certainly
+    /// refuse (see [`refusal`]) marks the message as refused instead, so it is dead-lettered
+    /// and the rest of its batch is written in one transaction without it.
     pub fn prepare(&self, record: &Record) -> Result<Prepared, String> {
+        let refused = |column: &str, why: &str| Prepared {
+            id: record.id.clone(),
+            key: None,
+            bytes: Vec::new(),
+            refused: Some(format!("column {column}: {why}")),
+        };
+        let id = Value::String(record.id.clone());
+        if let Some(why) = refusal(ColumnKind::Other, &id) {
+            return Ok(refused("id", why));
+        }
         let mut line = String::with_capacity(128);
-        push_copy_field(&mut line, &Value::String(record.id.clone()));
+        push_copy_field(&mut line, &id);
         let scope = self.env.scope(&record.value);
-        for expr in &self.columns {
-            let value = expr.eval_in(&scope).map_err(|e| e.to_string())?;
+        for column in &self.columns {
+            let value = column.expr.eval_in(&scope).map_err(|e| e.to_string())?;
+            if let Some(why) = refusal(column.kind, &value) {
+                return Ok(refused(&column.name, why));
+            }
             line.push('\t');
             push_copy_field(&mut line, &value);
         }
@@ -155,6 +263,7 @@ impl PostgresSink {
             id: record.id.clone(),
             key: None,
             bytes: line.into_bytes(),
+            refused: None,
         })
     }
 
@@ -273,5 +382,104 @@ mod tests {
             line.push('|');
         }
         assert_eq!(line, "a\\tb\\\\c\\nd|\\N|21.5|{\"k\":[1]}|");
+    }
+
+    #[test]
+    fn nul_in_a_string_is_refused_by_every_column_type() {
+        for kind in [ColumnKind::Other, ColumnKind::Jsonb] {
+            let why = refusal(kind, &json!("a\u{0}b")).expect("refused");
+            assert!(why.contains("U+0000"), "{why}");
+        }
+        assert_eq!(refusal(ColumnKind::Other, &json!("a\\u0000b")), None);
+    }
+
+    #[test]
+    fn nul_inside_json_is_refused_only_by_jsonb() {
+        let nested = json!({"a": [1, {"b": "x\u{0}"}]});
+        let key = json!({"k\u{0}": 1});
+        for value in [&nested, &key] {
+            assert!(refusal(ColumnKind::Jsonb, value).is_some(), "{value}");
+            // text and json store the object with the NUL escaped as \u0000.
+            assert_eq!(refusal(ColumnKind::Other, value), None, "{value}");
+        }
+        // A string in a jsonb column is parsed as JSON by the server.
+        let text = json!(r#"{"a":"\u0000"}"#);
+        assert!(refusal(ColumnKind::Jsonb, &text).is_some());
+        assert_eq!(refusal(ColumnKind::Other, &text), None);
+        // An escaped backslash before u0000 is not a NUL.
+        assert_eq!(
+            refusal(ColumnKind::Jsonb, &json!(r#"{"a":"\\u0000"}"#)),
+            None
+        );
+    }
+
+    #[test]
+    fn ordinary_values_are_not_refused() {
+        for value in [
+            json!(null),
+            json!(true),
+            json!(21.5),
+            json!("plain"),
+            json!({"a": ["b", 1, null]}),
+            json!("not json {"),
+        ] {
+            for kind in [ColumnKind::Other, ColumnKind::Jsonb] {
+                assert_eq!(refusal(kind, &value), None, "{value}");
+            }
+        }
+    }
+
+    #[test]
+    fn integer_columns_refuse_json_that_is_not_an_integer_in_range() {
+        let int = ColumnKind::Integer(32);
+        for ok in [
+            json!(0),
+            json!(-7),
+            json!(2_147_483_647),
+            json!(-2_147_483_648i64),
+            json!("12"),
+            json!(null),
+        ] {
+            assert_eq!(refusal(int, &ok), None, "{ok}");
+        }
+        for bad in [
+            json!(21.5),
+            json!(3.0),
+            json!(true),
+            json!([1]),
+            json!({"a": 1}),
+        ] {
+            assert!(refusal(int, &bad).is_some_and(|why| why.contains("not an integer")));
+        }
+        for bad in [json!(2_147_483_648i64), json!(-2_147_483_649i64)] {
+            assert!(
+                refusal(int, &bad).is_some_and(|why| why.contains("range")),
+                "{bad}"
+            );
+        }
+        let small = ColumnKind::Integer(16);
+        assert_eq!(refusal(small, &json!(-32768)), None);
+        assert!(refusal(small, &json!(32768)).is_some());
+        let big = ColumnKind::Integer(64);
+        assert_eq!(refusal(big, &json!(i64::MIN)), None);
+        assert_eq!(refusal(big, &json!(i64::MAX)), None);
+        assert!(refusal(big, &json!(u64::MAX)).is_some());
+    }
+
+    #[test]
+    fn column_kind_reads_the_sql_type() {
+        assert_eq!(ColumnKind::of(" JSONB "), ColumnKind::Jsonb);
+        assert_eq!(ColumnKind::of("BIGINT"), ColumnKind::Integer(64));
+        assert_eq!(ColumnKind::of("int4"), ColumnKind::Integer(32));
+        assert_eq!(ColumnKind::of("smallint"), ColumnKind::Integer(16));
+        for other in [
+            "json",
+            "text",
+            "jsonb[]",
+            "double precision",
+            "numeric(10,2)",
+        ] {
+            assert_eq!(ColumnKind::of(other), ColumnKind::Other, "{other}");
+        }
     }
 }

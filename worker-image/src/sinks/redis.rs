@@ -115,6 +115,7 @@ impl RedisSink {
             id: record.id.clone(),
             key: Some(key),
             bytes,
+            refused: None,
         })
     }
 

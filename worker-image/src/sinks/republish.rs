@@ -67,6 +67,7 @@ impl RepublishSink {
             id: record.id.clone(),
             key: None,
             bytes: json_bytes(&record.value),
+            refused: None,
         })
     }
 

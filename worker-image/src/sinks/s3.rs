@@ -235,6 +235,7 @@ impl S3Sink {
             id: record.id.clone(),
             key: None,
             bytes,
+            refused: None,
         })
     }
 
@@ -293,6 +294,7 @@ mod tests {
             id: id.into(),
             key: None,
             bytes: Vec::new(),
+            refused: None,
         }
     }
 
