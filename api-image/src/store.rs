@@ -174,7 +174,11 @@ impl RedisLatest {
 
     /// The key of a device's latest value.
     pub fn key(&self, device: &str) -> String {
-        format!("{}{device}{}", self.prefix, self.suffix)
+        // Encoded as the worker's Redis sink writes it.
+        let mut key = self.prefix.clone();
+        tributary_contract::redis_key::push_key_field(&mut key, device);
+        key.push_str(&self.suffix);
+        key
     }
 
     /// The stored value and its message id, if any.

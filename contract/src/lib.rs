@@ -8,6 +8,7 @@ pub mod api_config;
 pub mod config_file;
 pub mod envelope;
 pub mod gateway_config;
+pub mod redis_key;
 pub mod sql;
 pub mod worker_config;
 pub mod worker_status;

@@ -187,28 +187,7 @@ impl KeyTemplate {
     }
 }
 
-/// Appends a message value to a key, percent-encoding (`%XX` per byte) the characters that
-/// would let the value steer the key: the separator `:`, `#` (the `<key>#id` companion keys),
-/// glob characters `* ? [ ]`, cluster hash tags `{ }`, backslash, whitespace and control
-/// characters, and `%` itself so distinct values always give distinct keys. Ordinary device
-/// names and numbers are unchanged.
-pub fn push_key_field(out: &mut String, value: &str) {
-    for c in value.chars() {
-        let unsafe_char = matches!(
-            c,
-            '%' | ':' | '#' | '*' | '?' | '[' | ']' | '{' | '}' | '\\'
-        ) || c.is_whitespace()
-            || c.is_control();
-        if unsafe_char {
-            let mut buffer = [0u8; 4];
-            for byte in c.encode_utf8(&mut buffer).bytes() {
-                out.push_str(&format!("%{byte:02X}"));
-            }
-        } else {
-            out.push(c);
-        }
-    }
-}
+pub use tributary_contract::redis_key::push_key_field;
 
 #[cfg(test)]
 mod tests {
