@@ -154,7 +154,7 @@ async fn a_published_message_reaches_sse_clients_of_its_scope() {
     let api = required_env("TRIBUTARY_TEST_RABBITMQ_API", "rabbitmq.sh");
     let user = required_env("TRIBUTARY_TEST_RABBITMQ_API_USER", "rabbitmq.sh");
     let password = required_env("TRIBUTARY_TEST_RABBITMQ_API_PASSWORD", "rabbitmq.sh");
-    let http = reqwest::Client::new();
+    let http = common::http_client();
     let bindings: Value = http
         .get(format!(
             "{api}/api/exchanges/%2f/{}/bindings/source",

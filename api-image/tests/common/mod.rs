@@ -222,7 +222,7 @@ impl Server {
         Server {
             base: format!("http://{address}"),
             address,
-            http: reqwest::Client::new(),
+            http: http_client(),
             shutdown,
             task,
         }
@@ -364,4 +364,11 @@ impl SseReader {
             Err(_) => panic!("no event within {timeout:?} while waiting for {what}"),
         }
     }
+}
+
+/// An HTTP client for the tests. `cargo test --workspace` unifies reqwest's features with the
+/// worker's (`rustls-no-provider`), so a TLS crypto provider must be installed first.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
 }
