@@ -25,6 +25,7 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tributary_contract::api_config::ApiConfig;
 
 use crate::http::AppState;
@@ -177,28 +178,41 @@ impl Server {
         };
         let app = http::router(state.clone(), &api.config.cors_allowed_origins);
         tracing::info!(listen = %api.config.listen, keys = api.config.api_keys.len(), "serving the API");
-        let stop = state.stop.clone();
-        let accepting = state.accepting.clone();
-        let signal = shutdown.clone();
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-            signal.cancelled().await;
-            accepting.store(false, Ordering::Relaxed);
-            // Live streams never finish on their own: end them now.
-            stop.cancel();
-        });
-        let grace = Duration::from_secs(api.config.shutdown_grace_seconds);
-        let result = tokio::select! {
-            result = serve => result,
-            () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
-                tracing::warn!("requests still running after the shutdown grace period; exiting");
-                Ok(())
-            }
+        // Bounded connections: a cap, and a deadline for each request head (slow or idle
+        // sockets cannot pile up).
+        let limits = &api.config.limits;
+        let bounds = tributary_http_server::Bounds {
+            name: "api",
+            header_timeout: Duration::from_secs(limits.header_timeout_seconds.max(1)),
+            max_connections: limits.max_connections,
         };
+        let stop_accepting = CancellationToken::new();
+        let connections = TaskTracker::new();
+        let serve = tokio::spawn(tributary_http_server::serve(
+            listener,
+            app,
+            bounds,
+            stop_accepting.clone(),
+            connections.clone(),
+        ));
+        shutdown.cancelled().await;
+        state.accepting.store(false, Ordering::Relaxed);
+        // Live streams never finish on their own: end them now.
         state.stop.cancel();
+        stop_accepting.cancel();
+        let _ = serve.await;
+        connections.close();
+        let grace = Duration::from_secs(api.config.shutdown_grace_seconds);
+        if tokio::time::timeout(grace, connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("requests still running after the shutdown grace period; exiting");
+        }
         if let Some(consumer) = consumer {
             let _ = consumer.await;
         }
         tracing::info!("stopped");
-        result
+        Ok(())
     }
 }

@@ -318,3 +318,77 @@ async fn operations_endpoints_cors_and_limits() {
     server.stop().await;
     table.drop_table().await;
 }
+
+/// Idle and half-header sockets are closed after the head deadline, connections past the
+/// cap are closed at once, and a well-behaved client is served meanwhile.
+#[tokio::test]
+async fn slow_and_excess_connections_are_closed_while_a_client_is_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let table = filled_table().await;
+    let dir = temp_dir();
+    let server = Server::start(config(
+        &table,
+        &dir,
+        json!({"limits": {"maxConnections": 8, "headerTimeoutSeconds": 6}}),
+    ))
+    .await;
+    // Six sockets that never finish a request head (three silent, three half a header).
+    let mut hostile = Vec::new();
+    for i in 0..6 {
+        let mut socket = tokio::net::TcpStream::connect(server.address)
+            .await
+            .expect("connect");
+        if i % 2 == 1 {
+            socket
+                .write_all(b"GET /v1/devices HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .expect("half a header");
+        }
+        hostile.push(socket);
+    }
+    // Four more: two fit under the cap (8) and wait for their head deadline (6 s); the two
+    // past it are closed as soon as they are accepted.
+    let mut excess = Vec::new();
+    for _ in 0..4 {
+        excess.push(
+            tokio::net::TcpStream::connect(server.address)
+                .await
+                .expect("connect"),
+        );
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let mut closed_at_once = 0;
+    for socket in &mut excess {
+        let mut byte = [0u8; 1];
+        let read = std::time::Duration::from_millis(200);
+        if let Ok(Ok(0)) = tokio::time::timeout(read, socket.read(&mut byte)).await {
+            closed_at_once += 1;
+        }
+    }
+    assert_eq!(closed_at_once, 2, "connections past the cap closed at once");
+    // Every hostile socket is closed by the server after the head deadline.
+    let started = Instant::now();
+    for (i, socket) in hostile.iter_mut().enumerate() {
+        let mut buffer = [0u8; 512];
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            loop {
+                match socket.read(&mut buffer).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {} // a 408 answer may come before the close
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "hostile socket {i} still open after 20 s");
+    }
+    println!(
+        "hostile sockets closed after {:.2} s; excess connections closed at once: {closed_at_once} of 4",
+        started.elapsed().as_secs_f64()
+    );
+    // With the slots free again, a client is served.
+    drop(excess);
+    let devices = server.ok("/v1/devices", ADMIN).await;
+    assert_eq!(devices_of(&devices).len(), 5, "{devices}");
+    server.stop().await;
+    table.drop_table().await;
+}

@@ -213,6 +213,14 @@ pub struct ApiLimits {
     /// Most device ids in one `devices=` list. Default 100.
     #[serde(default = "default_max_devices_per_query")]
     pub max_devices_per_query: usize,
+    /// Most connections open at once (live streams included); further ones are closed as
+    /// soon as they are accepted. Default 1024.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Seconds a connection has to send a complete request head; also how long a kept-alive
+    /// connection may stay idle. Default 10.
+    #[serde(default = "default_header_timeout_seconds")]
+    pub header_timeout_seconds: u64,
 }
 
 impl Default for ApiLimits {
@@ -224,10 +232,18 @@ impl Default for ApiLimits {
             max_page_size: default_max_page_size(),
             max_buckets: default_max_buckets(),
             max_devices_per_query: default_max_devices_per_query(),
+            max_connections: default_max_connections(),
+            header_timeout_seconds: default_header_timeout_seconds(),
         }
     }
 }
 
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_header_timeout_seconds() -> u64 {
+    10
+}
 fn default_listen() -> String {
     "0.0.0.0:8080".into()
 }

@@ -17,11 +17,11 @@ use tributary_contract::gateway_config::GatewayConfig;
 
 use crate::auth::{AuthLoadError, Authenticator};
 use crate::broker::Broker;
-use crate::http_listener::{self, HEALTH_MAX_CONNECTIONS};
 use crate::ingest::{Gateway, RateLimiter};
 use crate::metrics::Metrics;
 use crate::topics::{Permissions, Router, TopicError};
 use crate::{http, mqtt, tls};
+use tributary_http_server::{self as http_listener, HEALTH_MAX_CONNECTIONS};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]

@@ -6,7 +6,7 @@
 //! time, 413 too large (at once when the declared `Content-Length` is), 429 rate limited,
 //! 503 broker unavailable or draining, or authentication busy or throttled (`Retry-After`).
 //!
-//! Both routers are served by [`crate::http_listener`], which bounds connections and
+//! Both routers are served by `tributary_http_server`, which bounds connections and
 //! request heads.
 
 use std::net::SocketAddr;

@@ -2,7 +2,6 @@
 //! acknowledges is durably queued in RabbitMQ.
 //!
 //! One module per job: [`mqtt`] (codec, sessions, listeners), [`http`] (ingest, health),
-//! [`http_listener`] (bounded HTTP connections),
 //! [`auth`], [`topics`] (permissions, routes), [`ingest`] (the shared message path),
 //! [`broker`] (publisher confirms, reconnect), [`metrics`], [`tls`], and [`app`] (wiring).
 #![forbid(unsafe_code)]
@@ -11,7 +10,6 @@ pub mod app;
 pub mod auth;
 pub mod broker;
 pub mod http;
-pub mod http_listener;
 pub mod ingest;
 pub mod metrics;
 pub mod mqtt;

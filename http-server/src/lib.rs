@@ -1,5 +1,6 @@
-//! The accept loop behind both HTTP listeners (device ingest and health), with the bounds
-//! that stop a hostile client from holding the gateway's resources:
+//! The accept loop behind the data plane's HTTP listeners (the gateway's device ingest and
+//! health, the application API), with the bounds that stop a hostile client from holding a
+//! server's resources:
 //!
 //! - a cap on open connections: a connection past it is closed as soon as it is accepted,
 //!   so the accept loop never waits and the other listeners never notice;
@@ -8,8 +9,8 @@
 //!   kept-alive connection (so it is also the idle keep-alive timeout);
 //! - a size limit on the request head (431 past it).
 //!
-//! The body deadline and the early 413 on a declared `Content-Length` belong to the ingest
-//! handler ([`crate::http`]), the only place that reads a body.
+//! Body deadlines and limits belong to the handlers that read bodies. HTTP upgrades
+//! (WebSocket) are served.
 
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -105,7 +106,9 @@ async fn serve_connection(
         // A Router is always ready, so calling a clone is the whole tower protocol.
         router.clone().call(request)
     });
-    let mut connection = pin!(builder.serve_connection(TokioIo::new(stream), service));
+    let mut connection = pin!(builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades());
     let result = tokio::select! {
         result = connection.as_mut() => result,
         _ = stop.cancelled() => {
