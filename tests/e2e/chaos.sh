@@ -53,23 +53,6 @@ DEAD_LETTER_QUEUE="$NS.telemetry.dlq"
 BROKER_STS=telemetry-rabbitmq
 DB_PASSWORD=chaos-db-password
 
-passed=0
-failed=0
-check() {
-  local name=$1
-  shift
-  if "$@"; then
-    passed=$((passed + 1))
-    echo "ok   $name"
-  else
-    failed=$((failed + 1))
-    echo "FAIL $name"
-  fi
-}
-finish() {
-  echo "$passed passed, $failed failed"
-  [ "$failed" -eq 0 ]
-}
 
 work=$(mktemp -d)
 simulator_pid=

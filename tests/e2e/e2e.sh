@@ -23,23 +23,6 @@ DEVICES=50
 PER_DEVICE=$((N / DEVICES))
 [ $((PER_DEVICE * DEVICES)) -eq "$N" ] || { echo "TRIBUTARY_E2E_MESSAGES must be a multiple of $DEVICES" >&2; exit 2; }
 
-passed=0
-failed=0
-check() {
-  local name=$1
-  shift
-  if "$@"; then
-    passed=$((passed + 1))
-    echo "ok   $name"
-  else
-    failed=$((failed + 1))
-    echo "FAIL $name"
-  fi
-}
-finish() {
-  echo "$passed passed, $failed failed"
-  [ "$failed" -eq 0 ]
-}
 work=$(mktemp -d)
 sampler_pid=
 cleanup() {

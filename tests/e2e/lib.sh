@@ -1,6 +1,26 @@
-# Shared by the main command (hack/demo.sh) and the e2e suite (tests/e2e/e2e.sh): install
-# the operator with the Helm chart, apply an example, look at a running pipeline.
+# Shared by the main command (hack/demo.sh) and the e2e suites (tests/e2e/*.sh): verdicts,
+# the operator installed with the Helm chart, an example applied, a running pipeline watched.
 # Expects tests/cluster/lib.sh sourced, KUBECONFIG exported and kubectl on PATH.
+
+# The suites' verdicts: `check NAME COMMAND...` counts and prints one, `finish` prints the
+# totals ("N passed, N failed") and fails when any check failed.
+passed=0
+failed=0
+check() {
+  local name=$1
+  shift
+  if "$@"; then
+    passed=$((passed + 1))
+    echo "ok   $name"
+  else
+    failed=$((failed + 1))
+    echo "FAIL $name"
+  fi
+}
+finish() {
+  echo "$passed passed, $failed failed"
+  [ "$failed" -eq 0 ]
+}
 
 # The operator's Helm release and namespace.
 OPERATOR_NAMESPACE="${OPERATOR_NAMESPACE:-tributary-system}"

@@ -16,19 +16,6 @@ source "$repo/tests/e2e/lib.sh"
 NS=restart
 PIPELINES=16 # a Sink, a Worker and a Gateway each, plus one Queue: 49 + 1 = 50 resources
 
-passed=0
-failed=0
-check() {
-  local name=$1
-  shift
-  if "$@"; then
-    passed=$((passed + 1))
-    echo "ok   $name"
-  else
-    failed=$((failed + 1))
-    echo "FAIL $name"
-  fi
-}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -156,5 +143,4 @@ kubectl delete namespace "$NS" --wait=true --timeout=180s >/dev/null 2>&1 || tru
 check "the namespace (with a deletionPolicy: Delete Queue) is gone within 3 minutes ($((SECONDS - started)) s)" \
   bash -c "! kubectl get namespace $NS >/dev/null 2>&1"
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish
