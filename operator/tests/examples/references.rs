@@ -1,0 +1,255 @@
+//! Cross-references inside one folder or kustomization: every Secret, ConfigMap, Queue and
+//! Sink a resource or pod names exists, with the key it names.
+
+use super::*;
+
+/// Keys of every Secret (or ConfigMap) in a set of objects, by name.
+fn keys_by_name(objects: &[&Object], kind: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let mut found = BTreeMap::new();
+    for object in objects.iter().filter(|o| o.kind() == kind) {
+        let mut keys = BTreeSet::new();
+        for field in ["data", "stringData", "binaryData"] {
+            if let Some(map) = object.value[field].as_object() {
+                keys.extend(map.keys().cloned());
+            }
+        }
+        found.insert(object.name().to_owned(), keys);
+    }
+    found
+}
+
+/// What a set of objects (one namespace) refers to and whether it exists there.
+pub(super) fn check_references(scope: &str, objects: &[&Object]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut parsed = Parsed::default();
+    for object in objects.iter().filter(|o| o.is_tributary()) {
+        if let Err(problem) = check_tributary(object, &mut parsed) {
+            problems.push(problem);
+        }
+    }
+    let mut secrets = keys_by_name(objects, "Secret");
+    let config_maps = keys_by_name(objects, "ConfigMap");
+    // Managed Queues get a generated credentials Secret, which others may use.
+    for (name, queue) in &parsed.queues {
+        if queue.spec.broker.managed.is_some() {
+            let keys = [
+                build::queue::KEY_USERNAME,
+                build::queue::KEY_PASSWORD,
+                build::queue::KEY_COOKIE,
+                build::queue::KEY_URI,
+                build::queue::KEY_MANAGEMENT_URI,
+            ];
+            secrets.insert(
+                build::queue::ManagedNames::for_queue(name).credentials,
+                keys.iter().map(|k| (*k).to_owned()).collect(),
+            );
+        }
+    }
+    let mut wanted: Vec<(String, SecretKeyRef)> = Vec::new();
+    let secret_key = |name: &str, key: &str| SecretKeyRef {
+        name: name.to_owned(),
+        key: key.to_owned(),
+    };
+    for (name, queue) in &parsed.queues {
+        if let Some(external) = &queue.spec.broker.external {
+            wanted.push((format!("Queue {name}"), external.uri_secret_ref.clone()));
+            if let Some(management) = &external.management_uri_secret_ref {
+                wanted.push((format!("Queue {name}"), management.clone()));
+            }
+        }
+    }
+    for (name, gateway) in &parsed.gateways {
+        let who = format!("Gateway {name}");
+        let auth = &gateway.spec.auth;
+        if let Some(passwords) = &auth.passwords {
+            wanted.push((
+                who.clone(),
+                secret_key(&passwords.name, build::gateway::PASSWORDS_KEY),
+            ));
+        }
+        if let Some(tls) = &gateway.spec.listeners.mqtt_tls {
+            for key in ["tls.crt", "tls.key"] {
+                wanted.push((who.clone(), secret_key(&tls.secret_name, key)));
+            }
+        }
+        if let Some(certs) = &auth.client_certificates {
+            wanted.push((who.clone(), secret_key(&certs.ca.name, "ca.crt")));
+        }
+        for secret in build::gateway::referenced_secrets(gateway) {
+            if !secrets.contains_key(&secret) {
+                problems.push(format!("{scope}: {who} refers to missing Secret {secret}"));
+            }
+        }
+        // Routed Queues exist and share one broker (the same connection Secret).
+        let mut brokers = BTreeSet::new();
+        for route in &gateway.spec.routes {
+            match parsed.queues.get(&route.queue) {
+                None => problems.push(format!(
+                    "{scope}: {who} routes to missing Queue {}",
+                    route.queue
+                )),
+                Some(queue) => {
+                    if let Ok(plan) = build::queue::validate(queue) {
+                        if let Ok(secret) = build::queue::connection_secret_ref(queue, &plan) {
+                            brokers.insert(secret);
+                        }
+                    }
+                }
+            }
+        }
+        if brokers.len() > 1 {
+            problems.push(format!(
+                "{scope}: {who} routes to Queues on different brokers: {brokers:?}"
+            ));
+        }
+    }
+    for (name, sink) in &parsed.sinks {
+        for secret in build::sink::referenced_secrets(sink) {
+            wanted.push((format!("Sink {name}"), secret));
+        }
+        if let Some(target) = build::sink::target_queue(sink) {
+            if !parsed.queues.contains_key(target) {
+                problems.push(format!(
+                    "{scope}: Sink {name} republishes to missing Queue {target}"
+                ));
+            }
+        }
+    }
+    for (name, worker) in &parsed.workers {
+        if !parsed.queues.contains_key(&worker.spec.queue) {
+            problems.push(format!(
+                "{scope}: Worker {name} consumes missing Queue {}",
+                worker.spec.queue
+            ));
+        }
+        for sink in &worker.spec.sinks {
+            if !parsed.sinks.contains_key(sink) {
+                problems.push(format!(
+                    "{scope}: Worker {name} writes to missing Sink {sink}"
+                ));
+            }
+        }
+    }
+    let mut wanted_config_maps: Vec<(String, String, Option<String>)> = Vec::new();
+    for object in objects {
+        if let Some(pod) = pod_spec_value(object) {
+            pod_references(
+                &object.describe(),
+                pod,
+                &mut wanted,
+                &mut wanted_config_maps,
+            );
+        }
+    }
+    for (who, reference) in wanted {
+        match secrets.get(&reference.name) {
+            None => problems.push(format!(
+                "{scope}: {who} refers to missing Secret {}",
+                reference.name
+            )),
+            // An empty key stands for "the whole Secret".
+            Some(keys) if !reference.key.is_empty() && !keys.contains(&reference.key) => problems
+                .push(format!(
+                    "{scope}: {who} refers to key {} that Secret {} does not have",
+                    reference.key, reference.name
+                )),
+            Some(_) => {}
+        }
+    }
+    for (who, name, key) in wanted_config_maps {
+        match (config_maps.get(&name), key) {
+            (None, _) => {
+                problems.push(format!("{scope}: {who} refers to missing ConfigMap {name}"))
+            }
+            (Some(keys), Some(key)) if !keys.contains(&key) => problems.push(format!(
+                "{scope}: {who} refers to key {key} that ConfigMap {name} does not have"
+            )),
+            _ => {}
+        }
+    }
+    problems
+}
+/// Secrets and ConfigMaps a pod spec needs (optional references left out).
+fn pod_references(
+    who: &str,
+    pod: &Value,
+    secrets: &mut Vec<(String, SecretKeyRef)>,
+    config_maps: &mut Vec<(String, String, Option<String>)>,
+) {
+    let optional = |v: &Value| v["optional"].as_bool() == Some(true);
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    let containers = ["containers", "initContainers"]
+        .iter()
+        .filter_map(|field| pod[*field].as_array())
+        .flatten();
+    for container in containers {
+        for env in container["env"].as_array().into_iter().flatten() {
+            let from = &env["valueFrom"];
+            if from["secretKeyRef"].is_object() && !optional(&from["secretKeyRef"]) {
+                let r = &from["secretKeyRef"];
+                secrets.push((
+                    who.to_owned(),
+                    SecretKeyRef {
+                        name: text(&r["name"]),
+                        key: text(&r["key"]),
+                    },
+                ));
+            }
+            if from["configMapKeyRef"].is_object() && !optional(&from["configMapKeyRef"]) {
+                let r = &from["configMapKeyRef"];
+                config_maps.push((who.to_owned(), text(&r["name"]), Some(text(&r["key"]))));
+            }
+        }
+        for from in container["envFrom"].as_array().into_iter().flatten() {
+            if from["configMapRef"].is_object() && !optional(&from["configMapRef"]) {
+                config_maps.push((who.to_owned(), text(&from["configMapRef"]["name"]), None));
+            }
+            if from["secretRef"].is_object() && !optional(&from["secretRef"]) {
+                // Any key will do: the whole Secret becomes variables.
+                let name = text(&from["secretRef"]["name"]);
+                secrets.push((
+                    who.to_owned(),
+                    SecretKeyRef {
+                        name,
+                        key: String::new(),
+                    },
+                ));
+            }
+        }
+    }
+    for volume in pod["volumes"].as_array().into_iter().flatten() {
+        let secret = &volume["secret"];
+        if secret.is_object() && !optional(secret) {
+            let name = text(&secret["secretName"]);
+            let items: Vec<String> = secret["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|item| text(&item["key"]))
+                .collect();
+            if items.is_empty() {
+                secrets.push((
+                    who.to_owned(),
+                    SecretKeyRef {
+                        name,
+                        key: String::new(),
+                    },
+                ));
+            } else {
+                for key in items {
+                    secrets.push((
+                        who.to_owned(),
+                        SecretKeyRef {
+                            name: name.clone(),
+                            key,
+                        },
+                    ));
+                }
+            }
+        }
+        let config_map = &volume["configMap"];
+        if config_map.is_object() && !optional(config_map) {
+            config_maps.push((who.to_owned(), text(&config_map["name"]), None));
+        }
+    }
+}
