@@ -6,6 +6,7 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
+use super::names::{PacketType, ReasonCode};
 use super::properties::{read_properties, Properties};
 use crate::topics::{validate_topic_filter, validate_topic_name};
 
@@ -52,13 +53,15 @@ pub enum DecodeError {
 
 impl DecodeError {
     /// The MQTT 5 DISCONNECT reason code for this error.
-    pub fn v5_reason(&self) -> u8 {
+    pub fn v5_reason(&self) -> ReasonCode {
         match self {
-            DecodeError::PacketTooLarge(_) => 0x95,
-            DecodeError::InvalidTopic => 0x90,
-            DecodeError::TopicAlias => 0x94,
-            DecodeError::ServerOnlyPacket(_) | DecodeError::UnsupportedProtocol(_) => 0x82,
-            _ => 0x81,
+            DecodeError::PacketTooLarge(_) => ReasonCode::PacketTooLarge,
+            DecodeError::InvalidTopic => ReasonCode::TopicNameInvalid,
+            DecodeError::TopicAlias => ReasonCode::TopicAliasInvalid,
+            DecodeError::ServerOnlyPacket(_) | DecodeError::UnsupportedProtocol(_) => {
+                ReasonCode::ProtocolError
+            }
+            _ => ReasonCode::MalformedPacket,
         }
     }
 }
@@ -124,8 +127,8 @@ pub enum Packet {
     /// PUBACK, PUBREC, PUBREL or PUBCOMP: PUBREL ends a QoS 2 publish from the client;
     /// the others would acknowledge server-sent messages.
     Ack {
-        /// Packet type (4..=7).
-        kind: u8,
+        /// PUBACK, PUBREC, PUBREL or PUBCOMP.
+        kind: PacketType,
         /// Packet identifier.
         packet_id: u16,
     },
@@ -145,7 +148,8 @@ pub enum Packet {
     },
     /// PINGREQ.
     Pingreq,
-    /// DISCONNECT with its reason code (0 for 3.1.1; 0x04 asks for the will message).
+    /// DISCONNECT with its reason code (always normal disconnection in 3.1.1; "disconnect
+    /// with will message" asks for the will).
     Disconnect {
         /// Reason code.
         reason: u8,
@@ -194,22 +198,20 @@ fn read_fixed_header(buffer: &[u8]) -> Result<Option<(usize, usize)>, DecodeErro
     Err(DecodeError::MalformedRemainingLength)
 }
 
-fn decode_body(kind: u8, flags: u8, mut body: Bytes, v5: bool) -> Result<Packet, DecodeError> {
-    let expect_flags = |expected: u8| {
-        if flags == expected {
-            Ok(())
-        } else {
-            Err(DecodeError::ReservedFlags(kind))
-        }
+fn decode_body(number: u8, flags: u8, mut body: Bytes, v5: bool) -> Result<Packet, DecodeError> {
+    let kind = match PacketType::from_number(number) {
+        Some(PacketType::Auth) if !v5 => return Err(DecodeError::UnknownPacketType(number)),
+        Some(kind) if kind.is_server_only() => return Err(DecodeError::ServerOnlyPacket(number)),
+        Some(kind) => kind,
+        None => return Err(DecodeError::UnknownPacketType(number)),
     };
+    if kind != PacketType::Publish && flags != kind.required_flags() {
+        return Err(DecodeError::ReservedFlags(number));
+    }
     match kind {
-        1 => {
-            expect_flags(0)?;
-            decode_connect(&mut body).map(|c| Packet::Connect(Box::new(c)))
-        }
-        3 => decode_publish(flags, body, v5).map(Packet::Publish),
-        4..=7 => {
-            expect_flags(if kind == 6 { 0b0010 } else { 0 })?;
+        PacketType::Connect => decode_connect(&mut body).map(|c| Packet::Connect(Box::new(c))),
+        PacketType::Publish => decode_publish(flags, body, v5).map(Packet::Publish),
+        PacketType::Puback | PacketType::Pubrec | PacketType::Pubrel | PacketType::Pubcomp => {
             let packet_id = read_u16(&mut body)?;
             // v5 may append a reason code and properties; they carry nothing we act on.
             if !v5 && body.has_remaining() {
@@ -217,42 +219,15 @@ fn decode_body(kind: u8, flags: u8, mut body: Bytes, v5: bool) -> Result<Packet,
             }
             Ok(Packet::Ack { kind, packet_id })
         }
-        8 | 10 => {
-            expect_flags(0b0010)?;
-            let packet_id = read_packet_id(&mut body)?;
-            if v5 {
-                read_properties(&mut body)?;
-            }
-            let mut filters = 0;
-            while body.has_remaining() {
-                let filter = read_string(&mut body)?;
-                validate_topic_filter(&filter).map_err(|_| DecodeError::InvalidFilter)?;
-                if kind == 8 {
-                    let options = read_u8(&mut body)?;
-                    let reserved = if v5 { 0b1100_0000 } else { 0b1111_1100 };
-                    if options & reserved != 0 || options & 0b11 == 3 {
-                        return Err(DecodeError::Malformed("subscription options"));
-                    }
-                }
-                filters += 1;
-            }
-            if filters == 0 {
-                return Err(DecodeError::Malformed("no topic filters"));
-            }
-            Ok(if kind == 8 {
-                Packet::Subscribe { packet_id, filters }
-            } else {
-                Packet::Unsubscribe { packet_id, filters }
-            })
+        PacketType::Subscribe | PacketType::Unsubscribe => {
+            decode_subscription(kind == PacketType::Subscribe, body, v5)
         }
-        12 => {
-            expect_flags(0)?;
+        PacketType::Pingreq => {
             expect_empty(&body)?;
             Ok(Packet::Pingreq)
         }
-        14 => {
-            expect_flags(0)?;
-            let mut reason = 0;
+        PacketType::Disconnect => {
+            let mut reason = ReasonCode::NORMAL_DISCONNECTION.code();
             if v5 {
                 if body.has_remaining() {
                     reason = read_u8(&mut body)?;
@@ -264,13 +239,59 @@ fn decode_body(kind: u8, flags: u8, mut body: Bytes, v5: bool) -> Result<Packet,
             expect_empty(&body)?;
             Ok(Packet::Disconnect { reason })
         }
-        15 if v5 => {
-            expect_flags(0)?;
-            Ok(Packet::Auth)
+        PacketType::Auth => Ok(Packet::Auth),
+        // Refused above as server-only.
+        PacketType::Connack | PacketType::Suback | PacketType::Unsuback | PacketType::Pingresp => {
+            Err(DecodeError::ServerOnlyPacket(number))
         }
-        2 | 9 | 11 | 13 => Err(DecodeError::ServerOnlyPacket(kind)),
-        _ => Err(DecodeError::UnknownPacketType(kind)),
     }
+}
+
+/// SUBSCRIBE (`subscribe`) or UNSUBSCRIBE: every filter is validated and counted.
+fn decode_subscription(subscribe: bool, mut body: Bytes, v5: bool) -> Result<Packet, DecodeError> {
+    let packet_id = read_packet_id(&mut body)?;
+    if v5 {
+        read_properties(&mut body)?;
+    }
+    let mut filters = 0;
+    while body.has_remaining() {
+        let filter = read_string(&mut body)?;
+        validate_topic_filter(&filter).map_err(|_| DecodeError::InvalidFilter)?;
+        if subscribe {
+            let options = read_u8(&mut body)?;
+            let reserved = if v5 { 0b1100_0000 } else { 0b1111_1100 };
+            if options & reserved != 0 || options & 0b11 == 3 {
+                return Err(DecodeError::Malformed("subscription options"));
+            }
+        }
+        filters += 1;
+    }
+    if filters == 0 {
+        return Err(DecodeError::Malformed("no topic filters"));
+    }
+    Ok(if subscribe {
+        Packet::Subscribe { packet_id, filters }
+    } else {
+        Packet::Unsubscribe { packet_id, filters }
+    })
+}
+
+/// The CONNECT flags byte (§3.1.2.3).
+mod connect_flags {
+    pub const RESERVED: u8 = 0x01;
+    pub const CLEAN_START: u8 = 0x02;
+    pub const WILL: u8 = 0x04;
+    pub const WILL_QOS: u8 = 0x18;
+    pub const WILL_RETAIN: u8 = 0x20;
+    pub const PASSWORD: u8 = 0x40;
+    pub const USER_NAME: u8 = 0x80;
+}
+
+/// The PUBLISH fixed-header flags (§3.3.1).
+mod publish_flags {
+    pub const RETAIN: u8 = 0x01;
+    pub const QOS: u8 = 0x06;
+    pub const DUP: u8 = 0x08;
 }
 
 fn decode_connect(body: &mut Bytes) -> Result<Connect, DecodeError> {
@@ -283,17 +304,17 @@ fn decode_connect(body: &mut Bytes) -> Result<Connect, DecodeError> {
         _ => return Err(DecodeError::Malformed("protocol name")),
     };
     let flags = read_u8(body)?;
-    if flags & 0x01 != 0 {
+    if flags & connect_flags::RESERVED != 0 {
         return Err(DecodeError::Malformed("reserved connect flag"));
     }
-    let has_will = flags & 0x04 != 0;
-    let will_qos = (flags >> 3) & 0x03;
-    let will_retain = flags & 0x20 != 0;
+    let has_will = flags & connect_flags::WILL != 0;
+    let will_qos = (flags & connect_flags::WILL_QOS) >> 3;
+    let will_retain = flags & connect_flags::WILL_RETAIN != 0;
     if will_qos == 3 || (!has_will && (will_qos != 0 || will_retain)) {
         return Err(DecodeError::Malformed("will flags"));
     }
-    let has_password = flags & 0x40 != 0;
-    let has_username = flags & 0x80 != 0;
+    let has_password = flags & connect_flags::PASSWORD != 0;
+    let has_username = flags & connect_flags::USER_NAME != 0;
     if !v5 && has_password && !has_username {
         return Err(DecodeError::Malformed("password without user name"));
     }
@@ -334,7 +355,7 @@ fn decode_connect(body: &mut Bytes) -> Result<Connect, DecodeError> {
     expect_empty(body)?;
     Ok(Connect {
         v5,
-        clean_start: flags & 0x02 != 0,
+        clean_start: flags & connect_flags::CLEAN_START != 0,
         keep_alive,
         client_id,
         username,
@@ -345,11 +366,11 @@ fn decode_connect(body: &mut Bytes) -> Result<Connect, DecodeError> {
 }
 
 fn decode_publish(flags: u8, mut body: Bytes, v5: bool) -> Result<Publish, DecodeError> {
-    let qos = (flags >> 1) & 0x03;
+    let qos = (flags & publish_flags::QOS) >> 1;
     if qos == 3 {
         return Err(DecodeError::Malformed("QoS 3"));
     }
-    if qos == 0 && flags & 0x08 != 0 {
+    if qos == 0 && flags & publish_flags::DUP != 0 {
         return Err(DecodeError::Malformed("DUP set at QoS 0"));
     }
     let topic = read_string(&mut body)?;
@@ -369,8 +390,8 @@ fn decode_publish(flags: u8, mut body: Bytes, v5: bool) -> Result<Publish, Decod
     validate_topic_name(&topic).map_err(|_| DecodeError::InvalidTopic)?;
     Ok(Publish {
         qos,
-        dup: flags & 0x08 != 0,
-        retain: flags & 0x01 != 0,
+        dup: flags & publish_flags::DUP != 0,
+        retain: flags & publish_flags::RETAIN != 0,
         topic,
         packet_id,
         payload: body,

@@ -116,7 +116,7 @@ fn qos2_publish_and_pubrel_decode_with_identifier_and_dup_flag() {
     assert_eq!(
         decode_all(&[0x62, 2, 0, 7], false),
         Ok(Some(Packet::Ack {
-            kind: 6,
+            kind: PacketType::Pubrel,
             packet_id: 7
         }))
     );

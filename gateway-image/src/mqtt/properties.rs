@@ -5,6 +5,7 @@ use bytes::{Buf, Bytes};
 use super::codec::{
     read_binary, read_string, read_u16, read_u32, read_u8, read_varint, DecodeError,
 };
+use super::names::{PropertyId, PropertyType};
 
 /// The MQTT 5 properties the gateway acts on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -28,39 +29,48 @@ pub fn read_properties(body: &mut Bytes) -> Result<Properties, DecodeError> {
     let mut block = body.split_to(len);
     let mut properties = Properties::default();
     while block.has_remaining() {
-        let id = read_varint(&mut block)?;
+        let id = PropertyId::from_id(read_varint(&mut block)?)
+            .ok_or(DecodeError::Malformed("unknown property"))?;
         match id {
-            // Byte properties.
-            0x01 | 0x17 | 0x19 | 0x24 | 0x25 | 0x28 | 0x29 | 0x2A => {
-                read_u8(&mut block)?;
+            PropertyId::TopicAlias => properties.topic_alias = Some(read_u16(&mut block)?),
+            PropertyId::MaximumPacketSize => {
+                properties.maximum_packet_size = Some(read_u32(&mut block)?)
             }
-            0x23 => properties.topic_alias = Some(read_u16(&mut block)?),
-            // Two-byte integers.
-            0x13 | 0x21 | 0x22 => {
-                read_u16(&mut block)?;
+            PropertyId::ContentType => properties.content_type = Some(read_string(&mut block)?),
+            PropertyId::AuthenticationMethod => {
+                properties.auth_method = Some(read_string(&mut block)?)
             }
-            0x27 => properties.maximum_packet_size = Some(read_u32(&mut block)?),
-            // Four-byte integers.
-            0x02 | 0x11 | 0x18 => {
-                read_u32(&mut block)?;
-            }
-            0x0B => {
-                read_varint(&mut block)?;
-            }
-            0x03 => properties.content_type = Some(read_string(&mut block)?),
-            0x15 => properties.auth_method = Some(read_string(&mut block)?),
-            0x08 | 0x12 | 0x1A | 0x1C | 0x1F => {
-                read_string(&mut block)?;
-            }
-            0x09 | 0x16 => {
-                read_binary(&mut block)?;
-            }
-            0x26 => {
-                read_string(&mut block)?;
-                read_string(&mut block)?;
-            }
-            _ => return Err(DecodeError::Malformed("unknown property")),
+            other => skip_value(&mut block, other.value_type())?,
         }
     }
     Ok(properties)
+}
+
+/// Reads and discards one value of type `kind` (still checked: strings must be UTF-8).
+fn skip_value(block: &mut Bytes, kind: PropertyType) -> Result<(), DecodeError> {
+    match kind {
+        PropertyType::Byte => {
+            read_u8(block)?;
+        }
+        PropertyType::TwoByteInteger => {
+            read_u16(block)?;
+        }
+        PropertyType::FourByteInteger => {
+            read_u32(block)?;
+        }
+        PropertyType::VariableByteInteger => {
+            read_varint(block)?;
+        }
+        PropertyType::Utf8String => {
+            read_string(block)?;
+        }
+        PropertyType::BinaryData => {
+            read_binary(block)?;
+        }
+        PropertyType::Utf8StringPair => {
+            read_string(block)?;
+            read_string(block)?;
+        }
+    }
+    Ok(())
 }
