@@ -6,8 +6,8 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use super::names::{PacketType, ReasonCode};
-use super::properties::{read_properties, Properties};
+use super::names::{PacketType, PropertyId, ReasonCode};
+use super::properties::{read_properties, Properties, PropertyContext};
 use crate::topics::{validate_topic_filter, validate_topic_name};
 
 /// Why a packet could not be decoded. Each closes the connection.
@@ -49,6 +49,18 @@ pub enum DecodeError {
     /// A v5 topic alias (the gateway advertises a topic alias maximum of 0).
     #[error("topic alias not allowed")]
     TopicAlias,
+    /// A v5 property the packet may not carry (a Malformed Packet, §2.2.2.2).
+    #[error("property {0:?} not allowed in this packet")]
+    PropertyNotAllowed(PropertyId),
+    /// A v5 property that may appear once appeared again (a Protocol Error).
+    #[error("property {0:?} more than once")]
+    DuplicateProperty(PropertyId),
+    /// A v5 property value out of its range (a Protocol Error).
+    #[error("invalid value of property {0:?}")]
+    InvalidPropertyValue(PropertyId),
+    /// A malformed MQTT 5 CONNECT: answered with a CONNACK carrying the reason code.
+    #[error("invalid MQTT 5 CONNECT: {0}")]
+    Connect5(Box<DecodeError>),
 }
 
 impl DecodeError {
@@ -58,9 +70,11 @@ impl DecodeError {
             DecodeError::PacketTooLarge(_) => ReasonCode::PacketTooLarge,
             DecodeError::InvalidTopic => ReasonCode::TopicNameInvalid,
             DecodeError::TopicAlias => ReasonCode::TopicAliasInvalid,
-            DecodeError::ServerOnlyPacket(_) | DecodeError::UnsupportedProtocol(_) => {
-                ReasonCode::ProtocolError
-            }
+            DecodeError::ServerOnlyPacket(_)
+            | DecodeError::UnsupportedProtocol(_)
+            | DecodeError::DuplicateProperty(_)
+            | DecodeError::InvalidPropertyValue(_) => ReasonCode::ProtocolError,
+            DecodeError::Connect5(inner) => inner.v5_reason(),
             _ => ReasonCode::MalformedPacket,
         }
     }
@@ -94,7 +108,10 @@ pub struct Will {
     pub topic: String,
     /// The payload.
     pub payload: Bytes,
-    /// v5 will properties (content type).
+    /// The will retain flag (the gateway retains nothing: MQTT 5 refuses it at CONNECT,
+    /// 3.1.1 ignores it as it does on PUBLISH).
+    pub retain: bool,
+    /// v5 will properties.
     pub properties: Properties,
 }
 
@@ -213,10 +230,15 @@ fn decode_body(number: u8, flags: u8, mut body: Bytes, v5: bool) -> Result<Packe
         PacketType::Publish => decode_publish(flags, body, v5).map(Packet::Publish),
         PacketType::Puback | PacketType::Pubrec | PacketType::Pubrel | PacketType::Pubcomp => {
             let packet_id = read_u16(&mut body)?;
-            // v5 may append a reason code and properties; they carry nothing we act on.
-            if !v5 && body.has_remaining() {
-                return Err(DecodeError::Malformed("bytes after packet identifier"));
+            // v5 may append a reason code and properties; they carry nothing we act on
+            // but are checked.
+            if v5 && body.has_remaining() {
+                read_u8(&mut body)?;
+                if body.has_remaining() {
+                    read_properties(&mut body, PropertyContext::Ack)?;
+                }
             }
+            expect_empty(&body)?;
             Ok(Packet::Ack { kind, packet_id })
         }
         PacketType::Subscribe | PacketType::Unsubscribe => {
@@ -233,7 +255,7 @@ fn decode_body(number: u8, flags: u8, mut body: Bytes, v5: bool) -> Result<Packe
                     reason = read_u8(&mut body)?;
                 }
                 if body.has_remaining() {
-                    read_properties(&mut body)?;
+                    read_properties(&mut body, PropertyContext::Disconnect)?;
                 }
             }
             expect_empty(&body)?;
@@ -251,7 +273,12 @@ fn decode_body(number: u8, flags: u8, mut body: Bytes, v5: bool) -> Result<Packe
 fn decode_subscription(subscribe: bool, mut body: Bytes, v5: bool) -> Result<Packet, DecodeError> {
     let packet_id = read_packet_id(&mut body)?;
     if v5 {
-        read_properties(&mut body)?;
+        let context = if subscribe {
+            PropertyContext::Subscribe
+        } else {
+            PropertyContext::Unsubscribe
+        };
+        read_properties(&mut body, context)?;
     }
     let mut filters = 0;
     while body.has_remaining() {
@@ -303,6 +330,17 @@ fn decode_connect(body: &mut Bytes) -> Result<Connect, DecodeError> {
         ("MQTT" | "MQIsdp", other) => return Err(DecodeError::UnsupportedProtocol(other)),
         _ => return Err(DecodeError::Malformed("protocol name")),
     };
+    // An MQTT 5 client learns why its CONNECT was refused (§4.13); 3.1.1 is just closed.
+    decode_connect_after_level(body, v5).map_err(|error| {
+        if v5 {
+            DecodeError::Connect5(Box::new(error))
+        } else {
+            error
+        }
+    })
+}
+
+fn decode_connect_after_level(body: &mut Bytes, v5: bool) -> Result<Connect, DecodeError> {
     let flags = read_u8(body)?;
     if flags & connect_flags::RESERVED != 0 {
         return Err(DecodeError::Malformed("reserved connect flag"));
@@ -320,25 +358,13 @@ fn decode_connect(body: &mut Bytes) -> Result<Connect, DecodeError> {
     }
     let keep_alive = read_u16(body)?;
     let properties = if v5 {
-        read_properties(body)?
+        read_properties(body, PropertyContext::Connect)?
     } else {
         Properties::default()
     };
     let client_id = read_string(body)?;
     let will = if has_will {
-        let properties = if v5 {
-            read_properties(body)?
-        } else {
-            Properties::default()
-        };
-        let topic = read_string(body)?;
-        validate_topic_name(&topic).map_err(|_| DecodeError::InvalidTopic)?;
-        let payload = read_binary(body)?;
-        Some(Will {
-            topic,
-            payload,
-            properties,
-        })
+        Some(read_will(body, v5, will_retain)?)
     } else {
         None
     };
@@ -365,6 +391,23 @@ fn decode_connect(body: &mut Bytes) -> Result<Connect, DecodeError> {
     })
 }
 
+fn read_will(body: &mut Bytes, v5: bool, retain: bool) -> Result<Will, DecodeError> {
+    let properties = if v5 {
+        read_properties(body, PropertyContext::Will)?
+    } else {
+        Properties::default()
+    };
+    let topic = read_string(body)?;
+    validate_topic_name(&topic).map_err(|_| DecodeError::InvalidTopic)?;
+    let payload = read_binary(body)?;
+    Ok(Will {
+        topic,
+        payload,
+        retain,
+        properties,
+    })
+}
+
 fn decode_publish(flags: u8, mut body: Bytes, v5: bool) -> Result<Publish, DecodeError> {
     let qos = (flags & publish_flags::QOS) >> 1;
     if qos == 3 {
@@ -380,7 +423,7 @@ fn decode_publish(flags: u8, mut body: Bytes, v5: bool) -> Result<Publish, Decod
         None
     };
     let properties = if v5 {
-        read_properties(&mut body)?
+        read_properties(&mut body, PropertyContext::Publish)?
     } else {
         Properties::default()
     };

@@ -281,3 +281,54 @@ fn two_packets_in_one_buffer_decode_one_at_a_time() {
     );
     assert_eq!(decode(&mut buffer, false, MAX), Ok(None));
 }
+
+#[test]
+fn invalid_v5_connect_carries_its_reason_for_the_connack() {
+    // A will topic with a wildcard, in a v5 CONNECT: wrapped, reason "topic name invalid".
+    let mut tail = vec![0]; // no will properties
+    tail.extend(string(b"a/#"));
+    tail.extend(string(b"{}"));
+    let bytes = packet(0x10, &connect_body(5, 0x06, b"c1", &tail));
+    let error = decode_all(&bytes, false).expect_err("refused");
+    assert_eq!(
+        error,
+        DecodeError::Connect5(Box::new(DecodeError::InvalidTopic))
+    );
+    assert_eq!(error.v5_reason(), ReasonCode::TopicNameInvalid);
+    // The same in 3.1.1 is not wrapped: the connection is just closed.
+    let mut tail = string(b"a/#");
+    tail.extend(string(b"{}"));
+    let bytes = packet(0x10, &connect_body(4, 0x06, b"c1", &tail));
+    assert_eq!(decode_all(&bytes, false), Err(DecodeError::InvalidTopic));
+}
+
+#[test]
+fn v5_will_keeps_its_retain_flag() {
+    let mut tail = vec![0];
+    tail.extend(string(b"a/b"));
+    tail.extend(string(b"{}"));
+    let bytes = packet(0x10, &connect_body(5, 0x26, b"c1", &tail));
+    let Some(Packet::Connect(connect)) = decode_all(&bytes, false).expect("valid") else {
+        panic!("not a CONNECT");
+    };
+    assert!(connect.will.expect("will").retain);
+}
+
+#[test]
+fn v5_pubrel_reason_and_properties_are_checked() {
+    // Reason 0 and a reason string: fine.
+    let ok = packet(0x62, &[0, 7, 0, 4, 0x1F, 0, 1, b'x']);
+    assert!(matches!(
+        decode_all(&ok, true),
+        Ok(Some(Packet::Ack {
+            kind: PacketType::Pubrel,
+            packet_id: 7
+        }))
+    ));
+    // A content type does not belong in a PUBREL.
+    let bad = packet(0x62, &[0, 7, 0, 3, 0x03, 0, 0]);
+    assert_eq!(
+        decode_all(&bad, true),
+        Err(DecodeError::PropertyNotAllowed(PropertyId::ContentType))
+    );
+}

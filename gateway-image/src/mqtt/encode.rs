@@ -19,13 +19,22 @@ pub enum ConnectRefusal {
     NotAuthorized,
     /// Unsupported MQTT 5 enhanced authentication method.
     BadAuthMethod,
+    /// The device holds `limits.maxConnectionsPerDevice` connections already.
+    QuotaExceeded,
+    /// An MQTT 5 will with the retain flag (the gateway advertises Retain Available 0).
+    RetainNotSupported,
+    /// An MQTT 5 will that claims UTF-8 text (Payload Format Indicator 1) and is not.
+    PayloadFormatInvalid,
+    /// A malformed MQTT 5 CONNECT or one that breaks the protocol, with its reason code.
+    Invalid(ReasonCode),
 }
 
 impl ConnectRefusal {
-    /// The CONNACK return (3.1.1) or reason (5) code.
-    pub fn code(self, v5: bool) -> u8 {
+    /// The CONNACK return (3.1.1) or reason (5) code; `None` where 3.1.1 has no code for
+    /// the refusal (the connection is closed without a CONNACK).
+    pub fn code(self, v5: bool) -> Option<u8> {
         if v5 {
-            self.reason().code()
+            Some(self.reason().code())
         } else {
             self.v311_code()
         }
@@ -40,20 +49,30 @@ impl ConnectRefusal {
             ConnectRefusal::BadCredentials => ReasonCode::BadUserNameOrPassword,
             ConnectRefusal::NotAuthorized => ReasonCode::NotAuthorized,
             ConnectRefusal::BadAuthMethod => ReasonCode::BadAuthenticationMethod,
+            ConnectRefusal::QuotaExceeded => ReasonCode::QuotaExceeded,
+            ConnectRefusal::RetainNotSupported => ReasonCode::RetainNotSupported,
+            ConnectRefusal::PayloadFormatInvalid => ReasonCode::PayloadFormatInvalid,
+            ConnectRefusal::Invalid(reason) => reason,
         }
     }
 
-    /// The MQTT 3.1.1 return code.
-    fn v311_code(self) -> u8 {
-        match self {
+    /// The MQTT 3.1.1 return code, if 3.1.1 has one.
+    fn v311_code(self) -> Option<u8> {
+        Some(match self {
             ConnectRefusal::UnsupportedProtocol => connack_v311::UNACCEPTABLE_PROTOCOL_VERSION,
             ConnectRefusal::IdentifierRejected => connack_v311::IDENTIFIER_REJECTED,
-            ConnectRefusal::ServerUnavailable => connack_v311::SERVER_UNAVAILABLE,
+            // 3.1.1 has no "quota exceeded": "unavailable" makes the device retry later.
+            ConnectRefusal::ServerUnavailable | ConnectRefusal::QuotaExceeded => {
+                connack_v311::SERVER_UNAVAILABLE
+            }
             ConnectRefusal::BadCredentials => connack_v311::BAD_USER_NAME_OR_PASSWORD,
             ConnectRefusal::NotAuthorized | ConnectRefusal::BadAuthMethod => {
                 connack_v311::NOT_AUTHORIZED
             }
-        }
+            ConnectRefusal::RetainNotSupported
+            | ConnectRefusal::PayloadFormatInvalid
+            | ConnectRefusal::Invalid(_) => return None,
+        })
     }
 }
 
@@ -135,12 +154,13 @@ fn put_flag(props: &mut BytesMut, id: PropertyId, available: bool) {
     props.put_u8(u8::from(available));
 }
 
-/// A refusing CONNACK (with no properties in MQTT 5).
+/// A refusing CONNACK (with no properties in MQTT 5); nothing for a refusal 3.1.1 has no
+/// return code for.
 pub fn connack_refused(out: &mut BytesMut, v5: bool, refusal: ConnectRefusal) {
-    if v5 {
-        put_packet(out, PacketType::Connack, &[0, refusal.code(true), 0]);
-    } else {
-        put_packet(out, PacketType::Connack, &[0, refusal.code(false)]);
+    match (v5, refusal.code(v5)) {
+        (true, Some(code)) => put_packet(out, PacketType::Connack, &[0, code, 0]),
+        (false, Some(code)) => put_packet(out, PacketType::Connack, &[0, code]),
+        (_, None) => {}
     }
 }
 

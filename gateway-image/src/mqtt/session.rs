@@ -249,6 +249,11 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                         level,
                     )));
                 }
+                Err(DecodeError::Connect5(error)) => {
+                    let refusal = ConnectRefusal::Invalid(error.v5_reason());
+                    encode::connack_refused(&mut self.out, true, refusal);
+                    return Err(SessionEnd::Protocol(*error));
+                }
                 Err(error) => return Err(SessionEnd::Protocol(error)),
             }
         }

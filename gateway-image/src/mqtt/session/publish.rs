@@ -8,23 +8,30 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Answer, ExactlyOnce, Pending, Session, SessionEnd};
 use crate::broker::PublishError;
-use crate::ingest::IngestError;
-use crate::metrics::ProtocolLabel;
+use base64::Engine;
+use tributary_contract::envelope::{MqttProperties, UserProperty};
+
+use crate::ingest::{IngestError, Metadata};
+use crate::metrics::{ProtocolLabel, RejectReason};
 use crate::mqtt::codec::{Publish, Will};
 use crate::mqtt::encode;
 use crate::mqtt::names::ReasonCode;
+use crate::mqtt::properties::Properties;
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
-    /// Publishes the will message like a publish from the device (its topic permissions
-    /// and routes apply). The MQTT 5 will delay interval is not honoured: sessions are not
+    /// Publishes the will message like a publish from the device: its topic permissions and
+    /// routes apply, it waits for the device's rate limit and for room in the gateway-wide
+    /// in-flight budget (also while draining: the connection ended without DISCONNECT, so
+    /// the will is due). The MQTT 5 will delay interval is not honoured: sessions are not
     /// persisted, so there is no reconnect to wait for.
     pub(super) async fn publish_will(&self, will: Will) {
-        let gateway = &self.gateway;
-        let prepared = gateway.prepare(
+        let gateway = Arc::clone(&self.gateway);
+        gateway.rate.take(&self.device).await;
+        let prepared = gateway.prepare_with(
             &self.device,
             &will.topic,
             ProtocolLabel::Mqtt,
-            will.properties.content_type,
+            metadata(&will.properties),
             &will.payload,
         );
         let prepared = match prepared {
@@ -33,6 +40,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                 tracing::info!(device = %self.device, topic = %will.topic, %error, "will message refused");
                 return;
             }
+        };
+        let Ok(_permit) = Arc::clone(&gateway.in_flight).acquire_owned().await else {
+            return; // the budget is closed: the gateway is gone
         };
         match gateway.deliver(prepared, ProtocolLabel::Mqtt).await {
             Ok(id) => {
@@ -70,17 +80,26 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
         let gateway = Arc::clone(&self.gateway);
         // Slow the device down rather than refuse: MQTT has no "retry later".
         gateway.rate.take(&self.device).await;
-        let prepared = gateway.prepare(
+        let prepared = gateway.prepare_with(
             &self.device,
             &publish.topic,
             ProtocolLabel::Mqtt,
-            publish.properties.content_type.clone(),
+            metadata(&publish.properties),
             &publish.payload,
         );
         let prepared = match prepared {
             Ok(prepared) => prepared,
             Err(error) => return self.refuse(&publish, error),
         };
+        if publish.properties.payload_format_invalid(&publish.payload) {
+            // §3.3.2.3.2: the server may check the declared format and refuse.
+            gateway
+                .metrics
+                .reject(ProtocolLabel::Mqtt, RejectReason::Malformed);
+            tracing::info!(device = %self.device, topic = %publish.topic, "publish refused: payload is not the UTF-8 it claims to be");
+            self.answer_refused(&publish, ReasonCode::PayloadFormatInvalid);
+            return Ok(());
+        }
         // Gateway-wide backpressure: wait (not reading) until confirms free the budget.
         let permit = tokio::select! {
             permit = Arc::clone(&gateway.in_flight).acquire_owned() => match permit {
@@ -110,22 +129,30 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
             return Err(SessionEnd::NotAccepted(error));
         }
         tracing::info!(device = %self.device, topic = %publish.topic, error = %error, "publish refused");
-        match (self.v5, publish.packet_id) {
-            (true, Some(packet_id)) => {
-                let reason = if error == IngestError::NotPermitted {
-                    ReasonCode::NotAuthorized
-                } else {
-                    ReasonCode::TopicNameInvalid
-                };
-                if publish.qos == 2 {
-                    encode::pubrec(&mut self.out, true, packet_id, reason);
-                } else {
-                    encode::puback(&mut self.out, true, packet_id, reason);
-                }
-                Ok(())
+        if self.v5 {
+            let reason = if error == IngestError::NotPermitted {
+                ReasonCode::NotAuthorized
+            } else {
+                ReasonCode::TopicNameInvalid
+            };
+            self.answer_refused(publish, reason);
+            Ok(())
+        } else if publish.packet_id.is_none() {
+            Ok(())
+        } else {
+            Err(SessionEnd::NotAccepted(error))
+        }
+    }
+
+    /// The MQTT 5 PUBACK (QoS 1) or PUBREC (QoS 2) refusing a message with `reason`; a
+    /// QoS 0 message has no answer (it is dropped).
+    fn answer_refused(&mut self, publish: &Publish, reason: ReasonCode) {
+        match publish.packet_id {
+            Some(packet_id) if publish.qos == 2 => {
+                encode::pubrec(&mut self.out, self.v5, packet_id, reason)
             }
-            (_, None) => Ok(()),
-            (false, Some(_)) => Err(SessionEnd::NotAccepted(error)),
+            Some(packet_id) => encode::puback(&mut self.out, self.v5, packet_id, reason),
+            None => {}
         }
     }
 
@@ -175,4 +202,28 @@ fn is_permanent(error: &IngestError) -> bool {
         error,
         IngestError::Broker(PublishError::Nacked | PublishError::Unroutable(_))
     )
+}
+
+/// What the envelope carries of a message's MQTT 5 properties (correlation data base64).
+fn metadata(properties: &Properties) -> Metadata {
+    let user_properties = properties
+        .user_properties
+        .iter()
+        .map(|(name, value)| UserProperty {
+            name: name.clone(),
+            value: value.clone(),
+        })
+        .collect();
+    let mqtt = MqttProperties {
+        user_properties,
+        response_topic: properties.response_topic.clone(),
+        correlation_data: properties
+            .correlation_data
+            .as_ref()
+            .map(|data| base64::engine::general_purpose::STANDARD.encode(data)),
+    };
+    Metadata {
+        content_type: properties.content_type.clone(),
+        mqtt: (!mqtt.is_empty()).then_some(mqtt),
+    }
 }
