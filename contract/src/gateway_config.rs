@@ -254,7 +254,7 @@ pub struct Limits {
     /// hold, so that one leaked credential cannot take every connection slot. A further
     /// CONNECT is refused with "quota exceeded" (MQTT 5 reason 0x97; 3.1.1 return code 0x03,
     /// server unavailable), unless it reuses a live connection's client id: that takes the
-    /// session over and counts once. Default 4.
+    /// session over and counts once. Default 4; 0 is taken as 1.
     #[serde(default = "default_max_connections_per_device")]
     pub max_connections_per_device: usize,
     /// Sustained messages per second per device (MQTT is slowed down, HTTP gets 429).

@@ -1,5 +1,5 @@
-//! CONNECT: client id and user name checks, authentication, the connection permit, the
-//! session registry (client-id takeover) and the CONNACK.
+//! CONNECT: client id, user name and MQTT 5 will checks, authentication, the connection
+//! permit, the session registry (client-id takeover, per-device cap) and the CONNACK.
 
 use std::sync::Arc;
 
