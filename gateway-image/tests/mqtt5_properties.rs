@@ -304,6 +304,50 @@ async fn out_of_range_property_values_are_protocol_errors() {
 }
 
 #[tokio::test]
+async fn disconnect_setting_a_session_expiry_the_connect_did_not_is_a_protocol_error() {
+    let mut bench = Bench::start(Limits::default()).await;
+    let expiry_60 = [0x11, 0, 0, 0, 60];
+    let disconnect_with_expiry = [0xE0, 7, 0x00, 5, 0x11, 0, 0, 0, 30];
+    // CONNECT without a session expiry: DISCONNECT 0x82, and the will stays due.
+    let will = (
+        false,
+        &[][..],
+        "devices/press-2/status",
+        &b"{\"will\":1}"[..],
+    );
+    let (mut client, code) =
+        open(bench.mqtt, &connect(true, "c", "press-2", &[], Some(will))).await;
+    assert_eq!(code, 0);
+    client.send(&disconnect_with_expiry).await;
+    assert_eq!(disconnect_reason(&mut client).await, 0x82);
+    // CONNECT with one: a normal disconnection (no answer, no will).
+    let will = (
+        false,
+        &[][..],
+        "devices/press-2/status",
+        &b"{\"will\":2}"[..],
+    );
+    let (mut client, code) = open(
+        bench.mqtt,
+        &connect(true, "c", "press-2", &expiry_60, Some(will)),
+    )
+    .await;
+    assert_eq!(code, 0);
+    client.send(&disconnect_with_expiry).await;
+    assert!(client.closed_by_server().await);
+    bench.assert_good_device_progresses().await;
+    let mut wills = Vec::new();
+    let deadline = Instant::now() + DEADLINE;
+    while wills.is_empty() && Instant::now() < deadline {
+        wills = bench.drain().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let delivered = bench.finish().await;
+    assert_eq!(delivered.len(), 1, "only the first will: {delivered:?}");
+    assert_eq!(delivered[0]["payload"]["data"]["will"], 1);
+}
+
+#[tokio::test]
 async fn payload_not_the_utf8_it_claims_is_refused_payload_format_invalid() {
     let bench = Bench::start(Limits::default()).await;
     let utf8 = [0x01, 1];

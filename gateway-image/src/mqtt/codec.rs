@@ -139,8 +139,8 @@ pub struct Publish {
 pub enum Packet {
     /// CONNECT.
     Connect(Box<Connect>),
-    /// PUBLISH.
-    Publish(Publish),
+    /// PUBLISH (boxed, like CONNECT: its properties make it the largest packet).
+    Publish(Box<Publish>),
     /// PUBACK, PUBREC, PUBREL or PUBCOMP: PUBREL ends a QoS 2 publish from the client;
     /// the others would acknowledge server-sent messages.
     Ack {
@@ -170,6 +170,9 @@ pub enum Packet {
     Disconnect {
         /// Reason code.
         reason: u8,
+        /// A non-zero MQTT 5 Session Expiry Interval: a Protocol Error when the CONNECT's
+        /// was zero [MQTT-3.14.2-2].
+        sets_session_expiry: bool,
     },
     /// AUTH (MQTT 5).
     Auth,
@@ -227,7 +230,9 @@ fn decode_body(number: u8, flags: u8, mut body: Bytes, v5: bool) -> Result<Packe
     }
     match kind {
         PacketType::Connect => decode_connect(&mut body).map(|c| Packet::Connect(Box::new(c))),
-        PacketType::Publish => decode_publish(flags, body, v5).map(Packet::Publish),
+        PacketType::Publish => {
+            decode_publish(flags, body, v5).map(|p| Packet::Publish(Box::new(p)))
+        }
         PacketType::Puback | PacketType::Pubrec | PacketType::Pubrel | PacketType::Pubcomp => {
             let packet_id = read_u16(&mut body)?;
             // v5 may append a reason code and properties; they carry nothing we act on
@@ -250,16 +255,20 @@ fn decode_body(number: u8, flags: u8, mut body: Bytes, v5: bool) -> Result<Packe
         }
         PacketType::Disconnect => {
             let mut reason = ReasonCode::NORMAL_DISCONNECTION.code();
+            let mut properties = Properties::default();
             if v5 {
                 if body.has_remaining() {
                     reason = read_u8(&mut body)?;
                 }
                 if body.has_remaining() {
-                    read_properties(&mut body, PropertyContext::Disconnect)?;
+                    properties = read_properties(&mut body, PropertyContext::Disconnect)?;
                 }
             }
             expect_empty(&body)?;
-            Ok(Packet::Disconnect { reason })
+            Ok(Packet::Disconnect {
+                reason,
+                sets_session_expiry: properties.session_expiry_interval.is_some_and(|s| s > 0),
+            })
         }
         PacketType::Auth => Ok(Packet::Auth),
         // Refused above as server-only.

@@ -91,11 +91,17 @@ fn will_message_and_disconnect_reason_decode() {
     // DISCONNECT: 3.1.1 has no reason; v5 0x04 asks for the will.
     assert_eq!(
         decode_all(&[0xE0, 0], false),
-        Ok(Some(Packet::Disconnect { reason: 0 }))
+        Ok(Some(Packet::Disconnect {
+            reason: 0,
+            sets_session_expiry: false
+        }))
     );
     assert_eq!(
         decode_all(&[0xE0, 1, 0x04], true),
-        Ok(Some(Packet::Disconnect { reason: 0x04 }))
+        Ok(Some(Packet::Disconnect {
+            reason: 0x04,
+            sets_session_expiry: false
+        }))
     );
 }
 
@@ -277,7 +283,10 @@ fn two_packets_in_one_buffer_decode_one_at_a_time() {
     assert_eq!(decode(&mut buffer, false, MAX), Ok(Some(Packet::Pingreq)));
     assert_eq!(
         decode(&mut buffer, false, MAX),
-        Ok(Some(Packet::Disconnect { reason: 0 }))
+        Ok(Some(Packet::Disconnect {
+            reason: 0,
+            sets_session_expiry: false
+        }))
     );
     assert_eq!(decode(&mut buffer, false, MAX), Ok(None));
 }
@@ -331,4 +340,20 @@ fn v5_pubrel_reason_and_properties_are_checked() {
         decode_all(&bad, true),
         Err(DecodeError::PropertyNotAllowed(PropertyId::ContentType))
     );
+}
+
+#[test]
+fn v5_disconnect_tells_whether_it_sets_a_session_expiry() {
+    let sets = |seconds: u8| {
+        let bytes = [0xE0, 7, 0x00, 5, 0x11, 0, 0, 0, seconds];
+        match decode_all(&bytes, true) {
+            Ok(Some(Packet::Disconnect {
+                sets_session_expiry,
+                ..
+            })) => sets_session_expiry,
+            other => panic!("not a DISCONNECT: {other:?}"),
+        }
+    };
+    assert!(sets(60));
+    assert!(!sets(0));
 }

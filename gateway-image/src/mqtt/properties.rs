@@ -100,6 +100,9 @@ pub struct Properties {
     pub auth_method: Option<String>,
     /// The largest packet the client accepts (CONNECT).
     pub maximum_packet_size: Option<u32>,
+    /// Session Expiry Interval (CONNECT, DISCONNECT); sessions are not persisted, but a
+    /// DISCONNECT may not set one when the CONNECT's was zero.
+    pub session_expiry_interval: Option<u32>,
 }
 
 impl Properties {
@@ -192,6 +195,9 @@ fn read_value(
             properties.user_properties.push((name, value));
         }
         PropertyId::AuthenticationMethod => properties.auth_method = Some(read_string(block)?),
+        PropertyId::SessionExpiryInterval => {
+            properties.session_expiry_interval = Some(read_u32(block)?)
+        }
         other => skip_value(block, other.value_type())?,
     }
     Ok(())

@@ -132,6 +132,7 @@ pub async fn serve<S>(
         peer,
         exactly_once: HashMap::new(),
         disconnect_reason: None,
+        session_expires_at_close: true,
         taken_over: tokio_util::sync::CancellationToken::new(),
     };
     let end = session.run(certificate_device).await;
@@ -162,6 +163,8 @@ struct Session<R, W> {
     exactly_once: HashMap<u16, ExactlyOnce>,
     /// The reason code of the client's DISCONNECT, once received.
     disconnect_reason: Option<u8>,
+    /// The CONNECT's Session Expiry Interval was zero (or absent, or 3.1.1).
+    session_expires_at_close: bool,
     /// Cancelled when a newer connection with the same client id takes over.
     taken_over: tokio_util::sync::CancellationToken,
 }
@@ -178,6 +181,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
             Err(_) => return SessionEnd::Timeout,
         };
         self.v5 = connect.v5;
+        self.session_expires_at_close = connect
+            .properties
+            .session_expiry_interval
+            .is_none_or(|seconds| seconds == 0);
         let (_connection_permit, _registration) =
             match self.accept(&connect, certificate_device, deadline).await {
                 Ok(held) => held,
@@ -373,7 +380,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
         pending: &mut FuturesOrdered<Pending>,
     ) -> Result<bool, SessionEnd> {
         match packet {
-            Packet::Publish(publish) => self.publish(publish, pending).await.map(|()| true),
+            Packet::Publish(publish) => self.publish(*publish, pending).await.map(|()| true),
             Packet::Subscribe { packet_id, filters } => {
                 encode::suback_refused(&mut self.out, self.v5, packet_id, filters);
                 Ok(true)
@@ -386,7 +393,14 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                 encode::pingresp(&mut self.out);
                 Ok(true)
             }
-            Packet::Disconnect { reason } => {
+            Packet::Disconnect {
+                sets_session_expiry: true,
+                ..
+            } if self.session_expires_at_close => {
+                // [MQTT-3.14.2-2]: not a valid DISCONNECT, so the will stays due.
+                self.violation("DISCONNECT sets a session expiry the CONNECT did not")
+            }
+            Packet::Disconnect { reason, .. } => {
                 self.disconnect_reason = Some(reason);
                 Ok(false)
             }
