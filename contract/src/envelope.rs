@@ -41,7 +41,45 @@ pub struct Envelope {
     /// The content type the device declared, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
+    /// The MQTT 5 properties a consumer may act on (user properties, response topic,
+    /// correlation data), when the device sent any; absent for HTTP and MQTT 3.1.1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<MqttProperties>,
     pub payload: Payload,
+}
+
+/// The MQTT 5 request/response and user properties of a message, as the device sent them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MqttProperties {
+    /// User properties in the order sent; a name may appear more than once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub user_properties: Vec<UserProperty>,
+    /// The topic the device expects a response on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_topic: Option<String>,
+    /// The correlation data for a response. MQTT carries it as binary, so it is given here
+    /// base64-encoded (standard alphabet, with padding).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_data: Option<String>,
+}
+
+impl MqttProperties {
+    /// Whether no property is set (then the envelope carries none).
+    pub fn is_empty(&self) -> bool {
+        self.user_properties.is_empty()
+            && self.response_topic.is_none()
+            && self.correlation_data.is_none()
+    }
+}
+
+/// One MQTT 5 user property: a name and a value, both UTF-8.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserProperty {
+    /// The property's name.
+    pub name: String,
+    /// The property's value.
+    pub value: String,
 }
 
 #[cfg(test)]
@@ -59,12 +97,48 @@ mod tests {
             protocol: Protocol::Mqtt,
             received_at: "2026-11-26T09:00:00.000Z".into(),
             content_type: None,
+            mqtt: None,
             payload: Payload::Json(serde_json::json!({"temp": 21.5})),
         };
         let text = serde_json::to_string(&envelope).expect("serialize");
         assert!(text.contains("\"receivedAt\""));
+        assert!(
+            !text.contains("\"mqtt\":"),
+            "absent properties are omitted: {text}"
+        );
         assert!(text.contains("\"encoding\":\"json\""));
         let back: Envelope = serde_json::from_str(&text).expect("parse");
+        assert_eq!(back, envelope);
+    }
+
+    #[test]
+    fn mqtt_properties_serialize_camel_case_and_parse_back() {
+        let mut envelope: Envelope = serde_json::from_value(serde_json::json!({
+            "id": "01J0000000000000000000000", "tenant": "t", "gateway": "g",
+            "device": "d", "topic": "a/b", "protocol": "mqtt",
+            "receivedAt": "2026-11-26T09:00:00.000Z",
+            "payload": {"encoding": "json", "data": 1}
+        }))
+        .expect("an envelope without MQTT properties parses");
+        assert_eq!(envelope.mqtt, None);
+        envelope.mqtt = Some(MqttProperties {
+            user_properties: vec![UserProperty {
+                name: "site".into(),
+                value: "north".into(),
+            }],
+            response_topic: Some("replies/d".into()),
+            correlation_data: Some("AAE=".into()),
+        });
+        let value = serde_json::to_value(&envelope).expect("serialize");
+        assert_eq!(
+            value["mqtt"],
+            serde_json::json!({
+                "userProperties": [{"name": "site", "value": "north"}],
+                "responseTopic": "replies/d",
+                "correlationData": "AAE="
+            })
+        );
+        let back: Envelope = serde_json::from_value(value).expect("parse");
         assert_eq!(back, envelope);
     }
 }

@@ -250,6 +250,13 @@ pub struct Limits {
     /// Most simultaneous MQTT connections; further CONNECTs get "server unavailable".
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Most simultaneous MQTT connections one device (one authenticated device id) may
+    /// hold, so that one leaked credential cannot take every connection slot. A further
+    /// CONNECT is refused with "quota exceeded" (MQTT 5 reason 0x97; 3.1.1 return code 0x03,
+    /// server unavailable), unless it reuses a live connection's client id: that takes the
+    /// session over and counts once. Default 4; 0 is taken as 1.
+    #[serde(default = "default_max_connections_per_device")]
+    pub max_connections_per_device: usize,
     /// Sustained messages per second per device (MQTT is slowed down, HTTP gets 429).
     #[serde(default = "default_messages_per_second")]
     pub messages_per_second: u32,
@@ -310,6 +317,7 @@ impl Default for Limits {
         Self {
             max_payload_bytes: default_max_payload_bytes(),
             max_connections: default_max_connections(),
+            max_connections_per_device: default_max_connections_per_device(),
             messages_per_second: default_messages_per_second(),
             burst: default_burst(),
             max_in_flight: default_max_in_flight(),
@@ -322,6 +330,14 @@ impl Default for Limits {
             write_timeout_seconds: default_write_timeout_seconds(),
         }
     }
+}
+
+/// Default of `limits.maxConnectionsPerDevice`: room for a device's reconnect overlapping
+/// its old connection and a second client, not for one credential to hold the gateway.
+pub const DEFAULT_MAX_CONNECTIONS_PER_DEVICE: usize = 4;
+
+fn default_max_connections_per_device() -> usize {
+    DEFAULT_MAX_CONNECTIONS_PER_DEVICE
 }
 
 /// Default of `limits.maxKeepAliveSeconds`: a silent or dead connection is found within
@@ -432,6 +448,10 @@ mod tests {
             DEFAULT_MAX_KEEP_ALIVE_SECONDS
         );
         assert_eq!(limits.write_timeout_seconds, DEFAULT_WRITE_TIMEOUT_SECONDS);
+        assert_eq!(
+            limits.max_connections_per_device,
+            DEFAULT_MAX_CONNECTIONS_PER_DEVICE
+        );
     }
 
     #[test]

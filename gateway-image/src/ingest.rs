@@ -9,7 +9,7 @@ use base64::Engine;
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tributary_contract::envelope::{Envelope, Payload, Protocol};
+use tributary_contract::envelope::{Envelope, MqttProperties, Payload, Protocol};
 use tributary_contract::gateway_config::{DeliveryMode, Limits};
 
 use crate::auth::Authenticator;
@@ -83,6 +83,16 @@ pub struct Gateway {
     pub sessions: Arc<crate::mqtt::registry::Sessions>,
 }
 
+/// What a device said about its message besides topic and payload; carried into the
+/// envelope.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Metadata {
+    /// The content type the device declared.
+    pub content_type: Option<String>,
+    /// MQTT 5 user properties, response topic and correlation data, if any was sent.
+    pub mqtt: Option<MqttProperties>,
+}
+
 /// A message that passed the checks, ready to publish.
 #[derive(Debug)]
 pub struct Prepared {
@@ -104,12 +114,28 @@ impl Gateway {
         content_type: Option<String>,
         payload: &[u8],
     ) -> Result<Prepared, IngestError> {
+        let metadata = Metadata {
+            content_type,
+            mqtt: None,
+        };
+        self.prepare_with(device, topic, protocol, metadata, payload)
+    }
+
+    /// [`Gateway::prepare`] with everything the device said about the message.
+    pub fn prepare_with(
+        &self,
+        device: &str,
+        topic: &str,
+        protocol: ProtocolLabel,
+        metadata: Metadata,
+        payload: &[u8],
+    ) -> Result<Prepared, IngestError> {
         self.metrics
             .messages_received
             .get_or_create(&ProtocolLabels::of(protocol))
             .inc();
         let result = self.check(device, topic, payload).map(|queues| {
-            let envelope = build_envelope(self, device, topic, protocol, content_type, payload);
+            let envelope = build_envelope(self, device, topic, protocol, metadata, payload);
             let body = serde_json::to_vec(&envelope).unwrap_or_default();
             Prepared {
                 id: envelope.id,
@@ -186,7 +212,7 @@ fn build_envelope(
     device: &str,
     topic: &str,
     protocol: ProtocolLabel,
-    content_type: Option<String>,
+    metadata: Metadata,
     payload: &[u8],
 ) -> Envelope {
     let payload = match serde_json::from_slice::<serde_json::Value>(payload) {
@@ -204,7 +230,8 @@ fn build_envelope(
             ProtocolLabel::Http => Protocol::Http,
         },
         received_at: format!("{:.3}", jiff::Timestamp::now()),
-        content_type,
+        content_type: metadata.content_type,
+        mqtt: metadata.mqtt.filter(|mqtt| !mqtt.is_empty()),
         payload,
     }
 }

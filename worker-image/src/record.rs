@@ -205,6 +205,7 @@ mod tests {
             protocol: Protocol::Mqtt,
             received_at: "2026-11-26T09:00:00.000Z".into(),
             content_type: None,
+            mqtt: None,
             payload: Payload::Json(payload),
         }
     }

@@ -6,7 +6,8 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use super::properties::{read_properties, Properties};
+use super::names::{PacketType, PropertyId, ReasonCode};
+use super::properties::{read_properties, Properties, PropertyContext};
 use crate::topics::{validate_topic_filter, validate_topic_name};
 
 /// Why a packet could not be decoded. Each closes the connection.
@@ -48,17 +49,33 @@ pub enum DecodeError {
     /// A v5 topic alias (the gateway advertises a topic alias maximum of 0).
     #[error("topic alias not allowed")]
     TopicAlias,
+    /// A v5 property the packet may not carry (a Malformed Packet, §2.2.2.2).
+    #[error("property {0:?} not allowed in this packet")]
+    PropertyNotAllowed(PropertyId),
+    /// A v5 property that may appear once appeared again (a Protocol Error).
+    #[error("property {0:?} more than once")]
+    DuplicateProperty(PropertyId),
+    /// A v5 property value out of its range (a Protocol Error).
+    #[error("invalid value of property {0:?}")]
+    InvalidPropertyValue(PropertyId),
+    /// A malformed MQTT 5 CONNECT: answered with a CONNACK carrying the reason code.
+    #[error("invalid MQTT 5 CONNECT: {0}")]
+    Connect5(Box<DecodeError>),
 }
 
 impl DecodeError {
     /// The MQTT 5 DISCONNECT reason code for this error.
-    pub fn v5_reason(&self) -> u8 {
+    pub fn v5_reason(&self) -> ReasonCode {
         match self {
-            DecodeError::PacketTooLarge(_) => 0x95,
-            DecodeError::InvalidTopic => 0x90,
-            DecodeError::TopicAlias => 0x94,
-            DecodeError::ServerOnlyPacket(_) | DecodeError::UnsupportedProtocol(_) => 0x82,
-            _ => 0x81,
+            DecodeError::PacketTooLarge(_) => ReasonCode::PacketTooLarge,
+            DecodeError::InvalidTopic => ReasonCode::TopicNameInvalid,
+            DecodeError::TopicAlias => ReasonCode::TopicAliasInvalid,
+            DecodeError::ServerOnlyPacket(_)
+            | DecodeError::UnsupportedProtocol(_)
+            | DecodeError::DuplicateProperty(_)
+            | DecodeError::InvalidPropertyValue(_) => ReasonCode::ProtocolError,
+            DecodeError::Connect5(inner) => inner.v5_reason(),
+            _ => ReasonCode::MalformedPacket,
         }
     }
 }
@@ -91,7 +108,10 @@ pub struct Will {
     pub topic: String,
     /// The payload.
     pub payload: Bytes,
-    /// v5 will properties (content type).
+    /// The will retain flag (the gateway retains nothing: MQTT 5 refuses it at CONNECT,
+    /// 3.1.1 ignores it as it does on PUBLISH).
+    pub retain: bool,
+    /// v5 will properties.
     pub properties: Properties,
 }
 
@@ -119,13 +139,13 @@ pub struct Publish {
 pub enum Packet {
     /// CONNECT.
     Connect(Box<Connect>),
-    /// PUBLISH.
-    Publish(Publish),
+    /// PUBLISH (boxed, like CONNECT: its properties make it the largest packet).
+    Publish(Box<Publish>),
     /// PUBACK, PUBREC, PUBREL or PUBCOMP: PUBREL ends a QoS 2 publish from the client;
     /// the others would acknowledge server-sent messages.
     Ack {
-        /// Packet type (4..=7).
-        kind: u8,
+        /// PUBACK, PUBREC, PUBREL or PUBCOMP.
+        kind: PacketType,
         /// Packet identifier.
         packet_id: u16,
     },
@@ -145,10 +165,14 @@ pub enum Packet {
     },
     /// PINGREQ.
     Pingreq,
-    /// DISCONNECT with its reason code (0 for 3.1.1; 0x04 asks for the will message).
+    /// DISCONNECT with its reason code (always normal disconnection in 3.1.1; "disconnect
+    /// with will message" asks for the will).
     Disconnect {
         /// Reason code.
         reason: u8,
+        /// A non-zero MQTT 5 Session Expiry Interval: a Protocol Error when the CONNECT's
+        /// was zero [MQTT-3.14.2-2].
+        sets_session_expiry: bool,
     },
     /// AUTH (MQTT 5).
     Auth,
@@ -194,83 +218,116 @@ fn read_fixed_header(buffer: &[u8]) -> Result<Option<(usize, usize)>, DecodeErro
     Err(DecodeError::MalformedRemainingLength)
 }
 
-fn decode_body(kind: u8, flags: u8, mut body: Bytes, v5: bool) -> Result<Packet, DecodeError> {
-    let expect_flags = |expected: u8| {
-        if flags == expected {
-            Ok(())
-        } else {
-            Err(DecodeError::ReservedFlags(kind))
-        }
+fn decode_body(number: u8, flags: u8, mut body: Bytes, v5: bool) -> Result<Packet, DecodeError> {
+    let kind = match PacketType::from_number(number) {
+        Some(PacketType::Auth) if !v5 => return Err(DecodeError::UnknownPacketType(number)),
+        Some(kind) if kind.is_server_only() => return Err(DecodeError::ServerOnlyPacket(number)),
+        Some(kind) => kind,
+        None => return Err(DecodeError::UnknownPacketType(number)),
     };
+    if kind != PacketType::Publish && flags != kind.required_flags() {
+        return Err(DecodeError::ReservedFlags(number));
+    }
     match kind {
-        1 => {
-            expect_flags(0)?;
-            decode_connect(&mut body).map(|c| Packet::Connect(Box::new(c)))
+        PacketType::Connect => decode_connect(&mut body).map(|c| Packet::Connect(Box::new(c))),
+        PacketType::Publish => {
+            decode_publish(flags, body, v5).map(|p| Packet::Publish(Box::new(p)))
         }
-        3 => decode_publish(flags, body, v5).map(Packet::Publish),
-        4..=7 => {
-            expect_flags(if kind == 6 { 0b0010 } else { 0 })?;
+        PacketType::Puback | PacketType::Pubrec | PacketType::Pubrel | PacketType::Pubcomp => {
             let packet_id = read_u16(&mut body)?;
-            // v5 may append a reason code and properties; they carry nothing we act on.
-            if !v5 && body.has_remaining() {
-                return Err(DecodeError::Malformed("bytes after packet identifier"));
+            // v5 may append a reason code and properties; they carry nothing we act on
+            // but are checked.
+            if v5 && body.has_remaining() {
+                read_u8(&mut body)?;
+                if body.has_remaining() {
+                    read_properties(&mut body, PropertyContext::Ack)?;
+                }
             }
+            expect_empty(&body)?;
             Ok(Packet::Ack { kind, packet_id })
         }
-        8 | 10 => {
-            expect_flags(0b0010)?;
-            let packet_id = read_packet_id(&mut body)?;
-            if v5 {
-                read_properties(&mut body)?;
-            }
-            let mut filters = 0;
-            while body.has_remaining() {
-                let filter = read_string(&mut body)?;
-                validate_topic_filter(&filter).map_err(|_| DecodeError::InvalidFilter)?;
-                if kind == 8 {
-                    let options = read_u8(&mut body)?;
-                    let reserved = if v5 { 0b1100_0000 } else { 0b1111_1100 };
-                    if options & reserved != 0 || options & 0b11 == 3 {
-                        return Err(DecodeError::Malformed("subscription options"));
-                    }
-                }
-                filters += 1;
-            }
-            if filters == 0 {
-                return Err(DecodeError::Malformed("no topic filters"));
-            }
-            Ok(if kind == 8 {
-                Packet::Subscribe { packet_id, filters }
-            } else {
-                Packet::Unsubscribe { packet_id, filters }
-            })
+        PacketType::Subscribe | PacketType::Unsubscribe => {
+            decode_subscription(kind == PacketType::Subscribe, body, v5)
         }
-        12 => {
-            expect_flags(0)?;
+        PacketType::Pingreq => {
             expect_empty(&body)?;
             Ok(Packet::Pingreq)
         }
-        14 => {
-            expect_flags(0)?;
-            let mut reason = 0;
+        PacketType::Disconnect => {
+            let mut reason = ReasonCode::NORMAL_DISCONNECTION.code();
+            let mut properties = Properties::default();
             if v5 {
                 if body.has_remaining() {
                     reason = read_u8(&mut body)?;
                 }
                 if body.has_remaining() {
-                    read_properties(&mut body)?;
+                    properties = read_properties(&mut body, PropertyContext::Disconnect)?;
                 }
             }
             expect_empty(&body)?;
-            Ok(Packet::Disconnect { reason })
+            Ok(Packet::Disconnect {
+                reason,
+                sets_session_expiry: properties.session_expiry_interval.is_some_and(|s| s > 0),
+            })
         }
-        15 if v5 => {
-            expect_flags(0)?;
-            Ok(Packet::Auth)
+        PacketType::Auth => Ok(Packet::Auth),
+        // Refused above as server-only.
+        PacketType::Connack | PacketType::Suback | PacketType::Unsuback | PacketType::Pingresp => {
+            Err(DecodeError::ServerOnlyPacket(number))
         }
-        2 | 9 | 11 | 13 => Err(DecodeError::ServerOnlyPacket(kind)),
-        _ => Err(DecodeError::UnknownPacketType(kind)),
     }
+}
+
+/// SUBSCRIBE (`subscribe`) or UNSUBSCRIBE: every filter is validated and counted.
+fn decode_subscription(subscribe: bool, mut body: Bytes, v5: bool) -> Result<Packet, DecodeError> {
+    let packet_id = read_packet_id(&mut body)?;
+    if v5 {
+        let context = if subscribe {
+            PropertyContext::Subscribe
+        } else {
+            PropertyContext::Unsubscribe
+        };
+        read_properties(&mut body, context)?;
+    }
+    let mut filters = 0;
+    while body.has_remaining() {
+        let filter = read_string(&mut body)?;
+        validate_topic_filter(&filter).map_err(|_| DecodeError::InvalidFilter)?;
+        if subscribe {
+            let options = read_u8(&mut body)?;
+            let reserved = if v5 { 0b1100_0000 } else { 0b1111_1100 };
+            if options & reserved != 0 || options & 0b11 == 3 {
+                return Err(DecodeError::Malformed("subscription options"));
+            }
+        }
+        filters += 1;
+    }
+    if filters == 0 {
+        return Err(DecodeError::Malformed("no topic filters"));
+    }
+    Ok(if subscribe {
+        Packet::Subscribe { packet_id, filters }
+    } else {
+        Packet::Unsubscribe { packet_id, filters }
+    })
+}
+
+/// The CONNECT flags byte (§3.1.2.3).
+mod connect_flags {
+    pub const RESERVED: u8 = 0x01;
+    pub const CLEAN_START: u8 = 0x02;
+    pub const WILL: u8 = 0x04;
+    pub const WILL_QOS: u8 = 0x18;
+    pub const WILL_RETAIN: u8 = 0x20;
+    pub const PASSWORD: u8 = 0x40;
+    pub const USER_NAME: u8 = 0x80;
+}
+
+/// The PUBLISH fixed-header flags (§3.3.1).
+mod publish_flags {
+    pub const RETAIN: u8 = 0x01;
+    pub const QOS: u8 = 0x06;
+    pub const DUP: u8 = 0x08;
 }
 
 fn decode_connect(body: &mut Bytes) -> Result<Connect, DecodeError> {
@@ -282,42 +339,41 @@ fn decode_connect(body: &mut Bytes) -> Result<Connect, DecodeError> {
         ("MQTT" | "MQIsdp", other) => return Err(DecodeError::UnsupportedProtocol(other)),
         _ => return Err(DecodeError::Malformed("protocol name")),
     };
+    // An MQTT 5 client learns why its CONNECT was refused (§4.13); 3.1.1 is just closed.
+    decode_connect_after_level(body, v5).map_err(|error| {
+        if v5 {
+            DecodeError::Connect5(Box::new(error))
+        } else {
+            error
+        }
+    })
+}
+
+fn decode_connect_after_level(body: &mut Bytes, v5: bool) -> Result<Connect, DecodeError> {
     let flags = read_u8(body)?;
-    if flags & 0x01 != 0 {
+    if flags & connect_flags::RESERVED != 0 {
         return Err(DecodeError::Malformed("reserved connect flag"));
     }
-    let has_will = flags & 0x04 != 0;
-    let will_qos = (flags >> 3) & 0x03;
-    let will_retain = flags & 0x20 != 0;
+    let has_will = flags & connect_flags::WILL != 0;
+    let will_qos = (flags & connect_flags::WILL_QOS) >> 3;
+    let will_retain = flags & connect_flags::WILL_RETAIN != 0;
     if will_qos == 3 || (!has_will && (will_qos != 0 || will_retain)) {
         return Err(DecodeError::Malformed("will flags"));
     }
-    let has_password = flags & 0x40 != 0;
-    let has_username = flags & 0x80 != 0;
+    let has_password = flags & connect_flags::PASSWORD != 0;
+    let has_username = flags & connect_flags::USER_NAME != 0;
     if !v5 && has_password && !has_username {
         return Err(DecodeError::Malformed("password without user name"));
     }
     let keep_alive = read_u16(body)?;
     let properties = if v5 {
-        read_properties(body)?
+        read_properties(body, PropertyContext::Connect)?
     } else {
         Properties::default()
     };
     let client_id = read_string(body)?;
     let will = if has_will {
-        let properties = if v5 {
-            read_properties(body)?
-        } else {
-            Properties::default()
-        };
-        let topic = read_string(body)?;
-        validate_topic_name(&topic).map_err(|_| DecodeError::InvalidTopic)?;
-        let payload = read_binary(body)?;
-        Some(Will {
-            topic,
-            payload,
-            properties,
-        })
+        Some(read_will(body, v5, will_retain)?)
     } else {
         None
     };
@@ -334,7 +390,7 @@ fn decode_connect(body: &mut Bytes) -> Result<Connect, DecodeError> {
     expect_empty(body)?;
     Ok(Connect {
         v5,
-        clean_start: flags & 0x02 != 0,
+        clean_start: flags & connect_flags::CLEAN_START != 0,
         keep_alive,
         client_id,
         username,
@@ -344,12 +400,29 @@ fn decode_connect(body: &mut Bytes) -> Result<Connect, DecodeError> {
     })
 }
 
+fn read_will(body: &mut Bytes, v5: bool, retain: bool) -> Result<Will, DecodeError> {
+    let properties = if v5 {
+        read_properties(body, PropertyContext::Will)?
+    } else {
+        Properties::default()
+    };
+    let topic = read_string(body)?;
+    validate_topic_name(&topic).map_err(|_| DecodeError::InvalidTopic)?;
+    let payload = read_binary(body)?;
+    Ok(Will {
+        topic,
+        payload,
+        retain,
+        properties,
+    })
+}
+
 fn decode_publish(flags: u8, mut body: Bytes, v5: bool) -> Result<Publish, DecodeError> {
-    let qos = (flags >> 1) & 0x03;
+    let qos = (flags & publish_flags::QOS) >> 1;
     if qos == 3 {
         return Err(DecodeError::Malformed("QoS 3"));
     }
-    if qos == 0 && flags & 0x08 != 0 {
+    if qos == 0 && flags & publish_flags::DUP != 0 {
         return Err(DecodeError::Malformed("DUP set at QoS 0"));
     }
     let topic = read_string(&mut body)?;
@@ -359,7 +432,7 @@ fn decode_publish(flags: u8, mut body: Bytes, v5: bool) -> Result<Publish, Decod
         None
     };
     let properties = if v5 {
-        read_properties(&mut body)?
+        read_properties(&mut body, PropertyContext::Publish)?
     } else {
         Properties::default()
     };
@@ -369,8 +442,8 @@ fn decode_publish(flags: u8, mut body: Bytes, v5: bool) -> Result<Publish, Decod
     validate_topic_name(&topic).map_err(|_| DecodeError::InvalidTopic)?;
     Ok(Publish {
         qos,
-        dup: flags & 0x08 != 0,
-        retain: flags & 0x01 != 0,
+        dup: flags & publish_flags::DUP != 0,
+        retain: flags & publish_flags::RETAIN != 0,
         topic,
         packet_id,
         payload: body,

@@ -91,11 +91,17 @@ fn will_message_and_disconnect_reason_decode() {
     // DISCONNECT: 3.1.1 has no reason; v5 0x04 asks for the will.
     assert_eq!(
         decode_all(&[0xE0, 0], false),
-        Ok(Some(Packet::Disconnect { reason: 0 }))
+        Ok(Some(Packet::Disconnect {
+            reason: 0,
+            sets_session_expiry: false
+        }))
     );
     assert_eq!(
         decode_all(&[0xE0, 1, 0x04], true),
-        Ok(Some(Packet::Disconnect { reason: 0x04 }))
+        Ok(Some(Packet::Disconnect {
+            reason: 0x04,
+            sets_session_expiry: false
+        }))
     );
 }
 
@@ -116,7 +122,7 @@ fn qos2_publish_and_pubrel_decode_with_identifier_and_dup_flag() {
     assert_eq!(
         decode_all(&[0x62, 2, 0, 7], false),
         Ok(Some(Packet::Ack {
-            kind: 6,
+            kind: PacketType::Pubrel,
             packet_id: 7
         }))
     );
@@ -277,7 +283,77 @@ fn two_packets_in_one_buffer_decode_one_at_a_time() {
     assert_eq!(decode(&mut buffer, false, MAX), Ok(Some(Packet::Pingreq)));
     assert_eq!(
         decode(&mut buffer, false, MAX),
-        Ok(Some(Packet::Disconnect { reason: 0 }))
+        Ok(Some(Packet::Disconnect {
+            reason: 0,
+            sets_session_expiry: false
+        }))
     );
     assert_eq!(decode(&mut buffer, false, MAX), Ok(None));
+}
+
+#[test]
+fn invalid_v5_connect_carries_its_reason_for_the_connack() {
+    // A will topic with a wildcard, in a v5 CONNECT: wrapped, reason "topic name invalid".
+    let mut tail = vec![0]; // no will properties
+    tail.extend(string(b"a/#"));
+    tail.extend(string(b"{}"));
+    let bytes = packet(0x10, &connect_body(5, 0x06, b"c1", &tail));
+    let error = decode_all(&bytes, false).expect_err("refused");
+    assert_eq!(
+        error,
+        DecodeError::Connect5(Box::new(DecodeError::InvalidTopic))
+    );
+    assert_eq!(error.v5_reason(), ReasonCode::TopicNameInvalid);
+    // The same in 3.1.1 is not wrapped: the connection is just closed.
+    let mut tail = string(b"a/#");
+    tail.extend(string(b"{}"));
+    let bytes = packet(0x10, &connect_body(4, 0x06, b"c1", &tail));
+    assert_eq!(decode_all(&bytes, false), Err(DecodeError::InvalidTopic));
+}
+
+#[test]
+fn v5_will_keeps_its_retain_flag() {
+    let mut tail = vec![0];
+    tail.extend(string(b"a/b"));
+    tail.extend(string(b"{}"));
+    let bytes = packet(0x10, &connect_body(5, 0x26, b"c1", &tail));
+    let Some(Packet::Connect(connect)) = decode_all(&bytes, false).expect("valid") else {
+        panic!("not a CONNECT");
+    };
+    assert!(connect.will.expect("will").retain);
+}
+
+#[test]
+fn v5_pubrel_reason_and_properties_are_checked() {
+    // Reason 0 and a reason string: fine.
+    let ok = packet(0x62, &[0, 7, 0, 4, 0x1F, 0, 1, b'x']);
+    assert!(matches!(
+        decode_all(&ok, true),
+        Ok(Some(Packet::Ack {
+            kind: PacketType::Pubrel,
+            packet_id: 7
+        }))
+    ));
+    // A content type does not belong in a PUBREL.
+    let bad = packet(0x62, &[0, 7, 0, 3, 0x03, 0, 0]);
+    assert_eq!(
+        decode_all(&bad, true),
+        Err(DecodeError::PropertyNotAllowed(PropertyId::ContentType))
+    );
+}
+
+#[test]
+fn v5_disconnect_tells_whether_it_sets_a_session_expiry() {
+    let sets = |seconds: u8| {
+        let bytes = [0xE0, 7, 0x00, 5, 0x11, 0, 0, 0, seconds];
+        match decode_all(&bytes, true) {
+            Ok(Some(Packet::Disconnect {
+                sets_session_expiry,
+                ..
+            })) => sets_session_expiry,
+            other => panic!("not a DISCONNECT: {other:?}"),
+        }
+    };
+    assert!(sets(60));
+    assert!(!sets(0));
 }

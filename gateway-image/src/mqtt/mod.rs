@@ -2,6 +2,7 @@
 
 pub mod codec;
 pub mod encode;
+pub mod names;
 pub mod properties;
 pub mod registry;
 pub mod server;

@@ -1,77 +1,118 @@
-//! Live MQTT sessions by (device, client id), so that a new connection with the same client
-//! id takes over [MQTT-3.1.4-3]. Entries exist only while a session holds a connection
-//! permit, so the map never outgrows `limits.maxConnections`.
+//! Live MQTT sessions by device and client id, so that a new connection with the same client
+//! id takes over [MQTT-3.1.4-3], and so that one device holds at most
+//! `limits.maxConnectionsPerDevice` connections. Entries exist only while a session holds a
+//! connection permit, so the map never outgrows `limits.maxConnections`.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio_util::sync::CancellationToken;
+
+/// A session's client: named by its client id (which a newer connection can take over),
+/// or anonymous (an empty MQTT 3.1.1 client id: nobody can take it over).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Client {
+    Named(String),
+    Anonymous(u64),
+}
+
+/// Device → its sessions (client → registration id and takeover token).
+type Live = HashMap<String, HashMap<Client, (u64, CancellationToken)>>;
 
 /// The registry of live sessions.
 #[derive(Debug, Default)]
 pub struct Sessions {
-    next: std::sync::atomic::AtomicU64,
-    live: Mutex<HashMap<(String, String), (u64, CancellationToken)>>,
+    next: AtomicU64,
+    live: Mutex<Live>,
 }
+
+/// The device already holds as many connections as it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the device holds its maximum of connections")]
+pub struct QuotaExceeded;
 
 /// A session's place in the registry; leaving it (drop) removes the entry unless a newer
 /// session has taken it over already.
 #[derive(Debug)]
 pub struct Registration {
     sessions: Arc<Sessions>,
-    key: (String, String),
+    device: String,
+    client: Client,
     id: u64,
     /// Cancelled when a newer connection with the same device and client id arrives.
     pub taken_over: CancellationToken,
 }
 
 impl Sessions {
-    /// Registers a session; an older one with the same device and client id is told to
-    /// close (its token is cancelled). Keyed by device too, so one device can never close
-    /// another's session by reusing its client id.
-    pub fn register(self: &Arc<Self>, device: &str, client_id: &str) -> Registration {
-        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let key = (device.to_owned(), client_id.to_owned());
+    /// Registers a session of `device` with `client_id` (`None`: an anonymous client). An
+    /// older session with the same device and client id is told to close (its token is
+    /// cancelled) and the new one takes its place, even when the device is at
+    /// `max_per_device`; otherwise a device at `max_per_device` sessions is refused. Keyed
+    /// by device too, so one device can never close another's session by reusing its
+    /// client id.
+    pub fn register(
+        self: &Arc<Self>,
+        device: &str,
+        client_id: Option<&str>,
+        max_per_device: usize,
+    ) -> Result<Registration, QuotaExceeded> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let client = match client_id {
+            Some(client_id) => Client::Named(client_id.to_owned()),
+            None => Client::Anonymous(id),
+        };
         let taken_over = CancellationToken::new();
-        let older = self
-            .live
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(key.clone(), (id, taken_over.clone()));
-        if let Some((_, older)) = older {
+        let mut live = self.lock();
+        let sessions = live.entry(device.to_owned()).or_default();
+        if !sessions.contains_key(&client) && sessions.len() >= max_per_device {
+            if sessions.is_empty() {
+                live.remove(device);
+            }
+            return Err(QuotaExceeded);
+        }
+        if let Some((_, older)) = sessions.insert(client.clone(), (id, taken_over.clone())) {
             older.cancel();
         }
-        Registration {
+        drop(live);
+        Ok(Registration {
             sessions: Arc::clone(self),
-            key,
+            device: device.to_owned(),
+            client,
             id,
             taken_over,
-        }
+        })
     }
 
     /// Number of registered sessions.
     pub fn len(&self) -> usize {
-        self.live
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len()
+        self.lock().values().map(HashMap::len).sum()
     }
 
     /// Whether no session is registered.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    fn lock(&self) -> MutexGuard<'_, Live> {
+        self.live.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let mut live = self
-            .sessions
-            .live
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if live.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
-            live.remove(&self.key);
+        let mut live = self.sessions.lock();
+        let Some(sessions) = live.get_mut(&self.device) else {
+            return;
+        };
+        if sessions
+            .get(&self.client)
+            .is_some_and(|(id, _)| *id == self.id)
+        {
+            sessions.remove(&self.client);
+        }
+        if sessions.is_empty() {
+            live.remove(&self.device);
         }
     }
 }
@@ -83,16 +124,51 @@ mod tests {
     #[test]
     fn second_registration_takes_over_and_first_leaving_keeps_it() {
         let sessions = Arc::new(Sessions::default());
-        let first = sessions.register("press-1", "c1");
-        let other_device = sessions.register("press-2", "c1");
+        let first = sessions.register("press-1", Some("c1"), 4).expect("room");
+        let other_device = sessions.register("press-2", Some("c1"), 4).expect("room");
         assert!(!first.taken_over.is_cancelled());
-        let second = sessions.register("press-1", "c1");
+        let second = sessions.register("press-1", Some("c1"), 4).expect("room");
         assert!(first.taken_over.is_cancelled());
         assert!(!other_device.taken_over.is_cancelled());
         drop(first);
         assert_eq!(sessions.len(), 2, "the newer session stays registered");
         drop(second);
         drop(other_device);
+        assert!(sessions.is_empty());
+    }
+
+    #[test]
+    fn a_device_at_its_cap_is_refused_but_can_still_take_over_its_own_session() {
+        let sessions = Arc::new(Sessions::default());
+        let first = sessions.register("press-1", Some("c1"), 2).expect("room");
+        let anonymous = sessions.register("press-1", None, 2).expect("room");
+        assert_eq!(
+            sessions.register("press-1", Some("c2"), 2).err(),
+            Some(QuotaExceeded)
+        );
+        assert_eq!(
+            sessions.register("press-1", None, 2).err(),
+            Some(QuotaExceeded)
+        );
+        let other_device = sessions.register("press-2", Some("c2"), 2);
+        assert!(other_device.is_ok(), "the cap is per device");
+        let takeover = sessions
+            .register("press-1", Some("c1"), 2)
+            .expect("takeover");
+        assert!(first.taken_over.is_cancelled());
+        assert!(!anonymous.taken_over.is_cancelled());
+        drop(first);
+        assert_eq!(
+            sessions.register("press-1", Some("c3"), 2).err(),
+            Some(QuotaExceeded)
+        );
+        drop(anonymous);
+        let third = sessions.register("press-1", Some("c3"), 2);
+        assert!(
+            third.is_ok(),
+            "a slot freed by a closed session is free again"
+        );
+        drop((takeover, third, other_device));
         assert!(sessions.is_empty());
     }
 }
