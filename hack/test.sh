@@ -107,6 +107,8 @@ cd "$repo"
 suite "cargo fmt --check" cargo fmt --all -- --check
 suite "cargo clippy -D warnings" cargo clippy --workspace --all-targets --locked -q -- -D warnings
 suite "unit and integration tests (cargo test)" cargo test --workspace --locked
+suite "code shape: file and function sizes, one version per dependency" python3 hack/check-code-shape.py
+suite "fuzzing: each libFuzzer target for ${TRIBUTARY_FUZZ_SECONDS:-60} s" bash tests/fuzz/run.sh
 suite "monitoring with a real Prometheus" bash tests/monitoring/prometheus.sh
 
 if ! bash tests/cluster/cluster.sh status >/dev/null 2>&1; then
