@@ -334,12 +334,13 @@ async fn management_queue(client: &Client, ns: &str, queue: &str) -> Option<serd
         .ok()?
         .data?;
     let password = String::from_utf8(data.get("password")?.0.clone()).ok()?;
-    let management = tributary_operator::controller::broker::Management {
+    let management = tributary_operator::broker::Management {
         base_url: format!("http://{ip}:15672"),
         username: "tributary".to_owned(),
         password,
     };
-    tributary_operator::controller::broker::queue_info(&management, queue)
+    tributary_operator::broker::Broker::default()
+        .queue_info(&management, queue)
         .await
         .ok()
 }
@@ -395,13 +396,15 @@ async fn managed_queue_serves_workers_and_gateways_and_children_follow_the_owner
     // Drift: a queue deleted by hand on the broker is declared again.
     let services: Api<Service> = ns.api();
     let uri = managed_broker_uri(&ns, "telemetry").await;
-    tributary_operator::controller::broker::delete(&uri, &broker_queue, None, true)
+    tributary_operator::broker::Broker::default()
+        .delete(&uri, &broker_queue, None, true)
         .await
         .expect("delete by hand");
     // (No "is gone" assertion: the operator may re-declare it at any moment.)
     step("queue re-declared after manual deletion");
     wait_for("queue re-declared after manual deletion", || async {
-        tributary_operator::controller::broker::inspect(&uri, &broker_queue)
+        tributary_operator::broker::Broker::default()
+            .inspect(&uri, &broker_queue)
             .await
             .ok()
             .flatten()
@@ -546,7 +549,8 @@ async fn delete_policy_refuses_a_non_empty_queue_until_allowed() {
     let _ = connection.close(200, "done".into()).await;
     step("message visible on the broker");
     wait_for("one message in the queue", || async {
-        let count = tributary_operator::controller::broker::inspect(&uri, &broker_queue)
+        let count = tributary_operator::broker::Broker::default()
+            .inspect(&uri, &broker_queue)
             .await
             .ok()??;
         (count == 1).then_some(())
@@ -571,7 +575,8 @@ async fn delete_policy_refuses_a_non_empty_queue_until_allowed() {
     })
     .await;
     assert!(
-        tributary_operator::controller::broker::inspect(&uri, &broker_queue)
+        tributary_operator::broker::Broker::default()
+            .inspect(&uri, &broker_queue)
             .await
             .expect("inspect")
             .is_some(),
@@ -596,7 +601,10 @@ async fn delete_policy_refuses_a_non_empty_queue_until_allowed() {
     .await;
     // The broker pod may already be going away with its owner; if it still answers, the
     // queue must be gone.
-    if let Ok(found) = tributary_operator::controller::broker::inspect(&uri, &broker_queue).await {
+    if let Ok(found) = tributary_operator::broker::Broker::default()
+        .inspect(&uri, &broker_queue)
+        .await
+    {
         assert!(found.is_none(), "broker queue deleted");
     }
 }
@@ -719,11 +727,8 @@ async fn autoscaler_follows_the_backlog_scales_to_zero_and_wakes_on_a_message() 
     assert_eq!(deployment_replicas(&deployment), Some(0));
     wait_for("autoscaler owns spec.replicas", || async {
         let d = deployments.get("ingest-worker").await.ok()?;
-        tributary_operator::autoscaler::owns_replicas(
-            &d,
-            tributary_operator::autoscaler::FIELD_MANAGER,
-        )
-        .then_some(())
+        tributary_operator::scaling::owns_replicas(&d, tributary_operator::scaling::FIELD_MANAGER)
+            .then_some(())
     })
     .await;
 
@@ -765,7 +770,8 @@ async fn autoscaler_follows_the_backlog_scales_to_zero_and_wakes_on_a_message() 
     // The workers drain the queue (into Redis), then the count falls back to zero.
     step("queue drained by the worker pods (nothing ready, nothing unacknowledged)");
     wait_for("queue drained", || async {
-        let ready = tributary_operator::controller::broker::inspect(&uri, &broker_queue)
+        let ready = tributary_operator::broker::Broker::default()
+            .inspect(&uri, &broker_queue)
             .await
             .ok()??;
         let scaling = workers.get("ingest").await.ok()?.status?.scaling?;
@@ -980,7 +986,8 @@ async fn retain_keeps_the_managed_broker_and_its_messages_and_a_new_queue_adopts
     let uri = managed_broker_uri(&ns, "telemetry").await;
     publish_envelopes(&uri, &broker_queue, &ns.name, 25).await;
     let count = || async {
-        tributary_operator::controller::broker::inspect(&uri, &broker_queue)
+        tributary_operator::broker::Broker::default()
+            .inspect(&uri, &broker_queue)
             .await
             .ok()
             .flatten()
