@@ -225,4 +225,54 @@ mod tests {
         broker.close_idle().await;
         assert!(broker.is_empty().await);
     }
+
+    #[tokio::test]
+    async fn management_calls_reuse_one_kept_http_connection() {
+        use axum::extract::ConnectInfo;
+        use axum::routing::get;
+        use std::net::SocketAddr;
+        use std::sync::Mutex as StdMutex;
+
+        // The management API stand-in records the client address of every request: one
+        // kept-alive connection shows as one address.
+        let peers: Arc<StdMutex<Vec<SocketAddr>>> = Arc::default();
+        let seen = peers.clone();
+        let app = axum::Router::new().route(
+            "/api/nodes",
+            get(move |ConnectInfo(peer): ConnectInfo<SocketAddr>| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock().expect("not poisoned").push(peer);
+                    axum::Json(serde_json::json!([{"name": "rabbit@a", "running": true}]))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let address = listener.local_addr().expect("address");
+        let server = tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+        });
+        let management = Management {
+            base_url: format!("http://{address}"),
+            username: "u".into(),
+            password: "p".into(),
+        };
+        let broker = Broker::default();
+        for _ in 0..3 {
+            assert_eq!(broker.running_nodes(&management).await.expect("answer"), 1);
+        }
+        let peers = peers.lock().expect("not poisoned").clone();
+        assert_eq!(peers.len(), 3);
+        assert!(
+            peers.iter().all(|peer| *peer == peers[0]),
+            "one connection for all calls: {peers:?}"
+        );
+        server.abort();
+    }
 }

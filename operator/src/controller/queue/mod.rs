@@ -345,6 +345,28 @@ mod tests {
     use crate::crd::queue::ReplaySpec;
 
     #[test]
+    fn an_unreachable_broker_reads_as_waiting_or_invalid() {
+        let waiting = unreachable(Unreachable::NoAddress);
+        assert_eq!(
+            (waiting.ready.reason, waiting.ready.message.as_str()),
+            (reason::PROGRESSING, "broker Service has no address yet")
+        );
+        assert_eq!(waiting.action, Action::requeue(PROGRESS_POLL));
+        let secret = unreachable(Unreachable::MissingSecret {
+            name: "amqp".into(),
+            key: "uri".into(),
+        });
+        assert_eq!(secret.ready.reason, reason::WAITING_FOR_SECRET);
+        assert_eq!(secret.action, Action::requeue(RETRY * 4));
+        let invalid = unreachable(Unreachable::Invalid("bad".into()));
+        assert_eq!(
+            (invalid.ready.ok, invalid.ready.reason),
+            (false, conditions::reason::INVALID_SPEC)
+        );
+        assert_eq!(invalid.action, Action::await_change());
+    }
+
+    #[test]
     fn replay_runs_once_per_new_request() {
         let mut queue: Queue = load("queue-managed.yaml");
         assert!(!replay_requested(&queue), "no spec.replay: nothing to do");
