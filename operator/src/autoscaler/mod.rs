@@ -10,7 +10,7 @@
 //! `spec.replicas` from the Worker itself (the `/scale` subresource), taking the field back.
 //!
 //! The autoscaler reaches the broker through [`crate::broker`] (the same kept connections
-//! as the Queue controller) and knows nothing of the controllers.
+//! as the Queue controller); of the controllers it uses only the condition helpers.
 
 pub mod policy;
 pub mod sinks;

@@ -2,6 +2,7 @@
 //! one HTTP client of management calls. The Queue controller and the autoscaler share one,
 //! so a Queue resynced or a Worker polled every few seconds costs a channel per operation,
 //! not a connection (which the broker would log, authenticate and tear down each time).
+//! Only a replay, which publishes, takes a connection of its own.
 //!
 //! Keys are broker URIs, which carry credentials: they are never logged. A connection is
 //! closed (cleanly: lapin sends `Connection.Close`) when its last holder drops it; one that
@@ -144,15 +145,18 @@ impl Broker {
         self.settle(uri, &connection, result).await
     }
 
-    /// [`replay::replay`] over the kept connection to `uri`.
+    /// [`replay::replay`] over a connection of its own, closed afterwards: the replay
+    /// publishes, and a broker under a resource alarm blocks publishing connections, which
+    /// must not stall the declarations and readings on the kept one.
     pub async fn replay(
         &self,
         uri: &str,
         request: &ReplayRequest<'_>,
     ) -> Result<ReplayReport, BrokerError> {
-        let connection = self.connection(uri).await?;
+        let connection = topology::connect(uri).await?;
         let result = replay::replay(&connection, request).await;
-        self.settle(uri, &connection, result).await
+        topology::close_connection(&connection).await;
+        result
     }
 
     /// [`readings::message_total`] over the kept connection to `uri`.

@@ -30,6 +30,11 @@ pub(super) async fn close(channel: &Channel) {
     let _ = tokio::time::timeout(TIMEOUT, channel.close(200, "done".into())).await;
 }
 
+/// Closes a connection, waiting at most the timeout.
+pub(super) async fn close_connection(connection: &Connection) {
+    let _ = tokio::time::timeout(TIMEOUT, connection.close(200, "done".into())).await;
+}
+
 fn field_table(args: &BTreeMap<String, ArgValue>) -> FieldTable {
     let mut table = FieldTable::default();
     for (key, value) in args {

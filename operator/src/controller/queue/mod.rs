@@ -139,6 +139,7 @@ async fn run(
     ctx: &Context,
     status: &mut QueueStatus,
 ) -> Result<Option<Outcome>, Error> {
+    // Validate.
     let plan = match build::validate(queue) {
         Ok(plan) => plan,
         Err(BuildError::Invalid(message)) => {
@@ -151,6 +152,7 @@ async fn run(
         return finalizer::finalize(ctx, queue, &plan, &names).await;
     }
     finalizer::follow_policy(ctx, queue).await?;
+    // Build and apply the broker, then dereference how to reach it.
     if let Some(outcome) = apply_broker(ctx, queue, &plan, &names, status).await? {
         return Ok(Some(outcome));
     }
@@ -158,12 +160,14 @@ async fn run(
         Ok(endpoint) => endpoint,
         Err(outcome) => return Ok(Some(outcome)),
     };
+    // Apply the topology, then what `spec.replay` asks for.
     if let Some(outcome) = declare(ctx, queue, &endpoint, &names).await? {
         return Ok(Some(outcome));
     }
     if let Some(outcome) = replay(ctx, queue, &endpoint.amqp_uri, &names, status).await {
         return Ok(Some(outcome));
     }
+    // Status.
     read_counts(ctx, queue, &endpoint, &names, status).await;
     let mut outcome = Outcome::ready(format!("queue {} is declared on the broker", names.queue));
     outcome.action = Action::requeue(DRIFT_CHECK);
