@@ -151,14 +151,9 @@ pub fn decide(
         window_max,
     };
 
-    let mut held = None;
-    let (replicas, reason, event) = match outage {
-        Some(outage) if wanted > current => {
-            let (change, holding) = held_up(&situation, outage);
-            held = holding;
-            change
-        }
-        _ => change(&situation, scaling),
+    let ((replicas, reason, event), held) = match outage {
+        Some(outage) if wanted > current => held_up(&situation, outage),
+        _ => (change(&situation, scaling), None),
     };
     Decision {
         replicas,
