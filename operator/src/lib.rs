@@ -3,7 +3,8 @@
 //!
 //! Layers, each using only those below it: `run` wires `controller` and `autoscaler`
 //! together; both use `broker` (RabbitMQ), `scaling` (the replica field they share),
-//! `build`, `crd` and `metrics`; `broker` uses `build` and `crd` only.
+//! `build`, `crd` and `metrics` (the autoscaler also the condition helpers of
+//! `controller::conditions`); `broker` uses `build` and `crd` only.
 #![forbid(unsafe_code)]
 
 pub mod autoscaler;
