@@ -12,7 +12,7 @@
 //!
 //! The full table is in `docs/metrics.md`; a test below keeps the two in step.
 
-use crate::controller::broker::QueueCounts;
+use crate::broker::QueueCounts;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

@@ -288,7 +288,13 @@ async fn run_controllers(
     let by_sink = workers.store();
     let by_secret = workers.store();
     let autoscaled = workers.store();
-    let autoscaler = crate::autoscaler::run(ctx.clone(), autoscaled, stop.clone());
+    let autoscaler_ctx = Arc::new(crate::autoscaler::Context {
+        client: ctx.client.clone(),
+        metrics: ctx.metrics.clone(),
+        recorder: ctx.recorder.clone(),
+        broker: ctx.broker.clone(),
+    });
+    let autoscaler = crate::autoscaler::run(autoscaler_ctx, autoscaled, stop.clone());
     let workers = workers
         .owns(api_for::<Deployment>(client, ns), children_config())
         .watches(
@@ -450,6 +456,7 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
         images: settings.images.clone(),
         metrics,
         monitoring_labels: settings.monitoring_labels.clone(),
+        broker: Arc::new(crate::broker::Broker::default()),
     });
     tracing::info!(pdb = %ctx.pdb.api_version(), namespaces = ?settings.namespaces, "starting controllers");
     ready.store(true, Ordering::Relaxed);

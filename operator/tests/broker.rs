@@ -1,6 +1,7 @@
-//! The operator's broker I/O against a real RabbitMQ on loopback: the autoscaler's
-//! readings over one kept-open connection, deletion that the broker refuses while a queue
-//! holds messages, the emptiness check of a broker switch, and the replay of dead letters.
+//! The operator's broker I/O against a real RabbitMQ on loopback: declarations and the
+//! autoscaler's readings over one kept-open connection, deletion that the broker refuses
+//! while a queue holds messages, the emptiness check of a broker switch, and the replay of
+//! dead letters.
 //!
 //! Needs `tests/services/rabbitmq.sh start` and its `env` output loaded (the test command
 //! does both); fails, saying so, when the broker is not there.
@@ -11,9 +12,10 @@ use lapin::BasicProperties;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tributary_operator::autoscaler::connections::Connections;
+use tributary_operator::broker::management::http_client;
+use tributary_operator::broker::readings;
+use tributary_operator::broker::{Broker, BrokerError, Management, ReplayRequest};
 use tributary_operator::build::queue::ArgValue;
-use tributary_operator::controller::broker::{self, BrokerError, Management, ReplayRequest};
 
 fn required_env(name: &str) -> String {
     match std::env::var(name) {
@@ -69,50 +71,67 @@ async fn publish(uri: &str, queue: &str, count: usize) {
 }
 
 #[tokio::test]
-async fn autoscaler_readings_share_one_connection_and_reconnect_after_a_failure() {
+async fn declarations_and_readings_share_one_kept_connection_and_reconnect_after_a_failure() {
     let uri = required_env("TRIBUTARY_TEST_AMQP_URL");
     let management = management();
     let queue = fresh_queue("readings");
-    broker::declare(&uri, &queue, &BTreeMap::new(), None)
+    let broker = Broker::default();
+    broker
+        .declare(&uri, &queue, &BTreeMap::new(), None)
         .await
         .expect("queue declared");
+    assert_eq!(
+        broker.len().await,
+        1,
+        "the declaration's connection is kept"
+    );
     publish(&uri, &queue, 3).await;
 
-    let connections = Connections::default();
-    let first = connections.get(&uri).await.expect("connects");
-    let reading = broker::reading(&first, Some(&management), &queue)
+    let first = broker.connection(&uri).await.expect("connected");
+    let reading = broker
+        .reading(&uri, Some(&management), &queue)
         .await
         .expect("reading of an existing queue");
     assert_eq!((reading.ready, reading.consumers), (3, 0));
     assert_eq!(reading.backlog(), 3 + reading.unacked.unwrap_or(0));
-
-    // A reading of a missing queue fails on its own channel; the connection stays usable.
-    let missing = broker::reading(&first, None, &fresh_queue("missing")).await;
-    assert!(
-        matches!(missing, Err(BrokerError::Refused { .. })),
-        "{missing:?}"
-    );
-    let second = connections.get(&uri).await.expect("still connected");
+    broker
+        .declare(&uri, &queue, &BTreeMap::new(), None)
+        .await
+        .expect("declared again: idempotent");
+    let second = broker.connection(&uri).await.expect("still connected");
     assert!(
         Arc::ptr_eq(&first, &second),
         "the open connection is reused"
     );
-    assert_eq!(connections.len().await, 1);
-    let again = broker::reading(&second, None, &queue)
+    assert_eq!(broker.len().await, 1);
+
+    // A reading of a missing queue fails on its own channel; the connection stays usable.
+    let http = http_client();
+    let missing = readings::reading(&first, &http, None, &fresh_queue("missing")).await;
+    assert!(
+        matches!(missing, Err(BrokerError::Refused { .. })),
+        "{missing:?}"
+    );
+    let again = readings::reading(&first, &http, None, &queue)
         .await
         .expect("reading after a failed one");
     assert_eq!(again.ready, 3);
 
-    // After a failure the autoscaler forgets the connection; the next reading reconnects.
-    connections.forget(&uri).await;
-    assert!(connections.is_empty().await);
-    let third = connections.get(&uri).await.expect("reconnects");
+    // Still, the pool drops a connection after a failed operation; the next one reconnects.
+    let missing = broker.reading(&uri, None, &fresh_queue("missing")).await;
+    assert!(
+        matches!(missing, Err(BrokerError::Refused { .. })),
+        "{missing:?}"
+    );
+    assert!(broker.is_empty().await);
+    let third = broker.connection(&uri).await.expect("reconnects");
     assert!(
         !Arc::ptr_eq(&first, &third),
-        "a new connection after forget"
+        "a new connection after a failure"
     );
     assert_eq!(
-        broker::reading(&third, None, &queue)
+        broker
+            .reading(&uri, None, &queue)
             .await
             .expect("reading on the new connection")
             .ready,
@@ -120,7 +139,8 @@ async fn autoscaler_readings_share_one_connection_and_reconnect_after_a_failure(
     );
 
     drop((first, second, third));
-    broker::delete(&uri, &queue, None, true)
+    broker
+        .delete(&uri, &queue, None, true)
         .await
         .expect("queue deleted");
 }
@@ -130,7 +150,7 @@ fn classic() -> BTreeMap<String, ArgValue> {
 }
 
 /// A queue and its dead-letter queue, declared as the Queue controller does.
-async fn queue_with_dlq(uri: &str, label: &str) -> (String, String) {
+async fn queue_with_dlq(broker: &Broker, uri: &str, label: &str) -> (String, String) {
     let queue = fresh_queue(label);
     let dlq = format!("{queue}.dlq");
     let mut args = classic();
@@ -142,7 +162,8 @@ async fn queue_with_dlq(uri: &str, label: &str) -> (String, String) {
         "x-dead-letter-routing-key".into(),
         ArgValue::Str(dlq.clone()),
     );
-    broker::declare(uri, &queue, &args, Some((&dlq, &classic())))
+    broker
+        .declare(uri, &queue, &args, Some((&dlq, &classic())))
         .await
         .expect("queue and dead-letter queue declared");
     (queue, dlq)
@@ -232,10 +253,11 @@ async fn drain(uri: &str, queue: &str) -> Vec<(String, String, Vec<String>, Opti
 #[tokio::test]
 async fn deletion_is_refused_by_the_broker_while_the_queue_or_its_dlq_holds_messages() {
     let uri = required_env("TRIBUTARY_TEST_AMQP_URL");
-    let (queue, dlq) = queue_with_dlq(&uri, "delete").await;
+    let broker = Broker::default();
+    let (queue, dlq) = queue_with_dlq(&broker, &uri, "delete").await;
     publish(&uri, &queue, 2).await;
 
-    let refused = broker::delete(&uri, &queue, Some(&dlq), false).await;
+    let refused = broker.delete(&uri, &queue, Some(&dlq), false).await;
     match &refused {
         Err(BrokerError::NotEmpty {
             queue: name,
@@ -246,28 +268,30 @@ async fn deletion_is_refused_by_the_broker_while_the_queue_or_its_dlq_holds_mess
         other => panic!("expected NotEmpty for the queue, got {other:?}"),
     }
     assert_eq!(
-        broker::inspect(&uri, &queue).await.expect("inspect"),
+        broker.inspect(&uri, &queue).await.expect("inspect"),
         Some(2)
     );
-    assert_eq!(broker::inspect(&uri, &dlq).await.expect("inspect"), Some(0));
+    assert_eq!(broker.inspect(&uri, &dlq).await.expect("inspect"), Some(0));
 
     // Queue drained, a dead letter left: the queue goes, the dead-letter queue stays.
     assert_eq!(drain(&uri, &queue).await.len(), 2);
     publish(&uri, &dlq, 1).await;
-    let refused = broker::delete(&uri, &queue, Some(&dlq), false).await;
+    let refused = broker.delete(&uri, &queue, Some(&dlq), false).await;
     assert!(
         matches!(&refused, Err(BrokerError::NotEmpty { queue: name, messages: 1 }) if *name == dlq),
         "{refused:?}"
     );
-    assert_eq!(broker::inspect(&uri, &queue).await.expect("inspect"), None);
-    assert_eq!(broker::inspect(&uri, &dlq).await.expect("inspect"), Some(1));
+    assert_eq!(broker.inspect(&uri, &queue).await.expect("inspect"), None);
+    assert_eq!(broker.inspect(&uri, &dlq).await.expect("inspect"), Some(1));
 
     // deleteNonEmpty: deleted with its messages; deleting what is gone is not an error.
-    broker::delete(&uri, &queue, Some(&dlq), true)
+    broker
+        .delete(&uri, &queue, Some(&dlq), true)
         .await
         .expect("deleted although non-empty");
-    assert_eq!(broker::inspect(&uri, &dlq).await.expect("inspect"), None);
-    broker::delete(&uri, &queue, Some(&dlq), false)
+    assert_eq!(broker.inspect(&uri, &dlq).await.expect("inspect"), None);
+    broker
+        .delete(&uri, &queue, Some(&dlq), false)
         .await
         .expect("missing queues count as deleted");
 }
@@ -276,10 +300,12 @@ async fn deletion_is_refused_by_the_broker_while_the_queue_or_its_dlq_holds_mess
 async fn message_total_counts_ready_and_unacked_messages_of_existing_queues() {
     let uri = required_env("TRIBUTARY_TEST_AMQP_URL");
     let management = management();
-    let (queue, dlq) = queue_with_dlq(&uri, "total").await;
+    let broker = Broker::default();
+    let (queue, dlq) = queue_with_dlq(&broker, &uri, "total").await;
     let missing = fresh_queue("missing");
     assert_eq!(
-        broker::message_total(&uri, Some(&management), &[&queue, &dlq, &missing])
+        broker
+            .message_total(&uri, Some(&management), &[&queue, &dlq, &missing])
             .await
             .expect("total"),
         0
@@ -287,7 +313,8 @@ async fn message_total_counts_ready_and_unacked_messages_of_existing_queues() {
     publish(&uri, &queue, 2).await;
     publish(&uri, &dlq, 1).await;
     assert_eq!(
-        broker::message_total(&uri, None, &[&queue, &dlq, &missing])
+        broker
+            .message_total(&uri, None, &[&queue, &dlq, &missing])
             .await
             .expect("total"),
         3
@@ -305,7 +332,8 @@ async fn message_total_counts_ready_and_unacked_messages_of_existing_queues() {
         .expect("a message");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let total = broker::message_total(&uri, Some(&management), &[&queue, &dlq])
+        let total = broker
+            .message_total(&uri, Some(&management), &[&queue, &dlq])
             .await
             .expect("total");
         if total == 3 {
@@ -319,7 +347,8 @@ async fn message_total_counts_ready_and_unacked_messages_of_existing_queues() {
     }
     drop(held);
     connection.close(200, "done".into()).await.expect("close");
-    broker::delete(&uri, &queue, Some(&dlq), true)
+    broker
+        .delete(&uri, &queue, Some(&dlq), true)
         .await
         .expect("cleanup");
 }
@@ -327,7 +356,8 @@ async fn message_total_counts_ready_and_unacked_messages_of_existing_queues() {
 #[tokio::test]
 async fn replay_moves_matching_dead_letters_back_with_their_ids_and_keeps_the_rest() {
     let uri = required_env("TRIBUTARY_TEST_AMQP_URL");
-    let (queue, dlq) = queue_with_dlq(&uri, "replay").await;
+    let broker = Broker::default();
+    let (queue, dlq) = queue_with_dlq(&broker, &uri, "replay").await;
     publish_dead_letters(
         &uri,
         &dlq,
@@ -341,17 +371,18 @@ async fn replay_moves_matching_dead_letters_back_with_their_ids_and_keeps_the_re
     )
     .await;
 
-    let report = broker::replay(
-        &uri,
-        &ReplayRequest {
-            dead_letter_queue: &dlq,
-            queue: &queue,
-            reason_kind: Some("pipeline"),
-            max_messages: None,
-        },
-    )
-    .await
-    .expect("replay");
+    let report = broker
+        .replay(
+            &uri,
+            &ReplayRequest {
+                dead_letter_queue: &dlq,
+                queue: &queue,
+                reason_kind: Some("pipeline"),
+                max_messages: None,
+            },
+        )
+        .await
+        .expect("replay");
     assert_eq!(
         (report.moved, report.skipped, report.remaining),
         (3, 2, 2),
@@ -367,17 +398,18 @@ async fn replay_moves_matching_dead_letters_back_with_their_ids_and_keeps_the_re
     }
 
     // Without a filter, at most one: one moved, the other goes back to the tail.
-    let report = broker::replay(
-        &uri,
-        &ReplayRequest {
-            dead_letter_queue: &dlq,
-            queue: &queue,
-            reason_kind: None,
-            max_messages: Some(1),
-        },
-    )
-    .await
-    .expect("replay");
+    let report = broker
+        .replay(
+            &uri,
+            &ReplayRequest {
+                dead_letter_queue: &dlq,
+                queue: &queue,
+                reason_kind: None,
+                max_messages: Some(1),
+            },
+        )
+        .await
+        .expect("replay");
     assert_eq!((report.moved, report.skipped, report.remaining), (1, 1, 1));
     assert_eq!(
         drain(&uri, &queue)
@@ -400,22 +432,24 @@ async fn replay_moves_matching_dead_letters_back_with_their_ids_and_keeps_the_re
     // Replaying into a queue that does not exist moves nothing and loses nothing.
     publish_dead_letters(&uri, &dlq, &["pipeline"]).await;
     let missing = fresh_queue("gone");
-    let failed = broker::replay(
-        &uri,
-        &ReplayRequest {
-            dead_letter_queue: &dlq,
-            queue: &missing,
-            reason_kind: None,
-            max_messages: None,
-        },
-    )
-    .await;
+    let failed = broker
+        .replay(
+            &uri,
+            &ReplayRequest {
+                dead_letter_queue: &dlq,
+                queue: &missing,
+                reason_kind: None,
+                max_messages: None,
+            },
+        )
+        .await;
     assert!(
         matches!(failed, Err(BrokerError::Refused { .. })),
         "{failed:?}"
     );
-    assert_eq!(broker::inspect(&uri, &dlq).await.expect("inspect"), Some(1));
-    broker::delete(&uri, &queue, Some(&dlq), true)
+    assert_eq!(broker.inspect(&uri, &dlq).await.expect("inspect"), Some(1));
+    broker
+        .delete(&uri, &queue, Some(&dlq), true)
         .await
         .expect("cleanup");
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
-use tributary_operator::controller::broker::{replay, ReplayRequest};
+use tributary_operator::broker::{self as operator_broker, ReplayRequest};
 
 const DEADLINE: Duration = Duration::from_secs(90);
 
@@ -106,7 +106,10 @@ async fn messages_dead_lettered_by_a_wrong_step_are_stored_after_the_fix_and_a_r
         reason_kind: Some("pipeline"),
         max_messages: None,
     };
-    let report = replay(&broker.url, &request).await.expect("replay");
+    let report = operator_broker::Broker::default()
+        .replay(&broker.url, &request)
+        .await
+        .expect("replay");
     assert_eq!(
         (report.moved, report.skipped, report.remaining),
         (N as u64, 0, 0)

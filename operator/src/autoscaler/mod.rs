@@ -6,22 +6,25 @@
 //! tells the story in the Worker's `status.scaling` and in Events.
 //!
 //! The Worker controller leaves `spec.replicas` of an autoscaled Deployment to this field
-//! manager (see [`owns_replicas`]); with scaling disabled it writes `spec.replicas` from
-//! the Worker itself (the `/scale` subresource), taking the field back.
+//! manager (see [`crate::scaling::owns_replicas`]); with scaling disabled it writes
+//! `spec.replicas` from the Worker itself (the `/scale` subresource), taking the field back.
+//!
+//! The autoscaler reaches the broker through [`crate::broker`] (the same kept connections
+//! as the Queue controller); of the controllers it uses only the condition helpers.
 
-pub mod connections;
 pub mod policy;
 pub mod sinks;
 
+use crate::broker::{self, Broker, Endpoint, Reading};
+use crate::build::BuildError;
 use crate::controller::conditions;
-use crate::controller::queue::{broker_endpoint, Endpoint};
-use crate::controller::{broker, Context, Error};
 use crate::crd::{Condition, Queue, ScalingStatus, Worker};
-use connections::Connections;
+use crate::metrics::Metrics;
+use crate::scaling::{set_replicas, FIELD_MANAGER};
 use futures::future::join_all;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use policy::History;
@@ -31,41 +34,39 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// Field manager of the replica counts the autoscaler writes.
-pub const FIELD_MANAGER: &str = "tributary-autoscaler";
-
 /// How often the loop looks for Workers whose poll is due.
 const TICK: Duration = Duration::from_millis(500);
 
-/// Whether `manager` owns `spec.replicas` of `deployment` (from its managed fields).
-pub fn owns_replicas(deployment: &Deployment, manager: &str) -> bool {
-    deployment
-        .metadata
-        .managed_fields
-        .iter()
-        .flatten()
-        .filter(|entry| entry.manager.as_deref() == Some(manager))
-        .filter_map(|entry| entry.fields_v1.as_ref())
-        .any(|fields| fields.0["f:spec"].get("f:replicas").is_some())
+/// What the autoscaler works with.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Publishes Kubernetes Events.
+    pub recorder: Recorder,
+    /// Kept connections to the brokers (shared with the Queue controller).
+    pub broker: Arc<Broker>,
 }
 
-/// Writes `spec.replicas` of a Deployment under the autoscaler's field manager.
-pub async fn set_replicas(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-    replicas: i32,
-) -> Result<(), Error> {
-    let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-    let patch = serde_json::json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": { "name": name, "namespace": namespace },
-        "spec": { "replicas": replicas },
-    });
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch(name, &params, &Patch::Apply(&patch)).await?;
-    Ok(())
+/// Why a poll failed (logged; the next poll tries again).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// A Worker or Queue lacks what the API server always sets, or is invalid.
+    #[error("building children: {0}")]
+    Build(#[from] BuildError),
+}
+
+impl From<broker::endpoint::LookupError> for Error {
+    fn from(error: broker::endpoint::LookupError) -> Self {
+        match error {
+            broker::endpoint::LookupError::Kube(error) => Error::Kube(error),
+            broker::endpoint::LookupError::Build(error) => Error::Build(error),
+        }
+    }
 }
 
 /// Per-Worker memory of the loop.
@@ -84,7 +85,6 @@ struct Tracked {
 /// Runs the autoscaler over the Workers in `workers` until `stop` fires.
 pub async fn run(ctx: Arc<Context>, workers: Store<Worker>, mut stop: watch::Receiver<bool>) {
     let origin = Instant::now();
-    let connections = Connections::default();
     let reader = sinks::Reader::default();
     let mut tracked: HashMap<ObjectRef<Worker>, Tracked> = HashMap::new();
     loop {
@@ -123,13 +123,12 @@ pub async fn run(ctx: Arc<Context>, workers: Store<Worker>, mut stop: watch::Rec
                 Some((key, worker, state))
             })
             .collect();
-        let connections = &connections;
         let reader = &reader;
         let polls = due.into_iter().map(|(key, worker, mut state)| {
             let ctx = ctx.clone();
             async move {
                 let seconds = origin.elapsed().as_secs_f64();
-                let polled = poll(&ctx, connections, reader, &worker, &mut state, seconds).await;
+                let polled = poll(&ctx, reader, &worker, &mut state, seconds).await;
                 if let Err(error) = polled {
                     tracing::warn!(
                         worker = %worker.name_any(),
@@ -147,7 +146,7 @@ pub async fn run(ctx: Arc<Context>, workers: Store<Worker>, mut stop: watch::Rec
         for (key, state) in join_all(polls).await {
             tracked.insert(key, state);
         }
-        connections.close_idle().await;
+        ctx.broker.close_idle().await;
     }
 }
 
@@ -170,7 +169,6 @@ fn current_status(worker: &Worker) -> ScalingStatus {
 /// One poll of one Worker: the pods' sink status, then (when enabled) a scaling decision.
 async fn poll(
     ctx: &Context,
-    connections: &Connections,
     reader: &sinks::Reader,
     worker: &Worker,
     state: &mut Tracked,
@@ -183,7 +181,7 @@ async fn poll(
     // Both at once: pods slow to answer add at most their timeout to the reading.
     let (verdict, reading) = tokio::join!(
         observe_sinks(ctx, reader, worker, &mut state.sinks),
-        read_backlog(ctx, connections, worker),
+        read_backlog(ctx, worker),
     );
     let Some((reading, current)) = reading? else {
         return Ok(());
@@ -285,11 +283,7 @@ fn truncate(text: &str, max: usize) -> String {
 /// One reading of the Worker's queue and its Deployment's replicas; `None` when there is
 /// none (why is then written to `status.scaling.error`, or the Deployment does not exist
 /// yet).
-async fn read_backlog(
-    ctx: &Context,
-    connections: &Connections,
-    worker: &Worker,
-) -> Result<Option<(policy::Reading, i32)>, Error> {
+async fn read_backlog(ctx: &Context, worker: &Worker) -> Result<Option<(Reading, i32)>, Error> {
     let namespace = worker.namespace().unwrap_or_default();
     let name = worker.name_any();
     let no_reading = |message: String| async move {
@@ -305,11 +299,11 @@ async fn read_backlog(
     let Some(broker_queue) = queue.status.as_ref().and_then(|s| s.queue_name.clone()) else {
         return no_reading(format!("Queue {queue_name:?} is not ready yet")).await;
     };
-    let endpoint = match broker_endpoint(ctx, &queue).await? {
+    let endpoint = match broker::endpoint::lookup(&ctx.client, &queue).await? {
         Ok(endpoint) => endpoint,
-        Err(outcome) => return no_reading(outcome.ready.message).await,
+        Err(why) => return no_reading(why.to_string()).await,
     };
-    let reading = match read_queue(connections, &endpoint, &broker_queue).await {
+    let reading = match read_queue(&ctx.broker, &endpoint, &broker_queue).await {
         Ok(reading) => reading,
         Err(error) => return no_reading(error.to_string()).await,
     };
@@ -332,7 +326,7 @@ async fn scale(
     ctx: &Context,
     worker: &Worker,
     state: &mut Tracked,
-    reading: &policy::Reading,
+    reading: &Reading,
     current: i32,
     outage: Option<&str>,
     now: f64,
@@ -398,16 +392,13 @@ async fn scale(
 /// One reading of `queue` over the broker's kept-open connection; a failed reading drops
 /// the connection so the next poll starts afresh.
 async fn read_queue(
-    connections: &Connections,
+    broker: &Broker,
     endpoint: &Endpoint,
     queue: &str,
-) -> Result<policy::Reading, broker::BrokerError> {
-    let connection = connections.get(&endpoint.amqp_uri).await?;
-    let reading = broker::reading(&connection, endpoint.management.as_ref(), queue).await;
-    if reading.is_err() {
-        connections.forget(&endpoint.amqp_uri).await;
-    }
-    reading
+) -> Result<Reading, broker::BrokerError> {
+    broker
+        .reading(&endpoint.amqp_uri, endpoint.management.as_ref(), queue)
+        .await
 }
 
 /// Writes `status.scaling` under the autoscaler's field manager when it changed.
@@ -426,42 +417,4 @@ async fn write_status(ctx: &Context, worker: &Worker, status: ScalingStatus) -> 
     api.patch_status(&worker.name_any(), &params, &Patch::Apply(&patch))
         .await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
-
-    fn managed(manager: &str, fields: serde_json::Value) -> ManagedFieldsEntry {
-        ManagedFieldsEntry {
-            manager: Some(manager.to_owned()),
-            operation: Some("Apply".to_owned()),
-            fields_v1: Some(FieldsV1(fields)),
-            ..ManagedFieldsEntry::default()
-        }
-    }
-
-    #[test]
-    fn replicas_ownership_is_read_from_managed_fields() {
-        let mut deployment = Deployment::default();
-        assert!(!owns_replicas(&deployment, FIELD_MANAGER));
-        deployment.metadata.managed_fields = Some(vec![
-            managed(
-                "tributary-operator",
-                serde_json::json!({"f:spec": {"f:replicas": {}, "f:template": {}}}),
-            ),
-            managed(FIELD_MANAGER, serde_json::json!({"f:metadata": {}})),
-        ]);
-        assert!(!owns_replicas(&deployment, FIELD_MANAGER));
-        deployment
-            .metadata
-            .managed_fields
-            .get_or_insert_with(Vec::new)
-            .push(managed(
-                FIELD_MANAGER,
-                serde_json::json!({"f:spec": {"f:replicas": {}}}),
-            ));
-        assert!(owns_replicas(&deployment, FIELD_MANAGER));
-    }
 }

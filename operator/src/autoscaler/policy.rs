@@ -3,28 +3,9 @@
 //!
 //! Time is seconds on a monotonic clock chosen by the caller.
 
+use crate::broker::Reading;
 use crate::crd::Scaling;
 use std::collections::VecDeque;
-
-/// One reading of a queue.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Reading {
-    /// Messages waiting to be delivered.
-    pub ready: i64,
-    /// Messages delivered and not yet acknowledged, when the broker tells (management API).
-    pub unacked: Option<i64>,
-    /// Consumers of the queue.
-    pub consumers: i64,
-    /// Cumulative count of messages published to the queue, when the broker tells.
-    pub published: Option<u64>,
-}
-
-impl Reading {
-    /// Ready + unacknowledged.
-    pub fn backlog(&self) -> i64 {
-        self.ready.max(0) + self.unacked.unwrap_or(0).max(0)
-    }
-}
 
 /// What the autoscaler remembers of one worker between readings.
 #[derive(Clone, Debug, Default)]
@@ -35,6 +16,46 @@ pub struct History {
     last_activity: Option<f64>,
     /// The publish counter at the previous reading.
     last_published: Option<u64>,
+}
+
+impl History {
+    /// Records the activity a reading shows; whether the queue saw messages within `delay`
+    /// (or has a backlog now).
+    fn observe(&mut self, reading: &Reading, now: f64, delay: f64) -> bool {
+        let backlog = reading.backlog();
+        let published_moved = matches!(
+            (self.last_published, reading.published),
+            (Some(before), Some(after)) if after != before
+        );
+        if reading.published.is_some() {
+            self.last_published = reading.published;
+        }
+        if backlog > 0 || published_moved || self.last_activity.is_none() {
+            // The first reading counts as activity: nothing stops before a full delay.
+            self.last_activity = Some(now);
+        }
+        self.last_activity
+            .is_some_and(|at| now - at < delay || backlog > 0)
+    }
+
+    /// Records what this reading asks for; the most any reading asked for within the
+    /// scale-down window. Without history, `running` stands for the window: no scale-down
+    /// before the delay has passed under this autoscaler's eyes.
+    fn window_max(&mut self, now: f64, delay: f64, running: i32, by_backlog: i32) -> i32 {
+        if self.wanted.is_empty() {
+            self.wanted.push_back((now, running));
+        }
+        self.wanted.push_back((now, by_backlog));
+        while self.wanted.front().is_some_and(|(at, _)| *at < now - delay) && self.wanted.len() > 1
+        {
+            self.wanted.pop_front();
+        }
+        self.wanted
+            .iter()
+            .map(|(_, w)| *w)
+            .max()
+            .unwrap_or(by_backlog)
+    }
 }
 
 /// The autoscaler's answer for one reading.
@@ -59,6 +80,28 @@ fn replicas_for(backlog: i64, per_replica: i64) -> i64 {
     (backlog.max(0) + per_replica - 1) / per_replica
 }
 
+/// A replica count, why it changes, and the Event reason of the change.
+type Change = (i32, Option<String>, Option<&'static str>);
+
+/// The same count: nothing to say.
+fn stay(current: i32) -> Change {
+    (current, None, None)
+}
+
+/// One reading's situation, from which the change follows.
+struct Situation {
+    current: i32,
+    min: i32,
+    max: i32,
+    /// Seconds of the scale-down delay.
+    delay: f64,
+    backlog: i64,
+    /// What this reading asks for (bounded, with the floor of an active queue).
+    wanted: i32,
+    /// The most any reading asked for during the delay.
+    window_max: i32,
+}
+
 /// Decides the replica count after `reading`, taken at `now`, with `current` replicas
 /// running. Scales up at once; scales down to the highest count wanted during the last
 /// `scaleDownDelaySeconds`, at most `maxScaleDownPercent` of the replicas per step; keeps
@@ -80,21 +123,7 @@ pub fn decide(
     let max = scaling.max_replicas.max(min).max(1);
     let delay = scaling.scale_down_delay_seconds.max(0) as f64;
     let backlog = reading.backlog();
-
-    let published_moved = matches!(
-        (history.last_published, reading.published),
-        (Some(before), Some(after)) if after != before
-    );
-    if reading.published.is_some() {
-        history.last_published = reading.published;
-    }
-    if backlog > 0 || published_moved || history.last_activity.is_none() {
-        // The first reading counts as activity: nothing stops before a full delay.
-        history.last_activity = Some(now);
-    }
-    let recently_active = history
-        .last_activity
-        .is_some_and(|at| now - at < delay || backlog > 0);
+    let recently_active = history.observe(reading, now, delay);
 
     let by_backlog = replicas_for(backlog, scaling.messages_per_replica);
     let by_backlog = i32::try_from(by_backlog)
@@ -109,55 +138,63 @@ pub fn decide(
     }
     .min(max);
     let wanted = by_backlog.max(floor);
-
-    if history.wanted.is_empty() {
-        // Without history, the running count stands for the window: no scale-down before
-        // the delay has passed under this autoscaler's eyes.
-        history.wanted.push_back((now, current.clamp(min, max)));
-    }
-    history.wanted.push_back((now, by_backlog));
-    while history
-        .wanted
-        .front()
-        .is_some_and(|(at, _)| *at < now - delay)
-        && history.wanted.len() > 1
-    {
-        history.wanted.pop_front();
-    }
     let window_max = history
-        .wanted
-        .iter()
-        .map(|(_, w)| *w)
-        .max()
-        .unwrap_or(by_backlog)
+        .window_max(now, delay, current.clamp(min, max), by_backlog)
         .max(floor);
+    let situation = Situation {
+        current,
+        min,
+        max,
+        delay,
+        backlog,
+        wanted,
+        window_max,
+    };
 
+    let ((replicas, reason, event), held) = match outage {
+        Some(outage) if wanted > current => held_up(&situation, outage),
+        _ => (change(&situation, scaling), None),
+    };
+    Decision {
+        replicas,
+        wanted,
+        reason,
+        event,
+        held,
+    }
+}
+
+/// The backlog asks for more replicas while the pods report `outage`: none for the
+/// backlog; only the bounds (and waking a stopped worker) count. Also says what is held.
+fn held_up(s: &Situation, outage: &str) -> (Change, Option<String>) {
+    let (current, min, wanted, backlog) = (s.current, s.min, s.wanted, s.backlog);
+    let target = if current == 0 {
+        min.max(1)
+    } else {
+        current.max(min)
+    };
+    let held = (wanted > target).then(|| format!("holding at {target}: {outage}"));
+    let change = if target == current {
+        stay(current)
+    } else if current == 0 {
+        let reason = format!(
+            "backlog {backlog} after idle: waking the worker, 0 → {target} \
+             (no more while {outage})"
+        );
+        (target, Some(reason), Some("WokeUp"))
+    } else {
+        let reason = format!("below minReplicas: {current} → {target} (no more while {outage})");
+        (target, Some(reason), Some("ScaledUp"))
+    };
+    (change, held)
+}
+
+/// The change without an outage holding it: up at once, down within the bounds after the
+/// delay and by at most the step.
+fn change(s: &Situation, scaling: &Scaling) -> Change {
+    let (current, max, wanted, backlog) = (s.current, s.max, s.wanted, s.backlog);
     let per_replica = scaling.messages_per_replica;
-    let mut held = None;
-    let (replicas, reason, event) = if let (true, Some(outage)) = (wanted > current, outage) {
-        // No replicas for the backlog; only the bounds (and waking a stopped worker) count.
-        let target = if current == 0 {
-            min.max(1)
-        } else {
-            current.max(min)
-        };
-        if wanted > target {
-            held = Some(format!("holding at {target}: {outage}"));
-        }
-        if target == current {
-            (current, None, None)
-        } else if current == 0 {
-            let reason = format!(
-                "backlog {backlog} after idle: waking the worker, 0 → {target} \
-                 (no more while {outage})"
-            );
-            (target, Some(reason), Some("WokeUp"))
-        } else {
-            let reason =
-                format!("below minReplicas: {current} → {target} (no more while {outage})");
-            (target, Some(reason), Some("ScaledUp"))
-        }
-    } else if wanted > current {
+    if wanted > current {
         if current == 0 {
             let reason = format!("backlog {backlog} after idle: waking the worker, 0 → {wanted}");
             (wanted, Some(reason), Some("WokeUp"))
@@ -171,33 +208,32 @@ pub fn decide(
     } else if current > max {
         let reason = format!("above maxReplicas: {current} → {max}");
         (max, Some(reason), Some("ScaledDown"))
-    } else if window_max < current {
-        let percent = i64::from(scaling.max_scale_down_percent.clamp(1, 100));
-        let step = ((i64::from(current) * percent) / 100).max(1) as i32;
-        let target = window_max.max(current - step);
-        if target == 0 {
-            let reason = format!(
-                "queue empty and idle for {}s: stopping the worker, {current} → 0",
-                delay as i64
-            );
-            (target, Some(reason), Some("ScaledToZero"))
-        } else {
-            let reason = format!(
-                "backlog {backlog}; at most {window_max} replicas needed for {}s: \
-                 {current} → {target}",
-                delay as i64
-            );
-            (target, Some(reason), Some("ScaledDown"))
-        }
+    } else if s.window_max < current {
+        scale_down(s, scaling.max_scale_down_percent)
     } else {
-        (current, None, None)
-    };
-    Decision {
-        replicas,
-        wanted,
-        reason,
-        event,
-        held,
+        stay(current)
+    }
+}
+
+/// Down towards the window's highest ask, by at most `percent` of the replicas.
+fn scale_down(s: &Situation, percent: i32) -> Change {
+    let (current, window_max, backlog, delay) = (s.current, s.window_max, s.backlog, s.delay);
+    let percent = i64::from(percent.clamp(1, 100));
+    let step = ((i64::from(current) * percent) / 100).max(1) as i32;
+    let target = window_max.max(current - step);
+    if target == 0 {
+        let reason = format!(
+            "queue empty and idle for {}s: stopping the worker, {current} → 0",
+            delay as i64
+        );
+        (target, Some(reason), Some("ScaledToZero"))
+    } else {
+        let reason = format!(
+            "backlog {backlog}; at most {window_max} replicas needed for {}s: \
+             {current} → {target}",
+            delay as i64
+        );
+        (target, Some(reason), Some("ScaledDown"))
     }
 }
 

@@ -2,6 +2,7 @@
 //! dereference → validate → build → apply → status. Shared here: the context, the error
 //! type, server-side apply and status helpers.
 
+use crate::broker::{self, Broker};
 use crate::build::{BuildError, Images, FIELD_MANAGER};
 use crate::crd::Condition;
 use crate::metrics::Metrics;
@@ -19,7 +20,6 @@ use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub mod broker;
 pub mod conditions;
 pub mod gateway;
 pub mod monitoring;
@@ -42,6 +42,8 @@ pub struct Context {
     pub pdb: pdb::PdbApi,
     /// Extra labels on the PodMonitors and PrometheusRules (e.g. a Prometheus' selector).
     pub monitoring_labels: BTreeMap<String, String>,
+    /// Kept connections to the brokers (shared with the autoscaler).
+    pub broker: Arc<Broker>,
 }
 
 /// Why a reconcile failed. Invalid specs and missing references are not errors: they

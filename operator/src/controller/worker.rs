@@ -6,11 +6,11 @@ use super::{
     apply, patch_status, ready_condition, resolve_queue, resolve_secrets, Context, Error, Outcome,
     PROGRESS_POLL, RESYNC,
 };
-use crate::autoscaler;
 use crate::build::sink::{self as sink_build, ResolvedTarget};
 use crate::build::worker::{self as build, WorkerInputs};
 use crate::build::BuildError;
 use crate::crd::{Condition, Sink, Worker, WorkerStatus};
+use crate::scaling as autoscaler;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
@@ -161,7 +161,7 @@ async fn run(worker: &Worker, ctx: &Context, status: &mut WorkerStatus) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::autoscaler::sinks;
+    use crate::scaling::SINKS_AVAILABLE;
 
     fn condition(type_: &str) -> Condition {
         Condition {
@@ -177,10 +177,7 @@ mod tests {
     #[test]
     fn the_controller_writes_only_its_ready_condition() {
         let merged = conditions::merge(
-            &[
-                condition(sinks::SINKS_AVAILABLE),
-                condition(conditions::READY),
-            ],
+            &[condition(SINKS_AVAILABLE), condition(conditions::READY)],
             &conditions::Desired::ready(false, conditions::reason::PROGRESSING, "x"),
             Some(2),
             "t2",

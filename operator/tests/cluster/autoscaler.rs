@@ -31,11 +31,8 @@ async fn autoscaler_follows_the_backlog_scales_to_zero_and_wakes_on_a_message() 
     assert_eq!(deployment_replicas(&deployment), Some(0));
     wait_for("autoscaler owns spec.replicas", || async {
         let d = deployments.get("ingest-worker").await.ok()?;
-        tributary_operator::autoscaler::owns_replicas(
-            &d,
-            tributary_operator::autoscaler::FIELD_MANAGER,
-        )
-        .then_some(())
+        tributary_operator::scaling::owns_replicas(&d, tributary_operator::scaling::FIELD_MANAGER)
+            .then_some(())
     })
     .await;
 
@@ -77,7 +74,8 @@ async fn autoscaler_follows_the_backlog_scales_to_zero_and_wakes_on_a_message() 
     // The workers drain the queue (into Redis), then the count falls back to zero.
     step("queue drained by the worker pods (nothing ready, nothing unacknowledged)");
     wait_for("queue drained", || async {
-        let ready = tributary_operator::controller::broker::inspect(&uri, &broker_queue)
+        let ready = tributary_operator::broker::Broker::default()
+            .inspect(&uri, &broker_queue)
             .await
             .ok()??;
         let scaling = workers.get("ingest").await.ok()?.status?.scaling?;

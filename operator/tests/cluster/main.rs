@@ -265,12 +265,13 @@ async fn management_queue(client: &Client, ns: &str, queue: &str) -> Option<serd
         .ok()?
         .data?;
     let password = String::from_utf8(data.get("password")?.0.clone()).ok()?;
-    let management = tributary_operator::controller::broker::Management {
+    let management = tributary_operator::broker::Management {
         base_url: format!("http://{ip}:15672"),
         username: "tributary".to_owned(),
         password,
     };
-    tributary_operator::controller::broker::queue_info(&management, queue)
+    tributary_operator::broker::Broker::default()
+        .queue_info(&management, queue)
         .await
         .ok()
 }

@@ -1,0 +1,224 @@
+//! How to reach a Queue's broker: the managed RabbitMQ through its Service with the
+//! generated credentials, or the external one from the URIs in the user's Secrets. Both the
+//! Queue controller and the autoscaler dereference a Queue's broker here.
+//!
+//! An [`Endpoint`] carries credentials: never log it.
+
+use super::management::Management;
+use crate::build::queue::{
+    self as build, BrokerPlan, Credentials, ManagedNames, AMQP_PORT, KEY_COOKIE, KEY_PASSWORD,
+    KEY_USERNAME, MANAGEMENT_PORT,
+};
+use crate::build::BuildError;
+use crate::crd::Queue;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use kube::{Api, Client, ResourceExt};
+use std::collections::BTreeMap;
+
+/// How the operator reaches the broker of a Queue (credentials inside: never log).
+pub struct Endpoint {
+    /// AMQP URI.
+    pub amqp_uri: String,
+    /// Management API, when the broker has one the operator knows.
+    pub management: Option<Management>,
+}
+
+/// Why a Queue's broker cannot be reached yet (the caller decides what to report).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unreachable {
+    /// The Queue's spec is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// The managed broker's Service has no address yet.
+    #[error("broker Service has no address yet")]
+    NoAddress,
+    /// The Secret with the external broker's URI, or its key, does not exist.
+    #[error("Secret {name:?} with key {key:?} does not exist")]
+    MissingSecret {
+        /// Secret name.
+        name: String,
+        /// Key in it.
+        key: String,
+    },
+}
+
+/// Why the lookup itself failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    /// A Kubernetes API call failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The Queue lacks metadata, or no credentials could be generated.
+    #[error("building children: {0}")]
+    Build(#[from] BuildError),
+}
+
+/// Validates the Queue and dereferences how to reach its broker.
+pub async fn lookup(
+    client: &Client,
+    queue: &Queue,
+) -> Result<Result<Endpoint, Unreachable>, LookupError> {
+    let plan = match build::validate(queue) {
+        Ok(plan) => plan,
+        Err(BuildError::Invalid(message)) => return Ok(Err(Unreachable::Invalid(message))),
+        Err(other) => return Err(other.into()),
+    };
+    lookup_plan(client, queue, &plan).await
+}
+
+/// Dereferences how to reach the broker of a validated Queue.
+pub async fn lookup_plan(
+    client: &Client,
+    queue: &Queue,
+    plan: &BrokerPlan,
+) -> Result<Result<Endpoint, Unreachable>, LookupError> {
+    let namespace = queue.namespace().unwrap_or_default();
+    let (uri, management_uri) = match plan {
+        BrokerPlan::Managed(_) => {
+            return Ok(managed(client, queue).await?.ok_or(Unreachable::NoAddress));
+        }
+        BrokerPlan::External {
+            uri,
+            management_uri,
+        } => (uri, management_uri),
+    };
+    let read = |data: Option<BTreeMap<String, Vec<u8>>>, key: &str| {
+        data.and_then(|d| d.get(key).cloned())
+            .and_then(|v| String::from_utf8(v).ok())
+    };
+    let Some(amqp_uri) = read(secret_data(client, &namespace, &uri.name).await?, &uri.key) else {
+        return Ok(Err(Unreachable::MissingSecret {
+            name: uri.name.clone(),
+            key: uri.key.clone(),
+        }));
+    };
+    let management = match management_uri {
+        Some(r) => read(secret_data(client, &namespace, &r.name).await?, &r.key)
+            .and_then(|text| Management::from_uri(text.trim())),
+        None => None,
+    };
+    Ok(Ok(Endpoint {
+        amqp_uri: amqp_uri.trim().to_owned(),
+        management,
+    }))
+}
+
+/// How to reach the Queue's managed broker through its Service; `None` while (or when) the
+/// Service has no address.
+pub async fn managed(client: &Client, queue: &Queue) -> Result<Option<Endpoint>, LookupError> {
+    let namespace = queue.namespace().unwrap_or_default();
+    let names = ManagedNames::for_queue(&queue.name_any());
+    let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
+    let ip = services
+        .get_opt(&names.broker)
+        .await?
+        .and_then(|s| s.spec)
+        .and_then(|s| s.cluster_ip)
+        .filter(|ip| ip != "None");
+    let Some(ip) = ip else {
+        return Ok(None);
+    };
+    let creds = credentials(client, &namespace, &names).await?;
+    // The ClusterIP works from inside the cluster and from a node alike.
+    Ok(Some(Endpoint {
+        amqp_uri: format!(
+            "amqp://{}:{}@{ip}:{AMQP_PORT}/%2f",
+            creds.username, creds.password
+        ),
+        management: Some(Management {
+            base_url: format!("http://{ip}:{MANAGEMENT_PORT}"),
+            username: creds.username,
+            password: creds.password,
+        }),
+    }))
+}
+
+/// The managed broker's credentials: read back from its Secret, or generated the first
+/// time.
+pub async fn credentials(
+    client: &Client,
+    namespace: &str,
+    names: &ManagedNames,
+) -> Result<Credentials, LookupError> {
+    let existing = secret_data(client, namespace, &names.credentials).await?;
+    let text = |key: &str| {
+        existing
+            .as_ref()
+            .and_then(|data| data.get(key))
+            .and_then(|value| String::from_utf8(value.clone()).ok())
+            .filter(|value| !value.is_empty())
+    };
+    Ok(Credentials {
+        username: text(KEY_USERNAME).unwrap_or_else(|| "tributary".to_owned()),
+        password: match text(KEY_PASSWORD) {
+            Some(password) => password,
+            None => random_token(24)?,
+        },
+        erlang_cookie: match text(KEY_COOKIE) {
+            Some(cookie) => cookie,
+            None => random_token(32)?,
+        },
+    })
+}
+
+fn random_token(bytes: usize) -> Result<String, BuildError> {
+    let mut buffer = vec![0u8; bytes];
+    getrandom::fill(&mut buffer)
+        .map_err(|error| BuildError::Invalid(format!("no randomness for credentials: {error}")))?;
+    // Alphanumeric only: safe inside URIs without escaping.
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    Ok(buffer
+        .iter()
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .collect())
+}
+
+/// A Secret's data (`stringData` merged in), or `None` when the Secret does not exist.
+async fn secret_data(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<BTreeMap<String, Vec<u8>>>, kube::Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    Ok(api.get_opt(name).await?.map(|secret| {
+        let mut data: BTreeMap<String, Vec<u8>> = secret
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect();
+        for (key, value) in secret.string_data.unwrap_or_default() {
+            data.insert(key, value.into_bytes());
+        }
+        data
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_tokens_are_alphanumeric_and_of_the_asked_length() {
+        let token = random_token(24).expect("randomness");
+        assert_eq!(token.len(), 24);
+        assert!(token.chars().all(|c| c.is_ascii_alphanumeric()), "{token}");
+        assert_ne!(token, random_token(24).expect("randomness"));
+    }
+
+    #[test]
+    fn why_a_broker_is_unreachable_reads_as_the_queue_condition_says_it() {
+        assert_eq!(
+            Unreachable::NoAddress.to_string(),
+            "broker Service has no address yet"
+        );
+        let missing = Unreachable::MissingSecret {
+            name: "amqp".into(),
+            key: "uri".into(),
+        };
+        assert_eq!(
+            missing.to_string(),
+            "Secret \"amqp\" with key \"uri\" does not exist"
+        );
+    }
+}
