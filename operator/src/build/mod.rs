@@ -255,6 +255,9 @@ pub(crate) mod fixtures {
 }
 
 #[cfg(test)]
+mod snapshots;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
