@@ -196,8 +196,8 @@ pub fn render_config(
         routes: routes_config(gateway, inputs)?,
         broker: BrokerConfig {
             uri_file: secret_file(&broker.name, &broker.key),
-            reconnect_max_delay_ms: 5_000,
-            confirm_timeout_ms: 30_000,
+            reconnect_max_delay_ms: contract::DEFAULT_RECONNECT_MAX_DELAY_MS,
+            confirm_timeout_ms: contract::DEFAULT_CONFIRM_TIMEOUT_MS,
         },
         limits: limits_config(gateway)?,
         delivery: match spec.delivery {

@@ -115,22 +115,18 @@ pub fn validate(worker: &Worker) -> Result<(), BuildError> {
 
 /// The contract's default batch of each sink type (the worker's documented defaults).
 fn default_batch(kind: SinkKind) -> BatchConfig {
-    let (max_messages, max_bytes, max_age_ms) = match kind {
-        SinkKind::Postgres => (1000, 4 << 20, 200),
-        SinkKind::Redis => (500, 4 << 20, 50),
-        SinkKind::S3 => (10_000, 8 << 20, 60_000),
-        SinkKind::Webhook => (50, 1 << 20, 50),
-        SinkKind::Queue => (500, 4 << 20, 20),
-    };
-    BatchConfig {
-        max_messages,
-        max_bytes,
-        max_age_ms,
+    match kind {
+        SinkKind::Postgres => contract::DEFAULT_POSTGRES_BATCH,
+        SinkKind::Redis => contract::DEFAULT_REDIS_BATCH,
+        SinkKind::S3 => contract::DEFAULT_S3_BATCH,
+        SinkKind::Webhook => contract::DEFAULT_WEBHOOK_BATCH,
+        SinkKind::Queue => contract::DEFAULT_REPUBLISH_BATCH,
     }
 }
 
-/// The smallest prefetch the operator chooses when the Worker sets none.
-pub const DEFAULT_PREFETCH: u16 = 500;
+/// The smallest prefetch the operator chooses when the Worker sets none: the worker's own
+/// default.
+pub const DEFAULT_PREFETCH: u16 = contract::DEFAULT_PREFETCH;
 
 /// A worker pod's AMQP prefetch: the Worker's own, or one that lets the largest sink batch
 /// fill (so batches are written by size, not only by age), at least [`DEFAULT_PREFETCH`].
@@ -222,7 +218,7 @@ pub fn render_config(worker: &Worker, inputs: &WorkerInputs) -> Result<WorkerCon
         http: HttpConfig {
             listen: format!("0.0.0.0:{METRICS_PORT}"),
         },
-        shutdown_grace_seconds: 25,
+        shutdown_grace_seconds: contract::DEFAULT_SHUTDOWN_GRACE_SECONDS,
     })
 }
 
