@@ -68,8 +68,11 @@ fn default_gateway() -> String {
     "gateway".into()
 }
 
+/// Default of `permissions`: a device publishes under its own `devices/{device}/` topics.
+pub const DEFAULT_PERMISSION: &str = "devices/{device}/#";
+
 fn default_permissions() -> Vec<String> {
-    vec!["devices/{device}/#".into()]
+    vec![DEFAULT_PERMISSION.into()]
 }
 
 /// The gateway's device-facing listeners.
@@ -194,8 +197,11 @@ pub struct JwtAuth {
     pub max_token_lifetime_seconds: Option<u64>,
 }
 
+/// Default of `auth.jwt.deviceClaim`.
+pub const DEFAULT_DEVICE_CLAIM: &str = "sub";
+
 fn default_device_claim() -> String {
-    "sub".into()
+    DEFAULT_DEVICE_CLAIM.into()
 }
 
 /// Client certificate (mTLS) settings.
@@ -232,12 +238,17 @@ pub struct BrokerConfig {
     pub confirm_timeout_ms: u64,
 }
 
+/// Default of `broker.reconnectMaxDelayMs`.
+pub const DEFAULT_RECONNECT_MAX_DELAY_MS: u64 = 5_000;
+/// Default of `broker.confirmTimeoutMs`.
+pub const DEFAULT_CONFIRM_TIMEOUT_MS: u64 = 30_000;
+
 fn default_reconnect_max_delay_ms() -> u64 {
-    5_000
+    DEFAULT_RECONNECT_MAX_DELAY_MS
 }
 
 fn default_confirm_timeout_ms() -> u64 {
-    30_000
+    DEFAULT_CONFIRM_TIMEOUT_MS
 }
 
 /// Limits on devices and on work in flight.
@@ -356,20 +367,29 @@ fn default_write_timeout_seconds() -> u64 {
     DEFAULT_WRITE_TIMEOUT_SECONDS
 }
 
+/// Default of `limits.maxPayloadBytes`: 256 KiB.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 256 * 1024;
+/// Default of `limits.maxConnections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 50_000;
+/// Default of `limits.messagesPerSecond`.
+pub const DEFAULT_MESSAGES_PER_SECOND: u32 = 100;
+/// Default of `limits.burst`.
+pub const DEFAULT_BURST: u32 = 200;
+
 fn default_max_payload_bytes() -> usize {
-    256 * 1024
+    DEFAULT_MAX_PAYLOAD_BYTES
 }
 
 fn default_max_connections() -> usize {
-    50_000
+    DEFAULT_MAX_CONNECTIONS
 }
 
 fn default_messages_per_second() -> u32 {
-    100
+    DEFAULT_MESSAGES_PER_SECOND
 }
 
 fn default_burst() -> u32 {
-    200
+    DEFAULT_BURST
 }
 
 fn default_max_in_flight() -> usize {

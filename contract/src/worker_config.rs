@@ -383,46 +383,81 @@ impl Default for HttpConfig {
     }
 }
 
+/// Default of `shutdownGraceSeconds`.
+pub const DEFAULT_SHUTDOWN_GRACE_SECONDS: u64 = 25;
+/// Default of `queue.prefetch`.
+pub const DEFAULT_PREFETCH: u16 = 500;
+/// Default of `queue.concurrency`.
+pub const DEFAULT_CONCURRENCY: u32 = 4;
+/// Default of `retry.maxAttempts`.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 10;
+/// Default of `retry.initialBackoffMs`.
+pub const DEFAULT_INITIAL_BACKOFF_MS: u64 = 200;
+/// Default of `retry.maxBackoffMs`.
+pub const DEFAULT_MAX_BACKOFF_MS: u64 = 30_000;
+/// Default of `processing.container.timeoutMs`.
+pub const DEFAULT_CONTAINER_TIMEOUT_MS: u64 = 30_000;
+/// Default of a PostgreSQL sink's `idColumn`.
+pub const DEFAULT_ID_COLUMN: &str = "id";
+/// Default of a PostgreSQL column's `type`.
+pub const DEFAULT_COLUMN_TYPE: &str = "text";
+/// Default of an S3 sink's `region`.
+pub const DEFAULT_S3_REGION: &str = "us-east-1";
+/// Default of a webhook sink's `signatureHeader`.
+pub const DEFAULT_SIGNATURE_HEADER: &str = "X-Tributary-Signature";
+/// Default of a webhook sink's `timeoutMs`.
+pub const DEFAULT_WEBHOOK_TIMEOUT_MS: u64 = 10_000;
+/// Default batch of a PostgreSQL sink: 1000 messages, 4 MiB, 200 ms.
+pub const DEFAULT_POSTGRES_BATCH: BatchConfig = batch(1000, 4 << 20, 200);
+/// Default batch of a Redis sink: 500 messages, 4 MiB, 50 ms.
+pub const DEFAULT_REDIS_BATCH: BatchConfig = batch(500, 4 << 20, 50);
+/// Default batch of an S3 sink: 10000 messages, 8 MiB, 60 s.
+pub const DEFAULT_S3_BATCH: BatchConfig = batch(10_000, 8 << 20, 60_000);
+/// Default batch of a webhook sink: 50 messages, 1 MiB, 50 ms.
+pub const DEFAULT_WEBHOOK_BATCH: BatchConfig = batch(50, 1 << 20, 50);
+/// Default batch of a republish sink: 500 messages, 4 MiB, 20 ms.
+pub const DEFAULT_REPUBLISH_BATCH: BatchConfig = batch(500, 4 << 20, 20);
+
 fn default_shutdown_grace_seconds() -> u64 {
-    25
+    DEFAULT_SHUTDOWN_GRACE_SECONDS
 }
 fn default_prefetch() -> u16 {
-    500
+    DEFAULT_PREFETCH
 }
 fn default_concurrency() -> u32 {
-    4
+    DEFAULT_CONCURRENCY
 }
 fn default_max_attempts() -> u32 {
-    10
+    DEFAULT_MAX_ATTEMPTS
 }
 fn default_initial_backoff_ms() -> u64 {
-    200
+    DEFAULT_INITIAL_BACKOFF_MS
 }
 fn default_max_backoff_ms() -> u64 {
-    30_000
+    DEFAULT_MAX_BACKOFF_MS
 }
 fn default_container_timeout_ms() -> u64 {
-    30_000
+    DEFAULT_CONTAINER_TIMEOUT_MS
 }
 fn default_id_column() -> String {
-    "id".into()
+    DEFAULT_ID_COLUMN.into()
 }
 fn default_column_type() -> String {
-    "text".into()
+    DEFAULT_COLUMN_TYPE.into()
 }
 fn default_region() -> String {
-    "us-east-1".into()
+    DEFAULT_S3_REGION.into()
 }
 fn default_signature_header() -> String {
-    "X-Tributary-Signature".into()
+    DEFAULT_SIGNATURE_HEADER.into()
 }
 fn default_webhook_timeout_ms() -> u64 {
-    10_000
+    DEFAULT_WEBHOOK_TIMEOUT_MS
 }
 fn default_listen() -> String {
     "0.0.0.0:9090".into()
 }
-fn batch(max_messages: usize, max_bytes: usize, max_age_ms: u64) -> BatchConfig {
+const fn batch(max_messages: usize, max_bytes: usize, max_age_ms: u64) -> BatchConfig {
     BatchConfig {
         max_messages,
         max_bytes,
@@ -430,19 +465,19 @@ fn batch(max_messages: usize, max_bytes: usize, max_age_ms: u64) -> BatchConfig 
     }
 }
 fn default_postgres_batch() -> BatchConfig {
-    batch(1000, 4 << 20, 200)
+    DEFAULT_POSTGRES_BATCH
 }
 fn default_redis_batch() -> BatchConfig {
-    batch(500, 4 << 20, 50)
+    DEFAULT_REDIS_BATCH
 }
 fn default_s3_batch() -> BatchConfig {
-    batch(10_000, 8 << 20, 60_000)
+    DEFAULT_S3_BATCH
 }
 fn default_webhook_batch() -> BatchConfig {
-    batch(50, 1 << 20, 50)
+    DEFAULT_WEBHOOK_BATCH
 }
 fn default_republish_batch() -> BatchConfig {
-    batch(500, 4 << 20, 20)
+    DEFAULT_REPUBLISH_BATCH
 }
 
 #[cfg(test)]

@@ -73,21 +73,21 @@ struct RunArgs {
     #[arg(
         long,
         env = "TRIBUTARY_RABBITMQ_IMAGE",
-        default_value = "rabbitmq:3-management"
+        default_value = tributary_operator::build::DEFAULT_RABBITMQ_IMAGE
     )]
     rabbitmq_image: String,
     /// Default gateway image.
     #[arg(
         long,
         env = "TRIBUTARY_GATEWAY_IMAGE",
-        default_value = "tributary/gateway:0.1.0"
+        default_value = tributary_operator::build::DEFAULT_GATEWAY_IMAGE
     )]
     gateway_image: String,
     /// Default worker image.
     #[arg(
         long,
         env = "TRIBUTARY_WORKER_IMAGE",
-        default_value = "tributary/worker:0.1.0"
+        default_value = tributary_operator::build::DEFAULT_WORKER_IMAGE
     )]
     worker_image: String,
     /// Namespace of the leader-election Lease; without it, no leader election (one replica).

@@ -50,99 +50,102 @@ impl Default for Metrics {
 impl Metrics {
     /// Registers every metric.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("tributary_operator");
-        let reconciles = Family::<Labels, Counter>::default();
-        let errors = Family::<Labels, Counter>::default();
-        let durations = Family::<Labels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.005, 2.0, 12))
-        });
-        let leader = Gauge::default();
+        let mut metrics = Metrics {
+            registry: Registry::with_prefix("tributary_operator"),
+            reconciles: Family::default(),
+            errors: Family::default(),
+            durations: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.005, 2.0, 12))
+            }),
+            leader: Gauge::default(),
+            scale_events: Family::default(),
+            worker_replicas: Family::default(),
+            worker_backlog: Family::default(),
+            worker_sink_outages: Family::default(),
+            queue_ready: Family::default(),
+            queue_unacked: Family::default(),
+            queue_consumers: Family::default(),
+            queue_dead_letter: Family::default(),
+        };
+        // Registration order is the order of `render`'s output.
+        metrics.register_reconcile_metrics();
+        metrics.register_worker_metrics();
+        metrics.register_queue_metrics();
+        metrics
+    }
+
+    fn register_reconcile_metrics(&mut self) {
+        let registry = &mut self.registry;
         registry.register(
             "reconciles",
             "Reconciles started, by resource kind",
-            reconciles.clone(),
+            self.reconciles.clone(),
         );
         registry.register(
             "reconcile_errors",
             "Failed reconciles, by resource kind and error kind",
-            errors.clone(),
+            self.errors.clone(),
         );
         registry.register(
             "reconcile_duration_seconds",
             "Reconcile duration in seconds, by resource kind",
-            durations.clone(),
+            self.durations.clone(),
         );
         registry.register(
             "leader",
             "1 while this replica holds the leader Lease",
-            leader.clone(),
+            self.leader.clone(),
         );
-        let scale_events = Family::<Labels, Counter>::default();
-        let worker_replicas = Family::<Labels, Gauge>::default();
-        let worker_backlog = Family::<Labels, Gauge>::default();
-        let worker_sink_outages = Family::<Labels, Gauge>::default();
+    }
+
+    fn register_worker_metrics(&mut self) {
+        let registry = &mut self.registry;
         registry.register(
             "scale_events",
             "Replica changes made by the autoscaler, by namespace and worker",
-            scale_events.clone(),
+            self.scale_events.clone(),
         );
         registry.register(
             "worker_desired_replicas",
             "Replicas the autoscaler last decided, by namespace and worker",
-            worker_replicas.clone(),
+            self.worker_replicas.clone(),
         );
         registry.register(
             "worker_backlog_messages",
             "Ready + unacknowledged messages of the worker's queue at the autoscaler's last reading",
-            worker_backlog.clone(),
+            self.worker_backlog.clone(),
         );
         registry.register(
             "worker_sink_outages",
             "Targets (sinks, the custom container) a Worker's pods report unavailable at the last reading",
-            worker_sink_outages.clone(),
+            self.worker_sink_outages.clone(),
         );
-        let queue_ready = Family::<Labels, Gauge>::default();
-        let queue_unacked = Family::<Labels, Gauge>::default();
-        let queue_consumers = Family::<Labels, Gauge>::default();
-        let queue_dead_letter = Family::<Labels, Gauge>::default();
+    }
+
+    fn register_queue_metrics(&mut self) {
         for (name, help, family) in [
             (
                 "queue_ready_messages",
                 "Ready messages of a Queue at the last reading",
-                &queue_ready,
+                &self.queue_ready,
             ),
             (
                 "queue_unacked_messages",
                 "Delivered, unacknowledged messages of a Queue at the last reading",
-                &queue_unacked,
+                &self.queue_unacked,
             ),
             (
                 "queue_consumers",
                 "Consumers of a Queue at the last reading",
-                &queue_consumers,
+                &self.queue_consumers,
             ),
             (
                 "queue_dead_letter_messages",
                 "Messages in a Queue's dead-letter queue at the last reading",
-                &queue_dead_letter,
+                &self.queue_dead_letter,
             ),
         ] {
-            registry.register(name, help, family.clone());
-        }
-        Metrics {
-            registry,
-            reconciles,
-            errors,
-            durations,
-            leader,
-            scale_events,
-            worker_replicas,
-            worker_backlog,
-            worker_sink_outages,
-            queue_ready,
-            queue_unacked,
-            queue_consumers,
-            queue_dead_letter,
+            self.registry.register(name, help, family.clone());
         }
     }
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the project's images (operator, gateway, worker, device simulator) from binaries built on this host
-# and the runtime stage of each Dockerfile, as docker-archive files in the cache. Prints
+# and the runtime stage of the repository's Dockerfile (one per binary, chosen by its
+# BINARY build argument), as docker-archive files in the cache. Prints
 # the archive paths, one per line, on stdout; progress goes to stderr.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -15,8 +16,9 @@ IMAGES_CACHE="$TRIBUTARY_CACHE/images"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$TRIBUTARY_CACHE/target}"
 mkdir -p "$IMAGES_CACHE"
 
-# component:crate-folder
-COMPONENTS=(operator:operator gateway:gateway-image worker:worker-image simulator:simulator)
+# Image tributary/NAME:VERSION holds the binary (and crate) tributary-NAME.
+COMPONENTS=(operator gateway worker simulator)
+dockerfile="$repo/Dockerfile"
 
 step "building release binaries (cargo, target in $CARGO_TARGET_DIR)"
 (cd "$repo" && cargo build --release --locked -q -p tributary-operator -p tributary-gateway -p tributary-worker -p tributary-simulator)
@@ -27,11 +29,8 @@ if ! buildah inspect --type image docker.io/library/debian:bookworm-slim >/dev/n
   buildah pull -q "docker-archive:$base_archive" >/dev/null
 fi
 
-for entry in "${COMPONENTS[@]}"; do
-  name=${entry%%:*}
-  folder=${entry##*:}
+for name in "${COMPONENTS[@]}"; do
   binary="$CARGO_TARGET_DIR/release/tributary-$name"
-  dockerfile="$repo/$folder/Dockerfile"
   ref="tributary/$name:$VERSION"
   key=$(cat "$binary" "$dockerfile" "$base_archive" | sha256sum | cut -c1-12)
   archive="$IMAGES_CACHE/project-$name-$key.tar"
@@ -39,7 +38,8 @@ for entry in "${COMPONENTS[@]}"; do
     context=$(mktemp -d)
     cp "$binary" "$context/tributary-$name"
     buildah bud -q --pull=never --layers=false --target runtime \
-      --build-arg BINARY_FROM=prebuilt --build-arg RUNTIME_IMAGE=docker.io/library/debian:bookworm-slim \
+      --build-arg BINARY="tributary-$name" --build-arg BINARY_FROM=prebuilt \
+      --build-arg RUNTIME_IMAGE=docker.io/library/debian:bookworm-slim \
       -f "$dockerfile" -t "$ref" "$context" >/dev/null
     rm -rf "$context"
     rm -f "$archive.tmp"

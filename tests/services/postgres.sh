@@ -7,8 +7,8 @@
 # A second instance (e.g. for an outage test) runs with other values of:
 #   TRIBUTARY_PG_INSTANCE (default postgres), TRIBUTARY_PG_PORT (default 5433)
 set -euo pipefail
-# shellcheck source=tests/lib/apt.sh
-source "$(cd "$(dirname "${BASH_SOURCE[0]}")/../lib" && pwd)/apt.sh"
+# shellcheck source=tests/services/lib.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 
 INSTANCE="${TRIBUTARY_PG_INSTANCE:-postgres}"
 PORT="${TRIBUTARY_PG_PORT:-5433}"
@@ -21,8 +21,7 @@ USER_NAME=tributary
 PASSWORD=tributary
 DB=tributary
 DEADLINE_SECONDS=60
-
-log() { echo "postgres.sh[$INSTANCE]: $*" >&2; }
+LOG_PREFIX="postgres.sh[$INSTANCE]"
 
 pg_bin() {
   local dir
@@ -38,13 +37,6 @@ install_if_missing() {
     apt_install postgresql
   fi
   [ -n "$(pg_bin)" ] || { log "postgresql binaries not found after install"; exit 1; }
-}
-
-running_pid() {
-  [ -f "$PIDFILE" ] || return 1
-  local pid
-  pid="$(cat "$PIDFILE")"
-  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && echo "$pid"
 }
 
 ready() {
@@ -89,39 +81,15 @@ END \$\$;
 SELECT 'CREATE DATABASE $DB OWNER $USER_NAME' WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = '$DB')\gexec
 SQL
   fi
-  local end=$((SECONDS + DEADLINE_SECONDS))
-  until ready; do
-    [ "$SECONDS" -lt "$end" ] || { log "not ready within ${DEADLINE_SECONDS}s, see $LOG"; exit 1; }
-    sleep 0.2
-  done
+  wait_ready "$DEADLINE_SECONDS" 0.2
   log "running (pid $(cat "$PIDFILE")) on 127.0.0.1:$PORT"
 }
 
-stop() {
-  local pid
-  if ! pid="$(running_pid)"; then log "not running"; rm -f "$PIDFILE"; return 0; fi
-  kill -INT "$pid"   # fast shutdown: disconnect clients, checkpoint, exit
-  local end=$((SECONDS + DEADLINE_SECONDS))
-  while kill -0 "$pid" 2>/dev/null; do
-    [ "$SECONDS" -lt "$end" ] || { log "pid $pid did not stop within ${DEADLINE_SECONDS}s"; exit 1; }
-    sleep 0.1
-  done
-  rm -f "$PIDFILE"
-  log "stopped (pid $pid)"
-}
+# SIGINT is PostgreSQL's fast shutdown: disconnect clients, checkpoint, exit.
+stop() { stop_running "$DEADLINE_SECONDS" fail signal_pid INT; }
 
-status() {
-  if pid="$(running_pid)" && ready; then echo "running pid $pid 127.0.0.1:$PORT"; else echo "stopped"; return 3; fi
-}
-
-env_lines() {
+print_env() {
   echo "export TRIBUTARY_TEST_POSTGRES_URL=postgres://$USER_NAME:$PASSWORD@127.0.0.1:$PORT/$DB"
 }
 
-case "${1:-}" in
-  start) start ;;
-  stop) stop ;;
-  status) status ;;
-  env) env_lines ;;
-  *) echo "usage: $0 start|stop|status|env" >&2; exit 2 ;;
-esac
+service_main "$@"

@@ -18,11 +18,12 @@
 # Also installs Debian's mosquitto-clients (mosquitto_pub/sub), which the gateway's tests use
 # as a third-party MQTT client; `tests/services/install-clients.sh` does only that part.
 set -euo pipefail
-# shellcheck source=tests/lib/apt.sh
-source "$(cd "$(dirname "${BASH_SOURCE[0]}")/../lib" && pwd)/apt.sh"
+# shellcheck source=tests/services/lib.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 
 INSTANCE="${TRIBUTARY_RABBITMQ_INSTANCE:-test}"
 AMQP_PORT="${TRIBUTARY_RABBITMQ_PORT:-5673}"
+PORT="${AMQP_PORT}"
 MGMT_PORT="${TRIBUTARY_RABBITMQ_MGMT_PORT:-15673}"
 MQTT_PORT="${TRIBUTARY_RABBITMQ_MQTT_PORT:-1884}"
 START_TIMEOUT="${TRIBUTARY_RABBITMQ_START_TIMEOUT:-120}"
@@ -30,11 +31,11 @@ USER_NAME="tributary"
 USER_PASS="tributary-test-pass"
 NODE="tributary-${INSTANCE}@localhost"
 BASE="/var/lib/tributary-services/rabbitmq/${INSTANCE}"
-PID_FILE="${BASE}/server.pid"
+PIDFILE="${BASE}/server.pid"
+LOG="${BASE}/log/stdout.log"
 RABBIT_BIN="/usr/lib/rabbitmq/bin"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-
-log() { echo "rabbitmq[${INSTANCE}]: $*" >&2; }
+LOG_PREFIX="rabbitmq[${INSTANCE}]"
 
 install_packages() {
     if [ ! -x "${RABBIT_BIN}/rabbitmq-server" ]; then
@@ -93,15 +94,7 @@ EOF
     echo '[rabbitmq_management,rabbitmq_mqtt].' >"${BASE}/enabled_plugins"
 }
 
-our_pid() {
-    [ -f "${PID_FILE}" ] || return 1
-    local pid
-    pid="$(cat "${PID_FILE}")"
-    [ -n "${pid}" ] && kill -0 "${pid}" 2>/dev/null || return 1
-    echo "${pid}"
-}
-
-is_ready() {
+node_ready() {
     node_env
     "${RABBIT_BIN}/rabbitmqctl" -q -n "${NODE}" await_startup --timeout 5 >/dev/null 2>&1
 }
@@ -110,9 +103,20 @@ port_open() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
+# Ready for clients: booted, AMQP and management ports open. A node that exited during
+# startup fails the start at once, with the last lines of its output.
+ready() {
+    if ! running_pid >/dev/null; then
+        log "the node exited during startup; last lines of its output:"
+        tail -n 30 "${LOG}" >&2 || true
+        exit 1
+    fi
+    node_ready && port_open "${AMQP_PORT}" && port_open "${MGMT_PORT}"
+}
+
 start() {
-    if pid="$(our_pid)"; then
-        if is_ready; then
+    if pid="$(running_pid)"; then
+        if node_ready; then
             log "already running (pid ${pid})"
             return 0
         fi
@@ -126,56 +130,26 @@ start() {
         write_config
         node_env
         log "starting node ${NODE} (AMQP 127.0.0.1:${AMQP_PORT}, management :${MGMT_PORT}, MQTT :${MQTT_PORT})"
-        # setsid: the node must outlive the shell (and test process) that started it.
-        setsid "${RABBIT_BIN}/rabbitmq-server" >"${BASE}/log/stdout.log" 2>&1 </dev/null &
-        echo $! >"${PID_FILE}"
+        spawn_detached "${LOG}" "${RABBIT_BIN}/rabbitmq-server"
     fi
-    local deadline=$((SECONDS + START_TIMEOUT))
-    while ((SECONDS < deadline)); do
-        if ! our_pid >/dev/null; then
-            log "the node exited during startup; last lines of its output:"
-            tail -n 30 "${BASE}/log/stdout.log" >&2 || true
-            exit 1
-        fi
-        if is_ready && port_open "${AMQP_PORT}" && port_open "${MGMT_PORT}"; then
-            log "ready (pid $(cat "${PID_FILE}"))"
-            return 0
-        fi
-        log "waiting for the node to be ready ($((deadline - SECONDS))s left)"
-        sleep 2
-    done
-    log "not ready after ${START_TIMEOUT}s; see ${BASE}/log"
-    exit 1
+    wait_ready "${START_TIMEOUT}" 2
+    log "ready (pid $(cat "${PIDFILE}"))"
 }
 
-stop() {
-    local pid
-    if ! pid="$(our_pid)"; then
-        log "not running"
-        rm -f "${PID_FILE}"
-        return 0
-    fi
+# rabbitmqctl addresses our node by name only; the wrapper PID we started then exits.
+stop_node() {
     node_env
-    log "stopping node ${NODE} (pid ${pid})"
-    # rabbitmqctl addresses our node by name only; the wrapper PID we started then exits.
-    "${RABBIT_BIN}/rabbitmqctl" -q -n "${NODE}" stop >/dev/null 2>&1 || kill -TERM "${pid}" 2>/dev/null || true
-    local deadline=$((SECONDS + 60))
-    while kill -0 "${pid}" 2>/dev/null && ((SECONDS < deadline)); do
-        sleep 1
-    done
-    if kill -0 "${pid}" 2>/dev/null; then
-        log "pid ${pid} still running after 60s; sending SIGKILL to it"
-        kill -KILL "${pid}" 2>/dev/null || true
-    fi
-    rm -f "${PID_FILE}"
-    log "stopped"
+    log "stopping node ${NODE} (pid $1)"
+    "${RABBIT_BIN}/rabbitmqctl" -q -n "${NODE}" stop >/dev/null 2>&1 || kill -TERM "$1" 2>/dev/null || true
 }
+
+stop() { stop_running 60 kill stop_node; }
 
 status() {
-    if pid="$(our_pid)" && is_ready; then
+    if pid="$(running_pid)" && node_ready; then
         echo "running (pid ${pid}, node ${NODE}, AMQP 127.0.0.1:${AMQP_PORT})"
-    elif our_pid >/dev/null; then
-        echo "starting (pid $(cat "${PID_FILE}"))"
+    elif running_pid >/dev/null; then
+        echo "starting (pid $(cat "${PIDFILE}"))"
         exit 1
     else
         echo "stopped"
@@ -191,13 +165,4 @@ print_env() {
     echo "export TRIBUTARY_TEST_RABBITMQ_MQTT=127.0.0.1:${MQTT_PORT}"
 }
 
-case "${1:-}" in
-start) start ;;
-stop) stop ;;
-status) status ;;
-env) print_env ;;
-*)
-    echo "usage: $0 start|stop|status|env" >&2
-    exit 2
-    ;;
-esac
+service_main "$@"

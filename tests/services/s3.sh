@@ -3,22 +3,24 @@
 #   tests/services/s3.sh start|stop|status|env
 # Installs moto[server] into a venv under /var/cache/tributary/venv-moto when missing, runs
 # it on 127.0.0.1:9100 (in memory) with its log and PID file under
-# /var/lib/tributary-services/s3. Start is idempotent; stop stops exactly our PID.
+# /var/lib/tributary-services/$INSTANCE. Start is idempotent; stop stops exactly our PID.
+# A second instance runs with other values of:
+#   TRIBUTARY_S3_INSTANCE (default s3), TRIBUTARY_S3_PORT (default 9100)
 set -euo pipefail
-# shellcheck source=tests/lib/apt.sh
-source "$(cd "$(dirname "${BASH_SOURCE[0]}")/../lib" && pwd)/apt.sh"
+# shellcheck source=tests/services/lib.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 
+INSTANCE="${TRIBUTARY_S3_INSTANCE:-s3}"
 PORT="${TRIBUTARY_S3_PORT:-9100}"
 VENV="/var/cache/tributary/venv-moto"
-BASE="/var/lib/tributary-services/s3"
+BASE="/var/lib/tributary-services/$INSTANCE"
 LOG="$BASE/moto.log"
 PIDFILE="$BASE/moto.pid"
 DEADLINE_SECONDS=60
 ACCESS_KEY=tributary-test
 SECRET_KEY=tributary-test-secret
 REGION=us-east-1
-
-log() { echo "s3.sh: $*" >&2; }
+LOG_PREFIX="s3.sh[$INSTANCE]"
 
 install_if_missing() {
   if [ ! -x "$VENV/bin/moto_server" ]; then
@@ -32,13 +34,6 @@ install_if_missing() {
   fi
 }
 
-running_pid() {
-  [ -f "$PIDFILE" ] || return 1
-  local pid
-  pid="$(cat "$PIDFILE")"
-  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && echo "$pid"
-}
-
 ready() {
   "$VENV/bin/python" - "$PORT" <<'PY' >/dev/null 2>&1
 import sys, urllib.request
@@ -50,44 +45,18 @@ start() {
   install_if_missing
   if pid="$(running_pid)" && ready; then log "already running (pid $pid)"; return 0; fi
   mkdir -p "$BASE"
-  setsid bash -c 'echo $$ >"$1"; exec "$2/bin/moto_server" -H 127.0.0.1 -p "$3"' \
-    _ "$PIDFILE" "$VENV" "$PORT" </dev/null >"$LOG" 2>&1 &
-  local end=$((SECONDS + DEADLINE_SECONDS))
-  until ready; do
-    [ "$SECONDS" -lt "$end" ] || { log "not ready within ${DEADLINE_SECONDS}s, see $LOG"; tail -n 20 "$LOG" >&2 || true; exit 1; }
-    sleep 0.2
-  done
+  spawn_detached "$LOG" "$VENV/bin/moto_server" -H 127.0.0.1 -p "$PORT"
+  wait_ready "$DEADLINE_SECONDS" 0.2
   log "running (pid $(cat "$PIDFILE")) on 127.0.0.1:$PORT"
 }
 
-stop() {
-  local pid
-  if ! pid="$(running_pid)"; then log "not running"; rm -f "$PIDFILE"; return 0; fi
-  kill -TERM "$pid"
-  local end=$((SECONDS + DEADLINE_SECONDS))
-  while kill -0 "$pid" 2>/dev/null; do
-    [ "$SECONDS" -lt "$end" ] || { log "pid $pid did not stop within ${DEADLINE_SECONDS}s"; exit 1; }
-    sleep 0.1
-  done
-  rm -f "$PIDFILE"
-  log "stopped (pid $pid)"
-}
+stop() { stop_running "$DEADLINE_SECONDS" fail signal_pid TERM; }
 
-status() {
-  if pid="$(running_pid)" && ready; then echo "running pid $pid 127.0.0.1:$PORT"; else echo "stopped"; return 3; fi
-}
-
-env_lines() {
+print_env() {
   echo "export TRIBUTARY_TEST_S3_ENDPOINT=http://127.0.0.1:$PORT"
   echo "export TRIBUTARY_TEST_S3_ACCESS_KEY=$ACCESS_KEY"
   echo "export TRIBUTARY_TEST_S3_SECRET_KEY=$SECRET_KEY"
   echo "export TRIBUTARY_TEST_S3_REGION=$REGION"
 }
 
-case "${1:-}" in
-  start) start ;;
-  stop) stop ;;
-  status) status ;;
-  env) env_lines ;;
-  *) echo "usage: $0 start|stop|status|env" >&2; exit 2 ;;
-esac
+service_main "$@"

@@ -5,10 +5,10 @@ use super::pod::{config_and_secret_volumes, deployment, http_probe, CONFIG_DIR};
 use super::sink::secret_file;
 use super::worker::ResolvedQueue;
 use super::{child_meta, config_hash, name_and_namespace, selector_labels, BuildError, SecretData};
-use crate::crd::gateway::{DeliveryMode, Gateway};
+use crate::crd::gateway::{DeliveryMode, Gateway, JwtAuth};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, ContainerPort, Service, ServicePort, ServiceSpec,
+    ConfigMap, Container, ContainerPort, Service, ServicePort, ServiceSpec, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -186,15 +186,37 @@ pub fn render_config(
     let (name, namespace) = name_and_namespace(gateway)?;
     let spec = &gateway.spec;
     let broker = broker_secret(gateway, inputs)?;
-    let listeners = Listeners {
-        mqtt: spec
-            .listeners
+    Ok(GatewayConfig {
+        tenant: namespace,
+        gateway: name,
+        health_listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, HEALTH_PORT)),
+        listeners: listeners_config(gateway)?,
+        auth: auth_config(gateway, inputs)?,
+        permissions: spec.publish_topics.clone(),
+        routes: routes_config(gateway, inputs)?,
+        broker: BrokerConfig {
+            uri_file: secret_file(&broker.name, &broker.key),
+            reconnect_max_delay_ms: contract::DEFAULT_RECONNECT_MAX_DELAY_MS,
+            confirm_timeout_ms: contract::DEFAULT_CONFIRM_TIMEOUT_MS,
+        },
+        limits: limits_config(gateway)?,
+        delivery: match spec.delivery {
+            DeliveryMode::Confirmed => contract::DeliveryMode::Confirmed,
+            DeliveryMode::Fast => contract::DeliveryMode::Fast,
+        },
+    })
+}
+
+/// Every listener on all addresses, TLS with the mounted certificate and key.
+fn listeners_config(gateway: &Gateway) -> Result<Listeners, BuildError> {
+    let listeners = &gateway.spec.listeners;
+    Ok(Listeners {
+        mqtt: listeners
             .mqtt
             .as_ref()
             .map(|l| any_addr(l.port))
             .transpose()?,
-        mqtt_tls: spec
-            .listeners
+        mqtt_tls: listeners
             .mqtt_tls
             .as_ref()
             .map(|l| {
@@ -205,57 +227,68 @@ pub fn render_config(
                 })
             })
             .transpose()?,
-        http: spec
-            .listeners
+        http: listeners
             .http
             .as_ref()
             .map(|l| any_addr(l.port))
             .transpose()?,
-    };
-    let jwt = match &spec.auth.jwt {
-        None => None,
-        Some(jwt) => {
-            // Every key of the Secret is one public key file.
-            let keys: Vec<_> = inputs
-                .secrets
-                .get(&jwt.public_keys.name)
-                .map(|data| {
-                    data.keys()
-                        .map(|key| secret_file(&jwt.public_keys.name, key))
-                        .collect()
-                })
-                .unwrap_or_default();
-            if keys.is_empty() {
-                return Err(BuildError::Invalid(format!(
-                    "spec.auth.jwt.publicKeys: Secret {:?} holds no keys",
-                    jwt.public_keys.name
-                )));
-            }
-            Some(contract::JwtAuth {
-                public_key_files: keys,
-                device_claim: jwt.device_claim.clone(),
-                issuer: jwt.issuer.clone(),
-                audience: jwt.audience.clone(),
-                max_token_lifetime_seconds: jwt.max_token_lifetime_seconds,
-            })
-        }
-    };
-    let auth = AuthConfig {
-        password_file: spec
-            .auth
+    })
+}
+
+/// The authentication methods, their Secrets as mounted files.
+fn auth_config(gateway: &Gateway, inputs: &GatewayInputs) -> Result<AuthConfig, BuildError> {
+    let auth = &gateway.spec.auth;
+    Ok(AuthConfig {
+        password_file: auth
             .passwords
             .as_ref()
             .map(|p| secret_file(&p.name, PASSWORDS_KEY)),
-        jwt,
-        client_certificates: spec.auth.client_certificates.as_ref().map(|c| {
-            ClientCertificateAuth {
+        jwt: auth
+            .jwt
+            .as_ref()
+            .map(|jwt| jwt_config(jwt, inputs))
+            .transpose()?,
+        client_certificates: auth
+            .client_certificates
+            .as_ref()
+            .map(|c| ClientCertificateAuth {
                 ca_file: secret_file(&c.ca.name, "ca.crt"),
-            }
-        }),
-        allow_anonymous: spec.auth.allow_anonymous,
+            }),
+        allow_anonymous: auth.allow_anonymous,
         ..AuthConfig::default()
-    };
-    let routes = spec
+    })
+}
+
+/// JWT verification: every key of the public-keys Secret is one public key file.
+fn jwt_config(jwt: &JwtAuth, inputs: &GatewayInputs) -> Result<contract::JwtAuth, BuildError> {
+    let keys: Vec<_> = inputs
+        .secrets
+        .get(&jwt.public_keys.name)
+        .map(|data| {
+            data.keys()
+                .map(|key| secret_file(&jwt.public_keys.name, key))
+                .collect()
+        })
+        .unwrap_or_default();
+    if keys.is_empty() {
+        return Err(BuildError::Invalid(format!(
+            "spec.auth.jwt.publicKeys: Secret {:?} holds no keys",
+            jwt.public_keys.name
+        )));
+    }
+    Ok(contract::JwtAuth {
+        public_key_files: keys,
+        device_claim: jwt.device_claim.clone(),
+        issuer: jwt.issuer.clone(),
+        audience: jwt.audience.clone(),
+        max_token_lifetime_seconds: jwt.max_token_lifetime_seconds,
+    })
+}
+
+/// Each route to its Queue's name on the broker.
+fn routes_config(gateway: &Gateway, inputs: &GatewayInputs) -> Result<Vec<Route>, BuildError> {
+    gateway
+        .spec
         .routes
         .iter()
         .map(|route| {
@@ -267,57 +300,44 @@ pub fn render_config(
                 queue: queue.broker_queue.clone(),
             })
         })
-        .collect::<Result<Vec<_>, BuildError>>()?;
-    let limits = &spec.limits;
-    Ok(GatewayConfig {
-        tenant: namespace,
-        gateway: name,
-        health_listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, HEALTH_PORT)),
-        listeners,
-        auth,
-        permissions: spec.publish_topics.clone(),
-        routes,
-        broker: BrokerConfig {
-            uri_file: secret_file(&broker.name, &broker.key),
-            reconnect_max_delay_ms: 5_000,
-            confirm_timeout_ms: 30_000,
-        },
-        limits: contract::Limits {
-            max_payload_bytes: usize::try_from(limits.max_payload_bytes)
-                .map_err(|_| out_of_range("spec.limits.maxPayloadBytes"))?,
-            max_connections: usize::try_from(limits.max_connections)
-                .map_err(|_| out_of_range("spec.limits.maxConnections"))?,
-            messages_per_second: u32::try_from(limits.messages_per_second_per_device)
-                .map_err(|_| out_of_range("spec.limits.messagesPerSecondPerDevice"))?,
-            burst: u32::try_from(limits.burst).map_err(|_| out_of_range("spec.limits.burst"))?,
-            ..contract::Limits::default()
-        },
-        delivery: match spec.delivery {
-            DeliveryMode::Confirmed => contract::DeliveryMode::Confirmed,
-            DeliveryMode::Fast => contract::DeliveryMode::Fast,
-        },
+        .collect()
+}
+
+/// The spec's limits in the config's types; the others keep the gateway's defaults.
+fn limits_config(gateway: &Gateway) -> Result<contract::Limits, BuildError> {
+    let limits = &gateway.spec.limits;
+    Ok(contract::Limits {
+        max_payload_bytes: usize::try_from(limits.max_payload_bytes)
+            .map_err(|_| out_of_range("spec.limits.maxPayloadBytes"))?,
+        max_connections: usize::try_from(limits.max_connections)
+            .map_err(|_| out_of_range("spec.limits.maxConnections"))?,
+        messages_per_second: u32::try_from(limits.messages_per_second_per_device)
+            .map_err(|_| out_of_range("spec.limits.messagesPerSecondPerDevice"))?,
+        burst: u32::try_from(limits.burst).map_err(|_| out_of_range("spec.limits.burst"))?,
+        ..contract::Limits::default()
     })
 }
 
-/// Builds the Gateway's ConfigMap, Deployment, Service and PodDisruptionBudget.
-pub fn build(gateway: &Gateway, inputs: &GatewayInputs) -> Result<GatewayChildren, BuildError> {
-    let (name, _) = name_and_namespace(gateway)?;
-    let config = render_config(gateway, inputs)?;
-    let text = super::render_yaml("gateway", &config)?;
-    let child = child_name(&name);
-    let mut secrets = referenced_secrets(gateway);
-    secrets.insert(broker_secret(gateway, inputs)?.name);
-    let (volumes, mounts) = config_and_secret_volumes(&child, &secrets);
-    let spec = &gateway.spec;
-    let listener_ports: Vec<(&str, i32)> = [
-        spec.listeners.mqtt.as_ref().map(|l| ("mqtt", l.port)),
-        spec.listeners.mqtt_tls.as_ref().map(|l| ("mqtts", l.port)),
-        spec.listeners.http.as_ref().map(|l| ("http", l.port)),
+/// The named ports of the configured listeners, in Service order.
+fn listener_ports(gateway: &Gateway) -> Vec<(&'static str, i32)> {
+    let listeners = &gateway.spec.listeners;
+    [
+        listeners.mqtt.as_ref().map(|l| ("mqtt", l.port)),
+        listeners.mqtt_tls.as_ref().map(|l| ("mqtts", l.port)),
+        listeners.http.as_ref().map(|l| ("http", l.port)),
     ]
     .into_iter()
     .flatten()
-    .collect();
-    let mut container_ports: Vec<ContainerPort> = listener_ports
+    .collect()
+}
+
+/// The gateway container: the listeners and the health port, config and Secret mounts.
+fn gateway_container(
+    gateway: &Gateway,
+    inputs: &GatewayInputs,
+    mounts: Vec<VolumeMount>,
+) -> Container {
+    let mut container_ports: Vec<ContainerPort> = listener_ports(gateway)
         .iter()
         .map(|(port_name, port)| ContainerPort {
             name: Some((*port_name).to_owned()),
@@ -330,9 +350,15 @@ pub fn build(gateway: &Gateway, inputs: &GatewayInputs) -> Result<GatewayChildre
         container_port: i32::from(HEALTH_PORT),
         ..ContainerPort::default()
     });
-    let container = Container {
+    Container {
         name: "gateway".to_owned(),
-        image: Some(spec.image.clone().unwrap_or_else(|| inputs.image.clone())),
+        image: Some(
+            gateway
+                .spec
+                .image
+                .clone()
+                .unwrap_or_else(|| inputs.image.clone()),
+        ),
         args: Some(vec![
             "--config".to_owned(),
             format!("{CONFIG_DIR}/{CONFIG_KEY}"),
@@ -342,15 +368,22 @@ pub fn build(gateway: &Gateway, inputs: &GatewayInputs) -> Result<GatewayChildre
         readiness_probe: Some(http_probe("/readyz", "health", 2)),
         liveness_probe: Some(http_probe("/healthz", "health", 10)),
         ..Container::default()
-    };
-    let selector = selector_labels(&name, COMPONENT);
-    let service = Service {
-        metadata: child_meta(gateway, &child, COMPONENT)?,
+    }
+}
+
+/// The device-facing Service: the listener ports only (health stays inside the pod network).
+fn device_service(
+    gateway: &Gateway,
+    child: &str,
+    selector: &BTreeMap<String, String>,
+) -> Result<Service, BuildError> {
+    Ok(Service {
+        metadata: child_meta(gateway, child, COMPONENT)?,
         spec: Some(ServiceSpec {
-            type_: Some(spec.service.type_.as_str().to_owned()),
+            type_: Some(gateway.spec.service.type_.as_str().to_owned()),
             selector: Some(selector.clone()),
             ports: Some(
-                listener_ports
+                listener_ports(gateway)
                     .iter()
                     .map(|(port_name, port)| ServicePort {
                         name: Some((*port_name).to_owned()),
@@ -364,9 +397,17 @@ pub fn build(gateway: &Gateway, inputs: &GatewayInputs) -> Result<GatewayChildre
             ..ServiceSpec::default()
         }),
         ..Service::default()
-    };
-    let pdb = PodDisruptionBudget {
-        metadata: child_meta(gateway, &child, COMPONENT)?,
+    })
+}
+
+/// At most one gateway pod down at a time during voluntary disruptions.
+fn disruption_budget(
+    gateway: &Gateway,
+    child: &str,
+    selector: &BTreeMap<String, String>,
+) -> Result<PodDisruptionBudget, BuildError> {
+    Ok(PodDisruptionBudget {
+        metadata: child_meta(gateway, child, COMPONENT)?,
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
             selector: Some(LabelSelector {
@@ -376,7 +417,22 @@ pub fn build(gateway: &Gateway, inputs: &GatewayInputs) -> Result<GatewayChildre
             ..PodDisruptionBudgetSpec::default()
         }),
         ..PodDisruptionBudget::default()
-    };
+    })
+}
+
+/// Builds the Gateway's ConfigMap, Deployment, Service and PodDisruptionBudget.
+pub fn build(gateway: &Gateway, inputs: &GatewayInputs) -> Result<GatewayChildren, BuildError> {
+    let (name, _) = name_and_namespace(gateway)?;
+    let config = render_config(gateway, inputs)?;
+    let text = super::render_yaml("gateway", &config)?;
+    let child = child_name(&name);
+    let mut secrets = referenced_secrets(gateway);
+    secrets.insert(broker_secret(gateway, inputs)?.name);
+    let (volumes, mounts) = config_and_secret_volumes(&child, &secrets);
+    let container = gateway_container(gateway, inputs, mounts);
+    let selector = selector_labels(&name, COMPONENT);
+    let service = device_service(gateway, &child, &selector)?;
+    let pdb = disruption_budget(gateway, &child, &selector)?;
     let hash = config_hash(&text, &inputs.secrets);
     Ok(GatewayChildren {
         config_map: ConfigMap {
@@ -387,7 +443,7 @@ pub fn build(gateway: &Gateway, inputs: &GatewayInputs) -> Result<GatewayChildre
         deployment: deployment(
             child_meta(gateway, &child, COMPONENT)?,
             selector,
-            spec.replicas,
+            gateway.spec.replicas,
             hash,
             vec![container],
             volumes,
@@ -398,159 +454,4 @@ pub fn build(gateway: &Gateway, inputs: &GatewayInputs) -> Result<GatewayChildre
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::build::fixtures::load;
-    use crate::crd::SecretKeyRef;
-
-    fn inputs() -> GatewayInputs {
-        let queue = ResolvedQueue {
-            broker_queue: "factory.telemetry".into(),
-            uri: SecretKeyRef {
-                name: "telemetry-rabbitmq-credentials".into(),
-                key: "uri".into(),
-            },
-            dead_letter_queue: None,
-            delivery_limit: None,
-        };
-        GatewayInputs {
-            queues: BTreeMap::from([("telemetry".into(), queue)]),
-            secrets: SecretData::from([
-                (
-                    "devices".into(),
-                    BTreeMap::from([("passwords".into(), b"d1:$argon2id$x".to_vec())]),
-                ),
-                (
-                    "jwt-keys".into(),
-                    BTreeMap::from([("a.pem".into(), b"-----".to_vec())]),
-                ),
-            ]),
-            image: "tributary/gateway:0.1.0".into(),
-        }
-    }
-
-    #[test]
-    fn gateway_config_renders_listeners_auth_routes_and_broker_file() {
-        let gateway: Gateway = load("gateway.yaml");
-        let config = render_config(&gateway, &inputs()).expect("renders");
-        assert_eq!(
-            (config.tenant.as_str(), config.gateway.as_str()),
-            ("factory", "line-1")
-        );
-        assert_eq!(config.listeners.mqtt.map(|a| a.port()), Some(1883));
-        assert_eq!(config.listeners.http.map(|a| a.port()), Some(8080));
-        assert_eq!(
-            config
-                .auth
-                .password_file
-                .as_deref()
-                .and_then(|p| p.to_str()),
-            Some("/etc/tributary/secrets/devices/passwords")
-        );
-        let jwt = config.auth.jwt.expect("jwt");
-        assert_eq!(jwt.public_key_files.len(), 1);
-        assert_eq!(config.routes[0].queue, "factory.telemetry");
-        assert_eq!(
-            config.broker.uri_file.to_str(),
-            Some("/etc/tributary/secrets/telemetry-rabbitmq-credentials/uri")
-        );
-        assert_eq!(config.delivery, contract::DeliveryMode::Confirmed);
-    }
-
-    #[test]
-    fn gateway_builds_deployment_service_pdb_and_config() {
-        let gateway: Gateway = load("gateway.yaml");
-        let children = build(&gateway, &inputs()).expect("builds");
-        let text = &children.config_map.data.expect("data")[CONFIG_KEY];
-        // The data plane reads YAML through JSON values: no YAML tags allowed.
-        assert!(!text.contains('!'), "{text}");
-        let value: serde_json::Value = serde_yaml::from_str(text).expect("YAML");
-        let parsed: GatewayConfig = serde_json::from_value(value).expect("gateway can parse it");
-        assert_eq!(parsed.routes.len(), 1);
-        let service = children.service.spec.expect("spec");
-        assert_eq!(service.type_.as_deref(), Some("NodePort"));
-        let ports: Vec<_> = service.ports.iter().flatten().map(|p| p.port).collect();
-        assert_eq!(ports, vec![1883, 8080]);
-        let pdb = children.pdb.spec.expect("spec");
-        assert_eq!(pdb.max_unavailable, Some(IntOrString::Int(1)));
-        let deployment = children.deployment.spec.expect("spec");
-        assert_eq!(deployment.replicas, Some(2));
-        let pod = deployment.template.spec.expect("pod");
-        crate::build::tests_support::assert_restricted(&pod);
-        let mounted: Vec<_> = pod
-            .volumes
-            .iter()
-            .flatten()
-            .filter_map(|v| v.secret.as_ref())
-            .filter_map(|s| s.secret_name.clone())
-            .collect();
-        assert_eq!(
-            mounted,
-            vec!["devices", "jwt-keys", "telemetry-rabbitmq-credentials"]
-        );
-    }
-
-    #[test]
-    fn device_credential_change_changes_the_pod_template_hash() {
-        let gateway: Gateway = load("gateway.yaml");
-        let hash = |inputs: &GatewayInputs| {
-            build(&gateway, inputs)
-                .expect("builds")
-                .deployment
-                .spec
-                .and_then(|s| s.template.metadata)
-                .and_then(|m| m.annotations)
-                .map(|a| a[crate::build::CONFIG_HASH_ANNOTATION].clone())
-        };
-        let mut changed = inputs();
-        changed.secrets.insert(
-            "devices".into(),
-            BTreeMap::from([("passwords".into(), b"d2:$argon2id$y".to_vec())]),
-        );
-        assert_ne!(hash(&inputs()), hash(&changed));
-    }
-
-    #[test]
-    fn gateway_without_listeners_or_auth_is_invalid() {
-        let mut gateway: Gateway = load("gateway.yaml");
-        gateway.spec.listeners = Default::default();
-        assert!(validate(&gateway)
-            .expect_err("invalid")
-            .to_string()
-            .contains("listeners"));
-        let mut gateway: Gateway = load("gateway.yaml");
-        gateway.spec.auth = Default::default();
-        assert!(validate(&gateway)
-            .expect_err("invalid")
-            .to_string()
-            .contains("spec.auth"));
-    }
-
-    #[test]
-    fn bad_topic_filter_is_invalid() {
-        let mut gateway: Gateway = load("gateway.yaml");
-        gateway.spec.routes[0].topic_filter = "devices/#/x".into();
-        let error = validate(&gateway).expect_err("invalid");
-        assert!(
-            error.to_string().contains("routes[0].topicFilter"),
-            "{error}"
-        );
-    }
-
-    #[test]
-    fn routes_to_two_brokers_are_refused() {
-        let mut gateway: Gateway = load("gateway.yaml");
-        gateway.spec.routes.push(crate::crd::gateway::Route {
-            topic_filter: "alerts/#".into(),
-            queue: "alerts".into(),
-        });
-        let mut inputs = inputs();
-        let mut other = inputs.queues["telemetry"].clone();
-        other.uri.name = "other".into();
-        inputs.queues.insert("alerts".into(), other);
-        assert!(render_config(&gateway, &inputs)
-            .expect_err("invalid")
-            .to_string()
-            .contains("same broker"));
-    }
-}
+mod tests;

@@ -38,6 +38,13 @@ pub enum BuildError {
     Invalid(String),
 }
 
+/// Default RabbitMQ image of managed brokers (`--rabbitmq-image`).
+pub const DEFAULT_RABBITMQ_IMAGE: &str = "rabbitmq:3-management";
+/// Default gateway image (`--gateway-image`).
+pub const DEFAULT_GATEWAY_IMAGE: &str = "tributary/gateway:0.1.0";
+/// Default worker runtime image (`--worker-image`).
+pub const DEFAULT_WORKER_IMAGE: &str = "tributary/worker:0.1.0";
+
 /// Images and defaults the operator was started with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Images {
@@ -52,9 +59,9 @@ pub struct Images {
 impl Default for Images {
     fn default() -> Self {
         Images {
-            rabbitmq: "rabbitmq:3-management".to_owned(),
-            gateway: "tributary/gateway:0.1.0".to_owned(),
-            worker: "tributary/worker:0.1.0".to_owned(),
+            rabbitmq: DEFAULT_RABBITMQ_IMAGE.to_owned(),
+            gateway: DEFAULT_GATEWAY_IMAGE.to_owned(),
+            worker: DEFAULT_WORKER_IMAGE.to_owned(),
         }
     }
 }
@@ -253,6 +260,9 @@ pub(crate) mod fixtures {
         obj
     }
 }
+
+#[cfg(test)]
+mod snapshots;
 
 #[cfg(test)]
 mod tests {

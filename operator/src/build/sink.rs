@@ -1,7 +1,7 @@
 //! Validation of a Sink and its rendering into the worker config's sink section.
 
 use super::{check_cel, name_and_namespace, BuildError};
-use crate::crd::sink::{Batch, PostgresSink};
+use crate::crd::sink::{Batch, PostgresSink, RedisSink, S3Sink, WebhookSink};
 use crate::crd::{SecretKeyRef, Sink};
 use std::path::{Path, PathBuf};
 use tributary_contract::sql;
@@ -203,68 +203,24 @@ pub fn to_config(
     let (name, _) = name_and_namespace(sink)?;
     let kind = validate(sink)?;
     let spec = &sink.spec;
-    let file = |r: &SecretKeyRef| secret_file(&r.name, &r.key);
-    let or_default = |b: Option<BatchConfig>| b.unwrap_or_else(|| defaults(kind));
+    let batch_of = |b: &Option<Batch>| Ok(batch(b)?.unwrap_or_else(|| defaults(kind)));
     let missing = || BuildError::Invalid("sink type vanished during rendering".into());
     Ok(match kind {
         SinkKind::Postgres => {
             let p = spec.postgres.as_ref().ok_or_else(missing)?;
-            SinkConfig::Postgres(PostgresSinkConfig {
-                name,
-                url_file: file(&p.url_secret_ref),
-                table: p.table.clone(),
-                id_column: p.id_column.clone(),
-                columns: p
-                    .columns
-                    .iter()
-                    .map(|c| ColumnMapping {
-                        name: c.name.clone(),
-                        expr: c.expr.clone(),
-                        r#type: c.type_.clone(),
-                    })
-                    .collect(),
-                create_table: p.create_table,
-                batch: or_default(batch(&p.batch)?),
-            })
+            SinkConfig::Postgres(postgres_config(name, p, &batch_of)?)
         }
         SinkKind::Redis => {
             let r = spec.redis.as_ref().ok_or_else(missing)?;
-            let ttl = r.ttl_seconds.unwrap_or(0);
-            SinkConfig::Redis(RedisSinkConfig {
-                name,
-                url_file: file(&r.url_secret_ref),
-                key_template: r.key_template.clone(),
-                value: r.value.clone(),
-                ttl_seconds: u64::try_from(ttl)
-                    .map_err(|_| BuildError::Invalid("spec.redis.ttlSeconds < 0".into()))?,
-                batch: or_default(batch(&r.batch)?),
-            })
+            SinkConfig::Redis(redis_config(name, r, &batch_of)?)
         }
         SinkKind::S3 => {
             let s = spec.s3.as_ref().ok_or_else(missing)?;
-            SinkConfig::S3(S3SinkConfig {
-                name,
-                endpoint: s.endpoint.clone(),
-                region: s.region.clone(),
-                bucket: s.bucket.clone(),
-                prefix: s.prefix.clone().unwrap_or_default(),
-                access_key_id_file: secret_file(&s.credentials_secret, "accessKeyId"),
-                secret_access_key_file: secret_file(&s.credentials_secret, "secretAccessKey"),
-                create_bucket: s.create_bucket,
-                batch: or_default(batch(&s.batch)?),
-            })
+            SinkConfig::S3(s3_config(name, s, &batch_of)?)
         }
         SinkKind::Webhook => {
             let w = spec.webhook.as_ref().ok_or_else(missing)?;
-            SinkConfig::Webhook(WebhookSinkConfig {
-                name,
-                url: w.url.clone(),
-                secret_file: file(&w.hmac_secret_ref),
-                signature_header: w.signature_header.clone(),
-                timeout_ms: u64::try_from(w.timeout_ms)
-                    .map_err(|_| BuildError::Invalid("spec.webhook.timeoutMs < 0".into()))?,
-                batch: or_default(batch(&w.batch)?),
-            })
+            SinkConfig::Webhook(webhook_config(name, w, &batch_of)?)
         }
         SinkKind::Queue => {
             let q = spec.queue.as_ref().ok_or_else(missing)?;
@@ -273,12 +229,86 @@ pub fn to_config(
             })?;
             SinkConfig::Republish(RepublishSinkConfig {
                 name,
-                uri_file: Some(file(&target.uri)),
+                uri_file: Some(secret_file(&target.uri.name, &target.uri.key)),
                 exchange: String::new(),
                 routing_key: target.broker_queue.clone(),
-                batch: or_default(batch(&q.batch)?),
+                batch: batch_of(&q.batch)?,
             })
         }
+    })
+}
+
+/// A sink's batch: its own when set, else its type's default.
+type BatchOf<'a> = &'a dyn Fn(&Option<Batch>) -> Result<BatchConfig, BuildError>;
+
+fn postgres_config(
+    name: String,
+    p: &PostgresSink,
+    batch_of: BatchOf,
+) -> Result<PostgresSinkConfig, BuildError> {
+    Ok(PostgresSinkConfig {
+        name,
+        url_file: secret_file(&p.url_secret_ref.name, &p.url_secret_ref.key),
+        table: p.table.clone(),
+        id_column: p.id_column.clone(),
+        columns: p
+            .columns
+            .iter()
+            .map(|c| ColumnMapping {
+                name: c.name.clone(),
+                expr: c.expr.clone(),
+                r#type: c.type_.clone(),
+            })
+            .collect(),
+        create_table: p.create_table,
+        batch: batch_of(&p.batch)?,
+    })
+}
+
+fn redis_config(
+    name: String,
+    r: &RedisSink,
+    batch_of: BatchOf,
+) -> Result<RedisSinkConfig, BuildError> {
+    let ttl = r.ttl_seconds.unwrap_or(0);
+    Ok(RedisSinkConfig {
+        name,
+        url_file: secret_file(&r.url_secret_ref.name, &r.url_secret_ref.key),
+        key_template: r.key_template.clone(),
+        value: r.value.clone(),
+        ttl_seconds: u64::try_from(ttl)
+            .map_err(|_| BuildError::Invalid("spec.redis.ttlSeconds < 0".into()))?,
+        batch: batch_of(&r.batch)?,
+    })
+}
+
+fn s3_config(name: String, s: &S3Sink, batch_of: BatchOf) -> Result<S3SinkConfig, BuildError> {
+    Ok(S3SinkConfig {
+        name,
+        endpoint: s.endpoint.clone(),
+        region: s.region.clone(),
+        bucket: s.bucket.clone(),
+        prefix: s.prefix.clone().unwrap_or_default(),
+        access_key_id_file: secret_file(&s.credentials_secret, "accessKeyId"),
+        secret_access_key_file: secret_file(&s.credentials_secret, "secretAccessKey"),
+        create_bucket: s.create_bucket,
+        batch: batch_of(&s.batch)?,
+    })
+}
+
+fn webhook_config(
+    name: String,
+    w: &WebhookSink,
+    batch_of: BatchOf,
+) -> Result<WebhookSinkConfig, BuildError> {
+    Ok(WebhookSinkConfig {
+        name,
+        url: w.url.clone(),
+        secret_file: secret_file(&w.hmac_secret_ref.name, &w.hmac_secret_ref.key),
+        signature_header: w.signature_header.clone(),
+        timeout_ms: u64::try_from(w.timeout_ms)
+            .map_err(|_| BuildError::Invalid("spec.webhook.timeoutMs < 0".into()))?,
+        batch: batch_of(&w.batch)?,
     })
 }
 

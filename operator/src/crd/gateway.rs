@@ -5,6 +5,7 @@ use super::{Condition, SecretRef};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use tributary_contract::gateway_config;
 
 /// A provisioned device endpoint: a Deployment and Service of the gateway image.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -74,7 +75,7 @@ fn default_replicas() -> i32 {
 }
 
 fn default_publish_topics() -> Vec<String> {
-    vec!["devices/{device}/#".to_owned()]
+    vec![gateway_config::DEFAULT_PERMISSION.to_owned()]
 }
 
 /// The gateway's listeners; each is optional, at least one is required.
@@ -185,7 +186,7 @@ pub struct JwtAuth {
 }
 
 fn default_device_claim() -> String {
-    "sub".to_owned()
+    gateway_config::DEFAULT_DEVICE_CLAIM.to_owned()
 }
 
 /// mTLS authentication.
@@ -243,20 +244,21 @@ pub struct Limits {
     pub burst: i64,
 }
 
+// The gateway's own defaults (tributary-contract), in the CRD's integer type.
 fn default_rate() -> i64 {
-    100
+    i64::from(gateway_config::DEFAULT_MESSAGES_PER_SECOND)
 }
 
 fn default_burst() -> i64 {
-    200
+    i64::from(gateway_config::DEFAULT_BURST)
 }
 
 fn default_max_payload() -> i64 {
-    262_144
+    gateway_config::DEFAULT_MAX_PAYLOAD_BYTES as i64
 }
 
 fn default_max_connections() -> i64 {
-    50_000
+    gateway_config::DEFAULT_MAX_CONNECTIONS as i64
 }
 
 impl Default for Limits {

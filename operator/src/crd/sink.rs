@@ -4,6 +4,7 @@ use super::{Condition, SecretKeyRef};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use tributary_contract::worker_config;
 
 /// A destination for processed messages. Exactly one of `postgres`, `redis`, `s3`,
 /// `webhook` or `queue` must be set.
@@ -97,7 +98,7 @@ pub struct PostgresSink {
 }
 
 fn default_id_column() -> String {
-    "id".to_owned()
+    worker_config::DEFAULT_ID_COLUMN.to_owned()
 }
 
 /// One PostgreSQL column.
@@ -116,7 +117,7 @@ pub struct Column {
 }
 
 fn default_column_type() -> String {
-    "text".to_owned()
+    worker_config::DEFAULT_COLUMN_TYPE.to_owned()
 }
 
 /// Redis sink: the latest message per key, never moved back in time by redeliveries.
@@ -173,7 +174,7 @@ pub struct S3Sink {
 }
 
 fn default_region() -> String {
-    "us-east-1".to_owned()
+    worker_config::DEFAULT_S3_REGION.to_owned()
 }
 
 /// HTTP webhook sink: one POST per message, signed with HMAC-SHA256.
@@ -199,11 +200,11 @@ pub struct WebhookSink {
 }
 
 fn default_signature_header() -> String {
-    "X-Tributary-Signature".to_owned()
+    worker_config::DEFAULT_SIGNATURE_HEADER.to_owned()
 }
 
 fn default_webhook_timeout() -> i64 {
-    10_000
+    worker_config::DEFAULT_WEBHOOK_TIMEOUT_MS as i64
 }
 
 /// Republish into another Queue.

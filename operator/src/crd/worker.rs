@@ -6,6 +6,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use tributary_contract::worker_config;
 
 /// A Deployment of the worker runtime consuming one Queue and writing to Sinks.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -101,7 +102,7 @@ pub struct WorkerSpec {
 }
 
 fn default_concurrency() -> i32 {
-    4
+    worker_config::DEFAULT_CONCURRENCY as i32
 }
 
 /// One CEL step. Exactly one field must be set.
@@ -164,7 +165,7 @@ pub struct CustomContainer {
 }
 
 fn default_container_timeout() -> i64 {
-    30_000
+    worker_config::DEFAULT_CONTAINER_TIMEOUT_MS as i64
 }
 
 fn default_container_port() -> i32 {
@@ -273,14 +274,15 @@ pub struct Retry {
     pub max_backoff_ms: i64,
 }
 
+// The worker's own retry defaults (tributary-contract), in the CRD's integer types.
 fn default_max_attempts() -> i32 {
-    10
+    worker_config::DEFAULT_MAX_ATTEMPTS as i32
 }
 fn default_initial_backoff() -> i64 {
-    200
+    worker_config::DEFAULT_INITIAL_BACKOFF_MS as i64
 }
 fn default_max_backoff() -> i64 {
-    30_000
+    worker_config::DEFAULT_MAX_BACKOFF_MS as i64
 }
 
 impl Default for Retry {

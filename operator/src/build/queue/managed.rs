@@ -255,21 +255,9 @@ fn tcp_probe(port: i32, initial_delay: i32, period: i32, failures: i32) -> Probe
     }
 }
 
-fn stateful_set(
-    queue: &Queue,
-    managed: &ManagedBroker,
-    names: &ManagedNames,
-    namespace: &str,
-    config: &BTreeMap<String, String>,
-    default_image: &str,
-) -> Result<StatefulSet, BuildError> {
-    let (name, _) = name_and_namespace(queue)?;
-    let meta = broker_meta(queue, &names.broker)?;
-    let image = managed
-        .image
-        .clone()
-        .unwrap_or_else(|| default_image.to_owned());
-    let config_hash = hash_parts(config.iter().map(|(k, v)| (k.as_str(), v.as_bytes())));
+/// The environment of a broker node: credentials from the Secret, and for a cluster the
+/// long node names other nodes resolve.
+fn broker_env(managed: &ManagedBroker, names: &ManagedNames, namespace: &str) -> Vec<EnvVar> {
     let mut envs = vec![
         secret_env("RABBITMQ_DEFAULT_USER", &names.credentials, KEY_USERNAME),
         secret_env("RABBITMQ_DEFAULT_PASS", &names.credentials, KEY_PASSWORD),
@@ -299,11 +287,19 @@ fn stateful_set(
             ),
         ));
     }
-    let data_mount = mount("data", "/var/lib/rabbitmq", None, false);
-    // The cookie must be a private file in $HOME before the node starts.
-    let init = Container {
+    envs
+}
+
+fn data_mount() -> VolumeMount {
+    mount("data", "/var/lib/rabbitmq", None, false)
+}
+
+/// The init container copying the Erlang cookie: it must be a private file in $HOME before
+/// the node starts.
+fn erlang_cookie_init(image: &str) -> Container {
+    Container {
         name: "erlang-cookie".to_owned(),
-        image: Some(image.clone()),
+        image: Some(image.to_owned()),
         command: Some(vec![
             "sh".to_owned(),
             "-c".to_owned(),
@@ -312,40 +308,37 @@ fn stateful_set(
                 .to_owned(),
         ]),
         volume_mounts: Some(vec![
-            data_mount.clone(),
+            data_mount(),
             mount("cookie", "/tmp/cookie", None, true),
         ]),
         security_context: Some(restricted_container_security(false)),
         ..Container::default()
-    };
-    let broker = Container {
+    }
+}
+
+fn container_port(name: &str, number: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.to_owned()),
+        container_port: number,
+        ..ContainerPort::default()
+    }
+}
+
+/// The broker container: AMQP, management and clustering ports, data and config mounts,
+/// probes and resources.
+fn broker_container(image: &str, envs: Vec<EnvVar>) -> Container {
+    Container {
         name: "rabbitmq".to_owned(),
-        image: Some(image),
+        image: Some(image.to_owned()),
         env: Some(envs),
         ports: Some(vec![
-            ContainerPort {
-                name: Some("amqp".to_owned()),
-                container_port: AMQP_PORT,
-                ..ContainerPort::default()
-            },
-            ContainerPort {
-                name: Some("management".to_owned()),
-                container_port: MANAGEMENT_PORT,
-                ..ContainerPort::default()
-            },
-            ContainerPort {
-                name: Some("epmd".to_owned()),
-                container_port: 4369,
-                ..ContainerPort::default()
-            },
-            ContainerPort {
-                name: Some("dist".to_owned()),
-                container_port: 25672,
-                ..ContainerPort::default()
-            },
+            container_port("amqp", AMQP_PORT),
+            container_port("management", MANAGEMENT_PORT),
+            container_port("epmd", 4369),
+            container_port("dist", 25672),
         ]),
         volume_mounts: Some(vec![
-            data_mount,
+            data_mount(),
             mount(
                 "config",
                 "/etc/rabbitmq/rabbitmq.conf",
@@ -366,21 +359,29 @@ fn stateful_set(
         startup_probe: Some(tcp_probe(AMQP_PORT, 5, 5, 24)),
         readiness_probe: Some(tcp_probe(AMQP_PORT, 0, 5, 3)),
         liveness_probe: Some(tcp_probe(AMQP_PORT, 0, 10, 6)),
-        resources: Some(ResourceRequirements {
-            requests: Some(BTreeMap::from([
-                ("cpu".to_owned(), Quantity("100m".to_owned())),
-                ("memory".to_owned(), Quantity("256Mi".to_owned())),
-            ])),
-            limits: Some(BTreeMap::from([(
-                "memory".to_owned(),
-                Quantity("1Gi".to_owned()),
-            )])),
-            ..ResourceRequirements::default()
-        }),
+        resources: Some(broker_resources()),
         security_context: Some(restricted_container_security(false)),
         ..Container::default()
-    };
-    let mut volumes = vec![
+    }
+}
+
+fn broker_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), Quantity("100m".to_owned())),
+            ("memory".to_owned(), Quantity("256Mi".to_owned())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_owned(),
+            Quantity("1Gi".to_owned()),
+        )])),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// The config files and the Erlang cookie (readable by its owner only).
+fn config_and_cookie_volumes(names: &ManagedNames) -> Vec<Volume> {
+    vec![
         Volume {
             name: "config".to_owned(),
             config_map: Some(ConfigMapVolumeSource {
@@ -402,36 +403,81 @@ fn stateful_set(
             }),
             ..Volume::default()
         },
-    ];
-    let claims = match &managed.storage {
-        Some(storage) => Some(vec![PersistentVolumeClaim {
-            metadata: ObjectMeta {
-                name: Some("data".to_owned()),
-                ..ObjectMeta::default()
-            },
-            spec: Some(PersistentVolumeClaimSpec {
-                access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
-                storage_class_name: storage.storage_class_name.clone(),
-                resources: Some(VolumeResourceRequirements {
-                    requests: Some(BTreeMap::from([(
-                        "storage".to_owned(),
-                        Quantity(storage.size.clone()),
-                    )])),
-                    ..VolumeResourceRequirements::default()
-                }),
-                ..PersistentVolumeClaimSpec::default()
-            }),
-            ..PersistentVolumeClaim::default()
-        }]),
-        None => {
-            volumes.push(Volume {
+    ]
+}
+
+/// Where the broker keeps its data: with `storage`, a claim template per node (the claims
+/// outlive the pods); without, an `emptyDir` volume. Exactly one of the two is set.
+fn data_storage(managed: &ManagedBroker) -> (Option<Vec<PersistentVolumeClaim>>, Option<Volume>) {
+    let Some(storage) = &managed.storage else {
+        return (
+            None,
+            Some(Volume {
                 name: "data".to_owned(),
                 empty_dir: Some(EmptyDirVolumeSource::default()),
                 ..Volume::default()
-            });
-            None
-        }
+            }),
+        );
     };
+    let claim = PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some("data".to_owned()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
+            storage_class_name: storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_owned(),
+                    Quantity(storage.size.clone()),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    };
+    (Some(vec![claim]), None)
+}
+
+/// The broker pod: the cookie init container, the broker, and its volumes.
+fn broker_pod_spec(
+    managed: &ManagedBroker,
+    names: &ManagedNames,
+    namespace: &str,
+    image: &str,
+    data_volume: Option<Volume>,
+) -> PodSpec {
+    let mut volumes = config_and_cookie_volumes(names);
+    volumes.extend(data_volume);
+    PodSpec {
+        automount_service_account_token: Some(false),
+        security_context: Some(restricted_pod_security(RABBITMQ_UID)),
+        termination_grace_period_seconds: Some(60),
+        init_containers: Some(vec![erlang_cookie_init(image)]),
+        containers: vec![broker_container(
+            image,
+            broker_env(managed, names, namespace),
+        )],
+        volumes: Some(volumes),
+        ..PodSpec::default()
+    }
+}
+
+fn stateful_set(
+    queue: &Queue,
+    managed: &ManagedBroker,
+    names: &ManagedNames,
+    namespace: &str,
+    config: &BTreeMap<String, String>,
+    default_image: &str,
+) -> Result<StatefulSet, BuildError> {
+    let (name, _) = name_and_namespace(queue)?;
+    let meta = broker_meta(queue, &names.broker)?;
+    let image = managed.image.as_deref().unwrap_or(default_image);
+    let config_hash = hash_parts(config.iter().map(|(k, v)| (k.as_str(), v.as_bytes())));
+    let (claims, data_volume) = data_storage(managed);
     let pod_labels = meta.labels.clone();
     Ok(StatefulSet {
         metadata: meta,
@@ -452,15 +498,13 @@ fn stateful_set(
                     )])),
                     ..ObjectMeta::default()
                 }),
-                spec: Some(PodSpec {
-                    automount_service_account_token: Some(false),
-                    security_context: Some(restricted_pod_security(RABBITMQ_UID)),
-                    termination_grace_period_seconds: Some(60),
-                    init_containers: Some(vec![init]),
-                    containers: vec![broker],
-                    volumes: Some(volumes),
-                    ..PodSpec::default()
-                }),
+                spec: Some(broker_pod_spec(
+                    managed,
+                    names,
+                    namespace,
+                    image,
+                    data_volume,
+                )),
             },
             volume_claim_templates: claims,
             ..StatefulSetSpec::default()
@@ -470,231 +514,4 @@ fn stateful_set(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::super::{validate, BrokerPlan};
-    use super::*;
-    use crate::build::fixtures::load;
-
-    fn credentials() -> Credentials {
-        Credentials {
-            username: "tributary".into(),
-            password: "s3cret".into(),
-            erlang_cookie: "cookie".into(),
-        }
-    }
-
-    fn managed_children(file: &str) -> ManagedChildren {
-        let queue: Queue = load(file);
-        let BrokerPlan::Managed(managed) = validate(&queue).expect("valid") else {
-            panic!("fixture must be managed");
-        };
-        build_managed(&queue, &managed, &credentials(), "rabbitmq:3-management").expect("builds")
-    }
-
-    #[test]
-    fn managed_queue_builds_statefulset_services_secret_and_config() {
-        let children = managed_children("queue-managed.yaml");
-        let sts = children.stateful_set;
-        assert_eq!(sts.metadata.name.as_deref(), Some("telemetry-rabbitmq"));
-        let spec = sts.spec.expect("spec");
-        assert_eq!(spec.replicas, Some(1));
-        assert_eq!(
-            spec.service_name.as_deref(),
-            Some("telemetry-rabbitmq-nodes")
-        );
-        let pod = spec.template.spec.expect("pod");
-        let broker = &pod.containers[0];
-        assert_eq!(broker.image.as_deref(), Some("rabbitmq:3-management"));
-        let env: Vec<_> = broker
-            .env
-            .iter()
-            .flatten()
-            .map(|e| e.name.as_str())
-            .collect();
-        assert!(env.contains(&"RABBITMQ_DEFAULT_USER") && env.contains(&"RABBITMQ_DEFAULT_PASS"));
-        let mounts: Vec<_> = broker
-            .volume_mounts
-            .iter()
-            .flatten()
-            .map(|m| m.mount_path.as_str())
-            .collect();
-        assert!(mounts.contains(&"/var/lib/rabbitmq"));
-        assert!(mounts.contains(&"/etc/rabbitmq/rabbitmq.conf"));
-        assert!(
-            pod.volumes.iter().flatten().any(|v| v.empty_dir.is_some()),
-            "ephemeral data"
-        );
-        assert_eq!(
-            children
-                .headless_service
-                .spec
-                .expect("spec")
-                .cluster_ip
-                .as_deref(),
-            Some("None")
-        );
-        let ports: Vec<i32> = children
-            .service
-            .spec
-            .expect("spec")
-            .ports
-            .iter()
-            .flatten()
-            .map(|p| p.port)
-            .collect();
-        assert_eq!(ports, vec![5672, 15672]);
-        let plugins = &children.config_map.data.expect("data")["enabled_plugins"];
-        assert!(plugins.contains("rabbitmq_management"));
-        let secret = children.secret.data.expect("data");
-        assert_eq!(
-            secret[KEY_URI].0,
-            b"amqp://tributary:s3cret@telemetry-rabbitmq.factory.svc:5672/%2f"
-        );
-    }
-
-    fn metas(children: &ManagedChildren) -> Vec<&ObjectMeta> {
-        vec![
-            &children.secret.metadata,
-            &children.config_map.metadata,
-            &children.headless_service.metadata,
-            &children.service.metadata,
-            &children.stateful_set.metadata,
-        ]
-    }
-
-    #[test]
-    fn retain_leaves_the_broker_unowned_but_labelled_with_the_queue() {
-        let queue: Queue = load("queue-managed.yaml");
-        assert_eq!(queue.spec.deletion_policy, DeletionPolicy::Retain);
-        let children = managed_children("queue-managed.yaml");
-        for meta in metas(&children) {
-            let name = meta.name.clone().unwrap_or_default();
-            assert_eq!(meta.owner_references, None, "{name} must outlive the Queue");
-            let labels = meta.labels.clone().expect("labels");
-            assert_eq!(labels[OWNER_LABEL], "telemetry", "{name}");
-            assert_eq!(labels[OWNER_KIND_LABEL], "queue", "{name}");
-            assert!(belongs_to(meta, &queue), "{name}");
-        }
-        // Storage stays with the broker: the claims come from the StatefulSet's template.
-        let ha = managed_children("queue-managed-ha.yaml");
-        assert_eq!(ha.stateful_set.metadata.owner_references, None);
-    }
-
-    #[test]
-    fn delete_policy_makes_the_queue_own_its_broker() {
-        let mut queue: Queue = load("queue-managed.yaml");
-        queue.spec.deletion_policy = DeletionPolicy::Delete;
-        let BrokerPlan::Managed(managed) = validate(&queue).expect("valid") else {
-            panic!("managed");
-        };
-        let children = build_managed(&queue, &managed, &credentials(), "rabbitmq:3-management")
-            .expect("builds");
-        for meta in metas(&children) {
-            let owner = &meta.owner_references.as_ref().expect("owned")[0];
-            assert_eq!(
-                (owner.kind.as_str(), owner.name.as_str(), owner.controller),
-                ("Queue", "telemetry", Some(true))
-            );
-            assert!(belongs_to(meta, &queue));
-        }
-    }
-
-    #[test]
-    fn broker_children_of_other_queues_or_owners_do_not_belong() {
-        let queue: Queue = load("queue-managed.yaml");
-        let mut other: Queue = load("queue-managed.yaml");
-        other.metadata.uid = Some("00000000-0000-0000-0000-000000000002".into());
-        other.spec.deletion_policy = DeletionPolicy::Delete;
-        let BrokerPlan::Managed(managed) = validate(&other).expect("valid") else {
-            panic!("managed");
-        };
-        // Same name, owned by another Queue (another uid): not ours to delete.
-        let owned_by_other =
-            build_managed(&other, &managed, &credentials(), "img").expect("builds");
-        assert!(!belongs_to(&owned_by_other.stateful_set.metadata, &queue));
-        // Unowned, but labelled for another Queue.
-        let mut foreign = managed_children("queue-managed.yaml").stateful_set.metadata;
-        foreign
-            .labels
-            .as_mut()
-            .expect("labels")
-            .insert(OWNER_LABEL.into(), "other".into());
-        assert!(!belongs_to(&foreign, &queue));
-        // A user's object of the same name without our labels.
-        let plain = ObjectMeta {
-            name: Some("telemetry-rabbitmq".into()),
-            ..ObjectMeta::default()
-        };
-        assert!(!belongs_to(&plain, &queue));
-    }
-
-    #[test]
-    fn three_replicas_form_a_cluster_with_long_names_and_persistent_storage() {
-        let children = managed_children("queue-managed-ha.yaml");
-        let conf = &children.config_map.data.expect("data")["rabbitmq.conf"];
-        assert!(conf.contains("cluster_formation.classic_config.nodes.3 = rabbit@ha-rabbitmq-2.ha-rabbitmq-nodes.factory.svc.cluster.local"), "{conf}");
-        let spec = children.stateful_set.spec.expect("spec");
-        assert_eq!(spec.replicas, Some(3));
-        let claims = spec.volume_claim_templates.expect("claims");
-        let requests = claims[0]
-            .spec
-            .as_ref()
-            .and_then(|s| s.resources.as_ref())
-            .and_then(|r| r.requests.as_ref())
-            .expect("requests");
-        assert_eq!(requests["storage"].0, "2Gi");
-        let pod = spec.template.spec.expect("pod");
-        assert!(pod.containers[0]
-            .env
-            .iter()
-            .flatten()
-            .any(|e| e.name == "RABBITMQ_USE_LONGNAME"));
-    }
-
-    #[test]
-    fn a_broker_node_that_never_opens_its_port_is_restarted_within_two_minutes() {
-        let pod = managed_children("queue-managed-ha.yaml")
-            .stateful_set
-            .spec
-            .expect("spec")
-            .template
-            .spec
-            .expect("pod");
-        let startup = pod.containers[0]
-            .startup_probe
-            .as_ref()
-            .expect("startup probe");
-        let seconds = startup.initial_delay_seconds.unwrap_or(0)
-            + startup.period_seconds.unwrap_or(10) * startup.failure_threshold.unwrap_or(3);
-        assert!(seconds <= 125, "{seconds} s");
-        // Well above the 10-35 s a node takes to boot or rejoin.
-        assert!(seconds >= 90, "{seconds} s");
-    }
-
-    #[test]
-    fn broker_pod_passes_pod_security_restricted() {
-        let pod = managed_children("queue-managed.yaml")
-            .stateful_set
-            .spec
-            .expect("spec")
-            .template
-            .spec
-            .expect("pod");
-        crate::build::tests_support::assert_restricted(&pod);
-    }
-
-    #[test]
-    fn config_change_changes_the_pod_template_hash() {
-        let one = managed_children("queue-managed.yaml").stateful_set;
-        let three = managed_children("queue-managed-ha.yaml").stateful_set;
-        let hash = |s: &StatefulSet| {
-            s.spec
-                .as_ref()
-                .and_then(|s| s.template.metadata.as_ref())
-                .and_then(|m| m.annotations.as_ref())
-                .map(|a| a[CONFIG_HASH_ANNOTATION].clone())
-        };
-        assert!(hash(&one).is_some());
-        assert_ne!(hash(&one), hash(&three));
-    }
-}
+mod tests;

@@ -1,0 +1,154 @@
+use super::*;
+use crate::build::fixtures::load;
+use crate::crd::SecretKeyRef;
+
+fn inputs() -> GatewayInputs {
+    let queue = ResolvedQueue {
+        broker_queue: "factory.telemetry".into(),
+        uri: SecretKeyRef {
+            name: "telemetry-rabbitmq-credentials".into(),
+            key: "uri".into(),
+        },
+        dead_letter_queue: None,
+        delivery_limit: None,
+    };
+    GatewayInputs {
+        queues: BTreeMap::from([("telemetry".into(), queue)]),
+        secrets: SecretData::from([
+            (
+                "devices".into(),
+                BTreeMap::from([("passwords".into(), b"d1:$argon2id$x".to_vec())]),
+            ),
+            (
+                "jwt-keys".into(),
+                BTreeMap::from([("a.pem".into(), b"-----".to_vec())]),
+            ),
+        ]),
+        image: "tributary/gateway:0.1.0".into(),
+    }
+}
+
+#[test]
+fn gateway_config_renders_listeners_auth_routes_and_broker_file() {
+    let gateway: Gateway = load("gateway.yaml");
+    let config = render_config(&gateway, &inputs()).expect("renders");
+    assert_eq!(
+        (config.tenant.as_str(), config.gateway.as_str()),
+        ("factory", "line-1")
+    );
+    assert_eq!(config.listeners.mqtt.map(|a| a.port()), Some(1883));
+    assert_eq!(config.listeners.http.map(|a| a.port()), Some(8080));
+    assert_eq!(
+        config
+            .auth
+            .password_file
+            .as_deref()
+            .and_then(|p| p.to_str()),
+        Some("/etc/tributary/secrets/devices/passwords")
+    );
+    let jwt = config.auth.jwt.expect("jwt");
+    assert_eq!(jwt.public_key_files.len(), 1);
+    assert_eq!(config.routes[0].queue, "factory.telemetry");
+    assert_eq!(
+        config.broker.uri_file.to_str(),
+        Some("/etc/tributary/secrets/telemetry-rabbitmq-credentials/uri")
+    );
+    assert_eq!(config.delivery, contract::DeliveryMode::Confirmed);
+}
+
+#[test]
+fn gateway_builds_deployment_service_pdb_and_config() {
+    let gateway: Gateway = load("gateway.yaml");
+    let children = build(&gateway, &inputs()).expect("builds");
+    let text = &children.config_map.data.expect("data")[CONFIG_KEY];
+    // The data plane reads YAML through JSON values: no YAML tags allowed.
+    assert!(!text.contains('!'), "{text}");
+    let value: serde_json::Value = serde_yaml::from_str(text).expect("YAML");
+    let parsed: GatewayConfig = serde_json::from_value(value).expect("gateway can parse it");
+    assert_eq!(parsed.routes.len(), 1);
+    let service = children.service.spec.expect("spec");
+    assert_eq!(service.type_.as_deref(), Some("NodePort"));
+    let ports: Vec<_> = service.ports.iter().flatten().map(|p| p.port).collect();
+    assert_eq!(ports, vec![1883, 8080]);
+    let pdb = children.pdb.spec.expect("spec");
+    assert_eq!(pdb.max_unavailable, Some(IntOrString::Int(1)));
+    let deployment = children.deployment.spec.expect("spec");
+    assert_eq!(deployment.replicas, Some(2));
+    let pod = deployment.template.spec.expect("pod");
+    crate::build::tests_support::assert_restricted(&pod);
+    let mounted: Vec<_> = pod
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.secret.as_ref())
+        .filter_map(|s| s.secret_name.clone())
+        .collect();
+    assert_eq!(
+        mounted,
+        vec!["devices", "jwt-keys", "telemetry-rabbitmq-credentials"]
+    );
+}
+
+#[test]
+fn device_credential_change_changes_the_pod_template_hash() {
+    let gateway: Gateway = load("gateway.yaml");
+    let hash = |inputs: &GatewayInputs| {
+        build(&gateway, inputs)
+            .expect("builds")
+            .deployment
+            .spec
+            .and_then(|s| s.template.metadata)
+            .and_then(|m| m.annotations)
+            .map(|a| a[crate::build::CONFIG_HASH_ANNOTATION].clone())
+    };
+    let mut changed = inputs();
+    changed.secrets.insert(
+        "devices".into(),
+        BTreeMap::from([("passwords".into(), b"d2:$argon2id$y".to_vec())]),
+    );
+    assert_ne!(hash(&inputs()), hash(&changed));
+}
+
+#[test]
+fn gateway_without_listeners_or_auth_is_invalid() {
+    let mut gateway: Gateway = load("gateway.yaml");
+    gateway.spec.listeners = Default::default();
+    assert!(validate(&gateway)
+        .expect_err("invalid")
+        .to_string()
+        .contains("listeners"));
+    let mut gateway: Gateway = load("gateway.yaml");
+    gateway.spec.auth = Default::default();
+    assert!(validate(&gateway)
+        .expect_err("invalid")
+        .to_string()
+        .contains("spec.auth"));
+}
+
+#[test]
+fn bad_topic_filter_is_invalid() {
+    let mut gateway: Gateway = load("gateway.yaml");
+    gateway.spec.routes[0].topic_filter = "devices/#/x".into();
+    let error = validate(&gateway).expect_err("invalid");
+    assert!(
+        error.to_string().contains("routes[0].topicFilter"),
+        "{error}"
+    );
+}
+
+#[test]
+fn routes_to_two_brokers_are_refused() {
+    let mut gateway: Gateway = load("gateway.yaml");
+    gateway.spec.routes.push(crate::crd::gateway::Route {
+        topic_filter: "alerts/#".into(),
+        queue: "alerts".into(),
+    });
+    let mut inputs = inputs();
+    let mut other = inputs.queues["telemetry"].clone();
+    other.uri.name = "other".into();
+    inputs.queues.insert("alerts".into(), other);
+    assert!(render_config(&gateway, &inputs)
+        .expect_err("invalid")
+        .to_string()
+        .contains("same broker"));
+}

@@ -1,0 +1,220 @@
+use super::*;
+use crate::build::fixtures::load;
+
+fn inputs() -> WorkerInputs {
+    WorkerInputs {
+        queue: ResolvedQueue {
+            broker_queue: "factory.telemetry".into(),
+            uri: SecretKeyRef {
+                name: "telemetry-rabbitmq-credentials".into(),
+                key: "uri".into(),
+            },
+            dead_letter_queue: Some("factory.telemetry.dlq".into()),
+            delivery_limit: None,
+        },
+        sinks: vec![(load("sink-postgres.yaml"), None)],
+        secrets: SecretData::from([(
+            "pg".into(),
+            BTreeMap::from([("url".into(), b"postgres://x".to_vec())]),
+        )]),
+        image: "tributary/worker:0.1.0".into(),
+        set_replicas: true,
+    }
+}
+
+#[test]
+fn pipeline_worker_renders_config_with_queue_sinks_and_steps() {
+    let worker: Worker = load("worker-pipeline.yaml");
+    let config = render_config(&worker, &inputs()).expect("renders");
+    assert_eq!(config.queue.name, "factory.telemetry");
+    assert_eq!(
+        config.queue.uri_file.to_str(),
+        Some("/etc/tributary/secrets/telemetry-rabbitmq-credentials/uri")
+    );
+    assert_eq!(
+        config.dead_letter.map(|d| d.routing_key).as_deref(),
+        Some("factory.telemetry.dlq")
+    );
+    let Some(ProcessingConfig::Pipeline(pipeline)) = config.processing else {
+        panic!("pipeline expected");
+    };
+    assert_eq!(pipeline.steps.len(), 3);
+    assert_eq!(config.sinks[0].name(), "readings");
+}
+
+#[test]
+fn classic_queue_delivery_limit_reaches_the_worker_config_and_quorum_has_none() {
+    use crate::crd::queue::QueueType;
+    let worker: Worker = load("worker-pipeline.yaml");
+    let mut queue: crate::crd::Queue = load("queue-managed.yaml");
+    let resolved = |queue: &crate::crd::Queue| ResolvedQueue {
+        delivery_limit: crate::build::queue::worker_delivery_limit(queue),
+        ..inputs().queue
+    };
+    // Quorum: the broker counts (x-delivery-limit); the worker does not.
+    let quorum = WorkerInputs {
+        queue: resolved(&queue),
+        ..inputs()
+    };
+    let config = render_config(&worker, &quorum).expect("renders");
+    assert_eq!(config.queue.delivery_limit, None);
+    // Classic: the worker counts, with the Queue's limit (3 in the fixture).
+    queue.spec.queue_type = QueueType::Classic;
+    let classic = WorkerInputs {
+        queue: resolved(&queue),
+        ..inputs()
+    };
+    let config = render_config(&worker, &classic).expect("renders");
+    assert_eq!(config.queue.delivery_limit, Some(3));
+    let text = crate::build::render_yaml("worker", &config).expect("yaml");
+    assert!(text.contains("deliveryLimit: 3"), "{text}");
+}
+
+#[test]
+fn worker_of_a_queue_without_dlq_renders_no_dead_letter_target() {
+    let worker: Worker = load("worker-pipeline.yaml");
+    let mut opted_out = inputs();
+    opted_out.queue.dead_letter_queue = None;
+    let config = render_config(&worker, &opted_out).expect("renders");
+    assert_eq!(config.dead_letter, None);
+}
+
+#[test]
+fn prefetch_defaults_to_the_largest_sink_batch_and_keeps_the_workers_own() {
+    let mut worker: Worker = load("worker-pipeline.yaml");
+    assert_eq!(worker.spec.prefetch, None);
+    let config = render_config(&worker, &inputs()).expect("renders");
+    // The PostgreSQL sink's default batch is 1000 messages.
+    assert_eq!(config.sinks[0].batch().max_messages, 1000);
+    assert_eq!(config.queue.prefetch, 1000);
+    assert_eq!(prefetch(None, &[]), Ok(DEFAULT_PREFETCH));
+
+    let mut huge = config.sinks[0].clone();
+    if let SinkConfig::Postgres(postgres) = &mut huge {
+        postgres.batch.max_messages = 100_000;
+    }
+    assert_eq!(prefetch(None, &[huge]), Ok(u16::MAX));
+
+    worker.spec.prefetch = Some(200);
+    let config = render_config(&worker, &inputs()).expect("renders");
+    assert_eq!(config.queue.prefetch, 200);
+    for bad in [0, 70_000] {
+        assert!(prefetch(Some(bad), &[]).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn worker_deployment_mounts_queue_and_sink_secrets_and_passes_restricted() {
+    let worker: Worker = load("worker-pipeline.yaml");
+    let children = build(&worker, &inputs()).expect("builds");
+    let spec = children.deployment.spec.expect("spec");
+    assert_eq!(spec.replicas, Some(2));
+    // Once the autoscaler owns the replica count, the operator leaves it out.
+    let handed_over = WorkerInputs {
+        set_replicas: false,
+        ..inputs()
+    };
+    let without = build(&worker, &handed_over).expect("builds");
+    assert_eq!(without.deployment.spec.expect("spec").replicas, None);
+    let pod = spec.template.spec.expect("pod");
+    crate::build::tests_support::assert_restricted(&pod);
+    let mounts: Vec<_> = pod.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.mount_path.as_str())
+        .collect();
+    assert!(mounts.contains(&"/etc/tributary/secrets/telemetry-rabbitmq-credentials"));
+    assert!(mounts.contains(&"/etc/tributary/secrets/pg"));
+    assert!(mounts.contains(&"/etc/tributary/config"));
+    let text = &children.config_map.data.expect("data")[CONFIG_KEY];
+    // The data plane reads YAML through JSON values: no YAML tags allowed.
+    assert!(!text.contains('!'), "{text}");
+    let value: serde_json::Value = serde_yaml::from_str(text).expect("YAML");
+    let parsed: WorkerConfig = serde_json::from_value(value).expect("worker can parse it");
+    assert_eq!(parsed.queue.name, "factory.telemetry");
+}
+
+#[test]
+fn secret_change_rolls_the_worker_pods() {
+    let worker: Worker = load("worker-pipeline.yaml");
+    let hash = |inputs: &WorkerInputs| {
+        build(&worker, inputs)
+            .expect("builds")
+            .deployment
+            .spec
+            .and_then(|s| s.template.metadata)
+            .and_then(|m| m.annotations)
+            .map(|a| a[crate::build::CONFIG_HASH_ANNOTATION].clone())
+    };
+    let mut changed = inputs();
+    changed.secrets.insert(
+        "pg".into(),
+        BTreeMap::from([("url".into(), b"postgres://y".to_vec())]),
+    );
+    assert_ne!(hash(&inputs()), hash(&changed));
+}
+
+#[test]
+fn custom_container_runs_beside_the_runtime() {
+    let worker: Worker = load("worker-container.yaml");
+    let config = render_config(&worker, &inputs()).expect("renders");
+    let Some(ProcessingConfig::Container(container)) = config.processing else {
+        panic!("container expected");
+    };
+    assert_eq!(container.url, "http://127.0.0.1:8000/process");
+    let pod = build(&worker, &inputs())
+        .expect("builds")
+        .deployment
+        .spec
+        .expect("spec")
+        .template
+        .spec
+        .expect("pod");
+    let names: Vec<_> = pod.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, vec!["worker", "processor"]);
+    assert_eq!(
+        pod.containers[1].image.as_deref(),
+        Some("example/enricher:1.0")
+    );
+    crate::build::tests_support::assert_restricted(&pod);
+}
+
+#[test]
+fn invalid_cel_is_a_clear_validation_error() {
+    let mut worker: Worker = load("worker-pipeline.yaml");
+    worker.spec.pipeline[0].filter = Some("payload.temp >".into());
+    let error = validate(&worker).expect_err("invalid");
+    assert!(
+        error
+            .to_string()
+            .contains("spec.pipeline[0].filter: invalid CEL"),
+        "{error}"
+    );
+}
+
+#[test]
+fn pipeline_and_container_together_are_invalid() {
+    let mut worker: Worker = load("worker-container.yaml");
+    let pipeline: Worker = load("worker-pipeline.yaml");
+    worker.spec.pipeline = pipeline.spec.pipeline;
+    assert!(validate(&worker).is_err());
+}
+
+#[test]
+fn replicas_are_clamped_to_the_scaling_bounds() {
+    let mut worker: Worker = load("worker-pipeline.yaml");
+    worker.spec.scaling.enabled = false;
+    worker.spec.replicas = Some(50);
+    assert_eq!(desired_replicas(&worker), 5);
+    worker.spec.replicas = None;
+    assert_eq!(desired_replicas(&worker), 2);
+    // Autoscaled: spec.replicas is ignored; the autoscaler starts from the minimum.
+    worker.spec.scaling.enabled = true;
+    worker.spec.replicas = Some(4);
+    assert_eq!(desired_replicas(&worker), 2);
+    assert_eq!(
+        selector_string(&worker).expect("selector"),
+        "app.kubernetes.io/instance=ingest,app.kubernetes.io/name=worker"
+    );
+}
