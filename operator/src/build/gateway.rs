@@ -314,6 +314,18 @@ fn limits_config(gateway: &Gateway) -> Result<contract::Limits, BuildError> {
         messages_per_second: u32::try_from(limits.messages_per_second_per_device)
             .map_err(|_| out_of_range("spec.limits.messagesPerSecondPerDevice"))?,
         burst: u32::try_from(limits.burst).map_err(|_| out_of_range("spec.limits.burst"))?,
+        max_connections_per_device: usize::try_from(limits.max_connections_per_device)
+            .map_err(|_| out_of_range("spec.limits.maxConnectionsPerDevice"))?,
+        max_http_connections: usize::try_from(limits.max_http_connections)
+            .map_err(|_| out_of_range("spec.limits.maxHttpConnections"))?,
+        http_header_timeout_seconds: u64::try_from(limits.http_header_timeout_seconds)
+            .map_err(|_| out_of_range("spec.limits.httpHeaderTimeoutSeconds"))?,
+        http_body_timeout_seconds: u64::try_from(limits.http_body_timeout_seconds)
+            .map_err(|_| out_of_range("spec.limits.httpBodyTimeoutSeconds"))?,
+        max_keep_alive_seconds: u16::try_from(limits.max_keep_alive_seconds)
+            .map_err(|_| out_of_range("spec.limits.maxKeepAliveSeconds"))?,
+        write_timeout_seconds: u64::try_from(limits.write_timeout_seconds)
+            .map_err(|_| out_of_range("spec.limits.writeTimeoutSeconds"))?,
         ..contract::Limits::default()
     })
 }

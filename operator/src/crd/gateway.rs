@@ -242,6 +242,38 @@ pub struct Limits {
     #[serde(default = "default_burst")]
     #[schemars(range(min = 0))]
     pub burst: i64,
+    /// Most simultaneous MQTT connections one device id may hold, so that one leaked
+    /// credential cannot take every slot; a further CONNECT is refused with "quota exceeded"
+    /// unless it takes over a live connection's client id. Default 4.
+    #[serde(default = "default_max_connections_per_device")]
+    #[schemars(range(min = 1))]
+    pub max_connections_per_device: i64,
+    /// Most simultaneous connections to the HTTP ingest listener per pod; further ones are
+    /// closed as soon as they are accepted. Default 1024.
+    #[serde(default = "default_max_http_connections")]
+    #[schemars(range(min = 1))]
+    pub max_http_connections: i64,
+    /// Seconds an HTTP connection has to send a complete request head (also the idle
+    /// keep-alive timeout between requests). Default 5.
+    #[serde(default = "default_http_header_timeout")]
+    #[schemars(range(min = 1))]
+    pub http_header_timeout_seconds: i64,
+    /// Seconds an HTTP request body has to arrive once its head was read; slower bodies get
+    /// 408. Default 15.
+    #[serde(default = "default_http_body_timeout")]
+    #[schemars(range(min = 1))]
+    pub http_body_timeout_seconds: i64,
+    /// Longest MQTT keep-alive granted, in seconds; a client asking for 0 or more gets this
+    /// (MQTT 5: told in CONNACK). Connections silent for 1.5 times their keep-alive are
+    /// closed. Default 300.
+    #[serde(default = "default_max_keep_alive")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub max_keep_alive_seconds: i64,
+    /// Seconds a write to an MQTT client may stay blocked (it stopped reading) before the
+    /// connection is closed. Default 30.
+    #[serde(default = "default_write_timeout")]
+    #[schemars(range(min = 1))]
+    pub write_timeout_seconds: i64,
 }
 
 // The gateway's own defaults (tributary-contract), in the CRD's integer type.
@@ -261,6 +293,30 @@ fn default_max_connections() -> i64 {
     gateway_config::DEFAULT_MAX_CONNECTIONS as i64
 }
 
+fn default_max_connections_per_device() -> i64 {
+    gateway_config::DEFAULT_MAX_CONNECTIONS_PER_DEVICE as i64
+}
+
+fn default_max_http_connections() -> i64 {
+    gateway_config::DEFAULT_MAX_HTTP_CONNECTIONS as i64
+}
+
+fn default_http_header_timeout() -> i64 {
+    gateway_config::DEFAULT_HTTP_HEADER_TIMEOUT_SECONDS as i64
+}
+
+fn default_http_body_timeout() -> i64 {
+    gateway_config::DEFAULT_HTTP_BODY_TIMEOUT_SECONDS as i64
+}
+
+fn default_max_keep_alive() -> i64 {
+    i64::from(gateway_config::DEFAULT_MAX_KEEP_ALIVE_SECONDS)
+}
+
+fn default_write_timeout() -> i64 {
+    gateway_config::DEFAULT_WRITE_TIMEOUT_SECONDS as i64
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -268,6 +324,12 @@ impl Default for Limits {
             max_connections: default_max_connections(),
             messages_per_second_per_device: default_rate(),
             burst: default_burst(),
+            max_connections_per_device: default_max_connections_per_device(),
+            max_http_connections: default_max_http_connections(),
+            http_header_timeout_seconds: default_http_header_timeout(),
+            http_body_timeout_seconds: default_http_body_timeout(),
+            max_keep_alive_seconds: default_max_keep_alive(),
+            write_timeout_seconds: default_write_timeout(),
         }
     }
 }
