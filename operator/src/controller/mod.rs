@@ -22,6 +22,8 @@ use std::time::Duration;
 pub mod broker;
 pub mod conditions;
 pub mod gateway;
+#[cfg(test)]
+pub mod mock_api;
 pub mod monitoring;
 pub mod pdb;
 pub mod queue;
