@@ -34,8 +34,8 @@ const MONITORING_DISCOVERY: &str = "/apis/monitoring.coreos.com/v1";
 pub struct Exchange {
     method: Method,
     path: String,
-    /// The request is a forced server-side apply under the operator's field manager.
-    server_side_apply: bool,
+    /// The request is a forced server-side apply under this field manager.
+    server_side_apply: Option<String>,
     /// JSON pointers into the request body and the value each must hold.
     body: Vec<(String, Value)>,
     status: StatusCode,
@@ -47,7 +47,7 @@ impl Exchange {
         Exchange {
             method,
             path: path.to_owned(),
-            server_side_apply: false,
+            server_side_apply: None,
             body: Vec::new(),
             status: StatusCode::OK,
             reply: json!({}),
@@ -67,8 +67,13 @@ impl Exchange {
     /// A forced server-side apply (`PATCH`, `application/apply-patch+yaml`) of `path` by the
     /// operator's field manager.
     pub fn apply(path: &str) -> Self {
+        Self::apply_by(path, crate::build::FIELD_MANAGER)
+    }
+
+    /// A forced server-side apply of `path` by field manager `manager`.
+    pub fn apply_by(path: &str, manager: &str) -> Self {
         Exchange {
-            server_side_apply: true,
+            server_side_apply: Some(manager.to_owned()),
             ..Self::new(Method::PATCH, path)
         }
     }
@@ -79,7 +84,8 @@ impl Exchange {
         self
     }
 
-    /// Answers `200 OK` with `reply`.
+    /// Answers `200 OK` with `reply`. A `POST` or `PATCH` is answered with its own body laid
+    /// over `reply`, as the API server returns the object written.
     pub fn reply(mut self, reply: Value) -> Self {
         self.reply = reply;
         self
@@ -107,7 +113,7 @@ impl Exchange {
             (&self.method, self.path.as_str()),
             "unexpected request {what}"
         );
-        if self.server_side_apply {
+        if let Some(manager) = &self.server_side_apply {
             let content_type = request.headers().get(http::header::CONTENT_TYPE);
             assert_eq!(
                 content_type.and_then(|v| v.to_str().ok()),
@@ -115,10 +121,9 @@ impl Exchange {
                 "{what} is not a server-side apply"
             );
             let query = request.uri().query().unwrap_or_default();
-            let manager = format!("fieldManager={}", crate::build::FIELD_MANAGER);
             assert!(
-                query.contains(&manager) && query.contains("force=true"),
-                "{what} is not forced under the operator's field manager"
+                query.contains(&format!("fieldManager={manager}")) && query.contains("force=true"),
+                "{what} is not forced under field manager {manager}"
             );
         }
         let bytes = request
@@ -141,13 +146,30 @@ impl Exchange {
         body
     }
 
-    fn response(&self) -> Response<Body> {
-        let bytes = serde_json::to_vec(&self.reply).expect("reply serializes");
+    fn response(&self, body: Value) -> Response<Body> {
+        let mut reply = self.reply.clone();
+        if self.method != Method::GET && self.status.is_success() {
+            overlay(&mut reply, body);
+        }
+        let bytes = serde_json::to_vec(&reply).expect("reply serializes");
         Response::builder()
             .status(self.status)
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Body::from(bytes))
             .expect("response")
+    }
+}
+
+/// Lays `top` over `base`: objects merge key by key, anything else replaces.
+fn overlay(base: &mut Value, top: Value) {
+    match (base, top) {
+        (Value::Object(base), Value::Object(top)) => {
+            for (key, value) in top {
+                overlay(base.entry(key).or_insert(Value::Null), value);
+            }
+        }
+        (_, Value::Null) => {}
+        (base, top) => *base = top,
     }
 }
 
@@ -171,8 +193,9 @@ impl ApiServer {
             let mut bodies = Vec::new();
             for expected in scenario {
                 let (request, reply) = self.next(&expected).await;
-                bodies.push(expected.check(request).await);
-                reply.send_response(expected.response());
+                let body = expected.check(request).await;
+                reply.send_response(expected.response(body.clone()));
+                bodies.push(body);
             }
             bodies
         }))
@@ -194,7 +217,11 @@ impl ApiServer {
                 );
             };
             if request.uri().path() == MONITORING_DISCOVERY {
-                reply.send_response(Exchange::get(MONITORING_DISCOVERY).not_found().response());
+                reply.send_response(
+                    Exchange::get(MONITORING_DISCOVERY)
+                        .not_found()
+                        .response(Value::Null),
+                );
                 continue;
             }
             return (request, reply);
@@ -232,6 +259,47 @@ pub fn context(client: Client) -> Arc<Context> {
     })
 }
 
+/// A Secret of namespace `factory` holding `key`.
+pub fn secret(name: &str, key: &str, value: &str) -> Value {
+    use base64::Engine as _;
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": { "name": name, "namespace": "factory" },
+        "data": { key: base64::engine::general_purpose::STANDARD.encode(value) },
+    })
+}
+
+/// A Ready Queue of namespace `factory` (from `queue-managed.yaml`) named `name`, whose
+/// broker queue is `factory.<name>`, reached through Secret `<name>-uri`.
+pub fn ready_queue(name: &str) -> Value {
+    let mut queue: crate::crd::Queue = crate::build::fixtures::load("queue-managed.yaml");
+    queue.metadata.name = Some(name.to_owned());
+    let mut value = serde_json::to_value(queue).expect("serializes");
+    value["status"] = json!({
+        "conditions": [ready("True")],
+        "queueName": format!("factory.{name}"),
+        "connectionSecretRef": { "name": format!("{name}-uri"), "key": "uri" },
+    });
+    value
+}
+
+/// A `Ready` condition with `status` (`True` or `False`).
+pub fn ready(status: &str) -> Value {
+    json!({
+        "type": "Ready",
+        "status": status,
+        "reason": "Reconciled",
+        "message": "",
+        "lastTransitionTime": "2026-01-01T00:00:00Z",
+    })
+}
+
+/// The path of a Tributary resource: `plural` of `tributary.dev/v1alpha1` in `factory`.
+pub fn tributary(plural: &str, name: &str) -> String {
+    path("tributary.dev/v1alpha1", "factory", plural, name)
+}
+
 /// The path of a namespaced object: `group_version` is `v1` or `group/version`.
 pub fn path(group_version: &str, namespace: &str, plural: &str, name: &str) -> String {
     let root = if group_version == "v1" {
@@ -250,16 +318,6 @@ pub fn events(namespace: &str) -> String {
 mod tests {
     use super::*;
     use crate::controller::{conditions::reason, resolve_secrets};
-
-    fn secret(name: &str, key: &str, value: &str) -> Value {
-        use base64::Engine as _;
-        json!({
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": { "name": name, "namespace": "factory" },
-            "data": { key: base64::engine::general_purpose::STANDARD.encode(value) },
-        })
-    }
 
     #[tokio::test]
     async fn secrets_are_dereferenced_until_the_first_missing_one() {
