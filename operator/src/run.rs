@@ -2,7 +2,7 @@
 //! endpoint, and graceful shutdown on SIGTERM/SIGINT.
 
 use crate::build::Images;
-use crate::controller::{self, error_policy, pdb::PdbApi, Context};
+use crate::controller::{self, error_policy, malformed::guarded, pdb::PdbApi, Context};
 use crate::crd::{Gateway, Queue, Sink, Worker};
 use crate::leader::LeaseLock;
 use crate::metrics::Metrics;
@@ -12,6 +12,7 @@ use axum::routing::get;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Secret;
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -150,13 +151,13 @@ where
     }
 }
 
-/// The objects cached in `store` that live in `namespace` and satisfy `depends`: what to
-/// reconcile when a watched object of that namespace changes.
+/// The readable objects cached in `store` that live in `namespace` and satisfy `depends`:
+/// what to reconcile when a watched object of that namespace changes.
 fn dependents<K>(
-    store: &Store<K>,
+    store: &Store<DeserializeGuard<K>>,
     namespace: Option<String>,
     depends: impl Fn(&K) -> bool,
-) -> Vec<ObjectRef<K>>
+) -> Vec<ObjectRef<DeserializeGuard<K>>>
 where
     K: Resource + Clone + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
@@ -164,13 +165,13 @@ where
     store
         .state()
         .into_iter()
-        .filter(|object| object.namespace() == namespace && depends(object))
+        .filter(|object| object.namespace() == namespace && object.0.as_ref().is_ok_and(&depends))
         .map(|object| ObjectRef::from_obj(object.as_ref()))
         .collect()
 }
 
 /// The Queue a managed broker child names in its labels (owned or kept under `Retain`).
-fn labelled_queue<K: Resource>(child: &K) -> Option<ObjectRef<Queue>> {
+fn labelled_queue<K: Resource>(child: &K) -> Option<ObjectRef<DeserializeGuard<Queue>>> {
     let labels = child.meta().labels.as_ref()?;
     if labels
         .get(crate::build::OWNER_KIND_LABEL)
@@ -201,7 +202,7 @@ async fn run_controllers(
         let _ = stop.wait_for(|s| *s).await;
     };
 
-    let queues = Controller::new(api_for::<Queue>(client, ns), wc.clone());
+    let queues = Controller::new(api_for::<DeserializeGuard<Queue>>(client, ns), wc.clone());
     let queue_store = queues.store();
     let queues = queues
         // By label, not owner reference: under `Retain` the broker has no owner.
@@ -225,10 +226,14 @@ async fn run_controllers(
             },
         )
         .graceful_shutdown_on(stopped(stop.clone()))
-        .run(controller::queue::reconcile, error_policy, ctx.clone())
+        .run(
+            |object, ctx| guarded(object, ctx, controller::queue::reconcile),
+            error_policy,
+            ctx.clone(),
+        )
         .for_each(|_| futures::future::ready(()));
 
-    let sinks = Controller::new(api_for::<Sink>(client, ns), wc.clone());
+    let sinks = Controller::new(api_for::<DeserializeGuard<Sink>>(client, ns), wc.clone());
     let sink_store = sinks.store();
     let sink_store_for_queues = sink_store.clone();
     let sinks = sinks
@@ -253,10 +258,14 @@ async fn run_controllers(
             },
         )
         .graceful_shutdown_on(stopped(stop.clone()))
-        .run(controller::sink::reconcile, error_policy, ctx.clone())
+        .run(
+            |object, ctx| guarded(object, ctx, controller::sink::reconcile),
+            error_policy,
+            ctx.clone(),
+        )
         .for_each(|_| futures::future::ready(()));
 
-    let gateways = Controller::new(api_for::<Gateway>(client, ns), wc.clone());
+    let gateways = Controller::new(api_for::<DeserializeGuard<Gateway>>(client, ns), wc.clone());
     let by_queue = gateways.store();
     let by_secret = gateways.store();
     let gateways = gateways
@@ -280,10 +289,14 @@ async fn run_controllers(
             },
         )
         .graceful_shutdown_on(stopped(stop.clone()))
-        .run(controller::gateway::reconcile, error_policy, ctx.clone())
+        .run(
+            |object, ctx| guarded(object, ctx, controller::gateway::reconcile),
+            error_policy,
+            ctx.clone(),
+        )
         .for_each(|_| futures::future::ready(()));
 
-    let workers = Controller::new(api_for::<Worker>(client, ns), wc.clone());
+    let workers = Controller::new(api_for::<DeserializeGuard<Worker>>(client, ns), wc.clone());
     let by_queue = workers.store();
     let by_sink = workers.store();
     let by_secret = workers.store();
@@ -315,7 +328,11 @@ async fn run_controllers(
             dependents(&by_secret, secret.namespace(), |_| true)
         })
         .graceful_shutdown_on(stopped(stop))
-        .run(controller::worker::reconcile, error_policy, ctx.clone())
+        .run(
+            |object, ctx| guarded(object, ctx, controller::worker::reconcile),
+            error_policy,
+            ctx.clone(),
+        )
         .for_each(|_| futures::future::ready(()));
 
     tokio::join!(queues, sinks, gateways, workers, autoscaler);

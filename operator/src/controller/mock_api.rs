@@ -229,6 +229,55 @@ impl ApiServer {
     }
 }
 
+/// A request as the server saw it: method, path with query, JSON body (`null` if empty).
+pub type Seen = (Method, String, Value);
+
+impl ApiServer {
+    /// Answers every request with `answer`, in whatever order they come (concurrent
+    /// reconciles, watches), in the background: `answer` gets the method, the path with its
+    /// query, and the JSON body; `Some(reply)` is sent with `200 OK` (a `POST` or `PATCH`
+    /// with its body laid over it), `None` leaves the request pending, like an open watch
+    /// with no news. The requests seen are recorded.
+    pub fn answer_all<F>(mut self, mut answer: F) -> Arc<std::sync::Mutex<Vec<Seen>>>
+    where
+        F: FnMut(&Method, &str, &Value) -> Option<Value> + Send + 'static,
+    {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        tokio::spawn(async move {
+            let mut pending = Vec::new();
+            while let Some((request, reply)) = self.0.next_request().await {
+                if request.uri().path() == MONITORING_DISCOVERY {
+                    let not_served = Exchange::get(MONITORING_DISCOVERY).not_found();
+                    reply.send_response(not_served.response(Value::Null));
+                    continue;
+                }
+                let method = request.method().clone();
+                let uri = request.uri().to_string();
+                let bytes = request.into_body().collect_bytes().await;
+                let body = bytes
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or(Value::Null);
+                let answered = answer(&method, &uri, &body);
+                record.lock().expect("not poisoned").push((
+                    method.clone(),
+                    uri.clone(),
+                    body.clone(),
+                ));
+                match answered {
+                    Some(value) => {
+                        let exchange = Exchange::new(method, &uri).reply(value);
+                        reply.send_response(exchange.response(body));
+                    }
+                    None => pending.push(reply),
+                }
+            }
+        });
+        seen
+    }
+}
+
 impl Scenario {
     /// Waits until every expected request came and was answered; the request bodies, in
     /// order. Panics with the scenario's failure.

@@ -22,6 +22,7 @@ use std::time::Duration;
 pub mod broker;
 pub mod conditions;
 pub mod gateway;
+pub mod malformed;
 #[cfg(test)]
 pub mod mock_api;
 pub mod monitoring;
