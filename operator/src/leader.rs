@@ -6,12 +6,16 @@
 //! notices the first and refuses to start instead of fighting over the same objects.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client, ResourceExt};
+use tokio::sync::watch;
 
 /// The label every Tributary operator's leader Lease carries.
 pub const LEASE_LABEL: (&str, &str) = ("app.kubernetes.io/name", "tributary-operator");
@@ -246,6 +250,62 @@ impl LeaseLock {
     /// Seconds the Lease is valid without renewal.
     pub fn duration_seconds(&self) -> i32 {
         self.duration_seconds
+    }
+
+    /// Tries to acquire the Lease every 3 s until it does (`true`) or `stop` fires (`false`).
+    pub async fn acquire_unless_stopped(&self, stop: &mut watch::Receiver<bool>) -> bool {
+        loop {
+            match self.try_acquire().await {
+                Ok(true) => return true,
+                Ok(false) => {
+                    tracing::info!(identity = %self.identity, "waiting for the leader Lease")
+                }
+                Err(error) => tracing::warn!(%error, "leader election failed; retrying"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(3)) => {},
+                _ = stop.wait_for(|stopped| *stopped) => return false,
+            }
+        }
+    }
+
+    /// Renews the held Lease every 5 s in the background until `stop` fires. When another
+    /// replica took it, or renewals failed for longer than the Lease lasts, sets `lost` and
+    /// stops the operator through `stop_tx`.
+    pub fn keep_renewed(
+        self: Arc<Self>,
+        stop_tx: watch::Sender<bool>,
+        lost: Arc<AtomicBool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let mut stop = stop_tx.subscribe();
+        tokio::spawn(async move {
+            let period = Duration::from_secs(5);
+            let mut last_ok = tokio::time::Instant::now();
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(period) => {},
+                    _ = stop.wait_for(|stopped| *stopped) => return,
+                }
+                match self.try_acquire().await {
+                    Ok(true) => last_ok = tokio::time::Instant::now(),
+                    Ok(false) => {
+                        tracing::error!("another replica took the leader Lease");
+                        lost.store(true, Ordering::Relaxed);
+                        let _ = stop_tx.send(true);
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "renewing the leader Lease failed");
+                        let lasts = u64::from(self.duration_seconds.unsigned_abs());
+                        if last_ok.elapsed() > Duration::from_secs(lasts) {
+                            lost.store(true, Ordering::Relaxed);
+                            let _ = stop_tx.send(true);
+                            return;
+                        }
+                    }
+                }
+            }
+        })
     }
 
     fn spec(&self, acquired: Timestamp, renewed: Timestamp, transitions: i32) -> LeaseSpec {
