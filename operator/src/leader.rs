@@ -323,6 +323,8 @@ impl LeaseLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::mock_api::{mocked, Exchange};
+    use serde_json::json;
 
     fn held_by(holder: &str, renewed: Timestamp) -> LeaseSpec {
         LeaseSpec {
@@ -421,6 +423,93 @@ mod tests {
             now,
         );
         assert_eq!(on_team_b.len(), 2, "{on_team_b:?}");
+    }
+
+    const LEASE: &str =
+        "/apis/coordination.k8s.io/v1/namespaces/tributary-system/leases/tributary-operator";
+
+    fn lock(client: Client) -> LeaseLock {
+        LeaseLock::new(
+            client,
+            ("tributary-system", "tributary-operator"),
+            "me",
+            15,
+            &["factory".to_owned()],
+        )
+    }
+
+    fn stored(spec: LeaseSpec) -> serde_json::Value {
+        let mut lease = lease("tributary-system", "tributary-operator", None, spec);
+        lease.metadata.resource_version = Some("5".into());
+        serde_json::to_value(lease).expect("serializes")
+    }
+
+    #[tokio::test]
+    async fn an_expired_lease_of_another_replica_is_taken_over() {
+        let old = Timestamp::now()
+            .checked_sub(SignedDuration::from_secs(60))
+            .expect("time");
+        let spec = LeaseSpec {
+            lease_transitions: Some(2),
+            ..held_by("other", old)
+        };
+        let (client, server) = mocked();
+        let scenario = server.run(vec![
+            Exchange::get(LEASE).reply(stored(spec)),
+            // A replace carrying the resourceVersion read: a concurrent writer fails it.
+            Exchange::put(LEASE)
+                .with("/metadata/resourceVersion", json!("5"))
+                .with(
+                    "/metadata/annotations/tributary.dev~1watch-namespaces",
+                    json!("factory"),
+                )
+                .with("/spec/holderIdentity", json!("me"))
+                .with("/spec/leaseTransitions", json!(3))
+                .with("/spec/leaseDurationSeconds", json!(15)),
+        ]);
+        assert!(lock(client).try_acquire().await.expect("no API error"));
+        scenario.done().await;
+    }
+
+    #[tokio::test]
+    async fn a_live_lease_of_another_replica_is_left_alone() {
+        let (client, server) = mocked();
+        let scenario = server.run(vec![
+            Exchange::get(LEASE).reply(stored(held_by("other", Timestamp::now())))
+        ]);
+        assert!(!lock(client).try_acquire().await.expect("no API error"));
+        scenario.done().await;
+    }
+
+    #[tokio::test]
+    async fn a_lost_race_to_create_the_lease_is_not_an_error() {
+        let (client, server) = mocked();
+        let scenario = server.run(vec![
+            Exchange::get(LEASE).not_found(),
+            Exchange::post("/apis/coordination.k8s.io/v1/namespaces/tributary-system/leases")
+                .with(
+                    "/metadata/labels/app.kubernetes.io~1name",
+                    json!("tributary-operator"),
+                )
+                .with("/spec/holderIdentity", json!("me"))
+                .conflict(),
+        ]);
+        assert!(!lock(client).try_acquire().await.expect("no API error"));
+        scenario.done().await;
+    }
+
+    #[tokio::test]
+    async fn release_gives_the_held_lease_up() {
+        let (client, server) = mocked();
+        let scenario = server.run(vec![
+            Exchange::get(LEASE).reply(stored(held_by("me", Timestamp::now()))),
+            Exchange::put(LEASE)
+                .without("/spec/holderIdentity")
+                .without("/spec/renewTime")
+                .with("/metadata/resourceVersion", json!("5")),
+        ]);
+        lock(client).release().await.expect("released");
+        scenario.done().await;
     }
 
     #[test]

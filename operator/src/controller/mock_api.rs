@@ -36,8 +36,8 @@ pub struct Exchange {
     path: String,
     /// The request is a forced server-side apply under this field manager.
     server_side_apply: Option<String>,
-    /// JSON pointers into the request body and the value each must hold.
-    body: Vec<(String, Value)>,
+    /// JSON pointers into the request body and the value each must hold (`None`: absent).
+    body: Vec<(String, Option<Value>)>,
     status: StatusCode,
     reply: Value,
 }
@@ -64,6 +64,11 @@ impl Exchange {
         Self::new(Method::POST, path)
     }
 
+    /// A `PUT` (replace) of `path`.
+    pub fn put(path: &str) -> Self {
+        Self::new(Method::PUT, path)
+    }
+
     /// A forced server-side apply (`PATCH`, `application/apply-patch+yaml`) of `path` by the
     /// operator's field manager.
     pub fn apply(path: &str) -> Self {
@@ -80,7 +85,13 @@ impl Exchange {
 
     /// The request body must hold `value` at the JSON `pointer` (e.g. `/status/selector`).
     pub fn with(mut self, pointer: &str, value: Value) -> Self {
-        self.body.push((pointer.to_owned(), value));
+        self.body.push((pointer.to_owned(), Some(value)));
+        self
+    }
+
+    /// The request body must hold nothing at the JSON `pointer`.
+    pub fn without(mut self, pointer: &str) -> Self {
+        self.body.push((pointer.to_owned(), None));
         self
     }
 
@@ -92,15 +103,24 @@ impl Exchange {
     }
 
     /// Answers `404 Not Found` with the API server's `Status` object.
-    pub fn not_found(mut self) -> Self {
-        self.status = StatusCode::NOT_FOUND;
+    pub fn not_found(self) -> Self {
+        self.fails(StatusCode::NOT_FOUND, "NotFound")
+    }
+
+    /// Answers `409 Conflict` (another writer came first).
+    pub fn conflict(self) -> Self {
+        self.fails(StatusCode::CONFLICT, "Conflict")
+    }
+
+    fn fails(mut self, status: StatusCode, reason: &str) -> Self {
+        self.status = status;
         self.reply = json!({
             "kind": "Status",
             "apiVersion": "v1",
             "status": "Failure",
-            "reason": "NotFound",
-            "message": format!("{} not found", self.path),
-            "code": 404,
+            "reason": reason,
+            "message": format!("{} {}: {reason}", self.method, self.path),
+            "code": status.as_u16(),
         });
         self
     }
@@ -139,7 +159,7 @@ impl Exchange {
         for (pointer, expected) in &self.body {
             assert_eq!(
                 body.pointer(pointer),
-                Some(expected),
+                expected.as_ref(),
                 "{what}: {pointer} in {body}"
             );
         }
