@@ -6,12 +6,16 @@
 //! notices the first and refuses to start instead of fighting over the same objects.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client, ResourceExt};
+use tokio::sync::watch;
 
 /// The label every Tributary operator's leader Lease carries.
 pub const LEASE_LABEL: (&str, &str) = ("app.kubernetes.io/name", "tributary-operator");
@@ -248,6 +252,62 @@ impl LeaseLock {
         self.duration_seconds
     }
 
+    /// Tries to acquire the Lease every 3 s until it does (`true`) or `stop` fires (`false`).
+    pub async fn acquire_unless_stopped(&self, stop: &mut watch::Receiver<bool>) -> bool {
+        loop {
+            match self.try_acquire().await {
+                Ok(true) => return true,
+                Ok(false) => {
+                    tracing::info!(identity = %self.identity, "waiting for the leader Lease")
+                }
+                Err(error) => tracing::warn!(%error, "leader election failed; retrying"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(3)) => {},
+                _ = stop.wait_for(|stopped| *stopped) => return false,
+            }
+        }
+    }
+
+    /// Renews the held Lease every 5 s in the background until `stop` fires. When another
+    /// replica took it, or renewals failed for longer than the Lease lasts, sets `lost` and
+    /// stops the operator through `stop_tx`.
+    pub fn keep_renewed(
+        self: Arc<Self>,
+        stop_tx: watch::Sender<bool>,
+        lost: Arc<AtomicBool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let mut stop = stop_tx.subscribe();
+        tokio::spawn(async move {
+            let period = Duration::from_secs(5);
+            let mut last_ok = tokio::time::Instant::now();
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(period) => {},
+                    _ = stop.wait_for(|stopped| *stopped) => return,
+                }
+                match self.try_acquire().await {
+                    Ok(true) => last_ok = tokio::time::Instant::now(),
+                    Ok(false) => {
+                        tracing::error!("another replica took the leader Lease");
+                        lost.store(true, Ordering::Relaxed);
+                        let _ = stop_tx.send(true);
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "renewing the leader Lease failed");
+                        let lasts = u64::from(self.duration_seconds.unsigned_abs());
+                        if last_ok.elapsed() > Duration::from_secs(lasts) {
+                            lost.store(true, Ordering::Relaxed);
+                            let _ = stop_tx.send(true);
+                            return;
+                        }
+                    }
+                }
+            }
+        })
+    }
+
     fn spec(&self, acquired: Timestamp, renewed: Timestamp, transitions: i32) -> LeaseSpec {
         LeaseSpec {
             holder_identity: Some(self.identity.clone()),
@@ -263,6 +323,8 @@ impl LeaseLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::mock_api::{mocked, Exchange};
+    use serde_json::json;
 
     fn held_by(holder: &str, renewed: Timestamp) -> LeaseSpec {
         LeaseSpec {
@@ -361,6 +423,93 @@ mod tests {
             now,
         );
         assert_eq!(on_team_b.len(), 2, "{on_team_b:?}");
+    }
+
+    const LEASE: &str =
+        "/apis/coordination.k8s.io/v1/namespaces/tributary-system/leases/tributary-operator";
+
+    fn lock(client: Client) -> LeaseLock {
+        LeaseLock::new(
+            client,
+            ("tributary-system", "tributary-operator"),
+            "me",
+            15,
+            &["factory".to_owned()],
+        )
+    }
+
+    fn stored(spec: LeaseSpec) -> serde_json::Value {
+        let mut lease = lease("tributary-system", "tributary-operator", None, spec);
+        lease.metadata.resource_version = Some("5".into());
+        serde_json::to_value(lease).expect("serializes")
+    }
+
+    #[tokio::test]
+    async fn an_expired_lease_of_another_replica_is_taken_over() {
+        let old = Timestamp::now()
+            .checked_sub(SignedDuration::from_secs(60))
+            .expect("time");
+        let spec = LeaseSpec {
+            lease_transitions: Some(2),
+            ..held_by("other", old)
+        };
+        let (client, server) = mocked();
+        let scenario = server.run(vec![
+            Exchange::get(LEASE).reply(stored(spec)),
+            // A replace carrying the resourceVersion read: a concurrent writer fails it.
+            Exchange::put(LEASE)
+                .with("/metadata/resourceVersion", json!("5"))
+                .with(
+                    "/metadata/annotations/tributary.dev~1watch-namespaces",
+                    json!("factory"),
+                )
+                .with("/spec/holderIdentity", json!("me"))
+                .with("/spec/leaseTransitions", json!(3))
+                .with("/spec/leaseDurationSeconds", json!(15)),
+        ]);
+        assert!(lock(client).try_acquire().await.expect("no API error"));
+        scenario.done().await;
+    }
+
+    #[tokio::test]
+    async fn a_live_lease_of_another_replica_is_left_alone() {
+        let (client, server) = mocked();
+        let scenario = server.run(vec![
+            Exchange::get(LEASE).reply(stored(held_by("other", Timestamp::now())))
+        ]);
+        assert!(!lock(client).try_acquire().await.expect("no API error"));
+        scenario.done().await;
+    }
+
+    #[tokio::test]
+    async fn a_lost_race_to_create_the_lease_is_not_an_error() {
+        let (client, server) = mocked();
+        let scenario = server.run(vec![
+            Exchange::get(LEASE).not_found(),
+            Exchange::post("/apis/coordination.k8s.io/v1/namespaces/tributary-system/leases")
+                .with(
+                    "/metadata/labels/app.kubernetes.io~1name",
+                    json!("tributary-operator"),
+                )
+                .with("/spec/holderIdentity", json!("me"))
+                .conflict(),
+        ]);
+        assert!(!lock(client).try_acquire().await.expect("no API error"));
+        scenario.done().await;
+    }
+
+    #[tokio::test]
+    async fn release_gives_the_held_lease_up() {
+        let (client, server) = mocked();
+        let scenario = server.run(vec![
+            Exchange::get(LEASE).reply(stored(held_by("me", Timestamp::now()))),
+            Exchange::put(LEASE)
+                .without("/spec/holderIdentity")
+                .without("/spec/renewTime")
+                .with("/metadata/resourceVersion", json!("5")),
+        ]);
+        lock(client).release().await.expect("released");
+        scenario.done().await;
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! endpoint, and graceful shutdown on SIGTERM/SIGINT.
 
 use crate::build::Images;
-use crate::controller::{self, error_policy, pdb::PdbApi, Context};
+use crate::controller::{self, error_policy, malformed::guarded, pdb::PdbApi, Context};
 use crate::crd::{Gateway, Queue, Sink, Worker};
 use crate::leader::LeaseLock;
 use crate::metrics::Metrics;
@@ -12,6 +12,7 @@ use axum::routing::get;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Secret;
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -20,7 +21,6 @@ use kube::{Api, Client, Resource, ResourceExt};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::watch;
 
 /// Settings of `run`.
@@ -150,13 +150,13 @@ where
     }
 }
 
-/// The objects cached in `store` that live in `namespace` and satisfy `depends`: what to
-/// reconcile when a watched object of that namespace changes.
+/// The readable objects cached in `store` that live in `namespace` and satisfy `depends`:
+/// what to reconcile when a watched object of that namespace changes.
 fn dependents<K>(
-    store: &Store<K>,
+    store: &Store<DeserializeGuard<K>>,
     namespace: Option<String>,
     depends: impl Fn(&K) -> bool,
-) -> Vec<ObjectRef<K>>
+) -> Vec<ObjectRef<DeserializeGuard<K>>>
 where
     K: Resource + Clone + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
@@ -164,13 +164,13 @@ where
     store
         .state()
         .into_iter()
-        .filter(|object| object.namespace() == namespace && depends(object))
+        .filter(|object| object.namespace() == namespace && object.0.as_ref().is_ok_and(&depends))
         .map(|object| ObjectRef::from_obj(object.as_ref()))
         .collect()
 }
 
 /// The Queue a managed broker child names in its labels (owned or kept under `Retain`).
-fn labelled_queue<K: Resource>(child: &K) -> Option<ObjectRef<Queue>> {
+fn labelled_queue<K: Resource>(child: &K) -> Option<ObjectRef<DeserializeGuard<Queue>>> {
     let labels = child.meta().labels.as_ref()?;
     if labels
         .get(crate::build::OWNER_KIND_LABEL)
@@ -195,43 +195,73 @@ async fn run_controllers(
     stop: watch::Receiver<bool>,
 ) {
     let ns = namespace.as_deref();
+    let workers = Controller::new(
+        api_for::<DeserializeGuard<Worker>>(&ctx.client, ns),
+        watcher::Config::default(),
+    );
+    let autoscaler_ctx = Arc::new(crate::autoscaler::Context {
+        client: ctx.client.clone(),
+        metrics: ctx.metrics.clone(),
+        recorder: ctx.recorder.clone(),
+        broker: ctx.broker.clone(),
+    });
+    let autoscaler = crate::autoscaler::run(autoscaler_ctx, workers.store(), stop.clone());
+    tokio::join!(
+        queues(&ctx, ns, stop.clone()),
+        sinks(&ctx, ns, stop.clone()),
+        gateways(&ctx, ns, stop.clone()),
+        run_workers(workers, &ctx, ns, stop),
+        autoscaler
+    );
+}
+
+/// Resolves once `stop` fires, owning it (for `graceful_shutdown_on`).
+async fn on_stop(mut stop: watch::Receiver<bool>) {
+    stopped(&mut stop).await;
+}
+
+/// The Queue controller: woken by its broker's StatefulSet and by the URI Secret of an
+/// external broker.
+async fn queues(ctx: &Arc<Context>, ns: Option<&str>, stop: watch::Receiver<bool>) {
     let client = &ctx.client;
     let wc = watcher::Config::default();
-    let stopped = |mut stop: watch::Receiver<bool>| async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
-
-    let queues = Controller::new(api_for::<Queue>(client, ns), wc.clone());
+    let queues = Controller::new(api_for::<DeserializeGuard<Queue>>(client, ns), wc.clone());
     let queue_store = queues.store();
-    let queues = queues
+    queues
         // By label, not owner reference: under `Retain` the broker has no owner.
         .watches(
             api_for::<StatefulSet>(client, ns),
             children_config(),
             |set: StatefulSet| labelled_queue(&set),
         )
-        .watches(
-            api_for::<Secret>(client, ns),
-            wc.clone(),
-            move |secret: Secret| {
-                // External brokers: the URI Secret may appear after the Queue.
-                dependents(&queue_store, secret.namespace(), |q| {
-                    q.spec
-                        .broker
-                        .external
-                        .as_ref()
-                        .is_some_and(|e| e.uri_secret_ref.name == secret.name_any())
-                })
-            },
+        .watches(api_for::<Secret>(client, ns), wc, move |secret: Secret| {
+            // External brokers: the URI Secret may appear after the Queue.
+            dependents(&queue_store, secret.namespace(), |q| {
+                q.spec
+                    .broker
+                    .external
+                    .as_ref()
+                    .is_some_and(|e| e.uri_secret_ref.name == secret.name_any())
+            })
+        })
+        .graceful_shutdown_on(on_stop(stop))
+        .run(
+            |object, ctx| guarded(object, ctx, controller::queue::reconcile),
+            error_policy,
+            ctx.clone(),
         )
-        .graceful_shutdown_on(stopped(stop.clone()))
-        .run(controller::queue::reconcile, error_policy, ctx.clone())
-        .for_each(|_| futures::future::ready(()));
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}
 
-    let sinks = Controller::new(api_for::<Sink>(client, ns), wc.clone());
+/// The Sink controller: woken by the Secrets it references and by its target Queue.
+async fn sinks(ctx: &Arc<Context>, ns: Option<&str>, stop: watch::Receiver<bool>) {
+    let client = &ctx.client;
+    let wc = watcher::Config::default();
+    let sinks = Controller::new(api_for::<DeserializeGuard<Sink>>(client, ns), wc.clone());
     let sink_store = sinks.store();
     let sink_store_for_queues = sink_store.clone();
-    let sinks = sinks
+    sinks
         .watches(
             api_for::<Secret>(client, ns),
             wc.clone(),
@@ -243,23 +273,30 @@ async fn run_controllers(
                 })
             },
         )
-        .watches(
-            api_for::<Queue>(client, ns),
-            wc.clone(),
-            move |queue: Queue| {
-                dependents(&sink_store_for_queues, queue.namespace(), |s| {
-                    crate::build::sink::target_queue(s) == Some(queue.name_any().as_str())
-                })
-            },
+        .watches(api_for::<Queue>(client, ns), wc, move |queue: Queue| {
+            dependents(&sink_store_for_queues, queue.namespace(), |s| {
+                crate::build::sink::target_queue(s) == Some(queue.name_any().as_str())
+            })
+        })
+        .graceful_shutdown_on(on_stop(stop))
+        .run(
+            |object, ctx| guarded(object, ctx, controller::sink::reconcile),
+            error_policy,
+            ctx.clone(),
         )
-        .graceful_shutdown_on(stopped(stop.clone()))
-        .run(controller::sink::reconcile, error_policy, ctx.clone())
-        .for_each(|_| futures::future::ready(()));
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}
 
-    let gateways = Controller::new(api_for::<Gateway>(client, ns), wc.clone());
+/// The Gateway controller: woken by its Deployment, the Queues it routes to and the
+/// Secrets of its namespace.
+async fn gateways(ctx: &Arc<Context>, ns: Option<&str>, stop: watch::Receiver<bool>) {
+    let client = &ctx.client;
+    let wc = watcher::Config::default();
+    let gateways = Controller::new(api_for::<DeserializeGuard<Gateway>>(client, ns), wc.clone());
     let by_queue = gateways.store();
     let by_secret = gateways.store();
-    let gateways = gateways
+    gateways
         .owns(api_for::<Deployment>(client, ns), children_config())
         .watches(
             api_for::<Queue>(client, ns),
@@ -270,32 +307,35 @@ async fn run_controllers(
                 })
             },
         )
-        .watches(
-            api_for::<Secret>(client, ns),
-            wc.clone(),
-            move |secret: Secret| {
-                // Device credentials, TLS and broker URIs: any Secret of the namespace may be
-                // referenced directly or through a Queue.
-                dependents(&by_secret, secret.namespace(), |_| true)
-            },
+        .watches(api_for::<Secret>(client, ns), wc, move |secret: Secret| {
+            // Device credentials, TLS and broker URIs: any Secret of the namespace may be
+            // referenced directly or through a Queue.
+            dependents(&by_secret, secret.namespace(), |_| true)
+        })
+        .graceful_shutdown_on(on_stop(stop))
+        .run(
+            |object, ctx| guarded(object, ctx, controller::gateway::reconcile),
+            error_policy,
+            ctx.clone(),
         )
-        .graceful_shutdown_on(stopped(stop.clone()))
-        .run(controller::gateway::reconcile, error_policy, ctx.clone())
-        .for_each(|_| futures::future::ready(()));
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}
 
-    let workers = Controller::new(api_for::<Worker>(client, ns), wc.clone());
+/// The Worker controller (its store shared with the autoscaler): woken by its Deployment,
+/// its Queue, its Sinks and the Secrets of its namespace.
+async fn run_workers(
+    workers: Controller<DeserializeGuard<Worker>>,
+    ctx: &Arc<Context>,
+    ns: Option<&str>,
+    stop: watch::Receiver<bool>,
+) {
+    let client = &ctx.client;
+    let wc = watcher::Config::default();
     let by_queue = workers.store();
     let by_sink = workers.store();
     let by_secret = workers.store();
-    let autoscaled = workers.store();
-    let autoscaler_ctx = Arc::new(crate::autoscaler::Context {
-        client: ctx.client.clone(),
-        metrics: ctx.metrics.clone(),
-        recorder: ctx.recorder.clone(),
-        broker: ctx.broker.clone(),
-    });
-    let autoscaler = crate::autoscaler::run(autoscaler_ctx, autoscaled, stop.clone());
-    let workers = workers
+    workers
         .owns(api_for::<Deployment>(client, ns), children_config())
         .watches(
             api_for::<Queue>(client, ns),
@@ -320,130 +360,81 @@ async fn run_controllers(
         .watches(api_for::<Secret>(client, ns), wc, move |secret: Secret| {
             dependents(&by_secret, secret.namespace(), |_| true)
         })
-        .graceful_shutdown_on(stopped(stop))
-        .run(controller::worker::reconcile, error_policy, ctx.clone())
-        .for_each(|_| futures::future::ready(()));
-
-    tokio::join!(queues, sinks, gateways, workers, autoscaler);
+        .graceful_shutdown_on(on_stop(stop))
+        .run(
+            |object, ctx| guarded(object, ctx, controller::worker::reconcile),
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| futures::future::ready(()))
+        .await;
 }
 
-/// Runs the operator until SIGTERM/SIGINT (graceful) or loss of the leader Lease (error).
-pub async fn run(settings: Settings) -> Result<(), RunError> {
-    let config = kube::Config::infer().await?;
-    let client = Client::try_from(config)?;
-    let metrics = Arc::new(Metrics::new());
-    let ready = Arc::new(AtomicBool::new(false));
-    let (stop_tx, stop_rx) = watch::channel(false);
-
-    let listener = tokio::net::TcpListener::bind(settings.listen)
+/// Serves `/metrics`, `/healthz` and `/readyz` in the background until `stop` fires.
+async fn start_http(
+    listen: SocketAddr,
+    state: HttpState,
+    stop: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, RunError> {
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|error| RunError::Listen(settings.listen, error))?;
-    tracing::info!(listen = %settings.listen, "serving /metrics, /healthz and /readyz");
-    let http = tokio::spawn(serve_http(
-        listener,
-        HttpState {
-            metrics: metrics.clone(),
-            ready: ready.clone(),
-        },
-        stop_rx.clone(),
-    ));
+        .map_err(|error| RunError::Listen(listen, error))?;
+    tracing::info!(listen = %listen, "serving /metrics, /healthz and /readyz");
+    Ok(tokio::spawn(serve_http(listener, state, stop)))
+}
 
-    let signal_tx = stop_tx.clone();
+/// Sends `stop` on SIGTERM or SIGINT.
+fn stop_on_signal(stop_tx: watch::Sender<bool>) {
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutdown requested");
-        let _ = signal_tx.send(true);
+        let _ = stop_tx.send(true);
     });
+}
 
-    // Leader election: wait for the Lease, then keep renewing it in the background.
-    let lock = settings.lease_namespace.as_ref().map(|namespace| {
-        Arc::new(LeaseLock::new(
-            client.clone(),
-            (namespace, &settings.lease_name),
-            &settings.identity,
-            15,
-            &settings.namespaces,
-        ))
-    });
-    let lost = Arc::new(AtomicBool::new(false));
-    if let Some(lock) = &lock {
-        // A replica waiting for the Lease is a healthy stand-by, ready to take over: were
-        // it unready, a rolling update (new pod up before the old one goes) would wait for
-        // the new pod forever, since the old one keeps the Lease until it is stopped.
-        ready.store(true, Ordering::Relaxed);
-        let mut stop = stop_rx.clone();
-        loop {
-            match lock.try_acquire().await {
-                Ok(true) => break,
-                Ok(false) => {
-                    tracing::info!(identity = %settings.identity, "waiting for the leader Lease")
-                }
-                Err(error) => tracing::warn!(%error, "leader election failed; retrying"),
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(3)) => {},
-                _ = stopped(&mut stop) => {
-                    let _ = http.await;
-                    return Ok(());
-                },
-            }
-        }
-        // A second installation (another Helm release) watching the same namespaces would
-        // fight the first over every object: refuse to start, saying which one it is.
-        match crate::leader::other_operators(&client, lock.lease(), lock.watched()).await {
-            Ok(others) if !others.is_empty() => {
-                let others = others.join("; ");
-                tracing::error!(%others, "another Tributary operator acts on the same namespaces; not starting");
-                if let Err(error) = lock.release().await {
-                    tracing::warn!(%error, "releasing the leader Lease failed");
-                }
-                let _ = stop_tx.send(true);
-                let _ = http.await;
-                return Err(RunError::AnotherOperator(others));
-            }
-            Ok(_) => {}
-            Err(error) => {
-                tracing::warn!(%error, "cannot list other operators' Leases; going on without that check")
-            }
-        }
-        metrics.leader.set(1);
-        tracing::info!(identity = %settings.identity, "acquired the leader Lease");
-        let lock = lock.clone();
-        let renew_stop = stop_tx.clone();
-        let lost = lost.clone();
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let period = Duration::from_secs(5);
-            let mut last_ok = tokio::time::Instant::now();
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(period) => {},
-                    _ = stopped(&mut stop) => return,
-                }
-                match lock.try_acquire().await {
-                    Ok(true) => last_ok = tokio::time::Instant::now(),
-                    Ok(false) => {
-                        tracing::error!("another replica took the leader Lease");
-                        lost.store(true, Ordering::Relaxed);
-                        let _ = renew_stop.send(true);
-                        return;
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "renewing the leader Lease failed");
-                        if last_ok.elapsed()
-                            > Duration::from_secs(u64::from(lock.duration_seconds().unsigned_abs()))
-                        {
-                            lost.store(true, Ordering::Relaxed);
-                            let _ = renew_stop.send(true);
-                            return;
-                        }
-                    }
-                }
-            }
-        });
+/// How leader election ended.
+enum Election {
+    /// This replica holds the Lease.
+    Won,
+    /// Stopped while waiting for the Lease.
+    Stopped,
+    /// Another Tributary operator acts on the same namespaces (described); the Lease is
+    /// released and the operator stopped.
+    Refused(String),
+}
+
+/// Waits for the leader Lease, then refuses to go on when another installation watches the
+/// same namespaces (a second Helm release would fight the first over every object).
+async fn elect(
+    lock: &LeaseLock,
+    client: &Client,
+    stop_tx: &watch::Sender<bool>,
+    mut stop: watch::Receiver<bool>,
+) -> Election {
+    if !lock.acquire_unless_stopped(&mut stop).await {
+        return Election::Stopped;
     }
+    match crate::leader::other_operators(client, lock.lease(), lock.watched()).await {
+        Ok(others) if !others.is_empty() => {
+            let others = others.join("; ");
+            tracing::error!(%others, "another Tributary operator acts on the same namespaces; not starting");
+            if let Err(error) = lock.release().await {
+                tracing::warn!(%error, "releasing the leader Lease failed");
+            }
+            let _ = stop_tx.send(true);
+            return Election::Refused(others);
+        }
+        Ok(_) => {}
+        Err(error) => {
+            tracing::warn!(%error, "cannot list other operators' Leases; going on without that check")
+        }
+    }
+    Election::Won
+}
 
-    let ctx = Arc::new(Context {
+/// The controllers' shared context.
+async fn context(client: Client, settings: &Settings, metrics: Arc<Metrics>) -> Arc<Context> {
+    Arc::new(Context {
         pdb: PdbApi::discover(&client).await,
         recorder: Recorder::new(
             client.clone(),
@@ -457,26 +448,80 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
         metrics,
         monitoring_labels: settings.monitoring_labels.clone(),
         broker: Arc::new(crate::broker::Broker::default()),
-    });
-    tracing::info!(pdb = %ctx.pdb.api_version(), namespaces = ?settings.namespaces, "starting controllers");
-    ready.store(true, Ordering::Relaxed);
-    let namespaces: Vec<Option<String>> = if settings.namespaces.is_empty() {
+    })
+}
+
+/// Runs the controllers of every watched namespace (or of all) until `stop` fires.
+async fn run_namespaces(ctx: Arc<Context>, watched: &[String], stop: watch::Receiver<bool>) {
+    let namespaces: Vec<Option<String>> = if watched.is_empty() {
         vec![None]
     } else {
-        settings.namespaces.iter().cloned().map(Some).collect()
+        watched.iter().cloned().map(Some).collect()
     };
     futures::future::join_all(
         namespaces
             .into_iter()
-            .map(|ns| run_controllers(ctx.clone(), ns, stop_rx.clone())),
+            .map(|ns| run_controllers(ctx.clone(), ns, stop.clone())),
     )
     .await;
-    let _ = stop_tx.send(true);
-    if let Some(lock) = &lock {
-        if !lost.load(Ordering::Relaxed) {
-            if let Err(error) = lock.release().await {
-                tracing::warn!(%error, "releasing the leader Lease failed");
+}
+
+/// Runs the operator until SIGTERM/SIGINT (graceful) or loss of the leader Lease (error).
+pub async fn run(settings: Settings) -> Result<(), RunError> {
+    let config = kube::Config::infer().await?;
+    let client = Client::try_from(config)?;
+    let metrics = Arc::new(Metrics::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let state = HttpState {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    };
+    let http = start_http(settings.listen, state, stop_rx.clone()).await?;
+    stop_on_signal(stop_tx.clone());
+
+    // Leader election: wait for the Lease, then keep renewing it in the background.
+    let lost = Arc::new(AtomicBool::new(false));
+    let lock = match &settings.lease_namespace {
+        None => None,
+        Some(namespace) => {
+            let lock = Arc::new(LeaseLock::new(
+                client.clone(),
+                (namespace, &settings.lease_name),
+                &settings.identity,
+                15,
+                &settings.namespaces,
+            ));
+            // A replica waiting for the Lease is a healthy stand-by, ready to take over: were
+            // it unready, a rolling update (new pod up before the old one goes) would wait for
+            // the new pod forever, since the old one keeps the Lease until it is stopped.
+            ready.store(true, Ordering::Relaxed);
+            match elect(&lock, &client, &stop_tx, stop_rx.clone()).await {
+                Election::Won => {}
+                Election::Stopped => {
+                    let _ = http.await;
+                    return Ok(());
+                }
+                Election::Refused(others) => {
+                    let _ = http.await;
+                    return Err(RunError::AnotherOperator(others));
+                }
             }
+            metrics.leader.set(1);
+            tracing::info!(identity = %settings.identity, "acquired the leader Lease");
+            lock.clone().keep_renewed(stop_tx.clone(), lost.clone());
+            Some(lock)
+        }
+    };
+
+    let ctx = context(client, &settings, metrics).await;
+    tracing::info!(pdb = %ctx.pdb.api_version(), namespaces = ?settings.namespaces, "starting controllers");
+    ready.store(true, Ordering::Relaxed);
+    run_namespaces(ctx, &settings.namespaces, stop_rx).await;
+    let _ = stop_tx.send(true);
+    if let Some(lock) = lock.filter(|_| !lost.load(Ordering::Relaxed)) {
+        if let Err(error) = lock.release().await {
+            tracing::warn!(%error, "releasing the leader Lease failed");
         }
     }
     let _ = http.await;

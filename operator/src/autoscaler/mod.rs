@@ -24,6 +24,7 @@ use crate::scaling::{set_replicas, FIELD_MANAGER};
 use futures::future::join_all;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Patch, PatchParams};
+use kube::core::DeserializeGuard;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -83,7 +84,11 @@ struct Tracked {
 }
 
 /// Runs the autoscaler over the Workers in `workers` until `stop` fires.
-pub async fn run(ctx: Arc<Context>, workers: Store<Worker>, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    ctx: Arc<Context>,
+    workers: Store<DeserializeGuard<Worker>>,
+    mut stop: watch::Receiver<bool>,
+) {
     let origin = Instant::now();
     let reader = sinks::Reader::default();
     let mut tracked: HashMap<ObjectRef<Worker>, Tracked> = HashMap::new();
@@ -94,9 +99,11 @@ pub async fn run(ctx: Arc<Context>, workers: Store<Worker>, mut stop: watch::Rec
         }
         let now = Instant::now();
         // Every Worker: the sinks' status is read for all; scaling only where enabled.
+        // Malformed Workers (the controller reports them) are left out.
         let watched: Vec<Arc<Worker>> = workers
             .state()
             .into_iter()
+            .filter_map(|w| w.0.as_ref().ok().map(|w| Arc::new(w.clone())))
             .filter(|w| w.metadata.deletion_timestamp.is_none())
             .collect();
         let present: HashSet<ObjectRef<Worker>> = watched

@@ -4,14 +4,15 @@
 
 use super::conditions::reason;
 use super::{
-    apply, patch_status, ready_condition, resolve_queue, resolve_secrets, Context, Error, Outcome,
-    PROGRESS_POLL,
+    apply, checked, patch_status, ready_condition, resolve_queue, resolve_secrets, Context, Error,
+    Outcome, Step, PROGRESS_POLL,
 };
-use crate::build::gateway::{self as build, GatewayInputs};
-use crate::build::BuildError;
+use crate::build::gateway::{self as build, GatewayChildren, GatewayInputs};
+use crate::build::Images;
 use crate::crd::{Gateway, GatewayStatus};
+use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::controller::Action;
-use kube::ResourceExt;
+use kube::{Client, ResourceExt};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tracing::Instrument;
@@ -26,7 +27,7 @@ pub async fn reconcile(gateway: Arc<Gateway>, ctx: Arc<Context>) -> Result<Actio
         connected_devices: current.connected_devices,
         ..GatewayStatus::default()
     };
-    let outcome = run(&gateway, &ctx, &mut status).instrument(span).await?;
+    let outcome = steps(&gateway, &ctx, &mut status).instrument(span).await?;
     status.conditions =
         ready_condition(&ctx, gateway.as_ref(), &current.conditions, &outcome.ready).await;
     status.observed_generation = gateway.metadata.generation;
@@ -40,66 +41,188 @@ pub async fn reconcile(gateway: Arc<Gateway>, ctx: Arc<Context>) -> Result<Actio
     Ok(outcome.action)
 }
 
-async fn run(
+/// The steps: validate → dereference → build → apply → status. A step that cannot go on
+/// ends the reconcile with its outcome (a condition) instead.
+async fn steps(
     gateway: &Gateway,
     ctx: &Context,
     status: &mut GatewayStatus,
 ) -> Result<Outcome, Error> {
-    match build::validate(gateway) {
-        Ok(()) => {}
-        Err(BuildError::Invalid(message)) => return Ok(Outcome::invalid(message)),
-        Err(other) => return Err(other.into()),
+    if let Err(outcome) = checked(build::validate(gateway))? {
+        return Ok(outcome);
     }
+    let inputs = match dereference(&ctx.client, gateway, &ctx.images).await? {
+        Ok(inputs) => inputs,
+        Err(outcome) => return Ok(outcome),
+    };
+    let children = match checked(build::build(gateway, &inputs))? {
+        Ok(children) => children,
+        Err(outcome) => return Ok(outcome),
+    };
+    let deployment = apply_children(ctx, &children).await?;
+    super::monitoring::ensure_for_gateway(ctx, gateway).await;
+    Ok(report(gateway, &deployment, status))
+}
+
+/// Dereferences the Queues the routes name (each once) and every Secret the gateway
+/// mounts: its own and the Queues' connection Secrets.
+async fn dereference(client: &Client, gateway: &Gateway, images: &Images) -> Step<GatewayInputs> {
     let namespace = gateway.namespace().unwrap_or_default();
     let mut queues = BTreeMap::new();
     for route in &gateway.spec.routes {
         if queues.contains_key(&route.queue) {
             continue;
         }
-        match resolve_queue(&ctx.client, &namespace, &route.queue).await? {
+        match resolve_queue(client, &namespace, &route.queue).await? {
             Ok(queue) => {
                 queues.insert(route.queue.clone(), queue);
             }
-            Err(outcome) => return Ok(outcome),
+            Err(outcome) => return Ok(Err(outcome)),
         }
     }
     let mut names = build::referenced_secrets(gateway);
     names.extend(queues.values().map(|q| q.uri.name.clone()));
-    let secrets = match resolve_secrets(&ctx.client, &namespace, names).await? {
+    let secrets = match resolve_secrets(client, &namespace, names).await? {
         Ok(secrets) => secrets,
-        Err(outcome) => return Ok(outcome),
+        Err(outcome) => return Ok(Err(outcome)),
     };
-    let inputs = GatewayInputs {
+    Ok(Ok(GatewayInputs {
         queues,
         secrets,
-        image: ctx.images.gateway.clone(),
-    };
-    let children = match build::build(gateway, &inputs) {
-        Ok(children) => children,
-        Err(BuildError::Invalid(message)) => return Ok(Outcome::invalid(message)),
-        Err(other) => return Err(other.into()),
-    };
+        image: images.gateway.clone(),
+    }))
+}
+
+/// Applies the children; the Deployment last (its pods mount the ConfigMap), as applied.
+async fn apply_children(ctx: &Context, children: &GatewayChildren) -> Result<Deployment, Error> {
     apply(&ctx.client, &children.config_map).await?;
     apply(&ctx.client, &children.service).await?;
     ctx.pdb.apply(&ctx.client, &children.pdb).await?;
-    let deployment = apply(&ctx.client, &children.deployment).await?;
-    super::monitoring::ensure_for_gateway(ctx, gateway).await;
+    apply(&ctx.client, &children.deployment).await
+}
+
+/// The status from the applied Deployment: endpoint, ready pods, and whether it is Ready.
+fn report(gateway: &Gateway, deployment: &Deployment, status: &mut GatewayStatus) -> Outcome {
+    let namespace = gateway.namespace().unwrap_or_default();
     let child = build::child_name(&gateway.name_any());
     status.endpoint = Some(format!("{child}.{namespace}.svc"));
     let ready = deployment
         .status
+        .as_ref()
         .and_then(|s| s.ready_replicas)
         .unwrap_or(0);
     status.ready_replicas = Some(ready);
     let desired = gateway.spec.replicas;
     if desired > 0 && ready == 0 {
-        return Ok(Outcome::waiting(
+        return Outcome::waiting(
             reason::PROGRESSING,
             format!("waiting for gateway pods to become ready (0/{desired})"),
             PROGRESS_POLL,
-        ));
+        );
     }
-    Ok(Outcome::ready(format!(
-        "{ready}/{desired} gateway pods ready"
-    )))
+    Outcome::ready(format!("{ready}/{desired} gateway pods ready"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::fixtures::load;
+    use crate::controller::mock_api::{
+        context, events, mocked, path, ready_queue, secret, tributary, Exchange,
+    };
+    use crate::controller::RESYNC;
+    use serde_json::{json, Value};
+
+    fn gateway() -> Gateway {
+        load("gateway.yaml")
+    }
+
+    fn object(gateway: &Gateway) -> Value {
+        serde_json::to_value(gateway).expect("serializes")
+    }
+
+    /// The Event and the status write that end every reconcile, for a first `Ready`
+    /// condition with `reason`.
+    fn reported(gateway: &Gateway, reason: &str) -> Vec<Exchange> {
+        vec![
+            Exchange::post(&events("factory")).with("/reason", json!(reason)),
+            Exchange::apply(&tributary("gateways", "line-1/status"))
+                .with("/status/conditions/0/type", json!("Ready"))
+                .with("/status/conditions/0/reason", json!(reason))
+                .with("/status/observedGeneration", json!(1))
+                .reply(object(gateway)),
+        ]
+    }
+
+    fn child(group_version: &str, plural: &str) -> String {
+        path(group_version, "factory", plural, "line-1-gateway")
+    }
+
+    #[tokio::test]
+    async fn a_valid_gateway_applies_its_children_and_reports_ready_pods() {
+        let gateway = gateway();
+        let (client, server) = mocked();
+        let mut scenario = vec![
+            Exchange::get(&tributary("queues", "telemetry")).reply(ready_queue("telemetry")),
+            Exchange::get(&path("v1", "factory", "secrets", "devices")).reply(secret(
+                "devices",
+                "passwords",
+                "d1:$argon2id$x",
+            )),
+            Exchange::get(&path("v1", "factory", "secrets", "jwt-keys"))
+                .reply(secret("jwt-keys", "a.pem", "-----")),
+            Exchange::get(&path("v1", "factory", "secrets", "telemetry-uri")).reply(secret(
+                "telemetry-uri",
+                "uri",
+                "amqp://broker",
+            )),
+            Exchange::apply(&child("v1", "configmaps")).with("/kind", json!("ConfigMap")),
+            Exchange::apply(&child("v1", "services")).with("/spec/type", json!("NodePort")),
+            Exchange::apply(&child("policy/v1", "poddisruptionbudgets"))
+                .with("/apiVersion", json!("policy/v1")),
+            Exchange::apply(&child("apps/v1", "deployments"))
+                .with("/spec/replicas", json!(2))
+                .reply(json!({ "status": { "readyReplicas": 2 } })),
+        ];
+        scenario.extend(reported(&gateway, reason::RECONCILED));
+        let scenario = server.run(scenario);
+        let action = reconcile(Arc::new(gateway), context(client)).await;
+        assert_eq!(action.expect("reconciles"), Action::requeue(RESYNC));
+        let bodies = scenario.done().await;
+        let status = &bodies.last().expect("status written")["status"];
+        assert_eq!(status["readyReplicas"], 2);
+        assert_eq!(status["endpoint"], "line-1-gateway.factory.svc");
+        assert_eq!(status["conditions"][0]["status"], "True");
+    }
+
+    #[tokio::test]
+    async fn a_missing_queue_is_reported_and_nothing_is_applied() {
+        let gateway = gateway();
+        let (client, server) = mocked();
+        let mut scenario = vec![Exchange::get(&tributary("queues", "telemetry")).not_found()];
+        scenario.extend(reported(&gateway, reason::WAITING_FOR_QUEUE));
+        let scenario = server.run(scenario);
+        let action = reconcile(Arc::new(gateway), context(client)).await;
+        assert_eq!(action.expect("reconciles"), Action::requeue(RESYNC));
+        let bodies = scenario.done().await;
+        let condition = &bodies.last().expect("status written")["status"]["conditions"][0];
+        assert_eq!(condition["status"], "False");
+        assert_eq!(condition["message"], "Queue \"telemetry\" does not exist");
+    }
+
+    #[tokio::test]
+    async fn an_invalid_gateway_waits_for_a_new_spec_without_dereferencing() {
+        let mut gateway = gateway();
+        gateway.spec.routes.clear();
+        let (client, server) = mocked();
+        let scenario = server.run(reported(&gateway, reason::INVALID_SPEC));
+        let action = reconcile(Arc::new(gateway), context(client)).await;
+        assert_eq!(action.expect("reconciles"), Action::await_change());
+        let bodies = scenario.done().await;
+        let condition = &bodies.last().expect("status written")["status"]["conditions"][0];
+        assert_eq!(
+            condition["message"],
+            "spec.routes must name at least one Queue"
+        );
+    }
 }

@@ -22,6 +22,9 @@ use std::time::Duration;
 
 pub mod conditions;
 pub mod gateway;
+pub mod malformed;
+#[cfg(test)]
+pub mod mock_api;
 pub mod monitoring;
 pub mod pdb;
 pub mod queue;
@@ -266,13 +269,27 @@ impl Outcome {
     }
 }
 
+/// The result of a step that may end the reconcile early: `Ok(Ok(value))` goes on to the
+/// next step, `Ok(Err(outcome))` ends the reconcile with that outcome (a condition, not an
+/// error), `Err` fails it.
+pub type Step<T> = Result<Result<T, Outcome>, Error>;
+
+/// A builder's result as a step: an invalid spec ends the reconcile with `InvalidSpec`.
+pub fn checked<T>(built: Result<T, BuildError>) -> Step<T> {
+    match built {
+        Ok(value) => Ok(Ok(value)),
+        Err(BuildError::Invalid(message)) => Ok(Err(Outcome::invalid(message))),
+        Err(other) => Err(other.into()),
+    }
+}
+
 /// Dereferences a Queue by name: its broker queue and connection Secret once it is Ready,
 /// or a waiting outcome naming it.
 pub async fn resolve_queue(
     client: &Client,
     namespace: &str,
     name: &str,
-) -> Result<Result<crate::build::worker::ResolvedQueue, Outcome>, Error> {
+) -> Step<crate::build::worker::ResolvedQueue> {
     let api: Api<crate::crd::Queue> = Api::namespaced(client.clone(), namespace);
     let waiting = |message: String| {
         Err(Outcome::waiting(
@@ -306,7 +323,7 @@ pub async fn resolve_secrets(
     client: &Client,
     namespace: &str,
     names: impl IntoIterator<Item = String>,
-) -> Result<Result<crate::build::SecretData, Outcome>, Error> {
+) -> Step<crate::build::SecretData> {
     let mut data = crate::build::SecretData::new();
     for name in names {
         match secret_data(client, namespace, &name).await? {

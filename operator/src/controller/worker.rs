@@ -3,18 +3,17 @@
 
 use super::conditions::{self, reason};
 use super::{
-    apply, patch_status, ready_condition, resolve_queue, resolve_secrets, Context, Error, Outcome,
-    PROGRESS_POLL, RESYNC,
+    apply, checked, patch_status, ready_condition, resolve_queue, resolve_secrets, Context, Error,
+    Outcome, Step, PROGRESS_POLL, RESYNC,
 };
 use crate::build::sink::{self as sink_build, ResolvedTarget};
-use crate::build::worker::{self as build, WorkerInputs};
-use crate::build::BuildError;
+use crate::build::worker::{self as build, ResolvedQueue, WorkerChildren, WorkerInputs};
+use crate::build::Images;
 use crate::crd::{Condition, Sink, Worker, WorkerStatus};
 use crate::scaling as autoscaler;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::controller::Action;
-use kube::{Api, ResourceExt};
-use std::collections::BTreeSet;
+use kube::{Api, Client, ResourceExt};
 use std::sync::Arc;
 use tracing::Instrument;
 
@@ -28,7 +27,7 @@ pub async fn reconcile(worker: Arc<Worker>, ctx: Arc<Context>) -> Result<Action,
         ready_replicas: current.ready_replicas,
         ..WorkerStatus::default()
     };
-    let outcome = run(&worker, &ctx, &mut status).instrument(span).await?;
+    let outcome = steps(&worker, &ctx, &mut status).instrument(span).await?;
     status.conditions = own_conditions(
         ready_condition(&ctx, worker.as_ref(), &current.conditions, &outcome.ready).await,
     );
@@ -53,109 +52,159 @@ fn own_conditions(conditions: Vec<Condition>) -> Vec<Condition> {
         .collect()
 }
 
-async fn run(worker: &Worker, ctx: &Context, status: &mut WorkerStatus) -> Result<Outcome, Error> {
-    match build::validate(worker) {
-        Ok(()) => {}
-        Err(BuildError::Invalid(message)) => return Ok(Outcome::invalid(message)),
-        Err(other) => return Err(other.into()),
+/// The steps: validate → dereference → build → apply → status. A step that cannot go on
+/// ends the reconcile with its outcome (a condition) instead.
+async fn steps(
+    worker: &Worker,
+    ctx: &Context,
+    status: &mut WorkerStatus,
+) -> Result<Outcome, Error> {
+    if let Err(outcome) = checked(build::validate(worker))? {
+        return Ok(outcome);
     }
     status.selector = Some(build::selector_string(worker)?);
-    let namespace = worker.namespace().unwrap_or_default();
-    // Dereference: the Queue, then each Sink (Ready), then every Secret they need.
-    let queue = match resolve_queue(&ctx.client, &namespace, &worker.spec.queue).await? {
-        Ok(queue) => queue,
+    let inputs = match dereference(&ctx.client, worker, &ctx.images).await? {
+        Ok(inputs) => inputs,
         Err(outcome) => return Ok(outcome),
     };
-    let sinks_api: Api<Sink> = Api::namespaced(ctx.client.clone(), &namespace);
+    let children = match checked(build::build(worker, &inputs))? {
+        Ok(children) => children,
+        Err(outcome) => return Ok(outcome),
+    };
+    let deployment = apply_children(ctx, worker, &children, inputs.set_replicas).await?;
+    Ok(report(&deployment, status))
+}
+
+/// Dereferences the Queue, then each Sink (Ready), then every Secret they need, and who
+/// sets the Deployment's replica count.
+async fn dereference(client: &Client, worker: &Worker, images: &Images) -> Step<WorkerInputs> {
+    let namespace = worker.namespace().unwrap_or_default();
+    let queue = match resolve_queue(client, &namespace, &worker.spec.queue).await? {
+        Ok(queue) => queue,
+        Err(outcome) => return Ok(Err(outcome)),
+    };
+    let sinks = match dereference_sinks(client, &namespace, &worker.spec.sinks).await? {
+        Ok(sinks) => sinks,
+        Err(outcome) => return Ok(Err(outcome)),
+    };
+    let handed_over = replicas_handed_over(client, worker).await?;
+    let mut inputs = WorkerInputs {
+        queue,
+        sinks,
+        secrets: Default::default(),
+        image: images.worker.clone(),
+        set_replicas: !(worker.spec.scaling.enabled && handed_over),
+    };
+    let names = build::mounted_secrets(&inputs);
+    inputs.secrets = match resolve_secrets(client, &namespace, names).await? {
+        Ok(secrets) => secrets,
+        Err(outcome) => return Ok(Err(outcome)),
+    };
+    Ok(Ok(inputs))
+}
+
+/// The Sinks named, in order, each Ready, with the Queue a `queue` sink publishes to.
+async fn dereference_sinks(
+    client: &Client,
+    namespace: &str,
+    names: &[String],
+) -> Step<Vec<(Sink, Option<ResolvedTarget>)>> {
+    let api: Api<Sink> = Api::namespaced(client.clone(), namespace);
+    let waiting = |message: String| {
+        Ok(Err(Outcome::waiting(
+            reason::WAITING_FOR_SINK,
+            message,
+            RESYNC,
+        )))
+    };
     let mut sinks = Vec::new();
-    for name in &worker.spec.sinks {
-        let Some(sink) = sinks_api.get_opt(name).await? else {
-            return Ok(Outcome::waiting(
-                reason::WAITING_FOR_SINK,
-                format!("Sink {name:?} does not exist"),
-                RESYNC,
-            ));
+    for name in names {
+        let Some(sink) = api.get_opt(name).await? else {
+            return waiting(format!("Sink {name:?} does not exist"));
         };
         let sink_ready = sink
             .status
             .as_ref()
             .is_some_and(|s| conditions::is_ready(&s.conditions));
         if !sink_ready {
-            return Ok(Outcome::waiting(
-                reason::WAITING_FOR_SINK,
-                format!("Sink {name:?} is not ready yet"),
-                RESYNC,
-            ));
+            return waiting(format!("Sink {name:?} is not ready yet"));
         }
         let target = match sink_build::target_queue(&sink) {
             None => None,
-            Some(target) => match resolve_queue(&ctx.client, &namespace, target).await? {
-                Ok(resolved) => Some(ResolvedTarget {
-                    broker_queue: resolved.broker_queue,
-                    uri: resolved.uri,
-                }),
-                Err(outcome) => return Ok(outcome),
+            Some(target) => match resolve_queue(client, namespace, target).await? {
+                Ok(ResolvedQueue {
+                    broker_queue, uri, ..
+                }) => Some(ResolvedTarget { broker_queue, uri }),
+                Err(outcome) => return Ok(Err(outcome)),
             },
         };
         sinks.push((sink, target));
     }
-    // An autoscaled Deployment's replica count belongs to the autoscaler once it has taken
-    // it over; until then (creation, scaling just enabled) the operator sets the minimum and
-    // hands the field over right after applying.
-    let namespace_deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+    Ok(Ok(sinks))
+}
+
+/// Whether the autoscaler has taken the Deployment's replica count over. An autoscaled
+/// Deployment's replicas belong to the autoscaler once it has; until then (creation,
+/// scaling just enabled) the operator sets the minimum and hands the field over right after
+/// applying.
+async fn replicas_handed_over(client: &Client, worker: &Worker) -> Result<bool, Error> {
+    let namespace = worker.namespace().unwrap_or_default();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
     let child = build::child_name(&worker.name_any());
-    let autoscaled = worker.spec.scaling.enabled;
-    let handed_over = namespace_deployments
+    Ok(deployments
         .get_opt(&child)
         .await?
-        .is_some_and(|d| autoscaler::owns_replicas(&d, autoscaler::FIELD_MANAGER));
-    let mut inputs = WorkerInputs {
-        queue,
-        sinks,
-        secrets: Default::default(),
-        image: ctx.images.worker.clone(),
-        set_replicas: !(autoscaled && handed_over),
-    };
-    let names: BTreeSet<String> = build::mounted_secrets(&inputs);
-    inputs.secrets = match resolve_secrets(&ctx.client, &namespace, names).await? {
-        Ok(secrets) => secrets,
-        Err(outcome) => return Ok(outcome),
-    };
-    let children = match build::build(worker, &inputs) {
-        Ok(children) => children,
-        Err(BuildError::Invalid(message)) => return Ok(Outcome::invalid(message)),
-        Err(other) => return Err(other.into()),
-    };
+        .is_some_and(|d| autoscaler::owns_replicas(&d, autoscaler::FIELD_MANAGER)))
+}
+
+/// Applies the ConfigMap, then the Deployment (as applied), the monitoring objects, and
+/// hands an autoscaled Deployment's replicas over to the autoscaler.
+async fn apply_children(
+    ctx: &Context,
+    worker: &Worker,
+    children: &WorkerChildren,
+    set_replicas: bool,
+) -> Result<Deployment, Error> {
     apply(&ctx.client, &children.config_map).await?;
     let deployment = apply(&ctx.client, &children.deployment).await?;
     super::monitoring::ensure_for_worker(ctx, worker).await;
-    let desired = deployment
+    if worker.spec.scaling.enabled && set_replicas {
+        let namespace = worker.namespace().unwrap_or_default();
+        let child = build::child_name(&worker.name_any());
+        autoscaler::set_replicas(&ctx.client, &namespace, &child, desired(&deployment)).await?;
+    }
+    Ok(deployment)
+}
+
+/// The replicas the applied Deployment asks for.
+fn desired(deployment: &Deployment) -> i32 {
+    deployment
         .spec
         .as_ref()
         .and_then(|s| s.replicas)
-        .unwrap_or(1);
-    if autoscaled && !handed_over {
-        autoscaler::set_replicas(&ctx.client, &namespace, &child, desired).await?;
-    }
-    let deployment_status = deployment.status.unwrap_or_default();
+        .unwrap_or(1)
+}
+
+/// The status from the applied Deployment: replicas, ready pods, and whether it is Ready.
+fn report(deployment: &Deployment, status: &mut WorkerStatus) -> Outcome {
+    let desired = desired(deployment);
+    let deployment_status = deployment.status.clone().unwrap_or_default();
     status.replicas = Some(deployment_status.replicas.unwrap_or(0));
     let ready = deployment_status.ready_replicas.unwrap_or(0);
     status.ready_replicas = Some(ready);
     if desired > 0 && ready == 0 {
-        return Ok(Outcome::waiting(
+        return Outcome::waiting(
             reason::PROGRESSING,
             format!("waiting for worker pods to become ready (0/{desired})"),
             PROGRESS_POLL,
-        ));
+        );
     }
     if desired == 0 {
-        return Ok(Outcome::ready(
+        return Outcome::ready(
             "scaled to zero: the queue is empty; the first message wakes a worker",
-        ));
+        );
     }
-    Ok(Outcome::ready(format!(
-        "{ready}/{desired} worker pods ready"
-    )))
+    Outcome::ready(format!("{ready}/{desired} worker pods ready"))
 }
 
 #[cfg(test)]
@@ -187,5 +236,116 @@ mod tests {
         assert_eq!(own.len(), 1);
         assert_eq!(own[0].type_, conditions::READY);
         assert_eq!(own[0].status, "False");
+    }
+
+    use crate::build::fixtures::load;
+    use crate::controller::mock_api::{
+        context, events, mocked, path, ready, ready_queue, secret, tributary, Exchange,
+    };
+    use serde_json::{json, Value};
+
+    fn worker() -> Worker {
+        load("worker-pipeline.yaml")
+    }
+
+    fn ready_sink() -> Value {
+        let sink: Sink = load("sink-postgres.yaml");
+        let mut value = serde_json::to_value(sink).expect("serializes");
+        value["status"] = json!({ "conditions": [ready("True")] });
+        value
+    }
+
+    /// The Event and the status write that end every reconcile, for a first `Ready`
+    /// condition with `reason`.
+    fn reported(worker: &Worker, reason: &str) -> Vec<Exchange> {
+        vec![
+            Exchange::post(&events("factory")).with("/reason", json!(reason)),
+            Exchange::apply(&tributary("workers", "ingest/status"))
+                .with("/status/conditions/0/reason", json!(reason))
+                .with("/status/observedGeneration", json!(1))
+                .reply(serde_json::to_value(worker).expect("serializes")),
+        ]
+    }
+
+    fn child(group_version: &str, plural: &str) -> String {
+        path(group_version, "factory", plural, "ingest-worker")
+    }
+
+    #[tokio::test]
+    async fn a_new_autoscaled_worker_gets_its_children_and_hands_replicas_over() {
+        let worker = worker();
+        let (client, server) = mocked();
+        let mut scenario = vec![
+            Exchange::get(&tributary("queues", "telemetry")).reply(ready_queue("telemetry")),
+            Exchange::get(&tributary("sinks", "readings")).reply(ready_sink()),
+            // No Deployment yet: the operator sets the replicas this once.
+            Exchange::get(&child("apps/v1", "deployments")).not_found(),
+            Exchange::get(&path("v1", "factory", "secrets", "pg")).reply(secret(
+                "pg",
+                "url",
+                "postgres://db",
+            )),
+            Exchange::get(&path("v1", "factory", "secrets", "telemetry-uri")).reply(secret(
+                "telemetry-uri",
+                "uri",
+                "amqp://broker",
+            )),
+            Exchange::apply(&child("v1", "configmaps")).with("/kind", json!("ConfigMap")),
+            Exchange::apply(&child("apps/v1", "deployments"))
+                .with("/spec/replicas", json!(2))
+                .reply(json!({ "status": { "replicas": 2, "readyReplicas": 1 } })),
+            Exchange::apply_by(&child("apps/v1", "deployments"), autoscaler::FIELD_MANAGER)
+                .with("/spec/replicas", json!(2)),
+        ];
+        scenario.extend(reported(&worker, reason::RECONCILED));
+        let scenario = server.run(scenario);
+        let action = reconcile(Arc::new(worker), context(client)).await;
+        assert_eq!(action.expect("reconciles"), Action::requeue(RESYNC));
+        let bodies = scenario.done().await;
+        let status = &bodies.last().expect("status written")["status"];
+        assert_eq!(status["replicas"], 2);
+        assert_eq!(status["readyReplicas"], 1);
+        assert_eq!(status["conditions"][0]["message"], "1/2 worker pods ready");
+        assert!(status["selector"]
+            .as_str()
+            .is_some_and(|s| s.contains("ingest")));
+    }
+
+    #[tokio::test]
+    async fn a_missing_sink_is_reported_and_nothing_is_applied() {
+        let worker = worker();
+        let (client, server) = mocked();
+        let mut scenario = vec![
+            Exchange::get(&tributary("queues", "telemetry")).reply(ready_queue("telemetry")),
+            Exchange::get(&tributary("sinks", "readings")).not_found(),
+        ];
+        scenario.extend(reported(&worker, reason::WAITING_FOR_SINK));
+        let scenario = server.run(scenario);
+        let action = reconcile(Arc::new(worker), context(client)).await;
+        assert_eq!(action.expect("reconciles"), Action::requeue(RESYNC));
+        let bodies = scenario.done().await;
+        let status = &bodies.last().expect("status written")["status"];
+        assert_eq!(
+            status["conditions"][0]["message"],
+            "Sink \"readings\" does not exist"
+        );
+        assert_eq!(status["conditions"][0]["status"], "False");
+    }
+
+    #[tokio::test]
+    async fn an_invalid_worker_waits_for_a_new_spec_without_dereferencing() {
+        let mut worker = worker();
+        worker.spec.scaling.min_replicas = 9;
+        let (client, server) = mocked();
+        let scenario = server.run(reported(&worker, reason::INVALID_SPEC));
+        let action = reconcile(Arc::new(worker), context(client)).await;
+        assert_eq!(action.expect("reconciles"), Action::await_change());
+        let bodies = scenario.done().await;
+        let status = &bodies.last().expect("status written")["status"];
+        assert_eq!(
+            status["conditions"][0]["message"],
+            "spec.scaling.minReplicas (9) exceeds maxReplicas (5)"
+        );
+        assert_eq!(status.get("selector"), None, "validation comes first");
     }
 }
