@@ -232,30 +232,16 @@ async fn record(State(state): State<AppState>, request: Request, next: Next) -> 
     response
 }
 
-async fn healthz() -> impl IntoResponse {
-    (StatusCode::OK, "ok\n")
-}
-
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let ready = state.accepting.load(Ordering::Relaxed)
         && tokio::time::timeout(Duration::from_secs(2), state.postgres.ping())
             .await
             .unwrap_or(false);
-    if ready {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ok\n")
-    }
+    tributary_service_kit::health::flag(ready)
 }
 
-async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.render(),
-    )
+async fn render_metrics(State(state): State<AppState>) -> Response {
+    tributary_service_kit::metrics::response(state.metrics.render())
 }
 
 async fn openapi_document() -> impl IntoResponse {
@@ -296,7 +282,7 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
         .route(DEVICE_HISTORY, get(handlers::device_history))
         .route(GROUP_HISTORY, get(handlers::group_history))
         .route(OPENAPI, get(openapi_document))
-        .route(HEALTHZ, get(healthz))
+        .route(HEALTHZ, get(tributary_service_kit::health::alive))
         .route(READYZ, get(readyz))
         .route(METRICS, get(render_metrics))
         .route(DASHBOARD, get(dashboard::page))
