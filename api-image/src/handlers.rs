@@ -185,89 +185,111 @@ async fn history(
                     ));
                 }
             }
-            let seconds = query::parse_interval(bucket)?;
-            let field_spec = Field::parse(field)?;
-            let (Some(from), Some(to)) = (from, to) else {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "buckets need both `from` and `to`",
-                ));
-            };
-            let span = query::seconds_between(&from, &to).unwrap_or(0).max(0) as u64;
-            let count = span.div_ceil(seconds);
-            if count > state.limits.max_buckets {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    format!(
-                        "{count} buckets asked for; at most {} (widen `bucket` or narrow the range)",
-                        state.limits.max_buckets
-                    ),
-                ));
-            }
-            let statement = state
-                .table
-                .buckets(&filter, &from, &to, seconds, &field_spec);
-            let rows = state.postgres.query(&statement).await?;
-            let buckets: Vec<Value> = rows
-                .iter()
-                .map(|row| {
-                    json!({
-                        "start": row.get::<_, String>(0),
-                        "count": row.get::<_, i64>(1),
-                        "avg": row.get::<_, Option<f64>>(2),
-                        "min": row.get::<_, Option<f64>>(3),
-                        "max": row.get::<_, Option<f64>>(4),
-                        "rows": row.get::<_, i64>(5),
-                    })
-                })
-                .collect();
-            Ok(Json(json!({
-                "bucket": bucket,
-                "bucketSeconds": seconds,
-                "field": field,
-                "from": from,
-                "to": to,
-                "buckets": buckets,
-            })))
+            bucket_history(state, &filter, bucket, field, from, to).await
         }
         (Some(_), None) | (None, Some(_)) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "`bucket` and `field` go together",
         )),
-        (None, None) => {
-            let limit = query::parse_limit(
-                get("limit"),
-                state.limits.default_page_size,
-                state.limits.max_page_size,
-            )?;
-            let cursor = get("cursor").map(Cursor::decode).transpose()?;
-            let order = query::parse_order(get("order"))?;
-            let statement = state.table.history(
-                &filter,
-                from.as_deref(),
-                to.as_deref(),
-                cursor.as_ref(),
-                order,
-                limit,
-            );
-            let rows = state.postgres.query(&statement).await?;
-            let more = rows.len() > limit as usize;
-            let page = &rows[..rows.len().min(limit as usize)];
-            let next = match page.last() {
-                Some(last) if more => Some(
-                    Cursor {
-                        time: last.get(1),
-                        id: last.get(2),
-                    }
-                    .encode(),
-                ),
-                _ => None,
-            };
-            let items: Vec<Value> = page
-                .iter()
-                .map(|row| parse_json(&row.get::<_, String>(0)))
-                .collect();
-            Ok(Json(json!({ "items": items, "nextCursor": next })))
-        }
+        (None, None) => page_history(state, &filter, params, from, to).await,
     }
+}
+
+/// History in time buckets of one numeric field.
+async fn bucket_history(
+    state: &AppState,
+    filter: &DeviceFilter,
+    bucket: &str,
+    field: &str,
+    from: Option<String>,
+    to: Option<String>,
+) -> Result<Json<Value>, ApiError> {
+    let seconds = query::parse_interval(bucket)?;
+    let field_spec = Field::parse(field)?;
+    let (Some(from), Some(to)) = (from, to) else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "buckets need both `from` and `to`",
+        ));
+    };
+    let span = query::seconds_between(&from, &to).unwrap_or(0).max(0) as u64;
+    let count = span.div_ceil(seconds);
+    if count > state.limits.max_buckets {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{count} buckets asked for; at most {} (widen `bucket` or narrow the range)",
+                state.limits.max_buckets
+            ),
+        ));
+    }
+    let statement = state
+        .table
+        .buckets(filter, &from, &to, seconds, &field_spec);
+    let rows = state.postgres.query(&statement).await?;
+    let buckets: Vec<Value> = rows
+        .iter()
+        .map(|row| {
+            json!({
+                "start": row.get::<_, String>(0),
+                "count": row.get::<_, i64>(1),
+                "avg": row.get::<_, Option<f64>>(2),
+                "min": row.get::<_, Option<f64>>(3),
+                "max": row.get::<_, Option<f64>>(4),
+                "rows": row.get::<_, i64>(5),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "bucket": bucket,
+        "bucketSeconds": seconds,
+        "field": field,
+        "from": from,
+        "to": to,
+        "buckets": buckets,
+    })))
+}
+
+/// History as pages of raw messages, with a cursor to the next page.
+async fn page_history(
+    state: &AppState,
+    filter: &DeviceFilter,
+    params: &Params,
+    from: Option<String>,
+    to: Option<String>,
+) -> Result<Json<Value>, ApiError> {
+    let get = |name: &str| params.get(name).map(String::as_str);
+    let limit = query::parse_limit(
+        get("limit"),
+        state.limits.default_page_size,
+        state.limits.max_page_size,
+    )?;
+    let cursor = get("cursor").map(Cursor::decode).transpose()?;
+    let order = query::parse_order(get("order"))?;
+    let statement = state.table.history(
+        filter,
+        from.as_deref(),
+        to.as_deref(),
+        cursor.as_ref(),
+        order,
+        limit,
+    );
+    let rows = state.postgres.query(&statement).await?;
+    let more = rows.len() > limit as usize;
+    let page = &rows[..rows.len().min(limit as usize)];
+    let next = match page.last() {
+        Some(last) if more => Some(
+            Cursor {
+                time: last.get(1),
+                id: last.get(2),
+            }
+            .encode(),
+        ),
+        _ => None,
+    };
+    let items: Vec<Value> = page
+        .iter()
+        .map(|row| parse_json(&row.get::<_, String>(0)))
+        .collect();
+    Ok(Json(json!({ "items": items, "nextCursor": next })))
 }

@@ -181,35 +181,11 @@ fn presented_key(parts: &Parts) -> Option<String> {
     None
 }
 
-/// Decodes `%XX` escapes and `+` of a query value.
+/// Decodes `%XX` escapes and `+` of a query value (invalid escapes stay as they are).
 pub fn percent_decode(text: &str) -> String {
-    fn hex(byte: u8) -> Option<u8> {
-        (byte as char).to_digit(16).map(|d| d as u8)
-    }
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = match bytes[i] {
-            b'%' if i + 2 < bytes.len() => hex(bytes[i + 1]).zip(hex(bytes[i + 2])),
-            _ => None,
-        };
-        match (bytes[i], escaped) {
-            (_, Some((high, low))) => {
-                out.push(high * 16 + low);
-                i += 3;
-            }
-            (b'+', None) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (byte, None) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(&text.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -256,30 +232,16 @@ async fn record(State(state): State<AppState>, request: Request, next: Next) -> 
     response
 }
 
-async fn healthz() -> impl IntoResponse {
-    (StatusCode::OK, "ok\n")
-}
-
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let ready = state.accepting.load(Ordering::Relaxed)
         && tokio::time::timeout(Duration::from_secs(2), state.postgres.ping())
             .await
             .unwrap_or(false);
-    if ready {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ok\n")
-    }
+    tributary_service_kit::health::flag(ready)
 }
 
-async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.render(),
-    )
+async fn render_metrics(State(state): State<AppState>) -> Response {
+    tributary_service_kit::metrics::response(state.metrics.render())
 }
 
 async fn openapi_document() -> impl IntoResponse {
@@ -320,7 +282,7 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
         .route(DEVICE_HISTORY, get(handlers::device_history))
         .route(GROUP_HISTORY, get(handlers::group_history))
         .route(OPENAPI, get(openapi_document))
-        .route(HEALTHZ, get(healthz))
+        .route(HEALTHZ, get(tributary_service_kit::health::alive))
         .route(READYZ, get(readyz))
         .route(METRICS, get(render_metrics))
         .route(DASHBOARD, get(dashboard::page))

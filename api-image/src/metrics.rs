@@ -12,7 +12,6 @@
 //! | `tributary_api_rate_limited_total` | counter | `key` (the key's name) |
 //! | `tributary_api_auth_failures_total` | counter | |
 
-use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
@@ -161,11 +160,7 @@ impl Metrics {
 
     /// The text exposition.
     pub fn render(&self) -> String {
-        let mut text = String::new();
-        if encode(&mut text, &self.registry).is_err() {
-            text.clear();
-        }
-        text
+        tributary_service_kit::metrics::encode(&self.registry)
     }
 }
 

@@ -86,6 +86,26 @@ fn live_params() -> Vec<Value> {
 /// The document.
 pub fn document() -> Value {
     let mut paths = serde_json::Map::new();
+    v1_paths(&mut paths);
+    live_paths(&mut paths);
+    operation_paths(&mut paths);
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Tributary application API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Devices, latest values, history with time buckets, and live messages, read from what Tributary's workers stored. Every /v1 endpoint needs an API key (Authorization: Bearer) and answers only for the key's devices."
+        },
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
+            "schemas": schemas()
+        }
+    })
+}
+
+/// The `/v1` data endpoints.
+fn v1_paths(paths: &mut serde_json::Map<String, Value>) {
     paths.insert(DEVICES.into(), json!({"get": secured(json!({
         "summary": "Devices seen in the table, limited to the key's devices",
         "operationId": "listDevices",
@@ -135,6 +155,10 @@ pub fn document() -> Value {
             "responses": responses
         }))}),
     );
+}
+
+/// The live endpoints (SSE and WebSocket).
+fn live_paths(paths: &mut serde_json::Map<String, Value>) {
     paths.insert(STREAM.into(), json!({"get": secured(json!({
         "summary": "Live processed messages as Server-Sent Events: `ready` once subscribed, then `message` events (data: the message JSON, id: its id)",
         "operationId": "liveStream",
@@ -155,6 +179,10 @@ pub fn document() -> Value {
             "503": error("Live messages are not configured, or too many live clients")
         }
     }))}));
+}
+
+/// The document itself, probes, metrics and the dashboard.
+fn operation_paths(paths: &mut serde_json::Map<String, Value>) {
     paths.insert(OPENAPI.into(), json!({"get": {
         "summary": "This document", "operationId": "openapi",
         "responses": {"200": {"description": "OpenAPI 3 document", "content": {"application/json": {}}}}
@@ -190,52 +218,44 @@ pub fn document() -> Value {
             "404": error("No such file")
         }
     }}));
+}
+
+/// The schemas of the answers.
+fn schemas() -> Value {
     json!({
-        "openapi": "3.0.3",
-        "info": {
-            "title": "Tributary application API",
-            "version": env!("CARGO_PKG_VERSION"),
-            "description": "Devices, latest values, history with time buckets, and live messages, read from what Tributary's workers stored. Every /v1 endpoint needs an API key (Authorization: Bearer) and answers only for the key's devices."
-        },
-        "paths": paths,
-        "components": {
-            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
-                "DeviceList": {"type": "object", "properties": {"devices": {"type": "array", "items": {
-                    "type": "object", "properties": {
-                        "device": {"type": "string"},
-                        "lastSeen": {"type": "string", "format": "date-time"},
-                        "messages": {"type": "integer"}
-                    }
-                }}}},
-                "Latest": {"type": "object", "properties": {
-                    "device": {"type": "string"},
-                    "source": {"type": "string", "enum": ["redis", "postgres"]},
-                    "id": {"type": "string", "nullable": true, "description": "The message id of the value"},
-                    "value": {"description": "The stored value (Redis) or row (PostgreSQL) as JSON"}
-                }},
-                "HistoryPage": {"type": "object", "properties": {
-                    "items": {"type": "array", "items": {"type": "object", "description": "A row of the table as JSON (column: value)"}},
-                    "nextCursor": {"type": "string", "nullable": true, "description": "Pass as `cursor` for the next page; null on the last page"}
-                }},
-                "Buckets": {"type": "object", "properties": {
-                    "bucket": {"type": "string"},
-                    "bucketSeconds": {"type": "integer"},
-                    "field": {"type": "string"},
-                    "from": {"type": "string", "format": "date-time"},
-                    "to": {"type": "string", "format": "date-time"},
-                    "buckets": {"type": "array", "items": {"type": "object", "properties": {
-                        "start": {"type": "string", "format": "date-time", "description": "Bucket start, aligned to the Unix epoch"},
-                        "count": {"type": "integer", "description": "Rows whose field is a number"},
-                        "avg": {"type": "number", "nullable": true},
-                        "min": {"type": "number", "nullable": true},
-                        "max": {"type": "number", "nullable": true},
-                        "rows": {"type": "integer", "description": "All rows in the bucket"}
-                    }}}
-                }}
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+        "DeviceList": {"type": "object", "properties": {"devices": {"type": "array", "items": {
+            "type": "object", "properties": {
+                "device": {"type": "string"},
+                "lastSeen": {"type": "string", "format": "date-time"},
+                "messages": {"type": "integer"}
             }
-        }
+        }}}},
+        "Latest": {"type": "object", "properties": {
+            "device": {"type": "string"},
+            "source": {"type": "string", "enum": ["redis", "postgres"]},
+            "id": {"type": "string", "nullable": true, "description": "The message id of the value"},
+            "value": {"description": "The stored value (Redis) or row (PostgreSQL) as JSON"}
+        }},
+        "HistoryPage": {"type": "object", "properties": {
+            "items": {"type": "array", "items": {"type": "object", "description": "A row of the table as JSON (column: value)"}},
+            "nextCursor": {"type": "string", "nullable": true, "description": "Pass as `cursor` for the next page; null on the last page"}
+        }},
+        "Buckets": {"type": "object", "properties": {
+            "bucket": {"type": "string"},
+            "bucketSeconds": {"type": "integer"},
+            "field": {"type": "string"},
+            "from": {"type": "string", "format": "date-time"},
+            "to": {"type": "string", "format": "date-time"},
+            "buckets": {"type": "array", "items": {"type": "object", "properties": {
+                "start": {"type": "string", "format": "date-time", "description": "Bucket start, aligned to the Unix epoch"},
+                "count": {"type": "integer", "description": "Rows whose field is a number"},
+                "avg": {"type": "number", "nullable": true},
+                "min": {"type": "number", "nullable": true},
+                "max": {"type": "number", "nullable": true},
+                "rows": {"type": "integer", "description": "All rows in the bucket"}
+            }}}
+        }}
     })
 }
 

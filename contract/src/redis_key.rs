@@ -16,7 +16,7 @@ pub fn push_key_field(out: &mut String, value: &str) {
         if unsafe_char {
             let mut buffer = [0u8; 4];
             for byte in c.encode_utf8(&mut buffer).bytes() {
-                out.push_str(&format!("%{byte:02X}"));
+                out.push_str(percent_encoding::percent_encode_byte(byte));
             }
         } else {
             out.push(c);
@@ -41,5 +41,8 @@ mod tests {
         assert_eq!(key("d1#id"), "latest:d1%23id");
         assert_eq!(key("*"), "latest:%2A");
         assert_ne!(key("a%3Ab"), key("a:b"));
+        // Multi-byte characters are encoded per byte; other non-ASCII text is kept.
+        assert_eq!(key("a\u{a0}b"), "latest:a%C2%A0b");
+        assert_eq!(key("café"), "latest:café");
     }
 }

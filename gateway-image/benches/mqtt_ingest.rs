@@ -314,17 +314,8 @@ async fn idle_memory(name: &str, addr: &str, user: &str, pid: u32, count: usize)
     per_connection
 }
 
-#[tokio::main]
-async fn main() {
-    let mode = std::env::var("BENCH_MODE").unwrap_or_else(|_| "all".into());
-    let amqp_url = std::env::var("TRIBUTARY_TEST_AMQP_URL")
-        .expect("TRIBUTARY_TEST_AMQP_URL: run via gateway-image/bench.sh");
-    let plugin_mqtt = std::env::var("TRIBUTARY_TEST_RABBITMQ_MQTT")
-        .expect("TRIBUTARY_TEST_RABBITMQ_MQTT: run via gateway-image/bench.sh");
-    let amqp = Connection::connect(&amqp_url, ConnectionProperties::default())
-        .await
-        .expect("amqp");
-    let channel = amqp.create_channel().await.unwrap();
+/// The two bench queues, empty; the plugin's is bound to `amq.topic` for `plugin.#`.
+async fn declare_queues(channel: &lapin::Channel) {
     let durable = QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
@@ -349,6 +340,50 @@ async fn main() {
         )
         .await
         .unwrap();
+}
+
+/// Loads the gateway, the RabbitMQ MQTT plugin and Mosquitto in turn and prints their rates
+/// and latencies.
+async fn throughput(channel: &lapin::Channel, plugin_mqtt: &str) {
+    let results = vec![
+        load("gateway", GATEWAY_MQTT, USER, "gw").await,
+        load("rabbit-mqtt", plugin_mqtt, "tributary", "plugin").await,
+        load("mosquitto", MOSQUITTO, USER, "mq").await,
+    ];
+    for queue in ["bench-gateway", "bench-plugin"] {
+        let _ = channel
+            .queue_purge(queue.into(), QueuePurgeOptions::default())
+            .await;
+    }
+    println!(
+        "\n{:<12} {:>12} {:>12} {:>12}",
+        "target", "msgs/s", "p50", "p99"
+    );
+    for r in &results {
+        println!(
+            "{:<12} {:>12.0} {:>12.2?} {:>12.2?}",
+            r.name, r.rate, r.p50, r.p99
+        );
+    }
+    println!(
+        "ratio gateway / rabbit-mqtt plugin: {:.2}   gateway / mosquitto: {:.2}",
+        results[0].rate / results[1].rate,
+        results[0].rate / results[2].rate
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let mode = std::env::var("BENCH_MODE").unwrap_or_else(|_| "all".into());
+    let amqp_url = std::env::var("TRIBUTARY_TEST_AMQP_URL")
+        .expect("TRIBUTARY_TEST_AMQP_URL: run via gateway-image/bench.sh");
+    let plugin_mqtt = std::env::var("TRIBUTARY_TEST_RABBITMQ_MQTT")
+        .expect("TRIBUTARY_TEST_RABBITMQ_MQTT: run via gateway-image/bench.sh");
+    let amqp = Connection::connect(&amqp_url, ConnectionProperties::default())
+        .await
+        .expect("amqp");
+    let channel = amqp.create_channel().await.unwrap();
+    declare_queues(&channel).await;
 
     let servers = Servers(vec![
         start_gateway(&amqp_url, "bench-gateway"),
@@ -359,31 +394,7 @@ async fn main() {
     wait_port(MOSQUITTO).await;
 
     if mode == "all" || mode == "throughput" {
-        let results = vec![
-            load("gateway", GATEWAY_MQTT, USER, "gw").await,
-            load("rabbit-mqtt", &plugin_mqtt, "tributary", "plugin").await,
-            load("mosquitto", MOSQUITTO, USER, "mq").await,
-        ];
-        for queue in ["bench-gateway", "bench-plugin"] {
-            let _ = channel
-                .queue_purge(queue.into(), QueuePurgeOptions::default())
-                .await;
-        }
-        println!(
-            "\n{:<12} {:>12} {:>12} {:>12}",
-            "target", "msgs/s", "p50", "p99"
-        );
-        for r in &results {
-            println!(
-                "{:<12} {:>12.0} {:>12.2?} {:>12.2?}",
-                r.name, r.rate, r.p50, r.p99
-            );
-        }
-        println!(
-            "ratio gateway / rabbit-mqtt plugin: {:.2}   gateway / mosquitto: {:.2}",
-            results[0].rate / results[1].rate,
-            results[0].rate / results[2].rate
-        );
+        throughput(&channel, &plugin_mqtt).await;
     }
     if mode == "all" || mode == "idle" {
         let count = env_usize("BENCH_IDLE_CONNECTIONS", 10_000);

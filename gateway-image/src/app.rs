@@ -171,12 +171,33 @@ pub async fn start(config: GatewayConfig) -> Result<Running, StartError> {
     ));
     tracing::info!(addr = %bound.health, "health and metrics listening");
     let tracker = TaskTracker::new();
+    start_device_listeners(&config, &gateway, tls_config, &tracker, &mut bound).await?;
+    Ok(Running {
+        bound,
+        gateway,
+        tracker,
+        broker_close,
+        broker_task,
+        health_stop,
+    })
+}
+
+/// Binds and serves the device listeners (MQTT, MQTT over TLS, HTTP ingest) the config
+/// names; their tasks join `tracker`, so the drain waits for them.
+async fn start_device_listeners(
+    config: &GatewayConfig,
+    gateway: &Arc<Gateway>,
+    tls_config: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    tracker: &TaskTracker,
+    bound: &mut Bound,
+) -> Result<(), StartError> {
+    let header_timeout = Duration::from_secs(config.limits.http_header_timeout_seconds.max(1));
     if let Some(addr) = config.listeners.mqtt {
         let listener = bind(addr).await?;
         bound.mqtt = Some(local(&listener, addr));
         tracing::info!(addr = %local(&listener, addr), "mqtt listening");
         tokio::spawn(mqtt::server::serve_plain(
-            Arc::clone(&gateway),
+            Arc::clone(gateway),
             listener,
             tracker.clone(),
         ));
@@ -186,7 +207,7 @@ pub async fn start(config: GatewayConfig) -> Result<Running, StartError> {
         bound.mqtt_tls = Some(local(&listener, listener_config.listen));
         tracing::info!(addr = %local(&listener, listener_config.listen), "mqtt tls listening");
         tokio::spawn(mqtt::server::serve_tls(
-            Arc::clone(&gateway),
+            Arc::clone(gateway),
             listener,
             tokio_rustls::TlsAcceptor::from(tls_config),
             tracker.clone(),
@@ -198,7 +219,7 @@ pub async fn start(config: GatewayConfig) -> Result<Running, StartError> {
         tracing::info!(addr = %local(&listener, addr), "http ingest listening");
         tracker.spawn(http_listener::serve(
             listener,
-            http::ingest_router(Arc::clone(&gateway)),
+            http::ingest_router(Arc::clone(gateway)),
             http_listener::Bounds {
                 name: "http",
                 header_timeout,
@@ -208,14 +229,7 @@ pub async fn start(config: GatewayConfig) -> Result<Running, StartError> {
             tracker.clone(),
         ));
     }
-    Ok(Running {
-        bound,
-        gateway,
-        tracker,
-        broker_close,
-        broker_task,
-        health_stop,
-    })
+    Ok(())
 }
 
 impl Running {

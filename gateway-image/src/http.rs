@@ -37,7 +37,7 @@ pub fn ingest_router(gateway: Arc<Gateway>) -> Router {
 /// The health and metrics router.
 pub fn health_router(gateway: Arc<Gateway>) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(tributary_service_kit::health::alive))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .with_state(gateway)
@@ -54,14 +54,7 @@ async fn ready(State(gateway): State<Arc<Gateway>>) -> Response {
 }
 
 async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        gateway.metrics.encode(),
-    )
-        .into_response()
+    tributary_service_kit::metrics::response(gateway.metrics.encode())
 }
 
 fn error(status: StatusCode, message: &str) -> Response {

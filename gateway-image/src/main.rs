@@ -67,29 +67,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let config = tributary_gateway::app::load_config(&cli.config)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(tributary_gateway::app::run(config, shutdown_signal()))?;
+    runtime.block_on(tributary_gateway::app::run(
+        config,
+        tributary_service_kit::shutdown::signal(),
+    ))?;
     Ok(())
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = terminate => {}
-    }
-    tracing::info!("shutdown signal received");
 }

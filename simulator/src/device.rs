@@ -151,34 +151,7 @@ async fn publish_until_done_or_lost(
             }
         }
         // Fill the in-flight window with what is due.
-        let mut wake_at = None;
-        while ledger.outstanding() < window {
-            let Some(next) = ledger.peek() else { break };
-            if let Next::New { seq } = next {
-                let due = plan::due_after(settings.rate, devices, spec.index, seq - 1)
-                    .map(|offset| clock.start + offset);
-                if let Some(due) = due.filter(|due| *due > Instant::now()) {
-                    wake_at = Some(due);
-                    break;
-                }
-            }
-            let body = payload::payload(
-                settings.payload,
-                &spec.id,
-                spec.n,
-                next.seq(),
-                settings.out_of_range_every,
-            );
-            // Fails only when the event loop has ended; its error arrives below.
-            if connection
-                .client
-                .try_publish(spec.topic.as_str(), QoS::AtLeastOnce, false, body)
-                .is_err()
-            {
-                break;
-            }
-            ledger.take();
-        }
+        let wake_at = fill_window(connection, ledger, spec, settings, clock, window, devices);
         if ledger.finished() {
             return None;
         }
@@ -221,6 +194,48 @@ async fn publish_until_done_or_lost(
             }
         }
     }
+}
+
+/// Publishes what is due until the in-flight window is full; returns when the next new
+/// message falls due, if that is what stopped it.
+fn fill_window(
+    connection: &Connection,
+    ledger: &mut Ledger,
+    spec: &DeviceSpec,
+    settings: &Settings,
+    clock: Clock,
+    window: usize,
+    devices: u32,
+) -> Option<Instant> {
+    let mut wake_at = None;
+    while ledger.outstanding() < window {
+        let Some(next) = ledger.peek() else { break };
+        if let Next::New { seq } = next {
+            let due = plan::due_after(settings.rate, devices, spec.index, seq - 1)
+                .map(|offset| clock.start + offset);
+            if let Some(due) = due.filter(|due| *due > Instant::now()) {
+                wake_at = Some(due);
+                break;
+            }
+        }
+        let body = payload::payload(
+            settings.payload,
+            &spec.id,
+            spec.n,
+            next.seq(),
+            settings.out_of_range_every,
+        );
+        // Fails only when the event loop has ended; its error arrives as an event.
+        if connection
+            .client
+            .try_publish(spec.topic.as_str(), QoS::AtLeastOnce, false, body)
+            .is_err()
+        {
+            break;
+        }
+        ledger.take();
+    }
+    wake_at
 }
 
 /// A small per-device offset so reconnecting devices do not all retry at once.

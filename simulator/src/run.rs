@@ -28,28 +28,8 @@ pub async fn run(settings: Settings) -> Summary {
     }
     let progress = tokio::spawn(show_progress(shared.clone(), device_count));
 
-    let mut outcomes = Vec::with_capacity(settings.devices.len());
-    let mut failed_tasks = 0u32;
-    let mut interrupted = false;
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
-    loop {
-        tokio::select! {
-            joined = devices.join_next() => match joined {
-                Some(Ok(outcome)) => outcomes.push(outcome),
-                Some(Err(error)) => {
-                    failed_tasks += 1;
-                    shared.console.error("simulator", &format!("device task failed: {error}"));
-                }
-                None => break,
-            },
-            _ = &mut ctrl_c, if !interrupted => {
-                interrupted = true;
-                shared.console.line("interrupted: stopping");
-                devices.abort_all();
-            }
-        }
-    }
+    let (outcomes, failed_tasks, interrupted) =
+        join_devices(&mut devices, &shared, settings.devices.len()).await;
     progress.abort();
     let seconds = start.elapsed().as_secs_f64();
     let snapshot = shared.counters.snapshot();
@@ -95,6 +75,38 @@ pub async fn run(settings: Settings) -> Summary {
         },
         ok,
     }
+}
+
+/// Collects every device's outcome; Ctrl-C stops the devices. Also returns how many device
+/// tasks failed and whether the run was interrupted.
+async fn join_devices(
+    devices: &mut JoinSet<Outcome>,
+    shared: &Shared,
+    count: usize,
+) -> (Vec<Outcome>, u32, bool) {
+    let mut outcomes = Vec::with_capacity(count);
+    let mut failed_tasks = 0u32;
+    let mut interrupted = false;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            joined = devices.join_next() => match joined {
+                Some(Ok(outcome)) => outcomes.push(outcome),
+                Some(Err(error)) => {
+                    failed_tasks += 1;
+                    shared.console.error("simulator", &format!("device task failed: {error}"));
+                }
+                None => break,
+            },
+            _ = &mut ctrl_c, if !interrupted => {
+                interrupted = true;
+                shared.console.line("interrupted: stopping");
+                devices.abort_all();
+            }
+        }
+    }
+    (outcomes, failed_tasks, interrupted)
 }
 
 /// Prints the progress line every second; the rate is acknowledgements per second since

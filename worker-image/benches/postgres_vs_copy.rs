@@ -36,7 +36,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     runtime.block_on(run())
 }
 
-async fn run() -> Result<(), Box<dyn std::error::Error>> {
+type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+async fn run() -> BenchResult<()> {
     let amqp_url = env("TRIBUTARY_TEST_AMQP_URL");
     let pg_url = env("TRIBUTARY_TEST_POSTGRES_URL");
     let rows: usize = std::env::var("BENCH_ROWS")
@@ -48,55 +50,9 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     tokio::spawn(connection);
 
     // The same envelopes for both runs.
-    let mut generator = ulid::Generator::new();
-    let bodies: Vec<(String, Vec<u8>)> = (0..rows)
-        .map(|i| {
-            let id = generator.generate().map(|u| u.to_string()).unwrap_or_default();
-            let body = json!({
-                "id": id, "tenant": "bench", "gateway": "g", "device": format!("d{}", i % 100),
-                "topic": "t", "protocol": "mqtt", "receivedAt": "2026-11-26T09:00:00.000Z",
-                "payload": {"encoding": "json", "data": {"seq": i, "temp": 20.0 + (i % 50) as f64 / 10.0}},
-            });
-            (id, serde_json::to_vec(&body).unwrap_or_default())
-        })
-        .collect();
-
-    // Peer: one plain COPY of the same rows (text format, built in advance).
+    let bodies = envelopes(rows);
     let copy_table = format!("bench_copy_{tag}");
-    pg.batch_execute(&format!("CREATE TABLE {copy_table} ({COLUMNS})"))
-        .await?;
-    let mut text = String::new();
-    for (_, body) in &bodies {
-        let record = record_of(&parse_envelope(body)?);
-        let v = &record.value;
-        for (i, value) in [
-            json!(record.id),
-            v["device"].clone(),
-            v["payload"]["seq"].clone(),
-            v["payload"]["temp"].clone(),
-            v["payload"].clone(),
-        ]
-        .iter()
-        .enumerate()
-        {
-            if i > 0 {
-                text.push('\t');
-            }
-            push_copy_field(&mut text, value);
-        }
-        text.push('\n');
-    }
-    let started = Instant::now();
-    {
-        use futures::SinkExt;
-        let sink = pg
-            .copy_in::<_, bytes::Bytes>(&format!("COPY {copy_table} FROM STDIN"))
-            .await?;
-        let mut sink = std::pin::pin!(sink);
-        sink.send(bytes::Bytes::from(text)).await?;
-        sink.as_mut().finish().await?;
-    }
-    let copy_seconds = started.elapsed().as_secs_f64();
+    let copy_seconds = plain_copy(&pg, &copy_table, &bodies).await?;
 
     // Worker: the queue is filled first (not timed), then the worker drains it.
     let connection = Connection::connect(&amqp_url, ConnectionProperties::default()).await?;
@@ -105,20 +61,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     let queue = format!("bench_{tag}");
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
-    channel
-        .queue_declare(queue.as_str().into(), durable, FieldTable::default())
-        .await?;
-    publish(&channel, &queue, &bodies).await?;
+    declare_and_fill(&channel, &queue, &bodies).await?;
     // Broker ceiling: a bare consumer that only acknowledges, same prefetch, same messages.
     let bare_queue = format!("bench_bare_{tag}");
-    channel
-        .queue_declare(bare_queue.as_str().into(), durable, FieldTable::default())
-        .await?;
-    publish(&channel, &bare_queue, &bodies).await?;
+    declare_and_fill(&channel, &bare_queue, &bodies).await?;
     let bare_seconds = bare_consume(&connection, &bare_queue, rows).await?;
 
     let worker_table = format!("bench_worker_{tag}");
@@ -128,60 +74,11 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("amqp"), &amqp_url)?;
     std::fs::write(dir.join("pg"), &pg_url)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let config_text = format!(
-        r#"
-queue: {{uriFile: {dir}/amqp, name: {queue}, prefetch: 4000, concurrency: 4}}
-sinks:
-  - postgres:
-      name: rows
-      urlFile: {dir}/pg
-      table: {worker_table}
-      columns:
-        - {{name: device, expr: device}}
-        - {{name: seq, expr: payload.seq}}
-        - {{name: temp, expr: payload.temp}}
-        - {{name: payload, expr: payload}}
-      batch: {{maxMessages: 2000, maxBytes: 8000000, maxAgeMs: 50}}
-http: {{listen: "127.0.0.1:{port}"}}
-"#,
-        dir = dir.display()
-    );
+    let config_text = worker_config(&dir, &queue, &worker_table)?;
     let worker = tributary_worker::Worker::build(config::parse(&config_text)?)?;
     let metrics = worker.metrics();
-
-    // CPU of the processing path alone (parse, record, column expressions), for context.
-    let parsed = config::parse(&config_text)?;
-    let sink = tributary_worker::sinks::Sink::build(
-        &tributary_worker::expr::CelEnv::default(),
-        &parsed.sinks[0],
-        &amqp_url,
-    )?;
-    let started = Instant::now();
-    for (_, body) in &bodies {
-        let record = record_of(&parse_envelope(body)?);
-        sink.prepare(&record)?;
-    }
-    let prepare_micros = started.elapsed().as_secs_f64() * 1e6 / rows as f64;
-    let shutdown = CancellationToken::new();
-    let started = Instant::now();
-    let handle = tokio::spawn(worker.run(shutdown.clone()));
-    let count_sql = format!("SELECT count(*) FROM {worker_table}");
-    loop {
-        let count: i64 = pg.query_one(&count_sql, &[]).await?.get(0);
-        if count as usize >= rows {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(600) {
-            return Err(format!("worker stored only {count} of {rows} rows in 600 s").into());
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let worker_seconds = started.elapsed().as_secs_f64();
-    shutdown.cancel();
-    let _ = handle.await;
+    let prepare_micros = prepare_micros(&config_text, &amqp_url, &bodies)?;
+    let worker_seconds = run_worker(worker, &pg, &worker_table, rows).await?;
 
     let copy_rate = rows as f64 / copy_seconds;
     let worker_rate = rows as f64 / worker_seconds;
@@ -217,6 +114,154 @@ http: {{listen: "127.0.0.1:{port}"}}
     .await?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// `rows` envelopes (id, JSON body) over 100 devices.
+fn envelopes(rows: usize) -> Vec<(String, Vec<u8>)> {
+    let mut generator = ulid::Generator::new();
+    (0..rows)
+        .map(|i| {
+            let id = generator.generate().map(|u| u.to_string()).unwrap_or_default();
+            let body = json!({
+                "id": id, "tenant": "bench", "gateway": "g", "device": format!("d{}", i % 100),
+                "topic": "t", "protocol": "mqtt", "receivedAt": "2026-11-26T09:00:00.000Z",
+                "payload": {"encoding": "json", "data": {"seq": i, "temp": 20.0 + (i % 50) as f64 / 10.0}},
+            });
+            (id, serde_json::to_vec(&body).unwrap_or_default())
+        })
+        .collect()
+}
+
+/// The peer: one plain COPY of the same rows (text format, built in advance) into a new
+/// `table`; the seconds the COPY took.
+async fn plain_copy(
+    pg: &tokio_postgres::Client,
+    table: &str,
+    bodies: &[(String, Vec<u8>)],
+) -> BenchResult<f64> {
+    pg.batch_execute(&format!("CREATE TABLE {table} ({COLUMNS})"))
+        .await?;
+    let mut text = String::new();
+    for (_, body) in bodies {
+        let record = record_of(&parse_envelope(body)?);
+        let v = &record.value;
+        for (i, value) in [
+            json!(record.id),
+            v["device"].clone(),
+            v["payload"]["seq"].clone(),
+            v["payload"]["temp"].clone(),
+            v["payload"].clone(),
+        ]
+        .iter()
+        .enumerate()
+        {
+            if i > 0 {
+                text.push('\t');
+            }
+            push_copy_field(&mut text, value);
+        }
+        text.push('\n');
+    }
+    let started = Instant::now();
+    {
+        use futures::SinkExt;
+        let sink = pg
+            .copy_in::<_, bytes::Bytes>(&format!("COPY {table} FROM STDIN"))
+            .await?;
+        let mut sink = std::pin::pin!(sink);
+        sink.send(bytes::Bytes::from(text)).await?;
+        sink.as_mut().finish().await?;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Declares a durable `queue` and publishes every body to it.
+async fn declare_and_fill(
+    channel: &lapin::Channel,
+    queue: &str,
+    bodies: &[(String, Vec<u8>)],
+) -> BenchResult<()> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(queue.into(), durable, FieldTable::default())
+        .await?;
+    publish(channel, queue, bodies).await
+}
+
+/// The worker's config: `queue` into `table`, its files under `dir`, HTTP on a free port.
+fn worker_config(dir: &std::path::Path, queue: &str, table: &str) -> BenchResult<String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    Ok(format!(
+        r#"
+queue: {{uriFile: {dir}/amqp, name: {queue}, prefetch: 4000, concurrency: 4}}
+sinks:
+  - postgres:
+      name: rows
+      urlFile: {dir}/pg
+      table: {table}
+      columns:
+        - {{name: device, expr: device}}
+        - {{name: seq, expr: payload.seq}}
+        - {{name: temp, expr: payload.temp}}
+        - {{name: payload, expr: payload}}
+      batch: {{maxMessages: 2000, maxBytes: 8000000, maxAgeMs: 50}}
+http: {{listen: "127.0.0.1:{port}"}}
+"#,
+        dir = dir.display()
+    ))
+}
+
+/// CPU of the processing path alone (parse, record, column expressions) per message, in
+/// microseconds, for context.
+fn prepare_micros(
+    config_text: &str,
+    amqp_url: &str,
+    bodies: &[(String, Vec<u8>)],
+) -> BenchResult<f64> {
+    let parsed = config::parse(config_text)?;
+    let sink = tributary_worker::sinks::Sink::build(
+        &tributary_worker::expr::CelEnv::default(),
+        &parsed.sinks[0],
+        amqp_url,
+    )?;
+    let started = Instant::now();
+    for (_, body) in bodies {
+        let record = record_of(&parse_envelope(body)?);
+        sink.prepare(&record)?;
+    }
+    Ok(started.elapsed().as_secs_f64() * 1e6 / bodies.len() as f64)
+}
+
+/// Runs the worker until `table` holds `rows` rows; the seconds that took.
+async fn run_worker(
+    worker: tributary_worker::Worker,
+    pg: &tokio_postgres::Client,
+    table: &str,
+    rows: usize,
+) -> BenchResult<f64> {
+    let shutdown = CancellationToken::new();
+    let started = Instant::now();
+    let handle = tokio::spawn(worker.run(shutdown.clone()));
+    let count_sql = format!("SELECT count(*) FROM {table}");
+    loop {
+        let count: i64 = pg.query_one(&count_sql, &[]).await?.get(0);
+        if count as usize >= rows {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            return Err(format!("worker stored only {count} of {rows} rows in 600 s").into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let worker_seconds = started.elapsed().as_secs_f64();
+    shutdown.cancel();
+    let _ = handle.await;
+    Ok(worker_seconds)
 }
 
 async fn publish(

@@ -219,6 +219,60 @@ impl Worker {
         if queue.declare {
             self.declare(&consume_channel).await?;
         }
+        let (processor, runners) = self.start_pipeline(&publish_channel, &session_stop);
+        let tag = format!("tributary-worker-{}", std::process::id());
+        let mut consumer = consume_channel
+            .basic_consume(
+                queue.name.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        self.health.ready.store(true, Ordering::Relaxed);
+        tracing::info!(queue = %queue.name, prefetch = queue.prefetch, concurrency = queue.concurrency, "consuming");
+
+        let concurrency = queue.concurrency;
+        let permits = Arc::new(Semaphore::new(concurrency as usize));
+        let outcome = self
+            .hand_out(&mut consumer, &processor, &permits, shutdown)
+            .await;
+        self.health.ready.store(false, Ordering::Relaxed);
+        tracing::info!("draining: stop consuming, flush batches, settle");
+        let grace = Duration::from_secs(self.config.shutdown_grace_seconds);
+        let drained = tokio::time::timeout(grace, async {
+            let _ = consume_channel
+                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                .await;
+            // Every processing task has handed its message to the sinks once all permits
+            // are back; dropping the processor then closes the sinks' queues.
+            let _ = permits.acquire_many(concurrency).await;
+            drop(processor);
+            for runner in runners {
+                let _ = runner.await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                grace_seconds = grace.as_secs(),
+                "grace period over; unsettled messages return to the queue"
+            );
+        }
+        // Closing requeues whatever is still unacknowledged (prefetched, never processed).
+        let _ = consume_channel.close(200, "worker stopping".into()).await;
+        let _ = publish_channel.close(200, "worker stopping".into()).await;
+        let _ = connection.close(200, "worker stopping".into()).await;
+        outcome
+    }
+
+    /// The session's finisher, one batching task per sink and the processor feeding them.
+    fn start_pipeline(
+        &self,
+        publish_channel: &Channel,
+        session_stop: &CancellationToken,
+    ) -> (Arc<Processor>, Vec<tokio::task::JoinHandle<()>>) {
+        let queue = &self.config.queue;
         let finisher = Arc::new(Finisher::new(FinisherSetup {
             queue: queue.name.clone(),
             dead_letter: self.config.dead_letter.clone(),
@@ -253,68 +307,39 @@ impl Worker {
             outages: self.outages.clone(),
             shutdown: session_stop.clone(),
         });
-        let tag = format!("tributary-worker-{}", std::process::id());
-        let mut consumer = consume_channel
-            .basic_consume(
-                queue.name.as_str().into(),
-                tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        self.health.ready.store(true, Ordering::Relaxed);
-        tracing::info!(queue = %queue.name, prefetch = queue.prefetch, concurrency = queue.concurrency, "consuming");
+        (processor, runners)
+    }
 
-        let concurrency = queue.concurrency;
-        let permits = Arc::new(Semaphore::new(concurrency as usize));
-        let outcome = loop {
+    /// Hands each delivery to a processing task (at most `permits` at once) until shutdown
+    /// (`Ok`) or a broker error.
+    async fn hand_out(
+        &self,
+        consumer: &mut lapin::Consumer,
+        processor: &Arc<Processor>,
+        permits: &Arc<Semaphore>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), RunError> {
+        loop {
             let next = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => break Ok(()),
+                _ = shutdown.cancelled() => return Ok(()),
                 next = consumer.next() => next,
             };
             let delivery = match next {
                 Some(Ok(delivery)) => delivery,
-                Some(Err(e)) => break Err(RunError::Broker(e)),
-                None => break Err(RunError::ConsumerClosed),
+                Some(Err(e)) => return Err(RunError::Broker(e)),
+                None => return Err(RunError::ConsumerClosed),
             };
             self.metrics.consumed.inc();
             let Ok(permit) = permits.clone().acquire_owned().await else {
-                break Ok(());
+                return Ok(());
             };
             let processor = processor.clone();
             tokio::spawn(async move {
                 processor.process(delivery).await;
                 drop(permit);
             });
-        };
-        self.health.ready.store(false, Ordering::Relaxed);
-        tracing::info!("draining: stop consuming, flush batches, settle");
-        let grace = Duration::from_secs(self.config.shutdown_grace_seconds);
-        let drained = tokio::time::timeout(grace, async {
-            let _ = consume_channel
-                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-                .await;
-            // Every processing task has handed its message to the sinks once all permits
-            // are back; dropping the processor then closes the sinks' queues.
-            let _ = permits.acquire_many(concurrency).await;
-            drop(processor);
-            for runner in runners {
-                let _ = runner.await;
-            }
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(
-                grace_seconds = grace.as_secs(),
-                "grace period over; unsettled messages return to the queue"
-            );
         }
-        // Closing requeues whatever is still unacknowledged (prefetched, never processed).
-        let _ = consume_channel.close(200, "worker stopping".into()).await;
-        let _ = publish_channel.close(200, "worker stopping".into()).await;
-        let _ = connection.close(200, "worker stopping".into()).await;
-        outcome
     }
 
     async fn connect(&self, shutdown: &CancellationToken) -> Option<Connection> {

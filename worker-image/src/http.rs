@@ -7,12 +7,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tributary_service_kit as service_kit;
 
 use crate::metrics::Metrics;
 use crate::outages::Outages;
@@ -38,30 +39,12 @@ async fn status(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.render(),
-    )
-}
-
-fn flag(value: bool) -> (StatusCode, &'static str) {
-    if value {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ok\n")
-    }
-}
-
-async fn healthz() -> impl IntoResponse {
-    (StatusCode::OK, "ok\n")
+async fn render_metrics(State(state): State<AppState>) -> Response {
+    service_kit::metrics::response(state.metrics.render())
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    flag(state.health.ready.load(Ordering::Relaxed))
+    service_kit::health::flag(state.health.ready.load(Ordering::Relaxed))
 }
 
 /// Binds the listener (so a bad address fails at start) and serves until `stop`.
@@ -75,7 +58,7 @@ pub async fn serve(
     let listener = TcpListener::bind(listen).await?;
     let app = Router::new()
         .route("/metrics", get(render_metrics))
-        .route("/healthz", get(healthz))
+        .route("/healthz", get(service_kit::health::alive))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
         .with_state(AppState {
@@ -83,12 +66,5 @@ pub async fn serve(
             metrics,
             outages,
         });
-    Ok(tokio::spawn(async move {
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "http server failed");
-        }
-    }))
+    Ok(service_kit::serve::spawn(listener, app, stop))
 }

@@ -14,12 +14,11 @@
 //! | `tributary_worker_target_unavailable` | gauge | `target` (`sink NAME`, `container`, `dead-letter queue`) |
 //! | `tributary_worker_redeliveries_counted_total` | counter | |
 
-use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 type Labels = Vec<(String, String)>;
 
@@ -68,6 +67,59 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
+// The name (after the `tributary_worker` prefix) and help of each metric.
+const TARGET_UNAVAILABLE: (&str, &str) = (
+    "target_unavailable",
+    "1 while a target (sink, container, dead-letter queue) is unavailable and its messages are held",
+);
+const REDELIVERIES_COUNTED: (&str, &str) = (
+    "redeliveries_counted",
+    "Redelivered messages counted in x-tributary-deliveries and put back on the queue",
+);
+const BROKER_RECONNECTS: (&str, &str) = (
+    "broker_reconnects",
+    "Consuming sessions ended by a broker error, after which the worker reconnected",
+);
+const MESSAGES_CONSUMED: (&str, &str) =
+    ("messages_consumed", "Deliveries received from the broker");
+const MESSAGES_ACKED: (&str, &str) = ("messages_acked", "Messages acknowledged to the broker");
+const MESSAGES_RETRIED: (&str, &str) = (
+    "messages_retried",
+    "Retries after a failure (an outage or a per-message failure), by stage",
+);
+const MESSAGES_REQUEUED: (&str, &str) = (
+    "messages_requeued",
+    "Messages returned to the queue unprocessed at shutdown",
+);
+const MESSAGES_DEAD_LETTERED: (&str, &str) = (
+    "messages_dead_lettered",
+    "Messages dead-lettered, by reason kind",
+);
+const PIPELINE_DROPPED: (&str, &str) =
+    ("pipeline_dropped", "Messages dropped by a pipeline filter");
+const SINK_WRITE_DURATION_SECONDS: (&str, &str) = (
+    "sink_write_duration_seconds",
+    "Duration of one batch write to a sink",
+);
+const SINK_BATCH_SIZE_MESSAGES: (&str, &str) = (
+    "sink_batch_size_messages",
+    "Messages per batch written to a sink",
+);
+const SINK_ERRORS: (&str, &str) = (
+    "sink_errors",
+    "Failed sink writes, by sink and kind (unavailable or rejected)",
+);
+
+/// Registers `metric` under its name and help and hands it back.
+fn registered<M: Metric + Clone>(
+    registry: &mut Registry,
+    (name, help): (&str, &str),
+    metric: M,
+) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -75,95 +127,32 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Creates and registers every metric.
+    /// Creates and registers every metric (registration order is the rendering order).
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("tributary_worker");
-        let consumed = Counter::default();
-        let acked = Counter::default();
-        let retried = Family::<Labels, Counter>::default();
-        let requeued = Counter::default();
-        let dead_lettered = Family::<Labels, Counter>::default();
-        let pipeline_dropped = Counter::default();
-        let write_duration = Family::new_with_constructor(LatencyBuckets);
-        let batch_size = Family::new_with_constructor(SizeBuckets);
-        let sink_errors = Family::<Labels, Counter>::default();
-        let broker_reconnects = Counter::default();
-        let target_unavailable = Family::<Labels, Gauge>::default();
-        let redeliveries_counted = Counter::default();
-        registry.register(
-            "target_unavailable",
-            "1 while a target (sink, container, dead-letter queue) is unavailable and its messages are held",
-            target_unavailable.clone(),
-        );
-        registry.register(
-            "redeliveries_counted",
-            "Redelivered messages counted in x-tributary-deliveries and put back on the queue",
-            redeliveries_counted.clone(),
-        );
-        registry.register(
-            "broker_reconnects",
-            "Consuming sessions ended by a broker error, after which the worker reconnected",
-            broker_reconnects.clone(),
-        );
-        registry.register(
-            "messages_consumed",
-            "Deliveries received from the broker",
-            consumed.clone(),
-        );
-        registry.register(
-            "messages_acked",
-            "Messages acknowledged to the broker",
-            acked.clone(),
-        );
-        registry.register(
-            "messages_retried",
-            "Retries after a failure (an outage or a per-message failure), by stage",
-            retried.clone(),
-        );
-        registry.register(
-            "messages_requeued",
-            "Messages returned to the queue unprocessed at shutdown",
-            requeued.clone(),
-        );
-        registry.register(
-            "messages_dead_lettered",
-            "Messages dead-lettered, by reason kind",
-            dead_lettered.clone(),
-        );
-        registry.register(
-            "pipeline_dropped",
-            "Messages dropped by a pipeline filter",
-            pipeline_dropped.clone(),
-        );
-        registry.register(
-            "sink_write_duration_seconds",
-            "Duration of one batch write to a sink",
-            write_duration.clone(),
-        );
-        registry.register(
-            "sink_batch_size_messages",
-            "Messages per batch written to a sink",
-            batch_size.clone(),
-        );
-        registry.register(
-            "sink_errors",
-            "Failed sink writes, by sink and kind (unavailable or rejected)",
-            sink_errors.clone(),
-        );
+        let r = &mut registry;
         Self {
+            target_unavailable: registered(r, TARGET_UNAVAILABLE, Family::default()),
+            redeliveries_counted: registered(r, REDELIVERIES_COUNTED, Counter::default()),
+            broker_reconnects: registered(r, BROKER_RECONNECTS, Counter::default()),
+            consumed: registered(r, MESSAGES_CONSUMED, Counter::default()),
+            acked: registered(r, MESSAGES_ACKED, Counter::default()),
+            retried: registered(r, MESSAGES_RETRIED, Family::default()),
+            requeued: registered(r, MESSAGES_REQUEUED, Counter::default()),
+            dead_lettered: registered(r, MESSAGES_DEAD_LETTERED, Family::default()),
+            pipeline_dropped: registered(r, PIPELINE_DROPPED, Counter::default()),
+            write_duration: registered(
+                r,
+                SINK_WRITE_DURATION_SECONDS,
+                Family::new_with_constructor(LatencyBuckets),
+            ),
+            batch_size: registered(
+                r,
+                SINK_BATCH_SIZE_MESSAGES,
+                Family::new_with_constructor(SizeBuckets),
+            ),
+            sink_errors: registered(r, SINK_ERRORS, Family::default()),
             registry,
-            consumed,
-            acked,
-            retried,
-            requeued,
-            dead_lettered,
-            pipeline_dropped,
-            write_duration,
-            batch_size,
-            sink_errors,
-            broker_reconnects,
-            target_unavailable,
-            redeliveries_counted,
         }
     }
 
@@ -209,10 +198,7 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
-        out
+        tributary_service_kit::metrics::encode(&self.registry)
     }
 }
 

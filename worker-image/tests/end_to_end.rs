@@ -9,10 +9,9 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use common::*;
-use reqwest::Method;
+use rusty_s3::Credentials;
 use serde_json::{json, Value};
 use tributary_worker::sinks::s3::S3Client;
-use tributary_worker::sinks::sigv4::Signer;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -36,11 +35,8 @@ fn s3_client(env: &S3Env) -> S3Client {
     tributary_worker::http_client::install_crypto_provider();
     S3Client::new(
         &env.endpoint,
-        Signer {
-            access_key_id: env.access_key.clone(),
-            secret_access_key: env.secret_key.clone(),
-            region: env.region.clone(),
-        },
+        &env.region,
+        Credentials::new(env.access_key.clone(), env.secret_key.clone()),
     )
     .expect("s3 client")
 }
@@ -50,10 +46,7 @@ async fn s3_lines(client: &S3Client, bucket: &str) -> Option<Vec<Value>> {
     let keys = client.list_keys(bucket, "").await.ok()?;
     let mut lines = Vec::new();
     for key in keys {
-        let body = client
-            .checked(Method::GET, &format!("{bucket}/{key}"), &[], Vec::new())
-            .await
-            .ok()?;
+        let body = client.get_object(bucket, &key).await.ok()?;
         for line in String::from_utf8_lossy(&body).lines() {
             lines.push(serde_json::from_str(line).ok()?);
         }

@@ -4,13 +4,15 @@
 mod common;
 
 use common::*;
+use rusty_s3::Credentials;
 use serde_json::json;
 use tributary_contract::worker_config::{
-    BatchConfig, RedisSinkConfig, RepublishSinkConfig, SinkConfig,
+    BatchConfig, RedisSinkConfig, RepublishSinkConfig, S3SinkConfig, SinkConfig,
 };
 use tributary_worker::expr::CelEnv;
 use tributary_worker::record::Record;
-use tributary_worker::sinks::{Prepared, Sink};
+use tributary_worker::sinks::s3::{object_key, S3Client};
+use tributary_worker::sinks::{Prepared, Sink, SinkError};
 
 fn batch() -> BatchConfig {
     BatchConfig {
@@ -125,4 +127,84 @@ async fn republished_messages_keep_the_envelope_id() {
         .expect_err("unroutable must fail");
     assert!(error.to_string().contains("unroutable"), "{error}");
     broker.cleanup().await;
+}
+
+fn s3_config(scratch: &Scratch, endpoint: &str, bucket: &str, create_bucket: bool) -> SinkConfig {
+    SinkConfig::S3(S3SinkConfig {
+        name: "archive".into(),
+        endpoint: endpoint.into(),
+        region: std::env::var("TRIBUTARY_TEST_S3_REGION").unwrap_or_else(|_| "us-east-1".into()),
+        bucket: bucket.into(),
+        prefix: "raw/".into(),
+        access_key_id_file: scratch
+            .file("ak", &required_env("TRIBUTARY_TEST_S3_ACCESS_KEY", "s3.sh")),
+        secret_access_key_file: scratch
+            .file("sk", &required_env("TRIBUTARY_TEST_S3_SECRET_KEY", "s3.sh")),
+        create_bucket,
+        batch: batch(),
+    })
+}
+
+#[tokio::test]
+async fn s3_batch_lands_under_its_key_and_a_missing_bucket_or_server_is_an_outage() {
+    tributary_worker::http_client::install_crypto_provider();
+    let endpoint = required_env("TRIBUTARY_TEST_S3_ENDPOINT", "s3.sh");
+    let scratch = Scratch::new("s3");
+    let bucket = unique("archive").replace('_', "-");
+    let build = |config: &SinkConfig| {
+        Sink::build(&CelEnv::default(), config, "amqp://unused").expect("build")
+    };
+    let (first, second) = (new_id(), new_id());
+
+    // No such bucket (and not asked to create it): waited for, never dead-lettered.
+    let missing = build(&s3_config(&scratch, &endpoint, &bucket, false));
+    let batch_of = |sink: &Sink| -> Vec<Prepared> {
+        [record(&second, "d1", 2), record(&first, "d1", 1)]
+            .iter()
+            .map(|r| sink.prepare(r).expect("prepare"))
+            .collect()
+    };
+    let refused = missing.write(&batch_of(&missing)).await;
+    assert!(
+        matches!(refused, Err(SinkError::Unavailable(_))),
+        "{refused:?}"
+    );
+
+    // Nothing listening: an outage too.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let closed_endpoint = format!("http://{}", closed.local_addr().expect("addr"));
+    drop(closed);
+    let unreachable = build(&s3_config(&scratch, &closed_endpoint, &bucket, false));
+    let refused = unreachable.write(&batch_of(&unreachable)).await;
+    assert!(
+        matches!(refused, Err(SinkError::Unavailable(_))),
+        "{refused:?}"
+    );
+
+    // Created at init, the batch is one object under its documented key, one line each.
+    let sink = build(&s3_config(&scratch, &endpoint, &bucket, true));
+    sink.init()
+        .await
+        .unwrap_or_else(|e| panic!("S3 unreachable ({e}); run `tests/services/s3.sh start`"));
+    let batch = batch_of(&sink);
+    sink.write(&batch).await.expect("write");
+    let client = S3Client::new(
+        &endpoint,
+        "us-east-1",
+        Credentials::new(
+            required_env("TRIBUTARY_TEST_S3_ACCESS_KEY", "s3.sh"),
+            required_env("TRIBUTARY_TEST_S3_SECRET_KEY", "s3.sh"),
+        ),
+    )
+    .expect("client");
+    let keys = client.list_keys(&bucket, "raw/").await.expect("list");
+    assert_eq!(keys, vec![object_key("raw/", &batch, chrono::Utc::now())]);
+    let body = client.get_object(&bucket, &keys[0]).await.expect("get");
+    let ids: Vec<String> = String::from_utf8_lossy(&body)
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line).expect("json")["id"].to_string()
+        })
+        .collect();
+    assert_eq!(ids, vec![format!("{second:?}"), format!("{first:?}")]);
 }

@@ -9,7 +9,6 @@ pub mod postgres;
 pub mod redis;
 pub mod republish;
 pub mod s3;
-pub mod sigv4;
 pub mod webhook;
 
 use std::path::Path;

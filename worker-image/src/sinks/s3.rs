@@ -5,22 +5,32 @@
 //! ids, so a retried write of the same batch overwrites the same object instead of adding a
 //! copy. Every line carries the envelope `id` for readers that dedupe redeliveries.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
-use reqwest::{Method, StatusCode, Url};
+use reqwest::{StatusCode, Url};
+use rusty_s3::actions::ListObjectsV2;
+use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
+use sha2::{Digest, Sha256};
 use tributary_contract::worker_config::{BatchConfig, S3SinkConfig};
 
-use super::sigv4::{sha256_hex, uri_encode, Signer};
 use super::{
     json_bytes, read_secret, status_rejects_the_message, Prepared, SinkBuildError, SinkError,
 };
 use crate::record::Record;
 
-/// A minimal path-style S3 client: the calls the sink and its tests need.
+/// How long a signed request stays valid: checked when it arrives, and the HTTP client
+/// gives up on a request after 60 s.
+const SIGNATURE_LIFETIME: Duration = Duration::from_secs(300);
+
+/// A minimal path-style S3 client: the calls the sink and its tests need. `rusty-s3` signs
+/// each request (SigV4, presigned) and parses the listings; reqwest sends them.
 #[derive(Debug, Clone)]
 pub struct S3Client {
     http: reqwest::Client,
     endpoint: Url,
-    signer: Signer,
+    region: String,
+    credentials: Credentials,
 }
 
 /// An S3 call that failed.
@@ -37,87 +47,72 @@ pub enum S3Error {
         /// Start of the response body.
         body: String,
     },
-    /// A bad endpoint URL.
+    /// A bad endpoint URL (or a bucket name it cannot address).
     #[error("bad endpoint: {0}")]
     Endpoint(String),
+    /// A successful response that could not be read.
+    #[error("unreadable response: {0}")]
+    Response(String),
+}
+
+/// A request error without its URL: the URL carries the request's signature.
+fn request_error(e: reqwest::Error) -> S3Error {
+    S3Error::Request(e.without_url().to_string())
 }
 
 impl S3Client {
-    /// A client for `endpoint` (scheme, host, port), signing with the given keys.
-    pub fn new(endpoint: &str, signer: Signer) -> Result<Self, S3Error> {
+    /// A client for `endpoint` (scheme, host, port), signing for `region` with `credentials`.
+    pub fn new(endpoint: &str, region: &str, credentials: Credentials) -> Result<Self, S3Error> {
         let endpoint = Url::parse(endpoint).map_err(|e| S3Error::Endpoint(e.to_string()))?;
         if endpoint.host_str().is_none() {
             return Err(S3Error::Endpoint("no host".into()));
         }
         Ok(Self {
-            http: crate::http_client::client(std::time::Duration::from_secs(60))
+            http: crate::http_client::client(Duration::from_secs(60))
                 .map_err(|e| S3Error::Endpoint(e.to_string()))?,
             endpoint,
-            signer,
+            region: region.to_string(),
+            credentials,
         })
     }
 
-    /// Sends a signed request; `path` is unencoded (`bucket/key`).
-    pub async fn request(
+    fn bucket(&self, name: &str) -> Result<Bucket, S3Error> {
+        Bucket::new(
+            self.endpoint.clone(),
+            UrlStyle::Path,
+            name.to_string(),
+            self.region.clone(),
+        )
+        .map_err(|e| S3Error::Endpoint(e.to_string()))
+    }
+
+    /// Sends a signed request; the status and the body, whatever the status.
+    async fn send(
         &self,
-        method: Method,
-        path: &str,
-        query: &[(&str, &str)],
+        method: reqwest::Method,
+        url: Url,
         body: Vec<u8>,
     ) -> Result<(StatusCode, Vec<u8>), S3Error> {
-        let encoded_path = format!("/{}", uri_encode(path, true));
-        let query: Vec<(String, String)> = query
-            .iter()
-            .map(|(k, v)| (uri_encode(k, false), uri_encode(v, false)))
-            .collect();
-        let host = match (self.endpoint.host_str(), self.endpoint.port()) {
-            (Some(h), Some(p)) => format!("{h}:{p}"),
-            (Some(h), None) => h.to_string(),
-            (None, _) => return Err(S3Error::Endpoint("no host".into())),
-        };
-        let signed = self.signer.sign(
-            method.as_str(),
-            &host,
-            &encoded_path,
-            &query,
-            &body,
-            Utc::now(),
-        );
-        let mut url = self.endpoint.clone();
-        url.set_path(&encoded_path);
-        let query_text = query
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("&");
-        url.set_query((!query_text.is_empty()).then_some(query_text.as_str()));
-        let response = self
-            .http
-            .request(method, url)
-            .header("x-amz-date", signed.amz_date)
-            .header("x-amz-content-sha256", signed.content_sha256)
-            .header("authorization", signed.authorization)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| S3Error::Request(e.to_string()))?;
+        let mut request = self.http.request(method.clone(), url);
+        if method == reqwest::Method::PUT {
+            // An empty body goes without a length otherwise, and S3 servers answer 411 to a
+            // PUT without one.
+            request = request.header(reqwest::header::CONTENT_LENGTH, body.len());
+        }
+        let response = request.body(body).send().await.map_err(request_error)?;
         let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| S3Error::Request(e.to_string()))?;
+        let bytes = response.bytes().await.map_err(request_error)?;
         Ok((status, bytes.to_vec()))
     }
 
-    /// Sends a request and fails on a non-2xx status.
-    pub async fn checked(
+    /// Sends a signed request and fails on a non-2xx status.
+    async fn checked(
         &self,
-        method: Method,
-        path: &str,
-        query: &[(&str, &str)],
+        method: reqwest::Method,
+        url: Url,
         body: Vec<u8>,
     ) -> Result<Vec<u8>, S3Error> {
-        let (status, bytes) = self.request(method, path, query, body).await?;
+        let (status, bytes) = self.send(method, url, body).await?;
         if status.is_success() {
             Ok(bytes)
         } else {
@@ -129,12 +124,19 @@ impl S3Client {
     }
 
     /// Creates the bucket unless it exists.
-    pub async fn ensure_bucket(&self, bucket: &str) -> Result<(), S3Error> {
-        let (status, _) = self.request(Method::HEAD, bucket, &[], Vec::new()).await?;
+    pub async fn ensure_bucket(&self, name: &str) -> Result<(), S3Error> {
+        let bucket = self.bucket(name)?;
+        let head = bucket
+            .head_bucket(Some(&self.credentials))
+            .sign(SIGNATURE_LIFETIME);
+        let (status, _) = self.send(reqwest::Method::HEAD, head, Vec::new()).await?;
         if status.is_success() {
             return Ok(());
         }
-        match self.checked(Method::PUT, bucket, &[], Vec::new()).await {
+        let create = bucket
+            .create_bucket(&self.credentials)
+            .sign(SIGNATURE_LIFETIME);
+        match self.checked(reqwest::Method::PUT, create, Vec::new()).await {
             Ok(_) => Ok(()),
             // Created meanwhile by someone else: fine.
             Err(S3Error::Status { body, .. }) if body.contains("BucketAlreadyOwnedByYou") => Ok(()),
@@ -142,27 +144,40 @@ impl S3Client {
         }
     }
 
+    /// Stores `body` as the object `key`.
+    pub async fn put_object(&self, bucket: &str, key: &str, body: Vec<u8>) -> Result<(), S3Error> {
+        let url = self
+            .bucket(bucket)?
+            .put_object(Some(&self.credentials), key)
+            .sign(SIGNATURE_LIFETIME);
+        self.checked(reqwest::Method::PUT, url, body).await?;
+        Ok(())
+    }
+
+    /// The content of the object `key`.
+    pub async fn get_object(&self, bucket: &str, key: &str) -> Result<Vec<u8>, S3Error> {
+        let url = self
+            .bucket(bucket)?
+            .get_object(Some(&self.credentials), key)
+            .sign(SIGNATURE_LIFETIME);
+        self.checked(reqwest::Method::GET, url, Vec::new()).await
+    }
+
     /// Keys under a prefix (first 1000; enough for tests and diagnostics).
     pub async fn list_keys(&self, bucket: &str, prefix: &str) -> Result<Vec<String>, S3Error> {
+        let bucket = self.bucket(bucket)?;
+        let mut list = bucket.list_objects_v2(Some(&self.credentials));
+        list.with_prefix(prefix);
         let body = self
             .checked(
-                Method::GET,
-                bucket,
-                &[("list-type", "2"), ("prefix", prefix)],
+                reqwest::Method::GET,
+                list.sign(SIGNATURE_LIFETIME),
                 Vec::new(),
             )
             .await?;
-        let text = String::from_utf8_lossy(&body);
-        Ok(text
-            .split("<Key>")
-            .skip(1)
-            .filter_map(|part| part.split("</Key>").next())
-            .map(|key| {
-                key.replace("&amp;", "&")
-                    .replace("&lt;", "<")
-                    .replace("&gt;", ">")
-            })
-            .collect())
+        let listing = ListObjectsV2::parse_response(&String::from_utf8_lossy(&body))
+            .map_err(|e| S3Error::Response(e.to_string()))?;
+        Ok(listing.contents.into_iter().map(|c| c.key).collect())
     }
 }
 
@@ -180,16 +195,16 @@ pub struct S3Sink {
 impl S3Sink {
     /// Builds the sink: reads the keys, checks the endpoint.
     pub fn build(config: &S3SinkConfig) -> Result<Self, SinkBuildError> {
-        let signer = Signer {
-            access_key_id: read_secret(&config.name, &config.access_key_id_file)?,
-            secret_access_key: read_secret(&config.name, &config.secret_access_key_file)?,
-            region: config.region.clone(),
-        };
-        let client =
-            S3Client::new(&config.endpoint, signer).map_err(|e| SinkBuildError::Invalid {
+        let credentials = Credentials::new(
+            read_secret(&config.name, &config.access_key_id_file)?,
+            read_secret(&config.name, &config.secret_access_key_file)?,
+        );
+        let client = S3Client::new(&config.endpoint, &config.region, credentials).map_err(|e| {
+            SinkBuildError::Invalid {
                 sink: config.name.clone(),
                 message: e.to_string(),
-            })?;
+            }
+        })?;
         if config.bucket.is_empty() || config.bucket.contains('/') {
             return Err(SinkBuildError::Invalid {
                 sink: config.name.clone(),
@@ -246,8 +261,7 @@ impl S3Sink {
         }
         let key = object_key(&self.prefix, batch, Utc::now());
         let body: Vec<u8> = batch.iter().flat_map(|p| p.bytes.iter().copied()).collect();
-        let path = format!("{}/{key}", self.bucket);
-        match self.client.checked(Method::PUT, &path, &[], body).await {
+        match self.client.put_object(&self.bucket, &key, body).await {
             Ok(_) => Ok(()),
             Err(S3Error::Status { status, body }) if status_rejects_the_message(status) => {
                 Err(SinkError::Rejected(format!("put {key}: {status}: {body}")))
@@ -267,7 +281,7 @@ pub fn object_key(prefix: &str, batch: &[Prepared], now: DateTime<Utc>) -> Strin
         .unwrap_or(now);
     let mut ids: Vec<&str> = batch.iter().map(|p| p.id.as_str()).collect();
     ids.sort_unstable();
-    let hash = sha256_hex(ids.join("\n").as_bytes());
+    let hash = hex::encode(Sha256::digest(ids.join("\n").as_bytes()));
     let safe_first: String = first
         .chars()
         .filter(|c| c.is_ascii_alphanumeric())
