@@ -21,7 +21,7 @@ import sys
 
 MAX_FILE_LINES = 600
 MAX_FN_LINES = 80
-CRATES = ["contract", "http-server", "operator", "gateway-image", "worker-image", "api-image", "simulator"]
+CRATES = ["contract", "http-server", "service-kit", "operator", "gateway-image", "worker-image", "api-image", "simulator"]
 
 # (path, function or None for the file limit): reason
 EXCEPTIONS = {}
