@@ -36,6 +36,8 @@ pub struct Exchange {
     path: String,
     /// The request is a forced server-side apply under this field manager.
     server_side_apply: Option<String>,
+    /// The request is a JSON merge patch (`application/merge-patch+json`).
+    merge_patch: bool,
     /// JSON pointers into the request body and the value each must hold (`None`: absent).
     body: Vec<(String, Option<Value>)>,
     status: StatusCode,
@@ -48,6 +50,7 @@ impl Exchange {
             method,
             path: path.to_owned(),
             server_side_apply: None,
+            merge_patch: false,
             body: Vec::new(),
             status: StatusCode::OK,
             reply: json!({}),
@@ -79,6 +82,14 @@ impl Exchange {
     pub fn apply_by(path: &str, manager: &str) -> Self {
         Exchange {
             server_side_apply: Some(manager.to_owned()),
+            ..Self::new(Method::PATCH, path)
+        }
+    }
+
+    /// A JSON merge patch (`PATCH`, `application/merge-patch+json`) of `path`.
+    pub fn merge(path: &str) -> Self {
+        Exchange {
+            merge_patch: true,
             ..Self::new(Method::PATCH, path)
         }
     }
@@ -144,6 +155,14 @@ impl Exchange {
             assert!(
                 query.contains(&format!("fieldManager={manager}")) && query.contains("force=true"),
                 "{what} is not forced under field manager {manager}"
+            );
+        }
+        if self.merge_patch {
+            let content_type = request.headers().get(http::header::CONTENT_TYPE);
+            assert_eq!(
+                content_type.and_then(|v| v.to_str().ok()),
+                Some("application/merge-patch+json"),
+                "{what} is not a merge patch"
             );
         }
         let bytes = request

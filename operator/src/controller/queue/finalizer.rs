@@ -78,8 +78,8 @@ pub(super) async fn invalid_spec(
     Ok(Some(Outcome::invalid(message)))
 }
 
-/// A deleted Queue: deletes its broker queues (when the finalizer holds it), then releases
-/// it; `Ok(None)` once released, `Some(outcome)` while the deletion waits.
+/// A deleted Queue: deletes its broker queues (when the finalizer holds it and the policy
+/// is still `Delete`), then releases it; `Ok(None)` once released, `Some(outcome)` while the deletion waits.
 pub(super) async fn finalize(
     ctx: &Context,
     queue: &Queue,
@@ -87,6 +87,11 @@ pub(super) async fn finalize(
     names: &BrokerQueues,
 ) -> Result<Option<Outcome>, Error> {
     if !has_finalizer(queue) {
+        return Ok(None);
+    }
+    if queue.spec.deletion_policy != DeletionPolicy::Delete {
+        // The policy became `Retain` before this deletion was reconciled: keep the queue.
+        set_finalizer(ctx, queue, false).await?;
         return Ok(None);
     }
     if let Some(why) = broker_gone(ctx, queue, plan).await? {
