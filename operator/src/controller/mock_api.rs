@@ -373,6 +373,13 @@ pub fn ready_queue(name: &str) -> Value {
     value
 }
 
+/// `object` with a `deletionTimestamp`, as during a (foreground) deletion.
+pub fn deleted<K: serde::Serialize + serde::de::DeserializeOwned>(object: &K) -> K {
+    let mut value = serde_json::to_value(object).expect("serializes");
+    value["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    serde_json::from_value(value).expect("deserializes")
+}
+
 /// A `Ready` condition with `status` (`True` or `False`).
 pub fn ready(status: &str) -> Value {
     json!({

@@ -9,7 +9,7 @@ use crate::metrics::Metrics;
 use conditions::Desired;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -102,6 +102,19 @@ pub fn error_policy<K: Resource<DynamicType = ()>>(
         "reconcile failed"
     );
     Action::requeue(RETRY)
+}
+
+/// Whether an object is being deleted (`deletionTimestamp` set).
+pub fn being_deleted(meta: &ObjectMeta) -> bool {
+    meta.deletion_timestamp.is_some()
+}
+
+/// The first step of the Gateway, Worker and Sink reconciles: an object being deleted (a
+/// foreground deletion keeps it until its children are gone) is left alone. Its children go
+/// with it through garbage collection: applying them again would recreate what the
+/// collector removes. `Some(action)` ends the reconcile without a request.
+pub fn skip_deleted<K: Resource>(object: &K) -> Option<Action> {
+    being_deleted(object.meta()).then(Action::await_change)
 }
 
 /// Server-side applies one namespaced object, forced, under the operator's field manager.

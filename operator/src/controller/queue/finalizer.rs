@@ -7,7 +7,7 @@
 //! waits (`DeletionBlocked`, `BrokerUnavailable`) in its `Ready` condition.
 
 use super::super::conditions::{event, reason};
-use super::super::{Context, Error, Outcome, RETRY};
+use super::super::{being_deleted, Context, Error, Outcome, RETRY};
 use super::{endpoint, publish_event, BrokerQueues};
 use crate::broker::BrokerError;
 use crate::build::queue::{BrokerPlan, ManagedNames};
@@ -24,10 +24,6 @@ pub const FINALIZER: &str = "tributary.dev/broker-queue";
 
 fn has_finalizer(queue: &Queue) -> bool {
     queue.finalizers().iter().any(|f| f == FINALIZER)
-}
-
-pub(super) fn being_deleted(meta: &kube::api::ObjectMeta) -> bool {
-    meta.deletion_timestamp.is_some()
 }
 
 /// Adds or removes our finalizer with an optimistic-concurrency merge patch.

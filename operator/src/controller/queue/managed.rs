@@ -3,8 +3,7 @@
 //! broker once it is verified to hold no messages.
 
 use super::super::conditions::reason;
-use super::super::{apply, Context, Error, Outcome, PROGRESS_POLL, RETRY};
-use super::finalizer::being_deleted;
+use super::super::{apply, being_deleted, Context, Error, Outcome, PROGRESS_POLL, RETRY};
 use super::BrokerQueues;
 use crate::broker::endpoint;
 use crate::build::queue::{self as build, managed::belongs_to, ManagedNames};

@@ -148,7 +148,7 @@ async fn run(
         Err(other) => return Err(other.into()),
     };
     let names = BrokerQueues::of(queue)?;
-    if queue.metadata.deletion_timestamp.is_some() {
+    if super::being_deleted(&queue.metadata) {
         return finalizer::finalize(ctx, queue, &plan, &names).await;
     }
     finalizer::follow_policy(ctx, queue).await?;

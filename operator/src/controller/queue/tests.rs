@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::build::fixtures::load;
-use crate::controller::mock_api::{context, events, mocked, path, secret, Exchange};
+use crate::controller::mock_api::{self, context, events, mocked, path, secret, Exchange};
 use crate::crd::queue::{DeletionPolicy, ReplaySpec};
 use serde_json::{json, Value};
 
@@ -87,12 +87,11 @@ fn reported(queue: &Queue, reason: &str) -> Vec<Exchange> {
 
 /// `queue` with a `deletionTimestamp`, holding our finalizer or not.
 fn deleted(queue: Queue, with_finalizer: bool) -> Queue {
-    let mut value = object(&queue);
-    value["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    let mut queue = mock_api::deleted(&queue);
     if with_finalizer {
-        value["metadata"]["finalizers"] = json!([FINALIZER]);
+        queue.metadata.finalizers = Some(vec![FINALIZER.to_owned()]);
     }
-    serde_json::from_value(value).expect("deserializes")
+    queue
 }
 
 /// The last request body: the status write.
