@@ -2,13 +2,13 @@
 //! renders the gateway config, and applies the ConfigMap, Deployment, Service and
 //! PodDisruptionBudget.
 
-use super::conditions::reason;
 use super::{
     apply, checked, patch_status, ready_condition, resolve_queue, resolve_secrets, skip_deleted,
     Context, Error, Outcome, Step, PROGRESS_POLL,
 };
 use crate::build::gateway::{self as build, GatewayChildren, GatewayInputs};
 use crate::build::Images;
+use crate::conditions::reason;
 use crate::crd::{Gateway, GatewayStatus};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::controller::Action;

@@ -413,7 +413,8 @@ pub fn events(namespace: &str) -> String {
 
 mod tests {
     use super::*;
-    use crate::controller::{conditions::reason, resolve_secrets};
+    use crate::conditions::reason;
+    use crate::controller::resolve_secrets;
 
     #[tokio::test]
     async fn secrets_are_dereferenced_until_the_first_missing_one() {
@@ -440,7 +441,7 @@ mod tests {
     async fn a_request_the_scenario_did_not_expect_fails_it() {
         let (client, server) = mocked();
         let scenario = server.run(vec![Exchange::get(&path("v1", "factory", "secrets", "a"))]);
-        let asked = crate::controller::secret_data(&client, "factory", "b").await;
+        let asked = crate::broker::endpoint::secret_data(&client, "factory", "b").await;
         assert!(asked.is_err(), "the server answered nothing");
         let failed = tokio::spawn(scenario.done()).await;
         assert!(failed.is_err(), "a mismatched request fails the scenario");

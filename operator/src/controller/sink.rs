@@ -1,12 +1,13 @@
 //! Sink controller: validates the spec, checks the referenced Secret keys (and target
 //! Queue), and reports Ready. Sinks have no children: Workers render them.
 
-use super::conditions::reason;
 use super::{
-    checked, patch_status, ready_condition, resolve_queue, secret_data, skip_deleted, Context,
-    Error, Outcome, Step, RESYNC,
+    checked, patch_status, ready_condition, resolve_queue, skip_deleted, Context, Error, Outcome,
+    Step, RESYNC,
 };
+use crate::broker::endpoint::secret_data;
 use crate::build::sink as build;
+use crate::conditions::reason;
 use crate::crd::{Sink, SinkStatus};
 use kube::runtime::controller::Action;
 use kube::{Client, ResourceExt};

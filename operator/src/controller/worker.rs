@@ -1,7 +1,6 @@
 //! Worker controller: dereferences the Queue, the Sinks and their Secrets, renders the
 //! worker config, applies the ConfigMap and Deployment, and reports replicas.
 
-use super::conditions::{self, reason};
 use super::{
     apply, checked, patch_status, ready_condition, resolve_queue, resolve_secrets, skip_deleted,
     Context, Error, Outcome, Step, PROGRESS_POLL, RESYNC,
@@ -9,6 +8,7 @@ use super::{
 use crate::build::sink::{self as sink_build, ResolvedTarget};
 use crate::build::worker::{self as build, ResolvedQueue, WorkerChildren, WorkerInputs};
 use crate::build::Images;
+use crate::conditions::{self, reason};
 use crate::crd::{Condition, Sink, Worker, WorkerStatus};
 use crate::scaling as autoscaler;
 use k8s_openapi::api::apps::v1::Deployment;

@@ -6,11 +6,11 @@
 //! waits for the operator to be deleted), and a deleted Queue here still reports why it
 //! waits (`DeletionBlocked`, `BrokerUnavailable`) in its `Ready` condition.
 
-use super::super::conditions::{event, reason};
 use super::super::{being_deleted, Context, Error, Outcome, RETRY};
 use super::{endpoint, publish_event, BrokerQueues};
 use crate::broker::BrokerError;
 use crate::build::queue::{BrokerPlan, ManagedNames};
+use crate::conditions::{event, reason};
 use crate::crd::queue::DeletionPolicy;
 use crate::crd::Queue;
 use k8s_openapi::api::apps::v1::StatefulSet;

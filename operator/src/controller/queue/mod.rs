@@ -11,12 +11,12 @@ mod managed;
 
 pub use finalizer::FINALIZER;
 
-use super::conditions::{self, event, reason};
 use super::{patch_status, ready_condition, Context, Error, Outcome, PROGRESS_POLL, RETRY};
 use crate::broker::endpoint::{self, Endpoint, LookupError, Unreachable};
 use crate::broker::ReplayRequest;
 use crate::build::queue::{self as build, BrokerPlan};
 use crate::build::BuildError;
+use crate::conditions::{self, event, reason};
 use crate::crd::queue::ReplayStatus;
 use crate::crd::{Queue, QueueStatus};
 use kube::runtime::controller::Action;
