@@ -3,13 +3,14 @@
 //!
 //! Layers, each using only those below it: `run` wires `controller` and `autoscaler`
 //! together; both use `broker` (RabbitMQ), `scaling` (the replica field they share),
-//! `build`, `crd` and `metrics` (the autoscaler also the condition helpers of
-//! `controller::conditions`); `broker` uses `build` and `crd` only.
+//! `conditions` (status conditions), `build`, `crd` and `metrics`, and neither imports the
+//! other; `broker` uses `build` and `crd` only.
 #![forbid(unsafe_code)]
 
 pub mod autoscaler;
 pub mod broker;
 pub mod build;
+pub mod conditions;
 pub mod controller;
 pub mod crd;
 pub mod leader;

@@ -315,7 +315,7 @@ mod tests {
     fn metrics_render_with_stable_names() {
         let metrics = Metrics::new();
         drop(metrics.reconcile("Queue"));
-        metrics.error("Queue", "broker");
+        metrics.error("Queue", "kube");
         let text = metrics.render();
         assert!(
             text.contains("tributary_operator_reconciles_total{kind=\"Queue\"} 1"),
@@ -323,7 +323,7 @@ mod tests {
         );
         assert!(
             text.contains(
-                "tributary_operator_reconcile_errors_total{kind=\"Queue\",error=\"broker\"} 1"
+                "tributary_operator_reconcile_errors_total{kind=\"Queue\",error=\"kube\"} 1"
             ),
             "{text}"
         );
@@ -360,7 +360,7 @@ mod tests {
     fn every_documented_operator_metric_is_exported_and_vice_versa() {
         let metrics = Metrics::new();
         drop(metrics.reconcile("Queue"));
-        metrics.error("Queue", "broker");
+        metrics.error("Queue", "kube");
         metrics.leader.set(1);
         metrics.observed("factory", "ingest", 5, 2);
         metrics.scaled("factory", "ingest");

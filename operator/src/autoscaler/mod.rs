@@ -17,7 +17,7 @@ pub mod sinks;
 
 use crate::broker::{self, Broker, Endpoint, Reading};
 use crate::build::BuildError;
-use crate::controller::conditions;
+use crate::conditions;
 use crate::crd::{Condition, Queue, ScalingStatus, Worker};
 use crate::metrics::Metrics;
 use crate::scaling::{set_replicas, FIELD_MANAGER};

@@ -173,8 +173,9 @@ fn random_token(bytes: usize) -> Result<String, BuildError> {
         .collect())
 }
 
-/// A Secret's data (`stringData` merged in), or `None` when the Secret does not exist.
-async fn secret_data(
+/// A Secret's data (`stringData` merged in), or `None` when the Secret does not exist. The
+/// controllers dereference their Secrets with it too.
+pub async fn secret_data(
     client: &Client,
     namespace: &str,
     name: &str,

@@ -2,13 +2,13 @@
 //! renders the gateway config, and applies the ConfigMap, Deployment, Service and
 //! PodDisruptionBudget.
 
-use super::conditions::reason;
 use super::{
-    apply, checked, patch_status, ready_condition, resolve_queue, resolve_secrets, Context, Error,
-    Outcome, Step, PROGRESS_POLL,
+    apply, checked, patch_status, ready_condition, resolve_queue, resolve_secrets, skip_deleted,
+    Context, Error, Outcome, Step, PROGRESS_POLL,
 };
 use crate::build::gateway::{self as build, GatewayChildren, GatewayInputs};
 use crate::build::Images;
+use crate::conditions::reason;
 use crate::crd::{Gateway, GatewayStatus};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::controller::Action;
@@ -20,6 +20,9 @@ use tracing::Instrument;
 /// One reconcile of a Gateway.
 pub async fn reconcile(gateway: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile("Gateway");
+    if let Some(action) = skip_deleted(gateway.as_ref()) {
+        return Ok(action);
+    }
     let span = tracing::info_span!("reconcile", kind = "Gateway", name = %gateway.name_any(), namespace = ?gateway.namespace());
     let current = gateway.status.clone().unwrap_or_default();
     let mut status = GatewayStatus {
@@ -41,8 +44,8 @@ pub async fn reconcile(gateway: Arc<Gateway>, ctx: Arc<Context>) -> Result<Actio
     Ok(outcome.action)
 }
 
-/// The steps: validate → dereference → build → apply → status. A step that cannot go on
-/// ends the reconcile with its outcome (a condition) instead.
+/// The steps after [`skip_deleted`]: validate → dereference → build → apply → status. A step
+/// that cannot go on ends the reconcile with its outcome (a condition) instead.
 async fn steps(
     gateway: &Gateway,
     ctx: &Context,
@@ -128,7 +131,7 @@ mod tests {
     use super::*;
     use crate::build::fixtures::load;
     use crate::controller::mock_api::{
-        context, events, mocked, path, ready_queue, secret, tributary, Exchange,
+        context, deleted, events, mocked, path, ready_queue, secret, tributary, Exchange,
     };
     use crate::controller::RESYNC;
     use serde_json::{json, Value};
@@ -224,5 +227,16 @@ mod tests {
             condition["message"],
             "spec.routes must name at least one Queue"
         );
+    }
+
+    #[tokio::test]
+    async fn a_gateway_being_deleted_is_left_to_garbage_collection_without_a_request() {
+        // Foreground deletion: the gateway stays, `deletionTimestamp` set, until its children are gone.
+        let gateway = deleted(&gateway());
+        let (client, server) = mocked();
+        let scenario = server.run(Vec::new());
+        let action = reconcile(Arc::new(gateway), context(client)).await;
+        assert_eq!(action.expect("no request fails"), Action::await_change());
+        assert!(scenario.done().await.is_empty());
     }
 }

@@ -5,8 +5,8 @@
 //! (`tributary_operator_reconcile_errors_total{error="malformed"}`) and reported on its
 //! `Ready` condition, with an Event; the others reconcile as usual.
 
-use super::conditions::{self, reason, Desired};
 use super::{ready_condition, Context, Error};
+use crate::conditions::{self, reason, Desired};
 use crate::crd::Condition;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};

@@ -36,6 +36,8 @@ pub struct Exchange {
     path: String,
     /// The request is a forced server-side apply under this field manager.
     server_side_apply: Option<String>,
+    /// The request is a JSON merge patch (`application/merge-patch+json`).
+    merge_patch: bool,
     /// JSON pointers into the request body and the value each must hold (`None`: absent).
     body: Vec<(String, Option<Value>)>,
     status: StatusCode,
@@ -48,6 +50,7 @@ impl Exchange {
             method,
             path: path.to_owned(),
             server_side_apply: None,
+            merge_patch: false,
             body: Vec::new(),
             status: StatusCode::OK,
             reply: json!({}),
@@ -79,6 +82,14 @@ impl Exchange {
     pub fn apply_by(path: &str, manager: &str) -> Self {
         Exchange {
             server_side_apply: Some(manager.to_owned()),
+            ..Self::new(Method::PATCH, path)
+        }
+    }
+
+    /// A JSON merge patch (`PATCH`, `application/merge-patch+json`) of `path`.
+    pub fn merge(path: &str) -> Self {
+        Exchange {
+            merge_patch: true,
             ..Self::new(Method::PATCH, path)
         }
     }
@@ -144,6 +155,14 @@ impl Exchange {
             assert!(
                 query.contains(&format!("fieldManager={manager}")) && query.contains("force=true"),
                 "{what} is not forced under field manager {manager}"
+            );
+        }
+        if self.merge_patch {
+            let content_type = request.headers().get(http::header::CONTENT_TYPE);
+            assert_eq!(
+                content_type.and_then(|v| v.to_str().ok()),
+                Some("application/merge-patch+json"),
+                "{what} is not a merge patch"
             );
         }
         let bytes = request
@@ -354,6 +373,13 @@ pub fn ready_queue(name: &str) -> Value {
     value
 }
 
+/// `object` with a `deletionTimestamp`, as during a (foreground) deletion.
+pub fn deleted<K: serde::Serialize + serde::de::DeserializeOwned>(object: &K) -> K {
+    let mut value = serde_json::to_value(object).expect("serializes");
+    value["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    serde_json::from_value(value).expect("deserializes")
+}
+
 /// A `Ready` condition with `status` (`True` or `False`).
 pub fn ready(status: &str) -> Value {
     json!({
@@ -387,7 +413,8 @@ pub fn events(namespace: &str) -> String {
 
 mod tests {
     use super::*;
-    use crate::controller::{conditions::reason, resolve_secrets};
+    use crate::conditions::reason;
+    use crate::controller::resolve_secrets;
 
     #[tokio::test]
     async fn secrets_are_dereferenced_until_the_first_missing_one() {
@@ -414,7 +441,7 @@ mod tests {
     async fn a_request_the_scenario_did_not_expect_fails_it() {
         let (client, server) = mocked();
         let scenario = server.run(vec![Exchange::get(&path("v1", "factory", "secrets", "a"))]);
-        let asked = crate::controller::secret_data(&client, "factory", "b").await;
+        let asked = crate::broker::endpoint::secret_data(&client, "factory", "b").await;
         assert!(asked.is_err(), "the server answered nothing");
         let failed = tokio::spawn(scenario.done()).await;
         assert!(failed.is_err(), "a mismatched request fails the scenario");

@@ -2,14 +2,14 @@
 //! dereference → validate → build → apply → status. Shared here: the context, the error
 //! type, server-side apply and status helpers.
 
-use crate::broker::{self, Broker};
+use crate::broker::endpoint::secret_data;
+use crate::broker::Broker;
 use crate::build::{BuildError, Images, FIELD_MANAGER};
+use crate::conditions::{self, Desired};
 use crate::crd::Condition;
 use crate::metrics::Metrics;
-use conditions::Desired;
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -20,7 +20,6 @@ use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub mod conditions;
 pub mod gateway;
 pub mod malformed;
 #[cfg(test)]
@@ -59,9 +58,6 @@ pub enum Error {
     /// A desired object could not be built (missing metadata).
     #[error("building children: {0}")]
     Build(#[from] BuildError),
-    /// The broker failed.
-    #[error(transparent)]
-    Broker(#[from] broker::BrokerError),
     /// A value could not be (de)serialized.
     #[error("serialization: {0}")]
     Json(#[from] serde_json::Error),
@@ -73,7 +69,6 @@ impl Error {
         match self {
             Error::Kube(_) => "kube",
             Error::Build(_) => "build",
-            Error::Broker(_) => "broker",
             Error::Json(_) => "serialization",
         }
     }
@@ -102,6 +97,19 @@ pub fn error_policy<K: Resource<DynamicType = ()>>(
         "reconcile failed"
     );
     Action::requeue(RETRY)
+}
+
+/// Whether an object is being deleted (`deletionTimestamp` set).
+pub fn being_deleted(meta: &ObjectMeta) -> bool {
+    meta.deletion_timestamp.is_some()
+}
+
+/// The first step of the Gateway, Worker and Sink reconciles: an object being deleted (a
+/// foreground deletion keeps it until its children are gone) is left alone. Its children go
+/// with it through garbage collection: applying them again would recreate what the
+/// collector removes. `Some(action)` ends the reconcile without a request.
+pub fn skip_deleted<K: Resource>(object: &K) -> Option<Action> {
+    being_deleted(object.meta()).then(Action::await_change)
 }
 
 /// Server-side applies one namespaced object, forced, under the operator's field manager.
@@ -212,27 +220,6 @@ fn truncate(text: &str, max: usize) -> String {
         end -= 1;
     }
     text[..end].to_owned()
-}
-
-/// A dereferenced Secret's data, or `None` when the Secret does not exist.
-pub async fn secret_data(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-) -> Result<Option<BTreeMap<String, Vec<u8>>>, Error> {
-    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    Ok(api.get_opt(name).await?.map(|secret| {
-        let mut data: BTreeMap<String, Vec<u8>> = secret
-            .data
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.0))
-            .collect();
-        for (key, value) in secret.string_data.unwrap_or_default() {
-            data.insert(key, value.into_bytes());
-        }
-        data
-    }))
 }
 
 /// Outcome of one reconcile, before the status is written.

@@ -1,12 +1,13 @@
 //! Sink controller: validates the spec, checks the referenced Secret keys (and target
 //! Queue), and reports Ready. Sinks have no children: Workers render them.
 
-use super::conditions::reason;
 use super::{
-    checked, patch_status, ready_condition, resolve_queue, secret_data, Context, Error, Outcome,
+    checked, patch_status, ready_condition, resolve_queue, skip_deleted, Context, Error, Outcome,
     Step, RESYNC,
 };
+use crate::broker::endpoint::secret_data;
 use crate::build::sink as build;
+use crate::conditions::reason;
 use crate::crd::{Sink, SinkStatus};
 use kube::runtime::controller::Action;
 use kube::{Client, ResourceExt};
@@ -16,6 +17,9 @@ use tracing::Instrument;
 /// One reconcile of a Sink.
 pub async fn reconcile(sink: Arc<Sink>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile("Sink");
+    if let Some(action) = skip_deleted(sink.as_ref()) {
+        return Ok(action);
+    }
     let span = tracing::info_span!("reconcile", kind = "Sink", name = %sink.name_any(), namespace = ?sink.namespace());
     let current = sink.status.clone().unwrap_or_default();
     let mut status = SinkStatus::default();
@@ -27,8 +31,8 @@ pub async fn reconcile(sink: Arc<Sink>, ctx: Arc<Context>) -> Result<Action, Err
     Ok(outcome.action)
 }
 
-/// The steps: validate → dereference → status. A step that cannot go on ends the
-/// reconcile with its outcome (a condition) instead.
+/// The steps after [`skip_deleted`]: validate → dereference → status. A step that cannot go
+/// on ends the reconcile with its outcome (a condition) instead.
 async fn steps(sink: &Sink, ctx: &Context, status: &mut SinkStatus) -> Result<Outcome, Error> {
     let kind = match checked(build::validate(sink))? {
         Ok(kind) => kind,
@@ -70,7 +74,7 @@ mod tests {
     use super::*;
     use crate::build::fixtures::load;
     use crate::controller::mock_api::{
-        context, events, mocked, path, ready_queue, secret, tributary, Exchange,
+        context, deleted, events, mocked, path, ready_queue, secret, tributary, Exchange,
     };
     use serde_json::json;
 
@@ -158,5 +162,16 @@ mod tests {
             bodies.last().expect("status written")["status"].get("sinkType"),
             None
         );
+    }
+
+    #[tokio::test]
+    async fn a_sink_being_deleted_is_left_to_garbage_collection_without_a_request() {
+        // A Sink has no children: once deleted, nothing is left to apply or report.
+        let sink = deleted(&load::<Sink>("sink-postgres.yaml"));
+        let (client, server) = mocked();
+        let scenario = server.run(Vec::new());
+        let action = reconcile(Arc::new(sink), context(client)).await;
+        assert_eq!(action.expect("no request fails"), Action::await_change());
+        assert!(scenario.done().await.is_empty());
     }
 }

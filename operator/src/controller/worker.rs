@@ -1,14 +1,14 @@
 //! Worker controller: dereferences the Queue, the Sinks and their Secrets, renders the
 //! worker config, applies the ConfigMap and Deployment, and reports replicas.
 
-use super::conditions::{self, reason};
 use super::{
-    apply, checked, patch_status, ready_condition, resolve_queue, resolve_secrets, Context, Error,
-    Outcome, Step, PROGRESS_POLL, RESYNC,
+    apply, checked, patch_status, ready_condition, resolve_queue, resolve_secrets, skip_deleted,
+    Context, Error, Outcome, Step, PROGRESS_POLL, RESYNC,
 };
 use crate::build::sink::{self as sink_build, ResolvedTarget};
 use crate::build::worker::{self as build, ResolvedQueue, WorkerChildren, WorkerInputs};
 use crate::build::Images;
+use crate::conditions::{self, reason};
 use crate::crd::{Condition, Sink, Worker, WorkerStatus};
 use crate::scaling as autoscaler;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -20,6 +20,9 @@ use tracing::Instrument;
 /// One reconcile of a Worker.
 pub async fn reconcile(worker: Arc<Worker>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile("Worker");
+    if let Some(action) = skip_deleted(worker.as_ref()) {
+        return Ok(action);
+    }
     let span = tracing::info_span!("reconcile", kind = "Worker", name = %worker.name_any(), namespace = ?worker.namespace());
     let current = worker.status.clone().unwrap_or_default();
     let mut status = WorkerStatus {
@@ -52,8 +55,8 @@ fn own_conditions(conditions: Vec<Condition>) -> Vec<Condition> {
         .collect()
 }
 
-/// The steps: validate → dereference → build → apply → status. A step that cannot go on
-/// ends the reconcile with its outcome (a condition) instead.
+/// The steps after [`skip_deleted`]: validate → dereference → build → apply → status. A step
+/// that cannot go on ends the reconcile with its outcome (a condition) instead.
 async fn steps(
     worker: &Worker,
     ctx: &Context,
@@ -240,7 +243,7 @@ mod tests {
 
     use crate::build::fixtures::load;
     use crate::controller::mock_api::{
-        context, events, mocked, path, ready, ready_queue, secret, tributary, Exchange,
+        context, deleted, events, mocked, path, ready, ready_queue, secret, tributary, Exchange,
     };
     use serde_json::{json, Value};
 
@@ -347,5 +350,16 @@ mod tests {
             "spec.scaling.minReplicas (9) exceeds maxReplicas (5)"
         );
         assert_eq!(status.get("selector"), None, "validation comes first");
+    }
+
+    #[tokio::test]
+    async fn a_worker_being_deleted_is_left_to_garbage_collection_without_a_request() {
+        // Foreground deletion: the worker stays, `deletionTimestamp` set, until its children are gone.
+        let worker = deleted(&worker());
+        let (client, server) = mocked();
+        let scenario = server.run(Vec::new());
+        let action = reconcile(Arc::new(worker), context(client)).await;
+        assert_eq!(action.expect("no request fails"), Action::await_change());
+        assert!(scenario.done().await.is_empty());
     }
 }

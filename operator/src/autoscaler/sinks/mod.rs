@@ -20,7 +20,7 @@ pub use crate::scaling::SINKS_AVAILABLE;
 pub use reader::{status_url, Reader, STATUS_TIMEOUT};
 
 use super::Error;
-use crate::controller::conditions::{self, Desired};
+use crate::conditions::{self, Desired};
 use crate::crd::{Condition, Worker};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};

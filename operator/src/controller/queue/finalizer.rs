@@ -6,11 +6,11 @@
 //! waits for the operator to be deleted), and a deleted Queue here still reports why it
 //! waits (`DeletionBlocked`, `BrokerUnavailable`) in its `Ready` condition.
 
-use super::super::conditions::{event, reason};
-use super::super::{Context, Error, Outcome, RETRY};
+use super::super::{being_deleted, Context, Error, Outcome, RETRY};
 use super::{endpoint, publish_event, BrokerQueues};
 use crate::broker::BrokerError;
 use crate::build::queue::{BrokerPlan, ManagedNames};
+use crate::conditions::{event, reason};
 use crate::crd::queue::DeletionPolicy;
 use crate::crd::Queue;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -24,10 +24,6 @@ pub const FINALIZER: &str = "tributary.dev/broker-queue";
 
 fn has_finalizer(queue: &Queue) -> bool {
     queue.finalizers().iter().any(|f| f == FINALIZER)
-}
-
-pub(super) fn being_deleted(meta: &kube::api::ObjectMeta) -> bool {
-    meta.deletion_timestamp.is_some()
 }
 
 /// Adds or removes our finalizer with an optimistic-concurrency merge patch.
@@ -78,8 +74,8 @@ pub(super) async fn invalid_spec(
     Ok(Some(Outcome::invalid(message)))
 }
 
-/// A deleted Queue: deletes its broker queues (when the finalizer holds it), then releases
-/// it; `Ok(None)` once released, `Some(outcome)` while the deletion waits.
+/// A deleted Queue: deletes its broker queues (when the finalizer holds it and the policy
+/// is still `Delete`), then releases it; `Ok(None)` once released, `Some(outcome)` while the deletion waits.
 pub(super) async fn finalize(
     ctx: &Context,
     queue: &Queue,
@@ -87,6 +83,11 @@ pub(super) async fn finalize(
     names: &BrokerQueues,
 ) -> Result<Option<Outcome>, Error> {
     if !has_finalizer(queue) {
+        return Ok(None);
+    }
+    if queue.spec.deletion_policy != DeletionPolicy::Delete {
+        // The policy became `Retain` before this deletion was reconciled: keep the queue.
+        set_finalizer(ctx, queue, false).await?;
         return Ok(None);
     }
     if let Some(why) = broker_gone(ctx, queue, plan).await? {

@@ -2,12 +2,11 @@
 //! to form before the first declaration, and removing it after a switch to an external
 //! broker once it is verified to hold no messages.
 
-use super::super::conditions::reason;
-use super::super::{apply, Context, Error, Outcome, PROGRESS_POLL, RETRY};
-use super::finalizer::being_deleted;
+use super::super::{apply, being_deleted, Context, Error, Outcome, PROGRESS_POLL, RETRY};
 use super::BrokerQueues;
 use crate::broker::endpoint;
 use crate::build::queue::{self as build, managed::belongs_to, ManagedNames};
+use crate::conditions::reason;
 use crate::crd::queue::ManagedBroker;
 use crate::crd::{Queue, QueueStatus};
 use k8s_openapi::api::apps::v1::StatefulSet;

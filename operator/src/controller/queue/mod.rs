@@ -11,12 +11,12 @@ mod managed;
 
 pub use finalizer::FINALIZER;
 
-use super::conditions::{self, event, reason};
 use super::{patch_status, ready_condition, Context, Error, Outcome, PROGRESS_POLL, RETRY};
 use crate::broker::endpoint::{self, Endpoint, LookupError, Unreachable};
 use crate::broker::ReplayRequest;
 use crate::build::queue::{self as build, BrokerPlan};
 use crate::build::BuildError;
+use crate::conditions::{self, event, reason};
 use crate::crd::queue::ReplayStatus;
 use crate::crd::{Queue, QueueStatus};
 use kube::runtime::controller::Action;
@@ -148,7 +148,7 @@ async fn run(
         Err(other) => return Err(other.into()),
     };
     let names = BrokerQueues::of(queue)?;
-    if queue.metadata.deletion_timestamp.is_some() {
+    if super::being_deleted(&queue.metadata) {
         return finalizer::finalize(ctx, queue, &plan, &names).await;
     }
     finalizer::follow_policy(ctx, queue).await?;
@@ -343,54 +343,4 @@ async fn replay(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::build::fixtures::load;
-    use crate::crd::queue::ReplaySpec;
-
-    #[test]
-    fn an_unreachable_broker_reads_as_waiting_or_invalid() {
-        let waiting = unreachable(Unreachable::NoAddress);
-        assert_eq!(
-            (waiting.ready.reason, waiting.ready.message.as_str()),
-            (reason::PROGRESSING, "broker Service has no address yet")
-        );
-        assert_eq!(waiting.action, Action::requeue(PROGRESS_POLL));
-        let secret = unreachable(Unreachable::MissingSecret {
-            name: "amqp".into(),
-            key: "uri".into(),
-        });
-        assert_eq!(secret.ready.reason, reason::WAITING_FOR_SECRET);
-        assert_eq!(secret.action, Action::requeue(RETRY * 4));
-        let invalid = unreachable(Unreachable::Invalid("bad".into()));
-        assert_eq!(
-            (invalid.ready.ok, invalid.ready.reason),
-            (false, conditions::reason::INVALID_SPEC)
-        );
-        assert_eq!(invalid.action, Action::await_change());
-    }
-
-    #[test]
-    fn replay_runs_once_per_new_request() {
-        let mut queue: Queue = load("queue-managed.yaml");
-        assert!(!replay_requested(&queue), "no spec.replay: nothing to do");
-        queue.spec.replay = Some(ReplaySpec {
-            request: "fix-1".into(),
-            reason_kind: None,
-            max_messages: None,
-        });
-        assert!(replay_requested(&queue), "never answered");
-        queue.status = Some(QueueStatus {
-            replay: Some(ReplayStatus {
-                request: "fix-1".into(),
-                ..ReplayStatus::default()
-            }),
-            ..QueueStatus::default()
-        });
-        assert!(!replay_requested(&queue), "answered");
-        if let Some(replay) = queue.spec.replay.as_mut() {
-            replay.request = "fix-2".into();
-        }
-        assert!(replay_requested(&queue), "asked again");
-    }
-}
+mod tests;

@@ -1,5 +1,6 @@
 //! Status conditions: type and reason constants, and the merge that keeps
-//! `lastTransitionTime` when a condition's status did not change.
+//! `lastTransitionTime` when a condition's status did not change. Shared by the controllers
+//! and the autoscaler, below both.
 
 use crate::crd::Condition;
 
