@@ -7,7 +7,6 @@ use crate::crd::{Gateway, Queue, Sink, Worker};
 use crate::leader::LeaseLock;
 use crate::metrics::Metrics;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::routing::get;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -22,6 +21,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tributary_service_kit::{health, metrics as ops_metrics, serve, shutdown};
 
 /// Settings of `run`.
 #[derive(Clone, Debug)]
@@ -72,67 +73,22 @@ struct HttpState {
     ready: Arc<AtomicBool>,
 }
 
-async fn serve_http(
-    listener: tokio::net::TcpListener,
-    state: HttpState,
-    mut stop: watch::Receiver<bool>,
-) {
-    let app = axum::Router::new()
+/// `/metrics`, `/healthz` and `/readyz` (200 `ok` once the controllers run, 503 before),
+/// answered the way every Tributary process answers them (`tributary-service-kit`).
+fn ops_router(state: HttpState) -> axum::Router {
+    axum::Router::new()
         .route(
             "/metrics",
-            get(|State(s): State<HttpState>| async move {
-                (
-                    [(
-                        "content-type",
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    s.metrics.render(),
-                )
-            }),
+            get(|State(s): State<HttpState>| async move { ops_metrics::response(s.metrics.render()) }),
         )
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(health::alive))
         .route(
             "/readyz",
             get(|State(s): State<HttpState>| async move {
-                if s.ready.load(Ordering::Relaxed) {
-                    (StatusCode::OK, "ready")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "starting")
-                }
+                health::flag(s.ready.load(Ordering::Relaxed))
             }),
         )
-        .with_state(state);
-    let shutdown = async move {
-        let _ = stop.wait_for(|stopped| *stopped).await;
-    };
-    if let Err(error) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!(%error, "metrics server failed");
-    }
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {},
-                    _ = tokio::signal::ctrl_c() => {},
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+        .with_state(state)
 }
 
 /// Resolves once `stop` carries `true` (or its sender is gone).
@@ -374,20 +330,25 @@ async fn run_workers(
 async fn start_http(
     listen: SocketAddr,
     state: HttpState,
-    stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, RunError> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|error| RunError::Listen(listen, error))?;
     tracing::info!(listen = %listen, "serving /metrics, /healthz and /readyz");
-    Ok(tokio::spawn(serve_http(listener, state, stop)))
+    let cancel = CancellationToken::new();
+    let cancel_on_stop = cancel.clone();
+    tokio::spawn(async move {
+        stopped(&mut stop).await;
+        cancel_on_stop.cancel();
+    });
+    Ok(serve::spawn(listener, ops_router(state), cancel))
 }
 
 /// Sends `stop` on SIGTERM or SIGINT.
 fn stop_on_signal(stop_tx: watch::Sender<bool>) {
     tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutdown requested");
+        shutdown::signal().await;
         let _ = stop_tx.send(true);
     });
 }
@@ -560,5 +521,52 @@ mod tests {
         );
         let unlabelled = StatefulSet::default();
         assert_eq!(labelled_queue(&unlabelled), None);
+    }
+
+    /// One HTTP/1.1 GET against `addr`: (status line, body).
+    async fn get_once(addr: SocketAddr, path: &str) -> (String, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.expect("read");
+        let (head, body) = answer.split_once("\r\n\r\n").expect("head and body");
+        (
+            head.lines().next().unwrap_or_default().to_owned(),
+            body.to_owned(),
+        )
+    }
+
+    #[tokio::test]
+    async fn the_ops_endpoint_answers_probes_and_scrapes_until_stopped() {
+        let probe = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = probe.local_addr().expect("addr");
+        drop(probe);
+        let ready = Arc::new(AtomicBool::new(false));
+        let state = HttpState {
+            metrics: Arc::new(Metrics::new()),
+            ready: ready.clone(),
+        };
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let server = start_http(addr, state, stop_rx).await.expect("listens");
+        assert_eq!(get_once(addr, "/healthz").await.0, "HTTP/1.1 200 OK");
+        let (status, _) = get_once(addr, "/readyz").await;
+        assert_eq!(
+            status, "HTTP/1.1 503 Service Unavailable",
+            "not ready before the controllers run"
+        );
+        ready.store(true, Ordering::Relaxed);
+        assert_eq!(get_once(addr, "/readyz").await.0, "HTTP/1.1 200 OK");
+        let (status, body) = get_once(addr, "/metrics").await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(body.contains("tributary_operator_"), "{body}");
+        stop_tx.send(true).expect("stop");
+        tokio::time::timeout(std::time::Duration::from_secs(5), server)
+            .await
+            .expect("the server stops when told")
+            .expect("server task");
     }
 }
