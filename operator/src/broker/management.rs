@@ -8,6 +8,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use std::time::Duration;
 
 /// The HTTP client of management calls (plain HTTP, keep-alive connections pooled).
@@ -57,17 +58,16 @@ impl Management {
     }
 }
 
+/// Everything but RFC 3986's unreserved characters is encoded in a path segment.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
 /// Percent-encodes one path segment of the management API.
 fn encode_segment(segment: &str) -> String {
-    segment
-        .bytes()
-        .map(|byte| match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (byte as char).to_string()
-            }
-            _ => format!("%{byte:02X}"),
-        })
-        .collect()
+    utf8_percent_encode(segment, SEGMENT).to_string()
 }
 
 /// GETs a management API path and parses the JSON answer.
@@ -155,5 +155,7 @@ mod tests {
     fn queue_names_are_percent_encoded_in_paths() {
         assert_eq!(encode_segment("factory.telemetry"), "factory.telemetry");
         assert_eq!(encode_segment("a/b c"), "a%2Fb%20c");
+        assert_eq!(encode_segment("/"), "%2F", "the default vhost");
+        assert_eq!(encode_segment("zähler~1"), "z%C3%A4hler~1");
     }
 }
