@@ -4,7 +4,7 @@
 use super::{timed, BrokerError};
 use base64::Engine;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -13,6 +13,10 @@ use std::time::Duration;
 
 /// The HTTP client of management calls (plain HTTP, keep-alive connections pooled).
 pub type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+
+/// Largest management answer read: `/api/nodes` of a few nodes or one queue's details are
+/// tens of KiB; a management URI a tenant chose cannot make the operator buffer more.
+pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 
 /// How long an idle keep-alive connection to a management API is kept.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -84,9 +88,12 @@ pub async fn get(
         .map_err(|error| BrokerError::Management(error.to_string()))?;
     let response = timed(http.request(request), BrokerError::Management).await?;
     let status = response.status();
-    let body = timed(response.into_body().collect(), BrokerError::Management)
-        .await?
-        .to_bytes();
+    let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES);
+    let body = timed(body.collect(), |error| {
+        BrokerError::Management(format!("GET {path}: {error}"))
+    })
+    .await?
+    .to_bytes();
     if !status.is_success() {
         return Err(BrokerError::Management(format!(
             "GET {path}: HTTP {status}"
@@ -149,6 +156,48 @@ mod tests {
         ]);
         assert_eq!(count_running(&nodes), 2);
         assert_eq!(count_running(&serde_json::json!({"error": "x"})), 0);
+    }
+
+    /// A management API on loopback answering every request with `body_len` bytes of JSON.
+    async fn management_answering(body_len: usize) -> Management {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut head = [0u8; 4096];
+                    let _ = socket.read(&mut head).await;
+                    let body = format!("[{}]", "0,".repeat(body_len / 2).trim_end_matches(','));
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = socket.write_all(answer.as_bytes()).await;
+                    let _ = socket.write_all(body.as_bytes()).await;
+                });
+            }
+        });
+        Management {
+            base_url: format!("http://{address}"),
+            username: "u".into(),
+            password: "p".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_management_answer_past_the_limit_is_refused_and_a_normal_one_read() {
+        let http = http_client();
+        let small = management_answering(1000).await;
+        let nodes = get(&http, &small, "/api/nodes")
+            .await
+            .expect("a small answer is read");
+        assert_eq!(nodes.as_array().map(Vec::len), Some(500));
+        let huge = management_answering(MAX_RESPONSE_BYTES + 2).await;
+        let error = get(&http, &huge, "/api/nodes").await.expect_err("refused");
+        assert!(error.to_string().contains("length limit"), "{error}");
     }
 
     #[test]
