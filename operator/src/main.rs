@@ -112,6 +112,10 @@ struct RunArgs {
         value_delimiter = ','
     )]
     monitoring_labels: Vec<String>,
+    /// Let webhook Sinks point at loopback, link-local or unspecified addresses and at the
+    /// Kubernetes API server (refused by default).
+    #[arg(long, env = "TRIBUTARY_ALLOW_INTERNAL_WEBHOOKS")]
+    allow_internal_webhooks: bool,
 }
 
 /// Prints all CRDs, or writes one file per CRD into `out_dir`.
@@ -187,6 +191,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         identity,
         monitoring_labels: tributary_operator::build::labels::parse(&args.monitoring_labels)
             .map_err(|reason| anyhow::anyhow!("--monitoring-label: {reason}"))?,
+        allow_internal_webhooks: args.allow_internal_webhooks,
     };
     tributary_operator::run::run(settings).await?;
     Ok(())

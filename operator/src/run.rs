@@ -41,6 +41,8 @@ pub struct Settings {
     pub identity: String,
     /// Extra labels on the PodMonitors and PrometheusRules the operator creates.
     pub monitoring_labels: std::collections::BTreeMap<String, String>,
+    /// Whether webhook Sinks may point at loopback, link-local or the API server.
+    pub allow_internal_webhooks: bool,
 }
 
 /// Why the operator stopped.
@@ -409,6 +411,9 @@ async fn context(client: Client, settings: &Settings, metrics: Arc<Metrics>) -> 
         metrics,
         monitoring_labels: settings.monitoring_labels.clone(),
         broker: Arc::new(crate::broker::Broker::default()),
+        sink_policy: crate::build::sink::SinkPolicy {
+            allow_internal_webhooks: settings.allow_internal_webhooks,
+        },
     })
 }
 

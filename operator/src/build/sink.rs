@@ -47,8 +47,17 @@ impl SinkKind {
     }
 }
 
+/// What the operator's settings allow Sinks to point at.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SinkPolicy {
+    /// Webhooks to loopback, link-local or unspecified addresses and to the Kubernetes API
+    /// server (`--allow-internal-webhooks`); refused by default, since a worker would send
+    /// tenant-chosen requests from inside the cluster.
+    pub allow_internal_webhooks: bool,
+}
+
 /// Validates that exactly one destination is set and its fields make sense.
-pub fn validate(sink: &Sink) -> Result<SinkKind, BuildError> {
+pub fn validate(sink: &Sink, policy: &SinkPolicy) -> Result<SinkKind, BuildError> {
     name_and_namespace(sink)?;
     let spec = &sink.spec;
     let set: Vec<SinkKind> = [
@@ -77,11 +86,7 @@ pub fn validate(sink: &Sink) -> Result<SinkKind, BuildError> {
         }
     };
     if let Some(webhook) = &spec.webhook {
-        if !(webhook.url.starts_with("http://") || webhook.url.starts_with("https://")) {
-            return Err(BuildError::Invalid(
-                "spec.webhook.url must be an http(s) URL".into(),
-            ));
-        }
+        validate_webhook_url(&webhook.url, policy)?;
     }
     if let Some(s3) = &spec.s3 {
         if !(s3.endpoint.starts_with("http://") || s3.endpoint.starts_with("https://")) {
@@ -100,6 +105,56 @@ pub fn validate(sink: &Sink) -> Result<SinkKind, BuildError> {
 }
 
 /// The PostgreSQL sink's names and expressions, checked as the worker will use them.
+/// An http(s) URL with a host; internal targets only when `policy` allows them.
+fn validate_webhook_url(text: &str, policy: &SinkPolicy) -> Result<(), BuildError> {
+    let invalid = || BuildError::Invalid("spec.webhook.url must be an http(s) URL".into());
+    let url = url::Url::parse(text).map_err(|_| invalid())?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid());
+    }
+    let host = url.host().ok_or_else(invalid)?;
+    match internal_target(&host) {
+        Some(what) if !policy.allow_internal_webhooks => Err(BuildError::Invalid(format!(
+            "spec.webhook.url points at {what} ({host}); the operator refuses such targets \
+             unless it runs with --allow-internal-webhooks"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// What an internal webhook host is, or `None` for an ordinary one. The `url` crate has
+/// already normalized the host (numeric IPv4 forms such as `2130706433` or `0x7f.1`
+/// become dotted addresses, names are lower-cased).
+fn internal_target(host: &url::Host<&str>) -> Option<&'static str> {
+    use std::net::{IpAddr, Ipv4Addr};
+    let ip_kind = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) if v4.is_loopback() => Some("a loopback address"),
+        IpAddr::V4(v4) if v4.is_link_local() => Some("a link-local address"),
+        IpAddr::V4(v4) if v4 == Ipv4Addr::UNSPECIFIED => Some("the unspecified address"),
+        IpAddr::V6(v6) if v6.is_loopback() => Some("a loopback address"),
+        IpAddr::V6(v6) if v6.is_unspecified() => Some("the unspecified address"),
+        IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80 => Some("a link-local address"),
+        _ => None,
+    };
+    match host {
+        url::Host::Ipv4(v4) => ip_kind(IpAddr::V4(*v4)),
+        url::Host::Ipv6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => ip_kind(IpAddr::V4(v4)),
+            None => ip_kind(IpAddr::V6(*v6)),
+        },
+        url::Host::Domain(name) => {
+            let name = name.trim_end_matches('.');
+            if name == "localhost" || name.ends_with(".localhost") {
+                Some("a loopback address")
+            } else if name == "kubernetes" || name.starts_with("kubernetes.default") {
+                Some("the Kubernetes API server")
+            } else {
+                None
+            }
+        }
+    }
+}
+
 fn validate_postgres(postgres: &PostgresSink) -> Result<(), BuildError> {
     if sql::quote_table(&postgres.table).is_none() {
         return Err(BuildError::Invalid(format!(
@@ -201,7 +256,14 @@ pub fn to_config(
     defaults: &dyn Fn(SinkKind) -> BatchConfig,
 ) -> Result<SinkConfig, BuildError> {
     let (name, _) = name_and_namespace(sink)?;
-    let kind = validate(sink)?;
+    // Which targets the operator allows was the Sink controller's decision (a Worker uses
+    // only Ready Sinks); here only the shape matters.
+    let kind = validate(
+        sink,
+        &SinkPolicy {
+            allow_internal_webhooks: true,
+        },
+    )?;
     let spec = &sink.spec;
     let batch_of = |b: &Option<Batch>| Ok(batch(b)?.unwrap_or_else(|| defaults(kind)));
     let missing = || BuildError::Invalid("sink type vanished during rendering".into());
@@ -328,7 +390,10 @@ mod tests {
     #[test]
     fn postgres_sink_renders_url_file_columns_and_default_batch() {
         let sink: Sink = load("sink-postgres.yaml");
-        assert_eq!(validate(&sink), Ok(SinkKind::Postgres));
+        assert_eq!(
+            validate(&sink, &SinkPolicy::default()),
+            Ok(SinkKind::Postgres)
+        );
         let SinkConfig::Postgres(config) = to_config(&sink, None, &defaults).expect("renders")
         else {
             panic!("postgres expected");
@@ -349,9 +414,13 @@ mod tests {
         let mut sink: Sink = load("sink-postgres.yaml");
         let other: Sink = load("sink-queue.yaml");
         sink.spec.queue = other.spec.queue;
-        let error = validate(&sink).expect_err("invalid");
+        let error = validate(&sink, &SinkPolicy::default()).expect_err("invalid");
         assert!(error.to_string().contains("postgres, queue"), "{error}");
-        assert!(validate(&Sink::new("empty", Default::default())).is_err());
+        assert!(validate(
+            &Sink::new("empty", Default::default()),
+            &SinkPolicy::default()
+        )
+        .is_err());
     }
 
     #[test]
@@ -360,7 +429,9 @@ mod tests {
         let with = |change: &dyn Fn(&mut PostgresSink)| {
             let mut sink = sink.clone();
             change(sink.spec.postgres.as_mut().expect("postgres"));
-            validate(&sink).expect_err("invalid").to_string()
+            validate(&sink, &SinkPolicy::default())
+                .expect_err("invalid")
+                .to_string()
         };
         let error = with(&|pg| pg.table = "readings; drop".into());
         assert!(error.contains("spec.postgres.table"), "{error}");
@@ -395,12 +466,14 @@ mod tests {
             ttl_seconds: None,
             batch: None,
         });
-        let error = validate(&sink).expect_err("invalid").to_string();
+        let error = validate(&sink, &SinkPolicy::default())
+            .expect_err("invalid")
+            .to_string();
         assert!(error.contains("spec.redis.value: invalid CEL"), "{error}");
         if let Some(redis) = sink.spec.redis.as_mut() {
             redis.value = Some("payload.temp".into());
         }
-        assert_eq!(validate(&sink), Ok(SinkKind::Redis));
+        assert_eq!(validate(&sink, &SinkPolicy::default()), Ok(SinkKind::Redis));
     }
 
     #[test]
@@ -420,5 +493,60 @@ mod tests {
             panic!("republish expected");
         };
         assert_eq!(config.routing_key, "factory.alerts");
+    }
+
+    fn webhook_sink(url: &str) -> Sink {
+        serde_yaml::from_str(&format!(
+            "apiVersion: tributary.dev/v1alpha1\nkind: Sink\nmetadata: {{name: hook, namespace: factory}}\n\
+             spec:\n  webhook:\n    url: {url:?}\n    hmacSecretRef: {{name: hook, key: key}}\n"
+        ))
+        .expect("a webhook sink")
+    }
+
+    #[test]
+    fn webhooks_to_loopback_link_local_or_the_api_server_are_refused_unless_allowed() {
+        let refused = [
+            ("http://127.0.0.1:8080/hook", "loopback"),
+            ("http://2130706433/hook", "loopback"),
+            ("http://0x7f.1/hook", "loopback"),
+            ("http://localhost/hook", "loopback"),
+            ("http://api.LOCALHOST./hook", "loopback"),
+            ("http://[::1]/hook", "loopback"),
+            ("http://[::ffff:127.0.0.1]/hook", "loopback"),
+            ("http://169.254.169.254/latest/meta-data", "link-local"),
+            ("http://[fe80::1]/hook", "link-local"),
+            ("http://0.0.0.0/hook", "unspecified"),
+            ("https://kubernetes.default.svc/api", "API server"),
+            ("https://kubernetes/api", "API server"),
+        ];
+        let allowed = SinkPolicy {
+            allow_internal_webhooks: true,
+        };
+        for (url, what) in refused {
+            let error = validate(&webhook_sink(url), &SinkPolicy::default())
+                .expect_err(url)
+                .to_string();
+            assert!(error.contains(what), "{url}: {error}");
+            assert_eq!(
+                validate(&webhook_sink(url), &allowed),
+                Ok(SinkKind::Webhook),
+                "{url}"
+            );
+        }
+        for url in [
+            "https://receiver.factory.svc:8443/hook",
+            "http://10.0.0.7/hook",
+            "https://hooks.example.com/ingest",
+        ] {
+            assert_eq!(
+                validate(&webhook_sink(url), &SinkPolicy::default()),
+                Ok(SinkKind::Webhook),
+                "{url}"
+            );
+        }
+        for url in ["ftp://files.example.com/x", "not a url", "http://"] {
+            let error = validate(&webhook_sink(url), &SinkPolicy::default()).expect_err(url);
+            assert!(error.to_string().contains("http(s) URL"), "{url}: {error}");
+        }
     }
 }

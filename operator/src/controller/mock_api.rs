@@ -345,6 +345,7 @@ pub fn context(client: Client) -> Arc<Context> {
         pdb: PdbApi::for_version("v1"),
         monitoring_labels: BTreeMap::new(),
         broker: Arc::new(crate::broker::Broker::default()),
+        sink_policy: crate::build::sink::SinkPolicy::default(),
     })
 }
 

@@ -46,6 +46,8 @@ pub struct Context {
     pub monitoring_labels: BTreeMap<String, String>,
     /// Kept connections to the brokers (shared with the autoscaler).
     pub broker: Arc<Broker>,
+    /// What the operator's settings allow Sinks to point at.
+    pub sink_policy: crate::build::sink::SinkPolicy,
 }
 
 /// Why a reconcile failed. Invalid specs and missing references are not errors: they

@@ -34,7 +34,7 @@ pub async fn reconcile(sink: Arc<Sink>, ctx: Arc<Context>) -> Result<Action, Err
 /// The steps after [`skip_deleted`]: validate → dereference → status. A step that cannot go
 /// on ends the reconcile with its outcome (a condition) instead.
 async fn steps(sink: &Sink, ctx: &Context, status: &mut SinkStatus) -> Result<Outcome, Error> {
-    let kind = match checked(build::validate(sink))? {
+    let kind = match checked(build::validate(sink, &ctx.sink_policy))? {
         Ok(kind) => kind,
         Err(outcome) => return Ok(outcome),
     };

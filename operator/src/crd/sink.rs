@@ -181,7 +181,9 @@ fn default_region() -> String {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookSink {
-    /// URL messages are POSTed to.
+    /// URL messages are POSTed to (http or https). Loopback, link-local and unspecified
+    /// addresses and the Kubernetes API server are refused unless the operator runs with
+    /// `--allow-internal-webhooks` (chart value `allowInternalWebhooks`).
     #[schemars(length(min = 1))]
     pub url: String,
     /// Secret key holding the HMAC key; the signature header carries

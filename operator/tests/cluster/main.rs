@@ -212,6 +212,7 @@ fn operator_settings(namespace: &str) -> tributary_operator::run::Settings {
             "release".to_owned(),
             "kube-prometheus-stack".to_owned(),
         )]),
+        allow_internal_webhooks: false,
     }
 }
 
