@@ -33,6 +33,13 @@ check rolebinding-per-namespace test "$(grep -c '^kind: RoleBinding' "$rendered"
 check aggregate-to-edit grep -q 'rbac.authorization.k8s.io/aggregate-to-edit: "true"' "$rendered"
 check restricted-pod grep -q 'allowPrivilegeEscalation: false' "$rendered"
 check namespaces-env grep -q 'value: "tenant-a,tenant-b"' "$rendered"
+# Brokers' NetworkPolicies: the operator may write them, and knows its namespace (they
+# admit its pods from there); internal webhook targets stay refused unless asked for.
+check rbac-networkpolicies grep -q '"networkpolicies"' "$rendered"
+check operator-namespace-env sh -c "grep -A3 'name: TRIBUTARY_OPERATOR_NAMESPACE' '$rendered' | grep -q 'fieldPath: metadata.namespace'"
+check no-internal-webhooks-by-default sh -c "! grep -q TRIBUTARY_ALLOW_INTERNAL_WEBHOOKS '$rendered'"
+check internal-webhooks-when-allowed sh -c "helm template tributary '$chart' --set allowInternalWebhooks=true |
+  grep -A1 'name: TRIBUTARY_ALLOW_INTERNAL_WEBHOOKS' | grep -q 'value: \"true\"'"
 # Monitoring: RBAC for PodMonitors/PrometheusRules; the operator's ServiceMonitor only where
 # the API exists; dashboards as sidecar-labelled ConfigMaps.
 check rbac-monitoring grep -q '"podmonitors", "prometheusrules"' "$rendered"

@@ -35,7 +35,7 @@ enum Command {
         out_dir: Option<std::path::PathBuf>,
     },
     /// Run the controllers (with leader election) until SIGTERM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the field reference of the custom resources (markdown, generated from the CRD
     /// schemas; what `hack/gen-reference.sh` writes to `docs/resources.md`).
     Reference {
@@ -116,6 +116,10 @@ struct RunArgs {
     /// Kubernetes API server (refused by default).
     #[arg(long, env = "TRIBUTARY_ALLOW_INTERNAL_WEBHOOKS")]
     allow_internal_webhooks: bool,
+    /// The namespace this operator's pod runs in (the chart sets it from the pod's
+    /// metadata); brokers' NetworkPolicies admit the operator from there.
+    #[arg(long, env = "TRIBUTARY_OPERATOR_NAMESPACE")]
+    operator_namespace: Option<String>,
 }
 
 /// Prints all CRDs, or writes one file per CRD into `out_dir`.
@@ -192,6 +196,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         monitoring_labels: tributary_operator::build::labels::parse(&args.monitoring_labels)
             .map_err(|reason| anyhow::anyhow!("--monitoring-label: {reason}"))?,
         allow_internal_webhooks: args.allow_internal_webhooks,
+        operator_namespace: args.operator_namespace.filter(|n| !n.is_empty()),
     };
     tributary_operator::run::run(settings).await?;
     Ok(())
@@ -223,7 +228,7 @@ fn main() -> std::process::ExitCode {
             Command::Crds { out_dir } => print_crds(out_dir.as_deref()),
             Command::Rules { files, namespace } => print_rules(&files, &namespace),
             Command::Reference { out } => print_reference(out.as_deref()),
-            Command::Run(args) => run(args).await,
+            Command::Run(args) => run(*args).await,
         }
     });
     match result {

@@ -43,6 +43,8 @@ pub struct Settings {
     pub monitoring_labels: std::collections::BTreeMap<String, String>,
     /// Whether webhook Sinks may point at loopback, link-local or the API server.
     pub allow_internal_webhooks: bool,
+    /// The namespace of the operator's own pods, when it runs in one.
+    pub operator_namespace: Option<String>,
 }
 
 /// Why the operator stopped.
@@ -414,6 +416,7 @@ async fn context(client: Client, settings: &Settings, metrics: Arc<Metrics>) -> 
         sink_policy: crate::build::sink::SinkPolicy {
             allow_internal_webhooks: settings.allow_internal_webhooks,
         },
+        operator_namespace: settings.operator_namespace.clone(),
     })
 }
 

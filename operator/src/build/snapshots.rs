@@ -91,6 +91,9 @@ fn managed_broker_children_render_as_committed() {
         assert_snapshot(&format!("{name}.headless"), &children.headless_service);
         assert_snapshot(&format!("{name}.service"), &children.service);
         assert_snapshot(&format!("{name}.statefulset"), &children.stateful_set);
+        let policy =
+            queue::broker_network_policy(&queue, Some("tributary-system")).expect("builds");
+        assert_snapshot(&format!("{name}.networkpolicy"), &policy);
     }
 }
 

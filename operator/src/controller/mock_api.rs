@@ -346,6 +346,7 @@ pub fn context(client: Client) -> Arc<Context> {
         monitoring_labels: BTreeMap::new(),
         broker: Arc::new(crate::broker::Broker::default()),
         sink_policy: crate::build::sink::SinkPolicy::default(),
+        operator_namespace: Some("tributary-system".to_owned()),
     })
 }
 

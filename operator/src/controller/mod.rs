@@ -48,6 +48,9 @@ pub struct Context {
     pub broker: Arc<Broker>,
     /// What the operator's settings allow Sinks to point at.
     pub sink_policy: crate::build::sink::SinkPolicy,
+    /// The namespace the operator's pods run in (NetworkPolicies let them reach brokers),
+    /// when known.
+    pub operator_namespace: Option<String>,
 }
 
 /// Why a reconcile failed. Invalid specs and missing references are not errors: they

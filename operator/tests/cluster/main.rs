@@ -213,6 +213,8 @@ fn operator_settings(namespace: &str) -> tributary_operator::run::Settings {
             "kube-prometheus-stack".to_owned(),
         )]),
         allow_internal_webhooks: false,
+        // In-process, not in a pod: the brokers' NetworkPolicies select it by label.
+        operator_namespace: None,
     }
 }
 

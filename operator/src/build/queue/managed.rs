@@ -42,13 +42,13 @@ pub struct ManagedChildren {
     pub stateful_set: StatefulSet,
 }
 
-const COMPONENT: &str = "rabbitmq";
+pub(super) const COMPONENT: &str = "rabbitmq";
 
 /// Metadata of a managed broker's child. Under `deletionPolicy: Delete` the Queue owns it
 /// (garbage-collected once the finalizer deleted the broker queue); under `Retain` it carries
 /// no owner reference, only the labels naming the Queue, so the broker, its storage and
 /// credentials outlive the Queue and a new Queue of the same name adopts them.
-fn broker_meta(queue: &Queue, name: &str) -> Result<ObjectMeta, BuildError> {
+pub(super) fn broker_meta(queue: &Queue, name: &str) -> Result<ObjectMeta, BuildError> {
     let mut meta = child_meta(queue, name, COMPONENT)?;
     if queue.spec.deletion_policy != DeletionPolicy::Delete {
         meta.owner_references = None;

@@ -287,8 +287,10 @@ pub fn connection_secret_ref(queue: &Queue, plan: &BrokerPlan) -> Result<SecretK
 }
 
 pub mod managed;
+pub mod network_policy;
 
 pub use managed::{build_managed, ManagedChildren};
+pub use network_policy::broker_network_policy;
 
 #[cfg(test)]
 mod tests {

@@ -11,6 +11,7 @@ use crate::crd::queue::ManagedBroker;
 use crate::crd::{Queue, QueueStatus};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::{Api, ResourceExt};
 
 /// Applies a managed broker's children; `Some(outcome)` while the broker is not ready.
@@ -27,6 +28,9 @@ pub(super) async fn apply_broker(
     apply(&ctx.client, &children.config_map).await?;
     apply(&ctx.client, &children.headless_service).await?;
     apply(&ctx.client, &children.service).await?;
+    // Before the broker pods exist: they never run unprotected.
+    let policy = build::broker_network_policy(queue, ctx.operator_namespace.as_deref())?;
+    apply(&ctx.client, &policy).await?;
     let sts = apply(&ctx.client, &children.stateful_set).await?;
     let ready = sts.status.and_then(|s| s.ready_replicas).unwrap_or(0);
     if ready < 1 {
@@ -169,6 +173,14 @@ async fn leave_managed(
         .is_some_and(|o| belongs_to(&o.metadata, queue))
     {
         maps.delete(&names.config, &params).await?;
+    }
+    let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
+    if policies
+        .get_opt(&names.broker)
+        .await?
+        .is_some_and(|o| belongs_to(&o.metadata, queue))
+    {
+        policies.delete(&names.broker, &params).await?;
     }
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     if secrets

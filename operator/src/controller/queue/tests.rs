@@ -149,6 +149,11 @@ async fn an_external_broker_whose_uri_secret_is_missing_waits_for_the_secret() {
         get("v1", "services", "telemetry-rabbitmq"),
         get("v1", "services", "telemetry-rabbitmq-nodes"),
         get("v1", "configmaps", "telemetry-rabbitmq-config"),
+        get(
+            "networking.k8s.io/v1",
+            "networkpolicies",
+            "telemetry-rabbitmq",
+        ),
         get("v1", "secrets", "telemetry-rabbitmq-credentials"),
         // The endpoint: the URI Secret does not exist.
         get("v1", "secrets", "shared-rabbit"),
@@ -194,6 +199,13 @@ async fn a_managed_cluster_gets_its_children_applied_and_reports_progress_while_
         Exchange::apply(&child("v1", "services", "ha-rabbitmq-nodes"))
             .with("/spec/clusterIP", json!("None")),
         Exchange::apply(&child("v1", "services", "ha-rabbitmq")).with("/kind", json!("Service")),
+        Exchange::apply(&child(
+            "networking.k8s.io/v1",
+            "networkpolicies",
+            "ha-rabbitmq",
+        ))
+        .with("/spec/policyTypes", json!(["Ingress"]))
+        .without("/metadata/ownerReferences"),
         Exchange::apply(&child("apps/v1", "statefulsets", "ha-rabbitmq"))
             .with("/spec/replicas", json!(3))
             .reply(json!({ "status": { "replicas": 3, "readyReplicas": 0 } })),
@@ -244,6 +256,11 @@ async fn a_ready_managed_broker_keeps_its_credentials_and_waits_for_its_service_
         Exchange::apply(&child("v1", "configmaps", "telemetry-rabbitmq-config")),
         Exchange::apply(&child("v1", "services", "telemetry-rabbitmq-nodes")),
         Exchange::apply(&child("v1", "services", "telemetry-rabbitmq")),
+        Exchange::apply(&child(
+            "networking.k8s.io/v1",
+            "networkpolicies",
+            "telemetry-rabbitmq",
+        )),
         Exchange::apply(&child("apps/v1", "statefulsets", "telemetry-rabbitmq"))
             .with("/spec/replicas", json!(1))
             .reply(json!({ "status": { "replicas": 1, "readyReplicas": 1 } })),
