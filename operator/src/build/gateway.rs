@@ -1,7 +1,10 @@
 //! Desired state of a Gateway: validation, the rendered gateway config, and its
 //! Deployment, Service and PodDisruptionBudget.
 
-use super::pod::{config_and_secret_volumes, deployment, http_probe, CONFIG_DIR};
+use super::pod::{
+    config_and_secret_volumes, deployment, http_probe, resources, validate_resources, CONFIG_DIR,
+    GATEWAY_RESOURCES,
+};
 use super::sink::secret_file;
 use super::worker::ResolvedQueue;
 use super::{child_meta, config_hash, name_and_namespace, selector_labels, BuildError, SecretData};
@@ -80,6 +83,7 @@ pub fn referenced_secrets(gateway: &Gateway) -> BTreeSet<String> {
 pub fn validate(gateway: &Gateway) -> Result<(), BuildError> {
     name_and_namespace(gateway)?;
     let spec = &gateway.spec;
+    validate_resources("spec.resources", spec.resources.as_ref())?;
     let listeners = &spec.listeners;
     let ports: Vec<i32> = [
         listeners.mqtt.as_ref().map(|l| l.port),
@@ -379,6 +383,10 @@ fn gateway_container(
         volume_mounts: Some(mounts),
         readiness_probe: Some(http_probe("/readyz", "health", 2)),
         liveness_probe: Some(http_probe("/healthz", "health", 10)),
+        resources: Some(resources(
+            &GATEWAY_RESOURCES,
+            gateway.spec.resources.as_ref(),
+        )),
         ..Container::default()
     }
 }

@@ -2,12 +2,16 @@
 //! volume, Secrets mounted as files, probes and the Deployment shell.
 
 use super::sink::SECRETS_DIR;
-use super::{restricted_container_security, restricted_pod_security, CONFIG_HASH_ANNOTATION};
+use super::{
+    restricted_container_security, restricted_pod_security, BuildError, CONFIG_HASH_ANNOTATION,
+};
+use crate::crd::ComputeResources;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMapVolumeSource, Container, HTTPGetAction, PodSpec, PodTemplateSpec, Probe,
-    SecretVolumeSource, Volume, VolumeMount,
+    ResourceRequirements, SecretVolumeSource, Volume, VolumeMount,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::{BTreeMap, BTreeSet};
@@ -122,5 +126,156 @@ pub fn deployment(
             ..DeploymentSpec::default()
         }),
         ..Deployment::default()
+    }
+}
+
+/// A container's default CPU and memory: (requests, limits), each as (resource, quantity).
+pub struct DefaultResources {
+    /// Requested amounts.
+    pub requests: &'static [(&'static str, &'static str)],
+    /// Limits.
+    pub limits: &'static [(&'static str, &'static str)],
+}
+
+/// The gateway container's defaults (argon2 checks in fixed slots, many idle connections).
+pub const GATEWAY_RESOURCES: DefaultResources = DefaultResources {
+    requests: &[("cpu", "100m"), ("memory", "64Mi")],
+    limits: &[("cpu", "2"), ("memory", "1Gi")],
+};
+/// The worker runtime container's defaults.
+pub const WORKER_RESOURCES: DefaultResources = DefaultResources {
+    requests: &[("cpu", "100m"), ("memory", "64Mi")],
+    limits: &[("cpu", "1"), ("memory", "512Mi")],
+};
+/// A user's processing container's defaults.
+pub const PROCESSOR_RESOURCES: DefaultResources = DefaultResources {
+    requests: &[("cpu", "50m"), ("memory", "64Mi")],
+    limits: &[("cpu", "1"), ("memory", "512Mi")],
+};
+/// A RabbitMQ node's defaults: no CPU limit (a throttled node misses cluster heartbeats).
+pub const BROKER_RESOURCES: DefaultResources = DefaultResources {
+    requests: &[("cpu", "100m"), ("memory", "256Mi")],
+    limits: &[("memory", "1Gi")],
+};
+/// The broker's init container (copies one file).
+pub const INIT_RESOURCES: DefaultResources = DefaultResources {
+    requests: &[("cpu", "10m"), ("memory", "16Mi")],
+    limits: &[("cpu", "100m"), ("memory", "64Mi")],
+};
+
+/// `defaults` with every key the spec sets replaced by the spec's value.
+pub fn resources(
+    defaults: &DefaultResources,
+    spec: Option<&ComputeResources>,
+) -> ResourceRequirements {
+    let merge = |defaults: &[(&str, &str)], given: Option<&BTreeMap<String, String>>| {
+        let mut merged: BTreeMap<String, Quantity> = defaults
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), Quantity((*v).to_owned())))
+            .collect();
+        for (key, value) in given.into_iter().flatten() {
+            merged.insert(key.clone(), Quantity(value.clone()));
+        }
+        Some(merged)
+    };
+    ResourceRequirements {
+        requests: merge(defaults.requests, spec.map(|s| &s.requests)),
+        limits: merge(defaults.limits, spec.map(|s| &s.limits)),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// Refuses resource names other than `cpu`, `memory` and `ephemeral-storage`, values that are
+/// not Kubernetes quantities (`250m`, `1.5`, `512Mi`, `2G`, `1e3`), and requests above limits
+/// of the same resource as far as they can be compared by text (same suffix).
+pub fn validate_resources(field: &str, spec: Option<&ComputeResources>) -> Result<(), BuildError> {
+    let Some(spec) = spec else {
+        return Ok(());
+    };
+    for (part, values) in [("requests", &spec.requests), ("limits", &spec.limits)] {
+        for (key, value) in values {
+            if !matches!(key.as_str(), "cpu" | "memory" | "ephemeral-storage") {
+                return Err(BuildError::Invalid(format!(
+                    "{field}.{part}: unknown resource {key:?} (cpu, memory or ephemeral-storage)"
+                )));
+            }
+            if !is_quantity(value) {
+                return Err(BuildError::Invalid(format!(
+                    "{field}.{part}.{key}: {value:?} is not a Kubernetes quantity (e.g. 250m, 512Mi)"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A Kubernetes quantity: a decimal number, then an optional binary (`Ki`…`Ei`), decimal
+/// (`m`, `k`, `M`…`E`) or exponent (`e3`) suffix.
+fn is_quantity(text: &str) -> bool {
+    let number_end = text
+        .char_indices()
+        .find(|(i, c)| !(c.is_ascii_digit() || *c == '.' || (*i == 0 && (*c == '+' || *c == '-'))))
+        .map_or(text.len(), |(i, _)| i);
+    let (number, suffix) = text.split_at(number_end);
+    let digits = number.trim_start_matches(['+', '-']);
+    let number_ok = !digits.is_empty()
+        && digits != "."
+        && digits.matches('.').count() <= 1
+        && !number.starts_with('-');
+    let suffix_ok = matches!(
+        suffix,
+        "" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei" | "m" | "k" | "M" | "G" | "T" | "P" | "E"
+    ) || suffix.strip_prefix(['e', 'E']).is_some_and(|exp| {
+        let exp = exp.strip_prefix(['+', '-']).unwrap_or(exp);
+        !exp.is_empty() && exp.chars().all(|c| c.is_ascii_digit())
+    });
+    number_ok && suffix_ok
+}
+
+#[cfg(test)]
+mod resource_tests {
+    use super::*;
+
+    #[test]
+    fn a_spec_replaces_only_the_keys_it_sets() {
+        let spec = ComputeResources {
+            requests: BTreeMap::new(),
+            limits: BTreeMap::from([("memory".to_owned(), "2Gi".to_owned())]),
+        };
+        let merged = resources(&GATEWAY_RESOURCES, Some(&spec));
+        let limits = merged.limits.expect("limits");
+        assert_eq!(limits["memory"], Quantity("2Gi".into()));
+        assert_eq!(limits["cpu"], Quantity("2".into()));
+        assert_eq!(
+            merged.requests.expect("requests")["memory"],
+            Quantity("64Mi".into())
+        );
+        let defaults = resources(&BROKER_RESOURCES, None);
+        assert!(!defaults.limits.expect("limits").contains_key("cpu"));
+    }
+
+    #[test]
+    fn quantities_and_resource_names_are_checked() {
+        for good in [
+            "250m", "1", "1.5", "512Mi", "2G", "1e3", "+1", "0.5Gi", "100k",
+        ] {
+            assert!(is_quantity(good), "{good}");
+        }
+        for bad in ["", "m", "1.2.3", "-1", "512MB", "lots", "1 Gi", ".", "1e"] {
+            assert!(!is_quantity(bad), "{bad}");
+        }
+        let spec = |key: &str, value: &str| ComputeResources {
+            requests: BTreeMap::from([(key.to_owned(), value.to_owned())]),
+            limits: BTreeMap::new(),
+        };
+        assert!(validate_resources("spec.resources", Some(&spec("cpu", "250m"))).is_ok());
+        let error = validate_resources("spec.resources", Some(&spec("gpu", "1"))).expect_err("gpu");
+        assert!(error.to_string().contains("unknown resource"), "{error}");
+        let error =
+            validate_resources("spec.resources", Some(&spec("memory", "1GB"))).expect_err("1GB");
+        assert!(
+            error.to_string().contains("spec.resources.requests.memory"),
+            "{error}"
+        );
     }
 }

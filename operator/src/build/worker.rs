@@ -1,7 +1,10 @@
 //! Desired state of a Worker: validation (CEL included), the rendered worker config, and
 //! the Deployment running the worker runtime (plus the user's container, if any).
 
-use super::pod::{config_and_secret_volumes, deployment, http_probe, CONFIG_DIR};
+use super::pod::{
+    config_and_secret_volumes, deployment, http_probe, resources, validate_resources, CONFIG_DIR,
+    PROCESSOR_RESOURCES, WORKER_RESOURCES,
+};
 use super::sink::{self as sink_build, ResolvedTarget, SinkKind};
 use super::{
     check_cel, child_meta, config_hash, name_and_namespace, selector_labels, BuildError, SecretData,
@@ -70,6 +73,9 @@ pub fn child_name(worker: &str) -> String {
 pub fn validate(worker: &Worker) -> Result<(), BuildError> {
     name_and_namespace(worker)?;
     let spec = &worker.spec;
+    validate_resources("spec.resources", spec.resources.as_ref())?;
+    let container_resources = spec.container.as_ref().and_then(|c| c.resources.as_ref());
+    validate_resources("spec.container.resources", container_resources)?;
     if !spec.pipeline.is_empty() && spec.container.is_some() {
         return Err(BuildError::Invalid(
             "set at most one of spec.pipeline and spec.container".into(),
@@ -281,6 +287,7 @@ fn runtime_container(
         volume_mounts: Some(mounts),
         readiness_probe: Some(http_probe("/readyz", "metrics", 2)),
         liveness_probe: Some(http_probe("/healthz", "metrics", 10)),
+        resources: Some(resources(&WORKER_RESOURCES, worker.spec.resources.as_ref())),
         ..Container::default()
     }
 }
@@ -312,6 +319,7 @@ fn processor_container(custom: &CustomContainer) -> Container {
             container_port: custom.port,
             ..ContainerPort::default()
         }]),
+        resources: Some(resources(&PROCESSOR_RESOURCES, custom.resources.as_ref())),
         ..Container::default()
     }
 }

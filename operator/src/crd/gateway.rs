@@ -46,6 +46,10 @@ pub struct GatewaySpec {
     /// Gateway container image. Default: the operator's configured gateway image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// CPU and memory of each gateway pod. Defaults: requests `cpu: 100m`, `memory: 64Mi`;
+    /// limits `cpu: "2"`, `memory: 1Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<super::ComputeResources>,
     /// Network listeners devices connect to. At least one must be set.
     pub listeners: Listeners,
     /// The Service in front of the gateway pods.

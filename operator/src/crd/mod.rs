@@ -8,6 +8,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 // `printcolumn(...)` repeats `type_ = ...` by design; clippy mistakes that for duplicates.
 #[allow(clippy::duplicated_attributes)]
@@ -57,6 +58,19 @@ pub struct SecretKeyRef {
     pub name: String,
     /// Key inside the Secret.
     pub key: String,
+}
+
+/// CPU and memory for a container, as Kubernetes quantities (`cpu: 250m`, `memory: 256Mi`).
+/// Each key given replaces the operator's default for that key; the others keep theirs.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ComputeResources {
+    /// Requested amounts (`cpu`, `memory`, `ephemeral-storage`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub requests: BTreeMap<String, String>,
+    /// Limits (`cpu`, `memory`, `ephemeral-storage`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub limits: BTreeMap<String, String>,
 }
 
 /// A reference to a whole Secret in the resource's namespace.

@@ -119,6 +119,10 @@ pub struct ManagedBroker {
     /// (lost when the pod is deleted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageSpec>,
+    /// CPU and memory of each broker node. Defaults: requests `cpu: 100m`, `memory: 256Mi`;
+    /// limits `memory: 1Gi` (no CPU limit: a throttled node misses cluster heartbeats).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<super::ComputeResources>,
 }
 
 fn default_broker_replicas() -> i32 {

@@ -74,6 +74,10 @@ pub struct WorkerSpec {
     /// each message over HTTP on localhost, and a 2xx response acknowledges it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<CustomContainer>,
+    /// CPU and memory of the worker runtime container. Defaults: requests `cpu: 100m`,
+    /// `memory: 64Mi`; limits `cpu: "1"`, `memory: 512Mi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<super::ComputeResources>,
     /// Desired replicas when `scaling.enabled` is false, written by `kubectl scale` or an
     /// HPA/KEDA through the `/scale` subresource (clamped to the scaling bounds). Ignored
     /// while the operator's autoscaler is enabled. Default: `scaling.minReplicas`.
@@ -162,6 +166,10 @@ pub struct CustomContainer {
     #[serde(default = "default_container_timeout")]
     #[schemars(range(min = 1))]
     pub timeout_ms: i64,
+    /// CPU and memory of this container. Defaults: requests `cpu: 50m`, `memory: 64Mi`;
+    /// limits `cpu: "1"`, `memory: 512Mi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<super::ComputeResources>,
 }
 
 fn default_container_timeout() -> i64 {

@@ -152,3 +152,44 @@ fn routes_to_two_brokers_are_refused() {
         .to_string()
         .contains("same broker"));
 }
+
+#[test]
+fn gateway_pods_get_default_resources_and_the_spec_overrides_them_key_by_key() {
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    let mut gateway: Gateway = load("gateway.yaml");
+    let container_resources = |gateway: &Gateway| {
+        let deployment = build(gateway, &inputs()).expect("builds").deployment;
+        let pod = deployment.spec.expect("spec").template.spec.expect("pod");
+        pod.containers[0].resources.clone().expect("resources")
+    };
+    let defaults = container_resources(&gateway);
+    assert_eq!(
+        defaults.limits.as_ref().expect("limits")["memory"],
+        Quantity("1Gi".into())
+    );
+    assert_eq!(
+        defaults.requests.as_ref().expect("requests")["cpu"],
+        Quantity("100m".into())
+    );
+    gateway.spec.resources = Some(crate::crd::ComputeResources {
+        requests: BTreeMap::new(),
+        limits: BTreeMap::from([("memory".to_owned(), "3Gi".to_owned())]),
+    });
+    let custom = container_resources(&gateway);
+    let limits = custom.limits.expect("limits");
+    assert_eq!(limits["memory"], Quantity("3Gi".into()));
+    assert_eq!(
+        limits["cpu"],
+        Quantity("2".into()),
+        "keys not given keep their default"
+    );
+    gateway.spec.resources = Some(crate::crd::ComputeResources {
+        requests: BTreeMap::from([("memory".to_owned(), "lots".to_owned())]),
+        limits: BTreeMap::new(),
+    });
+    let error = validate(&gateway).expect_err("not a quantity");
+    assert!(
+        error.to_string().contains("spec.resources.requests.memory"),
+        "{error}"
+    );
+}

@@ -1,6 +1,7 @@
 //! The children of a managed RabbitMQ: credentials Secret, configuration, headless and
 //! client Services, and the StatefulSet of broker nodes.
 
+use crate::build::pod::{resources, BROKER_RESOURCES, INIT_RESOURCES};
 use crate::build::{
     child_meta, hash_parts, name_and_namespace, restricted_container_security,
     restricted_pod_security, selector_labels, BuildError, CONFIG_HASH_ANNOTATION, OWNER_KIND_LABEL,
@@ -311,6 +312,7 @@ fn erlang_cookie_init(image: &str) -> Container {
             data_mount(),
             mount("cookie", "/tmp/cookie", None, true),
         ]),
+        resources: Some(resources(&INIT_RESOURCES, None)),
         security_context: Some(restricted_container_security(false)),
         ..Container::default()
     }
@@ -326,7 +328,7 @@ fn container_port(name: &str, number: i32) -> ContainerPort {
 
 /// The broker container: AMQP, management and clustering ports, data and config mounts,
 /// probes and resources.
-fn broker_container(image: &str, envs: Vec<EnvVar>) -> Container {
+fn broker_container(image: &str, envs: Vec<EnvVar>, resources: ResourceRequirements) -> Container {
     Container {
         name: "rabbitmq".to_owned(),
         image: Some(image.to_owned()),
@@ -359,23 +361,9 @@ fn broker_container(image: &str, envs: Vec<EnvVar>) -> Container {
         startup_probe: Some(tcp_probe(AMQP_PORT, 5, 5, 24)),
         readiness_probe: Some(tcp_probe(AMQP_PORT, 0, 5, 3)),
         liveness_probe: Some(tcp_probe(AMQP_PORT, 0, 10, 6)),
-        resources: Some(broker_resources()),
+        resources: Some(resources),
         security_context: Some(restricted_container_security(false)),
         ..Container::default()
-    }
-}
-
-fn broker_resources() -> ResourceRequirements {
-    ResourceRequirements {
-        requests: Some(BTreeMap::from([
-            ("cpu".to_owned(), Quantity("100m".to_owned())),
-            ("memory".to_owned(), Quantity("256Mi".to_owned())),
-        ])),
-        limits: Some(BTreeMap::from([(
-            "memory".to_owned(),
-            Quantity("1Gi".to_owned()),
-        )])),
-        ..ResourceRequirements::default()
     }
 }
 
@@ -459,6 +447,7 @@ fn broker_pod_spec(
         containers: vec![broker_container(
             image,
             broker_env(managed, names, namespace),
+            resources(&BROKER_RESOURCES, managed.resources.as_ref()),
         )],
         volumes: Some(volumes),
         ..PodSpec::default()

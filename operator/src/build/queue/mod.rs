@@ -59,10 +59,21 @@ pub enum BrokerPlan {
     },
 }
 
+/// The managed broker's `resources`, when given.
+fn validate_broker_resources(spec: &crate::crd::QueueSpec) -> Result<(), BuildError> {
+    let resources = spec
+        .broker
+        .managed
+        .as_ref()
+        .and_then(|m| m.resources.as_ref());
+    crate::build::pod::validate_resources("spec.broker.managed.resources", resources)
+}
+
 /// Validates a Queue's spec; the error message is shown to the user in a condition.
 pub fn validate(queue: &Queue) -> Result<BrokerPlan, BuildError> {
     let (name, _) = name_and_namespace(queue)?;
     let spec = &queue.spec;
+    validate_broker_resources(spec)?;
     let plan = match (&spec.broker.managed, &spec.broker.external) {
         (Some(_), Some(_)) => {
             return Err(BuildError::Invalid(
