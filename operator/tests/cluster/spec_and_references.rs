@@ -49,8 +49,24 @@ async fn invalid_spec_sets_condition_and_operator_keeps_reconciling() {
         "apiVersion: v1\nkind: Secret\nmetadata: {name: hook}\nstringData: {key: abc}\n",
     )
     .await;
-    apply_yaml(&sinks, "apiVersion: tributary.dev/v1alpha1\nkind: Sink\nmetadata: {name: hook}\nspec:\n  webhook:\n    url: http://127.0.0.1:9/hook\n    hmacSecretRef: {name: hook, key: key}\n").await;
+    apply_yaml(&sinks, "apiVersion: tributary.dev/v1alpha1\nkind: Sink\nmetadata: {name: hook}\nspec:\n  webhook:\n    url: http://hook-receiver:9/hook\n    hmacSecretRef: {name: hook, key: key}\n").await;
     wait_ready(&sinks, "hook", "Sink Ready", |s, _| s == "True").await;
+    // A webhook to the node's loopback is refused by default (--allow-internal-webhooks).
+    apply_yaml(&sinks, "apiVersion: tributary.dev/v1alpha1\nkind: Sink\nmetadata: {name: loopback}\nspec:\n  webhook:\n    url: http://127.0.0.1:9/hook\n    hmacSecretRef: {name: hook, key: key}\n").await;
+    wait_ready(&sinks, "loopback", "Sink InvalidSpec", |s, r| {
+        s == "False" && r == "InvalidSpec"
+    })
+    .await;
+    let message = sinks
+        .get("loopback")
+        .await
+        .expect("get")
+        .status
+        .expect("status")
+        .conditions[0]
+        .message
+        .clone();
+    assert!(message.contains("loopback"), "{message}");
 }
 
 #[tokio::test]
