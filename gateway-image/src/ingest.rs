@@ -207,6 +207,11 @@ fn next_message_id() -> String {
         .to_string()
 }
 
+/// The envelope's `receivedAt`: RFC 3339 in UTC with exactly three fractional digits.
+fn received_at(now: jiff::Timestamp) -> String {
+    format!("{now:.3}")
+}
+
 fn build_envelope(
     gateway: &Gateway,
     device: &str,
@@ -229,7 +234,7 @@ fn build_envelope(
             ProtocolLabel::Mqtt => Protocol::Mqtt,
             ProtocolLabel::Http => Protocol::Http,
         },
-        received_at: format!("{:.3}", jiff::Timestamp::now()),
+        received_at: received_at(jiff::Timestamp::now()),
         content_type: metadata.content_type,
         mqtt: metadata.mqtt.filter(|mqtt| !mqtt.is_empty()),
         payload,
@@ -296,6 +301,13 @@ mod id_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn received_at_is_utc_with_milliseconds() {
+        let at = |ms: i64| received_at(jiff::Timestamp::from_millisecond(ms).expect("in range"));
+        assert_eq!(at(1_764_504_000_123), "2025-11-30T12:00:00.123Z");
+        assert_eq!(at(1_764_504_000_000), "2025-11-30T12:00:00.000Z");
+    }
 
     #[test]
     fn rate_limiter_allows_the_burst_then_refuses() {
