@@ -12,6 +12,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::DeserializeGuard;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -110,6 +111,11 @@ where
     }
 }
 
+/// What the controllers watch of Secrets: metadata only (names, labels, versions), never the
+/// data. A Secret's data is read by name, and only when a resource references it, so the
+/// operator neither caches nor reads the contents of Secrets nothing here uses.
+type SecretMeta = PartialObjectMeta<Secret>;
+
 /// The readable objects cached in `store` that live in `namespace` and satisfy `depends`:
 /// what to reconcile when a watched object of that namespace changes.
 fn dependents<K>(
@@ -194,16 +200,20 @@ async fn queues(ctx: &Arc<Context>, ns: Option<&str>, stop: watch::Receiver<bool
             children_config(),
             |set: StatefulSet| labelled_queue(&set),
         )
-        .watches(api_for::<Secret>(client, ns), wc, move |secret: Secret| {
-            // External brokers: the URI Secret may appear after the Queue.
-            dependents(&queue_store, secret.namespace(), |q| {
-                q.spec
-                    .broker
-                    .external
-                    .as_ref()
-                    .is_some_and(|e| e.uri_secret_ref.name == secret.name_any())
-            })
-        })
+        .watches(
+            api_for::<SecretMeta>(client, ns),
+            wc,
+            move |secret: SecretMeta| {
+                // External brokers: the URI Secret may appear after the Queue.
+                dependents(&queue_store, secret.namespace(), |q| {
+                    q.spec
+                        .broker
+                        .external
+                        .as_ref()
+                        .is_some_and(|e| e.uri_secret_ref.name == secret.name_any())
+                })
+            },
+        )
         .graceful_shutdown_on(on_stop(stop))
         .run(
             |object, ctx| guarded(object, ctx, controller::queue::reconcile),
@@ -223,9 +233,9 @@ async fn sinks(ctx: &Arc<Context>, ns: Option<&str>, stop: watch::Receiver<bool>
     let sink_store_for_queues = sink_store.clone();
     sinks
         .watches(
-            api_for::<Secret>(client, ns),
+            api_for::<SecretMeta>(client, ns),
             wc.clone(),
-            move |secret: Secret| {
+            move |secret: SecretMeta| {
                 dependents(&sink_store, secret.namespace(), |s| {
                     crate::build::sink::referenced_secrets(s)
                         .iter()
@@ -267,11 +277,15 @@ async fn gateways(ctx: &Arc<Context>, ns: Option<&str>, stop: watch::Receiver<bo
                 })
             },
         )
-        .watches(api_for::<Secret>(client, ns), wc, move |secret: Secret| {
-            // Device credentials, TLS and broker URIs: any Secret of the namespace may be
-            // referenced directly or through a Queue.
-            dependents(&by_secret, secret.namespace(), |_| true)
-        })
+        .watches(
+            api_for::<SecretMeta>(client, ns),
+            wc,
+            move |secret: SecretMeta| {
+                // Device credentials, TLS and broker URIs: any Secret of the namespace may be
+                // referenced directly or through a Queue.
+                dependents(&by_secret, secret.namespace(), |_| true)
+            },
+        )
         .graceful_shutdown_on(on_stop(stop))
         .run(
             |object, ctx| guarded(object, ctx, controller::gateway::reconcile),
@@ -317,9 +331,11 @@ async fn run_workers(
                 })
             },
         )
-        .watches(api_for::<Secret>(client, ns), wc, move |secret: Secret| {
-            dependents(&by_secret, secret.namespace(), |_| true)
-        })
+        .watches(
+            api_for::<SecretMeta>(client, ns),
+            wc,
+            move |secret: SecretMeta| dependents(&by_secret, secret.namespace(), |_| true),
+        )
         .graceful_shutdown_on(on_stop(stop))
         .run(
             |object, ctx| guarded(object, ctx, controller::worker::reconcile),

@@ -13,9 +13,8 @@ use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
     EnvVarSource, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Secret, SecretKeySelector,
-    SecretVolumeSource, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Secret, SecretVolumeSource, Service,
+    ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -97,6 +96,16 @@ pub fn build_managed(
     })
 }
 
+/// The Secret key holding the broker's administrator as a `conf.d` file, mounted as a file
+/// so the credentials never sit in the container's environment.
+const KEY_DEFAULT_USER_CONF: &str = "default-user.conf";
+
+/// `default_user`/`default_pass` in RabbitMQ's configuration syntax. The generated user name
+/// and password are alphanumeric, so neither can end the line early.
+fn default_user_conf(user: &str, password: &str) -> String {
+    format!("default_user = {user}\ndefault_pass = {password}\n")
+}
+
 fn credentials_secret(
     queue: &Queue,
     names: &ManagedNames,
@@ -110,6 +119,10 @@ fn credentials_secret(
         (KEY_USERNAME.to_owned(), user.clone()),
         (KEY_PASSWORD.to_owned(), password.clone()),
         (KEY_COOKIE.to_owned(), credentials.erlang_cookie.clone()),
+        (
+            KEY_DEFAULT_USER_CONF.to_owned(),
+            default_user_conf(user, password),
+        ),
         (
             KEY_URI.to_owned(),
             format!("amqp://{user}:{password}@{host}:{AMQP_PORT}/%2f"),
@@ -209,21 +222,6 @@ fn client_service(queue: &Queue, names: &ManagedNames) -> Result<Service, BuildE
     })
 }
 
-fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
-    EnvVar {
-        name: name.to_owned(),
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: secret.to_owned(),
-                key: key.to_owned(),
-                optional: Some(false),
-            }),
-            ..EnvVarSource::default()
-        }),
-        ..EnvVar::default()
-    }
-}
-
 fn env(name: &str, value: &str) -> EnvVar {
     EnvVar {
         name: name.to_owned(),
@@ -256,15 +254,10 @@ fn tcp_probe(port: i32, initial_delay: i32, period: i32, failures: i32) -> Probe
     }
 }
 
-/// The environment of a broker node: credentials from the Secret, and for a cluster the
+/// The environment of a broker node (no secrets: those are files), and for a cluster the
 /// long node names other nodes resolve.
 fn broker_env(managed: &ManagedBroker, names: &ManagedNames, namespace: &str) -> Vec<EnvVar> {
-    let mut envs = vec![
-        secret_env("RABBITMQ_DEFAULT_USER", &names.credentials, KEY_USERNAME),
-        secret_env("RABBITMQ_DEFAULT_PASS", &names.credentials, KEY_PASSWORD),
-        env("HOME", "/var/lib/rabbitmq"),
-        env("RABBITMQ_LOGS", "-"),
-    ];
+    let mut envs = vec![env("HOME", "/var/lib/rabbitmq"), env("RABBITMQ_LOGS", "-")];
     if managed.replicas > 1 {
         // Clustered nodes need names other nodes can resolve: the pod's DNS name under the
         // headless Service.
@@ -313,7 +306,7 @@ fn erlang_cookie_init(image: &str) -> Container {
             mount("cookie", "/tmp/cookie", None, true),
         ]),
         resources: Some(resources(&INIT_RESOURCES, None)),
-        security_context: Some(restricted_container_security(false)),
+        security_context: Some(restricted_container_security(true)),
         ..Container::default()
     }
 }
@@ -353,6 +346,13 @@ fn broker_container(image: &str, envs: Vec<EnvVar>, resources: ResourceRequireme
                 Some("enabled_plugins"),
                 true,
             ),
+            // The administrator as a conf.d file: RabbitMQ reads every file there.
+            mount("default-user", "/etc/rabbitmq/conf.d", None, true),
+            // The root file system is read-only: scratch space for Erlang and the scripts, and
+            // a directory for what RabbitMQ writes as files despite console logging (its
+            // upgrade log, a crash dump).
+            mount("tmp", "/tmp", None, false),
+            mount("logs", "/var/log/rabbitmq", None, false),
         ]),
         // A node boots in 10-35 s here, rejoining a running cluster included. Debian's
         // RabbitMQ 3.10.8 sometimes hangs for good while rejoining (rabbitmq-server #6034):
@@ -362,12 +362,13 @@ fn broker_container(image: &str, envs: Vec<EnvVar>, resources: ResourceRequireme
         readiness_probe: Some(tcp_probe(AMQP_PORT, 0, 5, 3)),
         liveness_probe: Some(tcp_probe(AMQP_PORT, 0, 10, 6)),
         resources: Some(resources),
-        security_context: Some(restricted_container_security(false)),
+        security_context: Some(restricted_container_security(true)),
         ..Container::default()
     }
 }
 
-/// The config files and the Erlang cookie (readable by its owner only).
+/// The config files, the administrator and the Erlang cookie (secrets readable by their
+/// owner only), and scratch space.
 fn config_and_cookie_volumes(names: &ManagedNames) -> Vec<Volume> {
     vec![
         Volume {
@@ -378,20 +379,42 @@ fn config_and_cookie_volumes(names: &ManagedNames) -> Vec<Volume> {
             }),
             ..Volume::default()
         },
-        Volume {
-            name: "cookie".to_owned(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(names.credentials.clone()),
-                items: Some(vec![KeyToPath {
-                    key: KEY_COOKIE.to_owned(),
-                    path: ".erlang.cookie".to_owned(),
-                    mode: Some(0o400),
-                }]),
-                ..SecretVolumeSource::default()
-            }),
-            ..Volume::default()
-        },
+        secret_file_volume(
+            names,
+            "default-user",
+            KEY_DEFAULT_USER_CONF,
+            "10-default-user.conf",
+        ),
+        scratch_volume("tmp"),
+        scratch_volume("logs"),
+        secret_file_volume(names, "cookie", KEY_COOKIE, ".erlang.cookie"),
     ]
+}
+
+/// An `emptyDir` volume for files that live as long as the pod.
+fn scratch_volume(name: &str) -> Volume {
+    Volume {
+        name: name.to_owned(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    }
+}
+
+/// One key of the credentials Secret as a file readable by its owner only.
+fn secret_file_volume(names: &ManagedNames, volume: &str, key: &str, path: &str) -> Volume {
+    Volume {
+        name: volume.to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(names.credentials.clone()),
+            items: Some(vec![KeyToPath {
+                key: key.to_owned(),
+                path: path.to_owned(),
+                mode: Some(0o400),
+            }]),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
 }
 
 /// Where the broker keeps its data: with `storage`, a claim template per node (the claims

@@ -32,13 +32,27 @@ fn managed_queue_builds_statefulset_services_secret_and_config() {
     let pod = spec.template.spec.expect("pod");
     let broker = &pod.containers[0];
     assert_eq!(broker.image.as_deref(), Some("rabbitmq:3-management"));
-    let env: Vec<_> = broker
-        .env
-        .iter()
-        .flatten()
-        .map(|e| e.name.as_str())
-        .collect();
-    assert!(env.contains(&"RABBITMQ_DEFAULT_USER") && env.contains(&"RABBITMQ_DEFAULT_PASS"));
+    // Secrets are files, never environment variables, and the root file system is read-only.
+    assert!(
+        broker.env.iter().flatten().all(|e| e
+            .value_from
+            .as_ref()
+            .is_none_or(|v| v.secret_key_ref.is_none())),
+        "no secret in the environment: {:?}",
+        broker.env
+    );
+    for container in pod.init_containers.iter().flatten().chain(&pod.containers) {
+        let security = container
+            .security_context
+            .as_ref()
+            .expect("security context");
+        assert_eq!(
+            security.read_only_root_filesystem,
+            Some(true),
+            "{}",
+            container.name
+        );
+    }
     let mounts: Vec<_> = broker
         .volume_mounts
         .iter()
@@ -47,9 +61,22 @@ fn managed_queue_builds_statefulset_services_secret_and_config() {
         .collect();
     assert!(mounts.contains(&"/var/lib/rabbitmq"));
     assert!(mounts.contains(&"/etc/rabbitmq/rabbitmq.conf"));
-    assert!(
-        pod.volumes.iter().flatten().any(|v| v.empty_dir.is_some()),
-        "ephemeral data"
+    assert!(mounts.contains(&"/etc/rabbitmq/conf.d") && mounts.contains(&"/tmp"));
+    let volume = |name: &str| {
+        pod.volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == name)
+            .unwrap_or_else(|| panic!("volume {name}"))
+    };
+    assert!(volume("data").empty_dir.is_some(), "ephemeral data");
+    let default_user = volume("default-user")
+        .secret
+        .as_ref()
+        .expect("a Secret volume");
+    assert_eq!(
+        default_user.secret_name.as_deref(),
+        Some("telemetry-rabbitmq-credentials")
     );
     assert_eq!(
         children
@@ -76,6 +103,10 @@ fn managed_queue_builds_statefulset_services_secret_and_config() {
     assert_eq!(
         secret[KEY_URI].0,
         b"amqp://tributary:s3cret@telemetry-rabbitmq.factory.svc:5672/%2f"
+    );
+    assert_eq!(
+        secret["default-user.conf"].0,
+        b"default_user = tributary\ndefault_pass = s3cret\n"
     );
 }
 
