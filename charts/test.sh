@@ -37,6 +37,8 @@ check namespaces-env grep -q 'value: "tenant-a,tenant-b"' "$rendered"
 # admit its pods from there); internal webhook targets stay refused unless asked for.
 check rbac-networkpolicies grep -q '"networkpolicies"' "$rendered"
 check operator-namespace-env sh -c "grep -A3 'name: TRIBUTARY_OPERATOR_NAMESPACE' '$rendered' | grep -q 'fieldPath: metadata.namespace'"
+check operator-networkpolicy sh -c "grep -A25 '^kind: NetworkPolicy' '$rendered' | grep -q 'port: 8080'"
+check operator-networkpolicy-optional sh -c "! helm template tributary '$chart' --set networkPolicy.enabled=false | grep -q '^kind: NetworkPolicy'"
 check no-internal-webhooks-by-default sh -c "! grep -q TRIBUTARY_ALLOW_INTERNAL_WEBHOOKS '$rendered'"
 check internal-webhooks-when-allowed sh -c "helm template tributary '$chart' --set allowInternalWebhooks=true |
   grep -A1 'name: TRIBUTARY_ALLOW_INTERNAL_WEBHOOKS' | grep -q 'value: \"true\"'"

@@ -1,6 +1,7 @@
 //! Desired state of a Gateway: validation, the rendered gateway config, and its
 //! Deployment, Service and PodDisruptionBudget.
 
+use super::network_policy::pod_ingress_policy;
 use super::pod::{
     config_and_secret_volumes, deployment, http_probe, resources, validate_resources, CONFIG_DIR,
     GATEWAY_RESOURCES,
@@ -13,6 +14,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, ContainerPort, Service, ServicePort, ServiceSpec, VolumeMount,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -53,6 +55,8 @@ pub struct GatewayChildren {
     pub service: Service,
     /// Keeps at least all but one pod up during voluntary disruptions.
     pub pdb: PodDisruptionBudget,
+    /// Device ports open to all, the health port to the cluster's pods only.
+    pub network_policy: NetworkPolicy,
 }
 
 /// Name of every child of a Gateway.
@@ -440,7 +444,8 @@ fn disruption_budget(
     })
 }
 
-/// Builds the Gateway's ConfigMap, Deployment, Service and PodDisruptionBudget.
+/// Builds the Gateway's ConfigMap, Deployment, Service, PodDisruptionBudget and
+/// NetworkPolicy.
 pub fn build(gateway: &Gateway, inputs: &GatewayInputs) -> Result<GatewayChildren, BuildError> {
     let (name, _) = name_and_namespace(gateway)?;
     let config = render_config(gateway, inputs)?;
@@ -453,6 +458,16 @@ pub fn build(gateway: &Gateway, inputs: &GatewayInputs) -> Result<GatewayChildre
     let selector = selector_labels(&name, COMPONENT);
     let service = device_service(gateway, &child, &selector)?;
     let pdb = disruption_budget(gateway, &child, &selector)?;
+    let device_ports: Vec<i32> = listener_ports(gateway)
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    let network_policy = pod_ingress_policy(
+        child_meta(gateway, &child, COMPONENT)?,
+        &selector,
+        &device_ports,
+        &[i32::from(HEALTH_PORT)],
+    );
     let hash = config_hash(&text, &inputs.secrets);
     Ok(GatewayChildren {
         config_map: ConfigMap {
@@ -470,6 +485,7 @@ pub fn build(gateway: &Gateway, inputs: &GatewayInputs) -> Result<GatewayChildre
         ),
         service,
         pdb,
+        network_policy,
     })
 }
 

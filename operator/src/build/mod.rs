@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 pub mod gateway;
 pub mod labels;
 pub mod monitoring;
+pub mod network_policy;
 pub mod pod;
 pub mod queue;
 pub mod sink;

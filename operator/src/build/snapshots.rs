@@ -169,6 +169,7 @@ fn gateway_children_render_as_committed() {
         assert_snapshot(&format!("{name}.deployment"), &children.deployment);
         assert_snapshot(&format!("{name}.service"), &children.service);
         assert_snapshot(&format!("{name}.pdb"), &children.pdb);
+        assert_snapshot(&format!("{name}.networkpolicy"), &children.network_policy);
     }
 }
 
@@ -258,6 +259,7 @@ fn worker_children_render_as_committed() {
         let name = format!("{file}{}", if set_replicas { "" } else { "-autoscaled" });
         assert_snapshot(&format!("{name}.configmap"), &children.config_map);
         assert_snapshot(&format!("{name}.deployment"), &children.deployment);
+        assert_snapshot(&format!("{name}.networkpolicy"), &children.network_policy);
     }
 }
 

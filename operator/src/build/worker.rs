@@ -1,6 +1,7 @@
 //! Desired state of a Worker: validation (CEL included), the rendered worker config, and
 //! the Deployment running the worker runtime (plus the user's container, if any).
 
+use super::network_policy::pod_ingress_policy;
 use super::pod::{
     config_and_secret_volumes, deployment, http_probe, resources, validate_resources, CONFIG_DIR,
     PROCESSOR_RESOURCES, WORKER_RESOURCES,
@@ -13,6 +14,7 @@ use crate::crd::worker::CustomContainer;
 use crate::crd::{SecretKeyRef, Sink, Worker};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, ContainerPort, EnvVar, VolumeMount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use std::collections::{BTreeMap, BTreeSet};
 use tributary_contract::worker_config::{
     self as contract, BatchConfig, ContainerConfig, DeadLetterConfig, HttpConfig, PipelineConfig,
@@ -62,6 +64,8 @@ pub struct WorkerChildren {
     pub config_map: ConfigMap,
     /// The worker pods.
     pub deployment: Deployment,
+    /// Only the metrics and status port, from the cluster's pods.
+    pub network_policy: NetworkPolicy,
 }
 
 /// Name of the worker Deployment and ConfigMap.
@@ -335,9 +339,16 @@ pub fn build(worker: &Worker, inputs: &WorkerInputs) -> Result<WorkerChildren, B
     let mut containers = vec![runtime_container(worker, inputs, mounts)];
     containers.extend(worker.spec.container.as_ref().map(processor_container));
     let hash = config_hash(&text, &inputs.secrets);
+    let pods = selector_labels(&name, COMPONENT);
+    let network_policy = pod_ingress_policy(
+        child_meta(worker, &child, COMPONENT)?,
+        &pods,
+        &[],
+        &[METRICS_PORT],
+    );
     let mut deployment = deployment(
         child_meta(worker, &child, COMPONENT)?,
-        selector_labels(&name, COMPONENT),
+        pods,
         desired_replicas(worker),
         hash,
         containers,
@@ -355,6 +366,7 @@ pub fn build(worker: &Worker, inputs: &WorkerInputs) -> Result<WorkerChildren, B
             ..ConfigMap::default()
         },
         deployment,
+        network_policy,
     })
 }
 

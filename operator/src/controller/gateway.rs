@@ -101,6 +101,7 @@ async fn apply_children(ctx: &Context, children: &GatewayChildren) -> Result<Dep
     apply(&ctx.client, &children.config_map).await?;
     apply(&ctx.client, &children.service).await?;
     ctx.pdb.apply(&ctx.client, &children.pdb).await?;
+    apply(&ctx.client, &children.network_policy).await?;
     apply(&ctx.client, &children.deployment).await
 }
 
@@ -183,6 +184,8 @@ mod tests {
             Exchange::apply(&child("v1", "services")).with("/spec/type", json!("NodePort")),
             Exchange::apply(&child("policy/v1", "poddisruptionbudgets"))
                 .with("/apiVersion", json!("policy/v1")),
+            Exchange::apply(&child("networking.k8s.io/v1", "networkpolicies"))
+                .with("/spec/policyTypes", json!(["Ingress"])),
             Exchange::apply(&child("apps/v1", "deployments"))
                 .with("/spec/replicas", json!(2))
                 .reply(json!({ "status": { "readyReplicas": 2 } })),

@@ -169,6 +169,7 @@ async fn apply_children(
     set_replicas: bool,
 ) -> Result<Deployment, Error> {
     apply(&ctx.client, &children.config_map).await?;
+    apply(&ctx.client, &children.network_policy).await?;
     let deployment = apply(&ctx.client, &children.deployment).await?;
     super::monitoring::ensure_for_worker(ctx, worker).await;
     if worker.spec.scaling.enabled && set_replicas {
@@ -294,6 +295,8 @@ mod tests {
                 "amqp://broker",
             )),
             Exchange::apply(&child("v1", "configmaps")).with("/kind", json!("ConfigMap")),
+            Exchange::apply(&child("networking.k8s.io/v1", "networkpolicies"))
+                .with("/spec/policyTypes", json!(["Ingress"])),
             Exchange::apply(&child("apps/v1", "deployments"))
                 .with("/spec/replicas", json!(2))
                 .reply(json!({ "status": { "replicas": 2, "readyReplicas": 1 } })),

@@ -6,6 +6,7 @@
 
 use super::managed::{broker_meta, COMPONENT};
 use super::{ManagedNames, AMQP_PORT, MANAGEMENT_PORT};
+use crate::build::network_policy::{selector, tcp};
 use crate::build::{name_and_namespace, selector_labels, BuildError, FIELD_MANAGER};
 use crate::crd::Queue;
 use k8s_openapi::api::networking::v1::{
@@ -13,7 +14,6 @@ use k8s_openapi::api::networking::v1::{
     NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
 
 /// The Erlang port mapper and the inter-node distribution port of the broker nodes.
@@ -26,36 +26,16 @@ const OPERATOR_POD_LABEL: (&str, &str) = ("app.kubernetes.io/name", "tributary-o
 /// Set on every namespace by Kubernetes 1.21 and later.
 const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
-fn selector(labels: &[(&str, &str)]) -> LabelSelector {
-    LabelSelector {
-        match_labels: Some(
-            labels
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        ),
-        ..LabelSelector::default()
-    }
-}
-
-fn tcp(port: i32) -> NetworkPolicyPort {
-    NetworkPolicyPort {
-        port: Some(IntOrString::Int(port)),
-        protocol: Some("TCP".to_owned()),
-        ..NetworkPolicyPort::default()
-    }
-}
-
 /// The operator's pods: in `operator_namespace` when known, else in any namespace (an
 /// operator run outside a pod cannot be selected; such a setup enforces nothing it needs).
 fn operator_peer(operator_namespace: Option<&str>) -> NetworkPolicyPeer {
     let namespace_selector = match operator_namespace {
-        Some(namespace) => selector(&[(NAMESPACE_NAME_LABEL, namespace)]),
+        Some(namespace) => selector([(NAMESPACE_NAME_LABEL, namespace)]),
         None => LabelSelector::default(),
     };
     NetworkPolicyPeer {
         namespace_selector: Some(namespace_selector),
-        pod_selector: Some(selector(&[OPERATOR_POD_LABEL])),
+        pod_selector: Some(selector([OPERATOR_POD_LABEL])),
         ..NetworkPolicyPeer::default()
     }
 }
@@ -63,7 +43,7 @@ fn operator_peer(operator_namespace: Option<&str>) -> NetworkPolicyPeer {
 /// Every pod the operator runs in the broker's namespace (gateways, workers, brokers).
 fn pipeline_pods() -> NetworkPolicyPeer {
     NetworkPolicyPeer {
-        pod_selector: Some(selector(&[
+        pod_selector: Some(selector([
             ("app.kubernetes.io/part-of", "tributary"),
             ("app.kubernetes.io/managed-by", FIELD_MANAGER),
         ])),
