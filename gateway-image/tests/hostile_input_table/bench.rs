@@ -3,7 +3,6 @@
 //! timeouts so the slow rows stay fast, and a well-behaved device publishing throughout.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -128,13 +127,9 @@ impl Bench {
         self.running.bound.health
     }
 
-    /// The CA PEM file path (for TLS clients).
+    /// The device CA as PEM (it also signed the server certificate; TLS clients trust it).
     pub fn ca_pem(&self) -> String {
         self.device_ca.pem()
-    }
-
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.0.join(name)
     }
 }
 

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use crate::bench;
-use crate::common::basic;
 use crate::http::{good_publish, publish, Input, HALF_HEAD};
 use crate::table::Outcome;
 
@@ -24,10 +23,8 @@ fn header_timeout() -> Outcome {
 }
 
 pub fn inputs() -> Vec<(&'static str, Input, Outcome)> {
-    let no_credentials = format!(
-        "POST /v1/publish/devices/press-2/t HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
-    );
+    let no_credentials = "POST /v1/publish/devices/press-2/t HTTP/1.1\r\nHost: gateway\r\n\
+        Connection: close\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
     let huge_unauthenticated = format!(
         "POST /v1/publish/devices/press-2/t HTTP/1.1\r\nHost: gateway\r\nContent-Length: {}\r\n\r\n",
         u64::MAX / 2
@@ -42,7 +39,6 @@ pub fn inputs() -> Vec<(&'static str, Input, Outcome)> {
     let text =
         String::from_utf8_lossy(&other_device).replace("devices/press-2/", "devices/press-3/");
     other_device = text.into_bytes();
-    let _ = basic;
     vec![
         (
             "500 hostile sockets",
@@ -105,7 +101,10 @@ pub fn inputs() -> Vec<(&'static str, Input, Outcome)> {
         ),
         (
             "no credentials",
-            raw("publish without Authorization", no_credentials.into_bytes()),
+            raw(
+                "publish without Authorization",
+                no_credentials.as_bytes().to_vec(),
+            ),
             Outcome::Http(401),
         ),
         (

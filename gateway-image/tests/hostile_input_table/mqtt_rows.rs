@@ -10,6 +10,9 @@ use crate::table::Outcome;
 
 type Rows = Vec<(&'static str, Input, Outcome)>;
 
+/// (name, what the properties are, properties, payload, expected outcome)
+type PublishRow<'a> = (&'static str, &'static str, &'a [u8], &'a [u8], Outcome);
+
 /// Hands out `dev-0`, `dev-1`, … so each raw-bytes row has a device of its own.
 struct Devices(usize);
 
@@ -285,7 +288,7 @@ fn properties(devices: &mut Devices) -> Rows {
         )
     })
     .collect();
-    let publishes: [(&str, &str, &[u8], &[u8], Outcome); 5] = [
+    let publishes: [PublishRow; 5] = [
         (
             "property twice on PUBLISH",
             "Content Type given twice",
