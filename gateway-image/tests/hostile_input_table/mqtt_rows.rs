@@ -163,7 +163,7 @@ fn bounds_and_liveness(devices: &mut Devices) -> Rows {
         (
             "CONNECT size cap before authentication",
             bytes(
-                "a 40 KiB CONNECT (password) with the right credentials",
+                "a 40 KiB CONNECT (a 40 KiB password) for a real device",
                 None,
                 connect(false, "", &device, &huge, &[], None, 60),
             ),
