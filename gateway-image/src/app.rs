@@ -192,6 +192,7 @@ async fn start_device_listeners(
     bound: &mut Bound,
 ) -> Result<(), StartError> {
     let header_timeout = Duration::from_secs(config.limits.http_header_timeout_seconds.max(1));
+    let unauthenticated = mqtt::server::unauthenticated_places();
     if let Some(addr) = config.listeners.mqtt {
         let listener = bind(addr).await?;
         bound.mqtt = Some(local(&listener, addr));
@@ -199,6 +200,7 @@ async fn start_device_listeners(
         tokio::spawn(mqtt::server::serve_plain(
             Arc::clone(gateway),
             listener,
+            Arc::clone(&unauthenticated),
             tracker.clone(),
         ));
     }
@@ -210,6 +212,7 @@ async fn start_device_listeners(
             Arc::clone(gateway),
             listener,
             tokio_rustls::TlsAcceptor::from(tls_config),
+            unauthenticated,
             tracker.clone(),
         ));
     }

@@ -110,13 +110,19 @@ pub fn max_packet_size(gateway: &Gateway) -> usize {
     gateway.limits.max_payload_bytes + 65_536 + 1_024
 }
 
+/// Largest CONNECT read before authentication: room for a long token, properties and a
+/// will, far less than a PUBLISH may take, so connections that never log in stay cheap.
+pub const MAX_CONNECT_BYTES: usize = 32 * 1024;
+
 /// Serves one connection until it ends. `certificate_device` is the device id from a
-/// verified client certificate, if any.
+/// verified client certificate, if any; `unauthenticated` is the connection's place among
+/// those not yet authenticated, given back once the CONNECT is answered.
 pub async fn serve<S>(
     gateway: Arc<Gateway>,
     stream: S,
     peer: SocketAddr,
     certificate_device: Option<String>,
+    unauthenticated: tokio::sync::OwnedSemaphorePermit,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -134,6 +140,7 @@ pub async fn serve<S>(
         disconnect_reason: None,
         session_expires_at_close: true,
         taken_over: tokio_util::sync::CancellationToken::new(),
+        unauthenticated: Some(unauthenticated),
     };
     let end = session.run(certificate_device).await;
     // Flush what is queued (e.g. a DISCONNECT) and close cleanly, within the write timeout
@@ -167,6 +174,8 @@ struct Session<R, W> {
     session_expires_at_close: bool,
     /// Cancelled when a newer connection with the same client id takes over.
     taken_over: tokio_util::sync::CancellationToken,
+    /// The place among unauthenticated connections, held until the CONNECT is answered.
+    unauthenticated: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
@@ -185,14 +194,15 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
             .properties
             .session_expiry_interval
             .is_none_or(|seconds| seconds == 0);
-        let (_connection_permit, _registration) =
-            match self.accept(&connect, certificate_device, deadline).await {
-                Ok(held) => held,
-                Err(refusal) => {
-                    encode::connack_refused(&mut self.out, self.v5, refusal);
-                    return SessionEnd::Refused(refusal);
-                }
-            };
+        let accepted = self.accept(&connect, certificate_device, deadline).await;
+        self.unauthenticated = None;
+        let (_connection_permit, _registration) = match accepted {
+            Ok(held) => held,
+            Err(refusal) => {
+                encode::connack_refused(&mut self.out, self.v5, refusal);
+                return SessionEnd::Refused(refusal);
+            }
+        };
         let metrics = Arc::clone(&self.gateway.metrics);
         metrics.connections.inc();
         let keep_alive = granted_keep_alive(
@@ -240,7 +250,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
     }
 
     async fn read_connect(&mut self) -> Result<Box<Connect>, SessionEnd> {
-        let max = max_packet_size(&self.gateway);
+        let max = max_packet_size(&self.gateway).min(MAX_CONNECT_BYTES);
         loop {
             match decode(&mut self.buffer, false, max) {
                 Ok(Some(Packet::Connect(connect))) => return Ok(connect),
