@@ -249,6 +249,83 @@ mod tests {
         );
     }
 
+    /// A Ready Queue `telemetry` on a managed broker: its connection Secret is the broker's
+    /// administrator's.
+    fn managed_queue() -> Value {
+        let mut queue = ready_queue("telemetry");
+        queue["status"]["brokerMode"] = json!("managed");
+        queue["status"]["connectionSecretRef"]["name"] = json!("telemetry-rabbitmq-credentials");
+        queue
+    }
+
+    #[tokio::test]
+    async fn a_gateway_on_a_managed_broker_waits_for_its_own_broker_user_and_mounts_nothing() {
+        let gateway = gateway();
+        let (client, server) = mocked();
+        let mut scenario = vec![
+            Exchange::get(&tributary("queues", "telemetry")).reply(managed_queue()),
+            // The finalizer comes before the user, so a deletion always removes it.
+            Exchange::merge(&tributary("gateways", "line-1"))
+                .with("/metadata/finalizers", json!([broker_user::FINALIZER]))
+                .reply(object(&gateway)),
+            Exchange::get(&path("v1", "factory", "services", "telemetry-rabbitmq"))
+                .reply(json!({ "spec": {} })),
+        ];
+        scenario.extend(reported(&gateway, reason::BROKER_UNAVAILABLE));
+        let scenario = server.run(scenario);
+        let action = reconcile(Arc::new(gateway), context(client)).await;
+        assert_eq!(
+            action.expect("reconciles"),
+            Action::requeue(crate::controller::RETRY)
+        );
+        let bodies = scenario.done().await;
+        let condition = &bodies.last().expect("status written")["status"]["conditions"][0];
+        assert_eq!(
+            condition["message"],
+            "the managed broker of Queue \"telemetry\" has no address yet"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_deleted_gateway_whose_broker_is_gone_is_released_with_an_event() {
+        let mut gateway = deleted(&gateway());
+        gateway.metadata.finalizers = Some(vec![broker_user::FINALIZER.to_owned()]);
+        let user_secret = json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": "line-1-gateway-amqp-telemetry",
+                "namespace": "factory",
+                "annotations": { "tributary.dev/broker-queue": "telemetry" },
+            },
+        });
+        let (client, server) = mocked();
+        let scenario = server.run(vec![
+            Exchange::get("/api/v1/namespaces/factory").reply(json!({
+                "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "factory" },
+            })),
+            Exchange::get("/api/v1/namespaces/factory/secrets").reply(json!({
+                "apiVersion": "v1", "kind": "SecretList", "metadata": {}, "items": [user_secret],
+            })),
+            Exchange::get(&path("v1", "factory", "services", "telemetry-rabbitmq")).not_found(),
+            Exchange::post(&events("factory"))
+                .with("/reason", json!(crate::conditions::event::BROKER_USER_LEFT)),
+            Exchange::merge(&tributary("gateways", "line-1"))
+                .with("/metadata/finalizers", json!([]))
+                .reply(object(&gateway)),
+        ]);
+        let action = reconcile(Arc::new(gateway), context(client)).await;
+        assert_eq!(action.expect("released"), Action::await_change());
+        let bodies = scenario.done().await;
+        assert!(
+            bodies[3]["note"].as_str().is_some_and(
+                |note| note.contains("gateway.factory.line-1") && note.contains("gone")
+            ),
+            "{}",
+            bodies[3]
+        );
+    }
+
     #[tokio::test]
     async fn a_gateway_being_deleted_is_left_to_garbage_collection_without_a_request() {
         // Foreground deletion: the gateway stays, `deletionTimestamp` set, until its children are gone.
