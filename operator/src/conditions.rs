@@ -37,6 +37,9 @@ pub mod event {
     pub const BROKER_GONE: &str = "BrokerGone";
     /// Dead-lettered messages were moved back into the queue.
     pub const REPLAYED: &str = "Replayed";
+    /// A deleted Gateway or Worker was released although its user on a managed broker
+    /// could not be removed (the broker is gone, or did not answer in time).
+    pub const BROKER_USER_LEFT: &str = "BrokerUserLeft";
 }
 
 /// `True`/`False` as condition status text.

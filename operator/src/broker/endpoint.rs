@@ -107,8 +107,18 @@ pub async fn lookup_plan(
 /// Service has no address.
 pub async fn managed(client: &Client, queue: &Queue) -> Result<Option<Endpoint>, LookupError> {
     let namespace = queue.namespace().unwrap_or_default();
-    let names = ManagedNames::for_queue(&queue.name_any());
-    let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
+    managed_by_name(client, &namespace, &queue.name_any()).await
+}
+
+/// [`managed`] by the Queue's namespace and name (the Gateway and Worker controllers reach
+/// the broker of a Queue they name, also once the Queue itself is gone).
+pub async fn managed_by_name(
+    client: &Client,
+    namespace: &str,
+    queue: &str,
+) -> Result<Option<Endpoint>, LookupError> {
+    let names = ManagedNames::for_queue(queue);
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
     let ip = services
         .get_opt(&names.broker)
         .await?
@@ -118,7 +128,7 @@ pub async fn managed(client: &Client, queue: &Queue) -> Result<Option<Endpoint>,
     let Some(ip) = ip else {
         return Ok(None);
     };
-    let creds = credentials(client, &namespace, &names).await?;
+    let creds = credentials(client, namespace, &names).await?;
     // The ClusterIP works from inside the cluster and from a node alike.
     Ok(Some(Endpoint {
         amqp_uri: format!(
@@ -161,7 +171,8 @@ pub async fn credentials(
     })
 }
 
-fn random_token(bytes: usize) -> Result<String, BuildError> {
+/// `bytes` random alphanumeric characters (about 5.95 bits of entropy each).
+pub fn random_token(bytes: usize) -> Result<String, BuildError> {
     let mut buffer = vec![0u8; bytes];
     getrandom::fill(&mut buffer)
         .map_err(|error| BuildError::Invalid(format!("no randomness for credentials: {error}")))?;

@@ -4,7 +4,7 @@
 use super::{timed, BrokerError};
 use base64::Engine;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -12,7 +12,7 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use std::time::Duration;
 
 /// The HTTP client of management calls (plain HTTP, keep-alive connections pooled).
-pub type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 /// Largest management answer read: `/api/nodes` of a few nodes or one queue's details are
 /// tens of KiB; a management URI a tenant chose cannot make the operator buffer more.
@@ -70,8 +70,41 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~');
 
 /// Percent-encodes one path segment of the management API.
-fn encode_segment(segment: &str) -> String {
+pub(super) fn encode_segment(segment: &str) -> String {
     utf8_percent_encode(segment, SEGMENT).to_string()
+}
+
+/// Sends one request to the management API (JSON `body`, if any) and reads the answer
+/// (at most [`MAX_RESPONSE_BYTES`]): its status and body.
+pub async fn send(
+    http: &HttpClient,
+    management: &Management,
+    method: http::Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<(http::StatusCode, Bytes), BrokerError> {
+    let credentials = base64::engine::general_purpose::STANDARD
+        .encode(format!("{}:{}", management.username, management.password));
+    let body = match body {
+        Some(json) => Full::new(Bytes::from(json.to_string())),
+        None => Full::default(),
+    };
+    let request = http::Request::builder()
+        .method(method.clone())
+        .uri(format!("{}{path}", management.base_url))
+        .header(http::header::AUTHORIZATION, format!("Basic {credentials}"))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .map_err(|error| BrokerError::Management(error.to_string()))?;
+    let response = timed(http.request(request), BrokerError::Management).await?;
+    let status = response.status();
+    let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES);
+    let body = timed(body.collect(), |error| {
+        BrokerError::Management(format!("{method} {path}: {error}"))
+    })
+    .await?
+    .to_bytes();
+    Ok((status, body))
 }
 
 /// GETs a management API path and parses the JSON answer.
@@ -80,20 +113,7 @@ pub async fn get(
     management: &Management,
     path: &str,
 ) -> Result<serde_json::Value, BrokerError> {
-    let credentials = base64::engine::general_purpose::STANDARD
-        .encode(format!("{}:{}", management.username, management.password));
-    let request = http::Request::get(format!("{}{path}", management.base_url))
-        .header(http::header::AUTHORIZATION, format!("Basic {credentials}"))
-        .body(Empty::new())
-        .map_err(|error| BrokerError::Management(error.to_string()))?;
-    let response = timed(http.request(request), BrokerError::Management).await?;
-    let status = response.status();
-    let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES);
-    let body = timed(body.collect(), |error| {
-        BrokerError::Management(format!("GET {path}: {error}"))
-    })
-    .await?
-    .to_bytes();
+    let (status, body) = send(http, management, http::Method::GET, path, None).await?;
     if !status.is_success() {
         return Err(BrokerError::Management(format!(
             "GET {path}: HTTP {status}"

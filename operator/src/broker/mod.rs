@@ -1,7 +1,8 @@
 //! The broker, for the Queue controller and the autoscaler alike: how to reach a Queue's
 //! RabbitMQ ([`endpoint`]), the kept-open connections and the one HTTP client to it
 //! ([`Broker`]), the queue topology over AMQP ([`topology`], [`replay`]), the management
-//! API ([`management`]), and what a queue holds ([`readings`]).
+//! API ([`management`]) and the workloads' users through it ([`users`]), and what a queue
+//! holds ([`readings`]).
 //!
 //! This module knows nothing of the controllers or the autoscaler: both use it, it uses
 //! neither. URIs carry credentials: they are never logged and never put into error
@@ -13,12 +14,14 @@ pub mod pool;
 pub mod readings;
 pub mod replay;
 pub mod topology;
+pub mod users;
 
 pub use endpoint::Endpoint;
 pub use management::Management;
 pub use pool::Broker;
 pub use readings::{QueueCounts, Reading};
 pub use replay::{ReplayReport, ReplayRequest};
+pub use users::BrokerUser;
 
 use std::time::Duration;
 

@@ -12,6 +12,7 @@ use super::management::{self, HttpClient, Management};
 use super::readings::{self, QueueCounts, Reading};
 use super::replay::{self, ReplayReport, ReplayRequest};
 use super::topology;
+use super::users::{self, BrokerUser};
 use super::BrokerError;
 use crate::build::queue::ArgValue;
 use lapin::Connection;
@@ -200,6 +201,24 @@ impl Broker {
         queue: &str,
     ) -> Result<serde_json::Value, BrokerError> {
         management::queue_info(&self.http, management, queue).await
+    }
+
+    /// [`users::ensure`] through the management API.
+    pub async fn ensure_user(
+        &self,
+        management: &Management,
+        user: &BrokerUser<'_>,
+    ) -> Result<(), BrokerError> {
+        users::ensure(&self.http, management, user).await
+    }
+
+    /// [`users::delete`] through the management API.
+    pub async fn delete_user(
+        &self,
+        management: &Management,
+        name: &str,
+    ) -> Result<(), BrokerError> {
+        users::delete(&self.http, management, name).await
     }
 
     /// [`management::running_nodes`] through the management API.

@@ -6,6 +6,7 @@ use super::pod::{
     config_and_secret_volumes, deployment, http_probe, resources, validate_resources, CONFIG_DIR,
     GATEWAY_RESOURCES,
 };
+use super::queue::access::mountable;
 use super::sink::secret_file;
 use super::worker::ResolvedQueue;
 use super::{child_meta, config_hash, name_and_namespace, selector_labels, BuildError, SecretData};
@@ -168,7 +169,7 @@ fn broker_secret(
         let queue = inputs.queues.get(&route.queue).ok_or_else(|| {
             BuildError::Invalid(format!("Queue {:?} is not resolved", route.queue))
         })?;
-        uris.insert(queue.uri.clone());
+        uris.insert(mountable(&queue.uri, queue.credentials)?.clone());
     }
     match uris.len() {
         1 => uris

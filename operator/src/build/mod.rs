@@ -37,6 +37,12 @@ pub enum BuildError {
     /// The spec cannot be turned into children.
     #[error("{0}")]
     Invalid(String),
+    /// A workload's pods would mount a managed broker's administrator credentials (its own
+    /// broker user is not set up): never rendered.
+    #[error(
+        "Secret {0:?} holds a managed broker's administrator credentials, which no workload mounts"
+    )]
+    AdministratorSecret(String),
 }
 
 /// Default RabbitMQ image of managed brokers (`--rabbitmq-image`).

@@ -236,6 +236,8 @@ pub struct ResolvedTarget {
     pub broker_queue: String,
     /// Secret key with the target broker's URI.
     pub uri: SecretKeyRef,
+    /// Whose credentials `uri` holds (a managed broker's administrator's is never mounted).
+    pub credentials: crate::build::queue::access::BrokerCredentials,
 }
 
 fn batch(batch: &Option<Batch>) -> Result<Option<BatchConfig>, BuildError> {
@@ -291,7 +293,11 @@ pub fn to_config(
             })?;
             SinkConfig::Republish(RepublishSinkConfig {
                 name,
-                uri_file: Some(secret_file(&target.uri.name, &target.uri.key)),
+                uri_file: Some({
+                    let uri =
+                        crate::build::queue::access::mountable(&target.uri, target.credentials)?;
+                    secret_file(&uri.name, &uri.key)
+                }),
                 exchange: String::new(),
                 routing_key: target.broker_queue.clone(),
                 batch: batch_of(&q.batch)?,
@@ -483,9 +489,10 @@ mod tests {
         let target = ResolvedTarget {
             broker_queue: "factory.alerts".into(),
             uri: SecretKeyRef {
-                name: "alerts-rabbitmq-credentials".into(),
+                name: "ingest-worker-amqp-alerts".into(),
                 key: "uri".into(),
             },
+            credentials: crate::build::queue::access::BrokerCredentials::Workload,
         };
         let SinkConfig::Republish(config) =
             to_config(&sink, Some(&target), &defaults).expect("renders")

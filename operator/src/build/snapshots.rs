@@ -6,11 +6,13 @@
 //! review the diff.
 
 use super::fixtures::load;
+use super::queue::access::BrokerCredentials;
 use super::queue::{validate, BrokerPlan, Credentials};
 use super::sink::ResolvedTarget;
 use super::worker::{ResolvedQueue, WorkerInputs};
 use super::{gateway, monitoring, queue, worker, SecretData};
 use crate::crd::{Gateway, Queue, SecretKeyRef, Sink, Worker};
+use kube::ResourceExt;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -97,17 +99,26 @@ fn managed_broker_children_render_as_committed() {
     }
 }
 
-fn queue_uri() -> SecretKeyRef {
+/// The workload's own user Secret on the managed broker of `queue` (the controllers put it
+/// in place of the broker's administrator Secret, which no workload mounts).
+fn user_uri(child: &str, queue: &str) -> SecretKeyRef {
     SecretKeyRef {
-        name: "telemetry-rabbitmq-credentials".into(),
+        name: queue::access::secret_name(child, queue),
         key: "uri".into(),
     }
 }
 
-fn gateway_inputs() -> gateway::GatewayInputs {
+/// Whether a rendered Deployment mounts a managed broker's administrator Secret.
+fn mounts_administrator_secret(deployment: &k8s_openapi::api::apps::v1::Deployment) -> bool {
+    let text = serde_yaml::to_string(deployment).expect("serializes");
+    text.contains("-rabbitmq-credentials")
+}
+
+fn gateway_inputs(child: &str) -> gateway::GatewayInputs {
     let queue = ResolvedQueue {
         broker_queue: "factory.telemetry".into(),
-        uri: queue_uri(),
+        uri: user_uri(child, "telemetry"),
+        credentials: BrokerCredentials::Workload,
         dead_letter_queue: None,
         delivery_limit: None,
     };
@@ -164,12 +175,27 @@ fn gateway_children_render_as_committed() {
     let fixture: Gateway = load("gateway.yaml");
     let full: Gateway = parse(GATEWAY_FULL);
     for (name, gateway) in [("gateway", fixture), ("gateway-full", full)] {
-        let children = gateway::build(&gateway, &gateway_inputs()).expect("builds");
+        let child = gateway::child_name(&gateway.name_any());
+        let children = gateway::build(&gateway, &gateway_inputs(&child)).expect("builds");
+        assert!(!mounts_administrator_secret(&children.deployment), "{name}");
         assert_snapshot(&format!("{name}.configmap"), &children.config_map);
         assert_snapshot(&format!("{name}.deployment"), &children.deployment);
         assert_snapshot(&format!("{name}.service"), &children.service);
         assert_snapshot(&format!("{name}.pdb"), &children.pdb);
         assert_snapshot(&format!("{name}.networkpolicy"), &children.network_policy);
+        if name != "gateway" {
+            continue;
+        }
+        let user = queue::access::user_name("gateway", "factory", &gateway.name_any());
+        let secret = queue::access::user_secret(
+            &gateway,
+            &user_uri(&child, "telemetry").name,
+            "telemetry",
+            &user,
+            "generated-password",
+        )
+        .expect("builds");
+        assert_snapshot(&format!("{name}.broker-user"), &secret);
     }
 }
 
@@ -212,14 +238,15 @@ spec:
     urlSecretRef: {name: redis, key: url}
 "#;
 
-fn all_sinks() -> Vec<(Sink, Option<ResolvedTarget>)> {
+fn all_sinks(child: &str) -> Vec<(Sink, Option<ResolvedTarget>)> {
     let mut sinks: Vec<(Sink, Option<ResolvedTarget>)> = vec![
         (load("sink-postgres.yaml"), None),
         (
             load("sink-queue.yaml"),
             Some(ResolvedTarget {
                 broker_queue: "factory.alerts".into(),
-                uri: queue_uri(),
+                uri: user_uri(child, "alerts"),
+                credentials: BrokerCredentials::Workload,
             }),
         ),
     ];
@@ -229,15 +256,16 @@ fn all_sinks() -> Vec<(Sink, Option<ResolvedTarget>)> {
     sinks
 }
 
-fn worker_inputs(set_replicas: bool) -> WorkerInputs {
+fn worker_inputs(child: &str, set_replicas: bool) -> WorkerInputs {
     WorkerInputs {
         queue: ResolvedQueue {
             broker_queue: "factory.telemetry".into(),
-            uri: queue_uri(),
+            uri: user_uri(child, "telemetry"),
+            credentials: BrokerCredentials::Workload,
             dead_letter_queue: Some("factory.telemetry.dlq".into()),
             delivery_limit: Some(5),
         },
-        sinks: all_sinks(),
+        sinks: all_sinks(child),
         secrets: SecretData::from([(
             "pg".into(),
             BTreeMap::from([("url".into(), b"postgres://x".to_vec())]),
@@ -255,7 +283,10 @@ fn worker_children_render_as_committed() {
         ("worker-container", false),
     ] {
         let worker: Worker = load(&format!("{file}.yaml"));
-        let children = worker::build(&worker, &worker_inputs(set_replicas)).expect("builds");
+        let child = worker::child_name(&worker.name_any());
+        let children =
+            worker::build(&worker, &worker_inputs(&child, set_replicas)).expect("builds");
+        assert!(!mounts_administrator_secret(&children.deployment), "{file}");
         let name = format!("{file}{}", if set_replicas { "" } else { "-autoscaled" });
         assert_snapshot(&format!("{name}.configmap"), &children.config_map);
         assert_snapshot(&format!("{name}.deployment"), &children.deployment);

@@ -6,6 +6,7 @@ use super::pod::{
     config_and_secret_volumes, deployment, http_probe, resources, validate_resources, CONFIG_DIR,
     PROCESSOR_RESOURCES, WORKER_RESOURCES,
 };
+use super::queue::access::{mountable, BrokerCredentials};
 use super::sink::{self as sink_build, ResolvedTarget, SinkKind};
 use super::{
     check_cel, child_meta, config_hash, name_and_namespace, selector_labels, BuildError, SecretData,
@@ -34,6 +35,9 @@ pub struct ResolvedQueue {
     pub broker_queue: String,
     /// Secret key with the broker's AMQP URI.
     pub uri: SecretKeyRef,
+    /// Whose credentials `uri` holds: a managed broker's administrator Secret is never
+    /// mounted (the Worker and Gateway controllers put the workload's own user there).
+    pub credentials: BrokerCredentials,
     /// Dead-letter queue on the broker, when the Queue has one.
     pub dead_letter_queue: Option<String>,
     /// Deliveries after which the worker itself dead-letters a message that keeps coming
@@ -200,7 +204,10 @@ pub fn render_config(worker: &Worker, inputs: &WorkerInputs) -> Result<WorkerCon
     Ok(WorkerConfig {
         queue: QueueConfig {
             delivery_limit: inputs.queue.delivery_limit,
-            uri_file: sink_build::secret_file(&inputs.queue.uri.name, &inputs.queue.uri.key),
+            uri_file: {
+                let uri = mountable(&inputs.queue.uri, inputs.queue.credentials)?;
+                sink_build::secret_file(&uri.name, &uri.key)
+            },
             name: inputs.queue.broker_queue.clone(),
             prefetch: prefetch(spec.prefetch, &sinks)?,
             concurrency: u32::try_from(spec.concurrency)
@@ -232,17 +239,24 @@ pub fn render_config(worker: &Worker, inputs: &WorkerInputs) -> Result<WorkerCon
     })
 }
 
-/// Every Secret (by name) the worker pod mounts: the queue's and the sinks'.
+/// Every Secret (by name) the worker pod mounts: the queue's and the sinks' (never a
+/// managed broker's administrator Secret).
 pub fn mounted_secrets(inputs: &WorkerInputs) -> BTreeSet<String> {
-    let mut names = BTreeSet::from([inputs.queue.uri.name.clone()]);
+    let mut names = BTreeSet::new();
+    if let Ok(uri) = mountable(&inputs.queue.uri, inputs.queue.credentials) {
+        names.insert(uri.name.clone());
+    }
     for (sink, target) in &inputs.sinks {
         names.extend(
             sink_build::referenced_secrets(sink)
                 .into_iter()
                 .map(|r| r.name),
         );
-        if let Some(target) = target {
-            names.insert(target.uri.name.clone());
+        if let Some(uri) = target
+            .as_ref()
+            .and_then(|t| mountable(&t.uri, t.credentials).ok())
+        {
+            names.insert(uri.name.clone());
         }
     }
     names

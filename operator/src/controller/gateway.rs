@@ -3,16 +3,16 @@
 //! PodDisruptionBudget.
 
 use super::{
-    apply, checked, patch_status, ready_condition, resolve_queue, resolve_secrets, skip_deleted,
-    Context, Error, Outcome, Step, PROGRESS_POLL,
+    apply, being_deleted, broker_user, checked, patch_status, ready_condition, resolve_queue,
+    resolve_secrets, Context, Error, Outcome, Step, PROGRESS_POLL,
 };
 use crate::build::gateway::{self as build, GatewayChildren, GatewayInputs};
-use crate::build::Images;
+use crate::build::queue::access::{self, BrokerCredentials};
 use crate::conditions::reason;
 use crate::crd::{Gateway, GatewayStatus};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::controller::Action;
-use kube::{Client, ResourceExt};
+use kube::ResourceExt;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tracing::Instrument;
@@ -20,8 +20,9 @@ use tracing::Instrument;
 /// One reconcile of a Gateway.
 pub async fn reconcile(gateway: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile("Gateway");
-    if let Some(action) = skip_deleted(gateway.as_ref()) {
-        return Ok(action);
+    if being_deleted(&gateway.metadata) {
+        // Children go with it through garbage collection; its broker users are removed.
+        return broker_user::finalize(&ctx, gateway.as_ref()).await;
     }
     let span = tracing::info_span!("reconcile", kind = "Gateway", name = %gateway.name_any(), namespace = ?gateway.namespace());
     let current = gateway.status.clone().unwrap_or_default();
@@ -44,7 +45,7 @@ pub async fn reconcile(gateway: Arc<Gateway>, ctx: Arc<Context>) -> Result<Actio
     Ok(outcome.action)
 }
 
-/// The steps after [`skip_deleted`]: validate → dereference → build → apply → status. A step
+/// The steps of a Gateway not being deleted: validate → dereference → build → apply → status. A step
 /// that cannot go on ends the reconcile with its outcome (a condition) instead.
 async fn steps(
     gateway: &Gateway,
@@ -54,7 +55,7 @@ async fn steps(
     if let Err(outcome) = checked(build::validate(gateway))? {
         return Ok(outcome);
     }
-    let inputs = match dereference(&ctx.client, gateway, &ctx.images).await? {
+    let inputs = match dereference(ctx, gateway).await? {
         Ok(inputs) => inputs,
         Err(outcome) => return Ok(outcome),
     };
@@ -67,9 +68,11 @@ async fn steps(
     Ok(report(gateway, &deployment, status))
 }
 
-/// Dereferences the Queues the routes name (each once) and every Secret the gateway
-/// mounts: its own and the Queues' connection Secrets.
-async fn dereference(client: &Client, gateway: &Gateway, images: &Images) -> Step<GatewayInputs> {
+/// Dereferences the Queues the routes name (each once), the gateway's own user on each
+/// managed broker (ensured there: it may only publish), and every Secret the gateway
+/// mounts: its own and the Queues' connection Secrets (its user's on a managed broker).
+async fn dereference(ctx: &Context, gateway: &Gateway) -> Step<GatewayInputs> {
+    let client = &ctx.client;
     let namespace = gateway.namespace().unwrap_or_default();
     let mut queues = BTreeMap::new();
     for route in &gateway.spec.routes {
@@ -83,8 +86,25 @@ async fn dereference(client: &Client, gateway: &Gateway, images: &Images) -> Ste
             Err(outcome) => return Ok(Err(outcome)),
         }
     }
+    let grants: broker_user::Grants = queues
+        .iter()
+        .filter(|(_, q)| q.credentials == BrokerCredentials::Administrator)
+        .map(|(name, _)| (name.clone(), access::gateway_permissions()))
+        .collect();
+    let users = match broker_user::ensure(ctx, gateway, &grants).await? {
+        Ok(users) => users,
+        Err(outcome) => return Ok(Err(outcome)),
+    };
+    for (name, queue) in &mut queues {
+        broker_user::substitute(&mut queue.uri, &mut queue.credentials, users.get(name));
+    }
     let mut names = build::referenced_secrets(gateway);
-    names.extend(queues.values().map(|q| q.uri.name.clone()));
+    names.extend(
+        queues
+            .values()
+            .filter_map(|q| access::mountable(&q.uri, q.credentials).ok())
+            .map(|uri| uri.name.clone()),
+    );
     let secrets = match resolve_secrets(client, &namespace, names).await? {
         Ok(secrets) => secrets,
         Err(outcome) => return Ok(Err(outcome)),
@@ -92,7 +112,7 @@ async fn dereference(client: &Client, gateway: &Gateway, images: &Images) -> Ste
     Ok(Ok(GatewayInputs {
         queues,
         secrets,
-        image: images.gateway.clone(),
+        image: ctx.images.gateway.clone(),
     }))
 }
 
@@ -229,6 +249,83 @@ mod tests {
         assert_eq!(
             condition["message"],
             "spec.routes must name at least one Queue"
+        );
+    }
+
+    /// A Ready Queue `telemetry` on a managed broker: its connection Secret is the broker's
+    /// administrator's.
+    fn managed_queue() -> Value {
+        let mut queue = ready_queue("telemetry");
+        queue["status"]["brokerMode"] = json!("managed");
+        queue["status"]["connectionSecretRef"]["name"] = json!("telemetry-rabbitmq-credentials");
+        queue
+    }
+
+    #[tokio::test]
+    async fn a_gateway_on_a_managed_broker_waits_for_its_own_broker_user_and_mounts_nothing() {
+        let gateway = gateway();
+        let (client, server) = mocked();
+        let mut scenario = vec![
+            Exchange::get(&tributary("queues", "telemetry")).reply(managed_queue()),
+            // The finalizer comes before the user, so a deletion always removes it.
+            Exchange::merge(&tributary("gateways", "line-1"))
+                .with("/metadata/finalizers", json!([broker_user::FINALIZER]))
+                .reply(object(&gateway)),
+            Exchange::get(&path("v1", "factory", "services", "telemetry-rabbitmq"))
+                .reply(json!({ "spec": {} })),
+        ];
+        scenario.extend(reported(&gateway, reason::BROKER_UNAVAILABLE));
+        let scenario = server.run(scenario);
+        let action = reconcile(Arc::new(gateway), context(client)).await;
+        assert_eq!(
+            action.expect("reconciles"),
+            Action::requeue(crate::controller::RETRY)
+        );
+        let bodies = scenario.done().await;
+        let condition = &bodies.last().expect("status written")["status"]["conditions"][0];
+        assert_eq!(
+            condition["message"],
+            "the managed broker of Queue \"telemetry\" has no address yet"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_deleted_gateway_whose_broker_is_gone_is_released_with_an_event() {
+        let mut gateway = deleted(&gateway());
+        gateway.metadata.finalizers = Some(vec![broker_user::FINALIZER.to_owned()]);
+        let user_secret = json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": "line-1-gateway-amqp-telemetry",
+                "namespace": "factory",
+                "annotations": { "tributary.dev/broker-queue": "telemetry" },
+            },
+        });
+        let (client, server) = mocked();
+        let scenario = server.run(vec![
+            Exchange::get("/api/v1/namespaces/factory").reply(json!({
+                "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "factory" },
+            })),
+            Exchange::get("/api/v1/namespaces/factory/secrets").reply(json!({
+                "apiVersion": "v1", "kind": "SecretList", "metadata": {}, "items": [user_secret],
+            })),
+            Exchange::get(&path("v1", "factory", "services", "telemetry-rabbitmq")).not_found(),
+            Exchange::post(&events("factory"))
+                .with("/reason", json!(crate::conditions::event::BROKER_USER_LEFT)),
+            Exchange::merge(&tributary("gateways", "line-1"))
+                .with("/metadata/finalizers", json!([]))
+                .reply(object(&gateway)),
+        ]);
+        let action = reconcile(Arc::new(gateway), context(client)).await;
+        assert_eq!(action.expect("released"), Action::await_change());
+        let bodies = scenario.done().await;
+        assert!(
+            bodies[3]["note"].as_str().is_some_and(
+                |note| note.contains("gateway.factory.line-1") && note.contains("gone")
+            ),
+            "{}",
+            bodies[3]
         );
     }
 

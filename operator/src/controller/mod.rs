@@ -4,6 +4,7 @@
 
 use crate::broker::endpoint::secret_data;
 use crate::broker::Broker;
+use crate::build::queue::access::BrokerCredentials;
 use crate::build::{BuildError, Images, FIELD_MANAGER};
 use crate::conditions::{self, Desired};
 use crate::crd::Condition;
@@ -20,6 +21,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod broker_user;
 pub mod gateway;
 pub mod malformed;
 #[cfg(test)]
@@ -295,6 +297,12 @@ pub async fn resolve_queue(
     };
     let delivery_limit = crate::build::queue::worker_delivery_limit(&queue);
     let status = queue.status.unwrap_or_default();
+    // A managed broker's connection Secret is its administrator's: the Gateway and Worker
+    // controllers put the workload's own user in its place.
+    let credentials = match status.broker_mode.as_deref() {
+        Some("managed") => BrokerCredentials::Administrator,
+        _ => BrokerCredentials::Supplied,
+    };
     match (
         conditions::is_ready(&status.conditions),
         status.queue_name,
@@ -303,6 +311,7 @@ pub async fn resolve_queue(
         (true, Some(broker_queue), Some(uri)) => Ok(Ok(crate::build::worker::ResolvedQueue {
             broker_queue,
             uri,
+            credentials,
             dead_letter_queue: status.dead_letter_queue_name,
             delivery_limit,
         })),

@@ -2,12 +2,12 @@
 //! worker config, applies the ConfigMap and Deployment, and reports replicas.
 
 use super::{
-    apply, checked, patch_status, ready_condition, resolve_queue, resolve_secrets, skip_deleted,
-    Context, Error, Outcome, Step, PROGRESS_POLL, RESYNC,
+    apply, being_deleted, broker_user, checked, patch_status, ready_condition, resolve_queue,
+    resolve_secrets, Context, Error, Outcome, Step, PROGRESS_POLL, RESYNC,
 };
+use crate::build::queue::access::{self, BrokerCredentials};
 use crate::build::sink::{self as sink_build, ResolvedTarget};
 use crate::build::worker::{self as build, ResolvedQueue, WorkerChildren, WorkerInputs};
-use crate::build::Images;
 use crate::conditions::{self, reason};
 use crate::crd::{Condition, Sink, Worker, WorkerStatus};
 use crate::scaling as autoscaler;
@@ -20,8 +20,9 @@ use tracing::Instrument;
 /// One reconcile of a Worker.
 pub async fn reconcile(worker: Arc<Worker>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile("Worker");
-    if let Some(action) = skip_deleted(worker.as_ref()) {
-        return Ok(action);
+    if being_deleted(&worker.metadata) {
+        // Children go with it through garbage collection; its broker users are removed.
+        return broker_user::finalize(&ctx, worker.as_ref()).await;
     }
     let span = tracing::info_span!("reconcile", kind = "Worker", name = %worker.name_any(), namespace = ?worker.namespace());
     let current = worker.status.clone().unwrap_or_default();
@@ -55,7 +56,7 @@ fn own_conditions(conditions: Vec<Condition>) -> Vec<Condition> {
         .collect()
 }
 
-/// The steps after [`skip_deleted`]: validate → dereference → build → apply → status. A step
+/// The steps of a Worker not being deleted: validate → dereference → build → apply → status. A step
 /// that cannot go on ends the reconcile with its outcome (a condition) instead.
 async fn steps(
     worker: &Worker,
@@ -66,7 +67,7 @@ async fn steps(
         return Ok(outcome);
     }
     status.selector = Some(build::selector_string(worker)?);
-    let inputs = match dereference(&ctx.client, worker, &ctx.images).await? {
+    let inputs = match dereference(ctx, worker).await? {
         Ok(inputs) => inputs,
         Err(outcome) => return Ok(outcome),
     };
@@ -78,24 +79,39 @@ async fn steps(
     Ok(report(&deployment, status))
 }
 
-/// Dereferences the Queue, then each Sink (Ready), then every Secret they need, and who
-/// sets the Deployment's replica count.
-async fn dereference(client: &Client, worker: &Worker, images: &Images) -> Step<WorkerInputs> {
+/// Dereferences the Queue, then each Sink (Ready), the worker's own user on each managed
+/// broker (ensured there), then every Secret they need, and who sets the Deployment's
+/// replica count.
+async fn dereference(ctx: &Context, worker: &Worker) -> Step<WorkerInputs> {
+    let client = &ctx.client;
     let namespace = worker.namespace().unwrap_or_default();
     let queue = match resolve_queue(client, &namespace, &worker.spec.queue).await? {
         Ok(queue) => queue,
         Err(outcome) => return Ok(Err(outcome)),
     };
-    let sinks = match dereference_sinks(client, &namespace, &worker.spec.sinks).await? {
+    let mut sinks = match dereference_sinks(client, &namespace, &worker.spec.sinks).await? {
         Ok(sinks) => sinks,
         Err(outcome) => return Ok(Err(outcome)),
     };
+    let grants = grants(worker, &queue, &sinks);
+    let users = match broker_user::ensure(ctx, worker, &grants).await? {
+        Ok(users) => users,
+        Err(outcome) => return Ok(Err(outcome)),
+    };
+    let mut queue = queue;
+    let own = users.get(&worker.spec.queue);
+    broker_user::substitute(&mut queue.uri, &mut queue.credentials, own);
+    for (sink, target) in &mut sinks {
+        if let (Some(target), Some(name)) = (target.as_mut(), sink_build::target_queue(sink)) {
+            broker_user::substitute(&mut target.uri, &mut target.credentials, users.get(name));
+        }
+    }
     let handed_over = replicas_handed_over(client, worker).await?;
     let mut inputs = WorkerInputs {
         queue,
         sinks,
         secrets: Default::default(),
-        image: images.worker.clone(),
+        image: ctx.images.worker.clone(),
         set_replicas: !(worker.spec.scaling.enabled && handed_over),
     };
     let names = build::mounted_secrets(&inputs);
@@ -136,14 +152,46 @@ async fn dereference_sinks(
             None => None,
             Some(target) => match resolve_queue(client, namespace, target).await? {
                 Ok(ResolvedQueue {
-                    broker_queue, uri, ..
-                }) => Some(ResolvedTarget { broker_queue, uri }),
+                    broker_queue,
+                    uri,
+                    credentials,
+                    ..
+                }) => Some(ResolvedTarget {
+                    broker_queue,
+                    uri,
+                    credentials,
+                }),
                 Err(outcome) => return Ok(Err(outcome)),
             },
         };
         sinks.push((sink, target));
     }
     Ok(Ok(sinks))
+}
+
+/// What the worker needs on each managed broker (by Queue name): read its queue and publish
+/// (dead letters, redelivery counting) on its Queue's; publish on a `queue` sink's target's.
+fn grants(
+    worker: &Worker,
+    queue: &ResolvedQueue,
+    sinks: &[(Sink, Option<ResolvedTarget>)],
+) -> broker_user::Grants {
+    let mut grants = broker_user::Grants::new();
+    for (sink, target) in sinks {
+        if let (Some(target), Some(name)) = (target, sink_build::target_queue(sink)) {
+            if target.credentials == BrokerCredentials::Administrator {
+                grants.insert(name.to_owned(), access::worker_permissions(&[]));
+            }
+        }
+    }
+    if queue.credentials == BrokerCredentials::Administrator {
+        // Its own Queue last: a sink republishing to it adds nothing to reading it.
+        grants.insert(
+            worker.spec.queue.clone(),
+            access::worker_permissions(&[queue.broker_queue.as_str()]),
+        );
+    }
+    grants
 }
 
 /// Whether the autoscaler has taken the Deployment's replica count over. An autoscaled

@@ -1,14 +1,16 @@
 use super::*;
 use crate::build::fixtures::load;
+use crate::build::queue::access::BrokerCredentials;
 use crate::crd::SecretKeyRef;
 
 fn inputs() -> GatewayInputs {
     let queue = ResolvedQueue {
         broker_queue: "factory.telemetry".into(),
         uri: SecretKeyRef {
-            name: "telemetry-rabbitmq-credentials".into(),
+            name: "line-1-gateway-amqp-telemetry".into(),
             key: "uri".into(),
         },
+        credentials: BrokerCredentials::Workload,
         dead_letter_queue: None,
         delivery_limit: None,
     };
@@ -51,7 +53,7 @@ fn gateway_config_renders_listeners_auth_routes_and_broker_file() {
     assert_eq!(config.routes[0].queue, "factory.telemetry");
     assert_eq!(
         config.broker.uri_file.to_str(),
-        Some("/etc/tributary/secrets/telemetry-rabbitmq-credentials/uri")
+        Some("/etc/tributary/secrets/line-1-gateway-amqp-telemetry/uri")
     );
     assert_eq!(config.delivery, contract::DeliveryMode::Confirmed);
 }
@@ -85,7 +87,7 @@ fn gateway_builds_deployment_service_pdb_and_config() {
         .collect();
     assert_eq!(
         mounted,
-        vec!["devices", "jwt-keys", "telemetry-rabbitmq-credentials"]
+        vec!["devices", "jwt-keys", "line-1-gateway-amqp-telemetry"]
     );
 }
 
@@ -191,5 +193,31 @@ fn gateway_pods_get_default_resources_and_the_spec_overrides_them_key_by_key() {
     assert!(
         error.to_string().contains("spec.resources.requests.memory"),
         "{error}"
+    );
+}
+
+#[test]
+fn a_gateway_never_mounts_a_managed_brokers_administrator_secret() {
+    let gateway: Gateway = load("gateway.yaml");
+    let mut with_admin = inputs();
+    for queue in with_admin.queues.values_mut() {
+        queue.uri.name = "telemetry-rabbitmq-credentials".into();
+        queue.credentials = BrokerCredentials::Administrator;
+    }
+    let error = build(&gateway, &with_admin).expect_err("refused");
+    assert!(
+        matches!(&error, BuildError::AdministratorSecret(name) if name == "telemetry-rabbitmq-credentials"),
+        "{error}"
+    );
+    // An external broker's Secret (the user's own credentials) is mounted as given.
+    let mut supplied = inputs();
+    for queue in supplied.queues.values_mut() {
+        queue.uri.name = "shared-rabbit".into();
+        queue.credentials = BrokerCredentials::Supplied;
+    }
+    let config = render_config(&gateway, &supplied).expect("renders");
+    assert_eq!(
+        config.broker.uri_file.to_str(),
+        Some("/etc/tributary/secrets/shared-rabbit/uri")
     );
 }

@@ -68,6 +68,7 @@ fn gateway_pod_monitor_port_is_a_container_port_of_the_gateway() {
             name: "creds".into(),
             key: "uri".into(),
         },
+        credentials: Default::default(),
         dead_letter_queue: None,
         delivery_limit: None,
     };

@@ -112,7 +112,7 @@ fn credentials_secret(
     namespace: &str,
     credentials: &Credentials,
 ) -> Result<Secret, BuildError> {
-    let host = format!("{}.{namespace}.svc", names.broker);
+    let host = names.host(namespace);
     let user = &credentials.username;
     let password = &credentials.password;
     let data = BTreeMap::from([

@@ -283,6 +283,11 @@ impl ManagedNames {
             config: format!("{queue}-rabbitmq-config"),
         }
     }
+
+    /// The broker's DNS name inside the cluster (its client Service in `namespace`).
+    pub fn host(&self, namespace: &str) -> String {
+        format!("{}.{namespace}.svc", self.broker)
+    }
 }
 
 /// The Secret key Gateways and Workers read the AMQP URI from.
@@ -297,6 +302,7 @@ pub fn connection_secret_ref(queue: &Queue, plan: &BrokerPlan) -> Result<SecretK
     })
 }
 
+pub mod access;
 pub mod managed;
 pub mod network_policy;
 

@@ -1,14 +1,16 @@
 use super::*;
 use crate::build::fixtures::load;
+use crate::build::queue::access::BrokerCredentials;
 
 fn inputs() -> WorkerInputs {
     WorkerInputs {
         queue: ResolvedQueue {
             broker_queue: "factory.telemetry".into(),
             uri: SecretKeyRef {
-                name: "telemetry-rabbitmq-credentials".into(),
+                name: "ingest-worker-amqp-telemetry".into(),
                 key: "uri".into(),
             },
+            credentials: BrokerCredentials::Workload,
             dead_letter_queue: Some("factory.telemetry.dlq".into()),
             delivery_limit: None,
         },
@@ -29,7 +31,7 @@ fn pipeline_worker_renders_config_with_queue_sinks_and_steps() {
     assert_eq!(config.queue.name, "factory.telemetry");
     assert_eq!(
         config.queue.uri_file.to_str(),
-        Some("/etc/tributary/secrets/telemetry-rabbitmq-credentials/uri")
+        Some("/etc/tributary/secrets/ingest-worker-amqp-telemetry/uri")
     );
     assert_eq!(
         config.dead_letter.map(|d| d.routing_key).as_deref(),
@@ -124,7 +126,7 @@ fn worker_deployment_mounts_queue_and_sink_secrets_and_passes_restricted() {
         .flatten()
         .map(|m| m.mount_path.as_str())
         .collect();
-    assert!(mounts.contains(&"/etc/tributary/secrets/telemetry-rabbitmq-credentials"));
+    assert!(mounts.contains(&"/etc/tributary/secrets/ingest-worker-amqp-telemetry"));
     assert!(mounts.contains(&"/etc/tributary/secrets/pg"));
     assert!(mounts.contains(&"/etc/tributary/config"));
     let text = &children.config_map.data.expect("data")[CONFIG_KEY];
@@ -217,4 +219,33 @@ fn replicas_are_clamped_to_the_scaling_bounds() {
         selector_string(&worker).expect("selector"),
         "app.kubernetes.io/instance=ingest,app.kubernetes.io/name=worker"
     );
+}
+
+#[test]
+fn a_worker_never_mounts_a_managed_brokers_administrator_secret() {
+    let worker: Worker = load("worker-pipeline.yaml");
+    let mut with_admin = inputs();
+    with_admin.queue.uri.name = "telemetry-rabbitmq-credentials".into();
+    with_admin.queue.credentials = BrokerCredentials::Administrator;
+    assert!(!mounted_secrets(&with_admin).contains("telemetry-rabbitmq-credentials"));
+    let error = build(&worker, &with_admin).expect_err("refused");
+    assert!(
+        matches!(&error, BuildError::AdministratorSecret(name) if name == "telemetry-rabbitmq-credentials"),
+        "{error}"
+    );
+    // Nor a `queue` sink's target broker's administrator Secret.
+    let mut target_admin = inputs();
+    target_admin.sinks = vec![(
+        load("sink-queue.yaml"),
+        Some(crate::build::sink::ResolvedTarget {
+            broker_queue: "factory.alerts".into(),
+            uri: SecretKeyRef {
+                name: "alerts-rabbitmq-credentials".into(),
+                key: "uri".into(),
+            },
+            credentials: BrokerCredentials::Administrator,
+        }),
+    )];
+    assert!(!mounted_secrets(&target_admin).contains("alerts-rabbitmq-credentials"));
+    assert!(build(&worker, &target_admin).is_err());
 }
