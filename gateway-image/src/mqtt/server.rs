@@ -1,18 +1,32 @@
 //! MQTT listeners (plain and TLS): accept connections until draining, one task each.
+//!
+//! With the PROXY protocol on, a connection's header is read first; it and the TLS
+//! handshake must be done within `limits.connectTimeoutSeconds`, then CONNECT gets its own
+//! deadline.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use super::session;
+use crate::handshake::{accept_tls, client_address};
 use crate::ingest::Gateway;
-use crate::tls::device_from_certificate;
+use crate::metrics::ProtocolLabel;
 
-/// Accepts plain MQTT connections until the gateway drains.
-pub async fn serve_plain(gateway: Arc<Gateway>, listener: TcpListener, tracker: TaskTracker) {
+/// Accepts connections until the gateway drains, spawning `serve` on each.
+async fn accept_loop<F, Fut>(
+    gateway: &Gateway,
+    listener: TcpListener,
+    tracker: TaskTracker,
+    mut serve: F,
+) where
+    F: FnMut(TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -21,7 +35,7 @@ pub async fn serve_plain(gateway: Arc<Gateway>, listener: TcpListener, tracker: 
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                tracker.spawn(session::serve(Arc::clone(&gateway), stream, peer, None));
+                tracker.spawn(serve(stream, peer));
             }
             Err(error) => {
                 // Usually EMFILE: back off briefly instead of spinning.
@@ -32,50 +46,66 @@ pub async fn serve_plain(gateway: Arc<Gateway>, listener: TcpListener, tracker: 
     }
 }
 
+fn handshake_timeout(gateway: &Gateway) -> Duration {
+    Duration::from_secs(gateway.limits.connect_timeout_seconds.max(1))
+}
+
+/// Accepts plain MQTT connections until the gateway drains; with `proxy_protocol`, each
+/// starts with a PROXY v2 header naming the client.
+pub async fn serve_plain(
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    proxy_protocol: bool,
+    tracker: TaskTracker,
+) {
+    let shared = Arc::clone(&gateway);
+    accept_loop(&gateway, listener, tracker, move |mut stream, peer| {
+        let gateway = Arc::clone(&shared);
+        async move {
+            let timeout = handshake_timeout(&gateway);
+            let client =
+                tokio::time::timeout(timeout, client_address(&mut stream, peer, proxy_protocol));
+            if let Ok(Some(client)) = client.await {
+                session::serve(gateway, stream, client, None).await;
+            }
+        }
+    })
+    .await;
+}
+
 /// Accepts MQTT-over-TLS connections until the gateway drains. A verified client
 /// certificate authenticates the device; an untrusted one fails the handshake.
 pub async fn serve_tls(
     gateway: Arc<Gateway>,
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    proxy_protocol: bool,
     tracker: TaskTracker,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = gateway.draining.cancelled() => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(error) => {
-                tracing::warn!(error = %error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let gateway = Arc::clone(&gateway);
+    let shared = Arc::clone(&gateway);
+    accept_loop(&gateway, listener, tracker, move |mut stream, peer| {
+        let gateway = Arc::clone(&shared);
         let acceptor = acceptor.clone();
-        tracker.spawn(async move {
-            let timeout = Duration::from_secs(gateway.limits.connect_timeout_seconds.max(1));
-            let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => {
-                    gateway
-                        .metrics
-                        .auth_failure(crate::metrics::ProtocolLabel::Mqtt, "certificate");
-                    tracing::info!(peer = %peer, error = %error, "tls handshake failed");
-                    return;
-                }
-                Err(_) => return,
+        async move {
+            let timeout = handshake_timeout(&gateway);
+            let handshake = async {
+                let client = client_address(&mut stream, peer, proxy_protocol).await?;
+                let (stream, device) = accept_tls(
+                    &acceptor,
+                    stream,
+                    client,
+                    &gateway.metrics,
+                    ProtocolLabel::Mqtt,
+                )
+                .await?;
+                Some((stream, client, device))
             };
-            let device = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .and_then(device_from_certificate);
-            session::serve(gateway, stream, peer, device).await;
-        });
-    }
+            if let Ok(Some((stream, client, device))) =
+                tokio::time::timeout(timeout, handshake).await
+            {
+                session::serve(gateway, stream, client, device).await;
+            }
+        }
+    })
+    .await;
 }
