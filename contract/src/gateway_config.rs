@@ -10,6 +10,10 @@
 //! listeners:
 //!   mqtt: 0.0.0.0:1883
 //!   http: 0.0.0.0:8081
+//!   httpTls:
+//!     listen: 0.0.0.0:8443
+//!     certFile: /etc/tributary/secrets/tls/tls.crt
+//!     keyFile: /etc/tributary/secrets/tls/tls.key
 //! auth:
 //!   passwordFile: /etc/tributary/secrets/passwords
 //! broker:
@@ -88,6 +92,21 @@ pub struct Listeners {
     /// HTTP ingest: `POST /v1/publish/{topic}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<SocketAddr>,
+    /// HTTP ingest over TLS (HTTPS), usually port 8443: the same endpoint and bounds as
+    /// `http`, and its connections share `limits.maxHttpConnections` with it. With
+    /// `auth.clientCertificates`, a verified client certificate authenticates the device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_tls: Option<TlsListener>,
+    /// Every device listener (not the health listener) expects a PROXY protocol v2 header
+    /// first, as a load balancer configured for it sends; the source address in it is the
+    /// client's address for login throttling and logs. A connection without a valid header
+    /// is closed. Only enable it when every connection comes through such a load balancer.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub proxy_protocol: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !value
 }
 
 /// A TLS listener; certificate and key are PEM files (a mounted `kubernetes.io/tls` Secret).
@@ -281,18 +300,21 @@ pub struct Limits {
     /// Unacknowledged QoS 1 messages per MQTT connection (MQTT 5 "receive maximum").
     #[serde(default = "default_max_in_flight_per_connection")]
     pub max_in_flight_per_connection: u16,
-    /// Seconds a new connection has to send CONNECT and be authenticated (waiting for a
-    /// password check slot included).
+    /// Seconds a new MQTT connection has to send CONNECT and be authenticated (waiting for
+    /// a password check slot included). Its PROXY header and TLS handshake get this long
+    /// too, together, before the CONNECT deadline starts.
     #[serde(default = "default_connect_timeout_seconds")]
     pub connect_timeout_seconds: u64,
-    /// Most simultaneous connections to the HTTP ingest listener; further ones are closed
-    /// as soon as they are accepted.
+    /// Most simultaneous connections to the HTTP ingest listeners (`http` and `httpTls`
+    /// together, TLS handshakes and PROXY headers in progress included); further ones are
+    /// closed as soon as they are accepted.
     #[serde(default = "default_max_http_connections")]
     pub max_http_connections: usize,
     /// Seconds an HTTP connection has to send a complete request head (request line and
     /// headers), counted from accept or from the end of the previous response on a
     /// kept-alive connection; a connection that does not is closed. Also applies to the
-    /// health listener.
+    /// health listener. A new ingest connection's PROXY header and TLS handshake get this
+    /// long too, together, before its first head's deadline starts.
     #[serde(default = "default_http_header_timeout_seconds")]
     pub http_header_timeout_seconds: u64,
     /// Seconds an HTTP request body has to arrive, counted once its head was read; a body

@@ -13,14 +13,14 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tributary_contract::gateway_config::GatewayConfig;
+use tributary_contract::gateway_config::{GatewayConfig, TlsListener};
 
 use crate::auth::{AuthLoadError, Authenticator};
 use crate::broker::Broker;
 use crate::ingest::{Gateway, RateLimiter};
 use crate::metrics::Metrics;
 use crate::topics::{Permissions, Router, TopicError};
-use crate::{http, mqtt, tls};
+use crate::{handshake, http, mqtt, tls};
 use tributary_http_server::{self as http_listener, HEALTH_MAX_CONNECTIONS};
 
 /// Why the gateway could not start.
@@ -87,6 +87,8 @@ pub struct Bound {
     pub mqtt_tls: Option<SocketAddr>,
     /// HTTP ingest.
     pub http: Option<SocketAddr>,
+    /// HTTP ingest over TLS.
+    pub http_tls: Option<SocketAddr>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -118,13 +120,7 @@ pub async fn start(config: GatewayConfig) -> Result<Running, StartError> {
         Permissions::new(config.permissions.clone()).map_err(StartError::Permission)?;
     let router = Router::new(config.routes.clone()).map_err(StartError::Route)?;
     let auth = Arc::new(Authenticator::load(&config.auth)?);
-    let tls_config = match &config.listeners.mqtt_tls {
-        Some(listener) => Some(tls::server_config(
-            listener,
-            config.auth.client_certificates.as_ref(),
-        )?),
-        None => None,
-    };
+    let tls_configs = TlsConfigs::load(&config)?;
     let health_listener = bind(config.health_listen).await?;
     let broker_close = CancellationToken::new();
     let (broker, broker_task) = Broker::start(
@@ -154,6 +150,7 @@ pub async fn start(config: GatewayConfig) -> Result<Running, StartError> {
         mqtt: None,
         mqtt_tls: None,
         http: None,
+        http_tls: None,
     };
     let header_timeout = Duration::from_secs(config.limits.http_header_timeout_seconds.max(1));
     // Its own loop, cap and tasks: whatever the ingest listener suffers, probes get answers.
@@ -171,7 +168,7 @@ pub async fn start(config: GatewayConfig) -> Result<Running, StartError> {
     ));
     tracing::info!(addr = %bound.health, "health and metrics listening");
     let tracker = TaskTracker::new();
-    start_device_listeners(&config, &gateway, tls_config, &tracker, &mut bound).await?;
+    start_device_listeners(&config, &gateway, tls_configs, &tracker, &mut bound).await?;
     Ok(Running {
         bound,
         gateway,
@@ -182,51 +179,110 @@ pub async fn start(config: GatewayConfig) -> Result<Running, StartError> {
     })
 }
 
-/// Binds and serves the device listeners (MQTT, MQTT over TLS, HTTP ingest) the config
-/// names; their tasks join `tracker`, so the drain waits for them.
+/// The server TLS configurations of the TLS listeners the config names.
+struct TlsConfigs {
+    mqtt: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    http: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+}
+
+impl TlsConfigs {
+    fn load(config: &GatewayConfig) -> Result<Self, StartError> {
+        let client_auth = config.auth.client_certificates.as_ref();
+        let build = |listener: Option<&TlsListener>, alpn: &[u8]| {
+            listener
+                .map(|listener| tls::server_config(listener, client_auth, alpn))
+                .transpose()
+        };
+        Ok(Self {
+            mqtt: build(config.listeners.mqtt_tls.as_ref(), tls::ALPN_MQTT)?,
+            http: build(config.listeners.http_tls.as_ref(), tls::ALPN_HTTP1)?,
+        })
+    }
+}
+
+/// Binds and serves the device listeners (MQTT, MQTT over TLS, HTTP ingest, HTTPS ingest)
+/// the config names; their tasks join `tracker`, so the drain waits for them.
 async fn start_device_listeners(
+    config: &GatewayConfig,
+    gateway: &Arc<Gateway>,
+    tls_configs: TlsConfigs,
+    tracker: &TaskTracker,
+    bound: &mut Bound,
+) -> Result<(), StartError> {
+    let proxy_protocol = config.listeners.proxy_protocol;
+    let unauthenticated = mqtt::server::unauthenticated_places();
+    if let Some(addr) = config.listeners.mqtt {
+        let listener = bind(addr).await?;
+        bound.mqtt = Some(local(&listener, addr));
+        tracing::info!(addr = %local(&listener, addr), proxy_protocol, "mqtt listening");
+        tokio::spawn(mqtt::server::serve_plain(
+            Arc::clone(gateway),
+            listener,
+            proxy_protocol,
+            Arc::clone(&unauthenticated),
+            tracker.clone(),
+        ));
+    }
+    if let (Some(listener_config), Some(tls_config)) =
+        (&config.listeners.mqtt_tls, tls_configs.mqtt)
+    {
+        let addr = listener_config.listen;
+        let listener = bind(addr).await?;
+        bound.mqtt_tls = Some(local(&listener, addr));
+        tracing::info!(addr = %local(&listener, addr), proxy_protocol, "mqtt tls listening");
+        tokio::spawn(mqtt::server::serve_tls(
+            Arc::clone(gateway),
+            listener,
+            tokio_rustls::TlsAcceptor::from(tls_config),
+            proxy_protocol,
+            unauthenticated,
+            tracker.clone(),
+        ));
+    }
+    start_http_listeners(config, gateway, tls_configs.http, tracker, bound).await
+}
+
+/// The plain and TLS HTTP ingest listeners: one router, one connection cap for both.
+async fn start_http_listeners(
     config: &GatewayConfig,
     gateway: &Arc<Gateway>,
     tls_config: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     tracker: &TaskTracker,
     bound: &mut Bound,
 ) -> Result<(), StartError> {
-    let header_timeout = Duration::from_secs(config.limits.http_header_timeout_seconds.max(1));
-    let unauthenticated = mqtt::server::unauthenticated_places();
-    if let Some(addr) = config.listeners.mqtt {
-        let listener = bind(addr).await?;
-        bound.mqtt = Some(local(&listener, addr));
-        tracing::info!(addr = %local(&listener, addr), "mqtt listening");
-        tokio::spawn(mqtt::server::serve_plain(
-            Arc::clone(gateway),
-            listener,
-            Arc::clone(&unauthenticated),
-            tracker.clone(),
-        ));
-    }
-    if let (Some(listener_config), Some(tls_config)) = (&config.listeners.mqtt_tls, tls_config) {
-        let listener = bind(listener_config.listen).await?;
-        bound.mqtt_tls = Some(local(&listener, listener_config.listen));
-        tracing::info!(addr = %local(&listener, listener_config.listen), "mqtt tls listening");
-        tokio::spawn(mqtt::server::serve_tls(
-            Arc::clone(gateway),
-            listener,
-            tokio_rustls::TlsAcceptor::from(tls_config),
-            unauthenticated,
-            tracker.clone(),
-        ));
-    }
+    let proxy_protocol = config.listeners.proxy_protocol;
+    let open = http_listener::ConnectionCap::new(config.limits.max_http_connections);
+    let bounds = |name| http_listener::SharedBounds {
+        name,
+        header_timeout: Duration::from_secs(config.limits.http_header_timeout_seconds.max(1)),
+        open: open.clone(),
+    };
     if let Some(addr) = config.listeners.http {
         let listener = bind(addr).await?;
         bound.http = Some(local(&listener, addr));
-        tracing::info!(addr = %local(&listener, addr), "http ingest listening");
-        tracker.spawn(http_listener::serve(
+        tracing::info!(addr = %local(&listener, addr), proxy_protocol, "http ingest listening");
+        tracker.spawn(http_listener::serve_with(
             listener,
             http::ingest_router(Arc::clone(gateway)),
-            http_listener::Bounds {
-                name: "http",
-                header_timeout,
-                max_connections: config.limits.max_http_connections,
+            bounds("http"),
+            handshake::PlainHttp { proxy_protocol },
+            gateway.draining.clone(),
+            tracker.clone(),
+        ));
+    }
+    if let (Some(listener_config), Some(tls_config)) = (&config.listeners.http_tls, tls_config) {
+        let addr = listener_config.listen;
+        let listener = bind(addr).await?;
+        bound.http_tls = Some(local(&listener, addr));
+        tracing::info!(addr = %local(&listener, addr), proxy_protocol, "https ingest listening");
+        tracker.spawn(http_listener::serve_with(
+            listener,
+            http::ingest_router(Arc::clone(gateway)),
+            bounds("https"),
+            handshake::TlsHttp {
+                proxy_protocol,
+                acceptor: tokio_rustls::TlsAcceptor::from(tls_config),
+                metrics: Arc::clone(&gateway.metrics),
             },
             gateway.draining.clone(),
             tracker.clone(),

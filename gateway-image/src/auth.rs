@@ -292,6 +292,12 @@ impl Authenticator {
         self.throttle.identity_failures(device)
     }
 
+    /// Failed logins counted for the client address `source` in its current window
+    /// (behind a PROXY protocol load balancer, the address the header named).
+    pub fn address_failures(&self, source: IpAddr) -> u32 {
+        self.throttle.address_failures(source)
+    }
+
     /// (source addresses, device ids) with failures being tracked; each is bounded.
     pub fn tracked_failures(&self) -> (usize, usize) {
         self.throttle.tracked()

@@ -7,7 +7,8 @@
 //! 503 broker unavailable or draining, or authentication busy or throttled (`Retry-After`).
 //!
 //! Both routers are served by `tributary_http_server`, which bounds connections and
-//! request heads.
+//! request heads. The ingest router serves the plain and the TLS listener alike; on TLS,
+//! a verified client certificate authenticates the device.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,11 +19,12 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use base64::Engine;
 
 use crate::auth::{AuthError, Credentials};
 use crate::broker::PublishError;
+use crate::handshake::CertificateDevice;
 use crate::ingest::{Gateway, IngestError};
 use crate::metrics::{ProtocolLabel, RejectReason};
 use crate::topics::validate_topic_name;
@@ -61,7 +63,15 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
-fn credentials(headers: &HeaderMap) -> Result<Credentials, ()> {
+/// What the request presents: a verified client certificate (HTTPS) stands for the
+/// device, as on MQTT over TLS; otherwise the `Authorization` header, if any.
+fn credentials(
+    certificate: Option<CertificateDevice>,
+    headers: &HeaderMap,
+) -> Result<Credentials, ()> {
+    if let Some(CertificateDevice(device)) = certificate {
+        return Ok(Credentials::Certificate(device));
+    }
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(Credentials::None);
     };
@@ -84,6 +94,7 @@ fn credentials(headers: &HeaderMap) -> Result<Credentials, ()> {
 async fn publish(
     State(gateway): State<Arc<Gateway>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    certificate: Option<Extension<CertificateDevice>>,
     Path(topic): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -95,7 +106,7 @@ async fn publish(
             .reject(ProtocolLabel::Http, RejectReason::TooLarge);
         return closing(error(StatusCode::PAYLOAD_TOO_LARGE, "payload too large"));
     }
-    let Ok(credentials) = credentials(&headers) else {
+    let Ok(credentials) = credentials(certificate.map(|Extension(device)| device), &headers) else {
         gateway.metrics.auth_failure(ProtocolLabel::Http, "none");
         return unauthorized();
     };

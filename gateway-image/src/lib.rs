@@ -3,15 +3,18 @@
 //!
 //! One module per job: [`mqtt`] (codec, sessions, listeners), [`http`] (ingest, health),
 //! [`auth`], [`topics`] (permissions, routes), [`ingest`] (the shared message path),
-//! [`broker`] (publisher confirms, reconnect), [`metrics`], [`tls`], and [`app`] (wiring).
+//! [`broker`] (publisher confirms, reconnect), [`metrics`], [`tls`], [`proxy_protocol`] and
+//! [`handshake`] (what precedes a connection's protocol), and [`app`] (wiring).
 #![forbid(unsafe_code)]
 
 pub mod app;
 pub mod auth;
 pub mod broker;
+pub mod handshake;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod mqtt;
+pub mod proxy_protocol;
 pub mod tls;
 pub mod topics;

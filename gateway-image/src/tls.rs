@@ -1,5 +1,5 @@
-//! TLS for the MQTT listener: server certificate, optional client-certificate verification,
-//! and the device id taken from a verified client certificate.
+//! TLS for the MQTT and HTTPS listeners: server certificate, optional client-certificate
+//! verification, and the device id taken from a verified client certificate.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -47,12 +47,18 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certificates)
 }
 
-/// Builds the server TLS config; with `client_auth`, client certificates signed by its CAs
-/// are verified when presented (devices may still use passwords or tokens over TLS), and
-/// untrusted ones fail the handshake.
+/// ALPN protocol id of MQTT over TLS.
+pub const ALPN_MQTT: &[u8] = b"mqtt";
+/// ALPN protocol id of HTTP/1.1 (the only HTTP version the ingest listener speaks).
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+
+/// Builds the server TLS config offering the ALPN protocol `alpn`; with `client_auth`,
+/// client certificates signed by its CAs are verified when presented (devices may still
+/// use passwords or tokens over TLS), and untrusted ones fail the handshake.
 pub fn server_config(
     listener: &TlsListener,
     client_auth: Option<&ClientCertificateAuth>,
+    alpn: &[u8],
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = certificates(&listener.cert_file)?;
@@ -75,7 +81,7 @@ pub fn server_config(
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![b"mqtt".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(config))
 }
 

@@ -205,8 +205,7 @@ impl Gateway {
             health_listen: any,
             listeners: Listeners {
                 mqtt: Some(any),
-                mqtt_tls: None,
-                http: None,
+                ..Listeners::default()
             },
             auth: AuthConfig {
                 password_file: Some(password_file),

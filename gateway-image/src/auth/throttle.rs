@@ -192,6 +192,21 @@ impl Throttle {
         })
     }
 
+    /// Failures counted for the address `source` in its current window.
+    pub(crate) fn address_failures(&self, source: IpAddr) -> u32 {
+        let addresses = self
+            .addresses
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        addresses.get(&source).map_or(0, |window| {
+            if window.start.elapsed() < ADDRESS_WINDOW {
+                window.failures
+            } else {
+                0
+            }
+        })
+    }
+
     /// (addresses, device ids) tracked now.
     pub(crate) fn tracked(&self) -> (usize, usize) {
         let addresses = self

@@ -1,10 +1,15 @@
 //! MQTT listeners (plain and TLS): accept connections until draining, one task each.
 //!
-//! Connections not yet authenticated (TLS handshake, CONNECT, password check) are capped
-//! across both listeners: past the cap a connection is closed as soon as it is accepted, so
-//! sockets that never log in cannot pile up; each holds its place at most until its CONNECT
+//! With the PROXY protocol on, a connection's header is read first; it and the TLS
+//! handshake must be done within `limits.connectTimeoutSeconds`, then CONNECT gets its own
 //! deadline.
+//!
+//! Connections not yet authenticated (PROXY header, TLS handshake, CONNECT, password check)
+//! are capped across both listeners: past the cap a connection is closed as soon as it is
+//! accepted, so sockets that never log in cannot pile up; each holds its place at most
+//! until its deadlines pass.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,8 +19,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use super::session;
+use crate::handshake::{accept_tls, client_address};
 use crate::ingest::Gateway;
-use crate::tls::device_from_certificate;
+use crate::metrics::ProtocolLabel;
 
 /// Most MQTT connections (plain and TLS together) that may be waiting to be authenticated.
 pub const MAX_UNAUTHENTICATED_CONNECTIONS: usize = 128;
@@ -25,26 +31,31 @@ pub fn unauthenticated_places() -> Arc<Semaphore> {
     Arc::new(Semaphore::new(MAX_UNAUTHENTICATED_CONNECTIONS))
 }
 
-/// Accepts the next connection with a place among the unauthenticated ones (closing those
-/// past the cap at once); `None` once the gateway drains.
-async fn accept(
+/// Accepts connections until the gateway drains, spawning `serve` on each that finds a
+/// place among the unauthenticated ones (those past the cap are closed at once).
+async fn accept_loop<F, Fut>(
     gateway: &Gateway,
-    listener: &TcpListener,
-    places: &Arc<Semaphore>,
-) -> Option<(TcpStream, std::net::SocketAddr, OwnedSemaphorePermit)> {
+    listener: TcpListener,
+    places: Arc<Semaphore>,
+    tracker: TaskTracker,
+    mut serve: F,
+) where
+    F: FnMut(TcpStream, SocketAddr, OwnedSemaphorePermit) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = gateway.draining.cancelled() => return None,
+            _ = gateway.draining.cancelled() => return,
         };
         match accepted {
             Ok((stream, peer)) => {
-                let Ok(place) = Arc::clone(places).try_acquire_owned() else {
+                let Ok(place) = Arc::clone(&places).try_acquire_owned() else {
                     tracing::debug!(peer = %peer, "over the unauthenticated connection cap, closed");
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                return Some((stream, peer, place));
+                tracker.spawn(serve(stream, peer, place));
             }
             Err(error) => {
                 // Usually EMFILE: back off briefly instead of spinning.
@@ -55,22 +66,40 @@ async fn accept(
     }
 }
 
-/// Accepts plain MQTT connections until the gateway drains.
+fn handshake_timeout(gateway: &Gateway) -> Duration {
+    Duration::from_secs(gateway.limits.connect_timeout_seconds.max(1))
+}
+
+/// Accepts plain MQTT connections until the gateway drains; with `proxy_protocol`, each
+/// starts with a PROXY v2 header naming the client.
 pub async fn serve_plain(
     gateway: Arc<Gateway>,
     listener: TcpListener,
+    proxy_protocol: bool,
     places: Arc<Semaphore>,
     tracker: TaskTracker,
 ) {
-    while let Some((stream, peer, place)) = accept(&gateway, &listener, &places).await {
-        tracker.spawn(session::serve(
-            Arc::clone(&gateway),
-            stream,
-            peer,
-            None,
-            place,
-        ));
-    }
+    let shared = Arc::clone(&gateway);
+    accept_loop(
+        &gateway,
+        listener,
+        places,
+        tracker,
+        move |mut stream, peer, place| {
+            let gateway = Arc::clone(&shared);
+            async move {
+                let timeout = handshake_timeout(&gateway);
+                let client = tokio::time::timeout(
+                    timeout,
+                    client_address(&mut stream, peer, proxy_protocol),
+                );
+                if let Ok(Some(client)) = client.await {
+                    session::serve(gateway, stream, client, None, place).await;
+                }
+            }
+        },
+    )
+    .await;
 }
 
 /// Accepts MQTT-over-TLS connections until the gateway drains. A verified client
@@ -79,32 +108,40 @@ pub async fn serve_tls(
     gateway: Arc<Gateway>,
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    proxy_protocol: bool,
     places: Arc<Semaphore>,
     tracker: TaskTracker,
 ) {
-    while let Some((stream, peer, place)) = accept(&gateway, &listener, &places).await {
-        let gateway = Arc::clone(&gateway);
-        let acceptor = acceptor.clone();
-        tracker.spawn(async move {
-            let timeout = Duration::from_secs(gateway.limits.connect_timeout_seconds.max(1));
-            let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => {
-                    gateway
-                        .metrics
-                        .auth_failure(crate::metrics::ProtocolLabel::Mqtt, "certificate");
-                    tracing::info!(peer = %peer, error = %error, "tls handshake failed");
-                    return;
+    let shared = Arc::clone(&gateway);
+    accept_loop(
+        &gateway,
+        listener,
+        places,
+        tracker,
+        move |mut stream, peer, place| {
+            let gateway = Arc::clone(&shared);
+            let acceptor = acceptor.clone();
+            async move {
+                let timeout = handshake_timeout(&gateway);
+                let handshake = async {
+                    let client = client_address(&mut stream, peer, proxy_protocol).await?;
+                    let (stream, device) = accept_tls(
+                        &acceptor,
+                        stream,
+                        client,
+                        &gateway.metrics,
+                        ProtocolLabel::Mqtt,
+                    )
+                    .await?;
+                    Some((stream, client, device))
+                };
+                if let Ok(Some((stream, client, device))) =
+                    tokio::time::timeout(timeout, handshake).await
+                {
+                    session::serve(gateway, stream, client, device, place).await;
                 }
-                Err(_) => return,
-            };
-            let device = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .and_then(device_from_certificate);
-            session::serve(gateway, stream, peer, device, place).await;
-        });
-    }
+            }
+        },
+    )
+    .await;
 }

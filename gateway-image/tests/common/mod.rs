@@ -150,8 +150,8 @@ pub fn test_config(uri_file: PathBuf, routes: Vec<Route>, auth: AuthConfig) -> G
         health_listen: any,
         listeners: Listeners {
             mqtt: Some(any),
-            mqtt_tls: None,
             http: Some(any),
+            ..Listeners::default()
         },
         auth,
         permissions: vec!["devices/{device}/#".into()],

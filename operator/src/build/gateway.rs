@@ -10,7 +10,10 @@ use super::queue::access::mountable;
 use super::sink::secret_file;
 use super::worker::ResolvedQueue;
 use super::{child_meta, config_hash, name_and_namespace, selector_labels, BuildError, SecretData};
-use crate::crd::gateway::{DeliveryMode, Gateway, JwtAuth};
+use crate::crd::gateway::{
+    DeliveryMode, Gateway, JwtAuth, ServiceSpec as ServiceSpecCrd, ServiceType,
+    TlsListener as TlsListenerCrd,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, ContainerPort, Service, ServicePort, ServiceSpec, VolumeMount,
@@ -69,7 +72,10 @@ pub fn child_name(gateway: &str) -> String {
 pub fn referenced_secrets(gateway: &Gateway) -> BTreeSet<String> {
     let spec = &gateway.spec;
     let mut names = BTreeSet::new();
-    if let Some(tls) = &spec.listeners.mqtt_tls {
+    for tls in [&spec.listeners.mqtt_tls, &spec.listeners.http_tls]
+        .into_iter()
+        .flatten()
+    {
         names.insert(tls.secret_name.clone());
     }
     if let Some(passwords) = &spec.auth.passwords {
@@ -94,13 +100,14 @@ pub fn validate(gateway: &Gateway) -> Result<(), BuildError> {
         listeners.mqtt.as_ref().map(|l| l.port),
         listeners.mqtt_tls.as_ref().map(|l| l.port),
         listeners.http.as_ref().map(|l| l.port),
+        listeners.http_tls.as_ref().map(|l| l.port),
     ]
     .into_iter()
     .flatten()
     .collect();
     if ports.is_empty() {
         return Err(BuildError::Invalid(
-            "spec.listeners: set at least one of mqtt, mqttTls and http".into(),
+            "spec.listeners: set at least one of mqtt, mqttTls, http and httpTls".into(),
         ));
     }
     let unique: BTreeSet<_> = ports.iter().collect();
@@ -119,11 +126,16 @@ pub fn validate(gateway: &Gateway) -> Result<(), BuildError> {
             "spec.auth: configure passwords, jwt, clientCertificates or allowAnonymous".into(),
         ));
     }
-    if auth.client_certificates.is_some() && listeners.mqtt_tls.is_none() {
+    if auth.client_certificates.is_some()
+        && listeners.mqtt_tls.is_none()
+        && listeners.http_tls.is_none()
+    {
         return Err(BuildError::Invalid(
-            "spec.auth.clientCertificates needs the spec.listeners.mqttTls listener".into(),
+            "spec.auth.clientCertificates needs a TLS listener: spec.listeners.mqttTls or httpTls"
+                .into(),
         ));
     }
+    validate_service(&spec.service)?;
     if spec.routes.is_empty() {
         return Err(BuildError::Invalid(
             "spec.routes must name at least one Queue".into(),
@@ -133,6 +145,17 @@ pub fn validate(gateway: &Gateway) -> Result<(), BuildError> {
         check_filter(&route.topic_filter).map_err(|why| {
             BuildError::Invalid(format!("spec.routes[{index}].topicFilter: {why}"))
         })?;
+    }
+    Ok(())
+}
+
+/// `externalTrafficPolicy` only exists for Services reachable from outside the cluster.
+fn validate_service(service: &ServiceSpecCrd) -> Result<(), BuildError> {
+    if service.external_traffic_policy.is_some() && service.type_ == ServiceType::ClusterIP {
+        return Err(BuildError::Invalid(
+            "spec.service.externalTrafficPolicy needs spec.service.type NodePort or LoadBalancer"
+                .into(),
+        ));
     }
     Ok(())
 }
@@ -216,31 +239,27 @@ pub fn render_config(
     })
 }
 
+/// A TLS listener on all addresses with its Secret's mounted certificate and key.
+fn tls_listener(listener: &TlsListenerCrd) -> Result<TlsListener, BuildError> {
+    Ok(TlsListener {
+        listen: any_addr(listener.port)?,
+        cert_file: secret_file(&listener.secret_name, "tls.crt"),
+        key_file: secret_file(&listener.secret_name, "tls.key"),
+    })
+}
+
 /// Every listener on all addresses, TLS with the mounted certificate and key.
 fn listeners_config(gateway: &Gateway) -> Result<Listeners, BuildError> {
     let listeners = &gateway.spec.listeners;
+    let plain = |listener: &Option<crate::crd::gateway::PlainListener>| {
+        listener.as_ref().map(|l| any_addr(l.port)).transpose()
+    };
     Ok(Listeners {
-        mqtt: listeners
-            .mqtt
-            .as_ref()
-            .map(|l| any_addr(l.port))
-            .transpose()?,
-        mqtt_tls: listeners
-            .mqtt_tls
-            .as_ref()
-            .map(|l| {
-                Ok::<_, BuildError>(TlsListener {
-                    listen: any_addr(l.port)?,
-                    cert_file: secret_file(&l.secret_name, "tls.crt"),
-                    key_file: secret_file(&l.secret_name, "tls.key"),
-                })
-            })
-            .transpose()?,
-        http: listeners
-            .http
-            .as_ref()
-            .map(|l| any_addr(l.port))
-            .transpose()?,
+        mqtt: plain(&listeners.mqtt)?,
+        mqtt_tls: listeners.mqtt_tls.as_ref().map(tls_listener).transpose()?,
+        http: plain(&listeners.http)?,
+        http_tls: listeners.http_tls.as_ref().map(tls_listener).transpose()?,
+        proxy_protocol: gateway.spec.service.proxy_protocol,
     })
 }
 
@@ -346,6 +365,7 @@ fn listener_ports(gateway: &Gateway) -> Vec<(&'static str, i32)> {
         listeners.mqtt.as_ref().map(|l| ("mqtt", l.port)),
         listeners.mqtt_tls.as_ref().map(|l| ("mqtts", l.port)),
         listeners.http.as_ref().map(|l| ("http", l.port)),
+        listeners.http_tls.as_ref().map(|l| ("https", l.port)),
     ]
     .into_iter()
     .flatten()
@@ -406,6 +426,11 @@ fn device_service(
         metadata: child_meta(gateway, child, COMPONENT)?,
         spec: Some(ServiceSpec {
             type_: Some(gateway.spec.service.type_.as_str().to_owned()),
+            external_traffic_policy: gateway
+                .spec
+                .service
+                .external_traffic_policy
+                .map(|policy| policy.as_str().to_owned()),
             selector: Some(selector.clone()),
             ports: Some(
                 listener_ports(gateway)

@@ -141,7 +141,8 @@ fn gateway_inputs(child: &str) -> gateway::GatewayInputs {
     }
 }
 
-/// Every listener and authentication method, fast delivery, own image and limits.
+/// Every listener and authentication method, a LoadBalancer Service that keeps client
+/// addresses (Local policy, PROXY protocol), fast delivery, own image and limits.
 const GATEWAY_FULL: &str = r#"
 apiVersion: tributary.dev/v1alpha1
 kind: Gateway
@@ -152,6 +153,8 @@ spec:
     mqtt: {port: 1883}
     mqttTls: {port: 8883, secretName: gateway-tls}
     http: {port: 8080}
+    httpTls: {port: 8443, secretName: gateway-https}
+  service: {type: LoadBalancer, externalTrafficPolicy: Local, proxyProtocol: true}
   auth:
     passwords: {name: devices}
     jwt:

@@ -89,12 +89,17 @@ pub struct Listeners {
     /// Plain MQTT 3.1.1 and 5.0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mqtt: Option<PlainListener>,
-    /// MQTT over TLS; required for client-certificate authentication.
+    /// MQTT over TLS; client-certificate authentication needs it or `httpTls`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mqtt_tls: Option<TlsListener>,
     /// HTTP ingest: `POST /v1/publish/<topic>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<PlainListener>,
+    /// HTTP ingest over TLS (HTTPS): the same endpoint and limits as `http` (its
+    /// connections count towards the same `limits.maxHttpConnections`); with
+    /// `auth.clientCertificates`, a verified client certificate authenticates the device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_tls: Option<TlsListener>,
 }
 
 /// A plain-text listener.
@@ -125,6 +130,41 @@ pub struct ServiceSpec {
     /// Service type: `ClusterIP` (default), `NodePort` or `LoadBalancer`.
     #[serde(default, rename = "type")]
     pub type_: ServiceType,
+    /// For `NodePort` and `LoadBalancer` only: `Cluster` (the Kubernetes default: any node
+    /// forwards, and the gateway sees that node's address) or `Local` (only nodes running
+    /// a gateway pod take traffic, and the gateway sees the client's own address, so login
+    /// throttling and logs are per device rather than per node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_traffic_policy: Option<ExternalTrafficPolicy>,
+    /// The load balancer in front of this Service sends a PROXY protocol v2 header on every
+    /// connection (AWS NLB target groups, HAProxy `send-proxy-v2`, ...): every device
+    /// listener then reads it first and takes the client's address from it (LOCAL health
+    /// checks keep the socket's). Connections without a valid header are closed, so enable
+    /// it only when every device connection comes through such a load balancer, and not
+    /// for in-cluster clients of the Service. Default false.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+}
+
+/// How a `NodePort` or `LoadBalancer` Service routes external traffic: `Cluster` (any
+/// node forwards; the gateway sees that node's address) or `Local` (only nodes with a
+/// gateway pod take traffic; the gateway sees the client's own address).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ExternalTrafficPolicy {
+    /// Any node forwards to any pod; the client address is the forwarding node's.
+    Cluster,
+    /// Only nodes with a gateway pod take traffic; the client address is preserved.
+    Local,
+}
+
+impl ExternalTrafficPolicy {
+    /// The Service `spec.externalTrafficPolicy` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExternalTrafficPolicy::Cluster => "Cluster",
+            ExternalTrafficPolicy::Local => "Local",
+        }
+    }
 }
 
 /// Kubernetes Service type.
@@ -198,7 +238,7 @@ fn default_device_claim() -> String {
 #[serde(rename_all = "camelCase")]
 pub struct ClientCertAuth {
     /// Secret whose key `ca.crt` holds the CA bundle that signs device certificates.
-    /// Needs the `mqttTls` listener.
+    /// Needs the `mqttTls` or the `httpTls` listener.
     pub ca: SecretRef,
 }
 

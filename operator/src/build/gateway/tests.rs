@@ -221,3 +221,110 @@ fn a_gateway_never_mounts_a_managed_brokers_administrator_secret() {
         Some("/etc/tributary/secrets/shared-rabbit/uri")
     );
 }
+
+fn https_gateway() -> Gateway {
+    let mut gateway: Gateway = load("gateway.yaml");
+    gateway.spec.listeners.http_tls = Some(TlsListenerCrd {
+        port: 8443,
+        secret_name: "gateway-https".into(),
+    });
+    gateway.spec.auth.client_certificates = Some(crate::crd::gateway::ClientCertAuth {
+        ca: crate::crd::SecretRef {
+            name: "device-ca".into(),
+        },
+    });
+    gateway.spec.service.type_ = ServiceType::LoadBalancer;
+    gateway.spec.service.external_traffic_policy =
+        Some(crate::crd::gateway::ExternalTrafficPolicy::Local);
+    gateway.spec.service.proxy_protocol = true;
+    gateway
+}
+
+#[test]
+fn https_listener_gets_a_service_port_its_secret_mounted_and_its_config() {
+    let gateway = https_gateway();
+    let children = build(&gateway, &inputs()).expect("client certificates with only httpTls");
+    let service = children.service.spec.expect("spec");
+    let ports: Vec<_> = service
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| (p.name.clone().unwrap_or_default(), p.port))
+        .collect();
+    assert_eq!(
+        ports,
+        vec![
+            ("mqtt".into(), 1883),
+            ("http".into(), 8080),
+            ("https".into(), 8443)
+        ]
+    );
+    let pod = children
+        .deployment
+        .spec
+        .and_then(|d| d.template.spec)
+        .expect("pod");
+    let secrets: Vec<_> = pod
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
+        .collect();
+    assert!(secrets.contains(&"gateway-https".to_owned()), "{secrets:?}");
+    let container_ports: Vec<_> = pod.containers[0]
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| p.container_port)
+        .collect();
+    assert!(container_ports.contains(&8443), "{container_ports:?}");
+    let config = render_config(&gateway, &inputs()).expect("renders");
+    let https = config.listeners.http_tls.expect("httpTls in the config");
+    assert_eq!(https.listen.port(), 8443);
+    assert_eq!(
+        https.cert_file.to_str(),
+        Some("/etc/tributary/secrets/gateway-https/tls.crt")
+    );
+    assert_eq!(
+        https.key_file.to_str(),
+        Some("/etc/tributary/secrets/gateway-https/tls.key")
+    );
+    assert!(config.listeners.proxy_protocol);
+}
+
+#[test]
+fn external_traffic_policy_reaches_the_service_and_needs_an_external_type() {
+    let gateway = https_gateway();
+    let service = build(&gateway, &inputs())
+        .expect("builds")
+        .service
+        .spec
+        .expect("spec");
+    assert_eq!(service.type_.as_deref(), Some("LoadBalancer"));
+    assert_eq!(service.external_traffic_policy.as_deref(), Some("Local"));
+    let mut internal = https_gateway();
+    internal.spec.service.type_ = ServiceType::ClusterIP;
+    let error = validate(&internal).expect_err("ClusterIP has no external traffic");
+    assert!(
+        error
+            .to_string()
+            .contains("spec.service.externalTrafficPolicy"),
+        "{error}"
+    );
+    // Unset, the Service carries none (the fixture is a NodePort Service).
+    let plain: Gateway = load("gateway.yaml");
+    let service = build(&plain, &inputs())
+        .expect("builds")
+        .service
+        .spec
+        .expect("spec");
+    assert_eq!(service.external_traffic_policy, None);
+}
+
+#[test]
+fn client_certificates_need_a_tls_listener() {
+    let mut gateway = https_gateway();
+    gateway.spec.listeners.http_tls = None;
+    let error = validate(&gateway).expect_err("no TLS listener");
+    assert!(error.to_string().contains("clientCertificates"), "{error}");
+}
