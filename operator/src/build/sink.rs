@@ -311,6 +311,7 @@ fn postgres_config(
     Ok(PostgresSinkConfig {
         name,
         url_file: secret_file(&p.url_secret_ref.name, &p.url_secret_ref.key),
+        ca_file: None,
         table: p.table.clone(),
         id_column: p.id_column.clone(),
         columns: p
@@ -336,6 +337,7 @@ fn redis_config(
     Ok(RedisSinkConfig {
         name,
         url_file: secret_file(&r.url_secret_ref.name, &r.url_secret_ref.key),
+        ca_file: None,
         key_template: r.key_template.clone(),
         value: r.value.clone(),
         ttl_seconds: u64::try_from(ttl)
