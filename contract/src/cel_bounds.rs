@@ -62,11 +62,8 @@ fn comprehension_nesting(source: &str) -> usize {
                     deepest = deepest.max(depth);
                 }
             }
-            b')' => {
-                if open.pop() == Some(true) {
-                    depth -= 1;
-                }
-            }
+            // The pop happens whether or not the guard holds.
+            b')' if open.pop() == Some(true) => depth -= 1,
             _ => {}
         }
         i += 1;
