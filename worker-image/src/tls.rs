@@ -90,28 +90,29 @@ pub fn root_store(ca_file: Option<&Path>) -> Result<RootCertStore, TlsError> {
 /// A client config checking what `verify` says against the roots of [`root_store`].
 pub fn client_config(verify: Verify, ca_file: Option<&Path>) -> Result<ClientConfig, TlsError> {
     crate::http_client::install_crypto_provider();
-    let builder = ClientConfig::builder();
-    let config = match verify {
-        Verify::Nothing => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider_algorithms())))
-            .with_no_client_auth(),
-        Verify::Chain | Verify::Full => {
-            let roots = Arc::new(root_store(ca_file)?);
-            let webpki = WebPkiServerVerifier::builder(roots)
-                .build()
-                .map_err(|e| TlsError::Rustls(e.to_string()))?;
-            if verify == Verify::Full {
-                builder.with_webpki_verifier(webpki).with_no_client_auth()
-            } else {
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(ChainOnly(webpki)))
-                    .with_no_client_auth()
-            }
-        }
-    };
-    Ok(config)
+    Ok(ClientConfig::builder()
+        .dangerous()
+        .with_custom_certificate_verifier(verifier(verify, ca_file)?)
+        .with_no_client_auth())
+}
+
+/// The server certificate verifier for `verify`, trusting the roots of [`root_store`].
+pub fn verifier(
+    verify: Verify,
+    ca_file: Option<&Path>,
+) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
+    crate::http_client::install_crypto_provider();
+    if verify == Verify::Nothing {
+        return Ok(Arc::new(AcceptAny(provider_algorithms())));
+    }
+    let roots = Arc::new(root_store(ca_file)?);
+    let webpki = WebPkiServerVerifier::builder(roots)
+        .build()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    Ok(match verify {
+        Verify::Chain => Arc::new(ChainOnly(webpki)),
+        _ => webpki,
+    })
 }
 
 fn provider_algorithms() -> rustls::crypto::WebPkiSupportedAlgorithms {

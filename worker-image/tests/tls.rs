@@ -11,11 +11,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use rustls::pki_types::{ServerName, UnixTime};
 use serde_json::json;
 use tributary_contract::worker_config::{BatchConfig, RedisSinkConfig, SinkConfig};
 use tributary_worker::expr::CelEnv;
 use tributary_worker::record::Record;
 use tributary_worker::sinks::{Sink, SinkError};
+use tributary_worker::tls::Verify;
 
 const DEADLINE: Duration = Duration::from_secs(90);
 
@@ -254,4 +256,29 @@ async fn redis_certificate_not_trusted_is_an_outage() {
         }
         other => panic!("expected an outage naming the certificate, got {other:?}"),
     }
+}
+
+/// The verdict of `verify` on the test server's certificate presented for `name`.
+fn verdict(verify: Verify, ca: &str, name: &str) -> Result<(), rustls::Error> {
+    let ca = Path::new(ca);
+    let server = ca.with_file_name("server.pem");
+    let chain = tributary_worker::tls::read_ca_file(&server).expect("server certificate");
+    let name = ServerName::try_from(name.to_string()).expect("name");
+    tributary_worker::tls::verifier(verify, Some(ca))
+        .expect("verifier")
+        .verify_server_cert(&chain[0], &[], &name, &[], UnixTime::now())
+        .map(|_| ())
+}
+
+#[test]
+fn verify_ca_accepts_another_host_name_and_verify_full_does_not() {
+    required_env("TRIBUTARY_TEST_POSTGRES_URL", "postgres.sh");
+    let (_, ca) = postgres_tls();
+    assert!(verdict(Verify::Full, &ca, "localhost").is_ok());
+    assert!(verdict(Verify::Chain, &ca, "db.example.net").is_ok());
+    let refused = verdict(Verify::Full, &ca, "db.example.net").expect_err("name mismatch");
+    assert!(
+        refused.to_string().contains("not valid for name"),
+        "{refused}"
+    );
 }
