@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api_config;
+pub mod cel_bounds;
 pub mod config_file;
 pub mod envelope;
 pub mod gateway_config;

@@ -238,7 +238,14 @@ pub struct PostgresSinkConfig {
     /// The sink's name.
     pub name: String,
     /// File holding a `postgres://user:password@host:port/db` URL (a mounted Secret key).
+    /// Its `sslmode` parameter takes libpq's values: `disable`, `prefer` (the default: TLS
+    /// when offered, unverified), `require` (TLS, unverified), `verify-ca` (TLS, the chain
+    /// checked) and `verify-full` (TLS, the chain and the host name checked).
     pub url_file: PathBuf,
+    /// File holding the PEM CA bundle that `verify-ca`/`verify-full` trust instead of the
+    /// system roots. Default: the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     /// Target table, optionally schema-qualified (`telemetry.readings`).
     pub table: String,
     /// The column receiving the message id; it must be the primary key or carry a unique
@@ -278,8 +285,13 @@ pub struct ColumnMapping {
 pub struct RedisSinkConfig {
     /// The sink's name.
     pub name: String,
-    /// File holding a `redis://[:password@]host:port[/db]` URL (a mounted Secret key).
+    /// File holding a `redis://[:password@]host:port[/db]` URL, or `rediss://` for TLS
+    /// with the chain and host name verified (a mounted Secret key).
     pub url_file: PathBuf,
+    /// File holding the PEM CA bundle a `rediss://` connection trusts instead of the system
+    /// roots. Default: the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     /// Key template: `{path}` is replaced by the message field at that dotted path
     /// (`latest:{device}`, `site:{payload.site}:{device}`).
     pub key_template: String,

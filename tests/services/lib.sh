@@ -5,8 +5,8 @@
 #
 # A sourcing script sets LOG_PREFIX, PORT and PIDFILE (and LOG, whose last lines are shown
 # when a server does not come up), defines `ready` (exit 0 once the server answers),
-# `start`, `stop` and `print_env` (and `status` when the default one does not fit), and
-# ends with `service_main "$@"`.
+# `start`, `stop` and `print_env` (and `status` when the default one does not fit, and
+# `tls` when the server can serve TLS too), and ends with `service_main "$@"`.
 
 # shellcheck source=tests/lib/apt.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")/../lib" && pwd)/apt.sh"
@@ -101,9 +101,28 @@ service_main() {
     stop) stop ;;
     status) status ;;
     env) print_env ;;
+    # Only where the script defines `tls`: serve TLS too, print the test env for it.
+    tls) if declare -F tls >/dev/null; then tls; else echo "$0: no tls command" >&2; exit 2; fi ;;
     *)
-      echo "usage: $0 start|stop|status|env" >&2
+      echo "usage: $0 start|stop|status|env|tls" >&2
       exit 2
       ;;
   esac
+}
+
+# throwaway_tls DIR: a CA generated here and a server certificate it signed, for
+# `localhost` and 127.0.0.1, as DIR/ca.pem, DIR/server.pem and DIR/server.key (made once;
+# kept while DIR exists). Only tests trust this CA: its key stays in DIR.
+throwaway_tls() {
+  local dir="$1"
+  [ -s "$dir/server.pem" ] && [ -s "$dir/ca.pem" ] && return 0
+  mkdir -p "$dir"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=tributary test CA" \
+    -keyout "$dir/ca.key" -out "$dir/ca.pem" >/dev/null 2>&1
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+    -keyout "$dir/server.key" -out "$dir/server.csr" >/dev/null 2>&1
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n' >"$dir/server.ext"
+  openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
+    -CAcreateserial -days 3650 -extfile "$dir/server.ext" -out "$dir/server.pem" >/dev/null 2>&1
+  chmod 600 "$dir/server.key" "$dir/ca.key"
 }

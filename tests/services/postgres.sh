@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Our own PostgreSQL on loopback for integration tests and benchmarks.
-#   tests/services/postgres.sh start|stop|status|env
+#   tests/services/postgres.sh start|stop|status|env|tls
 # Installs Debian's postgresql when missing, runs one cluster as the `postgres` user with
 # its data under /var/lib/tributary-services/$INSTANCE, listening on 127.0.0.1:$PORT with a
 # password user. Start is idempotent; stop stops exactly the PID in our PID file.
+# `tls` makes the running instance serve TLS as well (plain connections keep working), with
+# a certificate for localhost/127.0.0.1 from a throwaway CA made under $BASE/tls; it stays
+# on for that instance's data directory. It prints the env the TLS tests read.
 # A second instance (e.g. for an outage test) runs with other values of:
 #   TRIBUTARY_PG_INSTANCE (default postgres), TRIBUTARY_PG_PORT (default 5433)
 set -euo pipefail
@@ -87,6 +90,28 @@ SQL
 
 # SIGINT is PostgreSQL's fast shutdown: disconnect clients, checkpoint, exit.
 stop() { stop_running "$DEADLINE_SECONDS" fail signal_pid INT; }
+
+tls() {
+  running_pid >/dev/null && ready || { log "not running: run start first"; exit 1; }
+  local dir="$BASE/tls" bin
+  bin="$(pg_bin)"
+  throwaway_tls "$dir"
+  chown -R postgres:postgres "$dir"
+  runuser -u postgres -- "$bin/psql" -h "$SOCK" -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 -q <<SQL >/dev/null
+ALTER SYSTEM SET ssl_cert_file = '$dir/server.pem';
+ALTER SYSTEM SET ssl_key_file = '$dir/server.key';
+ALTER SYSTEM SET ssl = on;
+SELECT pg_reload_conf();
+SQL
+  # The reload is asynchronous: wait until new sessions see it.
+  local end=$((SECONDS + DEADLINE_SECONDS))
+  until [ "$(runuser -u postgres -- "$bin/psql" -h "$SOCK" -p "$PORT" -U postgres -d postgres -tAc 'show ssl')" = on ]; do
+    [ "$SECONDS" -lt "$end" ] || { log "ssl not on after reload, see $LOG"; exit 1; }
+    sleep 0.1
+  done
+  echo "export TRIBUTARY_TEST_POSTGRES_TLS_URL=postgres://$USER_NAME:$PASSWORD@localhost:$PORT/$DB"
+  echo "export TRIBUTARY_TEST_POSTGRES_CA_FILE=$dir/ca.pem"
+}
 
 print_env() {
   echo "export TRIBUTARY_TEST_POSTGRES_URL=postgres://$USER_NAME:$PASSWORD@127.0.0.1:$PORT/$DB"

@@ -7,6 +7,7 @@ use cel::objects::Key;
 use cel::{Context, Env, Program, Value as CelValue};
 use serde_json::Value;
 use thiserror::Error;
+use tributary_contract::cel_bounds::{self, MAX_VALUE_BYTES};
 
 /// CEL errors.
 #[derive(Debug, Error, PartialEq)]
@@ -21,7 +22,17 @@ pub enum ExprError {
         /// What the parser said.
         message: String,
     },
-    /// The expression failed on this message (missing field, wrong type, ...).
+    /// The expression is past a bound of [`tributary_contract::cel_bounds`] (too long, too
+    /// deeply nested comprehensions); `expr` is its beginning.
+    #[error("CEL expression `{expr}` refused: {message}")]
+    TooComplex {
+        /// The first characters of the expression.
+        expr: String,
+        /// Which bound, by how much.
+        message: String,
+    },
+    /// The expression failed on this message (missing field, wrong type, a value past
+    /// [`MAX_VALUE_BYTES`], ...).
     #[error("CEL evaluation of `{expr}` failed: {message}")]
     Eval {
         /// The expression text.
@@ -96,8 +107,13 @@ impl std::fmt::Debug for Expr {
 }
 
 impl CelEnv {
-    /// Compiles an expression; errors carry the position.
+    /// Compiles an expression within the bounds of [`cel_bounds::check`]; errors carry the
+    /// position.
     pub fn compile(&self, source: &str) -> Result<Expr, ExprError> {
+        cel_bounds::check(source).map_err(|message| ExprError::TooComplex {
+            expr: source.chars().take(60).collect::<String>() + "...",
+            message,
+        })?;
         let program = self.env.compile(source).map_err(|errors| {
             let (position, message) = match errors.errors.first() {
                 Some(first) => (
@@ -138,6 +154,11 @@ impl Expr {
             .program
             .execute(&scope.context)
             .map_err(|e| self.eval_error(e.to_string()))?;
+        if size_within(&result, MAX_VALUE_BYTES).is_none() {
+            return Err(self.eval_error(format!(
+                "the value built is larger than the {MAX_VALUE_BYTES} bytes allowed"
+            )));
+        }
         to_json(&result).map_err(|message| self.eval_error(message))
     }
 
@@ -155,6 +176,35 @@ impl Expr {
             message,
         }
     }
+}
+
+/// The size of `value` (strings and bytes by length, every other item 8 bytes, plus map
+/// keys), or None as soon as it passes `limit` (the walk stops there).
+pub fn size_within(value: &CelValue, limit: usize) -> Option<usize> {
+    let size = match value {
+        CelValue::String(s) => s.len(),
+        CelValue::Bytes(b) => b.len(),
+        CelValue::List(items) => {
+            let mut total = 8;
+            for item in items.iter() {
+                total += size_within(item, limit.checked_sub(total)?)?;
+            }
+            total
+        }
+        CelValue::Map(map) => {
+            let mut total = 8;
+            for (key, item) in map.map.iter() {
+                let key_size = match key {
+                    Key::String(s) => s.len(),
+                    _ => 8,
+                };
+                total += key_size + size_within(item, limit.checked_sub(total + key_size)?)?;
+            }
+            total
+        }
+        _ => 8,
+    };
+    (size <= limit).then_some(size)
 }
 
 /// JSON to CEL: integers become `int` when they fit (so `payload.count > 5` works), else
@@ -229,6 +279,40 @@ mod tests {
     fn missing_field_is_an_evaluation_error() {
         let result = eval("payload.temp > 1.0", json!({"payload": {"other": 1}}));
         assert!(matches!(result, Err(ExprError::Eval { .. })), "{result:?}");
+    }
+
+    #[test]
+    fn a_value_built_past_the_limit_is_an_evaluation_error() {
+        let message = json!({"s": "a".repeat(1000), "items": (0..1000).collect::<Vec<_>>()});
+        let result = eval("items.map(i, s + s)", message.clone());
+        let Err(ExprError::Eval { message: why, .. }) = result else {
+            panic!("{result:?}");
+        };
+        assert!(
+            why.contains("larger than the 1048576 bytes allowed"),
+            "{why}"
+        );
+        // Below the limit the same expression evaluates.
+        let small = json!({"s": "ab", "items": [1, 2]});
+        assert_eq!(
+            eval("items.map(i, s + s)", small),
+            Ok(json!(["abab", "abab"]))
+        );
+    }
+
+    #[test]
+    fn an_over_long_expression_is_refused_at_compile() {
+        let source = format!("payload.v + {}", "1 + ".repeat(1100) + "1");
+        let error = CelEnv::default().compile(&source).expect_err("too long");
+        assert!(matches!(error, ExprError::TooComplex { .. }), "{error}");
+        assert!(error.to_string().contains("bytes long"), "{error}");
+    }
+
+    #[test]
+    fn sizes_stop_counting_at_the_limit() {
+        let big = to_cel(&json!(["abcd", {"key": "value"}]));
+        assert_eq!(size_within(&big, 1000), Some(8 + 4 + 8 + 3 + 5));
+        assert_eq!(size_within(&big, 10), None);
     }
 
     #[test]

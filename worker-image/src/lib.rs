@@ -16,5 +16,6 @@ pub mod pipeline;
 pub mod process;
 pub mod record;
 pub mod sinks;
+pub mod tls;
 
 pub use app::Worker;

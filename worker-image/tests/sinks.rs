@@ -37,6 +37,7 @@ async fn redis_keeps_the_newest_value_whatever_the_write_order() {
     let config = SinkConfig::Redis(RedisSinkConfig {
         name: "latest".into(),
         url_file: scratch.file("redis", &redis_url),
+        ca_file: None,
         key_template: format!("{prefix}:{{device}}"),
         value: Some("payload.v".into()),
         ttl_seconds: 0,

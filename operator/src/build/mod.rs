@@ -223,8 +223,11 @@ pub fn render_yaml<T: serde::Serialize>(what: &str, config: &T) -> Result<String
     serde_yaml::to_string(&value).map_err(|e| invalid(e.to_string()))
 }
 
-/// Checks that a CEL expression compiles (the worker compiles it again at start).
+/// Checks that a CEL expression is within the worker's bounds and compiles (the worker
+/// checks and compiles it again at start).
 pub fn check_cel(what: &str, source: &str) -> Result<(), BuildError> {
+    tributary_contract::cel_bounds::check(source)
+        .map_err(|error| BuildError::Invalid(format!("{what}: CEL expression refused: {error}")))?;
     cel::Program::compile(source)
         .map(|_| ())
         .map_err(|error| BuildError::Invalid(format!("{what}: invalid CEL {source:?}: {error}")))

@@ -206,9 +206,11 @@ pub fn referenced_secrets(sink: &Sink) -> Vec<SecretKeyRef> {
     let mut refs = Vec::new();
     if let Some(postgres) = &spec.postgres {
         refs.push(postgres.url_secret_ref.clone());
+        refs.extend(postgres.ca_secret_ref.clone());
     }
     if let Some(redis) = &spec.redis {
         refs.push(redis.url_secret_ref.clone());
+        refs.extend(redis.ca_secret_ref.clone());
     }
     if let Some(s3) = &spec.s3 {
         for key in ["accessKeyId", "secretAccessKey"] {
@@ -317,6 +319,10 @@ fn postgres_config(
     Ok(PostgresSinkConfig {
         name,
         url_file: secret_file(&p.url_secret_ref.name, &p.url_secret_ref.key),
+        ca_file: p
+            .ca_secret_ref
+            .as_ref()
+            .map(|c| secret_file(&c.name, &c.key)),
         table: p.table.clone(),
         id_column: p.id_column.clone(),
         columns: p
@@ -342,6 +348,10 @@ fn redis_config(
     Ok(RedisSinkConfig {
         name,
         url_file: secret_file(&r.url_secret_ref.name, &r.url_secret_ref.key),
+        ca_file: r
+            .ca_secret_ref
+            .as_ref()
+            .map(|c| secret_file(&c.name, &c.key)),
         key_template: r.key_template.clone(),
         value: r.value.clone(),
         ttl_seconds: u64::try_from(ttl)
@@ -416,6 +426,27 @@ mod tests {
     }
 
     #[test]
+    fn a_ca_secret_ref_renders_ca_file_and_is_a_referenced_secret() {
+        let mut sink: Sink = load("sink-postgres.yaml");
+        let ca = SecretKeyRef {
+            name: "pg-ca".into(),
+            key: "ca.crt".into(),
+        };
+        if let Some(postgres) = sink.spec.postgres.as_mut() {
+            postgres.ca_secret_ref = Some(ca.clone());
+        }
+        let SinkConfig::Postgres(config) = to_config(&sink, None, &defaults).expect("renders")
+        else {
+            panic!("postgres expected");
+        };
+        assert_eq!(
+            config.ca_file,
+            Some(PathBuf::from("/etc/tributary/secrets/pg-ca/ca.crt"))
+        );
+        assert!(referenced_secrets(&sink).contains(&ca));
+    }
+
+    #[test]
     fn sink_with_two_types_is_invalid() {
         let mut sink: Sink = load("sink-postgres.yaml");
         let other: Sink = load("sink-queue.yaml");
@@ -467,6 +498,7 @@ mod tests {
                 name: "redis".into(),
                 key: "url".into(),
             },
+            ca_secret_ref: None,
             key_template: "latest:{device}".into(),
             value: Some("payload.temp +".into()),
             ttl_seconds: None,

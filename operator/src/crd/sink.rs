@@ -74,8 +74,15 @@ pub struct Batch {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PostgresSink {
-    /// Secret key holding a `postgres://user:password@host:port/db` URL.
+    /// Secret key holding a `postgres://user:password@host:port/db` URL. Its `sslmode`
+    /// parameter takes libpq's values: `disable`, `prefer` (the default: TLS when offered,
+    /// unverified), `require` (TLS, unverified), `verify-ca` (TLS, chain checked),
+    /// `verify-full` (TLS, chain and host name checked).
     pub url_secret_ref: SecretKeyRef,
+    /// Secret key holding the PEM CA bundle `verify-ca`/`verify-full` trust instead of the
+    /// system roots (mounted read-only into the worker pod).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
     /// Target table, optionally schema-qualified.
     #[schemars(length(min = 1))]
     pub table: String,
@@ -124,8 +131,13 @@ fn default_column_type() -> String {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RedisSink {
-    /// Secret key holding a `redis://[:password@]host:port[/db]` URL.
+    /// Secret key holding a `redis://[:password@]host:port[/db]` URL, or `rediss://` for TLS
+    /// with the chain and host name checked.
     pub url_secret_ref: SecretKeyRef,
+    /// Secret key holding the PEM CA bundle a `rediss://` connection trusts instead of the
+    /// system roots (mounted read-only into the worker pod).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
     /// Key template; `{path}` is replaced by the message field at that dotted path.
     /// Default `latest:{device}`.
     #[serde(default = "default_redis_key")]

@@ -6,6 +6,7 @@
 //! batching task, see [`crate::batch`]). Every write is idempotent on the envelope id.
 
 pub mod postgres;
+pub mod postgres_tls;
 pub mod redis;
 pub mod republish;
 pub mod s3;

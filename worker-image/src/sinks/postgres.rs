@@ -5,10 +5,11 @@
 
 use serde_json::Value;
 use tokio::sync::Mutex;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tributary_contract::sql::{is_plain_column_type, quote_ident, quote_table};
 use tributary_contract::worker_config::{BatchConfig, PostgresSinkConfig};
 
+use super::postgres_tls::Target;
 use super::{read_secret, Prepared, SinkBuildError, SinkError};
 use crate::batch::WRITES_IN_FLIGHT;
 use crate::expr::{CelEnv, Expr};
@@ -19,7 +20,9 @@ const STAGE: &str = "tributary_stage";
 /// The PostgreSQL sink.
 pub struct PostgresSink {
     name: String,
-    url: String,
+    /// The parsed URL and TLS settings (never printed: the config holds the password);
+    /// boxed, the config is large.
+    target: Box<Target>,
     batch: BatchConfig,
     columns: Vec<Column>,
     env: CelEnv,
@@ -196,7 +199,13 @@ impl PostgresSink {
         let list = names.join(", ");
         Ok(Self {
             name: config.name.clone(),
-            url: read_secret(&config.name, &config.url_file)?,
+            target: Box::new(
+                Target::parse(
+                    &read_secret(&config.name, &config.url_file)?,
+                    config.ca_file.as_deref(),
+                )
+                .map_err(|e| invalid(format!("{}: {e}", config.url_file.display())))?,
+            ),
             batch: config.batch.clone(),
             columns,
             env: env.clone(),
@@ -302,9 +311,12 @@ impl PostgresSink {
             *guard = None;
         }
         if guard.is_none() {
-            let (client, connection) = tokio_postgres::connect(&self.url, NoTls)
+            let target = &self.target;
+            let (client, connection) = target
+                .config
+                .connect(target.tls.clone())
                 .await
-                .map_err(|e| SinkError::Unavailable(format!("connect: {e}")))?;
+                .map_err(|e| SinkError::Unavailable(format!("connect: {}", with_causes(&e))))?;
             let name = self.name.clone();
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
@@ -348,6 +360,19 @@ async fn write_batch(
     transaction.commit().await
 }
 
+/// The error and its causes: tokio-postgres prints only its own kind ("error performing TLS
+/// handshake"), the cause says which (a certificate not trusted, a refused connection).
+fn with_causes(error: &tokio_postgres::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
+}
+
 /// Data errors (SQLSTATE classes 22 and 23: a value the column cannot hold, a constraint) name
 /// the message; everything else is an outage waited for: connection exceptions (08),
 /// rollbacks and deadlocks (40), insufficient resources (53), operator intervention such as
@@ -356,7 +381,7 @@ async fn write_batch(
 fn classify(error: &tokio_postgres::Error) -> SinkError {
     let text = match error.as_db_error() {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => error.to_string(),
+        None => with_causes(error),
     };
     match error.code().map(|c| c.code()) {
         Some(code) if code.starts_with("22") || code.starts_with("23") => SinkError::Rejected(text),

@@ -4,6 +4,7 @@
 //! value back in time, and rewriting the same message is a no-op.
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use redis::aio::MultiplexedConnection;
 use tokio::sync::Mutex;
@@ -31,6 +32,29 @@ return 1
 /// The companion key holding the id of the value stored at `key`.
 pub fn id_key(key: &str) -> String {
     format!("{key}#id")
+}
+
+/// A client for `url`; a `rediss://` URL trusts the PEM certificates of `ca_file` instead of
+/// the system roots when given. Errors never quote the URL (it may hold the password).
+fn open_client(url: &str, ca_file: Option<&Path>) -> Result<redis::Client, String> {
+    crate::http_client::install_crypto_provider();
+    let not_a_url = |_| "does not hold a valid redis URL".to_string();
+    match ca_file {
+        None => redis::Client::open(url).map_err(not_a_url),
+        Some(path) => {
+            if !url.starts_with("rediss://") {
+                return Err("caFile is set but the URL is not rediss://".into());
+            }
+            // Read and checked here so a bad file names itself; redis parses it again.
+            crate::tls::read_ca_file(path).map_err(|e| e.to_string())?;
+            let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let certificates = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem),
+            };
+            redis::Client::build_with_tls(url, certificates).map_err(not_a_url)
+        }
+    }
 }
 
 /// The Redis sink.
@@ -69,12 +93,8 @@ impl RedisSink {
             None => None,
         };
         let url = read_secret(&config.name, &config.url_file)?;
-        let client = redis::Client::open(url.as_str()).map_err(|_| {
-            invalid(format!(
-                "{} does not hold a valid redis URL",
-                config.url_file.display()
-            ))
-        })?;
+        let client = open_client(&url, config.ca_file.as_deref())
+            .map_err(|e| invalid(format!("{}: {e}", config.url_file.display())))?;
         Ok(Self {
             name: config.name.clone(),
             client,

@@ -249,3 +249,51 @@ fn a_worker_never_mounts_a_managed_brokers_administrator_secret() {
     assert!(!mounted_secrets(&target_admin).contains("alerts-rabbitmq-credentials"));
     assert!(build(&worker, &target_admin).is_err());
 }
+
+#[test]
+fn a_sinks_ca_secret_is_mounted_read_only_and_named_in_the_config() {
+    let worker: Worker = load("worker-pipeline.yaml");
+    let mut sink: crate::crd::sink::Sink = load("sink-postgres.yaml");
+    if let Some(postgres) = sink.spec.postgres.as_mut() {
+        postgres.ca_secret_ref = Some(SecretKeyRef {
+            name: "pg-ca".into(),
+            key: "ca.crt".into(),
+        });
+    }
+    let with_ca = WorkerInputs {
+        sinks: vec![(sink, None)],
+        ..inputs()
+    };
+    let children = build(&worker, &with_ca).expect("builds");
+    let pod = children
+        .deployment
+        .spec
+        .expect("spec")
+        .template
+        .spec
+        .expect("pod");
+    let mount = pod.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == "/etc/tributary/secrets/pg-ca")
+        .expect("the CA secret is mounted");
+    assert_eq!(mount.read_only, Some(true));
+    let text = &children.config_map.data.expect("data")[CONFIG_KEY];
+    assert!(
+        text.contains("caFile: /etc/tributary/secrets/pg-ca/ca.crt"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_over_long_cel_expression_is_a_validation_error() {
+    let mut worker: Worker = load("worker-pipeline.yaml");
+    worker.spec.pipeline[0].filter = Some(format!("payload.v{}", " + 1".repeat(1100)));
+    let error = validate(&worker).expect_err("too long").to_string();
+    assert!(
+        error.contains("spec.pipeline[0].filter: CEL expression refused")
+            && error.contains("4096 allowed"),
+        "{error}"
+    );
+}
