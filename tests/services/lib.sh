@@ -116,6 +116,7 @@ service_main() {
 throwaway_tls() {
   local dir="$1"
   [ -s "$dir/server.pem" ] && [ -s "$dir/ca.pem" ] && return 0
+  command -v openssl >/dev/null 2>&1 || apt_install openssl
   mkdir -p "$dir"
   openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=tributary test CA" \
     -keyout "$dir/ca.key" -out "$dir/ca.pem" >/dev/null 2>&1
