@@ -39,6 +39,18 @@ check rbac-networkpolicies grep -q '"networkpolicies"' "$rendered"
 check operator-namespace-env sh -c "grep -A3 'name: TRIBUTARY_OPERATOR_NAMESPACE' '$rendered' | grep -q 'fieldPath: metadata.namespace'"
 check operator-networkpolicy sh -c "grep -A25 '^kind: NetworkPolicy' '$rendered' | grep -q 'port: 8080'"
 check operator-networkpolicy-optional sh -c "! helm template tributary '$chart' --set networkPolicy.enabled=false | grep -q '^kind: NetworkPolicy'"
+check no-tenancy-rules-by-default sh -c "! grep -q TRIBUTARY_ALLOWED_ '$rendered'"
+cat >"$out/tenancy-values.yaml" <<'YAML'
+tenancy:
+  allowedImages:
+    "*": [reg.example/shared/]
+    tenant-a: [reg.example/a/, reg.example/shared/]
+  allowedServiceTypes:
+    "*": [ClusterIP]
+YAML
+check tenancy-rules-passed-to-the-operator sh -c "helm template tributary '$chart' -f '$out/tenancy-values.yaml' > '$out/tenancy.yaml' &&
+  grep -A1 'name: TRIBUTARY_ALLOWED_IMAGES' '$out/tenancy.yaml' | grep -qF 'value: \"*=reg.example/shared/;tenant-a=reg.example/a/,reg.example/shared/\"' &&
+  grep -A1 'name: TRIBUTARY_ALLOWED_SERVICE_TYPES' '$out/tenancy.yaml' | grep -qF 'value: \"*=ClusterIP\"'"
 check no-internal-webhooks-by-default sh -c "! grep -q TRIBUTARY_ALLOW_INTERNAL_WEBHOOKS '$rendered'"
 check internal-webhooks-when-allowed sh -c "helm template tributary '$chart' --set allowInternalWebhooks=true |
   grep -A1 'name: TRIBUTARY_ALLOW_INTERNAL_WEBHOOKS' | grep -q 'value: \"true\"'"

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
+use tributary_operator::build::tenancy::NamespaceRules;
 
 mod check_api;
 
@@ -116,6 +117,17 @@ struct RunArgs {
     /// Kubernetes API server (refused by default).
     #[arg(long, env = "TRIBUTARY_ALLOW_INTERNAL_WEBHOOKS")]
     allow_internal_webhooks: bool,
+    /// Image allow-list per namespace: `NAMESPACE=PREFIX[,PREFIX...]` rules separated by
+    /// `;`, `*` for every namespace not named, e.g.
+    /// `tenant-a=registry.example.com/tenant-a/;*=registry.example.com/shared/`; a Gateway,
+    /// Worker (custom container included) or managed broker image outside it makes the
+    /// resource invalid. Empty: any image.
+    #[arg(long, env = "TRIBUTARY_ALLOWED_IMAGES", default_value = "")]
+    allowed_images: String,
+    /// Gateway Service types per namespace, same syntax, e.g. `edge=LoadBalancer;*=ClusterIP`.
+    /// Empty: any type.
+    #[arg(long, env = "TRIBUTARY_ALLOWED_SERVICE_TYPES", default_value = "")]
+    allowed_service_types: String,
     /// The namespace this operator's pod runs in (the chart sets it from the pod's
     /// metadata); brokers' NetworkPolicies admit the operator from there.
     #[arg(long, env = "TRIBUTARY_OPERATOR_NAMESPACE")]
@@ -196,6 +208,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         monitoring_labels: tributary_operator::build::labels::parse(&args.monitoring_labels)
             .map_err(|reason| anyhow::anyhow!("--monitoring-label: {reason}"))?,
         allow_internal_webhooks: args.allow_internal_webhooks,
+        tenancy: tributary_operator::build::tenancy::TenantPolicy {
+            images: NamespaceRules::parse(&args.allowed_images)
+                .map_err(|reason| anyhow::anyhow!("--allowed-images: {reason}"))?,
+            service_types: NamespaceRules::parse(&args.allowed_service_types)
+                .map_err(|reason| anyhow::anyhow!("--allowed-service-types: {reason}"))?,
+        },
         operator_namespace: args.operator_namespace.filter(|n| !n.is_empty()),
     };
     tributary_operator::run::run(settings).await?;

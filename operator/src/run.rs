@@ -44,6 +44,8 @@ pub struct Settings {
     pub monitoring_labels: std::collections::BTreeMap<String, String>,
     /// Whether webhook Sinks may point at loopback, link-local or the API server.
     pub allow_internal_webhooks: bool,
+    /// Which images and Service types each namespace may choose.
+    pub tenancy: crate::build::tenancy::TenantPolicy,
     /// The namespace of the operator's own pods, when it runs in one.
     pub operator_namespace: Option<String>,
 }
@@ -432,6 +434,7 @@ async fn context(client: Client, settings: &Settings, metrics: Arc<Metrics>) -> 
         sink_policy: crate::build::sink::SinkPolicy {
             allow_internal_webhooks: settings.allow_internal_webhooks,
         },
+        tenancy: settings.tenancy.clone(),
         operator_namespace: settings.operator_namespace.clone(),
     })
 }

@@ -39,3 +39,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- join "," $items -}}
 {{- end -}}
+
+{{/*
+Namespace rules for the operator's tenancy settings: a map of namespace (or "*") to a list
+of values, as `ns=a,b;*=c`.
+*/}}
+{{- define "tributary.namespaceRules" -}}
+{{- $rules := list -}}
+{{- range $namespace, $values := . -}}
+{{- $rules = append $rules (printf "%s=%s" $namespace (join "," $values)) -}}
+{{- end -}}
+{{- join ";" $rules -}}
+{{- end }}

@@ -17,6 +17,7 @@ pub mod network_policy;
 pub mod pod;
 pub mod queue;
 pub mod sink;
+pub mod tenancy;
 pub mod worker;
 
 /// The one field manager of every server-side apply the operator makes.

@@ -52,7 +52,8 @@ async fn steps(
     ctx: &Context,
     status: &mut GatewayStatus,
 ) -> Result<Outcome, Error> {
-    if let Err(outcome) = checked(build::validate(gateway))? {
+    let admitted = build::validate(gateway).and_then(|()| ctx.tenancy.admits_gateway(gateway));
+    if let Err(outcome) = checked(admitted)? {
         return Ok(outcome);
     }
     let inputs = match dereference(ctx, gateway).await? {

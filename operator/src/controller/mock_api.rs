@@ -331,6 +331,11 @@ impl Scenario {
 
 /// A controller context around a mocked client.
 pub fn context(client: Client) -> Arc<Context> {
+    context_with(client, crate::build::tenancy::TenantPolicy::default())
+}
+
+/// [`context`] with the operator's tenancy settings.
+pub fn context_with(client: Client, tenancy: crate::build::tenancy::TenantPolicy) -> Arc<Context> {
     Arc::new(Context {
         recorder: Recorder::new(
             client.clone(),
@@ -346,6 +351,7 @@ pub fn context(client: Client) -> Arc<Context> {
         monitoring_labels: BTreeMap::new(),
         broker: Arc::new(crate::broker::Broker::default()),
         sink_policy: crate::build::sink::SinkPolicy::default(),
+        tenancy,
         operator_namespace: Some("tributary-system".to_owned()),
     })
 }

@@ -50,6 +50,8 @@ pub struct Context {
     pub broker: Arc<Broker>,
     /// What the operator's settings allow Sinks to point at.
     pub sink_policy: crate::build::sink::SinkPolicy,
+    /// Which images and Service types each namespace may choose.
+    pub tenancy: crate::build::tenancy::TenantPolicy,
     /// The namespace the operator's pods run in (NetworkPolicies let them reach brokers),
     /// when known.
     pub operator_namespace: Option<String>,

@@ -63,7 +63,8 @@ async fn steps(
     ctx: &Context,
     status: &mut WorkerStatus,
 ) -> Result<Outcome, Error> {
-    if let Err(outcome) = checked(build::validate(worker))? {
+    let admitted = build::validate(worker).and_then(|()| ctx.tenancy.admits_worker(worker));
+    if let Err(outcome) = checked(admitted)? {
         return Ok(outcome);
     }
     status.selector = Some(build::selector_string(worker)?);
@@ -292,7 +293,8 @@ mod tests {
 
     use crate::build::fixtures::load;
     use crate::controller::mock_api::{
-        context, deleted, events, mocked, path, ready, ready_queue, secret, tributary, Exchange,
+        context, context_with, deleted, events, mocked, path, ready, ready_queue, secret,
+        tributary, Exchange,
     };
     use serde_json::{json, Value};
 
@@ -401,6 +403,29 @@ mod tests {
             "spec.scaling.minReplicas (9) exceeds maxReplicas (5)"
         );
         assert_eq!(status.get("selector"), None, "validation comes first");
+    }
+
+    #[tokio::test]
+    async fn an_image_outside_the_operators_allow_list_is_invalid_and_nothing_is_applied() {
+        let mut worker = worker();
+        worker.spec.image = Some("docker.io/someone/worker:latest".into());
+        let (client, server) = mocked();
+        let scenario = server.run(reported(&worker, reason::INVALID_SPEC));
+        let tenancy = crate::build::tenancy::TenantPolicy {
+            images: crate::build::tenancy::NamespaceRules::parse("*=tributary/").expect("rules"),
+            ..Default::default()
+        };
+        let action = reconcile(Arc::new(worker), context_with(client, tenancy)).await;
+        assert_eq!(action.expect("reconciles"), Action::await_change());
+        let bodies = scenario.done().await;
+        let message = bodies.last().expect("status written")["status"]["conditions"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            message.contains("spec.image") && message.contains("allow-list"),
+            "{message}"
+        );
     }
 
     #[tokio::test]

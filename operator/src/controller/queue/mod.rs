@@ -151,6 +151,9 @@ async fn run(
     if super::being_deleted(&queue.metadata) {
         return finalizer::finalize(ctx, queue, &plan, &names).await;
     }
+    if let Err(BuildError::Invalid(message)) = ctx.tenancy.admits_queue(queue) {
+        return finalizer::invalid_spec(ctx, queue, message).await;
+    }
     finalizer::follow_policy(ctx, queue).await?;
     // Build and apply the broker, then dereference how to reach it.
     if let Some(outcome) = apply_broker(ctx, queue, &plan, &names, status).await? {
