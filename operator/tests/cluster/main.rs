@@ -213,6 +213,7 @@ fn operator_settings(namespace: &str) -> tributary_operator::run::Settings {
             "kube-prometheus-stack".to_owned(),
         )]),
         allow_internal_webhooks: false,
+        tenancy: Default::default(),
         // In-process, not in a pod: the brokers' NetworkPolicies select it by label.
         operator_namespace: None,
     }
