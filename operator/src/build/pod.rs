@@ -9,7 +9,7 @@ use crate::crd::ComputeResources;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMapVolumeSource, Container, HTTPGetAction, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SecretVolumeSource, Volume, VolumeMount,
+    ResourceRequirements, SecretVolumeSource, TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -74,6 +74,21 @@ pub fn http_probe(path: &str, port: &str, initial_delay: i32) -> Probe {
         period_seconds: Some(10),
         timeout_seconds: Some(3),
         failure_threshold: Some(3),
+        ..Probe::default()
+    }
+}
+
+/// A probe that a TCP connection to `port` succeeds.
+pub fn tcp_probe(port: i32, initial_delay: i32, period: i32, failures: i32) -> Probe {
+    Probe {
+        tcp_socket: Some(TCPSocketAction {
+            port: IntOrString::Int(port),
+            ..TCPSocketAction::default()
+        }),
+        initial_delay_seconds: Some(initial_delay),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(5),
         ..Probe::default()
     }
 }

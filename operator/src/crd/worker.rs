@@ -170,6 +170,11 @@ pub struct CustomContainer {
     /// limits `cpu: "1"`, `memory: 512Mi`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<super::ComputeResources>,
+    /// HTTP path on `port` that answers 2xx while the container is healthy: its readiness
+    /// and liveness probes `GET` it. Without it, the probes check that `port` accepts
+    /// connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_path: Option<String>,
 }
 
 fn default_container_timeout() -> i64 {

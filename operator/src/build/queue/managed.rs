@@ -13,8 +13,8 @@ use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
     EnvVarSource, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Secret, SecretVolumeSource, Service,
-    ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
+    PodSpec, PodTemplateSpec, ResourceRequirements, Secret, SecretVolumeSource, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -26,6 +26,7 @@ use super::{
     Credentials, ManagedNames, AMQP_PORT, KEY_COOKIE, KEY_MANAGEMENT_URI, KEY_PASSWORD, KEY_URI,
     KEY_USERNAME, MANAGEMENT_PORT, RABBITMQ_UID,
 };
+use crate::build::pod::tcp_probe;
 
 /// The children of a managed broker.
 #[derive(Clone, Debug, PartialEq)]
@@ -237,20 +238,6 @@ fn mount(name: &str, path: &str, sub_path: Option<&str>, read_only: bool) -> Vol
         sub_path: sub_path.map(str::to_owned),
         read_only: Some(read_only),
         ..VolumeMount::default()
-    }
-}
-
-fn tcp_probe(port: i32, initial_delay: i32, period: i32, failures: i32) -> Probe {
-    Probe {
-        tcp_socket: Some(TCPSocketAction {
-            port: IntOrString::Int(port),
-            ..TCPSocketAction::default()
-        }),
-        initial_delay_seconds: Some(initial_delay),
-        period_seconds: Some(period),
-        failure_threshold: Some(failures),
-        timeout_seconds: Some(5),
-        ..Probe::default()
     }
 }
 

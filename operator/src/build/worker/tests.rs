@@ -1,6 +1,7 @@
 use super::*;
 use crate::build::fixtures::load;
 use crate::build::queue::access::BrokerCredentials;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 fn inputs() -> WorkerInputs {
     WorkerInputs {
@@ -296,4 +297,42 @@ fn an_over_long_cel_expression_is_a_validation_error() {
             && error.contains("4096 allowed"),
         "{error}"
     );
+}
+
+#[test]
+fn a_custom_container_is_probed_on_its_port_or_its_health_path() {
+    let mut worker: Worker = load("worker-container.yaml");
+    let processor = |worker: &Worker| {
+        let children = build(worker, &inputs()).expect("builds");
+        let pod = children
+            .deployment
+            .spec
+            .and_then(|d| d.template.spec)
+            .expect("pod");
+        pod.containers
+            .into_iter()
+            .find(|c| c.name == "processor")
+            .expect("processor container")
+    };
+    let port = worker.spec.container.as_ref().expect("container").port;
+    let by_port = processor(&worker);
+    for probe in [&by_port.readiness_probe, &by_port.liveness_probe] {
+        let tcp = probe
+            .as_ref()
+            .and_then(|p| p.tcp_socket.as_ref())
+            .expect("tcp probe");
+        assert_eq!(tcp.port, IntOrString::Int(port));
+    }
+    if let Some(container) = worker.spec.container.as_mut() {
+        container.health_path = Some("/healthz".into());
+    }
+    let by_path = processor(&worker);
+    for probe in [&by_path.readiness_probe, &by_path.liveness_probe] {
+        let http = probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .expect("http probe");
+        assert_eq!(http.path.as_deref(), Some("/healthz"));
+        assert_eq!(http.port, IntOrString::String("processor".into()));
+    }
 }
