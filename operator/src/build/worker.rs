@@ -3,8 +3,8 @@
 
 use super::network_policy::pod_ingress_policy;
 use super::pod::{
-    config_and_secret_volumes, deployment, http_probe, resources, tcp_probe, validate_resources,
-    CONFIG_DIR, PROCESSOR_RESOURCES, WORKER_RESOURCES,
+    config_and_secret_volumes, deployment, http_probe, resources, validate_resources, CONFIG_DIR,
+    PROCESSOR_RESOURCES, WORKER_RESOURCES,
 };
 use super::queue::access::{mountable, BrokerCredentials};
 use super::sink::{self as sink_build, ResolvedTarget, SinkKind};
@@ -338,23 +338,22 @@ fn processor_container(custom: &CustomContainer) -> Container {
             ..ContainerPort::default()
         }]),
         resources: Some(resources(&PROCESSOR_RESOURCES, custom.resources.as_ref())),
-        readiness_probe: Some(processor_probe(custom, 0, 3)),
+        readiness_probe: processor_probe(custom, 0, 3),
         // Generous: a container restarted for a slow start would never get going.
-        liveness_probe: Some(processor_probe(custom, 30, 6)),
+        liveness_probe: processor_probe(custom, 30, 6),
         ..Container::default()
     }
 }
 
-/// The user's container is healthy when `healthPath` answers on its port, or without one,
-/// when its port accepts connections (the runtime posts every message there).
-fn processor_probe(custom: &CustomContainer, initial_delay: i32, failures: i32) -> Probe {
-    match &custom.health_path {
-        Some(path) => Probe {
-            failure_threshold: Some(failures),
-            ..http_probe(path, "processor", initial_delay)
-        },
-        None => tcp_probe(custom.port, initial_delay, 10, failures),
-    }
+/// With `healthPath`, the user's container is healthy while that path answers on its port.
+/// Without it, no probe: a processor often listens on loopback only (the runtime posts to
+/// it from inside the pod), where the kubelet's probes, sent to the pod's address, cannot
+/// reach it.
+fn processor_probe(custom: &CustomContainer, initial_delay: i32, failures: i32) -> Option<Probe> {
+    custom.health_path.as_ref().map(|path| Probe {
+        failure_threshold: Some(failures),
+        ..http_probe(path, "processor", initial_delay)
+    })
 }
 
 /// Builds the Worker's ConfigMap and Deployment.

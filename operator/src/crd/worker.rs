@@ -171,8 +171,8 @@ pub struct CustomContainer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<super::ComputeResources>,
     /// HTTP path on `port` that answers 2xx while the container is healthy: its readiness
-    /// and liveness probes `GET` it. Without it, the probes check that `port` accepts
-    /// connections.
+    /// and liveness probes `GET` it (the kubelet probes the pod's address, so the container
+    /// must listen on it, not only on loopback). Without it, the container has no probes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_path: Option<String>,
 }

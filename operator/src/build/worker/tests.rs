@@ -300,7 +300,7 @@ fn an_over_long_cel_expression_is_a_validation_error() {
 }
 
 #[test]
-fn a_custom_container_is_probed_on_its_port_or_its_health_path() {
+fn a_custom_container_is_probed_on_its_health_path_only_when_it_names_one() {
     let mut worker: Worker = load("worker-container.yaml");
     let processor = |worker: &Worker| {
         let children = build(worker, &inputs()).expect("builds");
@@ -314,20 +314,16 @@ fn a_custom_container_is_probed_on_its_port_or_its_health_path() {
             .find(|c| c.name == "processor")
             .expect("processor container")
     };
-    let port = worker.spec.container.as_ref().expect("container").port;
-    let by_port = processor(&worker);
-    for probe in [&by_port.readiness_probe, &by_port.liveness_probe] {
-        let tcp = probe
-            .as_ref()
-            .and_then(|p| p.tcp_socket.as_ref())
-            .expect("tcp probe");
-        assert_eq!(tcp.port, IntOrString::Int(port));
-    }
+    let unprobed = processor(&worker);
+    assert_eq!(
+        (unprobed.readiness_probe, unprobed.liveness_probe),
+        (None, None)
+    );
     if let Some(container) = worker.spec.container.as_mut() {
         container.health_path = Some("/healthz".into());
     }
-    let by_path = processor(&worker);
-    for probe in [&by_path.readiness_probe, &by_path.liveness_probe] {
+    let probed = processor(&worker);
+    for probe in [&probed.readiness_probe, &probed.liveness_probe] {
         let http = probe
             .as_ref()
             .and_then(|p| p.http_get.as_ref())
