@@ -210,7 +210,7 @@ async fn start_device_listeners(
     bound: &mut Bound,
 ) -> Result<(), StartError> {
     let proxy_protocol = config.listeners.proxy_protocol;
-    let unauthenticated = mqtt::server::unauthenticated_places();
+    let unauthenticated = mqtt::places::Unauthenticated::default();
     if let Some(addr) = config.listeners.mqtt {
         let listener = bind(addr).await?;
         bound.mqtt = Some(local(&listener, addr));
@@ -219,7 +219,7 @@ async fn start_device_listeners(
             Arc::clone(gateway),
             listener,
             proxy_protocol,
-            Arc::clone(&unauthenticated),
+            unauthenticated.clone(),
             tracker.clone(),
         ));
     }

@@ -3,6 +3,7 @@
 pub mod codec;
 pub mod encode;
 pub mod names;
+pub mod places;
 pub mod properties;
 pub mod registry;
 pub mod server;

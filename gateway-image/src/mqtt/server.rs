@@ -14,33 +14,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
+use super::places::{Place, Unauthenticated};
 use super::session;
 use crate::handshake::{accept_tls, client_address};
 use crate::ingest::Gateway;
 use crate::metrics::ProtocolLabel;
-
-/// Most MQTT connections (plain and TLS together) that may be waiting to be authenticated.
-pub const MAX_UNAUTHENTICATED_CONNECTIONS: usize = 128;
-
-/// The places for unauthenticated connections, shared by the MQTT listeners.
-pub fn unauthenticated_places() -> Arc<Semaphore> {
-    Arc::new(Semaphore::new(MAX_UNAUTHENTICATED_CONNECTIONS))
-}
 
 /// Accepts connections until the gateway drains, spawning `serve` on each that finds a
 /// place among the unauthenticated ones (those past the cap are closed at once).
 async fn accept_loop<F, Fut>(
     gateway: &Gateway,
     listener: TcpListener,
-    places: Arc<Semaphore>,
+    places: Unauthenticated,
     tracker: TaskTracker,
     mut serve: F,
 ) where
-    F: FnMut(TcpStream, SocketAddr, OwnedSemaphorePermit) -> Fut,
+    F: FnMut(TcpStream, SocketAddr, Place) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     loop {
@@ -50,7 +42,7 @@ async fn accept_loop<F, Fut>(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let Ok(place) = Arc::clone(&places).try_acquire_owned() else {
+                let Some(place) = places.take() else {
                     tracing::debug!(peer = %peer, "over the unauthenticated connection cap, closed");
                     continue;
                 };
@@ -76,7 +68,7 @@ pub async fn serve_plain(
     gateway: Arc<Gateway>,
     listener: TcpListener,
     proxy_protocol: bool,
-    places: Arc<Semaphore>,
+    places: Unauthenticated,
     tracker: TaskTracker,
 ) {
     let shared = Arc::clone(&gateway);
@@ -85,7 +77,7 @@ pub async fn serve_plain(
         listener,
         places,
         tracker,
-        move |mut stream, peer, place| {
+        move |mut stream, peer, mut place| {
             let gateway = Arc::clone(&shared);
             async move {
                 let timeout = handshake_timeout(&gateway);
@@ -94,6 +86,10 @@ pub async fn serve_plain(
                     client_address(&mut stream, peer, proxy_protocol),
                 );
                 if let Ok(Some(client)) = client.await {
+                    if !place.claim_address(client.ip()) {
+                        tracing::debug!(client = %client, "over the address's unauthenticated connection share, closed");
+                        return;
+                    }
                     session::serve(gateway, stream, client, None, place).await;
                 }
             }
@@ -109,7 +105,7 @@ pub async fn serve_tls(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     proxy_protocol: bool,
-    places: Arc<Semaphore>,
+    places: Unauthenticated,
     tracker: TaskTracker,
 ) {
     let shared = Arc::clone(&gateway);
@@ -118,13 +114,17 @@ pub async fn serve_tls(
         listener,
         places,
         tracker,
-        move |mut stream, peer, place| {
+        move |mut stream, peer, mut place| {
             let gateway = Arc::clone(&shared);
             let acceptor = acceptor.clone();
             async move {
                 let timeout = handshake_timeout(&gateway);
                 let handshake = async {
                     let client = client_address(&mut stream, peer, proxy_protocol).await?;
+                    if !place.claim_address(client.ip()) {
+                        tracing::debug!(client = %client, "over the address's unauthenticated connection share, closed");
+                        return None;
+                    }
                     let (stream, device) = accept_tls(
                         &acceptor,
                         stream,

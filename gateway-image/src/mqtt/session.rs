@@ -122,7 +122,7 @@ pub async fn serve<S>(
     stream: S,
     peer: SocketAddr,
     certificate_device: Option<String>,
-    unauthenticated: tokio::sync::OwnedSemaphorePermit,
+    unauthenticated: super::places::Place,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -175,7 +175,7 @@ struct Session<R, W> {
     /// Cancelled when a newer connection with the same client id takes over.
     taken_over: tokio_util::sync::CancellationToken,
     /// The place among unauthenticated connections, held until the CONNECT is answered.
-    unauthenticated: Option<tokio::sync::OwnedSemaphorePermit>,
+    unauthenticated: Option<super::places::Place>,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {

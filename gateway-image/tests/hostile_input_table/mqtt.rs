@@ -81,8 +81,10 @@ impl Input {
                 bench::CONNECT_TIMEOUT.as_secs()
             ),
             Input::PreAuthFlood { extra } => format!(
-                "{} connections that never send CONNECT ({extra} past the cap)",
-                tributary_gateway::mqtt::server::MAX_UNAUTHENTICATED_CONNECTIONS + extra
+                "{} connections that never send CONNECT, at most {} per address, with {extra} \
+                 more from a full address and {extra} more once all places are taken",
+                tributary_gateway::mqtt::places::MAX_UNAUTHENTICATED_CONNECTIONS,
+                tributary_gateway::mqtt::places::MAX_UNAUTHENTICATED_PER_ADDRESS,
             ),
         }
     }

@@ -41,13 +41,24 @@ async fn burst(bench: &Bench, logins: Vec<(IpAddr, String, String)>) -> (Vec<u8>
     (answers.into_iter().map(|(code, _)| code).collect(), slowest)
 }
 
+/// The `i`th of several source addresses in the loopback block `block` (127.0.block.x), for
+/// bursts meant to test a limit other than the per-address share of unauthenticated places.
+fn spread(block: u8, i: usize) -> IpAddr {
+    IpAddr::from([127, 0, block, u8::try_from(i % 250 + 1).unwrap_or(1)])
+}
+
 pub async fn address_failures(bench: &Bench, from: IpAddr, count: usize) -> Outcome {
-    let bad = (0..count)
-        .map(|i| (from, format!("ghost-{i}"), "guess".to_owned()))
-        .collect();
-    let (codes, _) = burst(bench, bad).await;
-    if let Some(code) = codes.iter().find(|&&code| code != 4 && code != 3) {
-        return Outcome::Other(format!("a failed login got {code:#04x}"));
+    use tributary_gateway::mqtt::places::MAX_UNAUTHENTICATED_PER_ADDRESS as SHARE;
+    // In rounds of the address's share of unauthenticated places, so every one is checked.
+    for round in (0..count).collect::<Vec<_>>().chunks(SHARE) {
+        let bad = round
+            .iter()
+            .map(|i| (from, format!("ghost-{i}"), "guess".to_owned()))
+            .collect();
+        let (codes, _) = burst(bench, bad).await;
+        if let Some(code) = codes.iter().find(|&&code| code != 4 && code != 3) {
+            return Outcome::Other(format!("a failed login got {code:#04x}"));
+        }
     }
     let (code, _) = login_code(bench, from, "press-2", &password("press-2")).await;
     Outcome::Connack(code)
@@ -55,8 +66,12 @@ pub async fn address_failures(bench: &Bench, from: IpAddr, count: usize) -> Outc
 
 pub async fn parallel_guesses(bench: &Bench, from: IpAddr, count: usize) -> Outcome {
     let started = bench.running.gateway.auth.password_checks_started();
+    // From many addresses: what must hold them back is the per-device limit.
     let guesses = (0..count)
-        .map(|_| (from, "press-5".to_owned(), "guess".to_owned()))
+        .map(|i| {
+            let source = if i == 0 { from } else { spread(3, i) };
+            (source, "press-5".to_owned(), "guess".to_owned())
+        })
         .collect();
     let (codes, _) = burst(bench, guesses).await;
     let checked = bench.running.gateway.auth.password_checks_started() - started;
@@ -67,8 +82,12 @@ pub async fn parallel_guesses(bench: &Bench, from: IpAddr, count: usize) -> Outc
 }
 
 pub async fn login_burst(bench: &Bench, from: IpAddr, count: usize) -> Outcome {
+    // From many addresses: what must hold them back is the hashing queue.
     let logins = (0..count)
-        .map(|i| (from, format!("ghost-burst-{i}"), "guess".to_owned()))
+        .map(|i| {
+            let source = if i == 0 { from } else { spread(4, i) };
+            (source, format!("ghost-burst-{i}"), "guess".to_owned())
+        })
         .collect();
     let (codes, slowest) = burst(bench, logins).await;
     // Inside the CONNECT deadline, with a second of slack for a busy machine.
@@ -78,16 +97,19 @@ pub async fn login_burst(bench: &Bench, from: IpAddr, count: usize) -> Outcome {
     mqtt::codes(&codes)
 }
 
-pub async fn pre_auth_flood(bench: &Bench, from: IpAddr, extra: usize) -> Outcome {
-    let cap = tributary_gateway::mqtt::server::MAX_UNAUTHENTICATED_CONNECTIONS;
-    let mut held = Vec::with_capacity(cap);
-    for _ in 0..cap {
-        match connect_from(from, bench.mqtt()).await {
-            Ok(stream) => held.push(stream),
-            Err(error) => return Outcome::Other(format!("connect: {error}")),
-        }
-    }
-    // Past the cap: closed when accepted, long before the CONNECT deadline.
+/// A flood address of its own (127.0.2.k) for the `k`th share of places.
+fn flood_source(k: usize) -> IpAddr {
+    IpAddr::from([127, 0, 2, u8::try_from(k % 250 + 1).unwrap_or(1)])
+}
+
+/// `extra` connections from `from`, each of which must be closed when accepted; the
+/// slowest close, or why not.
+async fn all_closed_at_once(
+    bench: &Bench,
+    from: IpAddr,
+    extra: usize,
+    past: &str,
+) -> Result<Duration, Outcome> {
     let mut slowest = Duration::ZERO;
     for _ in 0..extra {
         let started = Instant::now();
@@ -96,9 +118,49 @@ pub async fn pre_auth_flood(bench: &Bench, from: IpAddr, extra: usize) -> Outcom
         };
         match closed(&mut stream, started).await {
             Some(after) => slowest = slowest.max(after),
-            None => return Outcome::Other("a connection past the cap stayed open".into()),
+            None => {
+                return Err(Outcome::Other(format!(
+                    "a connection past {past} stayed open"
+                )))
+            }
         }
     }
+    Ok(slowest)
+}
+
+pub async fn pre_auth_flood(bench: &Bench, from: IpAddr, extra: usize) -> Outcome {
+    use tributary_gateway::mqtt::places::{
+        MAX_UNAUTHENTICATED_CONNECTIONS as CAP, MAX_UNAUTHENTICATED_PER_ADDRESS as SHARE,
+    };
+    let mut held = Vec::with_capacity(CAP);
+    // One address takes its share; more from it are closed when accepted.
+    for k in 0..CAP {
+        let source = if k < SHARE {
+            from
+        } else {
+            flood_source(k / SHARE)
+        };
+        match connect_from(source, bench.mqtt()).await {
+            Ok(stream) => held.push(stream),
+            Err(error) => return Outcome::Other(format!("connect: {error}")),
+        }
+        if k + 1 == SHARE {
+            // Let the gateway count the share's connections before more arrive (accepting
+            // and counting happen on its own tasks).
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if let Err(outcome) =
+                all_closed_at_once(bench, from, extra, "the address's share").await
+            {
+                return outcome;
+            }
+        }
+    }
+    // Every place taken (from many addresses): a new address is closed when accepted too.
+    let slowest =
+        match all_closed_at_once(bench, flood_source(CAP / SHARE + 1), extra, "the cap").await {
+            Ok(slowest) => slowest,
+            Err(outcome) => return outcome,
+        };
     // The held ones end at the CONNECT deadline, freeing the places for the next rows.
     for stream in &mut held {
         if closed(stream, Instant::now()).await.is_none() {
