@@ -435,6 +435,7 @@ async fn context(client: Client, settings: &Settings, metrics: Arc<Metrics>) -> 
             allow_internal_webhooks: settings.allow_internal_webhooks,
         },
         tenancy: settings.tenancy.clone(),
+        retries: Default::default(),
         operator_namespace: settings.operator_namespace.clone(),
     })
 }

@@ -42,7 +42,7 @@ pub async fn reconcile(gateway: Arc<Gateway>, ctx: Arc<Context>) -> Result<Actio
         &status,
     )
     .await?;
-    Ok(outcome.action)
+    Ok(ctx.retries.pace(&ctx.metrics, gateway.as_ref(), &outcome))
 }
 
 /// The steps of a Gateway not being deleted: validate → dereference → build → apply → status. A step

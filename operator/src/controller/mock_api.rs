@@ -352,6 +352,7 @@ pub fn context_with(client: Client, tenancy: crate::build::tenancy::TenantPolicy
         broker: Arc::new(crate::broker::Broker::default()),
         sink_policy: crate::build::sink::SinkPolicy::default(),
         tenancy,
+        retries: Default::default(),
         operator_namespace: Some("tributary-system".to_owned()),
     })
 }

@@ -29,6 +29,7 @@ pub mod mock_api;
 pub mod monitoring;
 pub mod pdb;
 pub mod queue;
+pub mod retries;
 pub mod sink;
 pub mod worker;
 
@@ -52,6 +53,8 @@ pub struct Context {
     pub sink_policy: crate::build::sink::SinkPolicy,
     /// Which images and Service types each namespace may choose.
     pub tenancy: crate::build::tenancy::TenantPolicy,
+    /// Backoff of reconciles whose broker is unreachable.
+    pub retries: retries::BrokerRetries,
     /// The namespace the operator's pods run in (NetworkPolicies let them reach brokers),
     /// when known.
     pub operator_namespace: Option<String>,

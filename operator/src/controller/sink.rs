@@ -28,7 +28,7 @@ pub async fn reconcile(sink: Arc<Sink>, ctx: Arc<Context>) -> Result<Action, Err
         ready_condition(&ctx, sink.as_ref(), &current.conditions, &outcome.ready).await;
     status.observed_generation = sink.metadata.generation;
     patch_status(&ctx.client, sink.as_ref(), sink.status.as_ref(), &status).await?;
-    Ok(outcome.action)
+    Ok(ctx.retries.pace(&ctx.metrics, sink.as_ref(), &outcome))
 }
 
 /// The steps after [`skip_deleted`]: validate → dereference → status. A step that cannot go

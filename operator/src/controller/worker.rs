@@ -45,7 +45,7 @@ pub async fn reconcile(worker: Arc<Worker>, ctx: Arc<Context>) -> Result<Action,
         ..current
     };
     patch_status(&ctx.client, worker.as_ref(), Some(&comparable), &status).await?;
-    Ok(outcome.action)
+    Ok(ctx.retries.pace(&ctx.metrics, worker.as_ref(), &outcome))
 }
 
 /// The conditions this controller writes (under its field manager): `Ready` only.

@@ -130,7 +130,7 @@ pub async fn reconcile(queue: Arc<Queue>, ctx: Arc<Context>) -> Result<Action, E
             .or(current.dead_lettered_messages);
     }
     patch_status(&ctx.client, queue.as_ref(), queue.status.as_ref(), &status).await?;
-    Ok(outcome.action)
+    Ok(ctx.retries.pace(&ctx.metrics, queue.as_ref(), &outcome))
 }
 
 /// The reconcile steps; `Ok(None)` once a deleted Queue is fully cleaned up.
