@@ -248,6 +248,10 @@ pub struct BrokerConfig {
     /// A file holding the `amqp://` or `amqps://` URI (with credentials), read at each
     /// (re)connect. The URI never appears in logs.
     pub uri_file: PathBuf,
+    /// A PEM file of the CA(s) an `amqps://` broker's certificate may chain to, for a broker
+    /// with a private CA; read at each (re)connect. Host names are verified either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     /// Longest wait between reconnect attempts, in milliseconds.
     #[serde(default = "default_reconnect_max_delay_ms")]
     pub reconnect_max_delay_ms: u64,

@@ -52,6 +52,10 @@ pub struct WorkerConfig {
 pub struct QueueConfig {
     /// File holding the broker's `amqp://` or `amqps://` URI (a mounted Secret key).
     pub uri_file: PathBuf,
+    /// A PEM file of the CA(s) an `amqps://` broker's certificate may chain to, for a broker
+    /// with a private CA; read at each (re)connect. Host names are verified either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     /// The queue name.
     pub name: String,
     /// Maximum number of unacknowledged messages the broker sends this worker (AMQP
@@ -367,6 +371,10 @@ pub struct RepublishSinkConfig {
     /// File holding the target broker's URI; default the consumed queue's broker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uri_file: Option<PathBuf>,
+    /// A PEM file of the CA(s) the target broker's certificate may chain to (with
+    /// `uriFile`); without `uriFile`, the consumed queue's `caFile` applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     /// The exchange; empty (the default) is the default exchange.
     #[serde(default)]
     pub exchange: String,

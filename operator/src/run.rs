@@ -206,13 +206,14 @@ async fn queues(ctx: &Arc<Context>, ns: Option<&str>, stop: watch::Receiver<bool
             api_for::<SecretMeta>(client, ns),
             wc,
             move |secret: SecretMeta| {
-                // External brokers: the URI Secret may appear after the Queue.
+                // External brokers: the URI or CA Secret may appear after the Queue.
                 dependents(&queue_store, secret.namespace(), |q| {
-                    q.spec
-                        .broker
-                        .external
-                        .as_ref()
-                        .is_some_and(|e| e.uri_secret_ref.name == secret.name_any())
+                    q.spec.broker.external.as_ref().is_some_and(|e| {
+                        e.uri_secret_ref.name == secret.name_any()
+                            || e.ca_secret_ref
+                                .as_ref()
+                                .is_some_and(|ca| ca.name == secret.name_any())
+                    })
                 })
             },
         )

@@ -77,7 +77,7 @@ async fn declarations_and_readings_share_one_kept_connection_and_reconnect_after
     let queue = fresh_queue("readings");
     let broker = Broker::default();
     broker
-        .declare(&uri, &queue, &BTreeMap::new(), None)
+        .declare(uri.as_str().into(), &queue, &BTreeMap::new(), None)
         .await
         .expect("queue declared");
     assert_eq!(
@@ -87,18 +87,24 @@ async fn declarations_and_readings_share_one_kept_connection_and_reconnect_after
     );
     publish(&uri, &queue, 3).await;
 
-    let first = broker.connection(&uri).await.expect("connected");
+    let first = broker
+        .connection(uri.as_str().into())
+        .await
+        .expect("connected");
     let reading = broker
-        .reading(&uri, Some(&management), &queue)
+        .reading(uri.as_str().into(), Some(&management), &queue)
         .await
         .expect("reading of an existing queue");
     assert_eq!((reading.ready, reading.consumers), (3, 0));
     assert_eq!(reading.backlog(), 3 + reading.unacked.unwrap_or(0));
     broker
-        .declare(&uri, &queue, &BTreeMap::new(), None)
+        .declare(uri.as_str().into(), &queue, &BTreeMap::new(), None)
         .await
         .expect("declared again: idempotent");
-    let second = broker.connection(&uri).await.expect("still connected");
+    let second = broker
+        .connection(uri.as_str().into())
+        .await
+        .expect("still connected");
     assert!(
         Arc::ptr_eq(&first, &second),
         "the open connection is reused"
@@ -118,20 +124,25 @@ async fn declarations_and_readings_share_one_kept_connection_and_reconnect_after
     assert_eq!(again.ready, 3);
 
     // Still, the pool drops a connection after a failed operation; the next one reconnects.
-    let missing = broker.reading(&uri, None, &fresh_queue("missing")).await;
+    let missing = broker
+        .reading(uri.as_str().into(), None, &fresh_queue("missing"))
+        .await;
     assert!(
         matches!(missing, Err(BrokerError::Refused { .. })),
         "{missing:?}"
     );
     assert!(broker.is_empty().await);
-    let third = broker.connection(&uri).await.expect("reconnects");
+    let third = broker
+        .connection(uri.as_str().into())
+        .await
+        .expect("reconnects");
     assert!(
         !Arc::ptr_eq(&first, &third),
         "a new connection after a failure"
     );
     assert_eq!(
         broker
-            .reading(&uri, None, &queue)
+            .reading(uri.as_str().into(), None, &queue)
             .await
             .expect("reading on the new connection")
             .ready,
@@ -140,7 +151,7 @@ async fn declarations_and_readings_share_one_kept_connection_and_reconnect_after
 
     drop((first, second, third));
     broker
-        .delete(&uri, &queue, None, true)
+        .delete(uri.as_str().into(), &queue, None, true)
         .await
         .expect("queue deleted");
 }
@@ -163,7 +174,7 @@ async fn queue_with_dlq(broker: &Broker, uri: &str, label: &str) -> (String, Str
         ArgValue::Str(dlq.clone()),
     );
     broker
-        .declare(uri, &queue, &args, Some((&dlq, &classic())))
+        .declare(uri.into(), &queue, &args, Some((&dlq, &classic())))
         .await
         .expect("queue and dead-letter queue declared");
     (queue, dlq)
@@ -257,7 +268,9 @@ async fn deletion_is_refused_by_the_broker_while_the_queue_or_its_dlq_holds_mess
     let (queue, dlq) = queue_with_dlq(&broker, &uri, "delete").await;
     publish(&uri, &queue, 2).await;
 
-    let refused = broker.delete(&uri, &queue, Some(&dlq), false).await;
+    let refused = broker
+        .delete(uri.as_str().into(), &queue, Some(&dlq), false)
+        .await;
     match &refused {
         Err(BrokerError::NotEmpty {
             queue: name,
@@ -268,30 +281,59 @@ async fn deletion_is_refused_by_the_broker_while_the_queue_or_its_dlq_holds_mess
         other => panic!("expected NotEmpty for the queue, got {other:?}"),
     }
     assert_eq!(
-        broker.inspect(&uri, &queue).await.expect("inspect"),
+        broker
+            .inspect(uri.as_str().into(), &queue)
+            .await
+            .expect("inspect"),
         Some(2)
     );
-    assert_eq!(broker.inspect(&uri, &dlq).await.expect("inspect"), Some(0));
+    assert_eq!(
+        broker
+            .inspect(uri.as_str().into(), &dlq)
+            .await
+            .expect("inspect"),
+        Some(0)
+    );
 
     // Queue drained, a dead letter left: the queue goes, the dead-letter queue stays.
     assert_eq!(drain(&uri, &queue).await.len(), 2);
     publish(&uri, &dlq, 1).await;
-    let refused = broker.delete(&uri, &queue, Some(&dlq), false).await;
+    let refused = broker
+        .delete(uri.as_str().into(), &queue, Some(&dlq), false)
+        .await;
     assert!(
         matches!(&refused, Err(BrokerError::NotEmpty { queue: name, messages: 1 }) if *name == dlq),
         "{refused:?}"
     );
-    assert_eq!(broker.inspect(&uri, &queue).await.expect("inspect"), None);
-    assert_eq!(broker.inspect(&uri, &dlq).await.expect("inspect"), Some(1));
+    assert_eq!(
+        broker
+            .inspect(uri.as_str().into(), &queue)
+            .await
+            .expect("inspect"),
+        None
+    );
+    assert_eq!(
+        broker
+            .inspect(uri.as_str().into(), &dlq)
+            .await
+            .expect("inspect"),
+        Some(1)
+    );
 
     // deleteNonEmpty: deleted with its messages; deleting what is gone is not an error.
     broker
-        .delete(&uri, &queue, Some(&dlq), true)
+        .delete(uri.as_str().into(), &queue, Some(&dlq), true)
         .await
         .expect("deleted although non-empty");
-    assert_eq!(broker.inspect(&uri, &dlq).await.expect("inspect"), None);
+    assert_eq!(
+        broker
+            .inspect(uri.as_str().into(), &dlq)
+            .await
+            .expect("inspect"),
+        None
+    );
     broker
-        .delete(&uri, &queue, Some(&dlq), false)
+        .delete(uri.as_str().into(), &queue, Some(&dlq), false)
         .await
         .expect("missing queues count as deleted");
 }
@@ -305,7 +347,11 @@ async fn message_total_counts_ready_and_unacked_messages_of_existing_queues() {
     let missing = fresh_queue("missing");
     assert_eq!(
         broker
-            .message_total(&uri, Some(&management), &[&queue, &dlq, &missing])
+            .message_total(
+                uri.as_str().into(),
+                Some(&management),
+                &[&queue, &dlq, &missing]
+            )
             .await
             .expect("total"),
         0
@@ -314,7 +360,7 @@ async fn message_total_counts_ready_and_unacked_messages_of_existing_queues() {
     publish(&uri, &dlq, 1).await;
     assert_eq!(
         broker
-            .message_total(&uri, None, &[&queue, &dlq, &missing])
+            .message_total(uri.as_str().into(), None, &[&queue, &dlq, &missing])
             .await
             .expect("total"),
         3
@@ -333,7 +379,7 @@ async fn message_total_counts_ready_and_unacked_messages_of_existing_queues() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let total = broker
-            .message_total(&uri, Some(&management), &[&queue, &dlq])
+            .message_total(uri.as_str().into(), Some(&management), &[&queue, &dlq])
             .await
             .expect("total");
         if total == 3 {
@@ -348,7 +394,7 @@ async fn message_total_counts_ready_and_unacked_messages_of_existing_queues() {
     drop(held);
     connection.close(200, "done".into()).await.expect("close");
     broker
-        .delete(&uri, &queue, Some(&dlq), true)
+        .delete(uri.as_str().into(), &queue, Some(&dlq), true)
         .await
         .expect("cleanup");
 }
@@ -373,7 +419,7 @@ async fn replay_moves_matching_dead_letters_back_with_their_ids_and_keeps_the_re
 
     let report = broker
         .replay(
-            &uri,
+            uri.as_str().into(),
             &ReplayRequest {
                 dead_letter_queue: &dlq,
                 queue: &queue,
@@ -400,7 +446,7 @@ async fn replay_moves_matching_dead_letters_back_with_their_ids_and_keeps_the_re
     // Without a filter, at most one: one moved, the other goes back to the tail.
     let report = broker
         .replay(
-            &uri,
+            uri.as_str().into(),
             &ReplayRequest {
                 dead_letter_queue: &dlq,
                 queue: &queue,
@@ -434,7 +480,7 @@ async fn replay_moves_matching_dead_letters_back_with_their_ids_and_keeps_the_re
     let missing = fresh_queue("gone");
     let failed = broker
         .replay(
-            &uri,
+            uri.as_str().into(),
             &ReplayRequest {
                 dead_letter_queue: &dlq,
                 queue: &missing,
@@ -447,9 +493,15 @@ async fn replay_moves_matching_dead_letters_back_with_their_ids_and_keeps_the_re
         matches!(failed, Err(BrokerError::Refused { .. })),
         "{failed:?}"
     );
-    assert_eq!(broker.inspect(&uri, &dlq).await.expect("inspect"), Some(1));
+    assert_eq!(
+        broker
+            .inspect(uri.as_str().into(), &dlq)
+            .await
+            .expect("inspect"),
+        Some(1)
+    );
     broker
-        .delete(&uri, &queue, Some(&dlq), true)
+        .delete(uri.as_str().into(), &queue, Some(&dlq), true)
         .await
         .expect("cleanup");
 }

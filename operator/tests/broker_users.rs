@@ -108,12 +108,12 @@ async fn topology(broker: &Broker, queue: &str) -> (String, String) {
     let classic = BTreeMap::from([("x-queue-type".to_owned(), ArgValue::Str("classic".into()))]);
     let dlq = format!("{queue}.dlq");
     broker
-        .declare(&uri, queue, &classic, Some((&dlq, &classic)))
+        .declare(uri.as_str().into(), queue, &classic, Some((&dlq, &classic)))
         .await
         .expect("declares");
     let decoy = queue.replace('.', "-");
     broker
-        .declare(&uri, &decoy, &classic, None)
+        .declare(uri.as_str().into(), &decoy, &classic, None)
         .await
         .expect("declares the decoy");
     (dlq, decoy)
@@ -123,7 +123,7 @@ async fn cleanup(broker: &Broker, queues: &[&str]) {
     let uri = required_env("TRIBUTARY_TEST_AMQP_URL");
     for queue in queues {
         broker
-            .delete(&uri, queue, None, true)
+            .delete(uri.as_str().into(), queue, None, true)
             .await
             .expect("deleted");
     }

@@ -215,6 +215,7 @@ impl Gateway {
             routes,
             broker: BrokerConfig {
                 uri_file,
+                ca_file: None,
                 reconnect_max_delay_ms: 500,
                 confirm_timeout_ms: 10_000,
             },

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A private RabbitMQ node on loopback for Tributary's integration tests and benchmarks.
 #
-#   tests/services/rabbitmq.sh start|stop|status|env
+#   tests/services/rabbitmq.sh start|stop|status|env|tls
 #
 # Runs OUR OWN node (never the Debian package's service) as a background process with its
 # own node name, data and log directories, config file and PID file. Only the PID this script
@@ -14,6 +14,13 @@
 #   TRIBUTARY_RABBITMQ_MGMT_PORT  management HTTP port (default: 15673)
 #   TRIBUTARY_RABBITMQ_MQTT_PORT  MQTT plugin port     (default: 1884)
 #   TRIBUTARY_RABBITMQ_START_TIMEOUT seconds to wait for readiness (default: 120)
+#   TRIBUTARY_RABBITMQ_TLS_PORT   AMQPS port of `tls` (default: the AMQP port + 1000)
+#
+# `tls` makes the running node listen for AMQPS as well, on 127.0.0.1:TLS_PORT, with a
+# certificate for localhost/127.0.0.1 from a throwaway CA made under $BASE/tls: RabbitMQ
+# reads listeners only at boot, so it restarts the node once (data kept) with those lines
+# added to its config, and prints the env the AMQPS tests read. The listener stays until
+# `stop`; a later `start` (and everyone who never runs `tls`) gets the plain config.
 #
 # Also installs Debian's mosquitto-clients (mosquitto_pub/sub), which the gateway's tests use
 # as a third-party MQTT client; `tests/services/install-clients.sh` does only that part.
@@ -27,6 +34,7 @@ PORT="${AMQP_PORT}"
 MGMT_PORT="${TRIBUTARY_RABBITMQ_MGMT_PORT:-15673}"
 MQTT_PORT="${TRIBUTARY_RABBITMQ_MQTT_PORT:-1884}"
 START_TIMEOUT="${TRIBUTARY_RABBITMQ_START_TIMEOUT:-120}"
+TLS_PORT="${TRIBUTARY_RABBITMQ_TLS_PORT:-$((AMQP_PORT + 1000))}"
 USER_NAME="tributary"
 USER_PASS="tributary-test-pass"
 NODE="tributary-${INSTANCE}@localhost"
@@ -36,6 +44,9 @@ LOG="${BASE}/log/stdout.log"
 RABBIT_BIN="/usr/lib/rabbitmq/bin"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 LOG_PREFIX="rabbitmq[${INSTANCE}]"
+TLS_DIR="${BASE}/tls"
+# Present while the node is to serve AMQPS (written by `tls`, removed by `stop`).
+TLS_MARKER="${TLS_DIR}/listen"
 
 install_packages() {
     if [ ! -x "${RABBIT_BIN}/rabbitmq-server" ]; then
@@ -91,6 +102,16 @@ loopback_users = none
 log.console = false
 log.file.level = warning
 EOF
+    if [ -f "${TLS_MARKER}" ]; then
+        cat >>"${BASE}/rabbitmq.conf" <<EOF
+listeners.ssl.default = 127.0.0.1:${TLS_PORT}
+ssl_options.cacertfile = ${TLS_DIR}/ca.pem
+ssl_options.certfile = ${TLS_DIR}/server.pem
+ssl_options.keyfile = ${TLS_DIR}/server.key
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
+EOF
+    fi
     echo '[rabbitmq_management,rabbitmq_mqtt].' >"${BASE}/enabled_plugins"
 }
 
@@ -143,7 +164,35 @@ stop_node() {
     "${RABBIT_BIN}/rabbitmqctl" -q -n "${NODE}" stop >/dev/null 2>&1 || kill -TERM "$1" 2>/dev/null || true
 }
 
-stop() { stop_running 60 kill stop_node; }
+stop() {
+    stop_running 60 kill stop_node
+    rm -f "${TLS_MARKER}"
+}
+
+# Serve AMQPS too (see the header): restart the running node once with the TLS listener.
+tls() {
+    if ! running_pid >/dev/null || ! node_ready; then
+        log "not running: run start first"
+        exit 1
+    fi
+    throwaway_tls "${TLS_DIR}"
+    if [ ! -f "${TLS_MARKER}" ] || ! port_open "${TLS_PORT}"; then
+        touch "${TLS_MARKER}"
+        log "restarting node ${NODE} to add the AMQPS listener 127.0.0.1:${TLS_PORT}"
+        stop_running 60 kill stop_node
+        start >&2
+        local end=$((SECONDS + 30))
+        until port_open "${TLS_PORT}"; do
+            if [ "${SECONDS}" -ge "${end}" ]; then
+                log "AMQPS port ${TLS_PORT} did not open; see ${LOG} and ${BASE}/log"
+                exit 1
+            fi
+            sleep 0.5
+        done
+    fi
+    echo "export TRIBUTARY_TEST_AMQPS_URL=amqps://${USER_NAME}:${USER_PASS}@localhost:${TLS_PORT}/%2f"
+    echo "export TRIBUTARY_TEST_RABBITMQ_CA_FILE=${TLS_DIR}/ca.pem"
+}
 
 status() {
     if pid="$(running_pid)" && node_ready; then

@@ -21,6 +21,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tributary_contract::worker_config::{ProcessingConfig, WorkerConfig};
+use tributary_service_kit::amqp;
 
 use crate::ack::{Finisher, FinisherSetup};
 use crate::batch::{backoff, SinkRunner};
@@ -31,6 +32,7 @@ use crate::metrics::Metrics;
 use crate::outages::Outages;
 use crate::pipeline::{Pipeline, PipelineBuildError};
 use crate::process::{Mode, Processor};
+use crate::sinks::republish::DefaultBroker;
 use crate::sinks::{read_secret, Sink, SinkBuildError};
 
 /// A session that lasted this long was a working one: after it ends, reconnecting starts
@@ -108,7 +110,13 @@ impl Worker {
         let sinks = config
             .sinks
             .iter()
-            .map(|c| Sink::build(&env, c, &amqp_uri).map(Arc::new))
+            .map(|c| {
+                let consumed = DefaultBroker {
+                    uri: &amqp_uri,
+                    ca_file: config.queue.ca_file.as_deref(),
+                };
+                Sink::build(&env, c, consumed).map(Arc::new)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         for sink in &sinks {
             if sink.batch_config().max_messages > usize::from(config.queue.prefetch) {
@@ -347,7 +355,9 @@ impl Worker {
         loop {
             let properties =
                 ConnectionProperties::default().with_connection_name("tributary-worker".into());
-            match Connection::connect(&self.amqp_uri, properties).await {
+            // A certificate error is an outage: waited for like an unreachable broker.
+            let ca_file = self.config.queue.ca_file.as_deref();
+            match amqp::connect(&self.amqp_uri, ca_file, properties).await {
                 Ok(connection) => return Some(connection),
                 Err(e) => {
                     failures += 1;

@@ -107,7 +107,7 @@ async fn messages_dead_lettered_by_a_wrong_step_are_stored_after_the_fix_and_a_r
         max_messages: None,
     };
     let report = operator_broker::Broker::default()
-        .replay(&broker.url, &request)
+        .replay(broker.url.as_str().into(), &request)
         .await
         .expect("replay");
     assert_eq!(

@@ -93,6 +93,7 @@ async fn republished_messages_keep_the_envelope_id() {
     let config = SinkConfig::Republish(RepublishSinkConfig {
         name: "forward".into(),
         uri_file: Some(scratch.file("amqp", &broker.url)),
+        ca_file: None,
         exchange: String::new(),
         routing_key: broker.dead_letter_queue.clone(), // any queue of this test
         batch: batch(),
@@ -117,6 +118,7 @@ async fn republished_messages_keep_the_envelope_id() {
     let nowhere = SinkConfig::Republish(RepublishSinkConfig {
         name: "nowhere".into(),
         uri_file: Some(scratch.file("amqp2", &broker.url)),
+        ca_file: None,
         exchange: String::new(),
         routing_key: unique("no_such_queue"),
         batch: batch(),

@@ -158,6 +158,7 @@ pub fn test_config(uri_file: PathBuf, routes: Vec<Route>, auth: AuthConfig) -> G
         routes,
         broker: BrokerConfig {
             uri_file,
+            ca_file: None,
             reconnect_max_delay_ms: 500,
             confirm_timeout_ms: 10_000,
         },

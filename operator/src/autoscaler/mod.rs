@@ -404,7 +404,7 @@ async fn read_queue(
     queue: &str,
 ) -> Result<Reading, broker::BrokerError> {
     broker
-        .reading(&endpoint.amqp_uri, endpoint.management.as_ref(), queue)
+        .reading(endpoint.amqp(), endpoint.management.as_ref(), queue)
         .await
 }
 

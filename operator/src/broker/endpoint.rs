@@ -19,8 +19,20 @@ use std::collections::BTreeMap;
 pub struct Endpoint {
     /// AMQP URI.
     pub amqp_uri: String,
+    /// PEM bundle of the broker's private CA (an external broker's `caSecretRef`).
+    pub ca: Option<String>,
     /// Management API, when the broker has one the operator knows.
     pub management: Option<Management>,
+}
+
+impl Endpoint {
+    /// The AMQP side of the endpoint, for the [`super::Broker`] pool.
+    pub fn amqp(&self) -> super::Amqp<'_> {
+        super::Amqp {
+            uri: &self.amqp_uri,
+            ca: self.ca.as_deref(),
+        }
+    }
 }
 
 /// Why a Queue's broker cannot be reached yet (the caller decides what to report).
@@ -73,14 +85,15 @@ pub async fn lookup_plan(
     plan: &BrokerPlan,
 ) -> Result<Result<Endpoint, Unreachable>, LookupError> {
     let namespace = queue.namespace().unwrap_or_default();
-    let (uri, management_uri) = match plan {
+    let (uri, management_uri, ca_ref) = match plan {
         BrokerPlan::Managed(_) => {
             return Ok(managed(client, queue).await?.ok_or(Unreachable::NoAddress));
         }
         BrokerPlan::External {
             uri,
             management_uri,
-        } => (uri, management_uri),
+            ca,
+        } => (uri, management_uri, ca),
     };
     let read = |data: Option<BTreeMap<String, Vec<u8>>>, key: &str| {
         data.and_then(|d| d.get(key).cloned())
@@ -92,15 +105,46 @@ pub async fn lookup_plan(
             key: uri.key.clone(),
         }));
     };
+    let amqp_uri = amqp_uri.trim().to_owned();
+    let ca = match ca_ref {
+        Some(r) => {
+            let Some(pem) = read(secret_data(client, &namespace, &r.name).await?, &r.key) else {
+                return Ok(Err(Unreachable::MissingSecret {
+                    name: r.name.clone(),
+                    key: r.key.clone(),
+                }));
+            };
+            if let Err(message) = check_ca_use(&amqp_uri, &pem) {
+                return Ok(Err(Unreachable::Invalid(message)));
+            }
+            Some(pem)
+        }
+        None => None,
+    };
     let management = match management_uri {
         Some(r) => read(secret_data(client, &namespace, &r.name).await?, &r.key)
             .and_then(|text| Management::from_uri(text.trim())),
         None => None,
     };
     Ok(Ok(Endpoint {
-        amqp_uri: amqp_uri.trim().to_owned(),
+        amqp_uri,
+        ca,
         management,
     }))
+}
+
+/// Whether a private CA fits the URI: only an `amqps://` URI uses one, and the bundle must
+/// hold a certificate. The message names the fields, never the URI.
+pub fn check_ca_use(amqp_uri: &str, pem: &str) -> Result<(), String> {
+    if !amqp_uri.to_ascii_lowercase().starts_with("amqps://") {
+        return Err(
+            "spec.broker.external.caSecretRef needs an amqps:// URI in uriSecretRef (a CA does \
+             nothing on a plain amqp:// connection)"
+                .into(),
+        );
+    }
+    tributary_service_kit::amqp::check_ca(pem, "spec.broker.external.caSecretRef")
+        .map_err(|error| error.to_string())
 }
 
 /// How to reach the Queue's managed broker through its Service; `None` while (or when) the
@@ -131,6 +175,7 @@ pub async fn managed_by_name(
     let creds = credentials(client, namespace, &names).await?;
     // The ClusterIP works from inside the cluster and from a node alike.
     Ok(Some(Endpoint {
+        ca: None,
         amqp_uri: format!(
             "amqp://{}:{}@{ip}:{AMQP_PORT}/%2f",
             creds.username, creds.password
@@ -216,6 +261,27 @@ mod tests {
         assert_eq!(token.len(), 24);
         assert!(token.chars().all(|c| c.is_ascii_alphanumeric()), "{token}");
         assert_ne!(token, random_token(24).expect("randomness"));
+    }
+
+    const CA: &str = "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n";
+
+    #[test]
+    fn a_private_ca_with_a_plain_amqp_uri_is_an_invalid_spec() {
+        let message = check_ca_use("amqp://u:secret@rabbit:5672/%2f", CA).expect_err("plain");
+        assert!(
+            message.contains("caSecretRef needs an amqps:// URI"),
+            "{message}"
+        );
+        assert!(!message.contains("secret@"), "{message}");
+        assert_eq!(check_ca_use("amqps://u:p@rabbit:5671/%2f", CA), Ok(()));
+        assert_eq!(check_ca_use("AMQPS://u:p@rabbit:5671/%2f", CA), Ok(()));
+    }
+
+    #[test]
+    fn a_ca_secret_without_a_certificate_is_an_invalid_spec() {
+        let message =
+            check_ca_use("amqps://u:p@rabbit:5671/%2f", "not pem").expect_err("no certificate");
+        assert!(message.contains("caSecretRef"), "{message}");
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub mod users;
 
 pub use endpoint::Endpoint;
 pub use management::Management;
-pub use pool::Broker;
+pub use pool::{Amqp, Broker};
 pub use readings::{QueueCounts, Reading};
 pub use replay::{ReplayReport, ReplayRequest};
 pub use users::BrokerUser;

@@ -31,7 +31,33 @@ struct Open {
     last_used: Instant,
 }
 
-/// Open AMQP connections by broker URI, and the management HTTP client.
+/// Which broker an AMQP operation goes to: its URI and, for a private CA, the PEM bundle
+/// (credentials inside: never logged).
+#[derive(Clone, Copy, Debug)]
+pub struct Amqp<'a> {
+    /// The `amqp://` or `amqps://` URI.
+    pub uri: &'a str,
+    /// PEM bundle of the broker's private CA.
+    pub ca: Option<&'a str>,
+}
+
+impl<'a> From<&'a str> for Amqp<'a> {
+    fn from(uri: &'a str) -> Self {
+        Amqp { uri, ca: None }
+    }
+}
+
+impl Amqp<'_> {
+    /// The pool key: a broker reached with another CA is another connection.
+    fn key(&self) -> String {
+        match self.ca {
+            Some(ca) => format!("{}\n{ca}", self.uri),
+            None => self.uri.to_owned(),
+        }
+    }
+}
+
+/// Open AMQP connections by broker URI (and CA), and the management HTTP client.
 pub struct Broker {
     open: Mutex<HashMap<String, Open>>,
     http: HttpClient,
@@ -49,8 +75,9 @@ impl Default for Broker {
 impl Broker {
     /// A connected connection to `uri`: the open one, or a new one when there is none or
     /// the broker closed it.
-    pub async fn connection(&self, uri: &str) -> Result<Arc<Connection>, BrokerError> {
-        if let Some(open) = self.open.lock().await.get_mut(uri) {
+    pub async fn connection(&self, target: Amqp<'_>) -> Result<Arc<Connection>, BrokerError> {
+        let key = target.key();
+        if let Some(open) = self.open.lock().await.get_mut(&key) {
             if open.connection.status().connected() {
                 open.last_used = Instant::now();
                 return Ok(open.connection.clone());
@@ -58,9 +85,9 @@ impl Broker {
         }
         // Connect without holding the lock: one unreachable broker must not hold up the
         // operations on other brokers.
-        let connection = Arc::new(topology::connect(uri).await?);
+        let connection = Arc::new(topology::connect(target).await?);
         self.open.lock().await.insert(
-            uri.to_owned(),
+            key,
             Open {
                 connection: connection.clone(),
                 last_used: Instant::now(),
@@ -70,25 +97,26 @@ impl Broker {
     }
 
     /// Drops the connection to `uri`, so the next operation reconnects.
-    pub async fn forget(&self, uri: &str) {
-        self.open.lock().await.remove(uri);
+    pub async fn forget(&self, target: Amqp<'_>) {
+        self.open.lock().await.remove(&target.key());
     }
 
     /// After an operation on `connection`: a failure drops it from the pool (unless another
     /// operation already replaced it), so the next operation starts afresh.
     async fn settle<T>(
         &self,
-        uri: &str,
+        target: Amqp<'_>,
         connection: &Arc<Connection>,
         result: Result<T, BrokerError>,
     ) -> Result<T, BrokerError> {
         if result.is_err() {
+            let key = target.key();
             let mut open = self.open.lock().await;
             if open
-                .get(uri)
+                .get(&key)
                 .is_some_and(|o| Arc::ptr_eq(&o.connection, connection))
             {
-                open.remove(uri);
+                open.remove(&key);
             }
         }
         result
@@ -113,37 +141,37 @@ impl Broker {
         self.len().await == 0
     }
 
-    /// [`topology::declare`] over the kept connection to `uri`.
+    /// [`topology::declare`] over the kept connection to `target`.
     pub async fn declare(
         &self,
-        uri: &str,
+        target: Amqp<'_>,
         queue: &str,
         args: &BTreeMap<String, ArgValue>,
         dead_letter: Option<(&str, &BTreeMap<String, ArgValue>)>,
     ) -> Result<u32, BrokerError> {
-        let connection = self.connection(uri).await?;
+        let connection = self.connection(target).await?;
         let result = topology::declare(&connection, queue, args, dead_letter).await;
-        self.settle(uri, &connection, result).await
+        self.settle(target, &connection, result).await
     }
 
-    /// [`topology::inspect`] over the kept connection to `uri`.
-    pub async fn inspect(&self, uri: &str, queue: &str) -> Result<Option<u32>, BrokerError> {
-        let connection = self.connection(uri).await?;
+    /// [`topology::inspect`] over the kept connection to `target`.
+    pub async fn inspect(&self, target: Amqp<'_>, queue: &str) -> Result<Option<u32>, BrokerError> {
+        let connection = self.connection(target).await?;
         let result = topology::inspect(&connection, queue).await;
-        self.settle(uri, &connection, result).await
+        self.settle(target, &connection, result).await
     }
 
-    /// [`topology::delete`] over the kept connection to `uri`.
+    /// [`topology::delete`] over the kept connection to `target`.
     pub async fn delete(
         &self,
-        uri: &str,
+        target: Amqp<'_>,
         queue: &str,
         dead_letter_queue: Option<&str>,
         allow_non_empty: bool,
     ) -> Result<(), BrokerError> {
-        let connection = self.connection(uri).await?;
+        let connection = self.connection(target).await?;
         let result = topology::delete(&connection, queue, dead_letter_queue, allow_non_empty).await;
-        self.settle(uri, &connection, result).await
+        self.settle(target, &connection, result).await
     }
 
     /// [`replay::replay`] over a connection of its own, closed afterwards: the replay
@@ -151,37 +179,37 @@ impl Broker {
     /// must not stall the declarations and readings on the kept one.
     pub async fn replay(
         &self,
-        uri: &str,
+        target: Amqp<'_>,
         request: &ReplayRequest<'_>,
     ) -> Result<ReplayReport, BrokerError> {
-        let connection = topology::connect(uri).await?;
+        let connection = topology::connect(target).await?;
         let result = replay::replay(&connection, request).await;
         topology::close_connection(&connection).await;
         result
     }
 
-    /// [`readings::message_total`] over the kept connection to `uri`.
+    /// [`readings::message_total`] over the kept connection to `target`.
     pub async fn message_total(
         &self,
-        uri: &str,
+        target: Amqp<'_>,
         management: Option<&Management>,
         queues: &[&str],
     ) -> Result<u64, BrokerError> {
-        let connection = self.connection(uri).await?;
+        let connection = self.connection(target).await?;
         let result = readings::message_total(&connection, &self.http, management, queues).await;
-        self.settle(uri, &connection, result).await
+        self.settle(target, &connection, result).await
     }
 
-    /// [`readings::reading`] over the kept connection to `uri`.
+    /// [`readings::reading`] over the kept connection to `target`.
     pub async fn reading(
         &self,
-        uri: &str,
+        target: Amqp<'_>,
         management: Option<&Management>,
         queue: &str,
     ) -> Result<Reading, BrokerError> {
-        let connection = self.connection(uri).await?;
+        let connection = self.connection(target).await?;
         let result = readings::reading(&connection, &self.http, management, queue).await;
-        self.settle(uri, &connection, result).await
+        self.settle(target, &connection, result).await
     }
 
     /// [`readings::counts`] through the management API.
@@ -235,7 +263,7 @@ mod tests {
     async fn an_unreachable_broker_is_an_error_and_leaves_nothing_open() {
         let broker = Broker::default();
         // Port 1 on loopback: nothing listens there.
-        let uri = "amqp://guest:guest@127.0.0.1:1/%2f";
+        let uri = Amqp::from("amqp://guest:guest@127.0.0.1:1/%2f");
         let result = broker.connection(uri).await;
         assert!(matches!(result, Err(BrokerError::Connect(_))), "{result:?}");
         let declared = broker.declare(uri, "q", &BTreeMap::new(), None).await;

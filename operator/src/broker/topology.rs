@@ -2,6 +2,7 @@
 //! open connection. Each operation takes a channel of its own, since a refusal closes the
 //! channel, never the connection.
 
+use super::pool::Amqp;
 use super::{timed, BrokerError, TIMEOUT};
 use crate::build::queue::ArgValue;
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
@@ -9,11 +10,18 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection, ConnectionProperties};
 use std::collections::BTreeMap;
+use tributary_service_kit::amqp;
 
-/// Opens an AMQP connection (bounded by the operation timeout).
-pub async fn connect(uri: &str) -> Result<Connection, BrokerError> {
+/// Opens an AMQP connection (bounded by the operation timeout), trusting the target's
+/// private CA besides the system roots; host names are verified. The error names the cause
+/// (an unknown issuer, a refused login), never the URI or its password.
+pub async fn connect(target: Amqp<'_>) -> Result<Connection, BrokerError> {
     timed(
-        Connection::connect(uri, ConnectionProperties::default()),
+        amqp::connect_with_ca(
+            target.uri,
+            target.ca.map(str::to_owned),
+            ConnectionProperties::default(),
+        ),
         BrokerError::Connect,
     )
     .await

@@ -182,17 +182,18 @@ fn any_addr(port: i32) -> Result<SocketAddr, BuildError> {
     Ok(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
 }
 
-/// The one broker connection Secret shared by every routed Queue.
+/// The one broker connection Secret (and private CA, if any) shared by every routed Queue.
 fn broker_secret(
     gateway: &Gateway,
     inputs: &GatewayInputs,
-) -> Result<crate::crd::SecretKeyRef, BuildError> {
+) -> Result<(crate::crd::SecretKeyRef, Option<crate::crd::SecretKeyRef>), BuildError> {
     let mut uris = BTreeSet::new();
     for route in &gateway.spec.routes {
         let queue = inputs.queues.get(&route.queue).ok_or_else(|| {
             BuildError::Invalid(format!("Queue {:?} is not resolved", route.queue))
         })?;
-        uris.insert(mountable(&queue.uri, queue.credentials)?.clone());
+        let uri = mountable(&queue.uri, queue.credentials)?.clone();
+        uris.insert((uri, queue.ca.clone()));
     }
     match uris.len() {
         1 => uris
@@ -217,7 +218,7 @@ pub fn render_config(
     validate(gateway)?;
     let (name, namespace) = name_and_namespace(gateway)?;
     let spec = &gateway.spec;
-    let broker = broker_secret(gateway, inputs)?;
+    let (broker, ca) = broker_secret(gateway, inputs)?;
     Ok(GatewayConfig {
         tenant: namespace,
         gateway: name,
@@ -228,6 +229,7 @@ pub fn render_config(
         routes: routes_config(gateway, inputs)?,
         broker: BrokerConfig {
             uri_file: secret_file(&broker.name, &broker.key),
+            ca_file: ca.map(|ca| secret_file(&ca.name, &ca.key)),
             reconnect_max_delay_ms: contract::DEFAULT_RECONNECT_MAX_DELAY_MS,
             confirm_timeout_ms: contract::DEFAULT_CONFIRM_TIMEOUT_MS,
         },
@@ -478,7 +480,9 @@ pub fn build(gateway: &Gateway, inputs: &GatewayInputs) -> Result<GatewayChildre
     let text = super::render_yaml("gateway", &config)?;
     let child = child_name(&name);
     let mut secrets = referenced_secrets(gateway);
-    secrets.insert(broker_secret(gateway, inputs)?.name);
+    let (broker, ca) = broker_secret(gateway, inputs)?;
+    secrets.insert(broker.name);
+    secrets.extend(ca.map(|ca| ca.name));
     let (volumes, mounts) = config_and_secret_volumes(&child, &secrets);
     let container = gateway_container(gateway, inputs, mounts);
     let selector = selector_labels(&name, COMPONENT);

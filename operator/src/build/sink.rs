@@ -240,6 +240,8 @@ pub struct ResolvedTarget {
     pub uri: SecretKeyRef,
     /// Whose credentials `uri` holds (a managed broker's administrator's is never mounted).
     pub credentials: crate::build::queue::access::BrokerCredentials,
+    /// Secret key with the PEM bundle of the target broker's private CA, if any.
+    pub ca: Option<SecretKeyRef>,
 }
 
 fn batch(batch: &Option<Batch>) -> Result<Option<BatchConfig>, BuildError> {
@@ -300,6 +302,7 @@ pub fn to_config(
                         crate::build::queue::access::mountable(&target.uri, target.credentials)?;
                     secret_file(&uri.name, &uri.key)
                 }),
+                ca_file: target.ca.as_ref().map(|ca| secret_file(&ca.name, &ca.key)),
                 exchange: String::new(),
                 routing_key: target.broker_queue.clone(),
                 batch: batch_of(&q.batch)?,
@@ -519,6 +522,7 @@ mod tests {
         let sink: Sink = load("sink-queue.yaml");
         assert!(to_config(&sink, None, &defaults).is_err());
         let target = ResolvedTarget {
+            ca: None,
             broker_queue: "factory.alerts".into(),
             uri: SecretKeyRef {
                 name: "ingest-worker-amqp-alerts".into(),

@@ -116,6 +116,7 @@ fn mounts_administrator_secret(deployment: &k8s_openapi::api::apps::v1::Deployme
 
 fn gateway_inputs(child: &str) -> gateway::GatewayInputs {
     let queue = ResolvedQueue {
+        ca: None,
         broker_queue: "factory.telemetry".into(),
         uri: user_uri(child, "telemetry"),
         credentials: BrokerCredentials::Workload,
@@ -247,6 +248,7 @@ fn all_sinks(child: &str) -> Vec<(Sink, Option<ResolvedTarget>)> {
         (
             load("sink-queue.yaml"),
             Some(ResolvedTarget {
+                ca: None,
                 broker_queue: "factory.alerts".into(),
                 uri: user_uri(child, "alerts"),
                 credentials: BrokerCredentials::Workload,
@@ -262,6 +264,7 @@ fn all_sinks(child: &str) -> Vec<(Sink, Option<ResolvedTarget>)> {
 fn worker_inputs(child: &str, set_replicas: bool) -> WorkerInputs {
     WorkerInputs {
         queue: ResolvedQueue {
+            ca: None,
             broker_queue: "factory.telemetry".into(),
             uri: user_uri(child, "telemetry"),
             credentials: BrokerCredentials::Workload,

@@ -38,6 +38,9 @@ pub struct ResolvedQueue {
     /// Whose credentials `uri` holds: a managed broker's administrator Secret is never
     /// mounted (the Worker and Gateway controllers put the workload's own user there).
     pub credentials: BrokerCredentials,
+    /// Secret key with the PEM bundle of the broker's private CA (an external broker's
+    /// `caSecretRef`), mounted next to the URI.
+    pub ca: Option<SecretKeyRef>,
     /// Dead-letter queue on the broker, when the Queue has one.
     pub dead_letter_queue: Option<String>,
     /// Deliveries after which the worker itself dead-letters a message that keeps coming
@@ -208,6 +211,11 @@ pub fn render_config(worker: &Worker, inputs: &WorkerInputs) -> Result<WorkerCon
                 let uri = mountable(&inputs.queue.uri, inputs.queue.credentials)?;
                 sink_build::secret_file(&uri.name, &uri.key)
             },
+            ca_file: inputs
+                .queue
+                .ca
+                .as_ref()
+                .map(|ca| sink_build::secret_file(&ca.name, &ca.key)),
             name: inputs.queue.broker_queue.clone(),
             prefetch: prefetch(spec.prefetch, &sinks)?,
             concurrency: u32::try_from(spec.concurrency)
@@ -239,13 +247,14 @@ pub fn render_config(worker: &Worker, inputs: &WorkerInputs) -> Result<WorkerCon
     })
 }
 
-/// Every Secret (by name) the worker pod mounts: the queue's and the sinks' (never a
-/// managed broker's administrator Secret).
+/// Every Secret (by name) the worker pod mounts: the queue's (URI and CA) and the sinks'
+/// (never a managed broker's administrator Secret).
 pub fn mounted_secrets(inputs: &WorkerInputs) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     if let Ok(uri) = mountable(&inputs.queue.uri, inputs.queue.credentials) {
         names.insert(uri.name.clone());
     }
+    names.extend(inputs.queue.ca.iter().map(|ca| ca.name.clone()));
     for (sink, target) in &inputs.sinks {
         names.extend(
             sink_build::referenced_secrets(sink)
@@ -258,6 +267,7 @@ pub fn mounted_secrets(inputs: &WorkerInputs) -> BTreeSet<String> {
         {
             names.insert(uri.name.clone());
         }
+        names.extend(target.iter().flat_map(|t| &t.ca).map(|ca| ca.name.clone()));
     }
     names
 }

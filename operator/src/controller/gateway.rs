@@ -106,6 +106,12 @@ async fn dereference(ctx: &Context, gateway: &Gateway) -> Step<GatewayInputs> {
             .filter_map(|q| access::mountable(&q.uri, q.credentials).ok())
             .map(|uri| uri.name.clone()),
     );
+    names.extend(
+        queues
+            .values()
+            .filter_map(|q| q.ca.as_ref())
+            .map(|ca| ca.name.clone()),
+    );
     let secrets = match resolve_secrets(client, &namespace, names).await? {
         Ok(secrets) => secrets,
         Err(outcome) => return Ok(Err(outcome)),

@@ -301,6 +301,12 @@ pub async fn resolve_queue(
         return Ok(waiting(format!("Queue {name:?} does not exist")));
     };
     let delivery_limit = crate::build::queue::worker_delivery_limit(&queue);
+    let ca = queue
+        .spec
+        .broker
+        .external
+        .as_ref()
+        .and_then(|e| e.ca_secret_ref.clone());
     let status = queue.status.unwrap_or_default();
     // A managed broker's connection Secret is its administrator's: the Gateway and Worker
     // controllers put the workload's own user in its place.
@@ -317,6 +323,7 @@ pub async fn resolve_queue(
             broker_queue,
             uri,
             credentials,
+            ca,
             dead_letter_queue: status.dead_letter_queue_name,
             delivery_limit,
         })),

@@ -156,11 +156,13 @@ async fn dereference_sinks(
                     broker_queue,
                     uri,
                     credentials,
+                    ca,
                     ..
                 }) => Some(ResolvedTarget {
                     broker_queue,
                     uri,
                     credentials,
+                    ca,
                 }),
                 Err(outcome) => return Ok(Err(outcome)),
             },

@@ -150,6 +150,12 @@ pub struct ExternalBroker {
     /// used to read message counts. Optional: without it the status shows no counts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub management_uri_secret_ref: Option<SecretKeyRef>,
+    /// Secret key holding a PEM bundle of the CA(s) that signed the broker's certificate,
+    /// for a broker with a private CA: the operator, Gateways and Workers then also trust
+    /// those CAs for this broker (mounted read-only into their pods; a change rolls them).
+    /// Host names are verified either way. Needs an `amqps://` URI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
 }
 
 /// Queue type on the broker.

@@ -75,7 +75,7 @@ async fn autoscaler_follows_the_backlog_scales_to_zero_and_wakes_on_a_message() 
     step("queue drained by the worker pods (nothing ready, nothing unacknowledged)");
     wait_for("queue drained", || async {
         let ready = tributary_operator::broker::Broker::default()
-            .inspect(&uri, &broker_queue)
+            .inspect(uri.as_str().into(), &broker_queue)
             .await
             .ok()??;
         let scaling = workers.get("ingest").await.ok()?.status?.scaling?;

@@ -54,14 +54,14 @@ async fn managed_queue_serves_workers_and_gateways_and_children_follow_the_owner
     let services: Api<Service> = ns.api();
     let uri = managed_broker_uri(&ns, "telemetry").await;
     tributary_operator::broker::Broker::default()
-        .delete(&uri, &broker_queue, None, true)
+        .delete(uri.as_str().into(), &broker_queue, None, true)
         .await
         .expect("delete by hand");
     // (No "is gone" assertion: the operator may re-declare it at any moment.)
     step("queue re-declared after manual deletion");
     wait_for("queue re-declared after manual deletion", || async {
         tributary_operator::broker::Broker::default()
-            .inspect(&uri, &broker_queue)
+            .inspect(uri.as_str().into(), &broker_queue)
             .await
             .ok()
             .flatten()
@@ -207,7 +207,7 @@ async fn delete_policy_refuses_a_non_empty_queue_until_allowed() {
     step("message visible on the broker");
     wait_for("one message in the queue", || async {
         let count = tributary_operator::broker::Broker::default()
-            .inspect(&uri, &broker_queue)
+            .inspect(uri.as_str().into(), &broker_queue)
             .await
             .ok()??;
         (count == 1).then_some(())
@@ -233,7 +233,7 @@ async fn delete_policy_refuses_a_non_empty_queue_until_allowed() {
     .await;
     assert!(
         tributary_operator::broker::Broker::default()
-            .inspect(&uri, &broker_queue)
+            .inspect(uri.as_str().into(), &broker_queue)
             .await
             .expect("inspect")
             .is_some(),
@@ -259,7 +259,7 @@ async fn delete_policy_refuses_a_non_empty_queue_until_allowed() {
     // The broker pod may already be going away with its owner; if it still answers, the
     // queue must be gone.
     if let Ok(found) = tributary_operator::broker::Broker::default()
-        .inspect(&uri, &broker_queue)
+        .inspect(uri.as_str().into(), &broker_queue)
         .await
     {
         assert!(found.is_none(), "broker queue deleted");
@@ -293,7 +293,7 @@ async fn retain_keeps_the_managed_broker_and_its_messages_and_a_new_queue_adopts
     publish_envelopes(&uri, &broker_queue, &ns.name, 25).await;
     let count = || async {
         tributary_operator::broker::Broker::default()
-            .inspect(&uri, &broker_queue)
+            .inspect(uri.as_str().into(), &broker_queue)
             .await
             .ok()
             .flatten()

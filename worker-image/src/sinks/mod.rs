@@ -112,11 +112,12 @@ pub enum Sink {
 
 impl Sink {
     /// Builds a sink (compiles expressions, reads secrets); no I/O to the target yet.
-    /// `default_amqp_uri` is the consumed broker's URI, for a republish sink without its own.
-    pub fn build(
+    /// `default_broker` is the consumed broker (URI and CA file), for a republish sink
+    /// without its own.
+    pub fn build<'a>(
         env: &CelEnv,
         config: &SinkConfig,
-        default_amqp_uri: &str,
+        default_broker: impl Into<republish::DefaultBroker<'a>>,
     ) -> Result<Self, SinkBuildError> {
         Ok(match config {
             SinkConfig::Postgres(c) => Sink::Postgres(postgres::PostgresSink::build(env, c)?),
@@ -124,7 +125,7 @@ impl Sink {
             SinkConfig::S3(c) => Sink::S3(s3::S3Sink::build(c)?),
             SinkConfig::Webhook(c) => Sink::Webhook(webhook::WebhookSink::build(c)?),
             SinkConfig::Republish(c) => {
-                Sink::Republish(republish::RepublishSink::build(c, default_amqp_uri)?)
+                Sink::Republish(republish::RepublishSink::build(c, default_broker.into())?)
             }
         })
     }

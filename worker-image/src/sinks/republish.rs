@@ -4,16 +4,34 @@
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use std::path::{Path, PathBuf};
 use tokio::sync::Mutex;
 use tributary_contract::worker_config::{BatchConfig, RepublishSinkConfig};
+use tributary_service_kit::amqp;
 
 use super::{json_bytes, read_secret, Prepared, SinkBuildError, SinkError};
 use crate::record::Record;
+
+/// The broker a republish sink without its own `uriFile` publishes to: the consumed one.
+#[derive(Clone, Copy, Debug)]
+pub struct DefaultBroker<'a> {
+    /// Its URI (credentials inside: never logged).
+    pub uri: &'a str,
+    /// The PEM file of its private CA, if any.
+    pub ca_file: Option<&'a Path>,
+}
+
+impl<'a> From<&'a str> for DefaultBroker<'a> {
+    fn from(uri: &'a str) -> Self {
+        DefaultBroker { uri, ca_file: None }
+    }
+}
 
 /// The republish sink.
 pub struct RepublishSink {
     name: String,
     uri: String,
+    ca_file: Option<PathBuf>,
     exchange: String,
     routing_key: String,
     batch: BatchConfig,
@@ -30,15 +48,22 @@ impl std::fmt::Debug for RepublishSink {
 }
 
 impl RepublishSink {
-    /// Builds the sink; the URI is the sink's own file or the consumed broker's.
-    pub fn build(config: &RepublishSinkConfig, default_uri: &str) -> Result<Self, SinkBuildError> {
-        let uri = match &config.uri_file {
-            Some(path) => read_secret(&config.name, path)?,
-            None => default_uri.to_string(),
+    /// Builds the sink; the URI (and CA file) is the sink's own or the consumed broker's.
+    pub fn build(
+        config: &RepublishSinkConfig,
+        default: DefaultBroker<'_>,
+    ) -> Result<Self, SinkBuildError> {
+        let (uri, ca_file) = match &config.uri_file {
+            Some(path) => (read_secret(&config.name, path)?, config.ca_file.clone()),
+            None => (
+                default.uri.to_string(),
+                default.ca_file.map(Path::to_path_buf),
+            ),
         };
         Ok(Self {
             name: config.name.clone(),
             uri,
+            ca_file,
             exchange: config.exchange.clone(),
             routing_key: config.routing_key.clone(),
             batch: config.batch.clone(),
@@ -88,9 +113,14 @@ impl RepublishSink {
                 return Ok(channel.clone());
             }
         }
-        let connection = Connection::connect(&self.uri, ConnectionProperties::default())
-            .await
-            .map_err(|e| SinkError::Unavailable(format!("connect: {e}")))?;
+        // A certificate error is an outage like any other: the batch waits and is retried.
+        let connection = amqp::connect(
+            &self.uri,
+            self.ca_file.as_deref(),
+            ConnectionProperties::default(),
+        )
+        .await
+        .map_err(|e| SinkError::Unavailable(format!("connect: {e}")))?;
         let channel = connection
             .create_channel()
             .await

@@ -5,6 +5,7 @@ use crate::crd::SecretKeyRef;
 
 fn inputs() -> GatewayInputs {
     let queue = ResolvedQueue {
+        ca: None,
         broker_queue: "factory.telemetry".into(),
         uri: SecretKeyRef {
             name: "line-1-gateway-amqp-telemetry".into(),
@@ -327,4 +328,94 @@ fn client_certificates_need_a_tls_listener() {
     gateway.spec.listeners.http_tls = None;
     let error = validate(&gateway).expect_err("no TLS listener");
     assert!(error.to_string().contains("clientCertificates"), "{error}");
+}
+
+/// The routed Queue's broker has a private CA in Secret `rabbit-ca`.
+fn inputs_with_ca(pem: &[u8]) -> GatewayInputs {
+    let mut inputs = inputs();
+    for queue in inputs.queues.values_mut() {
+        queue.ca = Some(SecretKeyRef {
+            name: "rabbit-ca".into(),
+            key: "ca.crt".into(),
+        });
+    }
+    inputs.secrets.insert(
+        "rabbit-ca".into(),
+        BTreeMap::from([("ca.crt".into(), pem.to_vec())]),
+    );
+    inputs
+}
+
+/// The mount path of Secret `name` in the gateway container, and whether it is read-only.
+fn secret_mount(children: &GatewayChildren, name: &str) -> Option<(String, Option<bool>)> {
+    let pod = children.deployment.spec.as_ref()?.template.spec.as_ref()?;
+    let volume = pod
+        .volumes
+        .as_ref()?
+        .iter()
+        .find(|v| v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some(name))?;
+    let mount = pod.containers[0]
+        .volume_mounts
+        .as_ref()?
+        .iter()
+        .find(|m| m.name == volume.name)?;
+    Some((mount.mount_path.clone(), mount.read_only))
+}
+
+fn pod_hash(children: &GatewayChildren) -> Option<String> {
+    children
+        .deployment
+        .spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(crate::build::CONFIG_HASH_ANNOTATION)
+        .cloned()
+}
+
+#[test]
+fn a_private_broker_ca_is_mounted_read_only_and_its_path_rendered() {
+    let gateway: Gateway = load("gateway.yaml");
+    let with_ca = inputs_with_ca(b"-----BEGIN CERTIFICATE-----");
+    let config = render_config(&gateway, &with_ca).expect("renders");
+    assert_eq!(
+        config.broker.ca_file.as_deref().and_then(|p| p.to_str()),
+        Some("/etc/tributary/secrets/rabbit-ca/ca.crt")
+    );
+    let children = build(&gateway, &with_ca).expect("builds");
+    assert_eq!(
+        secret_mount(&children, "rabbit-ca"),
+        Some(("/etc/tributary/secrets/rabbit-ca".into(), Some(true)))
+    );
+    let without = build(&gateway, &inputs()).expect("builds");
+    assert_eq!(secret_mount(&without, "rabbit-ca"), None);
+    let plain = render_config(&gateway, &inputs()).expect("renders");
+    assert_eq!(plain.broker.ca_file, None);
+}
+
+#[test]
+fn a_changed_broker_ca_rolls_the_gateway_pods() {
+    let gateway: Gateway = load("gateway.yaml");
+    let before = build(&gateway, &inputs_with_ca(b"old CA")).expect("builds");
+    let after = build(&gateway, &inputs_with_ca(b"new CA")).expect("builds");
+    assert!(pod_hash(&before).is_some());
+    assert_ne!(pod_hash(&before), pod_hash(&after));
+}
+
+#[test]
+fn routed_queues_on_one_broker_with_different_cas_are_invalid() {
+    let gateway: Gateway = load("gateway.yaml");
+    let mut inputs = inputs_with_ca(b"ca");
+    let mut other = inputs.queues["telemetry"].clone();
+    other.ca = None;
+    inputs.queues.insert("other".into(), other);
+    let mut gateway = gateway;
+    let mut route = gateway.spec.routes[0].clone();
+    route.queue = "other".into();
+    gateway.spec.routes.push(route);
+    let error = render_config(&gateway, &inputs).expect_err("two CAs");
+    assert!(error.to_string().contains("same broker"), "{error}");
 }

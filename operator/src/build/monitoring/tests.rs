@@ -63,6 +63,7 @@ fn gateway_pod_monitor_port_is_a_container_port_of_the_gateway() {
     use crate::build::gateway::{build, GatewayInputs};
     let gateway: Gateway = load("gateway.yaml");
     let queue = crate::build::worker::ResolvedQueue {
+        ca: None,
         broker_queue: "factory.telemetry".into(),
         uri: crate::crd::SecretKeyRef {
             name: "creds".into(),

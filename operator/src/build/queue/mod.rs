@@ -56,6 +56,8 @@ pub enum BrokerPlan {
         uri: SecretKeyRef,
         /// The management API URI, when given.
         management_uri: Option<SecretKeyRef>,
+        /// The PEM bundle of the broker's private CA, when given.
+        ca: Option<SecretKeyRef>,
     },
 }
 
@@ -96,6 +98,7 @@ pub fn validate(queue: &Queue) -> Result<BrokerPlan, BuildError> {
         (None, Some(external)) => BrokerPlan::External {
             uri: external.uri_secret_ref.clone(),
             management_uri: external.management_uri_secret_ref.clone(),
+            ca: external.ca_secret_ref.clone(),
         },
     };
     if spec.queue_type == QueueType::Stream {

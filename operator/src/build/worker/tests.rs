@@ -6,6 +6,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 fn inputs() -> WorkerInputs {
     WorkerInputs {
         queue: ResolvedQueue {
+            ca: None,
             broker_queue: "factory.telemetry".into(),
             uri: SecretKeyRef {
                 name: "ingest-worker-amqp-telemetry".into(),
@@ -51,6 +52,7 @@ fn classic_queue_delivery_limit_reaches_the_worker_config_and_quorum_has_none() 
     let worker: Worker = load("worker-pipeline.yaml");
     let mut queue: crate::crd::Queue = load("queue-managed.yaml");
     let resolved = |queue: &crate::crd::Queue| ResolvedQueue {
+        ca: None,
         delivery_limit: crate::build::queue::worker_delivery_limit(queue),
         ..inputs().queue
     };
@@ -239,6 +241,7 @@ fn a_worker_never_mounts_a_managed_brokers_administrator_secret() {
     target_admin.sinks = vec![(
         load("sink-queue.yaml"),
         Some(crate::build::sink::ResolvedTarget {
+            ca: None,
             broker_queue: "factory.alerts".into(),
             uri: SecretKeyRef {
                 name: "alerts-rabbitmq-credentials".into(),
@@ -331,4 +334,72 @@ fn a_custom_container_is_probed_on_its_health_path_only_when_it_names_one() {
         assert_eq!(http.path.as_deref(), Some("/healthz"));
         assert_eq!(http.port, IntOrString::String("processor".into()));
     }
+}
+
+#[test]
+fn a_queues_private_broker_ca_is_mounted_and_named_for_the_queue_and_a_republish_target() {
+    let worker: Worker = load("worker-pipeline.yaml");
+    let ca = |name: &str| {
+        Some(SecretKeyRef {
+            name: name.into(),
+            key: "ca.crt".into(),
+        })
+    };
+    let mut with_ca = inputs();
+    with_ca.queue.ca = ca("rabbit-ca");
+    with_ca.sinks.push((
+        load("sink-queue.yaml"),
+        Some(crate::build::sink::ResolvedTarget {
+            ca: ca("alerts-ca"),
+            broker_queue: "factory.alerts".into(),
+            uri: SecretKeyRef {
+                name: "alerts-amqp".into(),
+                key: "uri".into(),
+            },
+            credentials: BrokerCredentials::Supplied,
+        }),
+    ));
+    let mounted = mounted_secrets(&with_ca);
+    assert!(
+        mounted.contains("rabbit-ca") && mounted.contains("alerts-ca"),
+        "{mounted:?}"
+    );
+    let config = render_config(&worker, &with_ca).expect("renders");
+    assert_eq!(
+        config.queue.ca_file.as_deref().and_then(|p| p.to_str()),
+        Some("/etc/tributary/secrets/rabbit-ca/ca.crt")
+    );
+    let republish = config.sinks.iter().find_map(|sink| match sink {
+        contract::SinkConfig::Republish(r) => Some(r.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        republish
+            .and_then(|r| r.ca_file)
+            .as_deref()
+            .and_then(|p| p.to_str()),
+        Some("/etc/tributary/secrets/alerts-ca/ca.crt")
+    );
+    let children = build(&worker, &with_ca).expect("builds");
+    let pod = children
+        .deployment
+        .spec
+        .expect("spec")
+        .template
+        .spec
+        .expect("pod");
+    let mount = pod.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == "/etc/tributary/secrets/rabbit-ca")
+        .expect("the broker CA secret is mounted");
+    assert_eq!(mount.read_only, Some(true));
+    assert_eq!(
+        render_config(&worker, &inputs())
+            .expect("renders")
+            .queue
+            .ca_file,
+        None
+    );
 }

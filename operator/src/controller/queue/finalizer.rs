@@ -112,7 +112,7 @@ pub(super) async fn finalize(
     let deleted = ctx
         .broker
         .delete(
-            &endpoint.amqp_uri,
+            endpoint.amqp(),
             &names.queue,
             names.dead_letter.as_deref(),
             queue.spec.delete_non_empty,

@@ -64,7 +64,7 @@ async fn await_cluster_formation(
         return Ok(None); // reported by the endpoint step
     };
     let broker_queue = build::broker_queue_name(queue)?;
-    match ctx.broker.inspect(&endpoint.amqp_uri, &broker_queue).await {
+    match ctx.broker.inspect(endpoint.amqp(), &broker_queue).await {
         Ok(Some(_)) => return Ok(None),
         // The declaration that follows reports an unreachable broker.
         Err(_) => return Ok(None),
@@ -212,7 +212,7 @@ async fn check_empty(
     };
     let total = ctx
         .broker
-        .message_total(&endpoint.amqp_uri, endpoint.management.as_ref(), queues)
+        .message_total(endpoint.amqp(), endpoint.management.as_ref(), queues)
         .await;
     Ok(match total {
         Ok(0) => None,

@@ -167,7 +167,7 @@ async fn run(
     if let Some(outcome) = declare(ctx, queue, &endpoint, &names).await? {
         return Ok(Some(outcome));
     }
-    if let Some(outcome) = replay(ctx, queue, &endpoint.amqp_uri, &names, status).await {
+    if let Some(outcome) = replay(ctx, queue, endpoint.amqp(), &names, status).await {
         return Ok(Some(outcome));
     }
     // Status.
@@ -225,7 +225,7 @@ async fn declare(
         .map(|dlq| (dlq, &dead_letter_args));
     let declared = ctx
         .broker
-        .declare(&endpoint.amqp_uri, &names.queue, &args, dead_letter)
+        .declare(endpoint.amqp(), &names.queue, &args, dead_letter)
         .await;
     let Err(error) = declared else {
         return Ok(None);
@@ -296,7 +296,7 @@ pub fn replay_requested(queue: &Queue) -> bool {
 async fn replay(
     ctx: &Context,
     queue: &Queue,
-    uri: &str,
+    uri: crate::broker::Amqp<'_>,
     names: &BrokerQueues,
     status: &mut QueueStatus,
 ) -> Option<Outcome> {
