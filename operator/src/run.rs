@@ -113,9 +113,8 @@ where
     }
 }
 
-/// What the controllers watch of Secrets: metadata only (names, labels, versions), never the
-/// data. A Secret's data is read by name, and only when a resource references it, so the
-/// operator neither caches nor reads the contents of Secrets nothing here uses.
+/// What the controllers watch of Secrets: metadata only, never the data; data is read by
+/// name when a resource references the Secret, so no other Secret's contents are read.
 type SecretMeta = PartialObjectMeta<Secret>;
 
 /// The readable objects cached in `store` that live in `namespace` and satisfy `depends`:
