@@ -101,7 +101,9 @@ for svc in "${SERVICES[@]}"; do
   bash "$repo/tests/services/$svc.sh" start
   eval "$(bash "$repo/tests/services/$svc.sh" env)"
 done
-step "test servers running: ${SERVICES[*]}"
+# The AMQPS tests need the broker's TLS listener too (a throwaway CA; restarts our node once).
+eval "$(bash "$repo/tests/services/rabbitmq.sh" tls)"
+step "test servers running: ${SERVICES[*]} (RabbitMQ with AMQPS)"
 
 cd "$repo"
 suite "cargo fmt --check" cargo fmt --all -- --check
