@@ -2,7 +2,9 @@
 //! rows into a table of the same shape, in the same run; prints both and the ratio.
 //!
 //! Needs RabbitMQ and PostgreSQL from `tests/services/`; `worker-image/bench.sh` starts
-//! them and runs this. Rows: `BENCH_ROWS` (default 100000).
+//! them and runs this. Rows: `BENCH_ROWS` (default 100000). Besides the text, every rate
+//! is printed as a `BENCH figure=worker_rows system=… value=… unit=rows/s` line, which
+//! `hack/bench.sh` collects.
 
 use std::time::{Duration, Instant};
 
@@ -94,6 +96,16 @@ async fn run() -> BenchResult<()> {
         worker_rate / bare_rate
     );
     println!("processing CPU (parse + record + column CEL) per message: {prepare_micros:.1} µs");
+    // Machine-readable figures for hack/bench.sh.
+    for (system, rate) in [
+        ("worker", worker_rate),
+        ("copy", copy_rate),
+        ("broker-ceiling", bare_rate),
+    ] {
+        println!(
+            "BENCH figure=worker_rows system={system} value={rate:.1} unit=rows/s rows={rows}"
+        );
+    }
     for line in metrics.render().lines() {
         if line.starts_with("tributary_worker_sink_write_duration_seconds_sum")
             || line.starts_with("tributary_worker_sink_write_duration_seconds_count")
