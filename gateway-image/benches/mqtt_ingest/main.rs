@@ -51,6 +51,30 @@ pub(crate) fn bench_line(figure: &str, system: &str, value: f64, unit: &str, ext
     println!("BENCH figure={figure} system={system} value={value:.3} unit={unit} {extra}");
 }
 
+/// The user connection `index` logs in as: `USER` stands for one device of the password
+/// file per connection (the gateway throttles parallel logins of one device), others (the
+/// broker's user, "" for anonymous) are used as they are.
+fn device_user(user: &str, index: usize) -> String {
+    if user == USER {
+        format!("dev-{index}")
+    } else {
+        user.to_owned()
+    }
+}
+
+/// The gateway's password file for the throughput and idle runs: `USER` and one device
+/// per connection, all with the same cheap argon2 hash (the logins run measures the real
+/// cost).
+fn device_passwords() -> String {
+    let hash = tributary_gateway::auth::hash_password_cheap(wire::PASSWORD.as_bytes()).unwrap();
+    let devices = env_usize("BENCH_IDLE_CONNECTIONS", 10_000).max(env_usize("BENCH_CLIENTS", 20));
+    let mut file = format!("{USER}:{hash}\n");
+    for index in 0..devices {
+        file.push_str(&format!("dev-{index}:{hash}\n"));
+    }
+    file
+}
+
 /// One publisher: `messages` QoS 1 publishes with `window` in flight; returns latencies.
 async fn publisher(
     addr: String,
@@ -121,7 +145,7 @@ async fn load(name: &'static str, addr: &str, user: &str, topic_prefix: &str) ->
         tasks.push(tokio::spawn(publisher(
             addr.to_owned(),
             format!("bench-{client}"),
-            user.to_owned(),
+            device_user(user, client),
             format!("{topic_prefix}/bench-{client}/t"),
             messages,
             window,
@@ -148,11 +172,13 @@ async fn idle_memory(name: &str, addr: &str, user: &str, pid: u32, count: usize)
     let mut connections = Vec::with_capacity(count);
     let mut batch = Vec::new();
     for index in 0..count {
-        let (addr, user) = (addr.to_owned(), user.to_owned());
+        let (addr, user) = (addr.to_owned(), device_user(user, index));
         batch.push(tokio::spawn(async move {
             mqtt_connect(&addr, &format!("idle-{index}"), &user, password_for(&user)).await
         }));
-        if batch.len() == 200 || index + 1 == count {
+        // At most 50 logins at once: the gateway closes unauthenticated connections past
+        // 128 and answers "server unavailable" past 64 password checks waiting.
+        if batch.len() == 50 || index + 1 == count {
             for task in batch.drain(..) {
                 connections.push(task.await.unwrap());
             }
@@ -276,14 +302,8 @@ async fn main() {
 
     if ["all", "throughput", "idle"].contains(&mode.as_str()) {
         let ports = servers::ports(0);
-        let hash = tributary_gateway::auth::hash_password_cheap(wire::PASSWORD.as_bytes()).unwrap();
         let servers = Servers(vec![
-            servers::start_gateway(
-                &ports,
-                &amqp_url,
-                "bench-gateway",
-                &format!("{USER}:{hash}\n"),
-            ),
+            servers::start_gateway(&ports, &amqp_url, "bench-gateway", &device_passwords()),
             servers::start_mosquitto(&ports.mosquitto, None),
         ]);
         servers::wait_ready(&ports.gateway_health).await;

@@ -47,7 +47,7 @@ pub fn start_gateway(ports: &Ports, amqp_url: &str, queue: &str, passwords: &str
         "tenant: bench\ngateway: bench\nhealthListen: {health}\nlisteners:\n  mqtt: {mqtt}\n\
          auth:\n  passwordFile: {dir}/passwords\n  allowAnonymous: true\nbroker:\n  uriFile: {dir}/amqp-uri\n\
          permissions: [\"gw/#\"]\nroutes:\n  - topicFilter: gw/#\n    queue: {queue}\n\
-         limits:\n  messagesPerSecond: 1000000\n  burst: 1000000\n  maxConnections: 100000\n  maxInFlightPerConnection: 1000\n",
+         limits:\n  messagesPerSecond: 1000000\n  burst: 1000000\n  maxConnections: 100000\n  maxConnectionsPerDevice: 100000\n  maxInFlightPerConnection: 1000\n",
         health = ports.gateway_health,
         mqtt = ports.gateway_mqtt,
         dir = dir.display()
