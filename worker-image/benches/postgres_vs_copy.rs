@@ -96,16 +96,7 @@ async fn run() -> BenchResult<()> {
         worker_rate / bare_rate
     );
     println!("processing CPU (parse + record + column CEL) per message: {prepare_micros:.1} µs");
-    // Machine-readable figures for hack/bench.sh.
-    for (system, rate) in [
-        ("worker", worker_rate),
-        ("copy", copy_rate),
-        ("broker-ceiling", bare_rate),
-    ] {
-        println!(
-            "BENCH figure=worker_rows system={system} value={rate:.1} unit=rows/s rows={rows}"
-        );
-    }
+    bench_lines(rows, worker_rate, copy_rate, bare_rate);
     for line in metrics.render().lines() {
         if line.starts_with("tributary_worker_sink_write_duration_seconds_sum")
             || line.starts_with("tributary_worker_sink_write_duration_seconds_count")
@@ -126,6 +117,19 @@ async fn run() -> BenchResult<()> {
     .await?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// The rates as machine-readable lines for hack/bench.sh.
+fn bench_lines(rows: usize, worker: f64, copy: f64, ceiling: f64) {
+    for (system, rate) in [
+        ("worker", worker),
+        ("copy", copy),
+        ("broker-ceiling", ceiling),
+    ] {
+        println!(
+            "BENCH figure=worker_rows system={system} value={rate:.1} unit=rows/s rows={rows}"
+        );
+    }
 }
 
 /// `rows` envelopes (id, JSON body) over 100 devices.
