@@ -4,7 +4,9 @@
 # lines, and writes docs/benchmarks.md (one table: figure, Tributary, peer, ratio; the
 # machine, load, date and commit) with charts in docs/benchmarks/*.png.
 #
-#   hack/bench.sh                  # full run, about 15-25 minutes on 2 cores
+#   hack/bench.sh                  # full run: about 5 minutes on 2 cores once built (the
+#                                  # first release builds take 15-25 minutes), plus about
+#                                  # 10 minutes for the autoscaler on the cluster
 #   BENCH_QUICK=1 hack/bench.sh    # short smoke run with small sizes
 #
 # Benchmarks, each beside a peer measured in the same run:
@@ -112,7 +114,7 @@ else
 fi
 busy=""
 wanted autoscale || busy="not selected (BENCH_ONLY)"
-[ "${BENCH_AUTOSCALE:-auto}" = 0 ] && busy="skipped by BENCH_AUTOSCALE=0"
+[ "${BENCH_AUTOSCALE:-auto}" = 0 ] && busy="BENCH_AUTOSCALE=0 was set"
 [ -n "$busy" ] || busy="$(cluster_busy | head -1)"
 if [ -z "$busy" ]; then
   run autoscale env BENCH_MESSAGES="$BENCH_AUTOSCALE_MESSAGES" bash operator/bench-autoscale.sh
