@@ -5,8 +5,8 @@
 # machine, load, date and commit) with charts in docs/benchmarks/*.png.
 #
 #   hack/bench.sh                  # full run: about 5 minutes on 2 cores once built (the
-#                                  # first release builds take 15-25 minutes), plus about
-#                                  # 10 minutes for the autoscaler on the cluster
+#                                  # first release builds take 15-25 minutes), plus the
+#                                  # autoscaler's trials on the cluster (not timed yet)
 #   BENCH_QUICK=1 hack/bench.sh    # short smoke run with small sizes
 #
 # Benchmarks, each beside a peer measured in the same run:
