@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Benchmark (not a test): MQTT QoS 1 ingest through the gateway (-> RabbitMQ with confirms)
 # beside RabbitMQ's own MQTT plugin (same broker) and Mosquitto (no durability), same load
-# generator, same run; then memory per idle connection, gateway vs Mosquitto.
-#   gateway-image/bench.sh                 # BENCH_MODE=all|throughput|idle
+# generator, same run; then memory per idle connection and around a burst of password
+# logins, gateway vs Mosquitto. Each figure is also printed as a `BENCH figure=…` line
+# (collected by hack/bench.sh).
+#   gateway-image/bench.sh                 # BENCH_MODE=all|throughput|idle|logins
 #   BENCH_CLIENTS=20 BENCH_MESSAGES=2000 BENCH_WINDOW=10 BENCH_IDLE_CONNECTIONS=10000
-# Starts (or reuses) our RabbitMQ on loopback via tests/services/rabbitmq.sh; starts its own
-# Mosquitto and gateway processes on loopback ports 18830/18831/18090 and stops them after.
+#   BENCH_LOGINS=1000 BENCH_LOGIN_PARALLEL=8 BENCH_LOGIN_SETTLE_SECONDS=10
+# Starts (or reuses) our RabbitMQ on loopback via tests/services/rabbitmq.sh (which honours
+# TRIBUTARY_RABBITMQ_INSTANCE and its ports); starts its own Mosquitto and gateway processes
+# on loopback ports BENCH_PORT_BASE (28830) to BENCH_PORT_BASE+5 and stops them after.
 set -euo pipefail
 # shellcheck source=tests/lib/apt.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")/../tests/lib" && pwd)/apt.sh"
@@ -13,7 +17,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 tests/services/rabbitmq.sh start
 eval "$(tests/services/rabbitmq.sh env)"
-if ! command -v mosquitto >/dev/null 2>&1; then
+if ! command -v mosquitto >/dev/null 2>&1 || ! command -v mosquitto_passwd >/dev/null 2>&1; then
   apt-get update -qq
   apt_install mosquitto
 fi

@@ -14,6 +14,7 @@
 # then 15 s HPA sync): decision after U(0,30) + U(0,15) s (mean 22.5 s, worst 45 s) plus the
 # same pod start measured here.
 #   operator/bench-autoscale.sh            # BENCH_TRIALS=3 BENCH_MESSAGES=500
+# The means are also printed as `BENCH figure=…` lines, collected by hack/bench.sh.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=../tests/cluster/lib.sh
@@ -153,4 +154,10 @@ printf '%s\n' "${results[@]}" | awk -v trials="$trials" '
     printf "%-44s %11.1fs %11.1fs %15.1fs\n", "reference: 30 s polling + 15 s HPA sync", 22.5, 45.0, 22.5 + start
     printf "\nratio of mean decision time, reference / Tributary: %.1fx (poll 5 s), %.1fx (poll 1 s)\n", 22.5 / (d[5] / trials), 22.5 / (d[1] / trials)
     printf "(reference decision = expected value of U(0,30)+U(0,15); its pod start = the %.1f s measured here)\n", start
+    # Machine-readable figures for hack/bench.sh.
+    printf "BENCH figure=autoscale_decision system=tributary-poll5 value=%.2f unit=s trials=%d\n", d[5] / trials, trials
+    printf "BENCH figure=autoscale_decision system=tributary-poll1 value=%.2f unit=s trials=%d\n", d[1] / trials, trials
+    printf "BENCH figure=autoscale_decision system=keda-hpa value=22.5 unit=s computed=1\n"
+    printf "BENCH figure=autoscale_consuming system=tributary-poll5 value=%.2f unit=s trials=%d\n", c[5] / trials, trials
+    printf "BENCH figure=autoscale_consuming system=keda-hpa value=%.2f unit=s computed=1\n", 22.5 + start
   }'

@@ -2,7 +2,9 @@
 //! rows into a table of the same shape, in the same run; prints both and the ratio.
 //!
 //! Needs RabbitMQ and PostgreSQL from `tests/services/`; `worker-image/bench.sh` starts
-//! them and runs this. Rows: `BENCH_ROWS` (default 100000).
+//! them and runs this. Rows: `BENCH_ROWS` (default 100000). Besides the text, every rate
+//! is printed as a `BENCH figure=worker_rows system=… value=… unit=rows/s` line, which
+//! `hack/bench.sh` collects.
 
 use std::time::{Duration, Instant};
 
@@ -94,6 +96,7 @@ async fn run() -> BenchResult<()> {
         worker_rate / bare_rate
     );
     println!("processing CPU (parse + record + column CEL) per message: {prepare_micros:.1} µs");
+    bench_lines(rows, worker_rate, copy_rate, bare_rate);
     for line in metrics.render().lines() {
         if line.starts_with("tributary_worker_sink_write_duration_seconds_sum")
             || line.starts_with("tributary_worker_sink_write_duration_seconds_count")
@@ -114,6 +117,19 @@ async fn run() -> BenchResult<()> {
     .await?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// The rates as machine-readable lines for hack/bench.sh.
+fn bench_lines(rows: usize, worker: f64, copy: f64, ceiling: f64) {
+    for (system, rate) in [
+        ("worker", worker),
+        ("copy", copy),
+        ("broker-ceiling", ceiling),
+    ] {
+        println!(
+            "BENCH figure=worker_rows system={system} value={rate:.1} unit=rows/s rows={rows}"
+        );
+    }
 }
 
 /// `rows` envelopes (id, JSON body) over 100 devices.

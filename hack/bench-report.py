@@ -1,0 +1,241 @@
+#!/usr/bin/env python3
+"""Writes docs/benchmarks.md and its charts from one run of hack/bench.sh.
+
+Input: a directory holding the run's `meta.txt` (key=value lines: date, commit, machine,
+load), `status.txt` (one `bench=<name> status=ok|failed|skipped reason=<text>` line per
+benchmark), the benchmarks' logs `<name>.log` (their `BENCH figure=… system=… value=…
+unit=…` lines are the figures) and, when present, `logins-rss.csv` (memory samples).
+
+Usage: hack/bench-report.py RUN_DIR DOC_PATH CHART_DIR
+Charts are drawn with matplotlib (Debian's python3-matplotlib, installed by hack/bench.sh).
+"""
+
+import csv
+import os
+import sys
+
+# One table row: (bench, figure, Tributary's system, peer's system, what, peer, better).
+ROWS = [
+    ("gateway", "ingest_rate", "gateway", "rabbitmq-mqtt", "MQTT QoS 1 ingest, acknowledged after the broker's confirm", "RabbitMQ's MQTT plugin, same broker", "higher"),
+    ("gateway", "ingest_rate", "gateway", "mosquitto", "MQTT QoS 1 ingest", "Mosquitto (in memory, no durability)", "higher"),
+    ("gateway", "ingest_p99", "gateway", "rabbitmq-mqtt", "publish → PUBACK latency, p99", "RabbitMQ's MQTT plugin, same broker", "lower"),
+    ("gateway", "ingest_p99", "gateway", "mosquitto", "publish → PUBACK latency, p99", "Mosquitto (in memory, no durability)", "lower"),
+    ("gateway", "idle_bytes_per_connection", "gateway", "mosquitto", "memory per idle MQTT connection (logged in)", "Mosquitto", "lower"),
+    ("gateway", "login_rss_before", "gateway", "mosquitto", "RSS before the login burst (fresh process)", "Mosquitto, `password_file`", "lower"),
+    ("gateway", "login_rss_peak", "gateway", "mosquitto", "RSS at the peak of the login burst", "Mosquitto, `password_file`", "lower"),
+    ("gateway", "login_rss_after", "gateway", "mosquitto", "RSS some seconds after the login burst", "Mosquitto, `password_file`", "lower"),
+    ("gateway", "login_burst_seconds", "gateway", "mosquitto", "time for the login burst (argon2id 19 MiB vs PBKDF2; failures throttled)", "Mosquitto, `password_file`", "lower"),
+    ("worker", "worker_rows", "worker", "copy", "worker → PostgreSQL, rows stored per second", "plain `COPY` of the same rows", "higher"),
+    ("worker", "worker_rows", "worker", "broker-ceiling", "worker → PostgreSQL, rows stored per second", "bare consumer of the same broker (drain ceiling)", "higher"),
+    ("autoscale", "autoscale_decision", "tributary-poll5", "keda-hpa", "backlog → scale decision (poll 5 s, default)", "KEDA 30 s poll + HPA 15 s sync (computed mean)", "lower"),
+    ("autoscale", "autoscale_decision", "tributary-poll1", "keda-hpa", "backlog → scale decision (poll 1 s)", "KEDA 30 s poll + HPA 15 s sync (computed mean)", "lower"),
+    ("autoscale", "autoscale_consuming", "tributary-poll5", "keda-hpa", "backlog → first worker pod consuming", "KEDA + HPA decision + the same pod start", "lower"),
+]
+
+
+def key_values(line):
+    """The key=value words of one line (values without spaces)."""
+    return dict(word.split("=", 1) for word in line.split() if "=" in word)
+
+
+def read_figures(run_dir, benches):
+    """{(figure, system): (value, unit, extras)} from every benchmark's log."""
+    figures = {}
+    for bench in benches:
+        path = os.path.join(run_dir, f"{bench}.log")
+        if not os.path.exists(path):
+            continue
+        with open(path, encoding="utf-8", errors="replace") as log:
+            for line in log:
+                if not line.startswith("BENCH "):
+                    continue
+                words = key_values(line)
+                try:
+                    value = float(words.pop("value"))
+                    key = (words.pop("figure"), words.pop("system"))
+                except (KeyError, ValueError):
+                    continue
+                figures[key] = (value, words.pop("unit", ""), words)
+    return figures
+
+
+def read_status(run_dir):
+    """{bench: (status, reason)}."""
+    status = {}
+    with open(os.path.join(run_dir, "status.txt"), encoding="utf-8") as lines:
+        for line in lines:
+            bench, _, rest = line.strip().partition(" ")
+            state, _, reason = rest.partition(" ")
+            status[bench] = (state, reason)
+    return status
+
+
+def number(value, unit):
+    """A figure for the table: few digits, its unit."""
+    text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
+    return f"{text} {unit}"
+
+
+def table(figures, status):
+    """The Markdown table: figure, Tributary, peer, ratio."""
+    out = [
+        "| Figure | Tributary | Peer | Peer's figure | Ratio Tributary / peer (better when) |",
+        "|---|---:|---|---:|---:|",
+    ]
+    for bench, figure, ours, peer, what, peer_name, better in ROWS:
+        state, reason = status.get(bench, ("skipped", "not run"))
+        a, b = figures.get((figure, ours)), figures.get((figure, peer))
+        if state != "ok" or a is None or b is None:
+            why = reason if state != "ok" else "its figure was not printed"
+            out.append(f"| {what} | not measured in this run | {peer_name} | — | — ({why}) |")
+            continue
+        ratio = a[0] / b[0] if b[0] else float("nan")
+        out.append(
+            f"| {what} | {number(a[0], a[1])} | {peer_name} | {number(b[0], b[1])} | {ratio:.2f}× ({better}) |"
+        )
+    return "\n".join(out)
+
+
+def bars(axis, labels, values, unit, title):
+    axis.bar(labels, values, color=["#2b6cb0", "#a0aec0", "#718096", "#4a5568"][: len(values)])
+    axis.set_title(title, fontsize=10)
+    axis.set_ylabel(unit)
+    for index, value in enumerate(values):
+        axis.annotate(f"{value:,.0f}" if value >= 100 else f"{value:.1f}", (index, value), ha="center", va="bottom", fontsize=8)
+
+
+def chart(plt, path, panels):
+    """One PNG of bar panels [(title, unit, [(label, value)])], skipping empty ones."""
+    panels = [p for p in panels if p[2]]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for axis, (title, unit, items) in zip(axes[0], panels):
+        bars(axis, [i[0] for i in items], [i[1] for i in items], unit, title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return os.path.basename(path)
+
+
+def pick(figures, figure, systems):
+    """[(system, value)] of `figure` for the systems that printed it."""
+    return [(name, figures[(figure, name)][0]) for name in systems if (figure, name) in figures]
+
+
+def login_timeline(plt, run_dir, path):
+    """Memory over time during the login burst, one line per server."""
+    samples = os.path.join(run_dir, "logins-rss.csv")
+    if not os.path.exists(samples):
+        return None
+    series = {}
+    with open(samples, encoding="utf-8") as rows:
+        for row in csv.DictReader(rows):
+            series.setdefault(row["server"], ([], []))
+            series[row["server"]][0].append(float(row["seconds"]))
+            series[row["server"]][1].append(int(row["rss_kib"]) / 1024)
+    fig, axis = plt.subplots(figsize=(7, 3.6))
+    for name, (xs, ys) in series.items():
+        axis.plot(xs, ys, label=name)
+    axis.set_xlabel("seconds from the start of the burst")
+    axis.set_ylabel("RSS (MiB)")
+    axis.set_title("Resident memory during and after the login burst", fontsize=10)
+    axis.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return os.path.basename(path)
+
+
+def charts(figures, run_dir, chart_dir):
+    """Draws every chart this run has figures for; their file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(chart_dir, exist_ok=True)
+    for old in os.listdir(chart_dir):
+        if old.endswith(".png"):
+            os.remove(os.path.join(chart_dir, old))
+    mqtt = ["gateway", "rabbitmq-mqtt", "mosquitto"]
+    made = [
+        chart(plt, os.path.join(chart_dir, "ingest.png"), [
+            ("MQTT QoS 1 ingest", "msg/s", pick(figures, "ingest_rate", mqtt)),
+            ("publish → PUBACK p99", "ms", pick(figures, "ingest_p99", mqtt)),
+        ]),
+        chart(plt, os.path.join(chart_dir, "memory.png"), [
+            ("memory per idle connection", "bytes", pick(figures, "idle_bytes_per_connection", mqtt)),
+            ("RSS before logins", "MiB", pick(figures, "login_rss_before", mqtt)),
+            ("RSS peak during logins", "MiB", pick(figures, "login_rss_peak", mqtt)),
+            ("RSS after logins", "MiB", pick(figures, "login_rss_after", mqtt)),
+        ]),
+        login_timeline(plt, run_dir, os.path.join(chart_dir, "logins-rss.png")),
+        chart(plt, os.path.join(chart_dir, "worker.png"), [
+            ("into PostgreSQL", "rows/s", pick(figures, "worker_rows", ["worker", "copy", "broker-ceiling"])),
+        ]),
+        chart(plt, os.path.join(chart_dir, "autoscale.png"), [
+            ("backlog → scale decision", "s", pick(figures, "autoscale_decision", ["tributary-poll5", "tributary-poll1", "keda-hpa"])),
+        ]),
+    ]
+    return [name for name in made if name]
+
+
+def read_meta(run_dir):
+    with open(os.path.join(run_dir, "meta.txt"), encoding="utf-8") as lines:
+        return dict(line.rstrip("\n").split("=", 1) for line in lines if "=" in line)
+
+
+def document(meta, status, figures, images):
+    """The whole of docs/benchmarks.md."""
+    runs = "\n".join(f"- `{bench}`: {state}{' — ' + reason if reason else ''}" for bench, (state, reason) in status.items())
+    pictures = "\n\n".join(f"![{name[:-4]}](benchmarks/{name})" for name in images)
+    return f"""# Benchmarks
+
+Written by `hack/bench.sh` (do not edit by hand; run it again). Benchmarks are not tests:
+each figure is printed beside a peer measured in the same run on the same machine, and
+nothing is asserted about time. Figures from a busy machine are rough: compare the ratios,
+not the absolute numbers, and look at the load below before reading much into either.
+
+- Date: {meta.get('date', '?')}; commit `{meta.get('commit', '?')}`
+- Machine: {meta.get('cores', '?')} cores ({meta.get('cpu', '?')}), {meta.get('memory', '?')} memory, {meta.get('kernel', '?')}
+- Load average (1, 5, 15 min): {meta.get('load_start', '?')} at the start, {meta.get('load_end', '?')} at the end{meta.get('load_note', '')}
+- Mode: {meta.get('mode', '?')}; sizes: {meta.get('sizes', '?')}
+
+## Figures
+
+{table(figures, status)}
+
+Ratios are Tributary's figure over the peer's; "(higher)" or "(lower)" says which way is
+better for that figure. The gateway's login burst checks passwords with argon2id at the
+recommended cost (19 MiB, what `tributary-gateway hash-password` writes), Mosquitto with
+its own PBKDF2-SHA512 hashes (`mosquitto_passwd`); half of the logins use a wrong password,
+and the gateway slows repeated failures on purpose, so the burst's duration is context, not
+a race. The gateway keeps each password-check slot's argon2 memory for its lifetime and
+reuses it (`auth.passwordCheckSlots`, 2 by default, × 19 MiB), so its memory after the burst
+stays at the peak by design: the figure to watch is that the peak stays bounded however
+many logins come. The KEDA + HPA reference is computed from its default intervals (not run here), with
+the pod start measured in the same run.
+
+## Runs
+
+{runs}
+
+## Charts
+
+{pictures}
+"""
+
+
+def main():
+    run_dir, doc_path, chart_dir = sys.argv[1:4]
+    status = read_status(run_dir)
+    figures = read_figures(run_dir, status.keys())
+    images = charts(figures, run_dir, chart_dir)
+    with open(doc_path, "w", encoding="utf-8") as doc:
+        doc.write(document(read_meta(run_dir), status, figures, images))
+    print(f"wrote {doc_path} and {len(images)} charts in {chart_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# One benchmark command (not a test; hack/test.sh does not run it). Runs every benchmark of
+# the project, collects the figures each prints as `BENCH figure=… system=… value=… unit=…`
+# lines, and writes docs/benchmarks.md (one table: figure, Tributary, peer, ratio; the
+# machine, load, date and commit) with charts in docs/benchmarks/*.png.
+#
+#   hack/bench.sh                  # full run: about 5 minutes on 2 cores once built (the
+#                                  # first release builds take 15-25 minutes), plus the
+#                                  # autoscaler's trials on the cluster (not timed yet)
+#   BENCH_QUICK=1 hack/bench.sh    # short smoke run with small sizes
+#
+# Benchmarks, each beside a peer measured in the same run:
+#   gateway    gateway-image/bench.sh: MQTT ingest beside RabbitMQ's MQTT plugin and
+#              Mosquitto, memory per idle connection and around a burst of password logins
+#              beside Mosquitto
+#   worker     worker-image/bench.sh: worker -> PostgreSQL beside a plain COPY and beside a
+#              bare consumer of the same broker
+#   autoscale  operator/bench-autoscale.sh: the autoscaler's reaction beside KEDA + HPA's
+#              default intervals; needs the local cluster (tests/cluster/cluster.sh up, images
+#              loaded) and is skipped, marked "not measured in this run", when the cluster is
+#              not reachable or a test run is using it. BENCH_AUTOSCALE=0 skips it, =1 runs
+#              it even while a test run seems to be going on.
+#
+# Sizes (defaults; quick mode in brackets): BENCH_CLIENTS 20 [5], BENCH_MESSAGES 2000 [300]
+# per client, BENCH_IDLE_CONNECTIONS 10000 [1000], BENCH_LOGINS 1000 [100],
+# BENCH_LOGIN_SETTLE_SECONDS 10 [3], BENCH_ROWS 100000 [10000], BENCH_TRIALS 3 [1],
+# BENCH_AUTOSCALE_MESSAGES 500 [200]. BENCH_ONLY="gateway worker" runs a subset.
+#
+# Servers: a private RabbitMQ and PostgreSQL instance named "bench" (ports 5794/15794/1994
+# and 5795) unless TRIBUTARY_RABBITMQ_* / TRIBUTARY_PG_* say otherwise, so that a benchmark
+# never shares a broker with a test run; the processes the benchmarks start listen on
+# loopback ports BENCH_PORT_BASE (28830) and up. The servers stay running for the next run:
+# stop them with `TRIBUTARY_RABBITMQ_INSTANCE=bench tests/services/rabbitmq.sh stop` (and
+# postgres.sh likewise). Logs of the run: BENCH_LOG_DIR (a new directory under /tmp).
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+# shellcheck source=tests/lib/apt.sh
+source tests/lib/apt.sh
+
+export TRIBUTARY_RABBITMQ_INSTANCE="${TRIBUTARY_RABBITMQ_INSTANCE:-bench}"
+export TRIBUTARY_RABBITMQ_PORT="${TRIBUTARY_RABBITMQ_PORT:-5794}"
+export TRIBUTARY_RABBITMQ_MGMT_PORT="${TRIBUTARY_RABBITMQ_MGMT_PORT:-15794}"
+export TRIBUTARY_RABBITMQ_MQTT_PORT="${TRIBUTARY_RABBITMQ_MQTT_PORT:-1994}"
+export TRIBUTARY_PG_INSTANCE="${TRIBUTARY_PG_INSTANCE:-bench}"
+export TRIBUTARY_PG_PORT="${TRIBUTARY_PG_PORT:-5795}"
+
+quick="${BENCH_QUICK:-0}"
+size() { # NAME FULL QUICK: exports NAME, keeping a value the caller set
+  local value="${!1:-}"
+  [ -n "$value" ] || { [ "$quick" = 1 ] && value=$3 || value=$2; }
+  export "$1=$value"
+}
+size BENCH_CLIENTS 20 5
+size BENCH_MESSAGES 2000 300
+size BENCH_IDLE_CONNECTIONS 10000 1000
+size BENCH_LOGINS 1000 100
+size BENCH_LOGIN_SETTLE_SECONDS 10 3
+size BENCH_ROWS 100000 10000
+size BENCH_TRIALS 3 1
+size BENCH_AUTOSCALE_MESSAGES 500 200
+only="${BENCH_ONLY:-gateway worker autoscale}"
+
+run_dir="${BENCH_LOG_DIR:-$(mktemp -d /tmp/tributary-bench-XXXXXX)}"
+mkdir -p "$run_dir"
+: >"$run_dir/status.txt"
+export BENCH_SAMPLES_DIR="$run_dir"
+say() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+say "logs in $run_dir; load $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# status BENCH STATE REASON: one line of status.txt.
+status() { printf '%s %s %s\n' "$1" "$2" "${3:-}" >>"$run_dir/status.txt"; }
+
+# run BENCH COMMAND...: runs one benchmark with its output in BENCH.log (and on stderr).
+run() {
+  local bench=$1 rc=0
+  shift
+  say "$bench: $*"
+  "$@" 2>&1 | tee "$run_dir/$bench.log" >&2 || rc=$?
+  if [ "$rc" = 0 ]; then
+    status "$bench" ok
+  else
+    say "$bench failed (exit $rc); see $run_dir/$bench.log"
+    status "$bench" failed "the benchmark failed (exit $rc)"
+  fi
+}
+
+# cluster_busy: prints why the local cluster cannot be used now; nothing when it can.
+cluster_busy() {
+  # shellcheck source=tests/cluster/lib.sh
+  (source tests/cluster/lib.sh
+   if ! KUBECONFIG="${KUBECONFIG:-$KUBECONFIG_PATH}" "$K8S_BIN/kubectl" version >/dev/null 2>&1; then
+     echo "the local cluster is not running (tests/cluster/cluster.sh up)"
+   fi)
+  local runner
+  runner=$(pgrep -f 'hack/test.sh|tests/e2e/|charts/install-test.sh|tests/smoke/smoke.sh' | head -1 || true)
+  if [ -n "$runner" ] && [ "${BENCH_AUTOSCALE:-auto}" != 1 ]; then
+    echo "the local cluster is in use by a test run (pid $runner)"
+  fi
+}
+
+wanted() { [[ " $only " == *" $1 "* ]]; }
+
+start_load="$(cut -d' ' -f1-3 /proc/loadavg)"
+if wanted gateway; then
+  run gateway env BENCH_MODE=all bash gateway-image/bench.sh
+else
+  status gateway skipped "not selected (BENCH_ONLY)"
+fi
+if wanted worker; then
+  run worker bash worker-image/bench.sh
+else
+  status worker skipped "not selected (BENCH_ONLY)"
+fi
+busy=""
+wanted autoscale || busy="not selected (BENCH_ONLY)"
+[ "${BENCH_AUTOSCALE:-auto}" = 0 ] && busy="BENCH_AUTOSCALE=0 was set"
+[ -n "$busy" ] || busy="$(cluster_busy | head -1)"
+if [ -z "$busy" ]; then
+  run autoscale env BENCH_MESSAGES="$BENCH_AUTOSCALE_MESSAGES" bash operator/bench-autoscale.sh
+else
+  say "autoscale: not measured in this run: $busy"
+  status autoscale skipped "$busy"
+fi
+
+load_end="$(cut -d' ' -f1-3 /proc/loadavg)"
+commit="$(git rev-parse --short HEAD)"
+git diff --quiet HEAD -- . ':!docs/benchmarks.md' ':!docs/benchmarks' || commit="$commit (with uncommitted changes)"
+{
+  echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "commit=$commit"
+  echo "cores=$(nproc)"
+  echo "cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
+  echo "memory=$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
+  echo "kernel=Linux $(uname -r)"
+  echo "load_start=$start_load"
+  echo "load_end=$load_end"
+  if pgrep -f 'hack/test.sh' >/dev/null; then
+    echo "load_note= (a full test run was going on at the same time)"
+  fi
+  if [ "$quick" = 1 ]; then echo "mode=quick (BENCH_QUICK=1)"; else echo "mode=full"; fi
+  echo "sizes=$BENCH_CLIENTS MQTT clients × $BENCH_MESSAGES messages; $BENCH_IDLE_CONNECTIONS idle connections; $BENCH_LOGINS logins; $BENCH_ROWS rows; $BENCH_TRIALS autoscaler trials of $BENCH_AUTOSCALE_MESSAGES messages"
+} >"$run_dir/meta.txt"
+
+# The charts: matplotlib from Debian, drawn by the system's Python.
+if ! /usr/bin/python3 -c 'import matplotlib' 2>/dev/null; then
+  say "installing Debian's python3-matplotlib"
+  apt-get update -qq
+  apt_install python3-matplotlib
+fi
+/usr/bin/python3 hack/bench-report.py "$run_dir" docs/benchmarks.md docs/benchmarks
+say "done: docs/benchmarks.md; load at the end $load_end"
+! grep -q ' failed ' "$run_dir/status.txt"
