@@ -20,7 +20,7 @@ use crate::conditions::{event, reason};
 use crate::crd::SecretKeyRef;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
@@ -304,38 +304,16 @@ async fn publish<K: Workload>(ctx: &Context, workload: &K, note: String) {
 }
 
 fn has_finalizer<K: Resource>(workload: &K) -> bool {
-    workload.finalizers().iter().any(|f| f == FINALIZER)
+    super::has_finalizer(workload, FINALIZER)
 }
 
-/// Adds or removes the finalizer with an optimistic-concurrency merge patch.
+/// Adds or removes the finalizer.
 async fn set_finalizer<K: Workload>(
     ctx: &Context,
     workload: &K,
     present: bool,
 ) -> Result<(), Error> {
-    let mut finalizers: Vec<String> = workload
-        .finalizers()
-        .iter()
-        .filter(|f| f.as_str() != FINALIZER)
-        .cloned()
-        .collect();
-    if present {
-        finalizers.push(FINALIZER.to_owned());
-    }
-    let api: Api<K> = Api::namespaced(
-        ctx.client.clone(),
-        &workload.namespace().unwrap_or_default(),
-    );
-    let patch = serde_json::json!({
-        "metadata": {"finalizers": finalizers, "resourceVersion": workload.resource_version()}
-    });
-    api.patch(
-        &workload.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
-    Ok(())
+    super::set_finalizer(&ctx.client, workload, FINALIZER, present).await
 }
 
 #[cfg(test)]

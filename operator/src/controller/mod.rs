@@ -124,6 +124,47 @@ pub fn skip_deleted<K: Resource>(object: &K) -> Option<Action> {
     being_deleted(object.meta()).then(Action::await_change)
 }
 
+/// Whether `object` carries `finalizer`.
+pub fn has_finalizer<K: Resource>(object: &K, finalizer: &str) -> bool {
+    object.finalizers().iter().any(|f| f == finalizer)
+}
+
+/// Adds or removes `finalizer` with an optimistic-concurrency merge patch (the object's
+/// `resourceVersion`), keeping every other finalizer.
+pub async fn set_finalizer<K>(
+    client: &Client,
+    object: &K,
+    finalizer: &str,
+    present: bool,
+) -> Result<(), Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + DeserializeOwned
+        + Clone
+        + Debug,
+{
+    let mut finalizers: Vec<String> = object
+        .finalizers()
+        .iter()
+        .filter(|f| f.as_str() != finalizer)
+        .cloned()
+        .collect();
+    if present {
+        finalizers.push(finalizer.to_owned());
+    }
+    let api: Api<K> = Api::namespaced(client.clone(), &object.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "metadata": {"finalizers": finalizers, "resourceVersion": object.resource_version()}
+    });
+    api.patch(
+        &object.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
 /// Server-side applies one namespaced object, forced, under the operator's field manager.
 pub async fn apply<K>(client: &Client, object: &K) -> Result<K, Error>
 where

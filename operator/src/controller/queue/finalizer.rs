@@ -15,7 +15,6 @@ use crate::crd::queue::DeletionPolicy;
 use crate::crd::Queue;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
-use kube::api::{Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 
@@ -23,32 +22,12 @@ use kube::{Api, ResourceExt};
 pub const FINALIZER: &str = "tributary.dev/broker-queue";
 
 fn has_finalizer(queue: &Queue) -> bool {
-    queue.finalizers().iter().any(|f| f == FINALIZER)
+    super::super::has_finalizer(queue, FINALIZER)
 }
 
-/// Adds or removes our finalizer with an optimistic-concurrency merge patch.
+/// Adds or removes our finalizer.
 async fn set_finalizer(ctx: &Context, queue: &Queue, present: bool) -> Result<(), Error> {
-    let mut finalizers: Vec<String> = queue
-        .finalizers()
-        .iter()
-        .filter(|f| f.as_str() != FINALIZER)
-        .cloned()
-        .collect();
-    if present {
-        finalizers.push(FINALIZER.to_owned());
-    }
-    let api: Api<Queue> =
-        Api::namespaced(ctx.client.clone(), &queue.namespace().unwrap_or_default());
-    let patch = serde_json::json!({
-        "metadata": {"finalizers": finalizers, "resourceVersion": queue.resource_version()}
-    });
-    api.patch(
-        &queue.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
-    Ok(())
+    super::super::set_finalizer(&ctx.client, queue, FINALIZER, present).await
 }
 
 /// Adds or removes the finalizer as `deletionPolicy` asks.
