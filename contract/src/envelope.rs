@@ -1,5 +1,7 @@
 //! One JSON envelope per device message, as published to the queue.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// How a device reached the gateway.
@@ -45,6 +47,10 @@ pub struct Envelope {
     /// correlation data), when the device sent any; absent for HTTP and MQTT 3.1.1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mqtt: Option<MqttProperties>,
+    /// The device's attributes (its Device resource's `spec.attributes`: site, model,
+    /// owner...), when it has any.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, String>,
     pub payload: Payload,
 }
 
@@ -98,6 +104,7 @@ mod tests {
             received_at: "2026-11-26T09:00:00.000Z".into(),
             content_type: None,
             mqtt: None,
+            attributes: BTreeMap::new(),
             payload: Payload::Json(serde_json::json!({"temp": 21.5})),
         };
         let text = serde_json::to_string(&envelope).expect("serialize");

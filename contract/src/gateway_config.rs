@@ -142,6 +142,12 @@ pub struct AuthConfig {
     /// get the id `anonymousDevice`.
     #[serde(default)]
     pub allow_anonymous: bool,
+    /// The device registry the operator renders from `Device` resources: devices, their
+    /// credentials (generated secrets, argon2 hashes, JWT keys, certificates), whether they
+    /// are disabled, extra topics and attributes. Re-read when the table file changes, and
+    /// replaced at once by the operator's pushes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<crate::device_table::RegistryFiles>,
     /// The device id anonymous devices get.
     #[serde(default = "default_anonymous_device")]
     pub anonymous_device: String,
@@ -170,6 +176,7 @@ impl Default for AuthConfig {
             jwt: None,
             client_certificates: None,
             allow_anonymous: false,
+            registry: None,
             anonymous_device: default_anonymous_device(),
             failed_logins_per_minute: default_failed_logins_per_minute(),
             password_check_slots: default_password_check_slots(),

@@ -7,6 +7,7 @@
 pub mod api_config;
 pub mod cel_bounds;
 pub mod config_file;
+pub mod device_table;
 pub mod envelope;
 pub mod gateway_config;
 pub mod redis_key;

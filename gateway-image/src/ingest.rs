@@ -237,6 +237,7 @@ fn build_envelope(
         received_at: received_at(jiff::Timestamp::now()),
         content_type: metadata.content_type,
         mqtt: metadata.mqtt.filter(|mqtt| !mqtt.is_empty()),
+        attributes: Default::default(),
         payload,
     }
 }

@@ -206,6 +206,7 @@ mod tests {
             received_at: "2026-11-26T09:00:00.000Z".into(),
             content_type: None,
             mqtt: None,
+            attributes: Default::default(),
             payload: Payload::Json(payload),
         }
     }
