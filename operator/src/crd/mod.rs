@@ -1,5 +1,5 @@
-//! Custom resource types of `tributary.dev/v1alpha1`: [`Queue`], [`Gateway`], [`Worker`] and
-//! [`Sink`], plus the pieces they share (conditions, Secret references).
+//! Custom resource types of `tributary.dev/v1alpha1`: [`Queue`], [`Gateway`], [`Worker`],
+//! [`Sink`] and [`Device`], plus the pieces they share (conditions, Secret references).
 //!
 //! The CRD YAML in `crds/` is generated from these types (`tributary-operator crds`, or
 //! `hack/gen-crds.sh`); a unit test fails when the committed files are stale.
@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 
 // `printcolumn(...)` repeats `type_ = ...` by design; clippy mistakes that for duplicates.
 #[allow(clippy::duplicated_attributes)]
+pub mod device;
+#[allow(clippy::duplicated_attributes)]
 pub mod gateway;
 #[allow(clippy::duplicated_attributes)]
 pub mod queue;
@@ -20,6 +22,7 @@ pub mod sink;
 #[allow(clippy::duplicated_attributes)]
 pub mod worker;
 
+pub use device::{Device, DeviceSpec, DeviceStatus};
 pub use gateway::{Gateway, GatewaySpec, GatewayStatus};
 pub use queue::{Queue, QueueSpec, QueueStatus};
 pub use sink::{Sink, SinkSpec, SinkStatus};
@@ -83,10 +86,16 @@ pub struct SecretRef {
 
 /// Every CRD of the operator, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    [Queue::crd(), Gateway::crd(), Worker::crd(), Sink::crd()]
-        .into_iter()
-        .map(without_nullable)
-        .collect()
+    [
+        Queue::crd(),
+        Gateway::crd(),
+        Worker::crd(),
+        Sink::crd(),
+        Device::crd(),
+    ]
+    .into_iter()
+    .map(without_nullable)
+    .collect()
 }
 
 /// Drops `nullable: true` from the spec schemas. Kubernetes 1.20 publishes nullable fields
