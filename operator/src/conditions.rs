@@ -21,6 +21,8 @@ pub mod reason {
     pub const WAITING_FOR_SINK: &str = "WaitingForSink";
     /// A referenced Secret or key does not exist yet.
     pub const WAITING_FOR_SECRET: &str = "WaitingForSecret";
+    /// A Gateway a Device names does not exist yet.
+    pub const WAITING_FOR_GATEWAY: &str = "WaitingForGateway";
     /// The broker cannot be reached or refused the topology.
     pub const BROKER_UNAVAILABLE: &str = "BrokerUnavailable";
     /// Deletion waits: the broker queue still holds messages.

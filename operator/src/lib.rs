@@ -16,5 +16,6 @@ pub mod crd;
 pub mod leader;
 pub mod metrics;
 pub mod reference;
+pub mod registry;
 pub mod run;
 pub mod scaling;

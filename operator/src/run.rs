@@ -2,28 +2,21 @@
 //! endpoint, and graceful shutdown on SIGTERM/SIGINT.
 
 use crate::build::Images;
-use crate::controller::{self, error_policy, malformed::guarded, pdb::PdbApi, Context};
-use crate::crd::{Gateway, Queue, Sink, Worker};
+use crate::controller::{pdb::PdbApi, Context};
 use crate::leader::LeaseLock;
 use crate::metrics::Metrics;
 use axum::extract::State;
 use axum::routing::get;
-use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::Secret;
-use kube::core::DeserializeGuard;
-use kube::core::PartialObjectMeta;
-use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::Client;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tributary_service_kit::{health, metrics as ops_metrics, serve, shutdown};
+
+mod controllers;
 
 /// Settings of `run`.
 #[derive(Clone, Debug)]
@@ -101,251 +94,6 @@ fn ops_router(state: HttpState) -> axum::Router {
 /// Resolves once `stop` carries `true` (or its sender is gone).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopped| *stopped).await;
-}
-
-fn api_for<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-{
-    match namespace {
-        Some(namespace) => Api::namespaced(client.clone(), namespace),
-        None => Api::all(client.clone()),
-    }
-}
-
-/// What the controllers watch of Secrets: metadata only, never the data; data is read by
-/// name when a resource references the Secret, so no other Secret's contents are read.
-type SecretMeta = PartialObjectMeta<Secret>;
-
-/// The readable objects cached in `store` that live in `namespace` and satisfy `depends`:
-/// what to reconcile when a watched object of that namespace changes.
-fn dependents<K>(
-    store: &Store<DeserializeGuard<K>>,
-    namespace: Option<String>,
-    depends: impl Fn(&K) -> bool,
-) -> Vec<ObjectRef<DeserializeGuard<K>>>
-where
-    K: Resource + Clone + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-{
-    store
-        .state()
-        .into_iter()
-        .filter(|object| object.namespace() == namespace && object.0.as_ref().is_ok_and(&depends))
-        .map(|object| ObjectRef::from_obj(object.as_ref()))
-        .collect()
-}
-
-/// The Queue a managed broker child names in its labels (owned or kept under `Retain`).
-fn labelled_queue<K: Resource>(child: &K) -> Option<ObjectRef<DeserializeGuard<Queue>>> {
-    let labels = child.meta().labels.as_ref()?;
-    if labels
-        .get(crate::build::OWNER_KIND_LABEL)
-        .map(String::as_str)
-        != Some("queue")
-    {
-        return None;
-    }
-    let name = labels.get(crate::build::OWNER_LABEL)?;
-    Some(ObjectRef::new(name).within(child.meta().namespace.as_deref()?))
-}
-
-fn children_config() -> watcher::Config {
-    watcher::Config::default().labels("app.kubernetes.io/managed-by=tributary-operator")
-}
-
-/// Runs the four controllers and the autoscaler for one namespace (or all) until `stop`
-/// fires.
-async fn run_controllers(
-    ctx: Arc<Context>,
-    namespace: Option<String>,
-    stop: watch::Receiver<bool>,
-) {
-    let ns = namespace.as_deref();
-    let workers = Controller::new(
-        api_for::<DeserializeGuard<Worker>>(&ctx.client, ns),
-        watcher::Config::default(),
-    );
-    let autoscaler_ctx = Arc::new(crate::autoscaler::Context {
-        client: ctx.client.clone(),
-        metrics: ctx.metrics.clone(),
-        recorder: ctx.recorder.clone(),
-        broker: ctx.broker.clone(),
-    });
-    let autoscaler = crate::autoscaler::run(autoscaler_ctx, workers.store(), stop.clone());
-    tokio::join!(
-        queues(&ctx, ns, stop.clone()),
-        sinks(&ctx, ns, stop.clone()),
-        gateways(&ctx, ns, stop.clone()),
-        run_workers(workers, &ctx, ns, stop),
-        autoscaler
-    );
-}
-
-/// Resolves once `stop` fires, owning it (for `graceful_shutdown_on`).
-async fn on_stop(mut stop: watch::Receiver<bool>) {
-    stopped(&mut stop).await;
-}
-
-/// The Queue controller: woken by its broker's StatefulSet and by the URI Secret of an
-/// external broker.
-async fn queues(ctx: &Arc<Context>, ns: Option<&str>, stop: watch::Receiver<bool>) {
-    let client = &ctx.client;
-    let wc = watcher::Config::default();
-    let queues = Controller::new(api_for::<DeserializeGuard<Queue>>(client, ns), wc.clone());
-    let queue_store = queues.store();
-    queues
-        // By label, not owner reference: under `Retain` the broker has no owner.
-        .watches(
-            api_for::<StatefulSet>(client, ns),
-            children_config(),
-            |set: StatefulSet| labelled_queue(&set),
-        )
-        .watches(
-            api_for::<SecretMeta>(client, ns),
-            wc,
-            move |secret: SecretMeta| {
-                // External brokers: the URI or CA Secret may appear after the Queue.
-                dependents(&queue_store, secret.namespace(), |q| {
-                    q.spec.broker.external.as_ref().is_some_and(|e| {
-                        e.uri_secret_ref.name == secret.name_any()
-                            || e.ca_secret_ref
-                                .as_ref()
-                                .is_some_and(|ca| ca.name == secret.name_any())
-                    })
-                })
-            },
-        )
-        .graceful_shutdown_on(on_stop(stop))
-        .run(
-            |object, ctx| guarded(object, ctx, controller::queue::reconcile),
-            error_policy,
-            ctx.clone(),
-        )
-        .for_each(|_| futures::future::ready(()))
-        .await;
-}
-
-/// The Sink controller: woken by the Secrets it references and by its target Queue.
-async fn sinks(ctx: &Arc<Context>, ns: Option<&str>, stop: watch::Receiver<bool>) {
-    let client = &ctx.client;
-    let wc = watcher::Config::default();
-    let sinks = Controller::new(api_for::<DeserializeGuard<Sink>>(client, ns), wc.clone());
-    let sink_store = sinks.store();
-    let sink_store_for_queues = sink_store.clone();
-    sinks
-        .watches(
-            api_for::<SecretMeta>(client, ns),
-            wc.clone(),
-            move |secret: SecretMeta| {
-                dependents(&sink_store, secret.namespace(), |s| {
-                    crate::build::sink::referenced_secrets(s)
-                        .iter()
-                        .any(|r| r.name == secret.name_any())
-                })
-            },
-        )
-        .watches(api_for::<Queue>(client, ns), wc, move |queue: Queue| {
-            dependents(&sink_store_for_queues, queue.namespace(), |s| {
-                crate::build::sink::target_queue(s) == Some(queue.name_any().as_str())
-            })
-        })
-        .graceful_shutdown_on(on_stop(stop))
-        .run(
-            |object, ctx| guarded(object, ctx, controller::sink::reconcile),
-            error_policy,
-            ctx.clone(),
-        )
-        .for_each(|_| futures::future::ready(()))
-        .await;
-}
-
-/// The Gateway controller: woken by its Deployment, the Queues it routes to and the
-/// Secrets of its namespace.
-async fn gateways(ctx: &Arc<Context>, ns: Option<&str>, stop: watch::Receiver<bool>) {
-    let client = &ctx.client;
-    let wc = watcher::Config::default();
-    let gateways = Controller::new(api_for::<DeserializeGuard<Gateway>>(client, ns), wc.clone());
-    let by_queue = gateways.store();
-    let by_secret = gateways.store();
-    gateways
-        .owns(api_for::<Deployment>(client, ns), children_config())
-        .watches(
-            api_for::<Queue>(client, ns),
-            wc.clone(),
-            move |queue: Queue| {
-                dependents(&by_queue, queue.namespace(), |g| {
-                    g.spec.routes.iter().any(|r| r.queue == queue.name_any())
-                })
-            },
-        )
-        .watches(
-            api_for::<SecretMeta>(client, ns),
-            wc,
-            move |secret: SecretMeta| {
-                // Device credentials, TLS and broker URIs: any Secret of the namespace may be
-                // referenced directly or through a Queue.
-                dependents(&by_secret, secret.namespace(), |_| true)
-            },
-        )
-        .graceful_shutdown_on(on_stop(stop))
-        .run(
-            |object, ctx| guarded(object, ctx, controller::gateway::reconcile),
-            error_policy,
-            ctx.clone(),
-        )
-        .for_each(|_| futures::future::ready(()))
-        .await;
-}
-
-/// The Worker controller (its store shared with the autoscaler): woken by its Deployment,
-/// its Queue, its Sinks and the Secrets of its namespace.
-async fn run_workers(
-    workers: Controller<DeserializeGuard<Worker>>,
-    ctx: &Arc<Context>,
-    ns: Option<&str>,
-    stop: watch::Receiver<bool>,
-) {
-    let client = &ctx.client;
-    let wc = watcher::Config::default();
-    let by_queue = workers.store();
-    let by_sink = workers.store();
-    let by_secret = workers.store();
-    workers
-        .owns(api_for::<Deployment>(client, ns), children_config())
-        .watches(
-            api_for::<Queue>(client, ns),
-            wc.clone(),
-            move |queue: Queue| {
-                // Sinks of type queue also depend on Queues: reconcile every Worker of the
-                // namespace that uses this Queue directly; sink targets come via the Sink.
-                dependents(&by_queue, queue.namespace(), |w| {
-                    w.spec.queue == queue.name_any()
-                })
-            },
-        )
-        .watches(
-            api_for::<Sink>(client, ns),
-            wc.clone(),
-            move |sink: Sink| {
-                dependents(&by_sink, sink.namespace(), |w| {
-                    w.spec.sinks.contains(&sink.name_any())
-                })
-            },
-        )
-        .watches(
-            api_for::<SecretMeta>(client, ns),
-            wc,
-            move |secret: SecretMeta| dependents(&by_secret, secret.namespace(), |_| true),
-        )
-        .graceful_shutdown_on(on_stop(stop))
-        .run(
-            |object, ctx| guarded(object, ctx, controller::worker::reconcile),
-            error_policy,
-            ctx.clone(),
-        )
-        .for_each(|_| futures::future::ready(()))
-        .await;
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` in the background until `stop` fires.
@@ -436,6 +184,7 @@ async fn context(client: Client, settings: &Settings, metrics: Arc<Metrics>) -> 
         },
         tenancy: settings.tenancy.clone(),
         retries: Default::default(),
+        registry: Default::default(),
         operator_namespace: settings.operator_namespace.clone(),
     })
 }
@@ -447,12 +196,15 @@ async fn run_namespaces(ctx: Arc<Context>, watched: &[String], stop: watch::Rece
     } else {
         watched.iter().cloned().map(Some).collect()
     };
-    futures::future::join_all(
+    let controllers = futures::future::join_all(
         namespaces
             .into_iter()
-            .map(|ns| run_controllers(ctx.clone(), ns, stop.clone())),
-    )
-    .await;
+            .map(|ns| controllers::run_controllers(ctx.clone(), ns, stop.clone())),
+    );
+    tokio::join!(
+        controllers,
+        crate::registry::collector::run(ctx.clone(), stop.clone())
+    );
 }
 
 /// Runs the operator until SIGTERM/SIGINT (graceful) or loss of the leader Lease (error).
@@ -524,32 +276,6 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::fixtures::load;
-    use crate::build::queue::{build_managed, validate, BrokerPlan, Credentials};
-
-    #[test]
-    fn a_kept_broker_wakes_the_queue_it_is_labelled_with() {
-        let queue: Queue = load("queue-managed.yaml");
-        let BrokerPlan::Managed(managed) = validate(&queue).expect("valid") else {
-            panic!("managed");
-        };
-        let credentials = Credentials {
-            username: "u".into(),
-            password: "p".into(),
-            erlang_cookie: "c".into(),
-        };
-        let set = build_managed(&queue, &managed, &credentials, "img")
-            .expect("builds")
-            .stateful_set;
-        // Retain: no owner reference, so only the labels lead back to the Queue.
-        assert_eq!(set.metadata.owner_references, None);
-        assert_eq!(
-            labelled_queue(&set),
-            Some(ObjectRef::new("telemetry").within("factory"))
-        );
-        let unlabelled = StatefulSet::default();
-        assert_eq!(labelled_queue(&unlabelled), None);
-    }
 
     /// One HTTP/1.1 GET against `addr`: (status line, body).
     async fn get_once(addr: SocketAddr, path: &str) -> (String, String) {

@@ -22,8 +22,10 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
+use tributary_contract::device_table::{self, RegistryFiles};
 use tributary_contract::gateway_config::{
     self as contract, AuthConfig, BrokerConfig, ClientCertificateAuth, GatewayConfig, Listeners,
     Route, TlsListener,
@@ -46,6 +48,9 @@ pub struct GatewayInputs {
     pub secrets: SecretData,
     /// Default gateway image.
     pub image: String,
+    /// Id of the namespace's registry key: the pods restart when it changes (their verifier
+    /// key and sync token change with it).
+    pub registry_key_id: String,
 }
 
 /// The Gateway's children.
@@ -66,6 +71,24 @@ pub struct GatewayChildren {
 /// Name of every child of a Gateway.
 pub fn child_name(gateway: &str) -> String {
     format!("{gateway}-gateway")
+}
+
+/// Name of the Gateway's registry Secret: its device table, the namespace's verifier key,
+/// its pods' sync token and the device CA certificate (rendered by the operator, read by
+/// the pods at start and replaced by pushes; see `crate::registry`).
+pub fn registry_secret_name(gateway: &str) -> String {
+    format!("{}-registry", child_name(gateway))
+}
+
+/// Where the pods find the registry Secret's files.
+fn registry_files(gateway: &str) -> RegistryFiles {
+    let secret = registry_secret_name(gateway);
+    RegistryFiles {
+        table_file: secret_file(&secret, device_table::TABLE_FILE),
+        verifier_key_file: secret_file(&secret, device_table::VERIFIER_KEY_FILE),
+        sync_token_file: secret_file(&secret, device_table::SYNC_TOKEN_FILE),
+        device_ca_file: Some(secret_file(&secret, device_table::DEVICE_CA_FILE)),
+    }
 }
 
 /// Every Secret name the Gateway references by itself (not through Queues).
@@ -116,16 +139,8 @@ pub fn validate(gateway: &Gateway) -> Result<(), BuildError> {
             "spec.listeners: ports must be distinct and not {HEALTH_PORT} (health endpoint)"
         )));
     }
+    // Without another method, the Gateway accepts the registry's Devices only.
     let auth = &spec.auth;
-    if auth.passwords.is_none()
-        && auth.jwt.is_none()
-        && auth.client_certificates.is_none()
-        && !auth.allow_anonymous
-    {
-        return Err(BuildError::Invalid(
-            "spec.auth: configure passwords, jwt, clientCertificates or allowAnonymous".into(),
-        ));
-    }
     if auth.client_certificates.is_some()
         && listeners.mqtt_tls.is_none()
         && listeners.http_tls.is_none()
@@ -161,7 +176,7 @@ fn validate_service(service: &ServiceSpecCrd) -> Result<(), BuildError> {
 }
 
 /// MQTT topic filter rules: `#` only as the last level, wildcards fill a whole level.
-fn check_filter(filter: &str) -> Result<(), &'static str> {
+pub(crate) fn check_filter(filter: &str) -> Result<(), &'static str> {
     if filter.is_empty() {
         return Err("must not be empty");
     }
@@ -285,6 +300,7 @@ fn auth_config(gateway: &Gateway, inputs: &GatewayInputs) -> Result<AuthConfig, 
                 ca_file: secret_file(&c.ca.name, "ca.crt"),
             }),
         allow_anonymous: auth.allow_anonymous,
+        registry: Some(registry_files(&gateway.name_any())),
         ..AuthConfig::default()
     })
 }
@@ -480,6 +496,8 @@ pub fn build(gateway: &Gateway, inputs: &GatewayInputs) -> Result<GatewayChildre
     let text = super::render_yaml("gateway", &config)?;
     let child = child_name(&name);
     let mut secrets = referenced_secrets(gateway);
+    // Mounted, not hashed into the pod template: device changes never restart the pods.
+    secrets.insert(registry_secret_name(&name));
     let (broker, ca) = broker_secret(gateway, inputs)?;
     secrets.insert(broker.name);
     secrets.extend(ca.map(|ca| ca.name));
@@ -498,7 +516,10 @@ pub fn build(gateway: &Gateway, inputs: &GatewayInputs) -> Result<GatewayChildre
         &device_ports,
         &[i32::from(HEALTH_PORT)],
     );
-    let hash = config_hash(&text, &inputs.secrets);
+    let hash = config_hash(
+        &format!("{text}\n# registry key {}", inputs.registry_key_id),
+        &inputs.secrets,
+    );
     Ok(GatewayChildren {
         config_map: ConfigMap {
             metadata: child_meta(gateway, &child, COMPONENT)?,

@@ -10,6 +10,7 @@ use kube::Resource;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
+pub mod device;
 pub mod gateway;
 pub mod labels;
 pub mod monitoring;

@@ -139,6 +139,7 @@ fn gateway_inputs(child: &str) -> gateway::GatewayInputs {
             ),
         ]),
         image: "tributary/gateway:test".into(),
+        registry_key_id: "k1".into(),
     }
 }
 

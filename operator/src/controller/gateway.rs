@@ -22,26 +22,27 @@ pub async fn reconcile(gateway: Arc<Gateway>, ctx: Arc<Context>) -> Result<Actio
     let _timer = ctx.metrics.reconcile("Gateway");
     if being_deleted(&gateway.metadata) {
         // Children go with it through garbage collection; its broker users are removed.
+        ctx.registry
+            .withdraw(&(gateway.namespace().unwrap_or_default(), gateway.name_any()));
         return broker_user::finalize(&ctx, gateway.as_ref()).await;
     }
     let span = tracing::info_span!("reconcile", kind = "Gateway", name = %gateway.name_any(), namespace = ?gateway.namespace());
     let current = gateway.status.clone().unwrap_or_default();
+    // `connectedDevices` belongs to the device collector: never written (nor compared) here.
     let mut status = GatewayStatus {
         ready_replicas: current.ready_replicas,
-        connected_devices: current.connected_devices,
         ..GatewayStatus::default()
+    };
+    let comparable = GatewayStatus {
+        connected_devices: None,
+        ..current.clone()
     };
     let outcome = steps(&gateway, &ctx, &mut status).instrument(span).await?;
     status.conditions =
         ready_condition(&ctx, gateway.as_ref(), &current.conditions, &outcome.ready).await;
     status.observed_generation = gateway.metadata.generation;
-    patch_status(
-        &ctx.client,
-        gateway.as_ref(),
-        gateway.status.as_ref(),
-        &status,
-    )
-    .await?;
+    let written = gateway.status.as_ref().map(|_| &comparable);
+    patch_status(&ctx.client, gateway.as_ref(), written, &status).await?;
     Ok(ctx.retries.pace(&ctx.metrics, gateway.as_ref(), &outcome))
 }
 
@@ -64,9 +65,15 @@ async fn steps(
         Ok(children) => children,
         Err(outcome) => return Ok(outcome),
     };
+    // Before the Deployment: its pods mount the registry Secret.
+    let devices = super::gateway_registry::publish(ctx, gateway).await?;
     let deployment = apply_children(ctx, &children).await?;
     super::monitoring::ensure_for_gateway(ctx, gateway).await;
-    Ok(report(gateway, &deployment, status))
+    let mut outcome = report(gateway, &deployment, status);
+    if outcome.ready.ok {
+        outcome.ready.message = format!("{}; {}", outcome.ready.message, devices.describe());
+    }
+    Ok(outcome)
 }
 
 /// Dereferences the Queues the routes name (each once), the gateway's own user on each
@@ -116,10 +123,12 @@ async fn dereference(ctx: &Context, gateway: &Gateway) -> Step<GatewayInputs> {
         Ok(secrets) => secrets,
         Err(outcome) => return Ok(Err(outcome)),
     };
+    let keys = ctx.registry.keys.get(client, &namespace).await?;
     Ok(Ok(GatewayInputs {
         queues,
         secrets,
         image: ctx.images.gateway.clone(),
+        registry_key_id: keys.key_id(),
     }))
 }
 
@@ -207,6 +216,21 @@ mod tests {
                 "uri",
                 "amqp://broker",
             )),
+            // The namespace's registry keys are made once...
+            Exchange::get(&path(
+                "v1",
+                "factory",
+                "secrets",
+                "tributary-device-registry",
+            ))
+            .not_found(),
+            Exchange::post("/api/v1/namespaces/factory/secrets")
+                .with("/metadata/name", json!("tributary-device-registry")),
+            // ...and the Gateway's (empty) device table stored for its pods.
+            Exchange::get(&path("v1", "factory", "secrets", "line-1-gateway-registry")).not_found(),
+            Exchange::apply(&path("v1", "factory", "secrets", "line-1-gateway-registry"))
+                .with("/metadata/ownerReferences/0/kind", json!("Gateway"))
+                .with("/type", json!("Opaque")),
             Exchange::apply(&child("v1", "configmaps")).with("/kind", json!("ConfigMap")),
             Exchange::apply(&child("v1", "services")).with("/spec/type", json!("NodePort")),
             Exchange::apply(&child("policy/v1", "poddisruptionbudgets"))
@@ -222,8 +246,23 @@ mod tests {
         let action = reconcile(Arc::new(gateway), context(client)).await;
         assert_eq!(action.expect("reconciles"), Action::requeue(RESYNC));
         let bodies = scenario.done().await;
+        let registry = bodies
+            .iter()
+            .find(|b| b["metadata"]["name"] == "line-1-gateway-registry")
+            .expect("registry Secret applied");
+        for key in [
+            "devices.json.gz",
+            "verifier-key",
+            "sync-token",
+            "device-ca.crt",
+        ] {
+            assert!(registry["data"][key].is_string(), "{key} in {registry}");
+        }
         let status = &bodies.last().expect("status written")["status"];
         assert_eq!(status["readyReplicas"], 2);
+        assert!(status["conditions"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.ends_with("0 devices in its table")));
         assert_eq!(status["endpoint"], "line-1-gateway.factory.svc");
         assert_eq!(status["conditions"][0]["status"], "True");
     }

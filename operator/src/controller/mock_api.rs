@@ -353,6 +353,7 @@ pub fn context_with(client: Client, tenancy: crate::build::tenancy::TenantPolicy
         sink_policy: crate::build::sink::SinkPolicy::default(),
         tenancy,
         retries: Default::default(),
+        registry: Default::default(),
         operator_namespace: Some("tributary-system".to_owned()),
     })
 }

@@ -22,7 +22,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod broker_user;
+pub mod device;
 pub mod gateway;
+pub mod gateway_registry;
 pub mod malformed;
 #[cfg(test)]
 pub mod mock_api;
@@ -58,6 +60,9 @@ pub struct Context {
     /// The namespace the operator's pods run in (NetworkPolicies let them reach brokers),
     /// when known.
     pub operator_namespace: Option<String>,
+    /// The device registry: namespace keys, cached Devices and gateway pods, published
+    /// tables.
+    pub registry: Arc<crate::registry::Registry>,
 }
 
 /// Why a reconcile failed. Invalid specs and missing references are not errors: they
@@ -73,6 +78,9 @@ pub enum Error {
     /// A value could not be (de)serialized.
     #[error("serialization: {0}")]
     Json(#[from] serde_json::Error),
+    /// A cache the reconcile reads has not been filled yet (right after start).
+    #[error("the {0} cache is not ready yet")]
+    CacheNotReady(&'static str),
 }
 
 impl Error {
@@ -82,6 +90,7 @@ impl Error {
             Error::Kube(_) => "kube",
             Error::Build(_) => "build",
             Error::Json(_) => "serialization",
+            Error::CacheNotReady(_) => "cache",
         }
     }
 }

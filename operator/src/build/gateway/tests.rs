@@ -28,6 +28,7 @@ fn inputs() -> GatewayInputs {
             ),
         ]),
         image: "tributary/gateway:0.1.0".into(),
+        registry_key_id: "k1".into(),
     }
 }
 
@@ -88,7 +89,12 @@ fn gateway_builds_deployment_service_pdb_and_config() {
         .collect();
     assert_eq!(
         mounted,
-        vec!["devices", "jwt-keys", "line-1-gateway-amqp-telemetry"]
+        vec![
+            "devices",
+            "jwt-keys",
+            "line-1-gateway-amqp-telemetry",
+            "line-1-gateway-registry"
+        ]
     );
 }
 
@@ -113,19 +119,28 @@ fn device_credential_change_changes_the_pod_template_hash() {
 }
 
 #[test]
-fn gateway_without_listeners_or_auth_is_invalid() {
+fn gateway_without_listeners_is_invalid() {
     let mut gateway: Gateway = load("gateway.yaml");
     gateway.spec.listeners = Default::default();
     assert!(validate(&gateway)
         .expect_err("invalid")
         .to_string()
         .contains("listeners"));
+}
+
+#[test]
+fn a_gateway_without_other_auth_accepts_registry_devices_only() {
     let mut gateway: Gateway = load("gateway.yaml");
     gateway.spec.auth = Default::default();
-    assert!(validate(&gateway)
-        .expect_err("invalid")
-        .to_string()
-        .contains("spec.auth"));
+    validate(&gateway).expect("valid: the registry's Devices authenticate");
+    let config = render_config(&gateway, &inputs()).expect("renders");
+    assert_eq!(config.auth.password_file, None);
+    assert!(!config.auth.allow_anonymous);
+    let registry = config.auth.registry.expect("registry files");
+    assert_eq!(
+        registry.table_file,
+        std::path::Path::new("/etc/tributary/secrets/line-1-gateway-registry/devices.json.gz")
+    );
 }
 
 #[test]

@@ -81,6 +81,7 @@ fn gateway_pod_monitor_port_is_a_container_port_of_the_gateway() {
         )]
         .into(),
         image: "gw".into(),
+        registry_key_id: "k1".into(),
     };
     let children = build(&gateway, &inputs).expect("builds");
     let pod = children

@@ -1,0 +1,292 @@
+//! Device controller: validates the Device, issues the credentials the operator owes it
+//! (a generated secret, rotated on request with a grace period; a client certificate,
+//! renewed before it expires), records in its status how gateways check them, and checks
+//! that what it references exists. The Gateways it names are woken by the change and
+//! hand their pods the new table; the gateways' reports fill the activity fields
+//! ([`crate::registry::collector`]).
+
+use super::{
+    apply, being_deleted, checked, patch_status, ready_condition, Context, Error, Outcome, Step,
+    RESYNC,
+};
+use crate::broker::endpoint::random_token;
+use crate::build::device::{self as build, certificate_secret_name, credentials_secret_name};
+use crate::conditions::reason;
+use crate::crd::device::{Device, DeviceStatus, GeneratedStatus};
+use crate::crd::Gateway;
+use crate::registry::credentials::{self, rfc3339, Generated, Issued};
+use crate::registry::keys::NamespaceKeys;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::controller::Action;
+use kube::{Api, Resource, ResourceExt};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::Instrument;
+
+/// One reconcile of a Device.
+pub async fn reconcile(device: Arc<Device>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile("Device");
+    if being_deleted(&device.metadata) {
+        // Its credential Secrets go with it (garbage collection); its Gateways drop it.
+        return Ok(Action::await_change());
+    }
+    let span = tracing::info_span!("reconcile", kind = "Device", name = %device.name_any(), namespace = ?device.namespace());
+    let current = device.status.clone().unwrap_or_default();
+    let mut status = DeviceStatus {
+        device_id: Some(device.device_id()),
+        ..DeviceStatus::default()
+    };
+    let outcome = steps(&device, &ctx, &mut status).instrument(span).await?;
+    status.conditions =
+        ready_condition(&ctx, device.as_ref(), &current.conditions, &outcome.ready).await;
+    status.observed_generation = device.metadata.generation;
+    // The activity fields belong to the collector: never written (nor compared) here.
+    patch_status(
+        &ctx.client,
+        device.as_ref(),
+        Some(&without_activity(current)),
+        &status,
+    )
+    .await?;
+    Ok(outcome.action)
+}
+
+/// The status without what the gateways report.
+pub fn without_activity(status: DeviceStatus) -> DeviceStatus {
+    DeviceStatus {
+        connected: None,
+        connections: None,
+        last_seen: None,
+        messages_accepted: None,
+        messages_rejected: None,
+        ..status
+    }
+}
+
+async fn steps(
+    device: &Device,
+    ctx: &Context,
+    status: &mut DeviceStatus,
+) -> Result<Outcome, Error> {
+    if let Err(outcome) = checked(build::validate(device))? {
+        return Ok(outcome);
+    }
+    let namespace = device.namespace().unwrap_or_default();
+    let keys = ctx.registry.keys.get(&ctx.client, &namespace).await?;
+    let now = Timestamp::now().as_second();
+    let mut next_check = RESYNC;
+    let credentials = &device.spec.credentials;
+    if let Some(spec) = &credentials.generated {
+        match ensure_generated(ctx, device, spec, now).await? {
+            Ok(generated) => {
+                if let Some((_, until)) = &generated.previous {
+                    next_check = next_check.min(seconds_until(*until, now));
+                    status.credential_expiry = Some(rfc3339(*until));
+                }
+                status.credentials_secret = Some(credentials_secret_name(&device.name_any()));
+                status.generated = Some(generated_status(&keys, &generated));
+            }
+            Err(outcome) => return Ok(outcome),
+        }
+    }
+    if let Some(spec) = &credentials.certificate {
+        match ensure_certificate(ctx, device, &keys, spec, now).await? {
+            Ok(issued) => {
+                next_check = next_check.min(seconds_until(issued.renew_at(), now));
+                let expiry = rfc3339(issued.not_after);
+                status.credential_expiry = Some(match status.credential_expiry.take() {
+                    Some(other) if other < expiry => other,
+                    _ => expiry,
+                });
+                status.certificate_secret = Some(certificate_secret_name(&device.name_any()));
+            }
+            Err(outcome) => return Ok(outcome),
+        }
+    }
+    if let Some(reference) = &credentials.password_hash {
+        if let Err(outcome) = check_hash(ctx, &namespace, reference).await? {
+            return Ok(outcome);
+        }
+    }
+    if let Err(outcome) = check_gateways(ctx, &namespace, &device.spec.gateways).await? {
+        return Ok(outcome);
+    }
+    let mut outcome = Outcome::ready(format!(
+        "credentials issued; accepted by Gateway {}",
+        device.spec.gateways.join(", ")
+    ));
+    outcome.action = Action::requeue(next_check);
+    Ok(outcome)
+}
+
+fn seconds_until(at: i64, now: i64) -> Duration {
+    Duration::from_secs(u64::try_from(at.saturating_sub(now)).unwrap_or(0).max(1))
+}
+
+fn generated_status(keys: &NamespaceKeys, generated: &Generated) -> GeneratedStatus {
+    GeneratedStatus {
+        rotation: generated.rotation,
+        key_id: keys.key_id(),
+        verifier: keys.verifier(generated.password.as_bytes()),
+        previous_verifier: generated
+            .previous
+            .as_ref()
+            .map(|(password, _)| keys.verifier(password.as_bytes())),
+        previous_valid_until: generated
+            .previous
+            .as_ref()
+            .map(|(_, until)| rfc3339(*until)),
+    }
+}
+
+/// A Secret of this namespace, if it exists: data and annotations, and whether this
+/// Device owns it.
+async fn read_secret(
+    ctx: &Context,
+    device: &Device,
+    name: &str,
+) -> Result<Option<(BTreeMap<String, Vec<u8>>, BTreeMap<String, String>, bool)>, Error> {
+    let api: Api<Secret> =
+        Api::namespaced(ctx.client.clone(), &device.namespace().unwrap_or_default());
+    let Some(secret) = api.get_opt(name).await? else {
+        return Ok(None);
+    };
+    let uid = device.meta().uid.clone().unwrap_or_default();
+    let owned = secret
+        .owner_references()
+        .iter()
+        .any(|owner| owner.uid == uid && owner.controller == Some(true));
+    let data = secret
+        .data
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    Ok(Some((data, secret.annotations().clone(), owned)))
+}
+
+fn not_ours(name: &str) -> Outcome {
+    Outcome::invalid(format!(
+        "Secret {name:?} exists and does not belong to this Device; delete or rename it"
+    ))
+}
+
+/// The generated secret, made or rotated when due.
+async fn ensure_generated(
+    ctx: &Context,
+    device: &Device,
+    spec: &crate::crd::device::GeneratedCredential,
+    now: i64,
+) -> Step<Generated> {
+    let name = credentials_secret_name(&device.name_any());
+    let existing = match read_secret(ctx, device, &name).await? {
+        None => None,
+        Some((_, _, false)) => return Ok(Err(not_ours(&name))),
+        Some((data, annotations, true)) => Generated::from_secret(&data, &annotations),
+    };
+    let planned = credentials::plan_generated(existing.as_ref(), spec, now, || random_token(32));
+    let Some(new) = (match checked(planned)? {
+        Ok(plan) => plan,
+        Err(outcome) => return Ok(Err(outcome)),
+    }) else {
+        return Ok(Ok(
+            existing.unwrap_or_else(|| unreachable!("kept only when it exists"))
+        ));
+    };
+    match checked(build::credentials_secret(device, &new))? {
+        Ok(secret) => {
+            apply(&ctx.client, &secret).await?;
+            Ok(Ok(new))
+        }
+        Err(outcome) => Ok(Err(outcome)),
+    }
+}
+
+/// The client certificate, issued when missing, stale or due for renewal.
+async fn ensure_certificate(
+    ctx: &Context,
+    device: &Device,
+    keys: &NamespaceKeys,
+    spec: &crate::crd::device::CertificateCredential,
+    now: i64,
+) -> Step<Issued> {
+    let name = certificate_secret_name(&device.name_any());
+    let existing = match read_secret(ctx, device, &name).await? {
+        None => None,
+        Some((_, _, false)) => return Ok(Err(not_ours(&name))),
+        Some((_, annotations, true)) => Issued::from_annotations(&annotations),
+    };
+    let id = device.device_id();
+    if !credentials::needs_certificate(existing.as_ref(), &id, &keys.key_id(), now) {
+        return Ok(Ok(
+            existing.unwrap_or_else(|| unreachable!("kept only when it exists"))
+        ));
+    }
+    let issued = match checked(credentials::issue_certificate(keys, &id, spec, now))? {
+        Ok(issued) => issued,
+        Err(outcome) => return Ok(Err(outcome)),
+    };
+    match checked(build::certificate_secret(
+        device,
+        &issued,
+        &keys.ca_cert_pem,
+    ))? {
+        Ok(secret) => {
+            apply(&ctx.client, &secret).await?;
+            Ok(Ok(issued.issued))
+        }
+        Err(outcome) => Ok(Err(outcome)),
+    }
+}
+
+/// The referenced argon2 hash exists.
+async fn check_hash(
+    ctx: &Context,
+    namespace: &str,
+    reference: &crate::crd::SecretKeyRef,
+) -> Step<()> {
+    let data =
+        crate::broker::endpoint::secret_data(&ctx.client, namespace, &reference.name).await?;
+    let hash = data
+        .as_ref()
+        .and_then(|data| data.get(&reference.key))
+        .and_then(|bytes| std::str::from_utf8(bytes).ok())
+        .map(str::trim);
+    match hash {
+        Some(hash) if hash.starts_with("$argon2") => Ok(Ok(())),
+        Some(_) => Ok(Err(Outcome::invalid(format!(
+            "spec.credentials.passwordHash: key {:?} of Secret {:?} is not an argon2 hash",
+            reference.key, reference.name
+        )))),
+        None => Ok(Err(Outcome::waiting(
+            reason::WAITING_FOR_SECRET,
+            format!(
+                "Secret {:?} with key {:?} does not exist",
+                reference.name, reference.key
+            ),
+            RESYNC,
+        ))),
+    }
+}
+
+/// Every named Gateway exists (a Device may be created before its Gateway).
+async fn check_gateways(ctx: &Context, namespace: &str, gateways: &[String]) -> Step<()> {
+    let api: Api<Gateway> = Api::namespaced(ctx.client.clone(), namespace);
+    for name in gateways {
+        if api.get_metadata_opt(name).await?.is_none() {
+            return Ok(Err(Outcome::waiting(
+                reason::WAITING_FOR_GATEWAY,
+                format!("Gateway {name:?} does not exist"),
+                RESYNC,
+            )));
+        }
+    }
+    Ok(Ok(()))
+}
+
+#[cfg(test)]
+#[path = "device_tests.rs"]
+mod tests;

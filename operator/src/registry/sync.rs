@@ -1,0 +1,111 @@
+//! Talking to gateway pods' registry endpoints over plain HTTP (pod IPs inside the cluster
+//! network, the health port): pushing a table (`PUT`) and reading the devices' activity
+//! (`GET`), each with the Gateway's bearer token and within a timeout.
+
+use crate::build::gateway::HEALTH_PORT;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use k8s_openapi::api::core::v1::Pod;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+use tributary_contract::device_table::{DeviceReport, STATUS_PATH, TABLE_PATH};
+
+/// How long one pod may take to answer.
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest report read from a pod.
+const MAX_REPORT: usize = 16 * 1024 * 1024;
+
+/// The health address of a running gateway pod that is not being deleted.
+pub fn pod_address(pod: &Pod) -> Option<SocketAddr> {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let status = pod.status.as_ref()?;
+    if status.phase.as_deref() != Some("Running") {
+        return None;
+    }
+    let ip: IpAddr = status.pod_ip.as_deref()?.parse().ok()?;
+    Some(SocketAddr::new(ip, HEALTH_PORT))
+}
+
+/// An HTTP client for the registry endpoints.
+#[derive(Clone)]
+pub struct SyncClient {
+    client: HttpClient<HttpConnector, Full<Bytes>>,
+    timeout: Duration,
+}
+
+impl Default for SyncClient {
+    fn default() -> Self {
+        Self::new(SYNC_TIMEOUT)
+    }
+}
+
+impl SyncClient {
+    /// A client giving each pod `timeout` per request (connection included).
+    pub fn new(timeout: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(timeout));
+        let client = HttpClient::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        SyncClient { client, timeout }
+    }
+
+    /// Pushes a compressed table; `Ok(())` when the pod applied it or already has a newer
+    /// one (409).
+    pub async fn push(&self, addr: SocketAddr, token: &str, table: Bytes) -> Result<(), String> {
+        let request = http::Request::put(format!("http://{addr}{TABLE_PATH}"))
+            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(http::header::CONTENT_TYPE, "application/gzip")
+            .body(Full::new(table))
+            .map_err(|e| e.to_string())?;
+        let (status, _) = self.exchange(request).await?;
+        match status.as_u16() {
+            200..=299 | 409 => Ok(()),
+            other => Err(format!("HTTP {other}")),
+        }
+    }
+
+    /// Reads a pod's report of its devices.
+    pub async fn report(&self, addr: SocketAddr, token: &str) -> Result<DeviceReport, String> {
+        let request = http::Request::get(format!("http://{addr}{STATUS_PATH}"))
+            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(http::header::ACCEPT, "application/json")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        let (status, body) = self.exchange(request).await?;
+        if !status.is_success() {
+            return Err(format!("HTTP {status}"));
+        }
+        serde_json::from_slice(&body).map_err(|e| format!("bad report: {e}"))
+    }
+
+    async fn exchange(
+        &self,
+        request: http::Request<Full<Bytes>>,
+    ) -> Result<(http::StatusCode, Bytes), String> {
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = response.status();
+            let body = Limited::new(response.into_body(), MAX_REPORT)
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok((status, body))
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(answer) => answer,
+            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+        }
+    }
+}
