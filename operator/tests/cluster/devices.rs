@@ -1,0 +1,322 @@
+//! Devices as resources on the real cluster: the operator issues credentials, a real
+//! gateway pod accepts them with the device's attributes in its envelopes, reports the
+//! device connected, closes a disabled device's live session within seconds, honours a
+//! rotation's grace period, and accepts an issued certificate over mutual TLS.
+
+use super::*;
+use k8s_openapi::api::core::v1::Pod;
+use std::process::Command;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tributary_operator::crd::Device;
+
+/// A Secret's key as text.
+async fn secret_text(secrets: &Api<Secret>, name: &str, key: &str) -> Option<String> {
+    let data = secrets.get_opt(name).await.ok()??.data?;
+    String::from_utf8(data.get(key)?.0.clone()).ok()
+}
+
+/// The IP of the Gateway's ready pod.
+async fn gateway_pod_ip(ns: &TestNamespace) -> String {
+    let pods: Api<Pod> = ns.api();
+    wait_for("a ready gateway pod", || async {
+        let params = kube::api::ListParams::default()
+            .labels("app.kubernetes.io/name=gateway,app.kubernetes.io/instance=line-1");
+        let list = pods.list(&params).await.ok()?;
+        list.items.into_iter().find_map(|pod| {
+            let status = pod.status?;
+            let ready = status
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            ready.then_some(status.pod_ip?)
+        })
+    })
+    .await
+}
+
+/// `mosquitto_pub` of one QoS 1 message; true when the gateway accepted it.
+fn publish(ip: &str, device: &str, password: &str, payload: &str) -> bool {
+    Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            ip,
+            "-p",
+            "1883",
+            "-q",
+            "1",
+            "-i",
+            &format!("{device}-pub"),
+        ])
+        .args(["-u", device, "-P", password])
+        .args(["-t", &format!("devices/{device}/telemetry"), "-m", payload])
+        .output()
+        .map(|out| out.status.success())
+        .unwrap_or(false)
+}
+
+/// Waits until publishing as `device` with `password` is accepted (`true`) or refused.
+async fn wait_publish(ip: &str, device: &str, password: &str, accepted: bool, what: &str) {
+    wait_for(what, || async {
+        (publish(ip, device, password, "{\"probe\":1}") == accepted).then_some(())
+    })
+    .await;
+}
+
+/// An MQTT 3.1.1 session held open by hand: CONNECT, CONNACK accepted.
+async fn session(ip: &str, device: &str, password: &str) -> TcpStream {
+    let mut stream = TcpStream::connect((ip, 1883)).await.expect("connect");
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0xC2, 0, 60];
+    for field in [
+        format!("{device}-held"),
+        device.to_owned(),
+        password.to_owned(),
+    ] {
+        body.extend_from_slice(&u16::try_from(field.len()).expect("short").to_be_bytes());
+        body.extend_from_slice(field.as_bytes());
+    }
+    let mut packet = vec![0x10, u8::try_from(body.len()).expect("short")];
+    packet.extend(body);
+    stream.write_all(&packet).await.expect("CONNECT");
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack).await.expect("CONNACK");
+    assert_eq!(connack, [0x20, 2, 0, 0], "{device}'s session is accepted");
+    stream
+}
+
+/// Whether the gateway closed the session within `limit`.
+async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+    let mut buffer = [0u8; 64];
+    match tokio::time::timeout(limit, stream.read(&mut buffer)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => true,
+        Ok(Ok(_)) => false,
+        Err(_) => false,
+    }
+}
+
+/// One envelope from the broker queue (the test publishes a few; any carries the device's
+/// attributes).
+async fn envelope_of(uri: &str, queue: &str, device: &str) -> Option<serde_json::Value> {
+    use lapin::options::{BasicAckOptions, BasicGetOptions};
+    use lapin::{Connection, ConnectionProperties};
+    let connection = Connection::connect(uri, ConnectionProperties::default())
+        .await
+        .ok()?;
+    let channel = connection.create_channel().await.ok()?;
+    let mut found = None;
+    while let Some(message) = channel
+        .basic_get(queue.into(), BasicGetOptions::default())
+        .await
+        .ok()?
+    {
+        let envelope: serde_json::Value = serde_json::from_slice(&message.data).ok()?;
+        message.ack(BasicAckOptions::default()).await.ok()?;
+        if envelope["device"] == device {
+            found = Some(envelope);
+            break;
+        }
+    }
+    let _ = connection.close(200, "done".into()).await;
+    found
+}
+
+fn device_yaml(name: &str, credentials: &str, extra: &str) -> String {
+    format!("apiVersion: tributary.dev/v1alpha1\nkind: Device\nmetadata: {{name: {name}}}\nspec:\n  gateways: [line-1]\n  credentials: {credentials}\n{extra}")
+}
+
+/// A CA and a server certificate for the gateway's TLS listener (any host: clients pass
+/// `--insecure`, which still verifies the chain).
+fn server_tls() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("key")).expect("ca");
+    let key = KeyPair::generate().expect("key");
+    let cert = CertificateParams::new(vec!["line-1-gateway".to_owned()])
+        .expect("params")
+        .signed_by(&key, &ca)
+        .expect("signed");
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test]
+#[ignore = "needs the test cluster: cargo test -p tributary-operator --test cluster -- --ignored"]
+async fn devices_get_credentials_a_real_gateway_accepts_disables_and_rotations_apply_live() {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::create(&client, "devices").await;
+    start_operator(&ns.name);
+    let secrets: Api<Secret> = ns.api();
+    let devices: Api<Device> = ns.api();
+    let queues: Api<Queue> = ns.api();
+    let gateways: Api<Gateway> = ns.api();
+
+    apply_yaml(&queues, "apiVersion: tributary.dev/v1alpha1\nkind: Queue\nmetadata: {name: telemetry}\nspec:\n  broker:\n    managed: {}\n").await;
+    let (server_ca, server_cert, server_key) = server_tls();
+    let tls = Secret {
+        metadata: ObjectMeta {
+            name: Some("gateway-tls".into()),
+            ..ObjectMeta::default()
+        },
+        type_: Some("kubernetes.io/tls".into()),
+        string_data: Some(std::collections::BTreeMap::from([
+            ("tls.crt".to_owned(), server_cert),
+            ("tls.key".to_owned(), server_key),
+        ])),
+        ..Secret::default()
+    };
+    secrets
+        .create(&PostParams::default(), &tls)
+        .await
+        .expect("TLS Secret");
+    // No other auth method: the registry's Devices only.
+    apply_yaml(&gateways, "apiVersion: tributary.dev/v1alpha1\nkind: Gateway\nmetadata: {name: line-1}\nspec:\n  listeners:\n    mqtt: {port: 1883}\n    mqttTls: {port: 8883, secretName: gateway-tls}\n  auth: {}\n  routes:\n    - topicFilter: devices/#\n      queue: telemetry\n").await;
+    apply_yaml(
+        &devices,
+        &device_yaml(
+            "lamp-1",
+            "{generated: {}}",
+            "  attributes: {site: north, model: sl-2}\n",
+        ),
+    )
+    .await;
+    apply_yaml(
+        &devices,
+        &device_yaml("lamp-2", "{generated: {gracePeriodSeconds: 20}}", ""),
+    )
+    .await;
+    apply_yaml(
+        &devices,
+        &device_yaml("lamp-cert", "{certificate: {validityDays: 2}}", ""),
+    )
+    .await;
+
+    step("credential Secrets issued");
+    let password_1 = wait_for("lamp-1-credentials", || {
+        secret_text(&secrets, "lamp-1-credentials", "password")
+    })
+    .await;
+    let password_2 = wait_for("lamp-2-credentials", || {
+        secret_text(&secrets, "lamp-2-credentials", "password")
+    })
+    .await;
+    assert!(password_1.len() >= 32 && password_1 != password_2);
+    wait_ready(&queues, "telemetry", "managed Queue Ready", |s, _| {
+        s == "True"
+    })
+    .await;
+    let ip = gateway_pod_ip(&ns).await;
+
+    step("a generated secret is accepted; the envelope carries the attributes");
+    wait_publish(&ip, "lamp-1", &password_1, true, "lamp-1 accepted").await;
+    assert!(
+        !publish(&ip, "lamp-1", "wrong-password", "{}"),
+        "a wrong secret is refused"
+    );
+    let uri = managed_broker_uri(&ns, "telemetry").await;
+    let broker_queue = format!("{}.telemetry", ns.name);
+    let envelope = wait_for("lamp-1's envelope in the queue", || {
+        envelope_of(&uri, &broker_queue, "lamp-1")
+    })
+    .await;
+    assert_eq!(
+        envelope["attributes"],
+        serde_json::json!({"model": "sl-2", "site": "north"})
+    );
+
+    step("status: connected and last seen, from the gateway's report");
+    let mut held_1 = session(&ip, "lamp-1", &password_1).await;
+    wait_publish(&ip, "lamp-2", &password_2, true, "lamp-2 accepted").await;
+    let mut held_2 = session(&ip, "lamp-2", &password_2).await;
+    wait_for("lamp-1 reported connected", || async {
+        let status = devices.get("lamp-1").await.ok()?.status?;
+        (status.connected == Some(true) && status.last_seen.is_some()).then_some(())
+    })
+    .await;
+
+    step("disabled: the live session closes within 5 s, new logins are refused");
+    let patch = serde_json::json!({"spec": {"disabled": true}});
+    devices
+        .patch("lamp-1", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("disable");
+    let disabled_at = tokio::time::Instant::now();
+    assert!(
+        closed_within(&mut held_1, Duration::from_secs(5)).await,
+        "lamp-1's session still open 5 s after it was disabled"
+    );
+    println!(
+        "lamp-1's session closed {:?} after the patch",
+        disabled_at.elapsed()
+    );
+    assert!(
+        !publish(&ip, "lamp-1", &password_1, "{}"),
+        "a disabled device is refused"
+    );
+    assert!(
+        !closed_within(&mut held_2, Duration::from_millis(200)).await,
+        "another device's session stays up"
+    );
+
+    step("rotated: both secrets work during the grace period, then only the new one");
+    let patch = serde_json::json!({"spec": {"credentials": {"generated": {"rotation": 1}}}});
+    devices
+        .patch("lamp-2", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("rotate");
+    let new_2 = wait_for("lamp-2's new secret", || async {
+        let new = secret_text(&secrets, "lamp-2-credentials", "password").await?;
+        (new != password_2).then_some(new)
+    })
+    .await;
+    wait_publish(&ip, "lamp-2", &new_2, true, "the new secret accepted").await;
+    assert!(
+        publish(&ip, "lamp-2", &password_2, "{}"),
+        "the old secret still works in the grace period"
+    );
+    wait_publish(
+        &ip,
+        "lamp-2",
+        &password_2,
+        false,
+        "the old secret refused after the grace period",
+    )
+    .await;
+    assert!(
+        publish(&ip, "lamp-2", &new_2, "{}"),
+        "the new secret keeps working"
+    );
+
+    step("a certificate device over mutual TLS");
+    let dir = std::env::temp_dir().join(format!("tributary-{}", ns.name));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    for key in ["tls.crt", "tls.key"] {
+        let text = wait_for("lamp-cert-certificate", || {
+            secret_text(&secrets, "lamp-cert-certificate", key)
+        })
+        .await;
+        std::fs::write(dir.join(key), text).expect("write");
+    }
+    std::fs::write(dir.join("server-ca.crt"), &server_ca).expect("write");
+    let path = |name: &str| dir.join(name).display().to_string();
+    let accepted = wait_for("lamp-cert accepted over mTLS", || async {
+        let out = Command::new("mosquitto_pub")
+            .args(["-h", &ip, "-p", "8883", "-q", "1", "--insecure"])
+            .args([
+                "--cafile",
+                &path("server-ca.crt"),
+                "--cert",
+                &path("tls.crt"),
+                "--key",
+                &path("tls.key"),
+            ])
+            .args(["-t", "devices/lamp-cert/telemetry", "-m", "{\"tls\":true}"])
+            .output()
+            .ok()?;
+        out.status.success().then_some(())
+    })
+    .await;
+    let () = accepted;
+    let _ = std::fs::remove_dir_all(&dir);
+    drop(held_2);
+}
