@@ -79,14 +79,18 @@ async fn steps(
     let mut next_check = RESYNC;
     let credentials = &device.spec.credentials;
     if let Some(spec) = &credentials.generated {
-        match ensure_generated(ctx, device, spec, now).await? {
+        match ensure_generated(ctx, device, &keys, spec, now).await? {
             Ok(generated) => {
-                if let Some((_, until)) = &generated.previous {
-                    next_check = next_check.min(seconds_until(*until, now));
-                    status.credential_expiry = Some(rfc3339(*until));
+                let until = generated
+                    .previous_valid_until
+                    .as_deref()
+                    .and_then(|t| t.parse::<Timestamp>().ok());
+                if let Some(until) = until {
+                    next_check = next_check.min(seconds_until(until.as_second(), now));
+                    status.credential_expiry = generated.previous_valid_until.clone();
                 }
                 status.credentials_secret = Some(credentials_secret_name(&device.name_any()));
-                status.generated = Some(generated_status(&keys, &generated));
+                status.generated = Some(generated);
             }
             Err(outcome) => return Ok(outcome),
         }
@@ -174,13 +178,50 @@ fn not_ours(name: &str) -> Outcome {
     ))
 }
 
-/// The generated secret, made or rotated when due.
+/// Whether the current status already describes the generated secret the spec asks for:
+/// made for this rotation with the namespace's current key, its Secret still there (by
+/// the metadata cache) with the same rotation, and no previous secret past its grace.
+fn generated_is_current(
+    ctx: &Context,
+    device: &Device,
+    keys: &NamespaceKeys,
+    spec: &crate::crd::device::GeneratedCredential,
+    now: i64,
+) -> Option<GeneratedStatus> {
+    let current = device.status.as_ref()?.generated.clone()?;
+    let namespace = device.namespace()?;
+    let secret = ctx
+        .registry
+        .device_secret(&namespace, &credentials_secret_name(&device.name_any()))?;
+    let rotation = secret
+        .annotations()
+        .get(credentials::ROTATION_ANNOTATION)?
+        .parse::<i64>()
+        .ok()?;
+    let expired = current
+        .previous_valid_until
+        .as_deref()
+        .and_then(|t| t.parse::<Timestamp>().ok())
+        .is_some_and(|until| until.as_second() <= now);
+    (rotation == spec.rotation
+        && current.rotation == spec.rotation
+        && current.key_id == keys.key_id()
+        && !expired)
+        .then_some(current)
+}
+
+/// The generated secret, made or rotated when due; without a change, read from the
+/// caches only.
 async fn ensure_generated(
     ctx: &Context,
     device: &Device,
+    keys: &NamespaceKeys,
     spec: &crate::crd::device::GeneratedCredential,
     now: i64,
-) -> Step<Generated> {
+) -> Step<GeneratedStatus> {
+    if let Some(current) = generated_is_current(ctx, device, keys, spec, now) {
+        return Ok(Ok(current));
+    }
     let name = credentials_secret_name(&device.name_any());
     let existing = match read_secret(ctx, device, &name).await? {
         None => None,
@@ -188,18 +229,18 @@ async fn ensure_generated(
         Some((data, annotations, true)) => Generated::from_secret(&data, &annotations),
     };
     let planned = credentials::plan_generated(existing.as_ref(), spec, now, || random_token(32));
-    let Some(new) = (match checked(planned)? {
-        Ok(plan) => plan,
+    let new = match checked(planned)? {
+        Ok(Some(new)) => new,
+        Ok(None) => match existing {
+            Some(existing) => return Ok(Ok(generated_status(keys, &existing))),
+            None => unreachable!("a missing secret is always planned"),
+        },
         Err(outcome) => return Ok(Err(outcome)),
-    }) else {
-        return Ok(Ok(
-            existing.unwrap_or_else(|| unreachable!("kept only when it exists"))
-        ));
     };
     match checked(build::credentials_secret(device, &new))? {
         Ok(secret) => {
             apply(&ctx.client, &secret).await?;
-            Ok(Ok(new))
+            Ok(Ok(generated_status(keys, &new)))
         }
         Err(outcome) => Ok(Err(outcome)),
     }
@@ -214,12 +255,22 @@ async fn ensure_certificate(
     now: i64,
 ) -> Step<Issued> {
     let name = certificate_secret_name(&device.name_any());
+    let id = device.device_id();
+    let namespace = device.namespace().unwrap_or_default();
+    let cached = ctx
+        .registry
+        .device_secret(&namespace, &name)
+        .and_then(|meta| Issued::from_annotations(meta.annotations()));
+    if let Some(issued) = cached
+        .filter(|issued| !credentials::needs_certificate(Some(issued), &id, &keys.key_id(), now))
+    {
+        return Ok(Ok(issued));
+    }
     let existing = match read_secret(ctx, device, &name).await? {
         None => None,
         Some((_, _, false)) => return Ok(Err(not_ours(&name))),
         Some((_, annotations, true)) => Issued::from_annotations(&annotations),
     };
-    let id = device.device_id();
     if !credentials::needs_certificate(existing.as_ref(), &id, &keys.key_id(), now) {
         return Ok(Ok(
             existing.unwrap_or_else(|| unreachable!("kept only when it exists"))
@@ -276,7 +327,11 @@ async fn check_hash(
 async fn check_gateways(ctx: &Context, namespace: &str, gateways: &[String]) -> Step<()> {
     let api: Api<Gateway> = Api::namespaced(ctx.client.clone(), namespace);
     for name in gateways {
-        if api.get_metadata_opt(name).await?.is_none() {
+        let exists = match ctx.registry.gateway_cached(namespace, name).await {
+            Some(cached) => cached,
+            None => api.get_metadata_opt(name).await?.is_some(),
+        };
+        if !exists {
             return Ok(Err(Outcome::waiting(
                 reason::WAITING_FOR_GATEWAY,
                 format!("Gateway {name:?} does not exist"),

@@ -21,9 +21,13 @@ pub mod sync;
 pub mod table;
 
 use crate::crd::device::Device;
+use crate::crd::Gateway;
 use bytes::Bytes;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::Secret;
 use kube::core::DeserializeGuard;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::Store;
 use kube::ResourceExt;
 use std::collections::BTreeMap;
@@ -58,6 +62,8 @@ pub struct Registry {
     pub sync: sync::SyncClient,
     devices: Mutex<Vec<Store<DeserializeGuard<Device>>>>,
     pods: Mutex<Vec<Store<Pod>>>,
+    device_secrets: Mutex<Vec<Store<PartialObjectMeta<Secret>>>>,
+    gateways: Mutex<Vec<Store<DeserializeGuard<Gateway>>>>,
     published: Mutex<BTreeMap<GatewayKey, Arc<Published>>>,
     /// Wakes the collector when a table was published.
     pub changed: Notify,
@@ -76,6 +82,46 @@ impl Registry {
     /// Adds the gateway-pod cache of one watched namespace (or of all).
     pub fn add_pods(&self, store: Store<Pod>) {
         locked(&self.pods).push(store);
+    }
+
+    /// Adds the cache of Device credential Secrets' metadata of one watched namespace.
+    pub fn add_device_secrets(&self, store: Store<PartialObjectMeta<Secret>>) {
+        locked(&self.device_secrets).push(store);
+    }
+
+    /// Adds the Gateway cache of one watched namespace (or of all).
+    pub fn add_gateways(&self, store: Store<DeserializeGuard<Gateway>>) {
+        locked(&self.gateways).push(store);
+    }
+
+    /// The cached metadata of a Device's credential Secret (`None`: not cached, which does
+    /// not prove it is missing: the reconcile then asks the API server).
+    pub fn device_secret(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Arc<PartialObjectMeta<Secret>>> {
+        let key = ObjectRef::new(name).within(namespace);
+        locked(&self.device_secrets)
+            .iter()
+            .find_map(|store| store.get(&key))
+    }
+
+    /// Whether the Gateway is in the caches (once they were filled); `None` without a
+    /// Gateway cache (the reconcile then asks the API server).
+    pub async fn gateway_cached(&self, namespace: &str, name: &str) -> Option<bool> {
+        let stores = locked(&self.gateways).clone();
+        if stores.is_empty() {
+            return None;
+        }
+        for store in &stores {
+            let ready = tokio::time::timeout(CACHE_WAIT, store.wait_until_ready()).await;
+            if !matches!(ready, Ok(Ok(()))) {
+                return None;
+            }
+        }
+        let key = ObjectRef::new(name).within(namespace);
+        Some(stores.iter().any(|store| store.get(&key).is_some()))
     }
 
     /// Every readable Device of `namespace`, from the caches, once they were filled: a

@@ -92,6 +92,7 @@ pub(super) async fn run_controllers(
         gateways(&ctx, ns, stop.clone()),
         devices(&ctx, ns, stop.clone()),
         gateway_pods(&ctx, ns, stop.clone()),
+        device_secrets(&ctx, ns, stop.clone()),
         run_workers(workers, &ctx, ns, stop),
         autoscaler
     );
@@ -184,6 +185,7 @@ async fn gateways(ctx: &Arc<Context>, ns: Option<&str>, stop: watch::Receiver<bo
     let by_queue = gateways.store();
     let by_secret = gateways.store();
     let by_device = gateways.store();
+    ctx.registry.add_gateways(gateways.store());
     gateways
         .owns(api_for::<Deployment>(client, ns), children_config())
         .watches(
@@ -304,6 +306,24 @@ async fn devices(ctx: &Arc<Context>, ns: Option<&str>, stop: watch::Receiver<boo
         )
         .for_each(|_| futures::future::ready(()))
         .await;
+}
+
+/// A cache of the metadata of the Secrets the operator issued to Devices (rotation,
+/// certificate validity): unchanged credentials are checked without a request.
+async fn device_secrets(ctx: &Arc<Context>, ns: Option<&str>, mut stop: watch::Receiver<bool>) {
+    let (reader, writer) = reflector::store();
+    ctx.registry.add_device_secrets(reader);
+    let config = watcher::Config::default()
+        .labels("app.kubernetes.io/name=device,app.kubernetes.io/managed-by=tributary-operator");
+    let api = api_for::<SecretMeta>(&ctx.client, ns);
+    let stream = reflector(writer, watcher(api, config))
+        .default_backoff()
+        .applied_objects()
+        .for_each(|_| futures::future::ready(()));
+    tokio::select! {
+        () = stream => {}
+        () = stopped(&mut stop) => {}
+    }
 }
 
 /// A cache of the gateway pods (their addresses, for the device collector).
