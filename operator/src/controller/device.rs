@@ -110,11 +110,16 @@ async fn steps(
         }
     }
     if let Some(reference) = &credentials.password_hash {
-        if let Err(outcome) = check_hash(ctx, &namespace, reference).await? {
+        if let Err(mut outcome) = check_hash(ctx, &namespace, reference).await? {
+            // Issued credentials still expire and renew on time.
+            if outcome.ready.reason != reason::INVALID_SPEC {
+                outcome.action = Action::requeue(next_check);
+            }
             return Ok(outcome);
         }
     }
-    if let Err(outcome) = check_gateways(ctx, &namespace, &device.spec.gateways).await? {
+    if let Err(mut outcome) = check_gateways(ctx, &namespace, &device.spec.gateways).await? {
+        outcome.action = Action::requeue(next_check);
         return Ok(outcome);
     }
     let mut outcome = Outcome::ready(format!(
