@@ -66,8 +66,9 @@ enum Command {
 /// The fleet subcommands of `devices`.
 #[derive(Subcommand, Debug)]
 enum DevicesCommand {
-    /// One Device per CSV line. The header names the columns: `id` (required; the resource
-    /// name when it is a valid one, else a sanitised name plus `spec.deviceId`), `gateways`
+    /// One Device per line of a CSV file.
+    ///
+    /// The header names the columns: `id` (required; the resource name when it is a valid one, else a sanitised name plus `spec.deviceId`), `gateways`
     /// (`;`-separated, added to --gateway), `disabled` (true/false); every other column is
     /// an attribute (an empty cell sets none). Lines starting with `#` are comments.
     FromCsv {
