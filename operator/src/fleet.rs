@@ -145,6 +145,9 @@ pub fn generate(generated: &Generated, fleet: &Fleet) -> Result<Vec<Device>, Fle
             "--count must be from 1 to {MAX_GENERATED}"
         )));
     }
+    if generated.first.checked_add(generated.count).is_none() {
+        return Err(FleetError::Options("--first is too large".into()));
+    }
     let pattern = NamePattern::parse(&generated.pattern).map_err(FleetError::Options)?;
     let mut attributes = BTreeMap::new();
     for pair in &generated.attributes {

@@ -260,6 +260,7 @@ fn generate_refuses_bad_counts_patterns_and_attributes() {
     };
     assert!(with(&|g| g.count = 0).contains("--count"));
     assert!(with(&|g| g.count = MAX_GENERATED + 1).contains("--count"));
+    assert!(with(&|g| g.first = u64::MAX).contains("--first"));
     assert!(with(&|g| g.pattern = "lamp".into()).contains("no {n}"));
     assert!(with(&|g| g.pattern = "lamp-{n}-{n}".into()).contains("one {n}"));
     assert!(with(&|g| g.pattern = "lamp-{n:4}".into()).contains("{n:0W}"));
