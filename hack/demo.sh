@@ -2,7 +2,8 @@
 # The main job, on a fresh Debian machine as root: a local Kubernetes cluster (or, with
 # TRIBUTARY_USE_CURRENT_CLUSTER=1, the cluster of the current KUBECONFIG), the project's
 # images built and loaded, the operator installed with its Helm chart, the
-# examples/factory-telemetry pipeline applied, fifty simulated machines streaming into it,
+# examples/factory-telemetry pipeline applied, its fifty Device resources given generated
+# passwords by the operator, fifty simulated machines streaming into it with those passwords,
 # a live line of what flows, and a sample of the rows in PostgreSQL at the end.
 # The cluster and the pipeline stay up; `bash tests/cluster/cluster.sh down` removes all.
 #
@@ -48,14 +49,23 @@ kubectl -n factory rollout status deployment/sensors-gateway --timeout=300s >/de
 kubectl -n factory rollout status statefulset/postgres --timeout=300s >/dev/null
 kubectl -n factory get queues,gateways,workers,sinks
 
-ip=$(service_ip factory sensors-gateway)
+mapfile -t machines < <(seq -f 'machine-%g' 1 "$devices")
+step "waiting for the operator to generate the $devices machines' passwords (Device resources)"
+wait_devices factory 300 "${machines[@]}"
+# The simulator reads machine-N's password from $credentials/machine-N/password, the layout
+# of a projected volume of the Secrets (examples/factory-telemetry/simulator/simulator.yaml).
+credentials=$(mktemp -d)
 log=$(mktemp)
+simulator_pid=
+trap 'if [ -n "$simulator_pid" ]; then kill "$simulator_pid" 2>/dev/null || true; fi; rm -rf "$log" "$credentials"' EXIT
+credentials_dir factory "$credentials" "${machines[@]}"
+
+ip=$(service_ip factory sensors-gateway)
 step "$devices machines publish $messages readings at $rate msg/s to the gateway $ip:1883 (MQTT, QoS 1)"
-TRIBUTARY_DEVICE_PASSWORD=factory-demo-password "$simulator" --host "$ip" --port 1883 \
+"$simulator" --host "$ip" --port 1883 --credentials-dir "$credentials" \
   --devices "$devices" --messages "$messages" --rate "$rate" --username-template 'machine-{n}' \
   --topic 'factory/line-1/{device}/telemetry' --out-of-range-every 97 2>"$log" &
 simulator_pid=$!
-trap 'kill "$simulator_pid" 2>/dev/null || true; rm -f "$log"' EXIT
 
 # simulator_state: the simulator's latest progress line, shortened to connected · acked.
 simulator_state() {
@@ -97,8 +107,11 @@ Done in $((SECONDS - started)) s. The pipeline keeps running. Look further:
   kubectl -n factory describe worker readings        # autoscaler status and Events
   kubectl -n factory exec postgres-0 -- env PGPASSWORD=factory-demo-db-password \\
     psql -h 127.0.0.1 -U tributary -d factory -c 'SELECT count(*) FROM readings'
-Connect a device yourself (machine-1 … machine-50, password factory-demo-password):
-  mosquitto_pub -h $ip -p 1883 -q 1 -i machine-7 -u machine-7 -P factory-demo-password \\
+  kubectl -n factory get tdev                       # the Devices: connected, last seen
+Connect a device yourself (machine-1 … machine-50; each has the password the operator
+generated for it in the Secret machine-N-credentials):
+  password=\$(kubectl -n factory get secret machine-7-credentials -o jsonpath='{.data.password}' | base64 -d)
+  mosquitto_pub -h $ip -p 1883 -q 1 -i machine-7 -u machine-7 -P "\$password" \\
     -t factory/line-1/machine-7/telemetry -m '{"seq":100000,"temperatureF":150.0,"vibration":0.4,"rpm":1500}'
 Stop everything this created: bash tests/cluster/cluster.sh down
 MSG

@@ -13,6 +13,7 @@ pub mod build;
 pub mod conditions;
 pub mod controller;
 pub mod crd;
+pub mod fleet;
 pub mod leader;
 pub mod metrics;
 pub mod reference;

@@ -55,6 +55,71 @@ enum Command {
         #[arg(long, default_value = "default")]
         namespace: String,
     },
+    /// Print Device manifests of a fleet as one multi-document YAML (for `kubectl apply -f
+    /// -`): from a CSV file, or a numbered test fleet.
+    Devices {
+        #[command(subcommand)]
+        command: DevicesCommand,
+    },
+}
+
+/// The fleet subcommands of `devices`.
+#[derive(Subcommand, Debug)]
+enum DevicesCommand {
+    /// One Device per line of a CSV file.
+    ///
+    /// The header names the columns: `id` (required; the resource name when it is a valid one, else a sanitised name plus `spec.deviceId`), `gateways`
+    /// (`;`-separated, added to --gateway), `disabled` (true/false); every other column is
+    /// an attribute (an empty cell sets none). Lines starting with `#` are comments.
+    FromCsv {
+        /// The CSV file, or `-` for standard input.
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        fleet: FleetArgs,
+    },
+    /// COUNT Devices named after a pattern, for test fleets and benchmarks.
+    Generate {
+        /// How many devices.
+        #[arg(long)]
+        count: u64,
+        /// Their ids: one `{n}` placeholder, optionally zero-padded (`lamp-{n:04}`).
+        #[arg(long)]
+        name_pattern: String,
+        /// The number of the first device.
+        #[arg(long, default_value_t = 1)]
+        first: u64,
+        /// An attribute KEY=VALUE of every device (repeat for several).
+        #[arg(long = "attribute")]
+        attributes: Vec<String>,
+        #[command(flatten)]
+        fleet: FleetArgs,
+    },
+}
+
+/// What every device of a fleet shares.
+#[derive(clap::Args, Debug)]
+struct FleetArgs {
+    /// Namespace of the Devices; without it they go where `kubectl apply` puts them.
+    #[arg(long)]
+    namespace: Option<String>,
+    /// A Gateway every device may use (repeat for several).
+    #[arg(long = "gateway")]
+    gateways: Vec<String>,
+    /// The credential the operator issues each device: `generated` (a Secret
+    /// `<name>-credentials` with `username` and `password`) or `certificate` (a TLS Secret
+    /// `<name>-certificate`).
+    #[arg(long, default_value = "generated")]
+    credential: tributary_operator::fleet::CredentialKind,
+}
+
+impl FleetArgs {
+    fn fleet(self) -> tributary_operator::fleet::Fleet {
+        tributary_operator::fleet::Fleet {
+            namespace: self.namespace,
+            gateways: self.gateways,
+            credential: self.credential,
+        }
+    }
 }
 
 /// Arguments of `run`.
@@ -185,6 +250,47 @@ fn print_reference(out: Option<&std::path::Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints the Device manifests of a `devices` subcommand.
+fn print_devices(command: DevicesCommand) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::{Read, Write};
+    use tributary_operator::fleet;
+    let devices = match command {
+        DevicesCommand::FromCsv { file, fleet: args } => {
+            let mut input = Vec::new();
+            if file.as_os_str() == "-" {
+                std::io::stdin()
+                    .read_to_end(&mut input)
+                    .context("reading standard input")?;
+            } else {
+                input =
+                    std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            }
+            fleet::devices_from_csv(&input, &args.fleet())
+                .with_context(|| file.display().to_string())?
+        }
+        DevicesCommand::Generate {
+            count,
+            name_pattern,
+            first,
+            attributes,
+            fleet: args,
+        } => {
+            let generated = fleet::Generated {
+                count,
+                first,
+                pattern: name_pattern,
+                attributes,
+            };
+            fleet::generate(&generated, &args.fleet())?
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    out.write_all(fleet::to_yaml(&devices)?.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let identity = match args.identity {
         Some(identity) if !identity.is_empty() => identity,
@@ -247,6 +353,7 @@ fn main() -> std::process::ExitCode {
             Command::Rules { files, namespace } => print_rules(&files, &namespace),
             Command::Reference { out } => print_reference(out.as_deref()),
             Command::Run(args) => run(*args).await,
+            Command::Devices { command } => print_devices(command),
         }
     });
     match result {

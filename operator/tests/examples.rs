@@ -1,12 +1,14 @@
 //! The example manifests in `examples/` stay usable:
 //!
-//! - every Gateway, Queue, Worker and Sink parses into the operator's types with no field
+//! - every Gateway, Queue, Worker, Sink and Device parses into the operator's types with no field
 //!   the types do not know (the types accept unknown fields, so the parsed object is
 //!   serialized again and compared with the input: a typo'd field is missing from it) and
 //!   passes the operator's own `validate`;
 //! - inside each folder (as `kubectl apply -f` sees it) and each kustomization (as
-//!   `kubectl apply -k` sees it), per namespace, every Queue, Sink, Secret and ConfigMap a
-//!   resource or pod refers to exists, with the referenced key;
+//!   `kubectl apply -k` sees it), per namespace, every Queue, Sink, Gateway, Secret and
+//!   ConfigMap a resource or pod refers to exists, with the referenced key (a Device's
+//!   generated Secrets count as existing; a subfolder, such as an optional simulator, may
+//!   use what its parent folder creates);
 //! - the GitOps overlays' patches hit a base resource and give valid resources, using only
 //!   the kustomize features kubectl 1.20 (kustomize v2.0.3) has;
 //! - every Namespace enforces Pod Security "restricted" and every pod passes it;
@@ -14,6 +16,8 @@
 //!
 //! `examples/check.sh` renders every kustomization with the real `kubectl kustomize`.
 
+#[path = "examples/devices.rs"]
+mod devices;
 #[path = "examples/kustomize.rs"]
 mod kustomize;
 #[path = "examples/pod_security.rs"]
@@ -21,6 +25,7 @@ mod pod_security;
 #[path = "examples/references.rs"]
 mod references;
 
+use devices::{check_device, validate_gateway};
 use kustomize::{all_kustomizations, is_kustomization, patch_files, Kustomization};
 use pod_security::{pod_spec_value, restricted_violations};
 use references::check_references;
@@ -30,7 +35,7 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use tributary_operator::build;
-use tributary_operator::crd::{Gateway, Queue, SecretKeyRef, Sink, Worker};
+use tributary_operator::crd::{Device, Gateway, Queue, SecretKeyRef, Sink, Worker};
 
 const GROUP_PREFIX: &str = "tributary.dev/";
 
@@ -193,13 +198,14 @@ fn lost_fields(input: &Value, output: &Value, path: &str, lost: &mut Vec<String>
     }
 }
 
-/// The four resource kinds, parsed and validated.
+/// The five resource kinds, parsed and validated.
 #[derive(Default)]
 struct Parsed {
     queues: BTreeMap<String, Queue>,
     gateways: BTreeMap<String, Gateway>,
     workers: BTreeMap<String, Worker>,
     sinks: BTreeMap<String, Sink>,
+    devices: BTreeMap<String, Device>,
 }
 
 /// Strict parsing plus the operator's `validate` of one Tributary object.
@@ -214,8 +220,13 @@ fn check_tributary(object: &Object, parsed: &mut Parsed) -> Result<(), String> {
         }
         "Gateway" => {
             let gateway: Gateway = strict(object)?;
-            build::gateway::validate(&gateway).map_err(invalid)?;
+            validate_gateway(&gateway).map_err(invalid)?;
             parsed.gateways.insert(name, gateway);
+        }
+        "Device" => {
+            let device: Device = strict(object)?;
+            check_device(&device).map_err(|e| format!("{}: invalid: {e}", object.describe()))?;
+            parsed.devices.insert(name, device);
         }
         "Worker" => {
             let worker: Worker = strict(object)?;
@@ -324,10 +335,19 @@ fn example_resources_parse_strictly_and_pass_the_operators_validation() {
 #[test]
 fn references_resolve_within_each_folder_and_namespace() {
     let (folders, mut problems) = manifests_by_folder();
+    let no_objects = Vec::new();
     for (folder, objects) in &folders {
+        // A subfolder (an optional simulator) is applied after its parent folder.
+        let parent = folder
+            .parent()
+            .filter(|parent| *parent != examples_dir())
+            .and_then(|parent| folders.get(parent))
+            .unwrap_or(&no_objects);
+        let context = by_namespace(parent);
         for (namespace, group) in by_namespace(objects) {
             let scope = format!("{} (namespace {namespace})", relative(folder));
-            problems.extend(check_references(&scope, &group));
+            let around = context.get(&namespace).map_or(&[][..], Vec::as_slice);
+            problems.extend(check_references(&scope, &group, around));
         }
     }
     assert_no_problems(problems);
@@ -346,7 +366,7 @@ fn kustomizations_use_the_v2_subset_and_render_valid_references() {
         };
         for (namespace, group) in by_namespace(&rendered) {
             let scope = format!("{} (namespace {namespace})", relative(&kustomization.file));
-            problems.extend(check_references(&scope, &group));
+            problems.extend(check_references(&scope, &group, &[]));
         }
     }
     assert_no_problems(problems);
@@ -474,41 +494,4 @@ fn gitops_base_is_a_copy_of_factory_telemetry() {
         copies, originals,
         "gitops/base misses factory-telemetry files"
     );
-}
-
-#[test]
-fn factory_devices_are_machine_1_to_50_with_argon2_hashes() {
-    let file = examples_dir().join("factory-telemetry/device-credentials.yaml");
-    let mut problems = Vec::new();
-    let objects = objects_of(&file, &mut problems);
-    assert_no_problems(problems);
-    let passwords = objects
-        .iter()
-        .find_map(|o| {
-            o.value
-                .pointer("/stringData/passwords")
-                .and_then(Value::as_str)
-        })
-        .expect("stringData.passwords");
-    let devices: Vec<&str> = passwords
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|line| {
-            let (device, hash) = line.split_once(':').expect("device:hash");
-            assert!(
-                hash.starts_with("$argon2id$"),
-                "{device}: not an argon2id hash"
-            );
-            device
-        })
-        .collect();
-    let expected: Vec<String> = (1..=50).map(|n| format!("machine-{n}")).collect();
-    assert_eq!(devices, expected);
-    // One salt per device, even though the password is shared.
-    let salts: BTreeSet<&str> = passwords
-        .lines()
-        .filter_map(|l| l.split('$').nth(4))
-        .collect();
-    assert_eq!(salts.len(), 50);
 }

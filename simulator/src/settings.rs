@@ -66,6 +66,11 @@ pub struct Cli {
     /// password template.
     #[arg(long)]
     pub password_file: Option<PathBuf>,
+    /// A directory with one `DEVICE/password` file per device, such as a projected volume
+    /// of the Device resources' `<name>-credentials` Secrets; wins over --password-file and
+    /// the password template, which remain for the devices it does not hold.
+    #[arg(long, value_name = "DIR")]
+    pub credentials_dir: Option<PathBuf>,
     /// Unacknowledged messages per device at most.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=4096))]
     pub max_inflight: u16,
@@ -116,7 +121,7 @@ pub enum SettingsError {
     #[error("--username-template gives device {n} the id {id:?} of another device; use {{n}}")]
     DuplicateId { n: u32, id: String },
     #[error(
-        "no password: set TRIBUTARY_DEVICE_PASSWORD (or --password-template) or --password-file"
+        "no password: set TRIBUTARY_DEVICE_PASSWORD (or --password-template), --password-file or --credentials-dir"
     )]
     NoPassword,
     #[error("{0}")]
@@ -210,6 +215,37 @@ impl AckLog {
     }
 }
 
+/// Where the passwords come from: the credentials directory first, then the password
+/// file, then the template.
+fn passwords(cli: &Cli) -> Result<Passwords, SettingsError> {
+    let fallback = match (&cli.password_file, &cli.password_template) {
+        (Some(path), _) => Some(Passwords::File(credentials::parse_password_file(&read(
+            path,
+        )?)?)),
+        (None, Some(template)) => Some(Passwords::Template(Secret::new(template.as_str()))),
+        (None, None) => None,
+    };
+    match (&cli.credentials_dir, fallback) {
+        (Some(dir), fallback) => {
+            if !dir.is_dir() {
+                return Err(SettingsError::Read {
+                    path: dir.display().to_string(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "--credentials-dir is not a directory",
+                    ),
+                });
+            }
+            Ok(Passwords::Directory {
+                dir: dir.clone(),
+                fallback: fallback.map(Box::new),
+            })
+        }
+        (None, Some(fallback)) => Ok(fallback),
+        (None, None) => Err(SettingsError::NoPassword),
+    }
+}
+
 impl Settings {
     /// Checks the arguments, expands every template and reads the files they name.
     pub fn from_cli(cli: Cli) -> Result<Self, SettingsError> {
@@ -219,11 +255,7 @@ impl Settings {
         if !(cli.rate.is_finite() && cli.rate >= 0.0) {
             return Err(SettingsError::BadRate);
         }
-        let passwords = match (&cli.password_file, &cli.password_template) {
-            (Some(path), _) => Passwords::File(credentials::parse_password_file(&read(path)?)?),
-            (None, Some(template)) => Passwords::Template(Secret::new(template.as_str())),
-            (None, None) => return Err(SettingsError::NoPassword),
-        };
+        let passwords = passwords(&cli)?;
         let mut seen = HashSet::new();
         let mut devices = Vec::with_capacity(cli.devices as usize);
         for index in 0..cli.devices {
@@ -395,6 +427,51 @@ mod tests {
         let text = std::fs::read_to_string(&path).expect("read");
         std::fs::remove_file(&path).ok();
         assert_eq!(text, "machine-1 1\nmachine-1 2\n");
+    }
+
+    #[test]
+    fn credentials_dir_gives_each_device_its_generated_password() {
+        let dir = std::env::temp_dir().join(format!("credentials-dir-{}", std::process::id()));
+        for n in 1..=2 {
+            std::fs::create_dir_all(dir.join(format!("machine-{n}"))).expect("folder");
+            std::fs::write(
+                dir.join(format!("machine-{n}/password")),
+                format!("gen-{n}"),
+            )
+            .expect("write");
+        }
+        let path = dir.to_str().expect("utf-8 path");
+        let mut args = cli(&[
+            "--devices",
+            "3",
+            "--messages",
+            "3",
+            "--credentials-dir",
+            path,
+        ]);
+        args.password_template = None; // whatever the environment holds
+        let error = Settings::from_cli(args).expect_err("machine-3 has none");
+        assert!(error.to_string().contains("\"machine-3\""), "{error}");
+        let mut args = cli(&[
+            "--devices",
+            "2",
+            "--messages",
+            "2",
+            "--credentials-dir",
+            path,
+        ]);
+        args.password_template = Some("template".into());
+        let settings = Settings::from_cli(args).expect("settings");
+        std::fs::remove_dir_all(&dir).ok();
+        let passwords: Vec<&str> = settings
+            .devices
+            .iter()
+            .map(|d| d.password.expose())
+            .collect();
+        assert_eq!(passwords, ["gen-1", "gen-2"]);
+        let missing = cli(&["--messages", "1", "--credentials-dir", "/nonexistent/dir"]);
+        let error = Settings::from_cli(missing).expect_err("no directory");
+        assert!(error.to_string().contains("/nonexistent/dir"), "{error}");
     }
 
     #[test]

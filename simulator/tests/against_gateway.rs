@@ -501,3 +501,82 @@ async fn wrong_password_exits_non_zero_and_says_why() {
     all.push_str(&stderr);
     assert!(!all.contains(wrong), "the password was printed:\n{all}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_dir_logs_each_device_in_with_its_own_password() {
+    let connection = amqp(&amqp_url()).await;
+    let channel = connection.create_channel().await.expect("channel");
+    let queue = format!("simulator-dir-{}", unique());
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare queue");
+    let dir = TempDir::new("credentials-dir");
+    // Unrelated passwords, as the operator generates them; the layout of a projected volume
+    // (no line break) and of a shell dump (one line break).
+    let passwords: Vec<(String, String)> = (1..=3)
+        .map(|n| (format!("machine-{n}"), format!("gen-{}-{n}", unique())))
+        .collect();
+    for (index, (device, password)) in passwords.iter().enumerate() {
+        std::fs::create_dir_all(dir.0.join("creds").join(device)).expect("device folder");
+        let text = if index == 0 {
+            format!("{password}\n")
+        } else {
+            password.clone()
+        };
+        dir.write(&format!("creds/{device}/password"), &text);
+    }
+    let gateway = Gateway::start(
+        &dir,
+        &passwords,
+        vec![Route {
+            topic_filter: "factory/line-1/+/telemetry".into(),
+            queue: queue.clone(),
+        }],
+    )
+    .await;
+    let creds = dir.0.join("creds");
+    // The template (TRIBUTARY_DEVICE_PASSWORD) is wrong for every device: the folder wins.
+    let output = simulator(
+        gateway.mqtt,
+        "template-is-wrong",
+        &[
+            "--devices",
+            "3",
+            "--messages",
+            "30",
+            "--topic",
+            "factory/line-1/{device}/telemetry",
+            "--credentials-dir",
+            creds.to_str().expect("utf-8 path"),
+            "--json",
+        ],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let _ = channel
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    assert!(
+        output.status.success(),
+        "simulator failed ({}); stderr:\n{stderr}\ngateway log:\n{}",
+        output.status,
+        gateway.log()
+    );
+    let summary: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("--json prints the summary as JSON");
+    assert_eq!(summary["acknowledged"], 30, "{summary}");
+    for (_, password) in &passwords {
+        assert!(
+            !stderr.contains(password.as_str()),
+            "a password was printed"
+        );
+    }
+}

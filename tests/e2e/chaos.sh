@@ -233,10 +233,9 @@ check operator-installed-with-helm install_operator "$repo"
 
 phase "applying the chaos pipeline (tests/e2e/chaos)"
 apply_pipeline() {
+  # device-credentials.yaml: the legacy `auth.passwords` Secret of the fifty machines
+  # (one demo password), so this suite keeps proving that path.
   kubectl apply -f "$manifests/00-namespace.yaml" >/dev/null &&
-    # The fifty machines of examples/factory-telemetry and their demo password.
-    sed 's/namespace: factory/namespace: chaos/' "$repo/examples/factory-telemetry/device-credentials.yaml" |
-    kubectl apply -f - >/dev/null &&
     kubectl apply -f "$manifests" >/dev/null
 }
 check chaos-pipeline-applied apply_pipeline

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The end-to-end suite on the running cluster: the operator installed with the Helm chart,
-# examples/factory-telemetry applied, N messages (default 10,000) published by 50 simulated
-# devices through the gateway Service, then exactly N distinct rows in PostgreSQL, the last
+# examples/factory-telemetry applied, its 50 Device resources given generated credentials,
+# N messages (default 10,000) published by the 50 simulated devices with those credentials
+# through the gateway Service, then exactly N distinct rows in PostgreSQL, the last
 # reading of every device in Redis, nothing dead-lettered; examples/multi-tenant refuses a
 # cross-tenant publish; deleting the examples' resources removes everything the operator
 # made. Needs KUBECONFIG, kubectl and helm on PATH, the images loaded into the node
@@ -74,6 +75,12 @@ check kubectl-explain-shows-field-docs explained_eventually
 two_gateways() { [ "$(jsonpath factory gateway/sensors .status.readyReplicas 0)" = 2 ]; }
 check gateway-two-replicas-ready wait_until 120 two_gateways
 
+mapfile -t machines < <(seq -f 'machine-%g' 1 "$DEVICES")
+step "waiting for the $DEVICES Devices' generated credentials"
+check factory-device-credentials-generated wait_devices factory 180 "${machines[@]}"
+# The simulator reads each machine's password from $work/credentials/<machine>/password.
+check factory-device-credentials-read credentials_dir factory "$work/credentials" "${machines[@]}"
+
 # Worker replicas seen while the messages flow (the autoscaler's work), sampled each second.
 (
   while true; do
@@ -86,7 +93,7 @@ sampler_pid=$!
 ip=$(service_ip factory sensors-gateway)
 step "publishing $N messages from $DEVICES devices through the gateway Service $ip:1883"
 publish() {
-  TRIBUTARY_DEVICE_PASSWORD=factory-demo-password "$simulator" --host "$ip" --port 1883 \
+  "$simulator" --host "$ip" --port 1883 --credentials-dir "$work/credentials" \
     --devices "$DEVICES" --messages "$N" --username-template 'machine-{n}' \
     --topic 'factory/line-1/{device}/telemetry' --json >"$work/summary.json"
 }
@@ -133,14 +140,18 @@ step "applying examples/multi-tenant"
 kubectl apply -k "$repo/examples/multi-tenant" >/dev/null
 check tenants-ready wait_ready tenant-a 300 queue/telemetry gateway/devices worker/latest
 check tenant-b-ready wait_ready tenant-b 300 queue/telemetry gateway/devices worker/latest
+# Both tenants have a Device sensor-1, each with a password of its own.
+check tenant-a-devices-ready wait_devices tenant-a 180 sensor-1 sensor-2 sensor-3
+check tenant-b-devices-ready wait_devices tenant-b 180 sensor-1 sensor-2 sensor-3
+password_a=$(device_password tenant-a sensor-1 || true)
 ip_a=$(service_ip tenant-a devices-gateway)
 ip_b=$(service_ip tenant-b devices-gateway)
 pub() { # IP PASSWORD
   mosquitto_pub -h "$1" -p 1883 -V mqttv311 -q 1 -i sensor-1 -u sensor-1 -P "$2" \
     -t sensors/sensor-1/data -m '{"seq": 1, "value": 21.5}'
 }
-check tenant-a-device-publishes-to-its-gateway pub "$ip_a" tenant-a-demo-password
-refused() { ! pub "$ip_b" tenant-a-demo-password 2>"$work/refused"; }
+check tenant-a-device-publishes-to-its-gateway pub "$ip_a" "$password_a"
+refused() { ! pub "$ip_b" "$password_a" 2>"$work/refused"; }
 check tenant-a-device-refused-by-tenant-b refused
 step "cross-tenant publish: $(tr '\n' ' ' <"$work/refused")"
 
@@ -150,7 +161,8 @@ made_by_operator() { # NAMESPACE: objects the operator made that still exist, bu
   kubectl -n "$1" get deployments,statefulsets,services,configmaps,secrets,pods \
     -l 'app.kubernetes.io/managed-by=tributary-operator,tributary.dev/owner-kind!=queue' -o name 2>/dev/null
 }
-for f in worker gateway sinks queue; do
+# The Devices too: their credential Secrets are the operator's (owned by each Device).
+for f in worker gateway sinks queue devices; do
   kubectl delete -f "$repo/examples/factory-telemetry/$f.yaml" --wait=true --timeout=180s >/dev/null
 done
 nothing_left() { [ -z "$(made_by_operator factory)" ]; }

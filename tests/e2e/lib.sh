@@ -106,3 +106,60 @@ pipeline_line() {
   rows=$(factory_rows)
   echo "gateway pods ${gateways} · queue depth ${backlog} · worker replicas ${workers} · rows stored ${rows}"
 }
+
+# devices_progress NAMESPACE DEVICE...: "S R N": how many of the Devices have their
+# generated `<device>-credentials` Secret (S) and are Ready (R), of N. Reads names and
+# conditions only, never a Secret's data.
+devices_progress() {
+  local ns=$1 secrets ready
+  shift
+  secrets=$(kubectl -n "$ns" get secrets -o name 2>/dev/null | sed 's|^secret/||; s|-credentials$||' |
+    grep -cxF -f <(printf '%s\n' "$@") || true)
+  ready=$(kubectl -n "$ns" get devices.tributary.dev \
+    -o jsonpath='{range .items[*]}{.metadata.name}{" "}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' 2>/dev/null |
+    awk '$2 == "True" { print $1 }' | grep -cxF -f <(printf '%s\n' "$@") || true)
+  echo "${secrets:-0} ${ready:-0} $#"
+}
+
+# wait_devices NAMESPACE SECONDS DEVICE...: waits until every DEVICE has its generated
+# credentials Secret and is Ready (its Gateways know it), with a progress line every few
+# seconds; says how far it got when the deadline passes.
+wait_devices() {
+  local ns=$1 seconds=$2 secrets ready total
+  shift 2
+  local deadline=$((SECONDS + seconds))
+  while true; do
+    read -r secrets ready total < <(devices_progress "$ns" "$@")
+    echo "  devices in $ns: credential Secrets $secrets/$total · Ready $ready/$total"
+    [ "$secrets" -ge "$total" ] && [ "$ready" -ge "$total" ] && return 0
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "devices in $ns after ${seconds}s: $secrets/$total credential Secrets, $ready/$total Ready" >&2
+      return 1
+    fi
+    sleep 3
+  done
+}
+
+# device_password NAMESPACE DEVICE: prints the password the operator generated for DEVICE
+# (for a variable or a file, never for a log).
+device_password() {
+  kubectl -n "$1" get secret "$2-credentials" -o jsonpath='{.data.password}' | base64 -d
+}
+
+# credentials_dir NAMESPACE DIR DEVICE...: writes DIR/DEVICE/password (owner-only) from each
+# DEVICE's credentials Secret: the layout `tributary-simulator --credentials-dir` reads.
+credentials_dir() {
+  local ns=$1 dir=$2 device
+  shift 2
+  (
+    umask 077
+    mkdir -p "$dir"
+    for device in "$@"; do
+      mkdir -p "$dir/$device"
+      if ! device_password "$ns" "$device" >"$dir/$device/password" || [ ! -s "$dir/$device/password" ]; then
+        echo "$ns/$device: no password in Secret $device-credentials" >&2
+        exit 1
+      fi
+    done
+  )
+}

@@ -18,8 +18,34 @@ fn keys_by_name(objects: &[&Object], kind: &str) -> BTreeMap<String, BTreeSet<St
     found
 }
 
-/// What a set of objects (one namespace) refers to and whether it exists there.
-pub(super) fn check_references(scope: &str, objects: &[&Object]) -> Vec<String> {
+/// The Secrets the operator generates for the Devices among `objects`, with their keys.
+fn device_secrets(objects: &[&Object]) -> BTreeMap<String, BTreeSet<String>> {
+    let mut found = BTreeMap::new();
+    for object in objects
+        .iter()
+        .filter(|o| o.is_tributary() && o.kind() == "Device")
+    {
+        let credentials = &object.value["spec"]["credentials"];
+        let keys = |keys: &[&str]| keys.iter().map(|k| (*k).to_owned()).collect();
+        if credentials["generated"].is_object() {
+            let name = format!("{}-credentials", object.name());
+            found.insert(name, keys(&["username", "password"]));
+        }
+        if credentials["certificate"].is_object() {
+            let name = format!("{}-certificate", object.name());
+            found.insert(name, keys(&["tls.crt", "tls.key", "ca.crt"]));
+        }
+    }
+    found
+}
+
+/// What a set of objects (one namespace) refers to and whether it exists there or among
+/// the `context` objects (those of a parent folder, applied before).
+pub(super) fn check_references(
+    scope: &str,
+    objects: &[&Object],
+    context: &[&Object],
+) -> Vec<String> {
     let mut problems = Vec::new();
     let mut parsed = Parsed::default();
     for object in objects.iter().filter(|o| o.is_tributary()) {
@@ -27,8 +53,22 @@ pub(super) fn check_references(scope: &str, objects: &[&Object]) -> Vec<String> 
             problems.push(problem);
         }
     }
-    let mut secrets = keys_by_name(objects, "Secret");
-    let config_maps = keys_by_name(objects, "ConfigMap");
+    let everything: Vec<&Object> = objects.iter().chain(context).copied().collect();
+    let mut secrets = keys_by_name(&everything, "Secret");
+    secrets.extend(device_secrets(&everything));
+    let config_maps = keys_by_name(&everything, "ConfigMap");
+    for (name, device) in &parsed.devices {
+        for gateway in &device.spec.gateways {
+            if !parsed.gateways.contains_key(gateway) {
+                problems.push(format!(
+                    "{scope}: Device {name} names missing Gateway {gateway}"
+                ));
+            }
+        }
+        if let Some(hash) = &device.spec.credentials.password_hash {
+            wanted_device_hash(&mut problems, scope, name, hash, &secrets);
+        }
+    }
     // Managed Queues get a generated credentials Secret, which others may use.
     for (name, queue) in &parsed.queues {
         if queue.spec.broker.managed.is_some() {
@@ -169,6 +209,22 @@ pub(super) fn check_references(scope: &str, objects: &[&Object]) -> Vec<String> 
     }
     problems
 }
+fn wanted_device_hash(
+    problems: &mut Vec<String>,
+    scope: &str,
+    device: &str,
+    reference: &SecretKeyRef,
+    secrets: &BTreeMap<String, BTreeSet<String>>,
+) {
+    let found = secrets.get(&reference.name);
+    if !found.is_some_and(|keys| keys.contains(&reference.key)) {
+        problems.push(format!(
+            "{scope}: Device {device} refers to missing Secret key {}/{}",
+            reference.name, reference.key
+        ));
+    }
+}
+
 /// Secrets and ConfigMaps a pod spec needs (optional references left out).
 fn pod_references(
     who: &str,
@@ -217,7 +273,36 @@ fn pod_references(
             }
         }
     }
-    for volume in pod["volumes"].as_array().into_iter().flatten() {
+    // A projected volume's sources are Secrets and ConfigMaps like volumes of their own.
+    let projected = pod["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|volume| {
+            volume["projected"]["sources"]
+                .as_array()
+                .into_iter()
+                .flatten()
+        })
+        .map(|source| {
+            let mut volume = serde_json::json!({});
+            if source["secret"].is_object() {
+                volume["secret"] = source["secret"].clone();
+                volume["secret"]["secretName"] = source["secret"]["name"].clone();
+            }
+            if source["configMap"].is_object() {
+                volume["configMap"] = source["configMap"].clone();
+            }
+            volume
+        });
+    let volumes: Vec<Value> = pod["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .cloned()
+        .chain(projected)
+        .collect();
+    for volume in &volumes {
         let secret = &volume["secret"];
         if secret.is_object() && !optional(secret) {
             let name = text(&secret["secretName"]);
