@@ -20,12 +20,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use thiserror::Error;
 
-/// The most attributes a device may have.
-pub const MAX_ATTRIBUTES: usize = 32;
-/// The longest attribute key, in characters.
-pub const MAX_ATTRIBUTE_KEY_LEN: usize = 63;
-/// The longest attribute value, in characters.
-pub const MAX_ATTRIBUTE_VALUE_LEN: usize = 256;
+/// The Device bounds the operator enforces (`build::device`), checked here per CSV line.
+pub use crate::build::device::{
+    MAX_ATTRIBUTES, MAX_ATTRIBUTE_KEY as MAX_ATTRIBUTE_KEY_LEN,
+    MAX_ATTRIBUTE_VALUE as MAX_ATTRIBUTE_VALUE_LEN,
+};
+
 /// The most devices `generate` makes at once.
 pub const MAX_GENERATED: u64 = 100_000;
 

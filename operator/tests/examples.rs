@@ -25,7 +25,7 @@ mod pod_security;
 #[path = "examples/references.rs"]
 mod references;
 
-use devices::{check_device, validate_gateway};
+use devices::check_device;
 use kustomize::{all_kustomizations, is_kustomization, patch_files, Kustomization};
 use pod_security::{pod_spec_value, restricted_violations};
 use references::check_references;
@@ -220,7 +220,7 @@ fn check_tributary(object: &Object, parsed: &mut Parsed) -> Result<(), String> {
         }
         "Gateway" => {
             let gateway: Gateway = strict(object)?;
-            validate_gateway(&gateway).map_err(invalid)?;
+            build::gateway::validate(&gateway).map_err(invalid)?;
             parsed.gateways.insert(name, gateway);
         }
         "Device" => {

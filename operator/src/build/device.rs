@@ -18,6 +18,8 @@ pub const MAX_ATTRIBUTE_KEY: usize = 63;
 pub const MAX_ATTRIBUTE_VALUE: usize = 256;
 /// Longest device id.
 pub const MAX_DEVICE_ID: usize = 128;
+/// Longest Device resource name: its credential Secrets carry it as a label value.
+pub const MAX_NAME_LEN: usize = 63;
 /// Most extra publish topics per device.
 pub const MAX_PUBLISH_TOPICS: usize = 16;
 const COMPONENT: &str = "device";
@@ -44,9 +46,14 @@ pub fn valid_device_id(id: &str) -> bool {
 
 /// Validates a Device's spec without looking at other resources.
 pub fn validate(device: &Device) -> Result<(), BuildError> {
-    name_and_namespace(device)?;
+    let (name, _) = name_and_namespace(device)?;
     let spec = &device.spec;
     let invalid = |message: String| Err(BuildError::Invalid(message));
+    if name.len() > MAX_NAME_LEN {
+        return invalid(format!(
+            "metadata.name: at most {MAX_NAME_LEN} characters (spec.deviceId may be longer)"
+        ));
+    }
     let id = device.device_id();
     if !valid_device_id(&id) {
         return invalid(format!(
@@ -101,12 +108,15 @@ fn validate_attributes(attributes: &BTreeMap<String, String>) -> Result<(), Buil
         )));
     }
     for (key, value) in attributes {
-        if key.is_empty() || key.len() > MAX_ATTRIBUTE_KEY || key.contains(char::is_control) {
+        if key.is_empty()
+            || key.chars().count() > MAX_ATTRIBUTE_KEY
+            || key.contains(char::is_control)
+        {
             return Err(BuildError::Invalid(format!(
                 "spec.attributes: key {key:?} must be 1 to {MAX_ATTRIBUTE_KEY} characters"
             )));
         }
-        if value.len() > MAX_ATTRIBUTE_VALUE {
+        if value.chars().count() > MAX_ATTRIBUTE_VALUE {
             return Err(BuildError::Invalid(format!(
                 "spec.attributes.{key}: at most {MAX_ATTRIBUTE_VALUE} characters"
             )));

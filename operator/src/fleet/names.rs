@@ -1,17 +1,11 @@
 //! Names of a fleet: which device ids are valid, which are usable as resource names as they
 //! are, the resource name of any other id, and the name patterns of generated fleets.
 
-/// The longest resource name of a Device: its Secrets are named `<name>-certificate`, and
-/// a Secret's name is at most 253 characters.
-pub const MAX_NAME_LEN: usize = 253 - "-certificate".len();
+/// The longest resource name of a Device (its children carry it in a label).
+pub use crate::build::device::MAX_NAME_LEN;
 
-/// Whether `id` is a valid device id: letters, digits, `-`, `_`, `.` and `:`, not empty.
-pub fn is_valid_device_id(id: &str) -> bool {
-    !id.is_empty()
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
-}
+/// Whether `id` is a valid device id (the operator's rule).
+pub use crate::build::device::valid_device_id as is_valid_device_id;
 
 /// Whether `name` is a DNS-1123 subdomain (lower-case alphanumeric labels, `-` inside a
 /// label, labels joined by `.`) short enough for the Device's Secrets.

@@ -5,53 +5,9 @@
 use super::*;
 use tributary_operator::fleet;
 
-/// The operator's Gateway validation, except that a Gateway whose `auth` configures
-/// nothing is accepted: it takes the registry's Devices only (issue 14). The operator's
-/// `validate` still refuses it until the registry side lands; drop this exception then.
-pub(super) fn validate_gateway(gateway: &Gateway) -> Result<(), build::BuildError> {
-    let auth = &gateway.spec.auth;
-    let registry_only = auth.passwords.is_none()
-        && auth.jwt.is_none()
-        && auth.client_certificates.is_none()
-        && !auth.allow_anonymous;
-    match build::gateway::validate(gateway) {
-        Err(build::BuildError::Invalid(reason))
-            if registry_only && reason.starts_with("spec.auth: configure") =>
-        {
-            Ok(())
-        }
-        other => other.map(|_| ()),
-    }
-}
-
-/// What the Device CRD documents and its schema cannot say: a valid device id, at least
-/// one credential, the attribute bounds.
+/// The operator's own Device validation.
 pub(super) fn check_device(device: &Device) -> Result<(), String> {
-    let id = device.device_id();
-    if !fleet::names::is_valid_device_id(&id) {
-        return Err(format!("device id {id:?}"));
-    }
-    let credentials = &device.spec.credentials;
-    if credentials.generated.is_none()
-        && credentials.certificate.is_none()
-        && credentials.password_hash.is_none()
-        && credentials.jwt.is_none()
-    {
-        return Err("spec.credentials: none configured".into());
-    }
-    let attributes = &device.spec.attributes;
-    if attributes.len() > fleet::MAX_ATTRIBUTES {
-        return Err(format!("more than {} attributes", fleet::MAX_ATTRIBUTES));
-    }
-    for (key, value) in attributes {
-        if key.is_empty()
-            || key.chars().count() > fleet::MAX_ATTRIBUTE_KEY_LEN
-            || value.chars().count() > fleet::MAX_ATTRIBUTE_VALUE_LEN
-        {
-            return Err(format!("attribute {key:?} out of bounds"));
-        }
-    }
-    Ok(())
+    build::device::validate(device).map_err(|e| e.to_string())
 }
 
 #[test]
