@@ -35,7 +35,9 @@ pub fn parse_envelope(body: &[u8]) -> Result<Envelope, RecordError> {
 }
 
 /// The record of an envelope: the envelope's fields, with `payload` the device's JSON value
-/// (or base64 text) and `payloadEncoding` saying which.
+/// (or base64 text) and `payloadEncoding` saying which, and `attributes` the device's
+/// attributes from its Device resource (an empty object when it has none, so that steps
+/// can test `has(attributes.site)`).
 pub fn record_of(envelope: &Envelope) -> Record {
     let mut object = Map::new();
     object.insert("id".into(), envelope.id.clone().into());
@@ -55,6 +57,12 @@ pub fn record_of(envelope: &Envelope) -> Record {
     };
     object.insert("payload".into(), payload);
     object.insert("payloadEncoding".into(), encoding.into());
+    let attributes: Map<String, Value> = envelope
+        .attributes
+        .iter()
+        .map(|(key, value)| (key.clone(), Value::String(value.clone())))
+        .collect();
+    object.insert("attributes".into(), Value::Object(attributes));
     Record {
         id: envelope.id.clone(),
         value: Value::Object(object),
@@ -218,6 +226,20 @@ mod tests {
         assert_eq!(record.value["payloadEncoding"], json!("json"));
         assert_eq!(record.value["protocol"], json!("mqtt"));
         assert_eq!(record.id, "01JABCDEF0000000000000000");
+    }
+
+    #[test]
+    fn record_exposes_the_devices_attributes_and_an_empty_object_without_them() {
+        let mut with = envelope(json!({}));
+        with.attributes.insert("site".into(), "north".into());
+        assert_eq!(
+            record_of(&with).value["attributes"],
+            json!({"site": "north"})
+        );
+        assert_eq!(
+            record_of(&envelope(json!({}))).value["attributes"],
+            json!({})
+        );
     }
 
     #[test]
