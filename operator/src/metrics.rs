@@ -4,6 +4,7 @@
 //! - `tributary_operator_reconcile_errors_total{kind,error}`: failed reconciles by error kind.
 //! - `tributary_operator_reconcile_duration_seconds{kind}`: reconcile latency histogram.
 //! - `tributary_operator_leader`: 1 while this replica holds the leader Lease.
+//! - `tributary_operator_api_requests_total{verb}`: requests to the Kubernetes API.
 //! - `tributary_operator_queue_ready_messages{namespace,queue}`, `…_unacked_messages`,
 //!   `…_consumers`, `…_dead_letter_messages`: the broker counts the Queue controller last
 //!   read (the leader only), for backlog and dead-letter alerts.
@@ -11,6 +12,8 @@
 //!   report unavailable at `/status`, for the sink-outage alert.
 //!
 //! The full table is in `docs/metrics.md`; a test below keeps the two in step.
+
+pub mod requests;
 
 use crate::broker::QueueCounts;
 use prometheus_client::encoding::text::encode;
@@ -31,6 +34,8 @@ pub struct Metrics {
     durations: Family<Labels, Histogram>,
     /// 1 while leading.
     pub leader: Gauge,
+    /// Requests to the Kubernetes API, by verb (counted by [`requests::CountRequests`]).
+    pub api_requests: requests::RequestCounts,
     scale_events: Family<Labels, Counter>,
     worker_replicas: Family<Labels, Gauge>,
     worker_backlog: Family<Labels, Gauge>,
@@ -58,6 +63,7 @@ impl Metrics {
                 Histogram::new(exponential_buckets(0.005, 2.0, 12))
             }),
             leader: Gauge::default(),
+            api_requests: Family::default(),
             scale_events: Family::default(),
             worker_replicas: Family::default(),
             worker_backlog: Family::default(),
@@ -95,6 +101,11 @@ impl Metrics {
             "leader",
             "1 while this replica holds the leader Lease",
             self.leader.clone(),
+        );
+        registry.register(
+            "api_requests",
+            "Requests to the Kubernetes API, by verb (watch, get, create, update, patch, delete)",
+            self.api_requests.clone(),
         );
     }
 
@@ -362,6 +373,10 @@ mod tests {
         drop(metrics.reconcile("Queue"));
         metrics.error("Queue", "kube");
         metrics.leader.set(1);
+        metrics
+            .api_requests
+            .get_or_create(&vec![("verb".to_owned(), "get".to_owned())])
+            .inc();
         metrics.observed("factory", "ingest", 5, 2);
         metrics.scaled("factory", "ingest");
         metrics.sink_outages("factory", "ingest", 1);

@@ -210,8 +210,11 @@ async fn run_namespaces(ctx: Arc<Context>, watched: &[String], stop: watch::Rece
 /// Runs the operator until SIGTERM/SIGINT (graceful) or loss of the leader Lease (error).
 pub async fn run(settings: Settings) -> Result<(), RunError> {
     let config = kube::Config::infer().await?;
-    let client = Client::try_from(config)?;
     let metrics = Arc::new(Metrics::new());
+    let counted = crate::metrics::requests::CountRequests(metrics.api_requests.clone());
+    let client = kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&counted)
+        .build();
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = HttpState {
