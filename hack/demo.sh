@@ -52,6 +52,7 @@ kubectl -n factory get queues,gateways,workers,sinks
 mapfile -t machines < <(seq -f 'machine-%g' 1 "$devices")
 step "waiting for the operator to generate the $devices machines' passwords (Device resources)"
 wait_devices factory 300 "${machines[@]}"
+wait_table factory sensors "$devices" 120
 # The simulator reads machine-N's password from $credentials/machine-N/password, the layout
 # of a projected volume of the Secrets (examples/factory-telemetry/simulator/simulator.yaml).
 credentials=$(mktemp -d)

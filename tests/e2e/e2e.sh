@@ -78,6 +78,7 @@ check gateway-two-replicas-ready wait_until 120 two_gateways
 mapfile -t machines < <(seq -f 'machine-%g' 1 "$DEVICES")
 step "waiting for the $DEVICES Devices' generated credentials"
 check factory-device-credentials-generated wait_devices factory 180 "${machines[@]}"
+check factory-gateway-pods-hold-the-table wait_table factory sensors "$DEVICES" 120
 # The simulator reads each machine's password from $work/credentials/<machine>/password.
 check factory-device-credentials-read credentials_dir factory "$work/credentials" "${machines[@]}"
 
@@ -143,6 +144,8 @@ check tenant-b-ready wait_ready tenant-b 300 queue/telemetry gateway/devices wor
 # Both tenants have a Device sensor-1, each with a password of its own.
 check tenant-a-devices-ready wait_devices tenant-a 180 sensor-1 sensor-2 sensor-3
 check tenant-b-devices-ready wait_devices tenant-b 180 sensor-1 sensor-2 sensor-3
+check tenant-a-gateway-holds-the-table wait_table tenant-a devices 3 120
+check tenant-b-gateway-holds-the-table wait_table tenant-b devices 3 120
 password_a=$(device_password tenant-a sensor-1 || true)
 ip_a=$(service_ip tenant-a devices-gateway)
 ip_b=$(service_ip tenant-b devices-gateway)

@@ -163,3 +163,26 @@ credentials_dir() {
     done
   )
 }
+
+# wait_table NAMESPACE GATEWAY DEVICES SECONDS: waits until every running pod of the
+# Gateway holds its device table and the table lists DEVICES devices (the Gateway's
+# `status.deviceTable`, written by the operator once it checked with the pods), with a
+# progress line every few seconds.
+wait_table() {
+  local ns=$1 gateway=$2 want=$3 seconds=$4 state
+  local deadline=$((SECONDS + seconds))
+  while true; do
+    state=$(kubectl -n "$ns" get gateway "$gateway" \
+      -o jsonpath='{.status.deviceTable.devices} {.status.deviceTable.podsCurrent} {.status.deviceTable.pods}' 2>/dev/null || true)
+    read -r devices current pods <<<"$state"
+    echo "  gateway $ns/$gateway: table of ${devices:-?} devices, held by ${current:-?}/${pods:-?} pods"
+    if [ "${devices:-}" = "$want" ] && [ "${pods:-0}" -gt 0 ] && [ "${current:-}" = "${pods:-}" ]; then
+      return 0
+    fi
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "gateway $ns/$gateway after ${seconds}s: table of ${devices:-?} devices (want $want), ${current:-?}/${pods:-?} pods hold it" >&2
+      return 1
+    fi
+    sleep 2
+  done
+}

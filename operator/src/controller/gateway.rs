@@ -28,13 +28,15 @@ pub async fn reconcile(gateway: Arc<Gateway>, ctx: Arc<Context>) -> Result<Actio
     }
     let span = tracing::info_span!("reconcile", kind = "Gateway", name = %gateway.name_any(), namespace = ?gateway.namespace());
     let current = gateway.status.clone().unwrap_or_default();
-    // `connectedDevices` belongs to the device collector: never written (nor compared) here.
+    // `connectedDevices` and `deviceTable` belong to the device collector: never written
+    // (nor compared) here.
     let mut status = GatewayStatus {
         ready_replicas: current.ready_replicas,
         ..GatewayStatus::default()
     };
     let comparable = GatewayStatus {
         connected_devices: None,
+        device_table: None,
         ..current.clone()
     };
     let outcome = steps(&gateway, &ctx, &mut status).instrument(span).await?;

@@ -398,4 +398,21 @@ pub struct GatewayStatus {
     /// Devices connected, as last reported by the gateway pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connected_devices: Option<i64>,
+    /// The device table the pods use, as the operator last checked with them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_table: Option<DeviceTableStatus>,
+}
+
+/// Whether a Gateway's pods hold its current device table.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceTableStatus {
+    /// Devices in the table (the Devices that name this Gateway).
+    pub devices: i64,
+    /// When the table was issued (RFC 3339).
+    pub issued_at: String,
+    /// Running pods that hold this table (or a newer one).
+    pub pods_current: i64,
+    /// Running pods asked.
+    pub pods: i64,
 }

@@ -88,6 +88,39 @@ pub fn merge_report(
     }
 }
 
+/// What the collector writes into a Gateway's status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayActivity {
+    /// Devices with a live connection.
+    pub connected: i64,
+    /// Devices in the table.
+    pub devices: i64,
+    /// When the table was issued (Unix milliseconds).
+    pub issued_at_ms: u64,
+    /// Pods holding the current table.
+    pub pods_current: i64,
+    /// Pods asked.
+    pub pods: i64,
+}
+
+impl GatewayActivity {
+    /// The status fields it is written as.
+    pub fn status(&self) -> serde_json::Value {
+        let issued_at = Timestamp::from_millisecond(i64::try_from(self.issued_at_ms).unwrap_or(0))
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        serde_json::json!({
+            "connectedDevices": self.connected,
+            "deviceTable": {
+                "devices": self.devices,
+                "issuedAt": issued_at,
+                "podsCurrent": self.pods_current,
+                "pods": self.pods,
+            },
+        })
+    }
+}
+
 /// What was last written for a device, and when.
 struct Written {
     activity: Activity,
@@ -109,7 +142,7 @@ fn due(last: Option<&(Activity, Instant)>, now: &Activity, at: Instant) -> bool 
 /// Runs the collector until `stop` fires.
 pub async fn run(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
     let mut written: HashMap<(String, String), Written> = HashMap::new();
-    let mut connected: HashMap<GatewayKey, i64> = HashMap::new();
+    let mut gateways: HashMap<GatewayKey, GatewayActivity> = HashMap::new();
     loop {
         tokio::select! {
             _ = stop.wait_for(|stopped| *stopped) => return,
@@ -118,7 +151,7 @@ pub async fn run(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
         }
         let (activity, per_gateway) = cycle(&ctx).await;
         write_devices(&ctx, &activity, &mut written).await;
-        write_gateways(&ctx, per_gateway, &mut connected).await;
+        write_gateways(&ctx, per_gateway, &mut gateways).await;
     }
 }
 
@@ -127,18 +160,28 @@ async fn cycle(
     ctx: &Context,
 ) -> (
     BTreeMap<(String, String), Activity>,
-    BTreeMap<GatewayKey, i64>,
+    BTreeMap<GatewayKey, GatewayActivity>,
 ) {
     let mut activity = BTreeMap::new();
     let mut per_gateway = BTreeMap::new();
     for (key, published) in ctx.registry.published() {
-        let reports = gateway_reports(ctx, &key, &published).await;
+        let (reports, pods, pods_current) = gateway_reports(ctx, &key, &published).await;
         let mut devices = BTreeMap::new();
         for report in &reports {
             merge_report(&mut devices, &key.0, &published.resources, report);
         }
         let online = devices.values().filter(|a| a.connections > 0).count();
-        per_gateway.insert(key.clone(), i64::try_from(online).unwrap_or(i64::MAX));
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        per_gateway.insert(
+            key.clone(),
+            GatewayActivity {
+                connected: count(online),
+                devices: count(published.resources.len()),
+                issued_at_ms: published.issued_at_ms,
+                pods_current: count(pods_current),
+                pods: count(pods),
+            },
+        );
         for (device, seen) in devices {
             let total: &mut Activity = activity.entry(device).or_default();
             total.connections += seen.connections;
@@ -150,37 +193,45 @@ async fn cycle(
     (activity, per_gateway)
 }
 
-/// The reports of one Gateway's pods; a pod whose table is older (or unknown) gets the
-/// current one.
+/// The reports of one Gateway's pods, how many pods were asked and how many hold the
+/// current table; a pod whose table is older (or unknown) gets the current one.
 async fn gateway_reports(
     ctx: &Context,
     key: &GatewayKey,
     published: &Arc<Published>,
-) -> Vec<DeviceReport> {
+) -> (Vec<DeviceReport>, usize, usize) {
     let selector = selector_labels(&key.1, "gateway");
     let pods = ctx.registry.pods_of(&key.0, &selector);
     let addresses: Vec<_> = pods
         .iter()
         .filter_map(|pod| super::sync::pod_address(pod))
         .collect();
-    futures::stream::iter(addresses)
+    let asked = addresses.len();
+    let answers: Vec<(Option<DeviceReport>, bool)> = futures::stream::iter(addresses)
         .map(|addr| async move {
             let sync = &ctx.registry.sync;
             let report = sync.report(addr, &published.token).await;
-            let stale = report
+            let current = report
                 .as_ref()
-                .map_or(true, |r| r.table_issued_at_ms < published.issued_at_ms);
-            if stale {
-                if let Err(error) = sync.push(addr, &published.token, published.table.clone()).await {
-                    tracing::debug!(%addr, %error, gateway = %key.1, "pushing the device table failed; retried next cycle");
-                }
+                .is_ok_and(|r| r.table_issued_at_ms >= published.issued_at_ms);
+            if current {
+                return (report.ok(), true);
             }
-            report.ok()
+            let pushed = sync.push(addr, &published.token, published.table.clone()).await;
+            if let Err(error) = &pushed {
+                tracing::debug!(%addr, %error, gateway = %key.1, "pushing the device table failed; retried next cycle");
+            }
+            (report.ok(), pushed.is_ok())
         })
         .buffer_unordered(PARALLEL)
-        .filter_map(futures::future::ready)
         .collect()
-        .await
+        .await;
+    let current = answers.iter().filter(|(_, current)| *current).count();
+    let reports = answers
+        .into_iter()
+        .filter_map(|(report, _)| report)
+        .collect();
+    (reports, asked, current)
 }
 
 /// Writes the activity of devices that are due, at most [`WRITES_PER_CYCLE`]; devices
@@ -241,22 +292,22 @@ async fn write_devices(
     }
 }
 
-/// Writes each Gateway's count of connected devices when it changed.
+/// Writes each Gateway's connected devices and table state when they changed.
 async fn write_gateways(
     ctx: &Context,
-    per_gateway: BTreeMap<GatewayKey, i64>,
-    connected: &mut HashMap<GatewayKey, i64>,
+    per_gateway: BTreeMap<GatewayKey, GatewayActivity>,
+    written: &mut HashMap<GatewayKey, GatewayActivity>,
 ) {
-    connected.retain(|key, _| per_gateway.contains_key(key));
-    for (key, count) in per_gateway {
-        if connected.get(&key) == Some(&count) {
+    written.retain(|key, _| per_gateway.contains_key(key));
+    for (key, activity) in per_gateway {
+        if written.get(&key) == Some(&activity) {
             continue;
         }
         let api: Api<Gateway> = Api::namespaced(ctx.client.clone(), &key.0);
         let patch = serde_json::json!({
             "apiVersion": "tributary.dev/v1alpha1",
             "kind": "Gateway",
-            "status": {"connectedDevices": count},
+            "status": activity.status(),
         });
         let params = PatchParams::apply(ACTIVITY_MANAGER).force();
         match api
@@ -264,10 +315,10 @@ async fn write_gateways(
             .await
         {
             Ok(_) => {
-                connected.insert(key, count);
+                written.insert(key, activity);
             }
             Err(error) => {
-                tracing::debug!(%error, gateway = %key.1, "writing connectedDevices failed")
+                tracing::debug!(%error, gateway = %key.1, "writing the Gateway's device state failed")
             }
         }
     }
