@@ -46,7 +46,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-kubectl -n "$ns" create secret generic broker --from-literal=uri="$TRIBUTARY_AMQP_URL" >/dev/null
+kubectl -n "$ns" create secret generic broker --from-literal=uri="$TRIBUTARY_TEST_AMQP_URL" >/dev/null
 kubectl -n "$ns" apply -f - >/dev/null <<'YAML'
 apiVersion: tributary.dev/v1alpha1
 kind: Queue
