@@ -19,7 +19,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
     pub(super) async fn accept(
         &mut self,
         connect: &Connect,
-        certificate_device: Option<String>,
+        certificate_device: Option<crate::tls::PeerCertificate>,
         deadline: tokio::time::Instant,
     ) -> Result<(tokio::sync::OwnedSemaphorePermit, Registration), ConnectRefusal> {
         let gateway = Arc::clone(&self.gateway);
@@ -49,6 +49,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
             )
             .map_err(|_| ConnectRefusal::QuotaExceeded)?;
         self.taken_over = registration.taken_over.clone();
+        self.revoked = registration.revoked.clone();
         let limits = ServerLimits {
             receive_maximum: gateway.limits.max_in_flight_per_connection.max(1),
             maximum_packet_size: u32::try_from(max_packet_size(&gateway)).unwrap_or(u32::MAX),
@@ -67,7 +68,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
     async fn authenticate(
         &self,
         connect: &Connect,
-        certificate_device: Option<String>,
+        certificate_device: Option<crate::tls::PeerCertificate>,
         deadline: tokio::time::Instant,
     ) -> Result<String, ConnectRefusal> {
         let gateway = &self.gateway;
