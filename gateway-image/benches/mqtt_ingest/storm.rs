@@ -1,7 +1,8 @@
 //! BENCH_MODE=storm: a reconnect storm. BENCH_STORM_DEVICES (10000) devices connect at
 //! once to one fresh gateway, each from its own loopback address (127.64.0.0/10), and
-//! retry (after 50–150 ms) whenever the gateway closes them unauthenticated or answers
-//! "server unavailable", as devices do after a gateway restart. Measured: the time until
+//! retry with a jittered exponential backoff (100 ms doubling to 2 s) whenever the gateway
+//! closes them unauthenticated or answers "server unavailable", as devices do after a
+//! gateway restart. Measured: the time until
 //! the last one is connected, and the gateway's peak resident memory (`VmHWM`).
 //!
 //! Twice, on a fresh gateway each: devices of the device table with generated secrets
@@ -40,11 +41,13 @@ fn source(index: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 64, 0, 1)) + n)
 }
 
-/// A pseudo-random pause of 50–150 ms, different per device and attempt.
+/// The pause before retry `attempt` (1, 2, …): 100 ms doubling to 2 s, with ±50 % jitter
+/// different per device and attempt, as device SDKs back off.
 fn backoff(index: usize, attempt: u64) -> Duration {
     use std::hash::{BuildHasher, RandomState};
-    let jitter = RandomState::new().hash_one((index, attempt)) % 100;
-    Duration::from_millis(50 + jitter)
+    let base = (100u64 << attempt.saturating_sub(1).min(5)).min(2_000);
+    let jitter = RandomState::new().hash_one((index, attempt)) % base;
+    Duration::from_millis(base / 2 + jitter)
 }
 
 /// Connects device `index` until the gateway accepts it; the open connection and retries.
