@@ -163,6 +163,13 @@ impl Registry {
         Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
     }
 
+    /// Whether a device of `before` (the table a login was checked against) has since been
+    /// removed or disabled: a session registered after the new table's revocations ran
+    /// must not stay.
+    pub fn revoked_since(&self, before: &Table, device: &str) -> bool {
+        before.allows(device) && !self.current().allows(device)
+    }
+
     /// The table's entry for `id`.
     pub fn device(&self, id: &str) -> Option<Arc<Device>> {
         self.current().get(id).cloned()

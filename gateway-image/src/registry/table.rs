@@ -132,12 +132,16 @@ impl Table {
             .unwrap_or(0)
     }
 
+    /// Whether `id` is a table device that is not disabled.
+    pub fn allows(&self, id: &str) -> bool {
+        self.get(id).is_some_and(|device| !device.disabled)
+    }
+
     /// Devices of `self` whose live sessions must close under `next`: removed or disabled.
     pub fn revoked_by<'a>(&'a self, next: &'a Table) -> impl Iterator<Item = &'a String> {
-        self.devices.iter().filter_map(move |(id, device)| {
-            let still_allowed = next.get(id).is_some_and(|next| !next.disabled);
-            (!device.disabled && !still_allowed).then_some(id)
-        })
+        self.devices
+            .iter()
+            .filter_map(move |(id, device)| (!device.disabled && !next.allows(id)).then_some(id))
     }
 }
 

@@ -96,3 +96,14 @@ fn removed_and_newly_disabled_devices_are_revoked() {
     revoked.sort();
     assert_eq!(revoked, ["disabled-now", "removed"]);
 }
+
+#[test]
+fn a_table_allows_its_enabled_devices_only() {
+    let table = parse_table(&table_json(serde_json::json!([
+        {"id": "on"}, {"id": "off", "disabled": true}
+    ])))
+    .expect("valid");
+    assert!(table.allows("on"));
+    assert!(!table.allows("off"));
+    assert!(!table.allows("absent"));
+}

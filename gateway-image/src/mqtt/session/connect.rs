@@ -24,6 +24,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
     ) -> Result<(tokio::sync::OwnedSemaphorePermit, Registration), ConnectRefusal> {
         let gateway = Arc::clone(&self.gateway);
         check_connect(connect)?;
+        let table_before = gateway.registry.as_ref().map(|registry| registry.current());
         self.device = self
             .authenticate(connect, certificate_device, deadline)
             .await?;
@@ -48,6 +49,12 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                 gateway.limits.max_connections_per_device.max(1),
             )
             .map_err(|_| ConnectRefusal::QuotaExceeded)?;
+        // A table applied during the login revoked the sessions registered by then.
+        if let (Some(registry), Some(before)) = (&gateway.registry, &table_before) {
+            if registry.revoked_since(before, &self.device) {
+                return Err(ConnectRefusal::BadCredentials);
+            }
+        }
         self.taken_over = registration.taken_over.clone();
         self.revoked = registration.revoked.clone();
         let limits = ServerLimits {
