@@ -82,7 +82,7 @@ def extrapolation(extras):
     """A note for a figure measured on fewer devices than it stands for."""
     measured, devices = extras.get("measured_devices"), extras.get("devices")
     if measured and devices and measured != devices:
-        return f" — measured with {int(measured):,} devices, time extrapolated linearly to {int(devices):,}"
+        return f" — measured with {int(measured):,} devices (a time is extrapolated linearly to {int(devices):,})"
     return ""
 
 
