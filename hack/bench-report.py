@@ -25,6 +25,8 @@ ROWS = [
     ("gateway", "login_rss_peak", "gateway", "mosquitto", "RSS at the peak of the login burst", "Mosquitto, `password_file`", "lower"),
     ("gateway", "login_rss_after", "gateway", "mosquitto", "RSS some seconds after the login burst", "Mosquitto, `password_file`", "lower"),
     ("gateway", "login_burst_seconds", "gateway", "mosquitto", "time for the login burst (argon2id 19 MiB vs PBKDF2; failures throttled)", "Mosquitto, `password_file`", "lower"),
+    ("gateway", "storm_seconds", "gateway-generated", "gateway-argon2", "reconnect storm: time until 10,000 devices are connected (device table, generated secrets, HMAC)", "the same gateway, argon2id passwords (19 MiB, 2 check slots)", "lower"),
+    ("gateway", "storm_rss_peak", "gateway-generated", "gateway-argon2", "reconnect storm: the gateway's peak RSS (device table, generated secrets)", "the same gateway, argon2id passwords (19 MiB, 2 check slots)", "lower"),
     ("worker", "worker_rows", "worker", "copy", "worker → PostgreSQL, rows stored per second", "plain `COPY` of the same rows", "higher"),
     ("worker", "worker_rows", "worker", "broker-ceiling", "worker → PostgreSQL, rows stored per second", "bare consumer of the same broker (drain ceiling)", "higher"),
     ("autoscale", "autoscale_decision", "tributary-poll5", "keda-hpa", "backlog → scale decision (poll 5 s, default)", "KEDA 30 s poll + HPA 15 s sync (computed mean)", "lower"),
@@ -76,6 +78,14 @@ def number(value, unit):
     return f"{text} {unit}"
 
 
+def extrapolation(extras):
+    """A note for a figure measured on fewer devices than it stands for."""
+    measured, devices = extras.get("measured_devices"), extras.get("devices")
+    if measured and devices and measured != devices:
+        return f" — measured with {int(measured):,} devices (a time is extrapolated linearly to {int(devices):,})"
+    return ""
+
+
 def table(figures, status):
     """The Markdown table: figure, Tributary, peer, ratio."""
     out = [
@@ -90,6 +100,7 @@ def table(figures, status):
             out.append(f"| {what} | not measured in this run | {peer_name} | — | — ({why}) |")
             continue
         ratio = a[0] / b[0] if b[0] else float("nan")
+        peer_name += extrapolation(b[2])
         out.append(
             f"| {what} | {number(a[0], a[1])} | {peer_name} | {number(b[0], b[1])} | {ratio:.2f}× ({better}) |"
         )

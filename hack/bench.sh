@@ -12,7 +12,8 @@
 # Benchmarks, each beside a peer measured in the same run:
 #   gateway    gateway-image/bench.sh: MQTT ingest beside RabbitMQ's MQTT plugin and
 #              Mosquitto, memory per idle connection and around a burst of password logins
-#              beside Mosquitto
+#              beside Mosquitto, a reconnect storm (device table generated secrets beside
+#              argon2 passwords)
 #   worker     worker-image/bench.sh: worker -> PostgreSQL beside a plain COPY and beside a
 #              bare consumer of the same broker
 #   autoscale  operator/bench-autoscale.sh: the autoscaler's reaction beside KEDA + HPA's
@@ -23,7 +24,8 @@
 #
 # Sizes (defaults; quick mode in brackets): BENCH_CLIENTS 20 [5], BENCH_MESSAGES 2000 [300]
 # per client, BENCH_IDLE_CONNECTIONS 10000 [1000], BENCH_LOGINS 1000 [100],
-# BENCH_LOGIN_SETTLE_SECONDS 10 [3], BENCH_ROWS 100000 [10000], BENCH_TRIALS 3 [1],
+# BENCH_LOGIN_SETTLE_SECONDS 10 [3], BENCH_STORM_DEVICES 10000 [1000],
+# BENCH_STORM_ARGON2_DEVICES 10000 [200] (fewer: its time extrapolated to the storm's size), BENCH_ROWS 100000 [10000], BENCH_TRIALS 3 [1],
 # BENCH_AUTOSCALE_MESSAGES 500 [200]. BENCH_ONLY="gateway worker" runs a subset.
 #
 # Servers: a private RabbitMQ and PostgreSQL instance named "bench" (ports 5794/15794/1994
@@ -56,6 +58,8 @@ size BENCH_MESSAGES 2000 300
 size BENCH_IDLE_CONNECTIONS 10000 1000
 size BENCH_LOGINS 1000 100
 size BENCH_LOGIN_SETTLE_SECONDS 10 3
+size BENCH_STORM_DEVICES 10000 1000
+size BENCH_STORM_ARGON2_DEVICES 10000 200
 size BENCH_ROWS 100000 10000
 size BENCH_TRIALS 3 1
 size BENCH_AUTOSCALE_MESSAGES 500 200

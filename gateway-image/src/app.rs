@@ -19,6 +19,8 @@ use crate::auth::{AuthLoadError, Authenticator};
 use crate::broker::Broker;
 use crate::ingest::{Gateway, RateLimiter};
 use crate::metrics::Metrics;
+use crate::mqtt::registry::Sessions;
+use crate::registry::{watch, Registry, RegistryLoadError};
 use crate::topics::{Permissions, Router, TopicError};
 use crate::{handshake, http, mqtt, tls};
 use tributary_http_server::{self as http_listener, HEALTH_MAX_CONNECTIONS};
@@ -51,6 +53,9 @@ pub enum StartError {
     /// An authentication source could not be loaded.
     #[error(transparent)]
     Auth(#[from] AuthLoadError),
+    /// The device registry's keys or device CA could not be loaded.
+    #[error(transparent)]
+    Registry(#[from] RegistryLoadError),
     /// TLS setup failed.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
@@ -119,9 +124,23 @@ pub async fn start(config: GatewayConfig) -> Result<Running, StartError> {
     let permissions =
         Permissions::new(config.permissions.clone()).map_err(StartError::Permission)?;
     let router = Router::new(config.routes.clone()).map_err(StartError::Route)?;
-    let auth = Arc::new(Authenticator::load(&config.auth)?);
+    let sessions = Arc::new(Sessions::default());
+    let registry = load_registry(&config, &sessions, &metrics)?;
+    let auth = Arc::new(
+        Authenticator::load(&config.auth)?
+            .with_registry(registry.clone(), Some(Arc::clone(&metrics))),
+    );
     let tls_configs = TlsConfigs::load(&config)?;
     let health_listener = bind(config.health_listen).await?;
+    let health_stop = CancellationToken::new();
+    if let (Some(registry), Some(files)) = (&registry, &config.auth.registry) {
+        tokio::spawn(watch::watch(
+            Arc::clone(registry),
+            files.table_file.clone(),
+            watch::POLL_INTERVAL,
+            health_stop.clone(),
+        ));
+    }
     let broker_close = CancellationToken::new();
     let (broker, broker_task) = Broker::start(
         config.broker.clone(),
@@ -143,7 +162,8 @@ pub async fn start(config: GatewayConfig) -> Result<Running, StartError> {
         connections: Arc::new(Semaphore::new(config.limits.max_connections.max(1))),
         in_flight: Arc::new(Semaphore::new(config.limits.max_in_flight.max(1))),
         draining: CancellationToken::new(),
-        sessions: Arc::default(),
+        sessions,
+        registry,
     });
     let mut bound = Bound {
         health: local(&health_listener, config.health_listen),
@@ -154,7 +174,6 @@ pub async fn start(config: GatewayConfig) -> Result<Running, StartError> {
     };
     let header_timeout = Duration::from_secs(config.limits.http_header_timeout_seconds.max(1));
     // Its own loop, cap and tasks: whatever the ingest listener suffers, probes get answers.
-    let health_stop = CancellationToken::new();
     tokio::spawn(http_listener::serve(
         health_listener,
         http::health_router(Arc::clone(&gateway)),
@@ -179,6 +198,20 @@ pub async fn start(config: GatewayConfig) -> Result<Running, StartError> {
     })
 }
 
+/// The device registry, when `auth.registry` is set (its keys and device CA, then the
+/// table file: a missing or invalid table is logged and the registry starts empty).
+fn load_registry(
+    config: &GatewayConfig,
+    sessions: &Arc<Sessions>,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<Arc<Registry>>, StartError> {
+    let Some(files) = &config.auth.registry else {
+        return Ok(None);
+    };
+    let registry = Registry::load(files, Arc::clone(sessions), Arc::clone(metrics))?;
+    Ok(Some(Arc::new(registry)))
+}
+
 /// The server TLS configurations of the TLS listeners the config names.
 struct TlsConfigs {
     mqtt: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
@@ -188,9 +221,14 @@ struct TlsConfigs {
 impl TlsConfigs {
     fn load(config: &GatewayConfig) -> Result<Self, StartError> {
         let client_auth = config.auth.client_certificates.as_ref();
+        let device_ca = config
+            .auth
+            .registry
+            .as_ref()
+            .and_then(|registry| registry.device_ca_file.as_deref());
         let build = |listener: Option<&TlsListener>, alpn: &[u8]| {
             listener
-                .map(|listener| tls::server_config(listener, client_auth, alpn))
+                .map(|listener| tls::server_config(listener, client_auth, device_ca, alpn))
                 .transpose()
         };
         Ok(Self {

@@ -8,6 +8,7 @@
 //! from a busy address ([`throttle`]).
 
 mod hashing;
+mod registry;
 mod throttle;
 
 use std::collections::HashMap;
@@ -20,8 +21,13 @@ use argon2::{Argon2, PasswordHasher};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use tributary_contract::gateway_config::{AuthConfig, JwtAuth};
 
-use self::hashing::{HashingPool, StoredHash};
+use self::hashing::HashingPool;
+pub(crate) use self::hashing::StoredHash;
 use self::throttle::Throttle;
+use crate::metrics::{LoginKind, Metrics};
+use crate::registry::activity::Event;
+use crate::registry::Registry;
+use crate::tls::PeerCertificate;
 use crate::topics::is_safe_identity;
 
 /// Errors loading authentication sources.
@@ -82,8 +88,8 @@ pub enum Credentials {
     },
     /// A JWT.
     Token(String),
-    /// A verified client certificate's device id.
-    Certificate(String),
+    /// A verified client certificate (its device id and issuer).
+    Certificate(PeerCertificate),
     /// Nothing.
     None,
 }
@@ -105,9 +111,26 @@ pub fn looks_like_jwt(password: &[u8]) -> bool {
     password.starts_with(b"eyJ") && password.iter().filter(|&&b| b == b'.').count() == 2
 }
 
-struct JwtKey {
+/// A public key that verifies device tokens, with its algorithm.
+pub(crate) struct JwtKey {
     key: DecodingKey,
     algorithm: Algorithm,
+}
+
+/// Parses a PEM RSA (RS256) or P-256 EC (ES256) public key.
+pub(crate) fn parse_jwt_key(pem: &str) -> Option<JwtKey> {
+    if let Ok(key) = DecodingKey::from_rsa_pem(pem.as_bytes()) {
+        return Some(JwtKey {
+            key,
+            algorithm: Algorithm::RS256,
+        });
+    }
+    DecodingKey::from_ec_pem(pem.as_bytes())
+        .ok()
+        .map(|key| JwtKey {
+            key,
+            algorithm: Algorithm::ES256,
+        })
 }
 
 /// Verifies device credentials.
@@ -117,6 +140,8 @@ pub struct Authenticator {
     dummy_hash: Option<StoredHash>,
     jwt_keys: Vec<JwtKey>,
     jwt_validation: Vec<Validation>,
+    /// How tokens signed with a table device's key are checked: [RS256, ES256].
+    table_jwt_validation: [Validation; 2],
     device_claim: String,
     /// Longest remaining validity a token may claim (`jwt.maxTokenLifetimeSeconds`).
     max_token_lifetime: Option<u64>,
@@ -126,6 +151,11 @@ pub struct Authenticator {
     /// Password checks are CPU- and memory-heavy: a fixed number of slots with reused
     /// argon2 memory, and a bounded queue in front of them.
     hashing: HashingPool,
+    /// The device table, when the Gateway has one: its devices take their credentials
+    /// from it only.
+    registry: Option<Arc<Registry>>,
+    /// Where logins are counted by credential type.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Authenticator {
@@ -141,22 +171,9 @@ impl Authenticator {
         if let Some(jwt) = &config.jwt {
             device_claim = jwt.device_claim.clone();
             for path in &jwt.public_key_files {
-                let pem = read(path)?;
-                let key = if let Ok(key) = DecodingKey::from_rsa_pem(pem.as_bytes()) {
-                    JwtKey {
-                        key,
-                        algorithm: Algorithm::RS256,
-                    }
-                } else if let Ok(key) = DecodingKey::from_ec_pem(pem.as_bytes()) {
-                    JwtKey {
-                        key,
-                        algorithm: Algorithm::ES256,
-                    }
-                } else {
-                    return Err(AuthLoadError::JwtKey {
-                        path: path.display().to_string(),
-                    });
-                };
+                let key = parse_jwt_key(&read(path)?).ok_or_else(|| AuthLoadError::JwtKey {
+                    path: path.display().to_string(),
+                })?;
                 jwt_validation.push(jwt_validation_for(key.algorithm, jwt));
                 jwt_keys.push(key);
             }
@@ -175,6 +192,8 @@ impl Authenticator {
             dummy_hash,
             jwt_keys,
             jwt_validation,
+            table_jwt_validation: [Algorithm::RS256, Algorithm::ES256]
+                .map(|algorithm| table_jwt_validation(algorithm, config.jwt.as_ref())),
             device_claim,
             max_token_lifetime: config
                 .jwt
@@ -188,12 +207,27 @@ impl Authenticator {
                 usize::from(config.password_check_queue),
                 blocks,
             ),
+            registry: None,
+            metrics: None,
         })
     }
 
-    /// Whether JWT authentication is configured.
+    /// Takes the credentials of `registry`'s devices from it, and counts logins in
+    /// `metrics`.
+    pub fn with_registry(
+        mut self,
+        registry: Option<Arc<Registry>>,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Self {
+        self.registry = registry;
+        self.metrics = metrics;
+        self
+    }
+
+    /// Whether JWT authentication is configured (Gateway keys, or a device table whose
+    /// devices may have keys).
     pub fn jwt_enabled(&self) -> bool {
-        !self.jwt_keys.is_empty()
+        !self.jwt_keys.is_empty() || self.registry.is_some()
     }
 
     /// Authenticates a device; returns its device id. Waits at most
@@ -216,11 +250,46 @@ impl Authenticator {
         credentials: Credentials,
         deadline: tokio::time::Instant,
     ) -> Result<String, AuthError> {
+        let table_device = match &credentials {
+            Credentials::Password { device, .. } => self
+                .registry
+                .as_ref()
+                .filter(|registry| registry.current().contains(device))
+                .map(|_| device.clone()),
+            _ => None,
+        };
+        let result = self.verify(source, credentials, deadline).await;
+        if let Some(registry) = &self.registry {
+            match &result {
+                Ok((device, _)) => registry.record(device, Event::Login),
+                Err(AuthError::Denied) => {
+                    if let Some(device) = &table_device {
+                        registry.record(device, Event::Rejected);
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+        let (device, kind) = result?;
+        if let Some(metrics) = &self.metrics {
+            metrics.login(kind);
+        }
+        Ok(device)
+    }
+
+    /// Checks the credentials; the device id and how it authenticated.
+    async fn verify(
+        self: &Arc<Self>,
+        source: IpAddr,
+        credentials: Credentials,
+        deadline: tokio::time::Instant,
+    ) -> Result<(String, LoginKind), AuthError> {
         match credentials {
             // Verified by the TLS handshake; nothing to guess.
-            Credentials::Certificate(device) if is_safe_identity(&device) => Ok(device),
-            Credentials::Certificate(_) => Err(AuthError::Denied),
-            Credentials::None if self.allow_anonymous => Ok(self.anonymous_device.clone()),
+            Credentials::Certificate(peer) => self.check_certificate(peer),
+            Credentials::None if self.allow_anonymous => {
+                Ok((self.anonymous_device.clone(), LoginKind::Anonymous))
+            }
             Credentials::None => {
                 // Cheap to refuse, but counted: the address's next attempts wait.
                 let _ = self.throttle.admit(source, None, deadline);
@@ -229,7 +298,12 @@ impl Authenticator {
             Credentials::Token(token) => {
                 // The device id is only known once the signature checks out: by address.
                 let admission = self.admit(source, None, deadline).await?;
-                let result = self.check_token(&token);
+                let result = match self.check_table_token(&token) {
+                    Some(result) => result,
+                    None => self
+                        .check_token(&token)
+                        .map(|id| (id, LoginKind::GatewayJwt)),
+                };
                 if result.is_ok() {
                     self.throttle.succeeded(&admission);
                 }
@@ -237,7 +311,17 @@ impl Authenticator {
             }
             Credentials::Password { device, password } => {
                 let admission = self.admit(source, Some(&device), deadline).await?;
-                let result = self.check_password(device, password, deadline).await;
+                let entry = self.registry.as_ref().and_then(|r| r.device(&device));
+                let result = match entry {
+                    Some(entry) => {
+                        self.check_table_password(device, &entry, password, deadline)
+                            .await
+                    }
+                    None => self
+                        .check_password(device, password, deadline)
+                        .await
+                        .map(|id| (id, LoginKind::PasswordFile)),
+                };
                 if result.is_ok() {
                     self.throttle.succeeded(&admission);
                 }
@@ -277,7 +361,11 @@ impl Authenticator {
             Some(hash) => (hash, true),
             None => match &self.dummy_hash {
                 Some(dummy) => (dummy, false),
-                None => return Err(AuthError::Denied),
+                None => {
+                    // No password file: cost what a generated-secret check costs.
+                    self.check_unknown_generated(&password);
+                    return Err(AuthError::Denied);
+                }
             },
         };
         match self.hashing.check(hash.clone(), password, deadline).await {
@@ -359,6 +447,20 @@ fn jwt_validation_for(algorithm: Algorithm, jwt: &JwtAuth) -> Validation {
         None => validation.validate_aud = false,
     }
     validation.set_required_spec_claims(&required);
+    validation
+}
+
+/// How tokens signed with a table device's key are checked: as Gateway-level tokens when
+/// `auth.jwt` is configured (issuer, audience), else `exp` required, `nbf` when present.
+fn table_jwt_validation(algorithm: Algorithm, jwt: Option<&JwtAuth>) -> Validation {
+    if let Some(jwt) = jwt {
+        return jwt_validation_for(algorithm, jwt);
+    }
+    let mut validation = Validation::new(algorithm);
+    validation.leeway = JWT_LEEWAY_SECONDS;
+    validation.validate_nbf = true;
+    validation.validate_aud = false;
+    validation.set_required_spec_claims(&["exp"]);
     validation
 }
 

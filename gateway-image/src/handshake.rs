@@ -14,11 +14,11 @@ use tributary_http_server::{Handshake, Ready};
 
 use crate::metrics::{Metrics, ProtocolLabel};
 use crate::proxy_protocol;
-use crate::tls::device_from_certificate;
+use crate::tls::{peer_certificate, PeerCertificate};
 
-/// The device id of a verified client certificate, in an HTTPS request's extensions.
+/// A verified client certificate, in an HTTPS request's extensions.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertificateDevice(pub String);
+pub struct CertificateDevice(pub PeerCertificate);
 
 /// The client's address: from the PROXY header when `proxy_protocol` is on (`None`, and
 /// the connection should be closed, when the header is missing or invalid), else `peer`.
@@ -39,15 +39,15 @@ pub async fn client_address(
     }
 }
 
-/// The TLS handshake; on success the stream and the device id of a verified client
-/// certificate, if one was presented. A failure is logged and counted.
+/// The TLS handshake; on success the stream and the verified client certificate (device
+/// id and issuer), if one was presented. A failure is logged and counted.
 pub async fn accept_tls(
     acceptor: &TlsAcceptor,
     stream: TcpStream,
     client: SocketAddr,
     metrics: &Metrics,
     protocol: ProtocolLabel,
-) -> Option<(TlsStream<TcpStream>, Option<String>)> {
+) -> Option<(TlsStream<TcpStream>, Option<PeerCertificate>)> {
     match acceptor.accept(stream).await {
         Ok(stream) => {
             let device = stream
@@ -55,7 +55,7 @@ pub async fn accept_tls(
                 .1
                 .peer_certificates()
                 .and_then(|chain| chain.first())
-                .and_then(device_from_certificate);
+                .and_then(peer_certificate);
             Some((stream, device))
         }
         Err(error) => {

@@ -18,15 +18,18 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
 use base64::Engine;
+use tributary_contract::device_table::{STATUS_PATH, TABLE_PATH};
 
 use crate::auth::{AuthError, Credentials};
 use crate::broker::PublishError;
 use crate::handshake::CertificateDevice;
 use crate::ingest::{Gateway, IngestError};
 use crate::metrics::{ProtocolLabel, RejectReason};
+use crate::registry::activity::Event;
+use crate::registry::endpoints;
 use crate::topics::validate_topic_name;
 
 /// The device-facing ingest router.
@@ -36,12 +39,15 @@ pub fn ingest_router(gateway: Arc<Gateway>) -> Router {
         .with_state(gateway)
 }
 
-/// The health and metrics router.
+/// The health and metrics router, with the device registry's endpoints (404 without a
+/// registry).
 pub fn health_router(gateway: Arc<Gateway>) -> Router {
     Router::new()
         .route("/healthz", get(tributary_service_kit::health::alive))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
+        .route(TABLE_PATH, put(endpoints::put_table))
+        .route(STATUS_PATH, get(endpoints::status))
         .with_state(gateway)
 }
 
@@ -69,8 +75,8 @@ fn credentials(
     certificate: Option<CertificateDevice>,
     headers: &HeaderMap,
 ) -> Result<Credentials, ()> {
-    if let Some(CertificateDevice(device)) = certificate {
-        return Ok(Credentials::Certificate(device));
+    if let Some(CertificateDevice(peer)) = certificate {
+        return Ok(Credentials::Certificate(peer));
     }
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(Credentials::None);
@@ -146,6 +152,7 @@ async fn publish(
         gateway
             .metrics
             .reject(ProtocolLabel::Http, RejectReason::RateLimited);
+        gateway.record(&device, Event::Rejected);
         return (
             StatusCode::TOO_MANY_REQUESTS,
             [(header::RETRY_AFTER, "1")],
@@ -167,7 +174,7 @@ async fn publish(
 
 /// The declared `Content-Length`, when there is a valid one (hyper already refused
 /// malformed and conflicting ones).
-fn declared_length(headers: &HeaderMap) -> Option<usize> {
+pub(crate) fn declared_length(headers: &HeaderMap) -> Option<usize> {
     let value = headers.get(header::CONTENT_LENGTH)?.to_str().ok()?;
     // A length too big for usize is certainly over the limit.
     Some(
@@ -216,7 +223,7 @@ async fn read_body(body: Body, gateway: &Gateway) -> Result<bytes::Bytes, Respon
 }
 
 /// Whether a body error is the payload limit (rather than the connection failing).
-fn is_length_limit(failure: &axum::Error) -> bool {
+pub(crate) fn is_length_limit(failure: &axum::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(failure);
     while let Some(error) = source {
         if error.is::<http_body_util::LengthLimitError>() {

@@ -15,7 +15,10 @@ use tributary_contract::gateway_config::{DeliveryMode, Limits};
 use crate::auth::Authenticator;
 use crate::broker::{Broker, PublishError};
 use crate::metrics::{Metrics, ProtocolLabel, ProtocolLabels, RejectReason};
-use crate::topics::{Permissions, Router};
+use crate::registry::activity::Event;
+use crate::registry::table::Device;
+use crate::registry::Registry;
+use crate::topics::{template_allows, Permissions, Router};
 
 /// Why a message was not accepted.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -81,6 +84,8 @@ pub struct Gateway {
     pub draining: CancellationToken,
     /// Live MQTT sessions by device and client id (client-id takeover).
     pub sessions: Arc<crate::mqtt::registry::Sessions>,
+    /// The device table, when the Gateway has one (extra topics, attributes, activity).
+    pub registry: Option<Arc<Registry>>,
 }
 
 /// What a device said about its message besides topic and payload; carried into the
@@ -98,6 +103,8 @@ pub struct Metadata {
 pub struct Prepared {
     /// The envelope id.
     pub id: String,
+    /// The device that sent it.
+    pub device: String,
     /// Destination queues.
     pub queues: Vec<String>,
     /// Serialized envelope.
@@ -134,23 +141,52 @@ impl Gateway {
             .messages_received
             .get_or_create(&ProtocolLabels::of(protocol))
             .inc();
-        let result = self.check(device, topic, payload).map(|queues| {
-            let envelope = build_envelope(self, device, topic, protocol, metadata, payload);
-            let body = serde_json::to_vec(&envelope).unwrap_or_default();
-            Prepared {
-                id: envelope.id,
-                queues,
-                body: Bytes::from(body),
-            }
-        });
+        let entry = self
+            .registry
+            .as_ref()
+            .and_then(|registry| registry.device(device));
+        let result = self
+            .check(device, entry.as_deref(), topic, payload)
+            .map(|queues| {
+                let mut envelope = build_envelope(self, device, topic, protocol, metadata, payload);
+                if let Some(entry) = &entry {
+                    envelope.attributes = entry.attributes.clone();
+                }
+                let body = serde_json::to_vec(&envelope).unwrap_or_default();
+                Prepared {
+                    id: envelope.id,
+                    device: device.to_owned(),
+                    queues,
+                    body: Bytes::from(body),
+                }
+            });
         if let Err(error) = &result {
             self.metrics.reject(protocol, error.reason());
+            self.record(device, Event::Rejected);
         }
         result
     }
 
-    fn check(&self, device: &str, topic: &str, payload: &[u8]) -> Result<Vec<String>, IngestError> {
-        if !self.permissions.allows(device, topic) {
+    /// Records a table device's activity (no-op without a registry or for other devices).
+    pub fn record(&self, device: &str, event: Event) {
+        if let Some(registry) = &self.registry {
+            registry.record(device, event);
+        }
+    }
+
+    fn check(
+        &self,
+        device: &str,
+        entry: Option<&Device>,
+        topic: &str,
+        payload: &[u8],
+    ) -> Result<Vec<String>, IngestError> {
+        let extra = entry.map_or(&[][..], |entry| entry.publish_topics.as_slice());
+        let permitted = self.permissions.allows(device, topic)
+            || extra
+                .iter()
+                .any(|template| template_allows(template, device, topic));
+        if !permitted {
             return Err(IngestError::NotPermitted);
         }
         if payload.len() > self.limits.max_payload_bytes {
@@ -179,9 +215,11 @@ impl Gateway {
                     .messages_accepted
                     .get_or_create(&ProtocolLabels::of(protocol))
                     .inc();
+                self.record(&prepared.device, Event::Accepted);
                 Ok(prepared.id)
             }
             Err(error) => {
+                self.record(&prepared.device, Event::Rejected);
                 let error = IngestError::Broker(error);
                 tracing::warn!(error = %error, message_id = %prepared.id, "message not confirmed");
                 self.metrics.reject(protocol, error.reason());

@@ -3,7 +3,8 @@
 //!
 //! One module per job: [`mqtt`] (codec, sessions, listeners), [`http`] (ingest, health),
 //! [`auth`], [`topics`] (permissions, routes), [`ingest`] (the shared message path),
-//! [`broker`] (publisher confirms, reconnect), [`metrics`], [`tls`], [`proxy_protocol`] and
+//! [`broker`] (publisher confirms, reconnect), [`registry`] (the device table: devices,
+//! credentials, extra topics, attributes, activity), [`metrics`], [`tls`], [`proxy_protocol`] and
 //! [`handshake`] (what precedes a connection's protocol), and [`app`] (wiring).
 #![forbid(unsafe_code)]
 
@@ -16,5 +17,6 @@ pub mod ingest;
 pub mod metrics;
 pub mod mqtt;
 pub mod proxy_protocol;
+pub mod registry;
 pub mod tls;
 pub mod topics;

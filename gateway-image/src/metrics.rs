@@ -9,6 +9,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
+mod device;
+
+pub use self::device::{DeviceMetrics, LoginKind, TableSource};
+
 /// The protocol a device used.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum ProtocolLabel {
@@ -116,6 +120,8 @@ pub struct Metrics {
     pub broker_connected: Gauge,
     /// Broker (re)connections made.
     pub broker_connects: Counter<u64, AtomicU64>,
+    /// The device registry and logins by credential type.
+    pub devices: DeviceMetrics,
     registry: Registry,
 }
 
@@ -174,6 +180,7 @@ impl Metrics {
             "Broker connections made",
             broker_connects.clone(),
         );
+        let devices = DeviceMetrics::register(&mut registry);
         Self {
             connections,
             messages_received,
@@ -184,6 +191,7 @@ impl Metrics {
             in_flight,
             broker_connected,
             broker_connects,
+            devices,
             registry,
         }
     }
@@ -204,6 +212,39 @@ impl Metrics {
             .get_or_create(&AuthLabels {
                 protocol: protocol.as_str(),
                 method,
+            })
+            .inc();
+    }
+
+    /// Counts a device table offered from `source` with `result`.
+    pub fn table_load(&self, source: TableSource, result: &'static str) {
+        self.devices
+            .table_loads
+            .get_or_create(&device::TableLoadLabels {
+                source: source.as_str(),
+                result,
+            })
+            .inc();
+    }
+
+    /// Records a table applied from `source`.
+    pub fn table_applied(&self, source: TableSource, devices: usize, issued_at_ms: u64) {
+        self.table_load(source, "applied");
+        self.devices
+            .table_devices
+            .set(i64::try_from(devices).unwrap_or(i64::MAX));
+        #[allow(clippy::cast_precision_loss)]
+        self.devices
+            .table_issued_at
+            .set(issued_at_ms as f64 / 1000.0);
+    }
+
+    /// Counts a successful login.
+    pub fn login(&self, kind: LoginKind) {
+        self.devices
+            .logins
+            .get_or_create(&device::LoginLabels {
+                credential: kind.as_str(),
             })
             .inc();
     }

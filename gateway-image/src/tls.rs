@@ -52,12 +52,14 @@ pub const ALPN_MQTT: &[u8] = b"mqtt";
 /// ALPN protocol id of HTTP/1.1 (the only HTTP version the ingest listener speaks).
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 
-/// Builds the server TLS config offering the ALPN protocol `alpn`; with `client_auth`,
-/// client certificates signed by its CAs are verified when presented (devices may still
-/// use passwords or tokens over TLS), and untrusted ones fail the handshake.
+/// Builds the server TLS config offering the ALPN protocol `alpn`; with `client_auth`
+/// and/or a device CA (`device_ca`, the device registry's), client certificates signed by
+/// those CAs are verified when presented (devices may still use passwords or tokens over
+/// TLS), and untrusted ones fail the handshake.
 pub fn server_config(
     listener: &TlsListener,
     client_auth: Option<&ClientCertificateAuth>,
+    device_ca: Option<&Path>,
     alpn: &[u8],
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -66,11 +68,18 @@ pub fn server_config(
         .map_err(|error| pem_error(&listener.key_file, error))?;
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()?;
-    let builder = match client_auth {
-        Some(client_auth) => {
+    let ca_files: Vec<&Path> = client_auth
+        .map(|client_auth| client_auth.ca_file.as_path())
+        .into_iter()
+        .chain(device_ca)
+        .collect();
+    let builder = match ca_files.is_empty() {
+        false => {
             let mut roots = RootCertStore::empty();
-            for certificate in certificates(&client_auth.ca_file)? {
-                roots.add(certificate)?;
+            for file in ca_files {
+                for certificate in certificates(file)? {
+                    roots.add(certificate)?;
+                }
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .allow_unauthenticated()
@@ -78,11 +87,30 @@ pub fn server_config(
                 .map_err(|error| TlsError::Verifier(error.to_string()))?;
             builder.with_client_cert_verifier(verifier)
         }
-        None => builder.with_no_client_auth(),
+        true => builder.with_no_client_auth(),
     };
     let mut config = builder.with_single_cert(chain, key)?;
     config.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(config))
+}
+
+/// A verified client certificate as authentication sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCertificate {
+    /// Its subject's common name: the device id.
+    pub device: String,
+    /// Its issuer's raw (DER) name: which CA signed it.
+    pub issuer: Vec<u8>,
+}
+
+/// The device id and issuer of a verified client certificate.
+pub fn peer_certificate(certificate: &CertificateDer<'_>) -> Option<PeerCertificate> {
+    let device = device_from_certificate(certificate)?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificate.as_ref()).ok()?;
+    Some(PeerCertificate {
+        device,
+        issuer: parsed.issuer().as_raw().to_vec(),
+    })
 }
 
 /// The device id of a verified client certificate: its subject's common name.

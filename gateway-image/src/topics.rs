@@ -113,8 +113,14 @@ impl Permissions {
         }
         self.templates
             .iter()
-            .any(|template| filter_matches(&template.replace("{device}", device), topic))
+            .any(|template| template_allows(template, device, topic))
     }
+}
+
+/// Whether the permission template `template` lets `device` publish to `topic` (`{device}`
+/// substituted; ids that could widen a filter are permitted nothing).
+pub fn template_allows(template: &str, device: &str, topic: &str) -> bool {
+    is_safe_identity(device) && filter_matches(&template.replace("{device}", device), topic)
 }
 
 /// Routes from topic filters to queues.

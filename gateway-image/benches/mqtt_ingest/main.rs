@@ -12,11 +12,14 @@
 //! Logins: the server's memory before, at the peak of and after a burst of password logins,
 //! gateway beside Mosquitto (see `logins.rs`).
 //!
+//! Storm: 10,000 devices reconnecting at once, generated secrets of the device table beside
+//! argon2 passwords: time until all are connected and peak memory (see `storm.rs`).
+//!
 //! Every figure is also printed as one machine-readable line,
 //! `BENCH figure=<id> system=<id> value=<number> unit=<unit> [key=value…]`, which
 //! `hack/bench.sh` collects into `docs/benchmarks.md`.
 //!
-//! Settings (environment): BENCH_MODE=all|throughput|idle|logins, BENCH_CLIENTS (20),
+//! Settings (environment): BENCH_MODE=all|throughput|idle|logins|storm, BENCH_CLIENTS (20),
 //! BENCH_MESSAGES per client (2000), BENCH_WINDOW in flight per client (10),
 //! BENCH_PAYLOAD_BYTES (100), BENCH_IDLE_CONNECTIONS (10000), BENCH_LOGINS (1000), BENCH_PORT_BASE (28830: the loopback ports of the servers it
 //! starts), plus the TRIBUTARY_TEST_AMQP_URL / TRIBUTARY_TEST_RABBITMQ_MQTT printed by
@@ -32,6 +35,7 @@ use tokio::io::{AsyncWriteExt, BufReader};
 
 mod logins;
 mod servers;
+mod storm;
 mod wire;
 
 use servers::{rss_kib, Servers};
@@ -317,5 +321,8 @@ async fn main() {
     }
     if mode == "all" || mode == "logins" {
         logins::run(&amqp_url).await;
+    }
+    if mode == "all" || mode == "storm" {
+        storm::run(&amqp_url).await;
     }
 }

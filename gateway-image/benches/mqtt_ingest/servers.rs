@@ -42,10 +42,23 @@ pub fn temp_dir(name: &str) -> PathBuf {
 pub fn start_gateway(ports: &Ports, amqp_url: &str, queue: &str, passwords: &str) -> Child {
     let dir = temp_dir("gateway");
     std::fs::write(dir.join("passwords"), passwords).unwrap();
+    let auth = format!(
+        "  passwordFile: {}/passwords\n  allowAnonymous: true\n",
+        dir.display()
+    );
+    start_gateway_with(ports, amqp_url, queue, &auth)
+}
+
+/// Starts our own gateway process with `auth` as the lines of its `auth:` section.
+pub fn start_gateway_with(ports: &Ports, amqp_url: &str, queue: &str, auth: &str) -> Child {
+    let dir = temp_dir(&format!(
+        "gateway-{}",
+        ports.gateway_mqtt.replace([':', '.'], "-")
+    ));
     std::fs::write(dir.join("amqp-uri"), amqp_url).unwrap();
     let config = format!(
         "tenant: bench\ngateway: bench\nhealthListen: {health}\nlisteners:\n  mqtt: {mqtt}\n\
-         auth:\n  passwordFile: {dir}/passwords\n  allowAnonymous: true\nbroker:\n  uriFile: {dir}/amqp-uri\n\
+         auth:\n{auth}broker:\n  uriFile: {dir}/amqp-uri\n\
          permissions: [\"gw/#\"]\nroutes:\n  - topicFilter: gw/#\n    queue: {queue}\n\
          limits:\n  messagesPerSecond: 1000000\n  burst: 1000000\n  maxConnections: 100000\n  maxConnectionsPerDevice: 100000\n  maxInFlightPerConnection: 1000\n",
         health = ports.gateway_health,

@@ -86,8 +86,9 @@ pub(crate) struct HashingPool {
     /// Memory blocks of idle slots; a slot takes one on entry and puts it back on exit,
     /// so there are never more than `slot_count` of them.
     memory: Arc<Mutex<Vec<Vec<Block>>>>,
-    /// Blocks each slot's memory holds: the largest any stored hash needs.
-    blocks: usize,
+    /// Blocks each slot's memory holds: the largest any hash checked so far needs (a
+    /// device table may bring costlier hashes than the password file; it bounds them).
+    blocks: AtomicUsize,
     waiting: AtomicUsize,
     max_waiting: usize,
     running: Arc<AtomicUsize>,
@@ -102,7 +103,7 @@ impl HashingPool {
         Self {
             slots: Arc::new(Semaphore::new(slots)),
             memory: Arc::new(Mutex::new(Vec::with_capacity(slots))),
-            blocks,
+            blocks: AtomicUsize::new(blocks),
             waiting: AtomicUsize::new(0),
             max_waiting,
             running: Arc::new(AtomicUsize::new(0)),
@@ -131,14 +132,13 @@ impl HashingPool {
                 }
             }
         };
-        if hash.blocks() > self.blocks {
-            // Only hashes seen at load time are checked; this is a programming error guard.
-            return Ok(false);
-        }
+        let blocks = self
+            .blocks
+            .fetch_max(hash.blocks(), Ordering::Relaxed)
+            .max(hash.blocks());
         self.started.fetch_add(1, Ordering::Relaxed);
         let pool = Arc::clone(&self.memory);
         let running = Arc::clone(&self.running);
-        let blocks = self.blocks;
         let task = tokio::task::spawn_blocking(move || {
             running.fetch_add(1, Ordering::Relaxed);
             let mut memory = pool

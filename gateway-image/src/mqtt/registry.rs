@@ -17,8 +17,16 @@ enum Client {
     Anonymous(u64),
 }
 
-/// Device → its sessions (client → registration id and takeover token).
-type Live = HashMap<String, HashMap<Client, (u64, CancellationToken)>>;
+/// One live session: its registration id, takeover token and revocation token.
+#[derive(Debug)]
+struct Entry {
+    id: u64,
+    taken_over: CancellationToken,
+    revoked: CancellationToken,
+}
+
+/// Device → its sessions (client → entry).
+type Live = HashMap<String, HashMap<Client, Entry>>;
 
 /// The registry of live sessions.
 #[derive(Debug, Default)]
@@ -42,6 +50,9 @@ pub struct Registration {
     id: u64,
     /// Cancelled when a newer connection with the same device and client id arrives.
     pub taken_over: CancellationToken,
+    /// Cancelled when the device may no longer connect (disabled or removed from the
+    /// device table).
+    pub revoked: CancellationToken,
 }
 
 impl Sessions {
@@ -63,6 +74,7 @@ impl Sessions {
             None => Client::Anonymous(id),
         };
         let taken_over = CancellationToken::new();
+        let revoked = CancellationToken::new();
         let mut live = self.lock();
         let sessions = live.entry(device.to_owned()).or_default();
         if !sessions.contains_key(&client) && sessions.len() >= max_per_device {
@@ -71,8 +83,13 @@ impl Sessions {
             }
             return Err(QuotaExceeded);
         }
-        if let Some((_, older)) = sessions.insert(client.clone(), (id, taken_over.clone())) {
-            older.cancel();
+        let entry = Entry {
+            id,
+            taken_over: taken_over.clone(),
+            revoked: revoked.clone(),
+        };
+        if let Some(older) = sessions.insert(client.clone(), entry) {
+            older.taken_over.cancel();
         }
         drop(live);
         Ok(Registration {
@@ -81,7 +98,26 @@ impl Sessions {
             client,
             id,
             taken_over,
+            revoked,
         })
+    }
+
+    /// Tells every live session of `device` to close (its revocation token); returns how
+    /// many there were. Other devices' sessions are not touched.
+    pub fn revoke(&self, device: &str) -> usize {
+        let live = self.lock();
+        let Some(sessions) = live.get(device) else {
+            return 0;
+        };
+        for entry in sessions.values() {
+            entry.revoked.cancel();
+        }
+        sessions.len()
+    }
+
+    /// Live sessions of `device`.
+    pub fn count(&self, device: &str) -> usize {
+        self.lock().get(device).map_or(0, HashMap::len)
     }
 
     /// Number of registered sessions.
@@ -107,7 +143,7 @@ impl Drop for Registration {
         };
         if sessions
             .get(&self.client)
-            .is_some_and(|(id, _)| *id == self.id)
+            .is_some_and(|entry| entry.id == self.id)
         {
             sessions.remove(&self.client);
         }
@@ -170,5 +206,22 @@ mod tests {
         );
         drop((takeover, third, other_device));
         assert!(sessions.is_empty());
+    }
+
+    #[test]
+    fn revoking_a_device_cancels_all_its_sessions_and_nobody_elses() {
+        let sessions = Arc::new(Sessions::default());
+        let first = sessions.register("press-1", Some("c1"), 4).expect("room");
+        let second = sessions.register("press-1", None, 4).expect("room");
+        let other = sessions.register("press-2", Some("c1"), 4).expect("room");
+        assert_eq!(sessions.count("press-1"), 2);
+        assert_eq!(sessions.revoke("press-1"), 2);
+        assert!(first.revoked.is_cancelled() && second.revoked.is_cancelled());
+        assert!(!first.taken_over.is_cancelled());
+        assert!(!other.revoked.is_cancelled());
+        assert_eq!(sessions.revoke("nobody"), 0);
+        drop((first, second));
+        assert_eq!(sessions.count("press-1"), 0);
+        assert_eq!(sessions.count("press-2"), 1);
     }
 }

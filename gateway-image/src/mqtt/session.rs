@@ -89,6 +89,9 @@ pub enum SessionEnd {
     /// A newer connection with the same device and client id took the session over.
     #[error("session taken over")]
     TakenOver,
+    /// The device was disabled or removed from the device table.
+    #[error("device revoked")]
+    Revoked,
     /// A write stayed blocked past `limits.writeTimeoutSeconds` (the client stopped reading).
     #[error("write timed out")]
     WriteTimeout,
@@ -121,7 +124,7 @@ pub async fn serve<S>(
     gateway: Arc<Gateway>,
     stream: S,
     peer: SocketAddr,
-    certificate_device: Option<String>,
+    certificate_device: Option<crate::tls::PeerCertificate>,
     unauthenticated: super::places::Place,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -140,6 +143,7 @@ pub async fn serve<S>(
         disconnect_reason: None,
         session_expires_at_close: true,
         taken_over: tokio_util::sync::CancellationToken::new(),
+        revoked: tokio_util::sync::CancellationToken::new(),
         unauthenticated: Some(unauthenticated),
     };
     let end = session.run(certificate_device).await;
@@ -174,12 +178,14 @@ struct Session<R, W> {
     session_expires_at_close: bool,
     /// Cancelled when a newer connection with the same client id takes over.
     taken_over: tokio_util::sync::CancellationToken,
+    /// Cancelled when the device is disabled or removed from the device table.
+    revoked: tokio_util::sync::CancellationToken,
     /// The place among unauthenticated connections, held until the CONNECT is answered.
     unauthenticated: Option<super::places::Place>,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
-    async fn run(&mut self, certificate_device: Option<String>) -> SessionEnd {
+    async fn run(&mut self, certificate_device: Option<crate::tls::PeerCertificate>) -> SessionEnd {
         let timeout = Duration::from_secs(self.gateway.limits.connect_timeout_seconds.max(1));
         // One deadline for reading CONNECT and authenticating (throttling and the wait for
         // a password check slot included): logins never queue without limit.
@@ -211,9 +217,12 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
         );
         let end = self.publish_loop(keep_alive).await;
         metrics.connections.dec();
-        // Only a normal disconnection (all of 3.1.1's) discards the will.
+        // Only a normal disconnection (all of 3.1.1's) discards the will; a revoked device
+        // publishes nothing more.
         if let Some(will) = connect.will {
-            if self.disconnect_reason != Some(ReasonCode::NORMAL_DISCONNECTION.code()) {
+            if self.disconnect_reason != Some(ReasonCode::NORMAL_DISCONNECTION.code())
+                && !matches!(end, SessionEnd::Revoked)
+            {
                 self.publish_will(will).await;
             }
         }
@@ -327,6 +336,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                     // resends them on its new connection.
                     self.disconnect_v5(ReasonCode::SessionTakenOver);
                     return SessionEnd::TakenOver;
+                }
+                _ = self.revoked.cancelled() => {
+                    self.disconnect_v5(ReasonCode::NotAuthorized);
+                    return SessionEnd::Revoked;
                 }
                 _ = gateway.draining.cancelled(), if reading => {
                     // Stop reading; the loop finishes the confirms in flight, then closes.

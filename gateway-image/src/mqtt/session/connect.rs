@@ -19,11 +19,12 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
     pub(super) async fn accept(
         &mut self,
         connect: &Connect,
-        certificate_device: Option<String>,
+        certificate_device: Option<crate::tls::PeerCertificate>,
         deadline: tokio::time::Instant,
     ) -> Result<(tokio::sync::OwnedSemaphorePermit, Registration), ConnectRefusal> {
         let gateway = Arc::clone(&self.gateway);
         check_connect(connect)?;
+        let table_before = gateway.registry.as_ref().map(|registry| registry.current());
         self.device = self
             .authenticate(connect, certificate_device, deadline)
             .await?;
@@ -48,7 +49,14 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                 gateway.limits.max_connections_per_device.max(1),
             )
             .map_err(|_| ConnectRefusal::QuotaExceeded)?;
+        // A table applied during the login revoked the sessions registered by then.
+        if let (Some(registry), Some(before)) = (&gateway.registry, &table_before) {
+            if registry.revoked_since(before, &self.device) {
+                return Err(ConnectRefusal::BadCredentials);
+            }
+        }
         self.taken_over = registration.taken_over.clone();
+        self.revoked = registration.revoked.clone();
         let limits = ServerLimits {
             receive_maximum: gateway.limits.max_in_flight_per_connection.max(1),
             maximum_packet_size: u32::try_from(max_packet_size(&gateway)).unwrap_or(u32::MAX),
@@ -67,7 +75,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
     async fn authenticate(
         &self,
         connect: &Connect,
-        certificate_device: Option<String>,
+        certificate_device: Option<crate::tls::PeerCertificate>,
         deadline: tokio::time::Instant,
     ) -> Result<String, ConnectRefusal> {
         let gateway = &self.gateway;
