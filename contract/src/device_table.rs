@@ -181,7 +181,7 @@ mod tests {
                 attributes: BTreeMap::from([("site".into(), "north".into())]),
             }],
         };
-        let json = serde_json::to_value(&table).unwrap();
+        let json = serde_json::to_value(&table).expect("serializes");
         assert_eq!(
             json["devices"][0]["credentials"][0],
             serde_json::json!({"type": "generated", "verifier": "q83v", "notAfterMs": 5})
@@ -192,7 +192,7 @@ mod tests {
         );
         assert_eq!(json["issuedAtMs"], 1_764_000_000_000u64);
         assert!(json["devices"][0].get("disabled").is_none());
-        let back: DeviceTable = serde_json::from_value(json).unwrap();
+        let back: DeviceTable = serde_json::from_value(json).expect("deserializes");
         assert_eq!(back, table);
     }
 
