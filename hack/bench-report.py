@@ -32,6 +32,10 @@ ROWS = [
     ("autoscale", "autoscale_decision", "tributary-poll5", "keda-hpa", "backlog → scale decision (poll 5 s, default)", "KEDA 30 s poll + HPA 15 s sync (computed mean)", "lower"),
     ("autoscale", "autoscale_decision", "tributary-poll1", "keda-hpa", "backlog → scale decision (poll 1 s)", "KEDA 30 s poll + HPA 15 s sync (computed mean)", "lower"),
     ("autoscale", "autoscale_consuming", "tributary-poll5", "keda-hpa", "backlog → first worker pod consuming", "KEDA + HPA decision + the same pod start", "lower"),
+    ("devices", "devices_settled", "tributary", "kubectl-apply", "Device fleet applied at once → every Device Ready and in its Gateway's table", "`kubectl apply --server-side` of the same manifests (the client's own time)", "lower"),
+    ("devices", "devices_operator_peak_rss", "tributary", None, "operator peak RSS while the fleet reconciles", None, "lower"),
+    ("devices", "devices_steady_writes", "tributary", None, "operator API writes in the minute after the fleet settled", None, "lower"),
+    ("devices", "devices_steady_requests", "tributary", None, "operator API requests (all verbs) in the minute after the fleet settled", None, "lower"),
 ]
 
 
@@ -95,6 +99,10 @@ def table(figures, status):
     for bench, figure, ours, peer, what, peer_name, better in ROWS:
         state, reason = status.get(bench, ("skipped", "not run"))
         a, b = figures.get((figure, ours)), figures.get((figure, peer))
+        if peer is None:
+            shown = number(a[0], a[1]) if state == "ok" and a is not None else f"not measured in this run ({reason or 'its figure was not printed'})"
+            out.append(f"| {what} | {shown} | — (no peer offers it) | — | — |")
+            continue
         if state != "ok" or a is None or b is None:
             why = reason if state != "ok" else "its figure was not printed"
             out.append(f"| {what} | not measured in this run | {peer_name} | — | — ({why}) |")

@@ -16,6 +16,10 @@
 #              argon2 passwords)
 #   worker     worker-image/bench.sh: worker -> PostgreSQL beside a plain COPY and beside a
 #              bare consumer of the same broker
+#   devices    operator/bench-devices.sh: BENCH_DEVICE_COUNT (10000 [1000]) Device resources
+#              applied at once, the operator (on the host) until all are Ready and in the
+#              Gateway's table, beside kubectl's own apply time; its memory and API requests
+#              once settled; needs the local cluster, skipped like autoscale
 #   autoscale  operator/bench-autoscale.sh: the autoscaler's reaction beside KEDA + HPA's
 #              default intervals; needs the local cluster (tests/cluster/cluster.sh up, images
 #              loaded) and is skipped, marked "not measured in this run", when the cluster is
@@ -63,7 +67,8 @@ size BENCH_STORM_ARGON2_DEVICES 10000 200
 size BENCH_ROWS 100000 10000
 size BENCH_TRIALS 3 1
 size BENCH_AUTOSCALE_MESSAGES 500 200
-only="${BENCH_ONLY:-gateway worker autoscale}"
+size BENCH_DEVICE_COUNT 10000 1000
+only="${BENCH_ONLY:-gateway worker devices autoscale}"
 
 run_dir="${BENCH_LOG_DIR:-$(mktemp -d /tmp/tributary-bench-XXXXXX)}"
 mkdir -p "$run_dir"
@@ -115,6 +120,15 @@ if wanted worker; then
   run worker bash worker-image/bench.sh
 else
   status worker skipped "not selected (BENCH_ONLY)"
+fi
+busy=""
+wanted devices || busy="not selected (BENCH_ONLY)"
+[ -n "$busy" ] || busy="$(cluster_busy | head -1)"
+if [ -z "$busy" ]; then
+  run devices bash operator/bench-devices.sh
+else
+  say "devices: not measured in this run: $busy"
+  status devices skipped "$busy"
 fi
 busy=""
 wanted autoscale || busy="not selected (BENCH_ONLY)"

@@ -124,19 +124,81 @@ fn device_yaml(name: &str, credentials: &str, extra: &str) -> String {
     format!("apiVersion: tributary.dev/v1alpha1\nkind: Device\nmetadata: {{name: {name}}}\nspec:\n  gateways: [line-1]\n  credentials: {credentials}\n{extra}")
 }
 
-/// A CA and a server certificate for the gateway's TLS listener (any host: clients pass
-/// `--insecure`, which still verifies the chain).
-fn server_tls() -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("key")).expect("ca");
-    let key = KeyPair::generate().expect("key");
-    let cert = CertificateParams::new(vec!["line-1-gateway".to_owned()])
-        .expect("params")
-        .signed_by(&key, &ca)
-        .expect("signed");
-    (ca.pem(), cert.pem(), key.serialize_pem())
+/// A CA and a server certificate for the gateway's TLS listener, made with `openssl` as an
+/// administrator would (any host: clients pass `--insecure`, which still verifies the
+/// chain): (CA certificate, server certificate, server key) in PEM.
+fn server_tls(dir: &std::path::Path) -> (String, String, String) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test server CA",
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=line-1-gateway",
+        ],
+    ]
+    .concat());
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:line-1-gateway\nbasicConstraints=CA:FALSE\n",
+    )
+    .expect("write");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).expect("read");
+    (read("ca.crt"), read("server.crt"), read("server.key"))
 }
 
 #[tokio::test]
@@ -152,7 +214,9 @@ async fn devices_get_credentials_a_real_gateway_accepts_disables_and_rotations_a
     let gateways: Api<Gateway> = ns.api();
 
     apply_yaml(&queues, "apiVersion: tributary.dev/v1alpha1\nkind: Queue\nmetadata: {name: telemetry}\nspec:\n  broker:\n    managed: {}\n").await;
-    let (server_ca, server_cert, server_key) = server_tls();
+    let dir = std::env::temp_dir().join(format!("tributary-{}", ns.name));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (server_ca, server_cert, server_key) = server_tls(&dir);
     let tls = Secret {
         metadata: ObjectMeta {
             name: Some("gateway-tls".into()),
@@ -288,8 +352,6 @@ async fn devices_get_credentials_a_real_gateway_accepts_disables_and_rotations_a
     );
 
     step("a certificate device over mutual TLS");
-    let dir = std::env::temp_dir().join(format!("tributary-{}", ns.name));
-    std::fs::create_dir_all(&dir).expect("temp dir");
     for key in ["tls.crt", "tls.key"] {
         let text = wait_for("lamp-cert-certificate", || {
             secret_text(&secrets, "lamp-cert-certificate", key)
@@ -299,6 +361,7 @@ async fn devices_get_credentials_a_real_gateway_accepts_disables_and_rotations_a
     }
     std::fs::write(dir.join("server-ca.crt"), &server_ca).expect("write");
     let path = |name: &str| dir.join(name).display().to_string();
+    let last_error = std::sync::Mutex::new(String::new());
     let accepted = wait_for("lamp-cert accepted over mTLS", || async {
         let out = Command::new("mosquitto_pub")
             .args(["-h", &ip, "-p", "8883", "-q", "1", "--insecure"])
@@ -313,6 +376,16 @@ async fn devices_get_credentials_a_real_gateway_accepts_disables_and_rotations_a
             .args(["-t", "devices/lamp-cert/telemetry", "-m", "{\"tls\":true}"])
             .output()
             .ok()?;
+        if !out.status.success() {
+            let error = String::from_utf8_lossy(&out.stderr).into_owned();
+            let mut last = last_error
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if *last != error {
+                println!("mosquitto_pub over mTLS: {error}");
+                *last = error;
+            }
+        }
         out.status.success().then_some(())
     })
     .await;
