@@ -160,9 +160,11 @@ step "cross-tenant publish: $(tr '\n' ' ' <"$work/refused")"
 
 step "deleting the examples' Tributary resources"
 made_by_operator() { # NAMESPACE: objects the operator made that still exist, but the
-  # managed broker, which the example's Queue (deletionPolicy: Retain) keeps with its messages
+  # managed broker, which the example's Queue (deletionPolicy: Retain) keeps with its
+  # messages, and the namespace's device registry keys, kept so that credentials issued
+  # to devices stay valid for Devices created again (docs/security.md)
   kubectl -n "$1" get deployments,statefulsets,services,configmaps,secrets,pods \
-    -l 'app.kubernetes.io/managed-by=tributary-operator,tributary.dev/owner-kind!=queue' -o name 2>/dev/null
+    -l 'app.kubernetes.io/managed-by=tributary-operator,tributary.dev/owner-kind notin (queue,namespace)' -o name 2>/dev/null
 }
 # The Devices too: their credential Secrets are the operator's (owned by each Device).
 for f in worker gateway sinks queue devices; do

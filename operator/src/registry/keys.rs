@@ -97,6 +97,11 @@ impl NamespaceKeys {
                         "app.kubernetes.io/part-of".to_owned(),
                         "tributary".to_owned(),
                     ),
+                    // Owned by nothing: it belongs to the namespace, and stays.
+                    (
+                        crate::build::OWNER_KIND_LABEL.to_owned(),
+                        "namespace".to_owned(),
+                    ),
                 ])),
                 ..ObjectMeta::default()
             },
