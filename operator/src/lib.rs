@@ -16,6 +16,7 @@ pub mod crd;
 pub mod fleet;
 pub mod leader;
 pub mod metrics;
+pub mod pod_http;
 pub mod reference;
 pub mod registry;
 pub mod run;

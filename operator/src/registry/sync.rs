@@ -3,11 +3,9 @@
 //! (`GET`), each with the Gateway's bearer token and within a timeout.
 
 use crate::build::gateway::HEALTH_PORT;
+use crate::pod_http::PodHttp;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client as HttpClient;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http_body_util::Full;
 use k8s_openapi::api::core::v1::Pod;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -34,28 +32,18 @@ pub fn pod_address(pod: &Pod) -> Option<SocketAddr> {
 /// An HTTP client for the registry endpoints.
 #[derive(Clone)]
 pub struct SyncClient {
-    client: HttpClient<HttpConnector, Full<Bytes>>,
-    timeout: Duration,
+    http: PodHttp,
 }
 
 impl Default for SyncClient {
     fn default() -> Self {
-        Self::new(SYNC_TIMEOUT)
+        SyncClient {
+            http: PodHttp::new(SYNC_TIMEOUT),
+        }
     }
 }
 
 impl SyncClient {
-    /// A client giving each pod `timeout` per request (connection included).
-    pub fn new(timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(timeout));
-        let client = HttpClient::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
-        SyncClient { client, timeout }
-    }
-
     /// Pushes a compressed table; `Ok(())` when the pod applied it or already has a newer
     /// one (409).
     pub async fn push(&self, addr: SocketAddr, token: &str, table: Bytes) -> Result<(), String> {
@@ -64,7 +52,7 @@ impl SyncClient {
             .header(http::header::CONTENT_TYPE, "application/gzip")
             .body(Full::new(table))
             .map_err(|e| e.to_string())?;
-        let (status, _) = self.exchange(request).await?;
+        let (status, _) = self.http.exchange(request, MAX_REPORT).await?;
         match status.as_u16() {
             200..=299 | 409 => Ok(()),
             other => Err(format!("HTTP {other}")),
@@ -78,34 +66,10 @@ impl SyncClient {
             .header(http::header::ACCEPT, "application/json")
             .body(Full::new(Bytes::new()))
             .map_err(|e| e.to_string())?;
-        let (status, body) = self.exchange(request).await?;
+        let (status, body) = self.http.exchange(request, MAX_REPORT).await?;
         if !status.is_success() {
             return Err(format!("HTTP {status}"));
         }
         serde_json::from_slice(&body).map_err(|e| format!("bad report: {e}"))
-    }
-
-    async fn exchange(
-        &self,
-        request: http::Request<Full<Bytes>>,
-    ) -> Result<(http::StatusCode, Bytes), String> {
-        let exchange = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|e| e.to_string())?;
-            let status = response.status();
-            let body = Limited::new(response.into_body(), MAX_REPORT)
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            Ok((status, body))
-        };
-        match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(answer) => answer,
-            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
-        }
     }
 }

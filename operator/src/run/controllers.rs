@@ -310,28 +310,34 @@ async fn devices(ctx: &Arc<Context>, ns: Option<&str>, stop: watch::Receiver<boo
 
 /// A cache of the metadata of the Secrets the operator issued to Devices (rotation,
 /// certificate validity): unchanged credentials are checked without a request.
-async fn device_secrets(ctx: &Arc<Context>, ns: Option<&str>, mut stop: watch::Receiver<bool>) {
+async fn device_secrets(ctx: &Arc<Context>, ns: Option<&str>, stop: watch::Receiver<bool>) {
     let (reader, writer) = reflector::store();
     ctx.registry.add_device_secrets(reader);
-    let config = watcher::Config::default()
-        .labels("app.kubernetes.io/name=device,app.kubernetes.io/managed-by=tributary-operator");
-    let api = api_for::<SecretMeta>(&ctx.client, ns);
-    let stream = reflector(writer, watcher(api, config))
-        .default_backoff()
-        .applied_objects()
-        .for_each(|_| futures::future::ready(()));
-    tokio::select! {
-        () = stream => {}
-        () = stopped(&mut stop) => {}
-    }
+    let labels = "app.kubernetes.io/name=device,app.kubernetes.io/managed-by=tributary-operator";
+    fill(writer, api_for::<SecretMeta>(&ctx.client, ns), labels, stop).await;
 }
 
 /// A cache of the gateway pods (their addresses, for the device collector).
-async fn gateway_pods(ctx: &Arc<Context>, ns: Option<&str>, mut stop: watch::Receiver<bool>) {
+async fn gateway_pods(ctx: &Arc<Context>, ns: Option<&str>, stop: watch::Receiver<bool>) {
     let (reader, writer) = reflector::store();
     ctx.registry.add_pods(reader);
-    let config = watcher::Config::default().labels("app.kubernetes.io/name=gateway");
-    let stream = reflector(writer, watcher(api_for::<Pod>(&ctx.client, ns), config))
+    let labels = "app.kubernetes.io/name=gateway";
+    fill(writer, api_for::<Pod>(&ctx.client, ns), labels, stop).await;
+}
+
+/// Keeps `writer`'s cache filled with the objects of `api` that carry `labels`, until
+/// `stop` fires.
+async fn fill<K>(
+    writer: reflector::store::Writer<K>,
+    api: Api<K>,
+    labels: &str,
+    mut stop: watch::Receiver<bool>,
+) where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let config = watcher::Config::default().labels(labels);
+    let stream = reflector(writer, watcher(api, config))
         .default_backoff()
         .applied_objects()
         .for_each(|_| futures::future::ready(()));

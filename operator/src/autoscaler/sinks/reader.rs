@@ -5,12 +5,10 @@ use super::{merge, PodReport, SinkVerdict};
 use crate::autoscaler::Error;
 use crate::build::worker::{selector_string, METRICS_PORT};
 use crate::crd::Worker;
+use crate::pod_http::PodHttp;
 use bytes::Bytes;
 use futures::StreamExt;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client as HttpClient;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http_body_util::Full;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
@@ -51,8 +49,7 @@ pub fn status_url(pod: &Pod) -> Option<String> {
 /// Reads worker pods' `/status` over plain HTTP (pod IPs inside the cluster network).
 #[derive(Clone)]
 pub struct Reader {
-    client: HttpClient<HttpConnector, Empty<Bytes>>,
-    timeout: Duration,
+    http: PodHttp,
 }
 
 impl Default for Reader {
@@ -64,42 +61,22 @@ impl Default for Reader {
 impl Reader {
     /// A reader giving each pod `timeout` to answer (connection included).
     pub fn new(timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(timeout));
-        let client = HttpClient::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
-        Reader { client, timeout }
+        Reader {
+            http: PodHttp::new(timeout),
+        }
     }
 
     /// GETs one `/status` URL.
     pub async fn status(&self, url: &str) -> Result<WorkerStatus, String> {
         let request = http::Request::get(url)
             .header(http::header::ACCEPT, "application/json")
-            .body(Empty::new())
+            .body(Full::new(Bytes::new()))
             .map_err(|e| e.to_string())?;
-        let exchange = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|e| e.to_string())?;
-            let status = response.status();
-            if !status.is_success() {
-                return Err(format!("HTTP {status}"));
-            }
-            let body = Limited::new(response.into_body(), MAX_BODY)
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            serde_json::from_slice::<WorkerStatus>(&body).map_err(|e| format!("bad report: {e}"))
-        };
-        match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(answer) => answer,
-            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+        let (status, body) = self.http.exchange(request, MAX_BODY).await?;
+        if !status.is_success() {
+            return Err(format!("HTTP {status}"));
         }
+        serde_json::from_slice::<WorkerStatus>(&body).map_err(|e| format!("bad report: {e}"))
     }
 
     /// Asks every `(pod, url)` at once, at most a few at a time; a pod without a URL is
