@@ -65,7 +65,7 @@ pub async fn publish(ctx: &Context, gateway: &Gateway) -> Result<TableSummary, E
     let name = gateway.name_any();
     let keys = ctx.registry.keys.get(&ctx.client, &namespace).await?;
     let devices = ctx.registry.devices_in(&namespace).await?;
-    let (kept, duplicates) = devices_of(&name, devices.iter().map(AsRef::as_ref));
+    let (kept, duplicates) = devices_of(&name, crate::registry::readable(&devices));
     let hashes = hash_secrets(ctx, &namespace, &kept).await?;
     let mut device_table = build_table(&kept, &keys.key_id(), &hashes, Timestamp::now());
     let hash = content_hash(&device_table)?;

@@ -34,6 +34,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::Notify;
 
+/// The readable Devices of cached entries.
+pub fn readable(guards: &[Arc<DeserializeGuard<Device>>]) -> impl Iterator<Item = &Device> {
+    guards.iter().filter_map(|guard| guard.0.as_ref().ok())
+}
+
 /// Longest a reconcile waits for the Device cache to be filled after a start.
 const CACHE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -124,12 +129,13 @@ impl Registry {
         Some(stores.iter().any(|store| store.get(&key).is_some()))
     }
 
-    /// Every readable Device of `namespace`, from the caches, once they were filled: a
-    /// table built from a cache still empty after a restart would disconnect every device.
+    /// Every Device of `namespace` in the caches (shared, not copied; unreadable ones are
+    /// skipped by [`readable`]), once they were filled: a table built from a cache still
+    /// empty after a restart would disconnect every device.
     pub async fn devices_in(
         &self,
         namespace: &str,
-    ) -> Result<Vec<Arc<Device>>, crate::controller::Error> {
+    ) -> Result<Vec<Arc<DeserializeGuard<Device>>>, crate::controller::Error> {
         let stores = locked(&self.devices).clone();
         for store in &stores {
             let ready = tokio::time::timeout(CACHE_WAIT, store.wait_until_ready()).await;
@@ -141,7 +147,6 @@ impl Registry {
             .iter()
             .flat_map(|store| store.state())
             .filter(|guard| guard.namespace().as_deref() == Some(namespace))
-            .filter_map(|guard| guard.0.as_ref().ok().cloned().map(Arc::new))
             .collect())
     }
 
