@@ -177,12 +177,23 @@ sinks:
       batch: {maxMessages: 10, maxBytes: 100000, maxAgeMs: 20}
 http: {listen: "127.0.0.1:$W_FAIL"}
 EOF
+# A device registry as the operator renders one (here with an empty table), so that its
+# series exist too.
+printf '{"issuedAtMs": 1, "devices": []}' | gzip >"$WORK/devices.json.gz"
+head -c 32 /dev/urandom >"$WORK/verifier-key"
+printf 'monitoring-sync-token' >"$WORK/sync-token"
 cat >"$WORK/gateway.yaml" <<EOF
 tenant: factory
 gateway: line-1
 healthListen: "127.0.0.1:$GW_HEALTH"
 listeners: {mqtt: "127.0.0.1:$GW_MQTT", http: "127.0.0.1:$GW_HTTP"}
-auth: {passwordFile: $WORK/passwords, failedLoginsPerMinute: 100000}
+auth:
+  passwordFile: $WORK/passwords
+  failedLoginsPerMinute: 100000
+  registry:
+    tableFile: $WORK/devices.json.gz
+    verifierKeyFile: $WORK/verifier-key
+    syncTokenFile: $WORK/sync-token
 permissions: ["devices/{device}/#"]
 routes:
   - {topicFilter: "devices/+/telemetry", queue: "$Q_OK"}
