@@ -40,11 +40,29 @@ kubectl delete namespace "$ns" --ignore-not-found --wait=true --timeout=600s >/d
 kubectl create namespace "$ns" >/dev/null
 work=$(mktemp -d /tmp/tributary-bench-devices-XXXXXX)
 pid_file="$work/operator.pid"
+# Operators installed in the cluster (the demo's, a test run's Helm release) act on every
+# namespace and would fight the one measured here: scaled to 0 meanwhile, restored after.
+paused=()
+while read -r pns pname preplicas; do
+  [ -n "$pname" ] || continue
+  paused+=("$pns/$pname/${preplicas:-1}")
+  say "pausing the installed operator $pns/$pname during the benchmark"
+  kubectl -n "$pns" scale deployment "$pname" --replicas=0 >/dev/null
+done < <(kubectl get deployments --all-namespaces -l app.kubernetes.io/name=tributary-operator \
+  -o jsonpath='{range .items[*]}{.metadata.namespace} {.metadata.name} {.spec.replicas}{"\n"}{end}')
 cleanup() {
+  local entry pns pname preplicas
   if [ -s "$pid_file" ]; then kill "$(cat "$pid_file")" 2>/dev/null || true; fi
   kubectl delete namespace "$ns" --wait=false >/dev/null 2>&1 || true
+  for entry in "${paused[@]}"; do
+    IFS=/ read -r pns pname preplicas <<<"$entry"
+    kubectl -n "$pns" scale deployment "$pname" --replicas="$preplicas" >/dev/null 2>&1 || true
+  done
 }
 trap cleanup EXIT
+until [ -z "$(kubectl get pods --all-namespaces -l app.kubernetes.io/name=tributary-operator -o name 2>/dev/null)" ]; do
+  sleep 2
+done
 
 kubectl -n "$ns" create secret generic broker --from-literal=uri="$TRIBUTARY_TEST_AMQP_URL" >/dev/null
 kubectl -n "$ns" apply -f - >/dev/null <<'YAML'
