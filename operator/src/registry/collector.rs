@@ -165,6 +165,11 @@ async fn cycle(
     let mut activity = BTreeMap::new();
     let mut per_gateway = BTreeMap::new();
     for (key, published) in ctx.registry.published() {
+        // A Gateway deleted without a reconcile (no finalizer) leaves its table here.
+        if ctx.registry.gateway_cached(&key.0, &key.1).await == Some(false) {
+            ctx.registry.withdraw(&key);
+            continue;
+        }
         let (reports, pods, pods_current) = gateway_reports(ctx, &key, &published).await;
         let mut devices = BTreeMap::new();
         for report in &reports {
