@@ -8,7 +8,21 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use k8s_openapi::api::core::v1::Pod;
+use std::net::IpAddr;
 use std::time::Duration;
+
+/// The IP of a pod that is running and not being deleted: one worth asking.
+pub fn running_pod_ip(pod: &Pod) -> Option<IpAddr> {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let status = pod.status.as_ref()?;
+    if status.phase.as_deref() != Some("Running") {
+        return None;
+    }
+    status.pod_ip.as_deref()?.parse().ok()
+}
 
 /// A client for pod endpoints; each request (connection included) gets `timeout`.
 #[derive(Clone)]

@@ -47,7 +47,17 @@ pub struct Activity {
 
 impl Activity {
     fn add(&mut self, other: &tributary_contract::device_table::DeviceActivity) {
-        self.connections += u64::from(other.connections);
+        self.merge(&Activity {
+            connections: u64::from(other.connections),
+            last_seen_ms: other.last_seen_ms,
+            accepted: other.accepted,
+            rejected: other.rejected,
+        });
+    }
+
+    /// Adds another pod's or Gateway's activity of the same device.
+    fn merge(&mut self, other: &Activity) {
+        self.connections += other.connections;
         self.last_seen_ms = self.last_seen_ms.max(other.last_seen_ms);
         self.accepted += other.accepted;
         self.rejected += other.rejected;
@@ -188,11 +198,10 @@ async fn cycle(
             },
         );
         for (device, seen) in devices {
-            let total: &mut Activity = activity.entry(device).or_default();
-            total.connections += seen.connections;
-            total.last_seen_ms = total.last_seen_ms.max(seen.last_seen_ms);
-            total.accepted += seen.accepted;
-            total.rejected += seen.rejected;
+            activity
+                .entry(device)
+                .or_insert_with(Activity::default)
+                .merge(&seen);
         }
     }
     (activity, per_gateway)

@@ -7,7 +7,7 @@ use crate::pod_http::PodHttp;
 use bytes::Bytes;
 use http_body_util::Full;
 use k8s_openapi::api::core::v1::Pod;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 use tributary_contract::device_table::{DeviceReport, STATUS_PATH, TABLE_PATH};
 
@@ -18,15 +18,7 @@ const MAX_REPORT: usize = 16 * 1024 * 1024;
 
 /// The health address of a running gateway pod that is not being deleted.
 pub fn pod_address(pod: &Pod) -> Option<SocketAddr> {
-    if pod.metadata.deletion_timestamp.is_some() {
-        return None;
-    }
-    let status = pod.status.as_ref()?;
-    if status.phase.as_deref() != Some("Running") {
-        return None;
-    }
-    let ip: IpAddr = status.pod_ip.as_deref()?.parse().ok()?;
-    Some(SocketAddr::new(ip, HEALTH_PORT))
+    crate::pod_http::running_pod_ip(pod).map(|ip| SocketAddr::new(ip, HEALTH_PORT))
 }
 
 /// An HTTP client for the registry endpoints.

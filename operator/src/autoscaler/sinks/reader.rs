@@ -12,7 +12,7 @@ use http_body_util::Full;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 use tributary_contract::worker_status::WorkerStatus;
 
@@ -26,14 +26,7 @@ const MAX_BODY: usize = 64 * 1024;
 /// The `/status` address of a worker pod: running, not being deleted, with an IP; the port
 /// is the worker container's `metrics` port (the rendered `http.listen`).
 pub fn status_url(pod: &Pod) -> Option<String> {
-    if pod.metadata.deletion_timestamp.is_some() {
-        return None;
-    }
-    let status = pod.status.as_ref()?;
-    if status.phase.as_deref() != Some("Running") {
-        return None;
-    }
-    let ip: IpAddr = status.pod_ip.as_deref()?.parse().ok()?;
+    let ip = crate::pod_http::running_pod_ip(pod)?;
     let port = pod
         .spec
         .as_ref()
