@@ -62,6 +62,10 @@ pub struct GatewayConfig {
     /// When a device's message is acknowledged.
     #[serde(default)]
     pub delivery: DeliveryMode,
+    /// Commands to devices: which topics devices may subscribe to, the bounds of their
+    /// command queues, responses and HTTP long polls (see [`crate::command`]).
+    #[serde(default)]
+    pub commands: crate::command::CommandsConfig,
 }
 
 fn default_tenant() -> String {
