@@ -221,6 +221,7 @@ impl Gateway {
             },
             limits: Limits::default(),
             delivery: DeliveryMode::Confirmed,
+            commands: Default::default(),
         };
         // JSON is YAML: the gateway reads it as is.
         let config_file = dir.write(

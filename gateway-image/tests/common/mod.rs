@@ -164,6 +164,7 @@ pub fn test_config(uri_file: PathBuf, routes: Vec<Route>, auth: AuthConfig) -> G
         },
         limits: Limits::default(),
         delivery: DeliveryMode::Confirmed,
+        commands: Default::default(),
     }
 }
 

@@ -253,6 +253,7 @@ pub fn render_config(
             DeliveryMode::Confirmed => contract::DeliveryMode::Confirmed,
             DeliveryMode::Fast => contract::DeliveryMode::Fast,
         },
+        commands: Default::default(),
     })
 }
 
