@@ -8,11 +8,12 @@
 
 use lapin::options::{
     BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use std::collections::BTreeMap;
+use tributary_contract::command;
 use tributary_operator::broker::management::http_client;
 use tributary_operator::broker::users::{self, BrokerUser};
 use tributary_operator::broker::{Broker, Management};
@@ -136,7 +137,7 @@ async fn a_gateway_user_may_publish_to_its_queue_and_nothing_else() {
     let queue = fresh("gateway");
     let (dlq, decoy) = topology(&broker, &queue).await;
     let (name, password) = (fresh("gateway-user"), "gatewaypasswordgatewaypassword12");
-    let permissions = gateway_permissions();
+    let permissions = gateway_permissions("tenant-without-commands", false);
     let user = BrokerUser {
         name: &name,
         password,
@@ -186,6 +187,106 @@ async fn a_gateway_user_may_publish_to_its_queue_and_nothing_else() {
         Connection::connect(&uri_of(&name, password), ConnectionProperties::default()).await;
     assert!(again.is_err(), "a deleted user can no longer log in");
     cleanup(&broker, &[&queue, &dlq, &decoy]).await;
+}
+
+/// A tenant name like a namespace (no dots), fresh per run.
+fn fresh_tenant() -> String {
+    fresh("t").replace('.', "-")
+}
+
+#[tokio::test]
+async fn a_gateway_user_with_commands_may_use_its_tenants_command_queues_only() {
+    let (http, management) = (http_client(), management());
+    let broker = Broker::default();
+    let queue = fresh("gateway-cmd");
+    let (dlq, decoy) = topology(&broker, &queue).await;
+    let (tenant, other) = (fresh_tenant(), fresh_tenant());
+    let (name, password) = (
+        fresh("gateway-cmd-user"),
+        "gatewaypasswordgatewaypassword34",
+    );
+    let permissions = gateway_permissions(&tenant, true);
+    let user = BrokerUser {
+        name: &name,
+        password,
+        vhost: "/",
+        permissions: &permissions,
+    };
+    users::ensure(&http, &management, &user)
+        .await
+        .expect("created");
+    let connection = connect(&uri_of(&name, password)).await;
+    let channel = connection.create_channel().await.expect("channel");
+    let exchange = command::exchange(&tenant);
+    let device_queue = command::device_queue(&tenant, "m-1");
+    channel
+        .exchange_declare(
+            exchange.as_str().into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("the gateway declares its tenant's command exchange");
+    channel
+        .queue_declare(
+            device_queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("and a device's command queue");
+    channel
+        .queue_bind(
+            device_queue.as_str().into(),
+            exchange.as_str().into(),
+            "m-1".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("binds it to the exchange");
+    channel
+        .basic_consume(
+            device_queue.as_str().into(),
+            "gateway".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consumes it");
+    publish(&confirming(&connection).await, "", &queue)
+        .await
+        .expect("and still publishes devices' messages");
+    let get = connection
+        .create_channel()
+        .await
+        .expect("channel")
+        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+        .await;
+    assert_refused("consuming the route's queue", get);
+    let foreign = connection
+        .create_channel()
+        .await
+        .expect("channel")
+        .queue_declare(
+            command::device_queue(&other, "m-1").as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await;
+    assert_refused("declaring another tenant's command queue", foreign);
+    let _ = connection.close(200, "done".into()).await;
+    users::delete(&http, &management, &name)
+        .await
+        .expect("deleted");
+    cleanup(&broker, &[&queue, &dlq, &decoy, &device_queue]).await;
 }
 
 #[tokio::test]

@@ -84,7 +84,7 @@ mod tests {
 
     #[test]
     fn a_broker_user_never_shows_its_password() {
-        let permissions = gateway_permissions();
+        let permissions = gateway_permissions("factory", true);
         let user = BrokerUser {
             name: "gateway.factory.line-1",
             password: "s3cret",

@@ -25,6 +25,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
+use tributary_contract::command::CommandsConfig;
 use tributary_contract::device_table::{self, RegistryFiles};
 use tributary_contract::gateway_config::{
     self as contract, AuthConfig, BrokerConfig, ClientCertificateAuth, GatewayConfig, Listeners,
@@ -161,6 +162,11 @@ pub fn validate(gateway: &Gateway) -> Result<(), BuildError> {
             BuildError::Invalid(format!("spec.routes[{index}].topicFilter: {why}"))
         })?;
     }
+    for (index, template) in spec.commands.subscribe_topics.iter().enumerate() {
+        check_filter(&template.replace("{device}", "d")).map_err(|why| {
+            BuildError::Invalid(format!("spec.commands.subscribeTopics[{index}]: {why}"))
+        })?;
+    }
     Ok(())
 }
 
@@ -253,7 +259,7 @@ pub fn render_config(
             DeliveryMode::Confirmed => contract::DeliveryMode::Confirmed,
             DeliveryMode::Fast => contract::DeliveryMode::Fast,
         },
-        commands: Default::default(),
+        commands: commands_config(gateway)?,
     })
 }
 
@@ -374,6 +380,23 @@ fn limits_config(gateway: &Gateway) -> Result<contract::Limits, BuildError> {
         write_timeout_seconds: u64::try_from(limits.write_timeout_seconds)
             .map_err(|_| out_of_range("spec.limits.writeTimeoutSeconds"))?,
         ..contract::Limits::default()
+    })
+}
+
+/// The gateway config's `commands` section from `spec.commands` (other fields: the
+/// gateway's defaults).
+fn commands_config(gateway: &Gateway) -> Result<CommandsConfig, BuildError> {
+    let commands = &gateway.spec.commands;
+    Ok(CommandsConfig {
+        enabled: commands.enabled,
+        subscribe: commands.subscribe_topics.clone(),
+        max_queued_per_device: u32::try_from(commands.max_queued_per_device)
+            .map_err(|_| out_of_range("spec.commands.maxQueuedPerDevice"))?,
+        session_expiry_seconds: u32::try_from(commands.session_expiry_seconds)
+            .map_err(|_| out_of_range("spec.commands.sessionExpirySeconds"))?,
+        max_in_flight_per_device: u16::try_from(commands.max_in_flight_per_device)
+            .map_err(|_| out_of_range("spec.commands.maxInFlightPerDevice"))?,
+        ..CommandsConfig::default()
     })
 }
 

@@ -170,6 +170,11 @@ spec:
   publishTopics: ["devices/{device}/#", "shared/#"]
   delivery: fast
   limits: {maxPayloadBytes: 1024, maxConnections: 10, messagesPerSecondPerDevice: 5, burst: 0}
+  commands:
+    subscribeTopics: ["commands/{device}/#", "broadcast/#"]
+    maxQueuedPerDevice: 20
+    sessionExpirySeconds: 600
+    maxInFlightPerDevice: 4
   routes:
     - {topicFilter: "devices/+/telemetry", queue: telemetry}
     - {topicFilter: "shared/#", queue: telemetry}

@@ -99,7 +99,13 @@ async fn dereference(ctx: &Context, gateway: &Gateway) -> Step<GatewayInputs> {
     let grants: broker_user::Grants = queues
         .iter()
         .filter(|(_, q)| q.credentials == BrokerCredentials::Administrator)
-        .map(|(name, _)| (name.clone(), access::gateway_permissions()))
+        .map(|(name, _)| {
+            let commands = gateway.spec.commands.enabled;
+            (
+                name.clone(),
+                access::gateway_permissions(&namespace, commands),
+            )
+        })
         .collect();
     let users = match broker_user::ensure(ctx, gateway, &grants).await? {
         Ok(users) => users,

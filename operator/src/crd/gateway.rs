@@ -5,7 +5,7 @@ use super::{Condition, SecretRef};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use tributary_contract::gateway_config;
+use tributary_contract::{command, gateway_config};
 
 /// A provisioned device endpoint: a Deployment and Service of the gateway image.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -72,6 +72,69 @@ pub struct GatewaySpec {
     /// Limits protecting the gateway and the queue.
     #[serde(default)]
     pub limits: Limits,
+    /// Commands to devices: what they may subscribe to and how their command queues are
+    /// bounded (see docs/commands.md).
+    #[serde(default)]
+    pub commands: Commands,
+}
+
+/// How the Gateway's devices receive commands.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Commands {
+    /// Whether devices may subscribe (MQTT) and poll (HTTP) for commands. Default true.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Topic filter templates devices may subscribe within; `{device}` is replaced by the
+    /// device id. Default: `commands/{device}/#`.
+    #[serde(default = "default_subscribe_topics")]
+    pub subscribe_topics: Vec<String>,
+    /// Most commands queued for one device; further ones are refused to the sender until
+    /// the device takes some. Default 100.
+    #[serde(default = "default_max_queued")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_queued_per_device: i64,
+    /// Seconds a device's command queue outlives its last connection (persistent MQTT
+    /// sessions, HTTP devices that poll). Default 86400 (a day).
+    #[serde(default = "default_session_expiry")]
+    #[schemars(range(min = 1, max = 2592000))]
+    pub session_expiry_seconds: i64,
+    /// Commands delivered to one device and not yet acknowledged. Default 10.
+    #[serde(default = "default_commands_in_flight")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub max_in_flight_per_device: i64,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_subscribe_topics() -> Vec<String> {
+    vec![command::DEFAULT_SUBSCRIBE_TEMPLATE.to_owned()]
+}
+
+fn default_max_queued() -> i64 {
+    i64::from(command::DEFAULT_MAX_QUEUED_PER_DEVICE)
+}
+
+fn default_session_expiry() -> i64 {
+    i64::from(command::DEFAULT_SESSION_EXPIRY_SECONDS)
+}
+
+fn default_commands_in_flight() -> i64 {
+    i64::from(command::DEFAULT_MAX_COMMANDS_IN_FLIGHT_PER_DEVICE)
+}
+
+impl Default for Commands {
+    fn default() -> Self {
+        Commands {
+            enabled: true,
+            subscribe_topics: default_subscribe_topics(),
+            max_queued_per_device: default_max_queued(),
+            session_expiry_seconds: default_session_expiry(),
+            max_in_flight_per_device: default_commands_in_flight(),
+        }
+    }
 }
 
 fn default_replicas() -> i32 {

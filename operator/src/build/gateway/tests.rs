@@ -155,6 +155,24 @@ fn bad_topic_filter_is_invalid() {
 }
 
 #[test]
+fn a_bad_subscribe_template_is_invalid_and_limits_reach_the_config() {
+    let mut gateway: Gateway = load("gateway.yaml");
+    gateway.spec.commands.subscribe_topics = vec!["commands/{device}/#/x".into()];
+    let error = validate(&gateway).expect_err("invalid");
+    assert!(
+        error.to_string().contains("commands.subscribeTopics[0]"),
+        "{error}"
+    );
+    gateway.spec.commands.subscribe_topics = vec!["cmd/{device}/+".into()];
+    gateway.spec.commands.max_queued_per_device = 7;
+    gateway.spec.commands.enabled = false;
+    let config = render_config(&gateway, &inputs()).expect("config");
+    assert_eq!(config.commands.subscribe, vec!["cmd/{device}/+".to_owned()]);
+    assert_eq!(config.commands.max_queued_per_device, 7);
+    assert!(!config.commands.enabled);
+}
+
+#[test]
 fn routes_to_two_brokers_are_refused() {
     let mut gateway: Gateway = load("gateway.yaml");
     gateway.spec.routes.push(crate::crd::gateway::Route {

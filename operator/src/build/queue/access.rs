@@ -20,6 +20,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
 use kube::Resource;
 use std::collections::BTreeMap;
+use tributary_contract::command;
 
 /// `app.kubernetes.io/name` of the per-workload broker credentials Secrets.
 pub const COMPONENT: &str = "broker-user";
@@ -93,12 +94,29 @@ pub fn regex_escape(name: &str) -> String {
     escaped
 }
 
-/// What a Gateway's user may do: publish to the default exchange; declare and read nothing.
-pub fn gateway_permissions() -> Permissions {
+/// A regex matching the command exchange of `namespace`'s tenant and every name under it
+/// (its device queues, its expired-commands exchange and queue). Namespaces hold no dots,
+/// so no other tenant's names match.
+pub fn command_names(namespace: &str) -> String {
+    format!(r"^{}(\..+)?$", regex_escape(&command::exchange(namespace)))
+}
+
+/// What a Gateway's user may do: publish to the default exchange (devices' messages, and
+/// responses to commands through direct reply-to); with commands enabled, also declare,
+/// bind, consume and delete its tenant's command exchange and queues ([`command_names`]).
+pub fn gateway_permissions(namespace: &str, commands: bool) -> Permissions {
+    if !commands {
+        return Permissions {
+            configure: NOTHING.to_owned(),
+            write: exactly(&[DEFAULT_EXCHANGE]),
+            read: NOTHING.to_owned(),
+        };
+    }
+    let names = command_names(namespace);
     Permissions {
-        configure: NOTHING.to_owned(),
-        write: exactly(&[DEFAULT_EXCHANGE]),
-        read: NOTHING.to_owned(),
+        configure: names.clone(),
+        write: format!("{}|{names}", exactly(&[DEFAULT_EXCHANGE])),
+        read: names,
     }
 }
 
@@ -190,11 +208,27 @@ mod tests {
     }
 
     #[test]
-    fn a_gateway_may_only_publish_to_the_default_exchange() {
-        let permissions = gateway_permissions();
+    fn a_gateway_without_commands_may_only_publish_to_the_default_exchange() {
+        let permissions = gateway_permissions("factory", false);
         assert_eq!(permissions.configure, "^$");
         assert_eq!(permissions.write, r"^(amq\.default)$");
         assert_eq!(permissions.read, "^$");
+    }
+
+    #[test]
+    fn a_gateway_with_commands_may_use_its_tenants_command_names_only() {
+        let permissions = gateway_permissions("factory", true);
+        let names = r"^tributary\.commands\.factory(\..+)?$";
+        assert_eq!(permissions.configure, names);
+        assert_eq!(permissions.read, names);
+        assert_eq!(permissions.write, format!(r"^(amq\.default)$|{names}"));
+        let matches = |name: &str| regex::Regex::new(names).expect("regex").is_match(name);
+        assert!(matches("tributary.commands.factory"));
+        assert!(matches("tributary.commands.factory.device.m-1"));
+        assert!(matches("tributary.commands.factory.expired"));
+        assert!(!matches("tributary.commands.factory2.device.m-1"));
+        assert!(!matches("tributary.commands.factoryXdevice"));
+        assert!(!matches("factory.telemetry"));
     }
 
     #[test]
