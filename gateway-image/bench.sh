@@ -3,12 +3,14 @@
 # beside RabbitMQ's own MQTT plugin (same broker) and Mosquitto (no durability), same load
 # generator, same run; then memory per idle connection and around a burst of password
 # logins, gateway vs Mosquitto; then a reconnect storm (10,000 devices at once), device
-# table with generated secrets vs argon2 passwords. Each figure is also printed as a `BENCH figure=…` line
+# table with generated secrets vs argon2 passwords; then the round trip of request/response
+# commands to 1,000 connected devices, gateway vs RabbitMQ's MQTT plugin and Mosquitto. Each figure is also printed as a `BENCH figure=…` line
 # (collected by hack/bench.sh).
-#   gateway-image/bench.sh                 # BENCH_MODE=all|throughput|idle|logins|storm
+#   gateway-image/bench.sh                 # BENCH_MODE=all|throughput|idle|logins|storm|commands
 #   BENCH_CLIENTS=20 BENCH_MESSAGES=2000 BENCH_WINDOW=10 BENCH_IDLE_CONNECTIONS=10000
 #   BENCH_LOGINS=1000 BENCH_LOGIN_PARALLEL=8 BENCH_LOGIN_SETTLE_SECONDS=10
 #   BENCH_STORM_DEVICES=10000 BENCH_STORM_ARGON2_DEVICES=10000 (fewer: time extrapolated)
+#   BENCH_COMMAND_DEVICES=1000 BENCH_COMMANDS=2000 BENCH_COMMAND_WINDOW=10
 # Starts (or reuses) our RabbitMQ on loopback via tests/services/rabbitmq.sh (which honours
 # TRIBUTARY_RABBITMQ_INSTANCE and its ports); starts its own Mosquitto and gateway processes
 # on loopback ports BENCH_PORT_BASE (28830) to BENCH_PORT_BASE+5 and stops them after.

@@ -27,6 +27,10 @@ ROWS = [
     ("gateway", "login_burst_seconds", "gateway", "mosquitto", "time for the login burst (argon2id 19 MiB vs PBKDF2; failures throttled)", "Mosquitto, `password_file`", "lower"),
     ("gateway", "storm_seconds", "gateway-generated", "gateway-argon2", "reconnect storm: time until 10,000 devices are connected (device table, generated secrets, HMAC)", "the same gateway, argon2id passwords (19 MiB, 2 check slots)", "lower"),
     ("gateway", "storm_rss_peak", "gateway-generated", "gateway-argon2", "reconnect storm: the gateway's peak RSS (device table, generated secrets)", "the same gateway, argon2id passwords (19 MiB, 2 check slots)", "lower"),
+    ("gateway", "command_round_trip_p50", "gateway", "rabbitmq-mqtt", "command round trip (request → device → response), p50, 1,000 connected devices", "RabbitMQ's MQTT plugin, same broker, `amq.topic`", "lower"),
+    ("gateway", "command_round_trip_p99", "gateway", "rabbitmq-mqtt", "command round trip, p99, 1,000 connected devices", "RabbitMQ's MQTT plugin, same broker, `amq.topic`", "lower"),
+    ("gateway", "command_round_trip_p50", "gateway", "mosquitto", "command round trip, p50, 1,000 connected devices", "Mosquitto (in memory, no durability)", "lower"),
+    ("gateway", "command_round_trip_p99", "gateway", "mosquitto", "command round trip, p99, 1,000 connected devices", "Mosquitto (in memory, no durability)", "lower"),
     ("worker", "worker_rows", "worker", "copy", "worker → PostgreSQL, rows stored per second", "plain `COPY` of the same rows", "higher"),
     ("worker", "worker_rows", "worker", "broker-ceiling", "worker → PostgreSQL, rows stored per second", "bare consumer of the same broker (drain ceiling)", "higher"),
     ("autoscale", "autoscale_decision", "tributary-poll5", "keda-hpa", "backlog → scale decision (poll 5 s, default)", "KEDA 30 s poll + HPA 15 s sync (computed mean)", "lower"),
@@ -190,6 +194,10 @@ def charts(figures, run_dir, chart_dir):
             ("RSS after logins", "MiB", pick(figures, "login_rss_after", mqtt)),
         ]),
         login_timeline(plt, run_dir, os.path.join(chart_dir, "logins-rss.png")),
+        chart(plt, os.path.join(chart_dir, "commands.png"), [
+            ("command round trip p50", "ms", pick(figures, "command_round_trip_p50", mqtt)),
+            ("command round trip p99", "ms", pick(figures, "command_round_trip_p99", mqtt)),
+        ]),
         chart(plt, os.path.join(chart_dir, "worker.png"), [
             ("into PostgreSQL", "rows/s", pick(figures, "worker_rows", ["worker", "copy", "broker-ceiling"])),
         ]),

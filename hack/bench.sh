@@ -13,7 +13,8 @@
 #   gateway    gateway-image/bench.sh: MQTT ingest beside RabbitMQ's MQTT plugin and
 #              Mosquitto, memory per idle connection and around a burst of password logins
 #              beside Mosquitto, a reconnect storm (device table generated secrets beside
-#              argon2 passwords)
+#              argon2 passwords), the round trip of request/response commands to 1,000
+#              connected devices beside the MQTT plugin and Mosquitto
 #   worker     worker-image/bench.sh: worker -> PostgreSQL beside a plain COPY and beside a
 #              bare consumer of the same broker
 #   devices    operator/bench-devices.sh: BENCH_DEVICE_COUNT (10000 [1000]) Device resources
@@ -30,7 +31,8 @@
 # per client, BENCH_IDLE_CONNECTIONS 10000 [1000], BENCH_LOGINS 1000 [100],
 # BENCH_LOGIN_SETTLE_SECONDS 10 [3], BENCH_STORM_DEVICES 10000 [1000],
 # BENCH_STORM_ARGON2_DEVICES 10000 [200] (fewer: its time extrapolated to the storm's size), BENCH_ROWS 100000 [10000], BENCH_TRIALS 3 [1],
-# BENCH_AUTOSCALE_MESSAGES 500 [200]. BENCH_ONLY="gateway worker" runs a subset.
+# BENCH_AUTOSCALE_MESSAGES 500 [200], BENCH_COMMAND_DEVICES 1000 [200], BENCH_COMMANDS 2000 [300].
+# BENCH_ONLY="gateway worker" runs a subset.
 #
 # Servers: a private RabbitMQ and PostgreSQL instance named "bench" (ports 5794/15794/1994
 # and 5795) unless TRIBUTARY_RABBITMQ_* / TRIBUTARY_PG_* say otherwise, so that a benchmark
@@ -68,6 +70,8 @@ size BENCH_ROWS 100000 10000
 size BENCH_TRIALS 3 1
 size BENCH_AUTOSCALE_MESSAGES 500 200
 size BENCH_DEVICE_COUNT 10000 1000
+size BENCH_COMMAND_DEVICES 1000 200
+size BENCH_COMMANDS 2000 300
 only="${BENCH_ONLY:-gateway worker devices autoscale}"
 
 run_dir="${BENCH_LOG_DIR:-$(mktemp -d /tmp/tributary-bench-XXXXXX)}"

@@ -19,7 +19,10 @@
 //! `BENCH figure=<id> system=<id> value=<number> unit=<unit> [key=value…]`, which
 //! `hack/bench.sh` collects into `docs/benchmarks.md`.
 //!
-//! Settings (environment): BENCH_MODE=all|throughput|idle|logins|storm, BENCH_CLIENTS (20),
+//! Commands: the round trip of request/response commands to 1,000 connected devices,
+//! gateway beside RabbitMQ's MQTT plugin and Mosquitto (see `commands.rs`).
+//!
+//! Settings (environment): BENCH_MODE=all|throughput|idle|logins|storm|commands, BENCH_CLIENTS (20),
 //! BENCH_MESSAGES per client (2000), BENCH_WINDOW in flight per client (10),
 //! BENCH_PAYLOAD_BYTES (100), BENCH_IDLE_CONNECTIONS (10000), BENCH_LOGINS (1000), BENCH_PORT_BASE (28830: the loopback ports of the servers it
 //! starts), plus the TRIBUTARY_TEST_AMQP_URL / TRIBUTARY_TEST_RABBITMQ_MQTT printed by
@@ -33,6 +36,7 @@ use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use tokio::io::{AsyncWriteExt, BufReader};
 
+mod commands;
 mod logins;
 mod servers;
 mod storm;
@@ -324,5 +328,8 @@ async fn main() {
     }
     if mode == "all" || mode == "storm" {
         storm::run(&amqp_url).await;
+    }
+    if mode == "all" || mode == "commands" {
+        commands::run(&amqp_url, &plugin_mqtt).await;
     }
 }
