@@ -11,6 +11,11 @@
 //! | `tributary_api_live_connected` | gauge | |
 //! | `tributary_api_rate_limited_total` | counter | `key` (the key's name) |
 //! | `tributary_api_auth_failures_total` | counter | |
+//! | `tributary_api_commands_total` | counter | `result` ([`COMMAND_RESULTS`]) |
+//! | `tributary_api_command_round_trip_seconds` | histogram | |
+//! | `tributary_api_commands_waiting` | gauge | |
+//! | `tributary_api_commands_connected` | gauge | |
+//! | `tributary_api_command_responses_unmatched_total` | counter | |
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
@@ -19,6 +24,17 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(String, String)>;
+
+/// The values of `tributary_api_commands_total`'s `result` label.
+pub const COMMAND_RESULTS: [&str; 7] = [
+    "queued",
+    "answered",
+    "timeout",
+    "undeliverable",
+    "queueFull",
+    "refused",
+    "error",
+];
 
 #[derive(Clone)]
 struct LatencyBuckets;
@@ -45,6 +61,15 @@ pub struct Metrics {
     rate_limited: Family<Labels, Counter>,
     /// Requests with a missing or unknown key.
     pub auth_failures: Counter,
+    commands: Family<Labels, Counter>,
+    /// Seconds from publishing a command to its device's answer.
+    pub command_round_trip: Histogram,
+    /// Requests waiting for a device's answer.
+    pub commands_waiting: Gauge,
+    /// 1 while the command publisher is connected to the broker.
+    pub commands_connected: Gauge,
+    /// Answers that arrived for no waiting request (it timed out or went away).
+    pub command_responses_unmatched: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -72,6 +97,12 @@ impl Metrics {
         let live_connected = Gauge::default();
         let rate_limited = Family::<Labels, Counter>::default();
         let auth_failures = Counter::default();
+        let commands = Family::<Labels, Counter>::default();
+        // 5 ms to about 80 s: a device on a slow link answering within the longest wait.
+        let command_round_trip = Histogram::new(exponential_buckets(0.005, 2.0, 15));
+        let commands_waiting = Gauge::default();
+        let commands_connected = Gauge::default();
+        let command_responses_unmatched = Counter::default();
         registry.register(
             "requests",
             "HTTP requests answered, by route and status",
@@ -117,6 +148,14 @@ impl Metrics {
             "Requests refused with 401 (no key or an unknown key)",
             auth_failures.clone(),
         );
+        register_commands(
+            &mut registry,
+            &commands,
+            &command_round_trip,
+            &commands_waiting,
+            &commands_connected,
+            &command_responses_unmatched,
+        );
         Self {
             registry,
             requests,
@@ -128,7 +167,19 @@ impl Metrics {
             live_connected,
             rate_limited,
             auth_failures,
+            commands,
+            command_round_trip,
+            commands_waiting,
+            commands_connected,
+            command_responses_unmatched,
         }
+    }
+
+    /// Counts a command request by its result (one of [`COMMAND_RESULTS`]).
+    pub fn command(&self, result: &str) {
+        self.commands
+            .get_or_create(&vec![("result".into(), result.into())])
+            .inc();
     }
 
     /// Records an answered request.
@@ -164,6 +215,41 @@ impl Metrics {
     }
 }
 
+fn register_commands(
+    registry: &mut Registry,
+    commands: &Family<Labels, Counter>,
+    round_trip: &Histogram,
+    waiting: &Gauge,
+    connected: &Gauge,
+    unmatched: &Counter,
+) {
+    registry.register(
+        "commands",
+        "Command requests, by result (queued, answered, timeout, undeliverable, queueFull, refused, error)",
+        commands.clone(),
+    );
+    registry.register(
+        "command_round_trip_seconds",
+        "Time from publishing a command to its device's answer, for answered commands",
+        round_trip.clone(),
+    );
+    registry.register(
+        "commands_waiting",
+        "Command requests waiting for their device's answer",
+        waiting.clone(),
+    );
+    registry.register(
+        "commands_connected",
+        "1 while the command publisher is connected to the broker",
+        connected.clone(),
+    );
+    registry.register(
+        "command_responses_unmatched",
+        "Device answers that arrived for no waiting request (timed out, or the client left)",
+        unmatched.clone(),
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +280,7 @@ mod tests {
         metrics.request("/v1/devices", 200, 0.01);
         metrics.stream_clients("sse").set(0);
         metrics.rate_limited("k");
+        metrics.command("queued");
         let text = metrics.render();
         let mut exported = Vec::new();
         for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
