@@ -61,15 +61,68 @@ pub struct Metrics {
     rate_limited: Family<Labels, Counter>,
     /// Requests with a missing or unknown key.
     pub auth_failures: Counter,
-    commands: Family<Labels, Counter>,
+    /// The command endpoint's metrics.
+    pub commands: CommandMetrics,
+}
+
+/// The command endpoint's metrics.
+#[derive(Debug)]
+pub struct CommandMetrics {
+    results: Family<Labels, Counter>,
     /// Seconds from publishing a command to its device's answer.
-    pub command_round_trip: Histogram,
+    pub round_trip: Histogram,
     /// Requests waiting for a device's answer.
-    pub commands_waiting: Gauge,
+    pub waiting: Gauge,
     /// 1 while the command publisher is connected to the broker.
-    pub commands_connected: Gauge,
+    pub connected: Gauge,
     /// Answers that arrived for no waiting request (it timed out or went away).
-    pub command_responses_unmatched: Counter,
+    pub unmatched: Counter,
+}
+
+impl CommandMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            results: Family::default(),
+            // 5 ms to about 80 s: a device on a slow link answering within the longest wait.
+            round_trip: Histogram::new(exponential_buckets(0.005, 2.0, 15)),
+            waiting: Gauge::default(),
+            connected: Gauge::default(),
+            unmatched: Counter::default(),
+        };
+        registry.register(
+            "commands",
+            "Command requests, by result (queued, answered, timeout, undeliverable, queueFull, refused, error)",
+            metrics.results.clone(),
+        );
+        registry.register(
+            "command_round_trip_seconds",
+            "Time from publishing a command to its device's answer, for answered commands",
+            metrics.round_trip.clone(),
+        );
+        registry.register(
+            "commands_waiting",
+            "Command requests waiting for their device's answer",
+            metrics.waiting.clone(),
+        );
+        registry.register(
+            "commands_connected",
+            "1 while the command publisher is connected to the broker",
+            metrics.connected.clone(),
+        );
+        registry.register(
+            "command_responses_unmatched",
+            "Device answers that arrived for no waiting request (timed out, or the client left)",
+            metrics.unmatched.clone(),
+        );
+        metrics
+    }
+
+    /// Counts a command request by its result (one of [`COMMAND_RESULTS`]).
+    pub fn count(&self, result: &str) {
+        self.results
+            .get_or_create(&vec![("result".into(), result.into())])
+            .inc();
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -97,12 +150,6 @@ impl Metrics {
         let live_connected = Gauge::default();
         let rate_limited = Family::<Labels, Counter>::default();
         let auth_failures = Counter::default();
-        let commands = Family::<Labels, Counter>::default();
-        // 5 ms to about 80 s: a device on a slow link answering within the longest wait.
-        let command_round_trip = Histogram::new(exponential_buckets(0.005, 2.0, 15));
-        let commands_waiting = Gauge::default();
-        let commands_connected = Gauge::default();
-        let command_responses_unmatched = Counter::default();
         registry.register(
             "requests",
             "HTTP requests answered, by route and status",
@@ -148,14 +195,7 @@ impl Metrics {
             "Requests refused with 401 (no key or an unknown key)",
             auth_failures.clone(),
         );
-        register_commands(
-            &mut registry,
-            &commands,
-            &command_round_trip,
-            &commands_waiting,
-            &commands_connected,
-            &command_responses_unmatched,
-        );
+        let commands = CommandMetrics::register(&mut registry);
         Self {
             registry,
             requests,
@@ -168,18 +208,7 @@ impl Metrics {
             rate_limited,
             auth_failures,
             commands,
-            command_round_trip,
-            commands_waiting,
-            commands_connected,
-            command_responses_unmatched,
         }
-    }
-
-    /// Counts a command request by its result (one of [`COMMAND_RESULTS`]).
-    pub fn command(&self, result: &str) {
-        self.commands
-            .get_or_create(&vec![("result".into(), result.into())])
-            .inc();
     }
 
     /// Records an answered request.
@@ -215,41 +244,6 @@ impl Metrics {
     }
 }
 
-fn register_commands(
-    registry: &mut Registry,
-    commands: &Family<Labels, Counter>,
-    round_trip: &Histogram,
-    waiting: &Gauge,
-    connected: &Gauge,
-    unmatched: &Counter,
-) {
-    registry.register(
-        "commands",
-        "Command requests, by result (queued, answered, timeout, undeliverable, queueFull, refused, error)",
-        commands.clone(),
-    );
-    registry.register(
-        "command_round_trip_seconds",
-        "Time from publishing a command to its device's answer, for answered commands",
-        round_trip.clone(),
-    );
-    registry.register(
-        "commands_waiting",
-        "Command requests waiting for their device's answer",
-        waiting.clone(),
-    );
-    registry.register(
-        "commands_connected",
-        "1 while the command publisher is connected to the broker",
-        connected.clone(),
-    );
-    registry.register(
-        "command_responses_unmatched",
-        "Device answers that arrived for no waiting request (timed out, or the client left)",
-        unmatched.clone(),
-    );
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,7 +274,7 @@ mod tests {
         metrics.request("/v1/devices", 200, 0.01);
         metrics.stream_clients("sse").set(0);
         metrics.rate_limited("k");
-        metrics.command("queued");
+        metrics.commands.count("queued");
         let text = metrics.render();
         let mut exported = Vec::new();
         for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {

@@ -55,7 +55,7 @@ impl Commander {
         confirm_timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
-        metrics.commands_connected.set(0);
+        metrics.commands.connected.set(0);
         Self {
             exchange: command::exchange(tenant),
             max_wait_seconds: target.max_wait_seconds,
@@ -63,7 +63,7 @@ impl Commander {
             channel: Mutex::new(None),
             waiters: Arc::new(Waiters::new(
                 target.max_waiting,
-                metrics.commands_waiting.clone(),
+                metrics.commands.waiting.clone(),
             )),
             metrics,
         }
@@ -88,7 +88,8 @@ impl Commander {
 
     fn attach(&self, channel: Option<Channel>) {
         self.metrics
-            .commands_connected
+            .commands
+            .connected
             .set(i64::from(channel.is_some()));
         *self.channel.lock().unwrap_or_else(|p| p.into_inner()) = channel;
     }
@@ -174,7 +175,7 @@ impl Commander {
             .map(|id| id.as_str().to_owned());
         let answer = message::answer(&delivery.properties, delivery.data);
         if !id.is_some_and(|id| self.waiters.answer(&id, answer)) {
-            self.metrics.command_responses_unmatched.inc();
+            self.metrics.commands.unmatched.inc();
         }
     }
 }

@@ -28,7 +28,7 @@ pub async fn send(
     let (request, commander) = match admit(&state, &key, &device, &name, &params, content_type) {
         Ok(admitted) => admitted,
         Err(error) => {
-            state.metrics.command("refused");
+            state.metrics.commands.count("refused");
             return error.into_response();
         }
     };
@@ -39,9 +39,9 @@ pub async fn send(
         payload,
     };
     let outcome = commander.send(&command).await;
-    state.metrics.command(outcome.result());
+    state.metrics.commands.count(outcome.result());
     if let crate::commands::outcome::Outcome::Answered { seconds, .. } = &outcome {
-        state.metrics.command_round_trip.observe(*seconds);
+        state.metrics.commands.round_trip.observe(*seconds);
     }
     // Never the payload: commands may carry settings an operator would not log.
     tracing::info!(
