@@ -234,11 +234,13 @@ impl Default for RateLimit {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ApiLimits {
-    /// Largest request body in bytes (the API reads none; this refuses oversized uploads).
-    /// Default 16384.
+    /// Largest request body in bytes: a command's payload; other endpoints read none, and
+    /// oversized uploads get 413. Default 16384.
     #[serde(default = "default_max_request_bytes")]
     pub max_request_bytes: usize,
-    /// Longest a request may take, in milliseconds (live streams excepted). Default 15000.
+    /// Longest a request may take, in milliseconds (live streams excepted; a command may
+    /// also wait `waitSeconds` for its device's answer). It also bounds the wait for the
+    /// broker's confirm of a command. Default 15000.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
     /// Rows per history page when `limit` is absent. Default 100.
