@@ -468,13 +468,33 @@ async fn a_connection_closed_by_the_broker_is_reopened() {
     )
     .await;
     let encoded = percent_encoding::utf8_percent_encode(&name, percent_encoding::NON_ALPHANUMERIC);
-    let closed = http
-        .delete(format!("{api}/api/connections/{encoded}"))
-        .basic_auth(&user, Some(&password))
-        .send()
-        .await
-        .expect("close the connection");
+    // A request waits for an answer (the device never answers) while the broker closes
+    // the publisher's connection: the wait ends with a 503, not at its deadline.
+    let waiting = rig.post("press-1", "slow/op", "?waitSeconds=10", OPERATOR, b"{}");
+    let close = async {
+        wait_for(
+            "the waiting request's command to be queued",
+            WAIT,
+            || async { (rig.queued(&queue).await == 1).then_some(()) },
+        )
+        .await;
+        http.delete(format!("{api}/api/connections/{encoded}"))
+            .basic_auth(&user, Some(&password))
+            .send()
+            .await
+            .expect("close the connection")
+    };
+    let (lost, closed) = tokio::join!(waiting, close);
     assert!(closed.status().is_success(), "{}", closed.status());
+    assert_eq!(lost.status, 503, "{}", lost.body);
+    assert_eq!(lost.body["status"], json!("error"));
+    assert!(
+        lost.body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("lost")),
+        "{}",
+        lost.body
+    );
     let answer = wait_for("commands to be queued again", WAIT, || async {
         let answer = rig.post("press-1", "reboot", "", OPERATOR, b"{}").await;
         (answer.status == 202).then_some(answer)
@@ -483,8 +503,8 @@ async fn a_connection_closed_by_the_broker_is_reopened() {
     assert_eq!(answer.body["status"], json!("queued"));
     assert_eq!(
         rig.queued(&queue).await,
-        1,
-        "exactly the command answered 202"
+        2,
+        "the command that waited, and the one answered 202"
     );
     assert_eq!(
         rig.server.metric("tributary_api_commands_connected").await,

@@ -19,7 +19,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::Confirmation;
-use lapin::{Channel, ConnectionProperties, ExchangeKind};
+use lapin::{Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use tokio_util::sync::CancellationToken;
 use tributary_contract::api_config::CommandsTarget;
 use tributary_contract::command::{self, DIRECT_REPLY_TO};
@@ -158,7 +158,7 @@ impl Commander {
                 Outcome::Unavailable("the broker did not confirm the command".into())
             }
             Ok(Err(error)) => Outcome::Unavailable(format!(
-                "publishing to the broker failed ({error}); the command was not sent"
+                "publishing to the broker failed ({error}); the command may not have been queued"
             )),
             Err(_) => Outcome::Unavailable(
                 "the broker did not confirm the command in time; it may have been queued".into(),
@@ -198,29 +198,38 @@ pub struct BrokerAddress {
     pub max_delay: Duration,
 }
 
-/// Keeps the publisher connected until `stop`, reconnecting with backoff.
+/// Keeps the publisher connected until `stop`, reconnecting with backoff: 100 ms doubling
+/// up to the configured maximum while connecting fails, back to 100 ms once connected.
 pub async fn run(commander: Arc<Commander>, address: BrokerAddress, stop: CancellationToken) {
     let max_delay = address.max_delay.max(Duration::from_millis(100));
     let mut delay = Duration::from_millis(100);
     loop {
-        let result = tokio::select! {
-            result = session(&commander, &address, &stop) => result,
-            () = stop.cancelled() => Ok(()),
+        let opened = tokio::select! {
+            opened = open(&commander.exchange, &address) => opened,
+            () = stop.cancelled() => return,
         };
-        commander.attach(None);
-        // Answers to the waiting requests would come on the channel just lost.
-        commander.waiters.abandon_all();
-        if stop.is_cancelled() {
-            return;
-        }
-        match result {
-            Ok(()) => delay = Duration::from_millis(100),
-            Err(error) => tracing::warn!(
-                error = %error,
-                retry_in_ms = delay.as_millis() as u64,
-                "command publisher disconnected"
-            ),
-        }
+        let error = match opened {
+            Ok((connection, channel, replies)) => {
+                delay = Duration::from_millis(100);
+                commander.attach(Some(channel));
+                tracing::info!(exchange = %commander.exchange, "command publisher connected");
+                let ended = serve_replies(&commander, replies, &stop).await;
+                commander.attach(None);
+                // Answers to the waiting requests would come on the channel just lost.
+                commander.waiters.abandon_all();
+                let _ = connection.close(200, "api stopping".into()).await;
+                match ended {
+                    Ok(()) => return,
+                    Err(error) => error,
+                }
+            }
+            Err(error) => error,
+        };
+        tracing::warn!(
+            error = %error,
+            retry_in_ms = delay.as_millis() as u64,
+            "command publisher disconnected"
+        );
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = stop.cancelled() => return,
@@ -229,13 +238,13 @@ pub async fn run(commander: Arc<Commander>, address: BrokerAddress, stop: Cancel
     }
 }
 
-/// One connection: set up the channel, then consume replies until it ends.
-async fn session(
-    commander: &Commander,
+/// Opens a connection and its channel: confirms on, the exchange declared, the direct
+/// reply-to consumed.
+async fn open(
+    exchange: &str,
     address: &BrokerAddress,
-    stop: &CancellationToken,
-) -> Result<(), String> {
-    let name = format!("tributary-api commands {}", commander.exchange);
+) -> Result<(Connection, Channel, Consumer), String> {
+    let name = format!("tributary-api commands {exchange}");
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     let connection =
         tributary_service_kit::amqp::connect(&address.uri, address.ca_file.as_deref(), properties)
@@ -249,7 +258,7 @@ async fn session(
     // The gateways declare it too, identically: whoever comes first creates it.
     channel
         .exchange_declare(
-            commander.exchange.as_str().into(),
+            exchange.into(),
             ExchangeKind::Direct,
             ExchangeDeclareOptions {
                 durable: true,
@@ -259,7 +268,7 @@ async fn session(
         )
         .await
         .map_err(text)?;
-    let mut replies = channel
+    let replies = channel
         .basic_consume(
             DIRECT_REPLY_TO.into(),
             "".into(),
@@ -271,22 +280,26 @@ async fn session(
         )
         .await
         .map_err(text)?;
-    commander.attach(Some(channel));
-    tracing::info!(exchange = %commander.exchange, "command publisher connected");
-    let result = loop {
+    Ok((connection, channel, replies))
+}
+
+/// Hands replies to their waiting requests until `stop` (Ok) or the channel ends (Err).
+async fn serve_replies(
+    commander: &Commander,
+    mut replies: Consumer,
+    stop: &CancellationToken,
+) -> Result<(), String> {
+    loop {
         let delivery = tokio::select! {
             delivery = replies.next() => delivery,
-            () = stop.cancelled() => break Ok(()),
+            () = stop.cancelled() => return Ok(()),
         };
         match delivery {
             Some(Ok(delivery)) => commander.deliver(delivery),
-            Some(Err(error)) => break Err(text(error)),
-            None => break Err("the reply consumer ended (channel or connection closed)".into()),
+            Some(Err(error)) => return Err(text(error)),
+            None => return Err("the reply consumer ended (channel or connection closed)".into()),
         }
-    };
-    commander.attach(None);
-    let _ = connection.close(200, "api stopping".into()).await;
-    result
+    }
 }
 
 fn text(error: lapin::Error) -> String {
