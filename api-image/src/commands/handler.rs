@@ -10,6 +10,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use crate::commands::message::{new_command_id, Command};
+use crate::commands::outcome::Outcome;
 use crate::commands::request::CommandRequest;
 use crate::commands::Commander;
 use crate::http::{ApiError, AppState, Caller};
@@ -40,7 +41,7 @@ pub async fn send(
     };
     let outcome = commander.send(&command).await;
     state.metrics.commands.count(outcome.result());
-    if let crate::commands::outcome::Outcome::Answered { seconds, .. } = &outcome {
+    if let Outcome::Answered { seconds, .. } = &outcome {
         state.metrics.commands.round_trip.observe(*seconds);
     }
     // Never the payload: commands may carry settings an operator would not log.
