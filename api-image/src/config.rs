@@ -19,6 +19,22 @@ pub fn parse(text: &str) -> Result<ApiConfig, ConfigError> {
     Ok(config)
 }
 
+/// Longest `commands.maxWaitSeconds` accepted: a request held longer than this is better
+/// replaced by polling.
+pub const MAX_WAIT_SECONDS_LIMIT: u32 = 600;
+/// Longest tenant name (a Kubernetes namespace has at most 63 characters).
+pub const MAX_TENANT: usize = 63;
+
+/// Whether `tenant` can name the command exchange: 1 to [`MAX_TENANT`] ASCII letters,
+/// digits, `-`, `_` or `.`.
+pub fn valid_tenant(tenant: &str) -> bool {
+    !tenant.is_empty()
+        && tenant.len() <= MAX_TENANT
+        && tenant
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
 /// Checks what the types cannot express.
 pub fn validate(config: &ApiConfig) -> Result<(), ConfigError> {
     let invalid = |m: &str| Err(ConfigError::Invalid(m.to_string()));
@@ -47,8 +63,37 @@ pub fn validate(config: &ApiConfig) -> Result<(), ConfigError> {
             );
         }
     }
+    validate_commands(config)?;
     if config.api_keys.is_empty() {
         tracing::warn!("no apiKeys configured: every /v1 request will get 401");
+    }
+    Ok(())
+}
+
+fn validate_commands(config: &ApiConfig) -> Result<(), ConfigError> {
+    let invalid = |m: String| Err(ConfigError::Invalid(m));
+    if !valid_tenant(&config.tenant) {
+        return invalid(format!(
+            "tenant must be 1 to {MAX_TENANT} letters, digits, '-', '_' or '.'"
+        ));
+    }
+    match &config.commands {
+        Some(commands) => {
+            if commands.max_waiting == 0 {
+                return invalid("commands.maxWaiting must be at least 1".into());
+            }
+            if commands.max_wait_seconds > MAX_WAIT_SECONDS_LIMIT {
+                return invalid(format!(
+                    "commands.maxWaitSeconds must be at most {MAX_WAIT_SECONDS_LIMIT}"
+                ));
+            }
+        }
+        None if config.api_keys.iter().any(|k| k.commands) => {
+            tracing::warn!(
+                "keys with `commands: true` but no `commands` section: commands get 503"
+            );
+        }
+        None => {}
     }
     Ok(())
 }
@@ -90,6 +135,24 @@ corsAllowedOrigins: ["https://dashboard.example"]
             text.contains("postgres") && text.contains("deviceColum"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn commands_need_a_plain_tenant_and_sane_bounds() {
+        let with = |extra: &str| parse(&format!("{FULL}{extra}\n"));
+        let ok = with("tenant: factory\ncommands: {uriFile: /s/amqp}").expect("valid");
+        assert_eq!(ok.tenant, "factory");
+        assert!(ok.commands.is_some());
+        for bad in [
+            "tenant: \"\"",
+            "tenant: a/b",
+            "commands: {uriFile: /s/amqp, maxWaiting: 0}",
+            "commands: {uriFile: /s/amqp, maxWaitSeconds: 601}",
+        ] {
+            assert!(matches!(with(bad), Err(ConfigError::Invalid(_))), "{bad}");
+        }
+        let long = format!("tenant: {}", "t".repeat(MAX_TENANT + 1));
+        assert!(with(&long).is_err());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -19,13 +19,14 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tributary_contract::api_config::ApiLimits;
 
+use crate::commands::Commander;
 use crate::keys::{Key, Keys};
 use crate::live::Hub;
 use crate::metrics::Metrics;
 use crate::query::BadParam;
 use crate::sql::Table;
 use crate::store::{Postgres, RedisLatest, StoreError};
-use crate::{dashboard, handlers, openapi, stream};
+use crate::{commands, dashboard, handlers, openapi, stream};
 
 /// `GET`: devices seen in the table.
 pub const DEVICES: &str = "/v1/devices";
@@ -33,6 +34,8 @@ pub const DEVICES: &str = "/v1/devices";
 pub const DEVICE_LATEST: &str = "/v1/devices/{id}/latest";
 /// `GET`: a device's rows or buckets.
 pub const DEVICE_HISTORY: &str = "/v1/devices/{id}/history";
+/// `POST`: a command to a device (the name may hold `/`).
+pub const DEVICE_COMMAND: &str = "/v1/devices/{id}/commands/{*name}";
 /// `GET`: rows or buckets of a group of devices.
 pub const GROUP_HISTORY: &str = "/v1/history";
 /// `GET`: live messages as Server-Sent Events.
@@ -53,10 +56,11 @@ pub const DASHBOARD: &str = "/dashboard";
 pub const DASHBOARD_FILE: &str = "/dashboard/{file}";
 
 /// Every route the server answers, for the OpenAPI document's check.
-pub const ROUTES: [&str; 12] = [
+pub const ROUTES: [&str; 13] = [
     DEVICES,
     DEVICE_LATEST,
     DEVICE_HISTORY,
+    DEVICE_COMMAND,
     GROUP_HISTORY,
     STREAM,
     WEBSOCKET,
@@ -83,6 +87,8 @@ pub struct AppState {
     pub redis: Option<Arc<RedisLatest>>,
     /// Live clients, when live messages are configured.
     pub hub: Option<Arc<Hub>>,
+    /// The command publisher, when commands are configured.
+    pub commands: Option<Arc<Commander>>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Cancelled at shutdown: streams end, `/readyz` fails.
@@ -265,8 +271,8 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
     Some(
         CorsLayer::new()
             .allow_origin(allow)
-            .allow_methods([Method::GET])
-            .allow_headers([header::AUTHORIZATION])
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
             .max_age(Duration::from_secs(600)),
     )
 }
@@ -294,8 +300,18 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
     let live = Router::new()
         .route(STREAM, get(stream::sse))
         .route(WEBSOCKET, get(stream::websocket));
+    // A command may wait for its device's answer past the request timeout, by at most the
+    // configured longest wait.
+    let max_wait = state.commands.as_ref().map_or(0, |c| c.max_wait_seconds());
+    let commands = Router::new()
+        .route(DEVICE_COMMAND, post(commands::handler::send))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::GATEWAY_TIMEOUT,
+            timeout + Duration::from_secs(u64::from(max_wait)),
+        ));
     let mut app = bounded
         .merge(live)
+        .merge(commands)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(axum::middleware::from_fn_with_state(state.clone(), record))
         .layer(DefaultBodyLimit::max(max_bytes))

@@ -1,5 +1,6 @@
 //! Application keys: only SHA-256 hashes are configured; a request's bearer key is hashed
-//! and looked up. Each key carries the devices it may read and its own token bucket.
+//! and looked up. Each key carries the devices it may read, whether it may send them
+//! commands, and its own token bucket.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -119,6 +120,8 @@ pub struct Key {
     pub name: String,
     /// The devices it may read.
     pub scope: Scope,
+    /// Whether it may send commands to the devices of its scope (`commands: true`).
+    pub commands: bool,
     /// Its requests.
     pub bucket: TokenBucket,
 }
@@ -163,11 +166,17 @@ impl Keys {
                 Arc::new(Key {
                     name: key.name.clone(),
                     scope: Scope::from_config(&key.scope),
+                    commands: key.commands,
                     bucket: TokenBucket::new(limit),
                 }),
             );
         }
         Ok(Self { by_hash })
+    }
+
+    /// Whether any key may send commands.
+    pub fn any_commands(&self) -> bool {
+        self.by_hash.values().any(|key| key.commands)
     }
 
     /// The key a presented secret belongs to.
@@ -187,6 +196,7 @@ mod tests {
             name: name.into(),
             sha256: hash_key(secret),
             scope,
+            commands: false,
             rate_limit: None,
         }
     }
@@ -215,6 +225,11 @@ mod tests {
             Some("a".into())
         );
         assert!(keys.find("secret-3").is_none());
+        assert!(!keys.find("secret-1").is_some_and(|k| k.commands));
+        assert!(
+            !keys.any_commands(),
+            "keys only read unless they say otherwise"
+        );
         // The hash itself is not a key.
         assert!(keys.find(&hash_key("secret-1")).is_none());
     }

@@ -1,9 +1,11 @@
 //! The Tributary application API: devices, latest values, history with time buckets, and a
-//! live stream, read from what the workers' sinks stored.
+//! live stream, read from what the workers' sinks stored; and commands sent to devices
+//! through the broker.
 //!
 //! Data plane: no Kubernetes dependencies; it runs standalone from its config file.
 #![forbid(unsafe_code)]
 
+pub mod commands;
 pub mod config;
 pub mod dashboard;
 pub mod handlers;
@@ -28,6 +30,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tributary_contract::api_config::ApiConfig;
 
+use crate::commands::broker::BrokerAddress;
+use crate::commands::Commander;
 use crate::http::AppState;
 use crate::keys::Keys;
 use crate::live::Hub;
@@ -73,6 +77,7 @@ pub struct Api {
     config: ApiConfig,
     state: AppState,
     live_uri: Option<String>,
+    broker: Option<BrokerAddress>,
 }
 
 impl std::fmt::Debug for Api {
@@ -113,6 +118,22 @@ impl Api {
             ),
             None => (None, None),
         };
+        let (commands, broker) = match &config.commands {
+            Some(target) => (
+                Some(Arc::new(Commander::new(
+                    &config.tenant,
+                    target,
+                    Duration::from_millis(config.limits.request_timeout_ms.max(1)),
+                    metrics.clone(),
+                ))),
+                Some(BrokerAddress {
+                    uri: read_secret(&target.uri_file)?,
+                    ca_file: target.ca_file.clone(),
+                    max_delay: Duration::from_millis(target.reconnect_max_delay_ms),
+                }),
+            ),
+            None => (None, None),
+        };
         let state = AppState {
             limits: Arc::new(config.limits.clone()),
             keys: Arc::new(keys),
@@ -120,6 +141,7 @@ impl Api {
             postgres: Arc::new(postgres),
             redis,
             hub,
+            commands,
             metrics,
             stop: CancellationToken::new(),
             accepting: Arc::new(AtomicBool::new(true)),
@@ -128,6 +150,7 @@ impl Api {
             config,
             state,
             live_uri,
+            broker,
         })
     }
 
@@ -176,6 +199,17 @@ impl Server {
             ))),
             _ => None,
         };
+        // The publisher outlives the live streams: commands in flight (some waiting for an
+        // answer) get the grace period too.
+        let publisher_stop = CancellationToken::new();
+        let publisher = match (&state.commands, &api.broker) {
+            (Some(commander), Some(address)) => Some(tokio::spawn(commands::broker::run(
+                commander.clone(),
+                address.clone(),
+                publisher_stop.clone(),
+            ))),
+            _ => None,
+        };
         let app = http::router(state.clone(), &api.config.cors_allowed_origins);
         tracing::info!(listen = %api.config.listen, keys = api.config.api_keys.len(), "serving the API");
         // Bounded connections: a cap, and a deadline for each request head (slow or idle
@@ -209,8 +243,9 @@ impl Server {
         {
             tracing::warn!("requests still running after the shutdown grace period; exiting");
         }
-        if let Some(consumer) = consumer {
-            let _ = consumer.await;
+        publisher_stop.cancel();
+        for task in [consumer, publisher].into_iter().flatten() {
+            let _ = task.await;
         }
         tracing::info!("stopped");
         Ok(())

@@ -11,6 +11,11 @@
 //! | `tributary_api_live_connected` | gauge | |
 //! | `tributary_api_rate_limited_total` | counter | `key` (the key's name) |
 //! | `tributary_api_auth_failures_total` | counter | |
+//! | `tributary_api_commands_total` | counter | `result` ([`COMMAND_RESULTS`]) |
+//! | `tributary_api_command_round_trip_seconds` | histogram | |
+//! | `tributary_api_commands_waiting` | gauge | |
+//! | `tributary_api_commands_connected` | gauge | |
+//! | `tributary_api_command_responses_unmatched_total` | counter | |
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
@@ -19,6 +24,17 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(String, String)>;
+
+/// The values of `tributary_api_commands_total`'s `result` label.
+pub const COMMAND_RESULTS: [&str; 7] = [
+    "queued",
+    "answered",
+    "timeout",
+    "undeliverable",
+    "queueFull",
+    "refused",
+    "error",
+];
 
 #[derive(Clone)]
 struct LatencyBuckets;
@@ -45,6 +61,68 @@ pub struct Metrics {
     rate_limited: Family<Labels, Counter>,
     /// Requests with a missing or unknown key.
     pub auth_failures: Counter,
+    /// The command endpoint's metrics.
+    pub commands: CommandMetrics,
+}
+
+/// The command endpoint's metrics.
+#[derive(Debug)]
+pub struct CommandMetrics {
+    results: Family<Labels, Counter>,
+    /// Seconds from publishing a command to its device's answer.
+    pub round_trip: Histogram,
+    /// Requests waiting for a device's answer.
+    pub waiting: Gauge,
+    /// 1 while the command publisher is connected to the broker.
+    pub connected: Gauge,
+    /// Answers that arrived for no waiting request (it timed out or went away).
+    pub unmatched: Counter,
+}
+
+impl CommandMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            results: Family::default(),
+            // 5 ms to about 80 s: a device on a slow link answering within the longest wait.
+            round_trip: Histogram::new(exponential_buckets(0.005, 2.0, 15)),
+            waiting: Gauge::default(),
+            connected: Gauge::default(),
+            unmatched: Counter::default(),
+        };
+        registry.register(
+            "commands",
+            "Command requests, by result (queued, answered, timeout, undeliverable, queueFull, refused, error)",
+            metrics.results.clone(),
+        );
+        registry.register(
+            "command_round_trip_seconds",
+            "Time from publishing a command to its device's answer, for answered commands",
+            metrics.round_trip.clone(),
+        );
+        registry.register(
+            "commands_waiting",
+            "Command requests waiting for their device's answer",
+            metrics.waiting.clone(),
+        );
+        registry.register(
+            "commands_connected",
+            "1 while the command publisher is connected to the broker",
+            metrics.connected.clone(),
+        );
+        registry.register(
+            "command_responses_unmatched",
+            "Device answers that arrived for no waiting request (timed out, or the client left)",
+            metrics.unmatched.clone(),
+        );
+        metrics
+    }
+
+    /// Counts a command request by its result (one of [`COMMAND_RESULTS`]).
+    pub fn count(&self, result: &str) {
+        self.results
+            .get_or_create(&vec![("result".into(), result.into())])
+            .inc();
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -117,6 +195,7 @@ impl Metrics {
             "Requests refused with 401 (no key or an unknown key)",
             auth_failures.clone(),
         );
+        let commands = CommandMetrics::register(&mut registry);
         Self {
             registry,
             requests,
@@ -128,6 +207,7 @@ impl Metrics {
             live_connected,
             rate_limited,
             auth_failures,
+            commands,
         }
     }
 
@@ -194,6 +274,7 @@ mod tests {
         metrics.request("/v1/devices", 200, 0.01);
         metrics.stream_clients("sse").set(0);
         metrics.rate_limited("k");
+        metrics.commands.count("queued");
         let text = metrics.render();
         let mut exported = Vec::new();
         for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {

@@ -8,11 +8,19 @@ use crate::http::{
     METRICS, OPENAPI, READYZ, STREAM, WEBSOCKET,
 };
 
-fn query(name: &str, description: &str, schema: Value) -> Value {
+/// The OpenAPI path of a route: a catch-all `{*name}` is written `{name}` (OpenAPI has no
+/// multi-level parameter; the description says the value may hold `/`).
+pub fn path_of(route: &str) -> String {
+    route.replace("{*", "{")
+}
+
+/// A query parameter.
+pub fn query(name: &str, description: &str, schema: Value) -> Value {
     json!({"name": name, "in": "query", "required": false, "description": description, "schema": schema})
 }
 
-fn error(description: &str) -> Value {
+/// An answer with the `Error` body.
+pub fn error(description: &str) -> Value {
     json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
 }
 
@@ -20,7 +28,8 @@ fn json_answer(description: &str, schema: &str) -> Value {
     json!({"description": description, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}})
 }
 
-fn secured(operation: Value) -> Value {
+/// An operation with the API key's security and its 401 and 429 answers.
+pub fn secured(operation: Value) -> Value {
     let mut operation = operation;
     if let Some(object) = operation.as_object_mut() {
         object.insert("security".into(), json!([{"apiKey": []}]));
@@ -48,7 +57,8 @@ fn history_params() -> Vec<Value> {
     ]
 }
 
-fn device_path() -> Value {
+/// The `{id}` path parameter.
+pub fn device_path() -> Value {
     json!({"name": "id", "in": "path", "required": true, "description": "The device id", "schema": {"type": "string"}})
 }
 
@@ -88,13 +98,14 @@ pub fn document() -> Value {
     let mut paths = serde_json::Map::new();
     v1_paths(&mut paths);
     live_paths(&mut paths);
+    crate::commands::openapi::paths(&mut paths);
     operation_paths(&mut paths);
     json!({
         "openapi": "3.0.3",
         "info": {
             "title": "Tributary application API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Devices, latest values, history with time buckets, and live messages, read from what Tributary's workers stored. Every /v1 endpoint needs an API key (Authorization: Bearer) and answers only for the key's devices."
+            "description": "Devices, latest values, history with time buckets, and live messages, read from what Tributary's workers stored; and commands sent to devices. Every /v1 endpoint needs an API key (Authorization: Bearer) and answers only for the key's devices."
         },
         "paths": paths,
         "components": {
@@ -222,6 +233,17 @@ fn operation_paths(paths: &mut serde_json::Map<String, Value>) {
 
 /// The schemas of the answers.
 fn schemas() -> Value {
+    let mut schemas = data_schemas();
+    if let Some(object) = schemas.as_object_mut() {
+        object.insert(
+            "CommandResult".into(),
+            crate::commands::openapi::result_schema(),
+        );
+    }
+    schemas
+}
+
+fn data_schemas() -> Value {
     json!({
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
         "DeviceList": {"type": "object", "properties": {"devices": {"type": "array", "items": {
@@ -270,24 +292,26 @@ mod tests {
         let paths = document["paths"].as_object().expect("paths");
         for route in ROUTES {
             assert!(
-                paths.contains_key(route),
+                paths.contains_key(&path_of(route)),
                 "{route} is missing from the document"
             );
         }
         assert_eq!(paths.len(), ROUTES.len());
         for (path, item) in paths {
-            let operation = &item["get"];
+            let item = item.as_object().expect("path item");
+            assert_eq!(item.len(), 1, "{path}: one operation per route");
+            let (method, operation) = item.iter().next().expect("an operation");
+            assert!(["get", "post"].contains(&method.as_str()), "{path}");
             assert!(operation["operationId"].is_string(), "{path}");
+            let responses = &operation["responses"];
             assert!(
-                operation["responses"]["200"].is_object()
-                    || operation["responses"]["101"].is_object(),
+                ["200", "101", "202"]
+                    .iter()
+                    .any(|code| responses[code].is_object()),
                 "{path}"
             );
             if path.starts_with("/v1/") {
-                assert!(
-                    operation["responses"]["401"].is_object(),
-                    "{path} is secured"
-                );
+                assert!(responses["401"].is_object(), "{path} is secured");
             }
         }
     }

@@ -19,10 +19,14 @@
 //! live:
 //!   uriFile: /etc/tributary/secrets/amqp-uri
 //!   exchange: tributary.live
+//! tenant: factory
+//! commands:
+//!   uriFile: /etc/tributary/secrets/amqp-uri
 //! apiKeys:
 //!   - name: dashboard
 //!     sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
 //!     scope: all
+//!     commands: true
 //!   - name: site-a
 //!     sha256: 60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752
 //!     scope: {devicePrefix: "site-a-"}
@@ -50,6 +54,15 @@ pub struct ApiConfig {
     /// answer 503.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live: Option<LiveSource>,
+    /// The tenant (the namespace of the Gateways whose devices the API serves): it names
+    /// the command exchange (`tributary.commands.{tenant}`). Default `default`, as the
+    /// gateway's.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+    /// Commands to devices (`POST /v1/devices/{id}/commands/{name}`) through the broker
+    /// the gateways consume them from. When absent, that endpoint answers 503.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commands: Option<CommandsTarget>,
     /// The application keys. A request without a known key gets 401.
     #[serde(default)]
     pub api_keys: Vec<ApiKey>,
@@ -142,6 +155,29 @@ pub struct LiveSource {
     pub reconnect_max_delay_ms: u64,
 }
 
+/// The broker commands are published to, and the bounds of waiting for answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CommandsTarget {
+    /// File holding the broker's `amqp://` or `amqps://` URI (a mounted Secret key): the
+    /// broker the gateways declare the device command queues on.
+    pub uri_file: PathBuf,
+    /// PEM file of a private CA the broker's certificate may chain to (`amqps://`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Longest `waitSeconds` a request may give (waiting for the device's answer).
+    /// Default 60.
+    #[serde(default = "default_max_wait_seconds")]
+    pub max_wait_seconds: u32,
+    /// Most requests waiting for an answer at once; further waiting requests get 503
+    /// (commands that do not wait are still sent). Default 1000.
+    #[serde(default = "default_max_waiting")]
+    pub max_waiting: usize,
+    /// Longest wait between reconnect attempts, in milliseconds. Default 5000.
+    #[serde(default = "default_reconnect_max_delay_ms")]
+    pub reconnect_max_delay_ms: u64,
+}
+
 /// An application key: only the SHA-256 of the key is configured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -150,8 +186,12 @@ pub struct ApiKey {
     pub name: String,
     /// Lowercase hex SHA-256 of the key (`printf %s "$KEY" | sha256sum`).
     pub sha256: String,
-    /// The devices the key may read.
+    /// The devices the key may read (and, with `commands`, send commands to).
     pub scope: KeyScope,
+    /// Whether the key may send commands to the devices of its scope. Default false: keys
+    /// only read.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub commands: bool,
     /// This key's own rate limit instead of `rateLimit`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
@@ -194,11 +234,13 @@ impl Default for RateLimit {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ApiLimits {
-    /// Largest request body in bytes (the API reads none; this refuses oversized uploads).
-    /// Default 16384.
+    /// Largest request body in bytes: a command's payload; other endpoints read none, and
+    /// oversized uploads get 413. Default 16384.
     #[serde(default = "default_max_request_bytes")]
     pub max_request_bytes: usize,
-    /// Longest a request may take, in milliseconds (live streams excepted). Default 15000.
+    /// Longest a request may take, in milliseconds (live streams excepted; a command may
+    /// also wait `waitSeconds` for its device's answer). It also bounds the wait for the
+    /// broker's confirm of a command. Default 15000.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
     /// Rows per history page when `limit` is absent. Default 100.
@@ -243,6 +285,15 @@ fn default_max_connections() -> usize {
 }
 fn default_header_timeout_seconds() -> u64 {
     10
+}
+fn default_tenant() -> String {
+    "default".into()
+}
+fn default_max_wait_seconds() -> u32 {
+    60
+}
+fn default_max_waiting() -> usize {
+    1_000
 }
 fn default_listen() -> String {
     "0.0.0.0:8080".into()
@@ -328,6 +379,8 @@ mod tests {
         assert_eq!(config.rate_limit, RateLimit::default());
         assert_eq!(config.limits, ApiLimits::default());
         assert!(config.api_keys.is_empty() && config.redis.is_none() && config.live.is_none());
+        assert_eq!(config.tenant, "default");
+        assert!(config.commands.is_none());
     }
 
     #[test]
@@ -344,6 +397,28 @@ mod tests {
             KeyScope::Devices(vec!["x".into(), "y".into()])
         );
         assert_eq!(keys[2].scope, KeyScope::DevicePrefix("site-a-".into()));
+        assert!(
+            keys.iter().all(|k| !k.commands),
+            "keys only read by default"
+        );
+    }
+
+    #[test]
+    fn commands_section_gets_documented_defaults_and_keys_opt_in() {
+        let config: ApiConfig = serde_json::from_value(serde_json::json!({
+            "postgres": {"urlFile": "/s/pg", "table": "readings"},
+            "tenant": "factory",
+            "commands": {"uriFile": "/s/amqp"},
+            "apiKeys": [{"name": "ops", "sha256": "00", "scope": "all", "commands": true}]
+        }))
+        .expect("parse");
+        let commands = config.commands.expect("commands");
+        assert_eq!(commands.max_wait_seconds, 60);
+        assert_eq!(commands.max_waiting, 1_000);
+        assert_eq!(commands.reconnect_max_delay_ms, 5_000);
+        assert!(commands.ca_file.is_none());
+        assert!(config.api_keys[0].commands);
+        assert_eq!(config.tenant, "factory");
     }
 
     #[test]
