@@ -584,7 +584,10 @@ mod tests {
         };
         assert_eq!(config.ttl_seconds, crate::command::DEFAULT_TTL_SECONDS);
         assert_eq!(config.batch, DEFAULT_REPUBLISH_BATCH);
-        assert_eq!((config.device, config.when, config.payload), (None, None, None));
+        assert_eq!(
+            (config.device, config.when, config.payload),
+            (None, None, None)
+        );
         assert_eq!((config.uri_file, config.ca_file), (None, None));
         let full = r#"{"command": {"name": "fan", "tenant": "factory", "command": "fan/set",
             "device": "payload.target", "when": "payload.temp > 30.0",

@@ -103,7 +103,11 @@ async fn republished_messages_keep_the_envelope_id() {
     let ids: Vec<String> = (0..5).map(|_| new_id()).collect();
     let items: Vec<Prepared> = ids
         .iter()
-        .map(|id| sink.prepare(&record(id, "d", 1)).expect("prepare").expect("written"))
+        .map(|id| {
+            sink.prepare(&record(id, "d", 1))
+                .expect("prepare")
+                .expect("written")
+        })
         .collect();
     sink.write(&items).await.expect("publish");
     let mut received = Vec::new();

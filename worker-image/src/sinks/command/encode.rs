@@ -90,7 +90,10 @@ pub fn device_id(value: &Value) -> Result<String, String> {
             "the device id is longer than {MAX_DEVICE_ID} bytes"
         ));
     }
-    if id.chars().any(|c| matches!(c, '/' | '+' | '#') || c.is_control()) {
+    if id
+        .chars()
+        .any(|c| matches!(c, '/' | '+' | '#') || c.is_control())
+    {
         return Err(format!(
             "the device id {id:?} holds '/', '+', '#' or a control character"
         ));
@@ -209,7 +212,10 @@ mod tests {
             ("factory", "fan/set", MAX_TTL_SECONDS + 1, "ttlSeconds"),
         ] {
             let problem = config_problem(tenant, name, ttl).unwrap_or_default();
-            assert!(problem.contains(words), "{tenant} {name} {ttl}: {problem:?}");
+            assert!(
+                problem.contains(words),
+                "{tenant} {name} {ttl}: {problem:?}"
+            );
         }
     }
 

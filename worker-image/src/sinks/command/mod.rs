@@ -75,8 +75,7 @@ impl CommandSink {
             sink: config.name.clone(),
             message,
         };
-        if let Some(problem) = config_problem(&config.tenant, &config.command, config.ttl_seconds)
-        {
+        if let Some(problem) = config_problem(&config.tenant, &config.command, config.ttl_seconds) {
             return Err(invalid(problem));
         }
         let compile = |field: &str, source: &Option<String>| match source {
@@ -86,7 +85,10 @@ impl CommandSink {
                 .map_err(|e| invalid(format!("{field}: {e}"))),
             None => Ok(None),
         };
-        let (when, device) = (compile("when", &config.when)?, compile("device", &config.device)?);
+        let (when, device) = (
+            compile("when", &config.when)?,
+            compile("device", &config.device)?,
+        );
         let payload = compile("payload", &config.payload)?;
         let (uri, ca_file) = match &config.uri_file {
             Some(path) => (read_secret(&config.name, path)?, config.ca_file.clone()),
@@ -193,11 +195,168 @@ impl CommandSink {
                 tracing::info!(sink, device, command_id, message_id, "command undeliverable: the device has no command queue (offline, or never subscribed)");
             }
             Delivery::NoExchange => {
-                tracing::info!(sink, device, command_id, message_id, "command undeliverable: the tenant's command exchange does not exist");
+                tracing::info!(
+                    sink,
+                    device,
+                    command_id,
+                    message_id,
+                    "command undeliverable: the tenant's command exchange does not exist"
+                );
             }
             Delivery::QueueFull => {
-                tracing::warn!(sink, device, command_id, message_id, "command refused: the device's command queue is full");
+                tracing::warn!(
+                    sink,
+                    device,
+                    command_id,
+                    message_id,
+                    "command refused: the device's command queue is full"
+                );
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use tributary_contract::worker_config::{CommandSinkConfig, DEFAULT_REPUBLISH_BATCH};
+
+    fn config() -> CommandSinkConfig {
+        CommandSinkConfig {
+            name: "fan".into(),
+            tenant: "factory".into(),
+            uri_file: None,
+            ca_file: None,
+            command: "fan/set".into(),
+            device: None,
+            when: Some("payload.temp > 30.0".into()),
+            payload: Some("{'speed': 100}".into()),
+            ttl_seconds: 60,
+            batch: DEFAULT_REPUBLISH_BATCH,
+        }
+    }
+
+    fn build(config: &CommandSinkConfig) -> Result<(CommandSink, Arc<Metrics>), String> {
+        let metrics = Arc::new(Metrics::new());
+        CommandSink::build(
+            &CelEnv::default(),
+            config,
+            DefaultBroker::from("amqp://unused"),
+            metrics.clone(),
+        )
+        .map(|sink| (sink, metrics))
+        .map_err(|e| e.to_string())
+    }
+
+    fn record(payload: Value) -> Record {
+        Record {
+            id: "01JD5Z8Q2K3M4N5P6Q7R8S9T0V".into(),
+            value: json!({"id": "01JD5Z8Q2K3M4N5P6Q7R8S9T0V", "device": "press-7", "payload": payload}),
+        }
+    }
+
+    #[test]
+    fn bad_settings_fail_the_build_naming_the_sink_and_the_field() {
+        let cases: [(fn(&mut CommandSinkConfig), &str); 6] = [
+            (
+                |c| c.tenant = "Factory".into(),
+                "sink fan: tenant \"Factory\"",
+            ),
+            (
+                |c| c.command = "fan/#".into(),
+                "sink fan: command \"fan/#\"",
+            ),
+            (|c| c.ttl_seconds = 0, "sink fan: ttlSeconds 0"),
+            (
+                |c| c.when = Some("payload.temp >".into()),
+                "sink fan: when: invalid CEL",
+            ),
+            (
+                |c| c.device = Some("(".into()),
+                "sink fan: device: invalid CEL",
+            ),
+            (
+                |c| c.payload = Some("{'a':".into()),
+                "sink fan: payload: invalid CEL",
+            ),
+        ];
+        for (change, expected) in cases {
+            let mut config = config();
+            change(&mut config);
+            let error = build(&config).expect_err("invalid");
+            assert!(error.starts_with(expected), "{error}");
+        }
+        assert!(build(&config()).is_ok());
+    }
+
+    #[test]
+    fn a_message_that_meets_when_becomes_a_command_to_its_device() {
+        let (sink, metrics) = build(&config()).expect("build");
+        let prepared = sink
+            .prepare(&record(json!({"temp": 31.5})))
+            .expect("prepare")
+            .expect("a command");
+        assert_eq!(prepared.key.as_deref(), Some("press-7"));
+        assert_eq!(prepared.id, "01JD5Z8Q2K3M4N5P6Q7R8S9T0V");
+        let payload: Value = serde_json::from_slice(&prepared.bytes).expect("json");
+        assert_eq!(payload, json!({"speed": 100}));
+        assert!(!metrics.render().contains("commands_total"));
+    }
+
+    #[test]
+    fn a_message_that_fails_when_sends_nothing_and_is_counted_skipped() {
+        let (sink, metrics) = build(&config()).expect("build");
+        let prepared = sink
+            .prepare(&record(json!({"temp": 20.0})))
+            .expect("prepare");
+        assert_eq!(prepared, None);
+        assert!(
+            metrics
+                .render()
+                .contains("tributary_worker_commands_total{sink=\"fan\",result=\"skipped\"} 1"),
+            "{}",
+            metrics.render()
+        );
+    }
+
+    #[test]
+    fn without_expressions_every_message_goes_whole_to_its_device() {
+        let mut config = config();
+        (config.when, config.payload) = (None, None);
+        let (sink, _) = build(&config).expect("build");
+        let record = record(json!({"temp": 1}));
+        let prepared = sink.prepare(&record).expect("prepare").expect("a command");
+        assert_eq!(prepared.key.as_deref(), Some("press-7"));
+        assert_eq!(prepared.bytes, json_bytes(&record.value));
+    }
+
+    #[test]
+    fn a_bad_device_or_condition_is_permanent_for_the_message() {
+        let cases = [
+            (
+                Some("payload.target"),
+                "payload.temp > 30.0",
+                "device: CEL evaluation",
+            ),
+            (
+                Some("payload.temp"),
+                "true",
+                "device: the device id is 31.5, not a string",
+            ),
+            (Some("'a/b'"), "true", "device: the device id \"a/b\" holds"),
+            (None, "payload.missing", "when: CEL evaluation"),
+            (None, "1", "when: expected a bool, got 1"),
+        ];
+        for (device, when, expected) in cases {
+            let mut config = config();
+            config.device = device.map(String::from);
+            config.when = Some(when.into());
+            let (sink, _) = build(&config).expect("build");
+            let error = sink
+                .prepare(&record(json!({"temp": 31.5})))
+                .expect_err("refused");
+            assert!(error.starts_with(expected), "{error}");
         }
     }
 }
