@@ -577,32 +577,6 @@ mod tests {
     }
 
     #[test]
-    fn command_sink_needs_only_name_tenant_and_command() {
-        let text = r#"{"command": {"name": "fan", "tenant": "factory", "command": "fan/set"}}"#;
-        let SinkConfig::Command(config) = serde_json::from_str(text).expect("parse") else {
-            panic!("a command sink");
-        };
-        assert_eq!(config.ttl_seconds, crate::command::DEFAULT_TTL_SECONDS);
-        assert_eq!(config.batch, DEFAULT_REPUBLISH_BATCH);
-        assert_eq!(
-            (config.device, config.when, config.payload),
-            (None, None, None)
-        );
-        assert_eq!((config.uri_file, config.ca_file), (None, None));
-        let full = r#"{"command": {"name": "fan", "tenant": "factory", "command": "fan/set",
-            "device": "payload.target", "when": "payload.temp > 30.0",
-            "payload": "{'speed': 100}", "ttlSeconds": 60, "uriFile": "/s/uri"}}"#;
-        let SinkConfig::Command(config) = serde_json::from_str(full).expect("parse") else {
-            panic!("a command sink");
-        };
-        assert_eq!(config.when.as_deref(), Some("payload.temp > 30.0"));
-        assert_eq!(config.ttl_seconds, 60);
-        let unknown = r#"{"command": {"name": "f", "tenant": "t", "command": "c", "ttl": 1}}"#;
-        let error = serde_json::from_str::<SinkConfig>(unknown).expect_err("unknown field");
-        assert!(error.to_string().contains("ttl"), "{error}");
-    }
-
-    #[test]
     fn unknown_field_is_rejected() {
         let text = r#"{
             "queue": {"uriFile": "/s/uri", "name": "q", "prefetsh": 10},

@@ -114,8 +114,8 @@ pub enum Sink {
     Webhook(webhook::WebhookSink),
     /// Republish to AMQP.
     Republish(republish::RepublishSink),
-    /// Commands to devices.
-    Command(command::CommandSink),
+    /// Commands to devices (boxed: three compiled expressions make it the largest).
+    Command(Box<command::CommandSink>),
 }
 
 /// What the worker gives the sinks it builds.
@@ -162,12 +162,12 @@ impl Sink {
             SinkConfig::Republish(c) => {
                 Sink::Republish(republish::RepublishSink::build(c, default_broker)?)
             }
-            SinkConfig::Command(c) => Sink::Command(command::CommandSink::build(
+            SinkConfig::Command(c) => Sink::Command(Box::new(command::CommandSink::build(
                 env,
                 c,
                 default_broker,
                 context.metrics,
-            )?),
+            )?)),
         })
     }
 

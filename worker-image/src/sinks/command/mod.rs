@@ -256,9 +256,11 @@ mod tests {
         }
     }
 
+    type Change = fn(&mut CommandSinkConfig);
+
     #[test]
     fn bad_settings_fail_the_build_naming_the_sink_and_the_field() {
-        let cases: [(fn(&mut CommandSinkConfig), &str); 6] = [
+        let cases: [(Change, &str); 6] = [
             (
                 |c| c.tenant = "Factory".into(),
                 "sink fan: tenant \"Factory\"",
