@@ -209,6 +209,9 @@ pub enum SinkConfig {
     Webhook(WebhookSinkConfig),
     /// Republish to another queue (or exchange).
     Republish(RepublishSinkConfig),
+    /// A command to a device (through its tenant's command exchange) for each message
+    /// that meets a condition.
+    Command(CommandSinkConfig),
 }
 
 impl SinkConfig {
@@ -220,6 +223,7 @@ impl SinkConfig {
             SinkConfig::S3(c) => &c.name,
             SinkConfig::Webhook(c) => &c.name,
             SinkConfig::Republish(c) => &c.name,
+            SinkConfig::Command(c) => &c.name,
         }
     }
 
@@ -231,6 +235,7 @@ impl SinkConfig {
             SinkConfig::S3(c) => &c.batch,
             SinkConfig::Webhook(c) => &c.batch,
             SinkConfig::Republish(c) => &c.batch,
+            SinkConfig::Command(c) => &c.batch,
         }
     }
 }
@@ -386,6 +391,57 @@ pub struct RepublishSinkConfig {
     pub batch: BatchConfig,
 }
 
+/// Command sink: for each processed message that meets `when`, one command to a device,
+/// published to the tenant's command exchange ([`crate::command::exchange`]) with the
+/// device id as routing key, `mandatory`, persistent and confirmed, as
+/// [`crate::command`] describes. A device that holds no command queue (offline without a
+/// persistent session, or never subscribed) makes the command *undeliverable*, and a full
+/// device queue refuses it: both are counted and logged, and the message still counts as
+/// written (a device's state is not the pipeline's failure). The command id is derived from
+/// the message id and the sink name, so a redelivered message sends the same id again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CommandSinkConfig {
+    /// The sink's name; commands carry `worker/<name>` as their sender.
+    pub name: String,
+    /// The tenant (a namespace name) whose command exchange receives the commands; the
+    /// operator renders the Worker's namespace.
+    pub tenant: String,
+    /// File holding the broker's URI (the broker the tenant's gateways consume commands
+    /// from); default the consumed queue's broker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri_file: Option<PathBuf>,
+    /// A PEM file of the CA(s) that broker's certificate may chain to (with `uriFile`);
+    /// without `uriFile`, the consumed queue's `caFile` applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// The command name, as devices see it in their topic (`fan/set`): topic levels of
+    /// letters, digits, `-`, `_` and `.` ([`crate::command::valid_command_name`]).
+    pub command: String,
+    /// CEL expression for the device id the command goes to; default the message's
+    /// `device`. A message for which it fails, or gives no valid device id, is
+    /// dead-lettered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// CEL condition: a message for which it is false sends no command (and counts as
+    /// written). Default: every message sends one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+    /// CEL expression for the command's payload (JSON-encoded); default the whole
+    /// processed message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    /// Seconds a command waits for its device before the broker expires it, 1 to
+    /// [`crate::command::MAX_TTL_SECONDS`]. Default
+    /// [`crate::command::DEFAULT_TTL_SECONDS`] (an hour).
+    #[serde(default = "default_command_ttl_seconds")]
+    pub ttl_seconds: u32,
+    /// Batching (publishes of a batch are confirmed together). Default 500 messages, 4 MiB,
+    /// 20 ms, as a republish sink.
+    #[serde(default = "default_republish_batch")]
+    pub batch: BatchConfig,
+}
+
 /// The metrics and health HTTP server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -473,6 +529,9 @@ fn default_signature_header() -> String {
 }
 fn default_webhook_timeout_ms() -> u64 {
     DEFAULT_WEBHOOK_TIMEOUT_MS
+}
+fn default_command_ttl_seconds() -> u32 {
+    crate::command::DEFAULT_TTL_SECONDS
 }
 fn default_listen() -> String {
     "0.0.0.0:9090".into()

@@ -33,7 +33,7 @@ use crate::outages::Outages;
 use crate::pipeline::{Pipeline, PipelineBuildError};
 use crate::process::{Mode, Processor};
 use crate::sinks::republish::DefaultBroker;
-use crate::sinks::{read_secret, Sink, SinkBuildError};
+use crate::sinks::{read_secret, Sink, SinkBuildError, SinkContext};
 
 /// A session that lasted this long was a working one: after it ends, reconnecting starts
 /// from the shortest backoff.
@@ -107,15 +107,19 @@ impl Worker {
                 Mode::Container(ContainerClient::new(c).map_err(BuildError::Container)?)
             }
         };
+        let metrics = Arc::new(Metrics::new());
         let sinks = config
             .sinks
             .iter()
             .map(|c| {
-                let consumed = DefaultBroker {
-                    uri: &amqp_uri,
-                    ca_file: config.queue.ca_file.as_deref(),
+                let context = SinkContext {
+                    broker: DefaultBroker {
+                        uri: &amqp_uri,
+                        ca_file: config.queue.ca_file.as_deref(),
+                    },
+                    metrics: metrics.clone(),
                 };
-                Sink::build(&env, c, consumed).map(Arc::new)
+                Sink::build(&env, c, context).map(Arc::new)
             })
             .collect::<Result<Vec<_>, _>>()?;
         for sink in &sinks {
@@ -127,7 +131,6 @@ impl Worker {
                 );
             }
         }
-        let metrics = Arc::new(Metrics::new());
         Ok(Self {
             config,
             amqp_uri,

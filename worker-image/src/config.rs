@@ -58,7 +58,10 @@ pub fn validate(config: &WorkerConfig) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tributary_contract::worker_config::{ProcessingConfig, SinkConfig};
+    use tributary_contract::command::DEFAULT_TTL_SECONDS;
+    use tributary_contract::worker_config::{
+        ProcessingConfig, SinkConfig, DEFAULT_REPUBLISH_BATCH,
+    };
 
     const FULL: &str = r#"
 queue:
@@ -127,6 +130,37 @@ http:
         let text = FULL.replace("name: latest", "name: rows");
         let error = parse(&text).expect_err("invalid").to_string();
         assert!(error.contains("`rows` is used twice"), "{error}");
+    }
+
+    #[test]
+    fn a_command_sink_needs_only_name_tenant_and_command() {
+        let text = "queue: {uriFile: /u, name: q}\n\
+                    sinks: [{command: {name: fan, tenant: factory, command: fan/set}}]\n";
+        let config = parse(text).expect("parse");
+        let SinkConfig::Command(sink) = &config.sinks[0] else {
+            panic!("a command sink");
+        };
+        assert_eq!(sink.ttl_seconds, DEFAULT_TTL_SECONDS);
+        assert_eq!(sink.batch, DEFAULT_REPUBLISH_BATCH);
+        assert_eq!(
+            (&sink.device, &sink.when, &sink.payload),
+            (&None, &None, &None)
+        );
+        assert_eq!((&sink.uri_file, &sink.ca_file), (&None, &None));
+        let full = FULL.replace(
+            "  - republish: {name: fwd, routingKey: processed}",
+            "  - command:\n      {name: fan, tenant: factory, command: fan/set, device: payload.target,\n       when: \"celsius > 30.0\", payload: \"{'speed': 100}\", ttlSeconds: 60, uriFile: /s/u}",
+        );
+        let config = parse(&full).expect("parse");
+        let SinkConfig::Command(sink) = &config.sinks[4] else {
+            panic!("a command sink");
+        };
+        assert_eq!(sink.when.as_deref(), Some("celsius > 30.0"));
+        assert_eq!(sink.payload.as_deref(), Some("{'speed': 100}"));
+        assert_eq!(sink.ttl_seconds, 60);
+        let misspelled = full.replace("ttlSeconds", "ttl");
+        let error = parse(&misspelled).expect_err("invalid").to_string();
+        assert!(error.contains("unknown field `ttl`"), "{error}");
     }
 
     #[test]

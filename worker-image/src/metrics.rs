@@ -13,6 +13,7 @@
 //! | `tributary_worker_sink_errors_total` | counter | `sink`, `kind` |
 //! | `tributary_worker_target_unavailable` | gauge | `target` (`sink NAME`, `container`, `dead-letter queue`) |
 //! | `tributary_worker_redeliveries_counted_total` | counter | |
+//! | `tributary_worker_commands_total` | counter | `sink`, `result` |
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
@@ -59,6 +60,7 @@ pub struct Metrics {
     target_unavailable: Family<Labels, Gauge>,
     /// Redelivered messages the worker counted and put back (classic queues).
     pub redeliveries_counted: Counter,
+    commands: Family<Labels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -104,6 +106,10 @@ const SINK_WRITE_DURATION_SECONDS: (&str, &str) = (
 const SINK_BATCH_SIZE_MESSAGES: (&str, &str) = (
     "sink_batch_size_messages",
     "Messages per batch written to a sink",
+);
+const COMMANDS: (&str, &str) = (
+    "commands",
+    "Messages a command sink handled, by sink and result (sent, undeliverable, queue_full, skipped)",
 );
 const SINK_ERRORS: (&str, &str) = (
     "sink_errors",
@@ -152,6 +158,7 @@ impl Metrics {
                 Family::new_with_constructor(SizeBuckets),
             ),
             sink_errors: registered(r, SINK_ERRORS, Family::default()),
+            commands: registered(r, COMMANDS, Family::default()),
             registry,
         }
     }
@@ -189,6 +196,17 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts one message a command sink handled, by result (`sent`, `undeliverable`,
+    /// `queue_full`, `skipped`).
+    pub fn command(&self, sink: &str, result: &str) {
+        self.commands
+            .get_or_create(&vec![
+                ("sink".into(), sink.into()),
+                ("result".into(), result.into()),
+            ])
+            .inc();
+    }
+
     /// Sets whether a target is unavailable.
     pub fn target_unavailable(&self, target: &str, unavailable: bool) {
         self.target_unavailable
@@ -212,12 +230,14 @@ mod tests {
         metrics.consumed.inc();
         metrics.sink_write("db", 0.01, 10);
         metrics.dead_lettered("pipeline");
+        metrics.command("fan", "queue_full");
         let text = metrics.render();
         for name in [
             "tributary_worker_messages_consumed_total 1",
             "tributary_worker_sink_write_duration_seconds_count{sink=\"db\"} 1",
             "tributary_worker_sink_batch_size_messages_count{sink=\"db\"} 1",
             "tributary_worker_messages_dead_lettered_total{reason=\"pipeline\"} 1",
+            "tributary_worker_commands_total{sink=\"fan\",result=\"queue_full\"} 1",
         ] {
             assert!(text.contains(name), "{name} missing in\n{text}");
         }

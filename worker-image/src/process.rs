@@ -179,11 +179,14 @@ impl Processor {
         }
     }
 
+    /// Hands the record to every sink that has something to write for it, under one ticket;
+    /// acknowledges it at once when none has (every command sink's `when` false).
     async fn forward(&self, record: Record, delivered: Delivered) {
-        let mut prepared = Vec::with_capacity(self.sinks.len());
-        for (sink, _) in &self.sinks {
+        let mut taken = Vec::with_capacity(self.sinks.len());
+        for (sink, sender) in &self.sinks {
             match sink.prepare(&record) {
-                Ok(item) => prepared.push(item),
+                Ok(Some(item)) => taken.push((sink, sender, item)),
+                Ok(None) => {}
                 Err(message) => {
                     let verdict = Verdict::DeadLetter {
                         kind: "sink-encode",
@@ -194,8 +197,11 @@ impl Processor {
                 }
             }
         }
-        let ticket = Ticket::new(self.sinks.len(), delivered);
-        for ((sink, sender), prepared) in self.sinks.iter().zip(prepared) {
+        if taken.is_empty() {
+            return self.finisher.finish(delivered, Verdict::Ack).await;
+        }
+        let ticket = Ticket::new(taken.len(), delivered);
+        for (sink, sender, prepared) in taken {
             let item = SinkItem {
                 prepared,
                 ticket: ticket.clone(),

@@ -4,8 +4,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -320,46 +318,19 @@ http: {{listen: "127.0.0.1:{port}"}}
     broker.cleanup().await;
 }
 
-/// Runs our RabbitMQ script for a dedicated node (instance `worker-outage`, AMQP 5675) that
-/// this test may stop; the shared test broker is never disturbed.
-fn outage_broker(action: &str) {
-    let script: PathBuf = repo_root().join("tests/services/rabbitmq.sh");
-    let output = Command::new("bash")
-        .arg(&script)
-        .arg(action)
-        .env("TRIBUTARY_RABBITMQ_INSTANCE", "worker-outage")
-        .env("TRIBUTARY_RABBITMQ_PORT", "5675")
-        .env("TRIBUTARY_RABBITMQ_MGMT_PORT", "15675")
-        .env("TRIBUTARY_RABBITMQ_MQTT_PORT", "1886")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(
-        output.status.success(),
-        "rabbitmq.sh {action} for the outage broker failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// Stops the outage broker when the test ends, also when it fails half-way.
-struct StopBrokerOnDrop;
-
-impl Drop for StopBrokerOnDrop {
-    fn drop(&mut self) {
-        outage_broker("stop");
-    }
-}
+/// A node of this test's own (instance `worker-outage-PORT`, the shared broker's ports + 2:
+/// AMQP 5675 beside the default 5673) that it may stop; the shared broker is never disturbed.
+static OUTAGE_BROKER: SideBroker = SideBroker {
+    name: "worker-outage",
+    offset: 2,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_reconnects_after_a_broker_restart_and_loses_nothing() {
     let pg_url = required_env("TRIBUTARY_TEST_POSTGRES_URL", "postgres.sh");
-    let shared = required_env("TRIBUTARY_TEST_AMQP_URL", "rabbitmq.sh");
-    // Same credentials as the shared test broker, other port.
-    let url = shared.replace(":5673/", ":5675/");
-    assert_ne!(url, shared, "the shared broker URL should use port 5673");
-    tokio::task::spawn_blocking(|| outage_broker("start"))
-        .await
-        .expect("start the outage broker");
-    let _stop = StopBrokerOnDrop;
+    let url = OUTAGE_BROKER.url();
+    OUTAGE_BROKER.run_async("start").await;
+    let _stop = StopOnDrop(&OUTAGE_BROKER);
     let queue = unique("reconnect");
     let broker = Broker::connect_to(&url, &queue).await;
     let pg = postgres(&pg_url).await;
@@ -384,9 +355,7 @@ async fn worker_reconnects_after_a_broker_restart_and_loses_nothing() {
     .await;
 
     drop(broker);
-    tokio::task::spawn_blocking(|| outage_broker("stop"))
-        .await
-        .expect("stop the outage broker");
+    OUTAGE_BROKER.run_async("stop").await;
     wait_for("the worker to notice the lost broker", DEADLINE, || async {
         (worker.status("/readyz").await == Some(503)).then_some(())
     })
@@ -396,9 +365,7 @@ async fn worker_reconnects_after_a_broker_restart_and_loses_nothing() {
         Some(200),
         "a lost broker is not a reason to restart the worker"
     );
-    tokio::task::spawn_blocking(|| outage_broker("start"))
-        .await
-        .expect("restart the outage broker");
+    OUTAGE_BROKER.run_async("start").await;
     let broker = Broker::connect_to(&url, &queue).await;
     broker.publish(&batch(HALF)).await;
 

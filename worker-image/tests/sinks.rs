@@ -48,7 +48,7 @@ async fn redis_keeps_the_newest_value_whatever_the_write_order() {
         .await
         .unwrap_or_else(|e| panic!("Redis unreachable ({e}); run `tests/services/redis.sh start`"));
     let (old, new, newer) = (new_id(), new_id(), new_id());
-    let prepare = |r: Record| -> Prepared { sink.prepare(&r).expect("prepare") };
+    let prepare = |r: Record| -> Prepared { sink.prepare(&r).expect("prepare").expect("written") };
 
     // The newer message first, then a redelivery of an older one, then the same again.
     sink.write(&[prepare(record(&new, "d1", 2))])
@@ -103,7 +103,11 @@ async fn republished_messages_keep_the_envelope_id() {
     let ids: Vec<String> = (0..5).map(|_| new_id()).collect();
     let items: Vec<Prepared> = ids
         .iter()
-        .map(|id| sink.prepare(&record(id, "d", 1)).expect("prepare"))
+        .map(|id| {
+            sink.prepare(&record(id, "d", 1))
+                .expect("prepare")
+                .expect("written")
+        })
         .collect();
     sink.write(&items).await.expect("publish");
     let mut received = Vec::new();
@@ -164,7 +168,7 @@ async fn s3_batch_lands_under_its_key_and_a_missing_bucket_or_server_is_an_outag
     let batch_of = |sink: &Sink| -> Vec<Prepared> {
         [record(&second, "d1", 2), record(&first, "d1", 1)]
             .iter()
-            .map(|r| sink.prepare(r).expect("prepare"))
+            .map(|r| sink.prepare(r).expect("prepare").expect("written"))
             .collect()
     };
     let refused = missing.write(&batch_of(&missing)).await;

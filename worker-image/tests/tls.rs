@@ -223,7 +223,7 @@ async fn redis_over_tls_with_the_ca_file_stores_the_value() {
         id: id.clone(),
         value: json!({"id": id, "device": "d1", "payload": {"v": 7}}),
     };
-    sink.write(&[sink.prepare(&record).expect("prepare")])
+    sink.write(&[sink.prepare(&record).expect("prepare").expect("written")])
         .await
         .expect("write over TLS");
     let client = redis::Client::open(plain.as_str()).expect("url");

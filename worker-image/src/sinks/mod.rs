@@ -2,9 +2,12 @@
 //!
 //! Each sink has two halves. `prepare` turns one record into the bytes the sink writes
 //! (run by the processing tasks, so a message a sink cannot encode is dead-lettered before it
-//! reaches any sink); `write` stores a batch of prepared items (run by the sink's own
-//! batching task, see [`crate::batch`]). Every write is idempotent on the envelope id.
+//! reaches any sink), or says the sink has nothing to write for it (a command sink whose
+//! `when` is false); `write` stores a batch of prepared items (run by the sink's own
+//! batching task, see [`crate::batch`]). Every write is idempotent on the envelope id (a
+//! command sink sends a command id derived from it).
 
+pub mod command;
 pub mod postgres;
 pub mod postgres_tls;
 pub mod redis;
@@ -13,19 +16,22 @@ pub mod s3;
 pub mod webhook;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use thiserror::Error;
 use tributary_contract::worker_config::{BatchConfig, SinkConfig};
 
 use crate::expr::CelEnv;
+use crate::metrics::Metrics;
 use crate::record::Record;
+use republish::DefaultBroker;
 
 /// One message, encoded for one sink.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prepared {
     /// The envelope id.
     pub id: String,
-    /// A sink-specific key (Redis key), if any.
+    /// A sink-specific key (Redis key, the device id of a command), if any.
     pub key: Option<String>,
     /// The encoded message (a COPY line, a JSON line, a request body).
     pub bytes: Vec<u8>,
@@ -108,25 +114,60 @@ pub enum Sink {
     Webhook(webhook::WebhookSink),
     /// Republish to AMQP.
     Republish(republish::RepublishSink),
+    /// Commands to devices (boxed: three compiled expressions make it the largest).
+    Command(Box<command::CommandSink>),
+}
+
+/// What the worker gives the sinks it builds.
+#[derive(Debug, Clone)]
+pub struct SinkContext<'a> {
+    /// The consumed broker (URI and CA file), for republish and command sinks without
+    /// their own.
+    pub broker: DefaultBroker<'a>,
+    /// The worker's metrics, for sinks that count more than their writes.
+    pub metrics: Arc<Metrics>,
+}
+
+impl<'a> From<DefaultBroker<'a>> for SinkContext<'a> {
+    /// The broker, with metrics of their own (tests, benchmarks).
+    fn from(broker: DefaultBroker<'a>) -> Self {
+        SinkContext {
+            broker,
+            metrics: Arc::new(Metrics::new()),
+        }
+    }
+}
+
+impl<'a> From<&'a str> for SinkContext<'a> {
+    /// A broker URI, with metrics of their own (tests, benchmarks).
+    fn from(uri: &'a str) -> Self {
+        DefaultBroker::from(uri).into()
+    }
 }
 
 impl Sink {
     /// Builds a sink (compiles expressions, reads secrets); no I/O to the target yet.
-    /// `default_broker` is the consumed broker (URI and CA file), for a republish sink
-    /// without its own.
     pub fn build<'a>(
         env: &CelEnv,
         config: &SinkConfig,
-        default_broker: impl Into<republish::DefaultBroker<'a>>,
+        context: impl Into<SinkContext<'a>>,
     ) -> Result<Self, SinkBuildError> {
+        let context = context.into();
+        let default_broker = context.broker;
         Ok(match config {
             SinkConfig::Postgres(c) => Sink::Postgres(postgres::PostgresSink::build(env, c)?),
             SinkConfig::Redis(c) => Sink::Redis(redis::RedisSink::build(env, c)?),
             SinkConfig::S3(c) => Sink::S3(s3::S3Sink::build(c)?),
             SinkConfig::Webhook(c) => Sink::Webhook(webhook::WebhookSink::build(c)?),
             SinkConfig::Republish(c) => {
-                Sink::Republish(republish::RepublishSink::build(c, default_broker.into())?)
+                Sink::Republish(republish::RepublishSink::build(c, default_broker)?)
             }
+            SinkConfig::Command(c) => Sink::Command(Box::new(command::CommandSink::build(
+                env,
+                c,
+                default_broker,
+                context.metrics,
+            )?)),
         })
     }
 
@@ -138,6 +179,7 @@ impl Sink {
             Sink::S3(s) => s.name(),
             Sink::Webhook(s) => s.name(),
             Sink::Republish(s) => s.name(),
+            Sink::Command(s) => s.name(),
         }
     }
 
@@ -149,6 +191,7 @@ impl Sink {
             Sink::S3(s) => s.batch_config(),
             Sink::Webhook(s) => s.batch_config(),
             Sink::Republish(s) => s.batch_config(),
+            Sink::Command(s) => s.batch_config(),
         }
     }
 
@@ -160,17 +203,20 @@ impl Sink {
             Sink::S3(s) => s.init().await,
             Sink::Webhook(_) => Ok(()),
             Sink::Republish(s) => s.init().await,
+            Sink::Command(s) => s.init().await,
         }
     }
 
-    /// Encodes one record; an error is permanent for that message.
-    pub fn prepare(&self, record: &Record) -> Result<Prepared, String> {
+    /// Encodes one record; `None` when the sink has nothing to write for it (a command
+    /// sink whose `when` is false); an error is permanent for that message.
+    pub fn prepare(&self, record: &Record) -> Result<Option<Prepared>, String> {
         match self {
-            Sink::Postgres(s) => s.prepare(record),
-            Sink::Redis(s) => s.prepare(record),
-            Sink::S3(s) => s.prepare(record),
-            Sink::Webhook(s) => s.prepare(record),
-            Sink::Republish(s) => s.prepare(record),
+            Sink::Postgres(s) => s.prepare(record).map(Some),
+            Sink::Redis(s) => s.prepare(record).map(Some),
+            Sink::S3(s) => s.prepare(record).map(Some),
+            Sink::Webhook(s) => s.prepare(record).map(Some),
+            Sink::Republish(s) => s.prepare(record).map(Some),
+            Sink::Command(s) => s.prepare(record),
         }
     }
 
@@ -182,6 +228,7 @@ impl Sink {
             Sink::S3(s) => s.write(batch).await,
             Sink::Webhook(s) => s.write(batch).await,
             Sink::Republish(s) => s.write(batch).await,
+            Sink::Command(s) => s.write(batch).await,
         }
     }
 }

@@ -489,3 +489,87 @@ pub async fn queue_counters(queue: &str) -> QueueCounters {
         redelivered: stat("redeliver"),
     }
 }
+
+/// The port at the end of `host:port` in `address` (a URL or `host:port`), if any.
+fn port_in(address: &str) -> Option<u16> {
+    let after_host = address.rsplit('@').next()?;
+    let host_port = after_host
+        .split_once("://")
+        .map_or(after_host, |(_, rest)| rest);
+    let host_port = host_port.split('/').next()?;
+    host_port.rsplit(':').next()?.parse().ok()
+}
+
+/// A RabbitMQ node of a test's own beside the shared test broker, which the test may stop
+/// and start: same credentials, every port the shared broker's plus `offset`, and an
+/// instance named after its port, so runs against different shared brokers never share
+/// one.
+pub struct SideBroker {
+    /// Instance name; the AMQP port is appended.
+    pub name: &'static str,
+    /// Added to each of the shared broker's ports.
+    pub offset: u16,
+}
+
+impl SideBroker {
+    fn ports(&self) -> (u16, u16, u16) {
+        let port = |variable: &str| {
+            let value = required_env(variable, "rabbitmq.sh");
+            port_in(&value).unwrap_or_else(|| panic!("{variable} names no port: {value}"))
+                + self.offset
+        };
+        (
+            port("TRIBUTARY_TEST_AMQP_URL"),
+            port("TRIBUTARY_TEST_RABBITMQ_API"),
+            port("TRIBUTARY_TEST_RABBITMQ_MQTT"),
+        )
+    }
+
+    /// Its AMQP URL.
+    pub fn url(&self) -> String {
+        let shared = required_env("TRIBUTARY_TEST_AMQP_URL", "rabbitmq.sh");
+        let port = port_in(&shared).expect("the shared broker's port");
+        shared.replace(&format!(":{port}/"), &format!(":{}/", port + self.offset))
+    }
+
+    /// Runs `tests/services/rabbitmq.sh ACTION` for this node (blocking: `start` waits
+    /// until it is ready).
+    pub fn run(&self, action: &str) {
+        let (amqp, management, mqtt) = self.ports();
+        let script: PathBuf = repo_root().join("tests/services/rabbitmq.sh");
+        let output = Command::new("bash")
+            .arg(&script)
+            .arg(action)
+            .env(
+                "TRIBUTARY_RABBITMQ_INSTANCE",
+                format!("{}-{amqp}", self.name),
+            )
+            .env("TRIBUTARY_RABBITMQ_PORT", amqp.to_string())
+            .env("TRIBUTARY_RABBITMQ_MGMT_PORT", management.to_string())
+            .env("TRIBUTARY_RABBITMQ_MQTT_PORT", mqtt.to_string())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        assert!(
+            output.status.success(),
+            "rabbitmq.sh {action} for the {} broker failed: {}",
+            self.name,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// [`SideBroker::run`] off the async runtime's threads.
+    pub async fn run_async(&'static self, action: &'static str) {
+        tokio::task::spawn_blocking(move || self.run(action))
+            .await
+            .expect("rabbitmq.sh task");
+    }
+}
+
+/// Stops a side broker when dropped (the test's end, also when it fails half-way).
+pub struct StopOnDrop(pub &'static SideBroker);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.run("stop");
+    }
+}
