@@ -52,6 +52,10 @@ pub struct SinkSpec {
     /// Republish into another Queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<QueueSink>,
+    /// Commands to devices: a processed message sends a command through the namespace's
+    /// command exchange on the Worker's broker (docs/commands.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<CommandSink>,
 }
 
 /// Batching of a sink's writes: a batch is written when it reaches `maxMessages` or
@@ -230,6 +234,35 @@ pub struct QueueSink {
     pub name: String,
     /// Batching (publishes of a batch are confirmed together). Default 500 messages,
     /// 4 MiB, 20 ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<Batch>,
+}
+
+/// A command to a device for each processed message for which `when` holds, for example
+/// `fan/set` with `{"speed": 100}` when `payload.temperature > 80`. A device that is offline
+/// without a persistent session, or whose command queue is full, is counted and logged; the
+/// message is still acknowledged (a device being away is not the pipeline's failure).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CommandSink {
+    /// The command name: topic levels of letters, digits, `-`, `_` and `.` (`fan/set`).
+    #[schemars(length(min = 1, max = 128))]
+    pub command: String,
+    /// CEL expression for the device id. Default: the message's `device`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// CEL condition; a message for which it is false sends nothing. Default: every message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+    /// CEL expression for the payload, sent as JSON. Default: the whole processed message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    /// Seconds the command waits for the device (queued for a persistent session) before
+    /// it expires. Default 3600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 604800))]
+    pub ttl_seconds: Option<i64>,
+    /// Batching (publishes of a batch are confirmed together). Default: the worker's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<Batch>,
 }

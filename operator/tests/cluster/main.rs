@@ -11,6 +11,7 @@
 //! (default `rabbitmq:3-management`).
 
 mod autoscaler;
+mod commands;
 mod devices;
 mod leader_election;
 mod monitoring;

@@ -73,6 +73,25 @@ pub struct Permissions {
     pub read: String,
 }
 
+impl Permissions {
+    /// These permissions and those of a command sender: publish to `namespace`'s command
+    /// exchange (the gateways declare it; a sender only looks it up, which needs no right),
+    /// nothing else of the commands' names.
+    pub fn with_command_sender(mut self, namespace: &str) -> Self {
+        let exchange = exactly(&[&command::exchange(namespace)]);
+        self.write = either(&self.write, &exchange);
+        self
+    }
+}
+
+/// A regex matching what `a` or `b` matches.
+fn either(a: &str, b: &str) -> String {
+    match (a, b) {
+        (NOTHING, other) | (other, NOTHING) => other.to_owned(),
+        _ => format!("{a}|{b}"),
+    }
+}
+
 /// A regex matching exactly one of `names`, each escaped; [`NOTHING`] for none.
 pub fn exactly(names: &[&str]) -> String {
     if names.is_empty() {
@@ -239,6 +258,17 @@ mod tests {
         assert_eq!(permissions.configure, "^$");
         // On a `queue` sink's target broker it only publishes.
         assert_eq!(worker_permissions(&[]).read, "^$");
+    }
+
+    #[test]
+    fn a_worker_with_a_command_sink_may_also_publish_to_the_command_exchange() {
+        let permissions = worker_permissions(&["factory.telemetry"]).with_command_sender("factory");
+        assert_eq!(permissions.configure, NOTHING);
+        assert_eq!(
+            permissions.write,
+            r"^(amq\.default)$|^(tributary\.commands\.factory)$"
+        );
+        assert_eq!(permissions.read, r"^(factory\.telemetry)$");
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub enum SinkKind {
     Webhook,
     /// Another Queue.
     Queue,
+    /// Commands to devices.
+    Command,
 }
 
 impl SinkKind {
@@ -43,6 +45,7 @@ impl SinkKind {
             SinkKind::S3 => "s3",
             SinkKind::Webhook => "webhook",
             SinkKind::Queue => "queue",
+            SinkKind::Command => "command",
         }
     }
 }
@@ -66,6 +69,7 @@ pub fn validate(sink: &Sink, policy: &SinkPolicy) -> Result<SinkKind, BuildError
         (spec.s3.is_some(), SinkKind::S3),
         (spec.webhook.is_some(), SinkKind::Webhook),
         (spec.queue.is_some(), SinkKind::Queue),
+        (spec.command.is_some(), SinkKind::Command),
     ]
     .into_iter()
     .filter_map(|(present, kind)| present.then_some(kind))
@@ -74,7 +78,7 @@ pub fn validate(sink: &Sink, policy: &SinkPolicy) -> Result<SinkKind, BuildError
         [kind] => *kind,
         [] => {
             return Err(BuildError::Invalid(
-                "set exactly one of spec.postgres, redis, s3, webhook or queue".into(),
+                "set exactly one of spec.postgres, redis, s3, webhook, queue or command".into(),
             ))
         }
         many => {
@@ -100,6 +104,9 @@ pub fn validate(sink: &Sink, policy: &SinkPolicy) -> Result<SinkKind, BuildError
     }
     if let Some(value) = spec.redis.as_ref().and_then(|redis| redis.value.as_deref()) {
         check_cel("spec.redis.value", value)?;
+    }
+    if let Some(command) = &spec.command {
+        command::validate(command)?;
     }
     Ok(kind)
 }
@@ -261,7 +268,7 @@ pub fn to_config(
     target: Option<&ResolvedTarget>,
     defaults: &dyn Fn(SinkKind) -> BatchConfig,
 ) -> Result<SinkConfig, BuildError> {
-    let (name, _) = name_and_namespace(sink)?;
+    let (name, namespace) = name_and_namespace(sink)?;
     // Which targets the operator allows was the Sink controller's decision (a Worker uses
     // only Ready Sinks); here only the shape matters.
     let kind = validate(
@@ -307,6 +314,10 @@ pub fn to_config(
                 routing_key: target.broker_queue.clone(),
                 batch: batch_of(&q.batch)?,
             })
+        }
+        SinkKind::Command => {
+            let c = spec.command.as_ref().ok_or_else(missing)?;
+            SinkConfig::Command(command::config(name, namespace, c, batch_of(&c.batch)?)?)
         }
     })
 }
@@ -393,203 +404,7 @@ fn webhook_config(
     })
 }
 
+mod command;
+
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::build::fixtures::load;
-
-    fn defaults(_: SinkKind) -> BatchConfig {
-        BatchConfig {
-            max_messages: 7,
-            max_bytes: 7,
-            max_age_ms: 7,
-        }
-    }
-
-    #[test]
-    fn postgres_sink_renders_url_file_columns_and_default_batch() {
-        let sink: Sink = load("sink-postgres.yaml");
-        assert_eq!(
-            validate(&sink, &SinkPolicy::default()),
-            Ok(SinkKind::Postgres)
-        );
-        let SinkConfig::Postgres(config) = to_config(&sink, None, &defaults).expect("renders")
-        else {
-            panic!("postgres expected");
-        };
-        assert_eq!(
-            config.url_file,
-            PathBuf::from("/etc/tributary/secrets/pg/url")
-        );
-        assert_eq!(config.table, "readings");
-        assert_eq!(config.columns.len(), 2);
-        assert_eq!(config.columns[1].r#type, "double precision");
-        assert_eq!(config.batch.max_messages, 7);
-        assert_eq!(referenced_secrets(&sink)[0].name, "pg");
-    }
-
-    #[test]
-    fn a_ca_secret_ref_renders_ca_file_and_is_a_referenced_secret() {
-        let mut sink: Sink = load("sink-postgres.yaml");
-        let ca = SecretKeyRef {
-            name: "pg-ca".into(),
-            key: "ca.crt".into(),
-        };
-        if let Some(postgres) = sink.spec.postgres.as_mut() {
-            postgres.ca_secret_ref = Some(ca.clone());
-        }
-        let SinkConfig::Postgres(config) = to_config(&sink, None, &defaults).expect("renders")
-        else {
-            panic!("postgres expected");
-        };
-        assert_eq!(
-            config.ca_file,
-            Some(PathBuf::from("/etc/tributary/secrets/pg-ca/ca.crt"))
-        );
-        assert!(referenced_secrets(&sink).contains(&ca));
-    }
-
-    #[test]
-    fn sink_with_two_types_is_invalid() {
-        let mut sink: Sink = load("sink-postgres.yaml");
-        let other: Sink = load("sink-queue.yaml");
-        sink.spec.queue = other.spec.queue;
-        let error = validate(&sink, &SinkPolicy::default()).expect_err("invalid");
-        assert!(error.to_string().contains("postgres, queue"), "{error}");
-        assert!(validate(
-            &Sink::new("empty", Default::default()),
-            &SinkPolicy::default()
-        )
-        .is_err());
-    }
-
-    #[test]
-    fn postgres_names_types_and_expressions_the_worker_would_refuse_are_invalid() {
-        let sink: Sink = load("sink-postgres.yaml");
-        let with = |change: &dyn Fn(&mut PostgresSink)| {
-            let mut sink = sink.clone();
-            change(sink.spec.postgres.as_mut().expect("postgres"));
-            validate(&sink, &SinkPolicy::default())
-                .expect_err("invalid")
-                .to_string()
-        };
-        let error = with(&|pg| pg.table = "readings; drop".into());
-        assert!(error.contains("spec.postgres.table"), "{error}");
-        let error = with(&|pg| pg.id_column = "message id".into());
-        assert!(error.contains("spec.postgres.idColumn"), "{error}");
-        let error = with(&|pg| pg.columns.clear());
-        assert!(error.contains("at least one column"), "{error}");
-        let error = with(&|pg| pg.columns[1].name = "temp-c".into());
-        assert!(error.contains("spec.postgres.columns[1]"), "{error}");
-        let error = with(&|pg| pg.columns[1].type_ = "text); DROP TABLE readings; --".into());
-        assert!(error.contains("spec.postgres.columns[1].type"), "{error}");
-        let error = with(&|pg| pg.columns[0].expr = "payload.(".into());
-        assert!(
-            error.contains("spec.postgres.columns[0].expr: invalid CEL"),
-            "{error}"
-        );
-        let error = with(&|pg| pg.columns[0].name = "id".into());
-        assert!(error.contains("appears twice"), "{error}");
-    }
-
-    #[test]
-    fn redis_value_expression_must_compile() {
-        let mut sink: Sink = load("sink-postgres.yaml");
-        sink.spec.postgres = None;
-        sink.spec.redis = Some(crate::crd::sink::RedisSink {
-            url_secret_ref: SecretKeyRef {
-                name: "redis".into(),
-                key: "url".into(),
-            },
-            ca_secret_ref: None,
-            key_template: "latest:{device}".into(),
-            value: Some("payload.temp +".into()),
-            ttl_seconds: None,
-            batch: None,
-        });
-        let error = validate(&sink, &SinkPolicy::default())
-            .expect_err("invalid")
-            .to_string();
-        assert!(error.contains("spec.redis.value: invalid CEL"), "{error}");
-        if let Some(redis) = sink.spec.redis.as_mut() {
-            redis.value = Some("payload.temp".into());
-        }
-        assert_eq!(validate(&sink, &SinkPolicy::default()), Ok(SinkKind::Redis));
-    }
-
-    #[test]
-    fn queue_sink_needs_its_resolved_target() {
-        let sink: Sink = load("sink-queue.yaml");
-        assert!(to_config(&sink, None, &defaults).is_err());
-        let target = ResolvedTarget {
-            ca: None,
-            broker_queue: "factory.alerts".into(),
-            uri: SecretKeyRef {
-                name: "ingest-worker-amqp-alerts".into(),
-                key: "uri".into(),
-            },
-            credentials: crate::build::queue::access::BrokerCredentials::Workload,
-        };
-        let SinkConfig::Republish(config) =
-            to_config(&sink, Some(&target), &defaults).expect("renders")
-        else {
-            panic!("republish expected");
-        };
-        assert_eq!(config.routing_key, "factory.alerts");
-    }
-
-    fn webhook_sink(url: &str) -> Sink {
-        serde_yaml::from_str(&format!(
-            "apiVersion: tributary.dev/v1alpha1\nkind: Sink\nmetadata: {{name: hook, namespace: factory}}\n\
-             spec:\n  webhook:\n    url: {url:?}\n    hmacSecretRef: {{name: hook, key: key}}\n"
-        ))
-        .expect("a webhook sink")
-    }
-
-    #[test]
-    fn webhooks_to_loopback_link_local_or_the_api_server_are_refused_unless_allowed() {
-        let refused = [
-            ("http://127.0.0.1:8080/hook", "loopback"),
-            ("http://2130706433/hook", "loopback"),
-            ("http://0x7f.1/hook", "loopback"),
-            ("http://localhost/hook", "loopback"),
-            ("http://api.LOCALHOST./hook", "loopback"),
-            ("http://[::1]/hook", "loopback"),
-            ("http://[::ffff:127.0.0.1]/hook", "loopback"),
-            ("http://169.254.169.254/latest/meta-data", "link-local"),
-            ("http://[fe80::1]/hook", "link-local"),
-            ("http://0.0.0.0/hook", "unspecified"),
-            ("https://kubernetes.default.svc/api", "API server"),
-            ("https://kubernetes/api", "API server"),
-        ];
-        let allowed = SinkPolicy {
-            allow_internal_webhooks: true,
-        };
-        for (url, what) in refused {
-            let error = validate(&webhook_sink(url), &SinkPolicy::default())
-                .expect_err(url)
-                .to_string();
-            assert!(error.contains(what), "{url}: {error}");
-            assert_eq!(
-                validate(&webhook_sink(url), &allowed),
-                Ok(SinkKind::Webhook),
-                "{url}"
-            );
-        }
-        for url in [
-            "https://receiver.factory.svc:8443/hook",
-            "http://10.0.0.7/hook",
-            "https://hooks.example.com/ingest",
-        ] {
-            assert_eq!(
-                validate(&webhook_sink(url), &SinkPolicy::default()),
-                Ok(SinkKind::Webhook),
-                "{url}"
-            );
-        }
-        for url in ["ftp://files.example.com/x", "not a url", "http://"] {
-            let error = validate(&webhook_sink(url), &SinkPolicy::default()).expect_err(url);
-            assert!(error.to_string().contains("http(s) URL"), "{url}: {error}");
-        }
-    }
-}
+mod tests;
