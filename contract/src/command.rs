@@ -206,6 +206,21 @@ pub fn parse_response_topic(device: &str, topic: &str) -> Option<Result<Response
     }))
 }
 
+/// Longest device id a command can address (the device queue's name and the routing key
+/// stay within AMQP's 255 bytes).
+pub const MAX_DEVICE_ID: usize = 128;
+
+/// Whether commands can address device `id`: 1 to [`MAX_DEVICE_ID`] bytes that can be a
+/// topic level and a routing key — no `/`, `+`, `#` or control characters (a gateway gives
+/// such ids no topics). Every id a gateway accepts and the operator's Device ids qualify.
+pub fn valid_device_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_DEVICE_ID
+        && !id
+            .chars()
+            .any(|c| matches!(c, '/' | '+' | '#') || c.is_control())
+}
+
 /// A command id: 1 to [`MAX_COMMAND_ID`] ASCII letters, digits, `-` or `_`.
 pub fn valid_command_id(id: &str) -> bool {
     !id.is_empty()
@@ -436,6 +451,11 @@ mod tests {
         assert!(valid_command_name("request"));
         assert!(!valid_command_name(&"x".repeat(MAX_COMMAND_NAME + 1)));
         assert!(valid_command_id("01JD5Z8Q2K3M4N5P6Q7R8S9T0V"));
+        assert!(valid_device_id("press-7") && valid_device_id("site:a.b_c@x"));
+        for bad in ["", "a/b", "a+b", "a#", "a\nb"] {
+            assert!(!valid_device_id(bad), "{bad:?}");
+        }
+        assert!(!valid_device_id(&"d".repeat(MAX_DEVICE_ID + 1)));
         for bad in ["", "a/b", "a.b", "a+b"] {
             assert!(!valid_command_id(bad), "{bad:?}");
         }

@@ -28,7 +28,7 @@ fn responses() -> Value {
     json!({
         "200": result("The device answered within `waitSeconds`: `responseStatus`, `contentType`, and `response` (JSON, or base64 with `responseEncoding: base64`)"),
         "202": result("Queued for the device (`status: queued`); the broker confirmed it"),
-        "400": error(&format!("An invalid device id (1 to {MAX_DEVICE_ID} letters, digits, `-`, `_`, `.`, `:`), command name, `ttlSeconds`, `waitSeconds`, Content-Type, or an unknown parameter")),
+        "400": error(&format!("An invalid device id (1 to {MAX_DEVICE_ID} bytes without `/`, `+`, `#` or control characters), command name, `ttlSeconds`, `waitSeconds`, Content-Type, or an unknown parameter")),
         "403": error("The key may not send commands (`commands: true` in its config)"),
         "404": error("A device outside the key's scope (answered as for a device that does not exist)"),
         "409": result("Undeliverable: no queue takes commands for the device (it never subscribed, or its session ended); `reason` is the broker's"),

@@ -12,9 +12,7 @@ use tributary_contract::command::{self, MAX_TTL_SECONDS};
 /// Hex digits of a command id: the first 128 bits of the hash.
 const COMMAND_ID_HEX: usize = 32;
 
-/// Longest device id a command goes to (the operator's bound on `spec.deviceId`; it also
-/// keeps the device's queue name within AMQP's 255 bytes).
-pub const MAX_DEVICE_ID: usize = 128;
+pub use tributary_contract::command::MAX_DEVICE_ID;
 
 /// Longest tenant: a Kubernetes namespace name.
 pub const MAX_TENANT: usize = 63;
@@ -82,20 +80,10 @@ pub fn device_id(value: &Value) -> Result<String, String> {
     let Value::String(id) = value else {
         return Err(format!("the device id is {value}, not a string"));
     };
-    if id.is_empty() {
-        return Err("the device id is empty".into());
-    }
-    if id.len() > MAX_DEVICE_ID {
+    if !command::valid_device_id(id) {
         return Err(format!(
-            "the device id is longer than {MAX_DEVICE_ID} bytes"
-        ));
-    }
-    if id
-        .chars()
-        .any(|c| matches!(c, '/' | '+' | '#') || c.is_control())
-    {
-        return Err(format!(
-            "the device id {id:?} holds '/', '+', '#' or a control character"
+            "the device id {id:?} is empty, longer than {MAX_DEVICE_ID} bytes, or holds '/', \
+             '+', '#' or a control character"
         ));
     }
     Ok(id.clone())
