@@ -61,6 +61,7 @@ pub fn without_activity(status: DeviceStatus) -> DeviceStatus {
         last_seen: None,
         messages_accepted: None,
         messages_rejected: None,
+        commands_expired: None,
         ..status
     }
 }

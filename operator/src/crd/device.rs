@@ -183,6 +183,10 @@ pub struct DeviceStatus {
     /// Messages and logins refused since the gateway pods started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub messages_rejected: Option<i64>,
+    /// Commands that expired before the device took them, since the gateway pods started
+    /// (each also raises a `CommandsExpired` Event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commands_expired: Option<i64>,
 }
 
 /// The verifiers of a generated credential: base64 HMAC-SHA256 of each secret under the

@@ -13,8 +13,10 @@ use crate::build::selector_labels;
 use crate::controller::Context;
 use crate::crd::{Device, Gateway};
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType};
 use kube::Api;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -43,6 +45,8 @@ pub struct Activity {
     pub accepted: u64,
     /// Messages and logins refused.
     pub rejected: u64,
+    /// Commands that expired before the device took them.
+    pub commands_expired: u64,
 }
 
 impl Activity {
@@ -52,6 +56,7 @@ impl Activity {
             last_seen_ms: other.last_seen_ms,
             accepted: other.accepted,
             rejected: other.rejected,
+            commands_expired: other.commands_expired,
         });
     }
 
@@ -61,6 +66,7 @@ impl Activity {
         self.last_seen_ms = self.last_seen_ms.max(other.last_seen_ms);
         self.accepted += other.accepted;
         self.rejected += other.rejected;
+        self.commands_expired += other.commands_expired;
     }
 
     /// The status fields it is written as.
@@ -76,6 +82,7 @@ impl Activity {
             "lastSeen": last_seen,
             "messagesAccepted": self.accepted,
             "messagesRejected": self.rejected,
+            "commandsExpired": self.commands_expired,
         })
     }
 }
@@ -137,15 +144,47 @@ struct Written {
     at: Instant,
 }
 
-/// Whether a device's new activity is written now: it connected or disconnected, or it
-/// changed and the last write is older than [`REFRESH`].
+/// Whether a device's new activity is written now: it connected or disconnected, commands
+/// for it expired, or it changed and the last write is older than [`REFRESH`].
 fn due(last: Option<&(Activity, Instant)>, now: &Activity, at: Instant) -> bool {
     match last {
         None => true,
         Some((before, written)) => {
             (before.connections > 0) != (now.connections > 0)
+                || newly_expired(Some(before), now) > 0
                 || (before != now && at.duration_since(*written) >= REFRESH)
         }
+    }
+}
+
+/// Commands that expired since the activity last written (none when the gateways'
+/// counters went back: their pods restarted).
+fn newly_expired(before: Option<&Activity>, now: &Activity) -> u64 {
+    now.commands_expired
+        .saturating_sub(before.map_or(0, |b| b.commands_expired))
+}
+
+/// A Warning Event on the Device: commands for it expired before it took them.
+async fn report_expired(ctx: &Context, namespace: &str, name: &str, count: u64) {
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "CommandsExpired".to_owned(),
+        note: Some(format!(
+            "{count} command(s) expired before the device took them (it was offline longer \
+             than their time-to-live, or not subscribed)"
+        )),
+        action: "Deliver".to_owned(),
+        secondary: None,
+    };
+    let device = ObjectReference {
+        api_version: Some("tributary.dev/v1alpha1".to_owned()),
+        kind: Some("Device".to_owned()),
+        name: Some(name.to_owned()),
+        namespace: Some(namespace.to_owned()),
+        ..ObjectReference::default()
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &device).await {
+        tracing::warn!(%error, device = name, "publishing a CommandsExpired Event failed");
     }
 }
 
@@ -288,6 +327,10 @@ async fn write_devices(
             .await
         {
             Ok(_) => {
+                let expired = newly_expired(last.as_ref().map(|(a, _)| a), &new);
+                if expired > 0 {
+                    report_expired(ctx, &key.0, &key.1, expired).await;
+                }
                 written.insert(
                     key,
                     Written {
@@ -350,6 +393,7 @@ mod tests {
             last_seen_ms: Some(last),
             accepted,
             rejected: 1,
+            commands_expired: 0,
         }
     }
 
@@ -387,6 +431,7 @@ mod tests {
             last_seen_ms: Some(1),
             accepted: 1,
             rejected: 0,
+            commands_expired: 0,
         };
         assert!(due(None, &online, start));
         let last = (online.clone(), start);
@@ -402,5 +447,15 @@ mod tests {
             ..online.clone()
         };
         assert!(due(Some(&last), &offline, start + Duration::from_secs(1)));
+        let expired = Activity {
+            commands_expired: 2,
+            ..online.clone()
+        };
+        assert!(
+            due(Some(&last), &expired, start + Duration::from_secs(1)),
+            "expired commands are reported at once"
+        );
+        assert_eq!(newly_expired(Some(&online), &expired), 2);
+        assert_eq!(newly_expired(Some(&expired), &online), 0, "a pod restarted");
     }
 }
