@@ -159,6 +159,13 @@ sinks:
       keyTemplate: "$RUN:{device}"
       ttlSeconds: 600
       batch: {maxMessages: 10, maxBytes: 100000, maxAgeMs: 20}
+  # Hot readings command the device's fan (d1 never subscribes: counted undeliverable).
+  - command:
+      name: fan
+      tenant: factory
+      command: fan/set
+      when: "payload.temp > 2"
+      payload: "{'speed': 100}"
 http: {listen: "127.0.0.1:$W_OK"}
 EOF
 cat >"$WORK/worker-failing.yaml" <<EOF
