@@ -153,6 +153,10 @@ pub struct DeviceActivity {
     /// Messages refused (not permitted, no route, too large, rate limited, broker refused)
     /// and failed logins with a known device id.
     pub rejected: u64,
+    /// Commands for the device that expired in its queue before it took them (reported by
+    /// whichever pod consumed the expired command).
+    #[serde(default)]
+    pub commands_expired: u64,
 }
 
 fn is_false(value: &bool) -> bool {
