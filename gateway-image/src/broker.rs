@@ -189,8 +189,10 @@ impl Broker {
 
 impl Broker {
     /// Publishes a device's response to the sender's `reply_to` (RabbitMQ's direct
-    /// reply-to) through the default exchange, mandatory and confirmed, within the confirm
-    /// timeout. A sender that stopped waiting makes it `Unroutable`.
+    /// reply-to) through the default exchange, confirmed, within the confirm timeout. Not
+    /// `mandatory`: RabbitMQ returns every direct reply-to publish that is (NO_ROUTE, as it
+    /// bypasses routing) while still delivering it; a reply to a sender that stopped
+    /// waiting is dropped by the broker.
     pub async fn publish_reply(
         &self,
         reply_to: &str,
@@ -212,10 +214,7 @@ impl Broker {
                 .basic_publish(
                     "".into(),
                     reply_to.into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        immediate: false,
-                    },
+                    BasicPublishOptions::default(),
                     body,
                     properties,
                 )
