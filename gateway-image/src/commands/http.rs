@@ -69,15 +69,16 @@ impl Polls {
         }
     }
 
-    /// Takes a slot for `device`'s poll.
+    /// Takes a slot for `device`'s poll (a device that polls already is told so first).
     pub fn begin(&self, device: &str) -> Result<PollGuard, PollRefusal> {
+        let mut devices = self.devices.lock().unwrap_or_else(PoisonError::into_inner);
+        if devices.contains(device) {
+            return Err(PollRefusal::Conflict);
+        }
         let slot = Arc::clone(&self.slots)
             .try_acquire_owned()
             .map_err(|_| PollRefusal::Busy)?;
-        let mut devices = self.devices.lock().unwrap_or_else(PoisonError::into_inner);
-        if !devices.insert(device.to_owned()) {
-            return Err(PollRefusal::Conflict);
-        }
+        devices.insert(device.to_owned());
         Ok(PollGuard {
             _slot: slot,
             devices: Arc::clone(&self.devices),
@@ -315,6 +316,7 @@ mod tests {
         assert_eq!(polls.begin("a").err(), Some(PollRefusal::Conflict));
         let second = polls.begin("b").expect("room");
         assert_eq!(polls.begin("c").err(), Some(PollRefusal::Busy));
+        assert_eq!(polls.begin("b").err(), Some(PollRefusal::Conflict));
         drop(first);
         let again = polls.begin("a");
         assert!(
