@@ -112,7 +112,7 @@ async fn run(
     registry: Option<Arc<Registry>>,
 ) {
     let declared = async {
-        let (_guard, channel) = linked.declarer().await?;
+        let (_guard, channel) = linked.declarer(&tenant).await?;
         topology::declare_tenant(&channel, &tenant)
             .await
             .map_err(topology::BrokerError::from)

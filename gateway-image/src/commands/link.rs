@@ -3,8 +3,9 @@
 //! delivers commands and takes acknowledgements, and its channel errors never touch
 //! ingest.
 //!
-//! On it: one channel for declarations (a refused one closes that channel, which is
-//! reopened for the next), and a few consumer channels shared by every device consumer.
+//! On it: a few channels for declarations (a refused one closes its channel, which is
+//! reopened for the next; a device's declarations always take the same one, so they stay
+//! in order), and a few consumer channels shared by every device consumer.
 //! RabbitMQ allows 2047 channels per connection, so consumers never get one each: each
 //! consumer's prefetch is set by `basic.qos` (per consumer) just before its
 //! `basic.consume`, the pair serialized per channel.
@@ -28,8 +29,15 @@ use crate::broker::read_uri;
 /// Consumer channels per connection.
 pub const CONSUMER_CHANNELS: usize = 8;
 
+/// Declaration channels per connection.
+pub const DECLARE_CHANNELS: usize = 8;
+
 /// Longest wait for one broker operation on commands.
 pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest wait for a turn on a declaration or consumer channel (many devices subscribing
+/// at once queue up there).
+pub const TURN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Called with each new connection (declare the topology, start the expired consumer).
 pub type OnConnect = Arc<dyn Fn(Arc<Linked>) + Send + Sync>;
@@ -42,7 +50,7 @@ pub struct Link {
 /// One live connection and its channels.
 pub struct Linked {
     connection: Connection,
-    declare: Mutex<Option<Channel>>,
+    declare: Vec<Mutex<Option<Channel>>>,
     consumers: Vec<Mutex<Option<Channel>>>,
     next: AtomicUsize,
 }
@@ -84,12 +92,16 @@ impl Link {
 }
 
 impl Linked {
-    /// The declaration channel, reopened when an error closed it, held (and so
-    /// serialized) while the guard lives.
+    /// The declaration channel of `key` (a device id), reopened when an error closed it,
+    /// held (and so serialized) while the guard lives.
     pub async fn declarer(
         &self,
+        key: &str,
     ) -> Result<(MutexGuard<'_, Option<Channel>>, Channel), BrokerError> {
-        let mut guard = self.declare.lock().await;
+        let slot = &self.declare[slot_of(key, self.declare.len())];
+        let mut guard = tokio::time::timeout(TURN_TIMEOUT, slot.lock())
+            .await
+            .map_err(|_| BrokerError::Unavailable)?;
         let channel = reopen(&self.connection, &mut guard).await?;
         Ok((guard, channel))
     }
@@ -103,7 +115,9 @@ impl Linked {
         prefetch: u16,
     ) -> Result<(Channel, Consumer), BrokerError> {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.consumers.len();
-        let mut guard = self.consumers[index].lock().await;
+        let mut guard = tokio::time::timeout(TURN_TIMEOUT, self.consumers[index].lock())
+            .await
+            .map_err(|_| BrokerError::Unavailable)?;
         let channel = reopen(&self.connection, &mut guard).await?;
         let start = async {
             channel
@@ -129,6 +143,14 @@ impl Linked {
     pub async fn own_channel(&self) -> Result<Channel, BrokerError> {
         Ok(self.connection.create_channel().await?)
     }
+}
+
+/// Which of `slots` serves `key` (stable for a key).
+fn slot_of(key: &str, slots: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    usize::try_from(hasher.finish() % slots.max(1) as u64).unwrap_or(0)
 }
 
 /// The channel in `slot`, or a new one when it is missing or closed.
@@ -162,7 +184,7 @@ async fn manage(
                 delay = Duration::from_millis(100);
                 let linked = Arc::new(Linked {
                     connection,
-                    declare: Mutex::new(None),
+                    declare: (0..DECLARE_CHANNELS).map(|_| Mutex::new(None)).collect(),
                     consumers: (0..CONSUMER_CHANNELS).map(|_| Mutex::new(None)).collect(),
                     next: AtomicUsize::new(0),
                 });

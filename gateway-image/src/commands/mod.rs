@@ -140,7 +140,7 @@ impl Commands {
         let tenant = self.tenant.clone();
         let (owned_tenant, owned_device) = (tenant.clone(), device.to_owned());
         let declared = self
-            .on_declarer(&linked, move |channel| async move {
+            .on_declarer(&linked, device, move |channel| async move {
                 topology::declare_device_queue(
                     &channel,
                     &owned_tenant,
@@ -157,7 +157,7 @@ impl Commands {
                     tracing::warn!(queue = %device_queue(&tenant, device), %message, "a device command queue exists with other arguments (another gateway's limits); using it as it is");
                 }
                 let (owned_tenant, owned_device) = (tenant.clone(), device.to_owned());
-                self.on_declarer(&linked, move |channel| async move {
+                self.on_declarer(&linked, device, move |channel| async move {
                     let limits = Default::default();
                     topology::declare_device_queue(
                         &channel,
@@ -173,7 +173,7 @@ impl Commands {
             other => other?,
         }
         let owned_device = device.to_owned();
-        self.on_declarer(&linked, move |channel| async move {
+        self.on_declarer(&linked, device, move |channel| async move {
             topology::bind_device_queue(&channel, &tenant, &owned_device).await
         })
         .await
@@ -182,11 +182,11 @@ impl Commands {
     /// Whether `device`'s queue exists (a persistent session to resume).
     pub async fn queue_exists(&self, device: &str) -> Result<bool, BrokerError> {
         let linked = self.linked()?;
-        let (tenant, device) = (self.tenant.clone(), device.to_owned());
+        let (tenant, owned) = (self.tenant.clone(), device.to_owned());
         let checked = self
-            .on_declarer(&linked, move |channel| async move {
+            .on_declarer(&linked, device, move |channel| async move {
                 let limits = Default::default();
-                topology::declare_device_queue(&channel, &tenant, &device, &limits, true).await
+                topology::declare_device_queue(&channel, &tenant, &owned, &limits, true).await
             })
             .await;
         match checked {
@@ -201,7 +201,7 @@ impl Commands {
         let linked = self.linked()?;
         let (tenant, owned) = (self.tenant.clone(), device.to_owned());
         let deleted = self
-            .on_declarer(&linked, move |channel| async move {
+            .on_declarer(&linked, device, move |channel| async move {
                 topology::delete_device_queue(&channel, &tenant, &owned).await
             })
             .await;
@@ -274,19 +274,26 @@ impl Commands {
         linked.inspect_err(|error| self.count_error(error))
     }
 
-    /// Runs `op` on the declaration channel (serialized), within the operation timeout.
-    async fn on_declarer<F, Fut>(&self, linked: &Linked, op: F) -> Result<(), BrokerError>
+    /// Runs `op` on `device`'s declaration channel (serialized), within the operation
+    /// timeout once its turn came.
+    async fn on_declarer<F, Fut>(
+        &self,
+        linked: &Linked,
+        device: &str,
+        op: F,
+    ) -> Result<(), BrokerError>
     where
         F: FnOnce(Channel) -> Fut,
         Fut: Future<Output = Result<(), lapin::Error>>,
     {
-        let run = async {
-            let (_guard, channel) = linked.declarer().await?;
-            op(channel).await.map_err(BrokerError::from)
+        let result = match linked.declarer(device).await {
+            Ok((_guard, channel)) => tokio::time::timeout(OPERATION_TIMEOUT, op(channel))
+                .await
+                .map_or(Err(BrokerError::Unavailable), |done| {
+                    done.map_err(BrokerError::from)
+                }),
+            Err(error) => Err(error),
         };
-        let result = tokio::time::timeout(OPERATION_TIMEOUT, run)
-            .await
-            .unwrap_or(Err(BrokerError::Unavailable));
         result.inspect_err(|error| {
             if error.code() != Some(NOT_FOUND) && error.code() != Some(PRECONDITION_FAILED) {
                 self.count_error(error);
