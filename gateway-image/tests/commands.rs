@@ -312,3 +312,58 @@ async fn with_commands_disabled_every_subscription_is_refused_and_nothing_is_dec
     disabled.finish().await;
     setup.finish().await;
 }
+
+#[tokio::test]
+async fn no_more_commands_are_in_flight_than_the_clients_receive_maximum_and_they_stay_in_order() {
+    let setup = Setup::start(&["press-1"], |_| {}).await;
+    let login = Login {
+        receive_maximum: Some(1),
+        ..Login::clean(true, "rm", "press-1")
+    };
+    let mut client = Client::connect(setup.mqtt(), &login).await;
+    assert_eq!(client.subscribe(1, &[("commands/press-1/#", 1)]).await, [1]);
+    for n in 0..3 {
+        let command = Cmd::new(&format!("c{n}"), "step", format!("{n}").as_bytes());
+        assert_eq!(setup.sender.send("press-1", &command).await, Sent::Queued);
+    }
+    for n in 0..3 {
+        let received = client.next_publish().await;
+        assert_eq!(
+            received.payload,
+            format!("{n}").as_bytes(),
+            "in queue order"
+        );
+        assert_eq!(
+            client.next_publish_within(Duration::from_millis(300)).await,
+            None,
+            "one in flight until the PUBACK"
+        );
+        client.puback(received.packet_id.expect("QoS 1")).await;
+    }
+    setup.finish().await;
+}
+
+#[tokio::test]
+async fn a_command_larger_than_the_clients_maximum_packet_size_is_not_sent() {
+    let setup = Setup::start(&["press-1"], |_| {}).await;
+    let login = Login {
+        maximum_packet_size: Some(128),
+        ..Login::clean(true, "mp", "press-1")
+    };
+    let mut client = Client::connect(setup.mqtt(), &login).await;
+    assert_eq!(client.subscribe(1, &[("commands/press-1/#", 1)]).await, [1]);
+    let big = Cmd::new("c-big", "firmware", &[b'x'; 512]);
+    assert_eq!(setup.sender.send("press-1", &big).await, Sent::Queued);
+    let small = Cmd::new("c-small", "ping", b"{}");
+    assert_eq!(setup.sender.send("press-1", &small).await, Sent::Queued);
+    let received = client.next_publish().await;
+    assert_eq!(
+        received.topic, "commands/press-1/ping",
+        "the big one was skipped"
+    );
+    assert_eq!(
+        setup.metric("tributary_gateway_commands_undeliverable_total{reason=\"too_large\"}"),
+        1.0
+    );
+    setup.finish().await;
+}

@@ -24,6 +24,8 @@ pub struct Login<'a> {
     pub session_expiry: Option<u32>,
     /// MQTT 5 Receive Maximum.
     pub receive_maximum: Option<u16>,
+    /// MQTT 5 Maximum Packet Size.
+    pub maximum_packet_size: Option<u32>,
 }
 
 impl<'a> Login<'a> {
@@ -36,6 +38,7 @@ impl<'a> Login<'a> {
             clean_start: true,
             session_expiry: None,
             receive_maximum: None,
+            maximum_packet_size: None,
         }
     }
 
@@ -62,6 +65,10 @@ impl<'a> Login<'a> {
             if let Some(maximum) = self.receive_maximum {
                 properties.push(0x21);
                 properties.extend_from_slice(&maximum.to_be_bytes());
+            }
+            if let Some(size) = self.maximum_packet_size {
+                properties.push(0x27);
+                properties.extend_from_slice(&size.to_be_bytes());
             }
             body.push(properties.len() as u8);
             body.extend(properties);
