@@ -282,4 +282,24 @@ mod tests {
             "tributary_gateway_messages_rejected_total{protocol=\"http\",reason=\"rate_limited\"}"
         ));
     }
+
+    #[test]
+    fn every_exported_metric_is_documented_in_docs_metrics_md() {
+        let docs = include_str!("../../docs/metrics.md");
+        let text = Metrics::new().encode();
+        let families: Vec<(&str, &str)> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|rest| rest.split_once(' '))
+            .collect();
+        assert!(families.len() > 15, "{text}");
+        for (name, kind) in families {
+            let documented = if kind == "counter" {
+                format!("| `{name}_total` | counter |")
+            } else {
+                format!("| `{name}` | {kind} |")
+            };
+            assert!(docs.contains(&documented), "{documented} missing in docs/metrics.md");
+        }
+    }
 }
