@@ -299,7 +299,10 @@ mod tests {
             } else {
                 format!("| `{name}` | {kind} |")
             };
-            assert!(docs.contains(&documented), "{documented} missing in docs/metrics.md");
+            assert!(
+                docs.contains(&documented),
+                "{documented} missing in docs/metrics.md"
+            );
         }
     }
 }

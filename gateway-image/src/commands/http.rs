@@ -181,34 +181,37 @@ async fn wait_for_command(
     let answer = loop {
         let incoming = tokio::select! {
             incoming = feed.next() => incoming,
-            _ = tokio::time::sleep_until(deadline) => break None,
-            _ = stop.cancelled() => break None,
-            _ = gateway.draining.cancelled() => break None,
+            _ = tokio::time::sleep_until(deadline) => break Ok(None),
+            _ = stop.cancelled() => break Ok(None),
+            _ = gateway.draining.cancelled() => break Ok(None),
+        };
+        // The consumer ended (connection lost, queue deleted): try again later.
+        let Some(incoming) = incoming else {
+            break Err(());
         };
         if let Some(answer) = take(&gateway, &device, &mut feed, incoming).await {
-            break answer;
+            break Ok(Some(answer));
         }
     };
     feed.release().await;
-    Ok(answer)
+    answer
 }
 
-/// One delivery of a poll: `Some(Some(json))` delivered, `Some(None)` the consumer ended,
-/// `None` an invalid command discarded (wait on).
+/// One delivery of a poll: the command as JSON, acknowledged; `None` for an invalid
+/// command, discarded (the poll waits on).
 async fn take(
     gateway: &Gateway,
     device: &str,
     feed: &mut Feed,
-    incoming: Option<super::feed::Incoming>,
-) -> Option<Option<serde_json::Value>> {
-    let incoming = incoming?;
+    incoming: super::feed::Incoming,
+) -> Option<serde_json::Value> {
     let metrics = &gateway.metrics.commands;
     match incoming.command {
         Ok(command) => {
             gateway.commands.remember_request(device, &command);
             metrics.delivered("http").inc();
             feed.acknowledge(incoming.tag).await;
-            Some(Some(http_command(&command, device)))
+            Some(http_command(&command, device))
         }
         Err(problem) => {
             tracing::info!(device, %problem, "invalid command discarded");
