@@ -102,7 +102,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                 }
                 Err(refusal) => {
                     metrics.refused(refusal).inc();
-                    tracing::info!(device = %self.device, %filter, reason = refusal.as_str(), "subscription refused");
+                    // Counted; a device repeating a refused SUBSCRIBE must not flood the log.
+                    tracing::debug!(device = %self.device, %filter, reason = refusal.as_str(), "subscription refused");
                     codes.push(refusal.suback_code(self.v5));
                 }
             }
