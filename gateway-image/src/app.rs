@@ -17,6 +17,7 @@ use tributary_contract::gateway_config::{GatewayConfig, TlsListener};
 
 use crate::auth::{AuthLoadError, Authenticator};
 use crate::broker::Broker;
+use crate::commands::Commands;
 use crate::ingest::{Gateway, RateLimiter};
 use crate::metrics::Metrics;
 use crate::mqtt::registry::Sessions;
@@ -50,6 +51,9 @@ pub enum StartError {
     /// A route's topic filter is invalid.
     #[error("route topic filter: {0}")]
     Route(TopicError),
+    /// A `commands.subscribe` template is not a valid topic filter.
+    #[error("commands subscribe template: {0}")]
+    CommandTemplate(TopicError),
     /// An authentication source could not be loaded.
     #[error(transparent)]
     Auth(#[from] AuthLoadError),
@@ -115,6 +119,8 @@ pub struct Running {
     tracker: TaskTracker,
     broker_close: CancellationToken,
     broker_task: tokio::task::JoinHandle<()>,
+    commands_close: CancellationToken,
+    commands_task: Option<tokio::task::JoinHandle<()>>,
     health_stop: CancellationToken,
 }
 
@@ -141,6 +147,14 @@ pub async fn start(config: GatewayConfig) -> Result<Running, StartError> {
             health_stop.clone(),
         ));
     }
+    let commands_close = CancellationToken::new();
+    let (commands, commands_task) = Commands::start(
+        &config,
+        Arc::clone(&metrics),
+        registry.clone(),
+        commands_close.clone(),
+    )
+    .map_err(StartError::CommandTemplate)?;
     let broker_close = CancellationToken::new();
     let (broker, broker_task) = Broker::start(
         config.broker.clone(),
@@ -164,28 +178,15 @@ pub async fn start(config: GatewayConfig) -> Result<Running, StartError> {
         draining: CancellationToken::new(),
         sessions,
         registry,
+        commands,
     });
     let mut bound = Bound {
-        health: local(&health_listener, config.health_listen),
+        health: serve_health(health_listener, &gateway, &config, health_stop.clone()),
         mqtt: None,
         mqtt_tls: None,
         http: None,
         http_tls: None,
     };
-    let header_timeout = Duration::from_secs(config.limits.http_header_timeout_seconds.max(1));
-    // Its own loop, cap and tasks: whatever the ingest listener suffers, probes get answers.
-    tokio::spawn(http_listener::serve(
-        health_listener,
-        http::health_router(Arc::clone(&gateway)),
-        http_listener::Bounds {
-            name: "health",
-            header_timeout,
-            max_connections: HEALTH_MAX_CONNECTIONS,
-        },
-        health_stop.clone(),
-        TaskTracker::new(),
-    ));
-    tracing::info!(addr = %bound.health, "health and metrics listening");
     let tracker = TaskTracker::new();
     start_device_listeners(&config, &gateway, tls_configs, &tracker, &mut bound).await?;
     Ok(Running {
@@ -194,8 +195,35 @@ pub async fn start(config: GatewayConfig) -> Result<Running, StartError> {
         tracker,
         broker_close,
         broker_task,
+        commands_close,
+        commands_task,
         health_stop,
     })
+}
+
+/// Serves health and metrics until `stop`, on its own loop, cap and tasks: whatever the
+/// ingest listener suffers, probes get answers. Returns the bound address.
+fn serve_health(
+    listener: TcpListener,
+    gateway: &Arc<Gateway>,
+    config: &GatewayConfig,
+    stop: CancellationToken,
+) -> SocketAddr {
+    let addr = local(&listener, config.health_listen);
+    let header_timeout = Duration::from_secs(config.limits.http_header_timeout_seconds.max(1));
+    tokio::spawn(http_listener::serve(
+        listener,
+        http::health_router(Arc::clone(gateway)),
+        http_listener::Bounds {
+            name: "health",
+            header_timeout,
+            max_connections: HEALTH_MAX_CONNECTIONS,
+        },
+        stop,
+        TaskTracker::new(),
+    ));
+    tracing::info!(%addr, "health and metrics listening");
+    addr
 }
 
 /// The device registry, when `auth.registry` is set (its keys and device CA, then the
@@ -331,7 +359,8 @@ async fn start_http_listeners(
 
 impl Running {
     /// Drains: stop accepting, let sessions and requests finish their in-flight confirms
-    /// (up to `deadline`), then close the broker connection and the health listener.
+    /// and return the commands they hold to their queues (up to `deadline`), then close
+    /// the commands and broker connections and the health listener.
     pub async fn drain(self, deadline: Duration) {
         tracing::info!("draining");
         self.gateway.draining.cancel();
@@ -341,6 +370,10 @@ impl Running {
             .is_err()
         {
             tracing::warn!("drain deadline passed with connections still open");
+        }
+        self.commands_close.cancel();
+        if let Some(task) = self.commands_task {
+            let _ = task.await;
         }
         self.broker_close.cancel();
         let _ = self.broker_task.await;

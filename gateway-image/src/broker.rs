@@ -187,6 +187,52 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// Publishes a device's response to the sender's `reply_to` (RabbitMQ's direct
+    /// reply-to) through the default exchange, confirmed, within the confirm timeout. Not
+    /// `mandatory`: RabbitMQ returns every direct reply-to publish that is (NO_ROUTE, as it
+    /// bypasses routing) while still delivering it; a reply to a sender that stopped
+    /// waiting is dropped by the broker.
+    pub async fn publish_reply(
+        &self,
+        reply_to: &str,
+        properties: BasicProperties,
+        body: &[u8],
+    ) -> Result<(), PublishError> {
+        let publish = async {
+            let channel = self
+                .channel
+                .borrow()
+                .clone()
+                .filter(|channel| channel.status().connected())
+                .ok_or(PublishError::Unavailable)?;
+            self.metrics.in_flight.inc();
+            let _in_flight = scopeguard(|| {
+                self.metrics.in_flight.dec();
+            });
+            let confirm = channel
+                .basic_publish(
+                    "".into(),
+                    reply_to.into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    properties,
+                )
+                .await
+                .map_err(|_| PublishError::Lost)?;
+            match confirm.await {
+                Ok(Confirmation::Ack(None)) => Ok(()),
+                Ok(Confirmation::Ack(Some(_))) => Err(PublishError::Unroutable(reply_to.into())),
+                Ok(Confirmation::Nack(_)) => Err(PublishError::Nacked),
+                Ok(Confirmation::NotRequested) | Err(_) => Err(PublishError::Lost),
+            }
+        };
+        tokio::time::timeout(self.confirm_timeout, publish)
+            .await
+            .unwrap_or(Err(PublishError::Timeout))
+    }
+}
+
 /// Runs `f` when dropped (also when the publish future is cancelled).
 fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
     struct Guard<F: FnOnce()>(Option<F>);
@@ -243,10 +289,8 @@ async fn connect(
     config: &BrokerConfig,
     connection_name: &str,
 ) -> Result<(Connection, Channel), String> {
-    let uri = tokio::fs::read_to_string(&config.uri_file)
-        .await
-        .map_err(|error| format!("reading {}: {error}", config.uri_file.display()))?;
-    let uri = uri.trim();
+    let uri = read_uri(config).await?;
+    let uri = uri.as_str();
     let properties = ConnectionProperties::default().with_connection_name(connection_name.into());
     // A certificate the CA file does not vouch for fails here, like an unreachable broker:
     // readiness stays false and devices are pushed back, nothing is acknowledged.
@@ -269,6 +313,14 @@ async fn connect(
         Ok(result) => result,
         Err(_) => Err("timed out".into()),
     }
+}
+
+/// The broker URI from its file (a Secret's key), trimmed; the error never holds it.
+pub(crate) async fn read_uri(config: &BrokerConfig) -> Result<String, String> {
+    let uri = tokio::fs::read_to_string(&config.uri_file)
+        .await
+        .map_err(|error| format!("reading {}: {error}", config.uri_file.display()))?;
+    Ok(uri.trim().to_owned())
 }
 
 /// Returns when the connection or channel fails, or `close` is cancelled.

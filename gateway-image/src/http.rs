@@ -36,6 +36,7 @@ use crate::topics::validate_topic_name;
 pub fn ingest_router(gateway: Arc<Gateway>) -> Router {
     Router::new()
         .route("/v1/publish/{*topic}", post(publish))
+        .merge(crate::commands::http::router())
         .with_state(gateway)
 }
 
@@ -65,7 +66,7 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
     tributary_service_kit::metrics::response(gateway.metrics.encode())
 }
 
-fn error(status: StatusCode, message: &str) -> Response {
+pub(crate) fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
@@ -112,21 +113,9 @@ async fn publish(
             .reject(ProtocolLabel::Http, RejectReason::TooLarge);
         return closing(error(StatusCode::PAYLOAD_TOO_LARGE, "payload too large"));
     }
-    let Ok(credentials) = credentials(certificate.map(|Extension(device)| device), &headers) else {
-        gateway.metrics.auth_failure(ProtocolLabel::Http, "none");
-        return unauthorized();
-    };
-    let method = credentials.method();
-    let device = match gateway.auth.authenticate(peer.ip(), credentials).await {
+    let device = match authenticate(&gateway, peer, certificate, &headers).await {
         Ok(device) => device,
-        Err(refusal) => {
-            gateway.metrics.auth_failure(ProtocolLabel::Http, method);
-            return match refusal {
-                AuthError::Denied => unauthorized(),
-                // Not a verdict on the credentials: the device should come back.
-                AuthError::Throttled | AuthError::Busy => try_later(),
-            };
-        }
+        Err(response) => return response,
     };
     if validate_topic_name(&topic).is_err() {
         gateway
@@ -172,6 +161,33 @@ async fn publish(
     }
 }
 
+/// Authenticates a device request (client certificate, bearer token or basic password),
+/// as the publish endpoint does; the refusal's response otherwise.
+pub(crate) async fn authenticate(
+    gateway: &Gateway,
+    peer: SocketAddr,
+    certificate: Option<Extension<CertificateDevice>>,
+    headers: &HeaderMap,
+) -> Result<String, Response> {
+    let Ok(credentials) = credentials(certificate.map(|Extension(device)| device), headers) else {
+        gateway.metrics.auth_failure(ProtocolLabel::Http, "none");
+        return Err(unauthorized());
+    };
+    let method = credentials.method();
+    gateway
+        .auth
+        .authenticate(peer.ip(), credentials)
+        .await
+        .map_err(|refusal| {
+            gateway.metrics.auth_failure(ProtocolLabel::Http, method);
+            match refusal {
+                AuthError::Denied => unauthorized(),
+                // Not a verdict on the credentials: the device should come back.
+                AuthError::Throttled | AuthError::Busy => try_later(),
+            }
+        })
+}
+
 /// The declared `Content-Length`, when there is a valid one (hyper already refused
 /// malformed and conflicting ones).
 pub(crate) fn declared_length(headers: &HeaderMap) -> Option<usize> {
@@ -191,7 +207,7 @@ pub(crate) fn declared_length(headers: &HeaderMap) -> Option<usize> {
 /// large gets 413; one that does not arrive in time, or whose connection fails, gets 408
 /// (the client may never read it). Both close the connection, since the rest of the body
 /// may still be on its way.
-async fn read_body(body: Body, gateway: &Gateway) -> Result<bytes::Bytes, Response> {
+pub(crate) async fn read_body(body: Body, gateway: &Gateway) -> Result<bytes::Bytes, Response> {
     let deadline = Duration::from_secs(gateway.limits.http_body_timeout_seconds.max(1));
     let limit = gateway.limits.max_payload_bytes;
     match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
@@ -243,7 +259,7 @@ fn closing(mut response: Response) -> Response {
     response
 }
 
-fn unauthorized() -> Response {
+pub(crate) fn unauthorized() -> Response {
     (
         StatusCode::UNAUTHORIZED,
         [(
@@ -256,7 +272,7 @@ fn unauthorized() -> Response {
 }
 
 /// 503 with `Retry-After`: the password checks are busy or this device id is throttled.
-fn try_later() -> Response {
+pub(crate) fn try_later() -> Response {
     (
         StatusCode::SERVICE_UNAVAILABLE,
         [(header::RETRY_AFTER, "2")],

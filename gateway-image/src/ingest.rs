@@ -86,6 +86,8 @@ pub struct Gateway {
     pub sessions: Arc<crate::mqtt::registry::Sessions>,
     /// The device table, when the Gateway has one (extra topics, attributes, activity).
     pub registry: Option<Arc<Registry>>,
+    /// Commands to devices and their responses.
+    pub commands: Arc<crate::commands::Commands>,
 }
 
 /// What a device said about its message besides topic and payload; carried into the

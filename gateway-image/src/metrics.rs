@@ -9,8 +9,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
+mod commands;
 mod device;
 
+pub use self::commands::{CommandMetrics, ResponseResult, Undeliverable};
 pub use self::device::{DeviceMetrics, LoginKind, TableSource};
 
 /// The protocol a device used.
@@ -122,6 +124,8 @@ pub struct Metrics {
     pub broker_connects: Counter<u64, AtomicU64>,
     /// The device registry and logins by credential type.
     pub devices: DeviceMetrics,
+    /// Commands to devices and their responses.
+    pub commands: CommandMetrics,
     registry: Registry,
 }
 
@@ -181,6 +185,7 @@ impl Metrics {
             broker_connects.clone(),
         );
         let devices = DeviceMetrics::register(&mut registry);
+        let commands = CommandMetrics::register(&mut registry);
         Self {
             connections,
             messages_received,
@@ -192,6 +197,7 @@ impl Metrics {
             broker_connected,
             broker_connects,
             devices,
+            commands,
             registry,
         }
     }
@@ -275,5 +281,28 @@ mod tests {
         assert!(text.contains(
             "tributary_gateway_messages_rejected_total{protocol=\"http\",reason=\"rate_limited\"}"
         ));
+    }
+
+    #[test]
+    fn every_exported_metric_is_documented_in_docs_metrics_md() {
+        let docs = include_str!("../../docs/metrics.md");
+        let text = Metrics::new().encode();
+        let families: Vec<(&str, &str)> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|rest| rest.split_once(' '))
+            .collect();
+        assert!(families.len() > 15, "{text}");
+        for (name, kind) in families {
+            let documented = if kind == "counter" {
+                format!("| `{name}_total` | counter |")
+            } else {
+                format!("| `{name}` | {kind} |")
+            };
+            assert!(
+                docs.contains(&documented),
+                "{documented} missing in docs/metrics.md"
+            );
+        }
     }
 }

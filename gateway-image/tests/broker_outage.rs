@@ -3,7 +3,9 @@
 //!
 //! Runs against a second, dedicated RabbitMQ node (instance `outage`, AMQP port 5674)
 //! started and stopped through `tests/services/rabbitmq.sh`, so the shared test broker is
-//! never disturbed.
+//! never disturbed. `TRIBUTARY_TEST_OUTAGE_RABBITMQ_PORT` moves it (instance
+//! `outage-PORT`, management PORT + 10000, MQTT PORT - 3789), for machines where several
+//! builders run this test at once.
 
 mod common;
 
@@ -13,17 +15,29 @@ use std::time::Duration;
 use common::*;
 use tributary_contract::gateway_config::AuthConfig;
 
-const AMQP_PORT: &str = "5674";
+/// The outage broker's AMQP port.
+fn amqp_port() -> u16 {
+    std::env::var("TRIBUTARY_TEST_OUTAGE_RABBITMQ_PORT")
+        .ok()
+        .and_then(|port| port.parse().ok())
+        .unwrap_or(5674)
+}
 
 fn outage_broker(action: &str) {
     let script = repo_root().join("tests/services/rabbitmq.sh");
+    let port = amqp_port();
+    let instance = if port == 5674 {
+        "outage".to_owned()
+    } else {
+        format!("outage-{port}")
+    };
     let status = Command::new("bash")
         .arg(&script)
         .arg(action)
-        .env("TRIBUTARY_RABBITMQ_INSTANCE", "outage")
-        .env("TRIBUTARY_RABBITMQ_PORT", AMQP_PORT)
-        .env("TRIBUTARY_RABBITMQ_MGMT_PORT", "15674")
-        .env("TRIBUTARY_RABBITMQ_MQTT_PORT", "1885")
+        .env("TRIBUTARY_RABBITMQ_INSTANCE", instance)
+        .env("TRIBUTARY_RABBITMQ_PORT", port.to_string())
+        .env("TRIBUTARY_RABBITMQ_MGMT_PORT", (port + 10_000).to_string())
+        .env("TRIBUTARY_RABBITMQ_MQTT_PORT", (port - 3_789).to_string())
         .status()
         .unwrap_or_else(|error| panic!("running {}: {error}", script.display()));
     assert!(
@@ -42,8 +56,13 @@ impl Drop for StopOnDrop {
 }
 
 fn outage_url() -> String {
-    // Same credentials as the shared test broker, other port.
-    amqp_url().replace(":5673/", &format!(":{AMQP_PORT}/"))
+    // Same credentials as the shared test broker (whatever its port), other port.
+    let url = amqp_url();
+    let (head, tail) = url
+        .rsplit_once(':')
+        .expect("the test broker URL has a port");
+    let (_, vhost) = tail.split_once('/').unwrap_or((tail, ""));
+    format!("{head}:{}/{vhost}", amqp_port())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

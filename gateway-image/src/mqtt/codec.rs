@@ -134,6 +134,18 @@ pub struct Publish {
     pub properties: Properties,
 }
 
+/// A SUBSCRIBE packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribe {
+    /// Packet identifier.
+    pub packet_id: u16,
+    /// The filters with their requested QoS, in order.
+    pub filters: Vec<(String, u8)>,
+    /// Whether it carried an MQTT 5 Subscription Identifier (not supported: its filters
+    /// are refused).
+    pub subscription_identifier: bool,
+}
+
 /// The packets a client may send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Packet {
@@ -149,19 +161,14 @@ pub enum Packet {
         /// Packet identifier.
         packet_id: u16,
     },
-    /// SUBSCRIBE with its filters' count.
-    Subscribe {
-        /// Packet identifier.
-        packet_id: u16,
-        /// Number of topic filters.
-        filters: usize,
-    },
-    /// UNSUBSCRIBE with its filters' count.
+    /// SUBSCRIBE.
+    Subscribe(Box<Subscribe>),
+    /// UNSUBSCRIBE.
     Unsubscribe {
         /// Packet identifier.
         packet_id: u16,
-        /// Number of topic filters.
-        filters: usize,
+        /// The topic filters, validated.
+        filters: Vec<String>,
     },
     /// PINGREQ.
     Pingreq,
@@ -170,9 +177,9 @@ pub enum Packet {
     Disconnect {
         /// Reason code.
         reason: u8,
-        /// A non-zero MQTT 5 Session Expiry Interval: a Protocol Error when the CONNECT's
-        /// was zero [MQTT-3.14.2-2].
-        sets_session_expiry: bool,
+        /// The MQTT 5 Session Expiry Interval it sets, if any (a non-zero one is a
+        /// Protocol Error when the CONNECT's was zero [MQTT-3.14.2-2]).
+        session_expiry: Option<u32>,
     },
     /// AUTH (MQTT 5).
     Auth,
@@ -267,7 +274,7 @@ fn decode_body(number: u8, flags: u8, mut body: Bytes, v5: bool) -> Result<Packe
             expect_empty(&body)?;
             Ok(Packet::Disconnect {
                 reason,
-                sets_session_expiry: properties.session_expiry_interval.is_some_and(|s| s > 0),
+                session_expiry: properties.session_expiry_interval,
             })
         }
         PacketType::Auth => Ok(Packet::Auth),
@@ -278,38 +285,55 @@ fn decode_body(number: u8, flags: u8, mut body: Bytes, v5: bool) -> Result<Packe
     }
 }
 
-/// SUBSCRIBE (`subscribe`) or UNSUBSCRIBE: every filter is validated and counted.
+/// SUBSCRIBE (`subscribe`) or UNSUBSCRIBE: every filter is validated and kept.
 fn decode_subscription(subscribe: bool, mut body: Bytes, v5: bool) -> Result<Packet, DecodeError> {
     let packet_id = read_packet_id(&mut body)?;
+    let mut properties = Properties::default();
     if v5 {
         let context = if subscribe {
             PropertyContext::Subscribe
         } else {
             PropertyContext::Unsubscribe
         };
-        read_properties(&mut body, context)?;
+        properties = read_properties(&mut body, context)?;
     }
-    let mut filters = 0;
+    let mut filters = Vec::new();
     while body.has_remaining() {
         let filter = read_string(&mut body)?;
         validate_topic_filter(&filter).map_err(|_| DecodeError::InvalidFilter)?;
-        if subscribe {
-            let options = read_u8(&mut body)?;
-            let reserved = if v5 { 0b1100_0000 } else { 0b1111_1100 };
-            if options & reserved != 0 || options & 0b11 == 3 {
-                return Err(DecodeError::Malformed("subscription options"));
-            }
-        }
-        filters += 1;
+        let qos = if subscribe {
+            subscription_qos(read_u8(&mut body)?, v5)?
+        } else {
+            0
+        };
+        filters.push((filter, qos));
     }
-    if filters == 0 {
+    if filters.is_empty() {
         return Err(DecodeError::Malformed("no topic filters"));
     }
     Ok(if subscribe {
-        Packet::Subscribe { packet_id, filters }
+        Packet::Subscribe(Box::new(Subscribe {
+            packet_id,
+            filters,
+            subscription_identifier: properties.subscription_identifier.is_some(),
+        }))
     } else {
-        Packet::Unsubscribe { packet_id, filters }
+        Packet::Unsubscribe {
+            packet_id,
+            filters: filters.into_iter().map(|(filter, _)| filter).collect(),
+        }
     })
+}
+
+/// The requested QoS of a subscription options byte (§3.8.3.1); reserved bits, QoS 3 and
+/// (MQTT 5) Retain Handling 3 are malformed.
+fn subscription_qos(options: u8, v5: bool) -> Result<u8, DecodeError> {
+    let reserved = if v5 { 0b1100_0000 } else { 0b1111_1100 };
+    let retain_handling = (options >> 4) & 0b11;
+    if options & reserved != 0 || options & 0b11 == 3 || retain_handling == 3 {
+        return Err(DecodeError::Malformed("subscription options"));
+    }
+    Ok(options & 0b11)
 }
 
 /// The CONNECT flags byte (§3.1.2.3).

@@ -93,14 +93,14 @@ fn will_message_and_disconnect_reason_decode() {
         decode_all(&[0xE0, 0], false),
         Ok(Some(Packet::Disconnect {
             reason: 0,
-            sets_session_expiry: false
+            session_expiry: None
         }))
     );
     assert_eq!(
         decode_all(&[0xE0, 1, 0x04], true),
         Ok(Some(Packet::Disconnect {
             reason: 0x04,
-            sets_session_expiry: false
+            session_expiry: None
         }))
     );
 }
@@ -262,7 +262,7 @@ fn v5_topic_alias_is_refused() {
 }
 
 #[test]
-fn subscribe_counts_its_filters() {
+fn subscribe_keeps_its_filters_and_qos() {
     let mut body = vec![0, 5];
     body.extend(string(b"a/#"));
     body.push(1);
@@ -270,10 +270,11 @@ fn subscribe_counts_its_filters() {
     body.push(0);
     assert_eq!(
         decode_all(&packet(0x82, &body), false),
-        Ok(Some(Packet::Subscribe {
+        Ok(Some(Packet::Subscribe(Box::new(Subscribe {
             packet_id: 5,
-            filters: 2
-        }))
+            filters: vec![("a/#".into(), 1), ("b/+".into(), 0)],
+            subscription_identifier: false,
+        }))))
     );
 }
 
@@ -285,7 +286,7 @@ fn two_packets_in_one_buffer_decode_one_at_a_time() {
         decode(&mut buffer, false, MAX),
         Ok(Some(Packet::Disconnect {
             reason: 0,
-            sets_session_expiry: false
+            session_expiry: None
         }))
     );
     assert_eq!(decode(&mut buffer, false, MAX), Ok(None));
@@ -347,13 +348,56 @@ fn v5_disconnect_tells_whether_it_sets_a_session_expiry() {
     let sets = |seconds: u8| {
         let bytes = [0xE0, 7, 0x00, 5, 0x11, 0, 0, 0, seconds];
         match decode_all(&bytes, true) {
-            Ok(Some(Packet::Disconnect {
-                sets_session_expiry,
-                ..
-            })) => sets_session_expiry,
+            Ok(Some(Packet::Disconnect { session_expiry, .. })) => {
+                session_expiry.is_some_and(|seconds| seconds > 0)
+            }
             other => panic!("not a DISCONNECT: {other:?}"),
         }
     };
     assert!(sets(60));
     assert!(!sets(0));
+}
+
+#[test]
+fn v5_subscribe_tells_its_subscription_identifier_and_unsubscribe_keeps_filters() {
+    let mut body = vec![0, 5, 2, 0x0B, 7];
+    body.extend(string(b"commands/d1/#"));
+    body.push(0b0000_0010); // QoS 2 requested
+    let Some(Packet::Subscribe(subscribe)) = decode_all(&packet(0x82, &body), true).expect("valid")
+    else {
+        panic!("not a SUBSCRIBE");
+    };
+    assert!(subscribe.subscription_identifier);
+    assert_eq!(subscribe.filters, vec![("commands/d1/#".to_owned(), 2)]);
+    let mut body = vec![0, 6, 0];
+    body.extend(string(b"commands/d1/#"));
+    body.extend(string(b"commands/d1/fan/+"));
+    assert_eq!(
+        decode_all(&packet(0xA2, &body), true),
+        Ok(Some(Packet::Unsubscribe {
+            packet_id: 6,
+            filters: vec!["commands/d1/#".into(), "commands/d1/fan/+".into()],
+        }))
+    );
+}
+
+#[test]
+fn subscription_options_with_reserved_bits_or_retain_handling_3_are_malformed() {
+    for (v5, options) in [
+        (false, 0b0000_0100),
+        (true, 0b0011_0000),
+        (true, 0b0100_0000),
+    ] {
+        let mut body = vec![0, 5];
+        if v5 {
+            body.push(0);
+        }
+        body.extend(string(b"a/b"));
+        body.push(options);
+        assert_eq!(
+            decode_all(&packet(0x82, &body), v5),
+            Err(DecodeError::Malformed("subscription options")),
+            "v5 {v5}, options {options:#010b}"
+        );
+    }
 }

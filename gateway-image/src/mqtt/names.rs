@@ -116,8 +116,13 @@ pub const SUBACK_V311_FAILURE: u8 = 0x80;
 pub enum ReasonCode {
     /// CONNACK, PUBACK, PUBREC, PUBREL, PUBCOMP, UNSUBACK, AUTH: success.
     Success = 0x00,
+    /// SUBACK: granted QoS 1.
+    GrantedQos1 = 0x01,
     /// DISCONNECT from the client: close and publish the will message.
     DisconnectWithWillMessage = 0x04,
+    /// PUBACK, PUBREC: accepted, but nobody receives it (a response to an unknown or
+    /// expired command).
+    NoMatchingSubscribers = 0x10,
     /// UNSUBACK: no subscription existed.
     NoSubscriptionExisted = 0x11,
     /// Any ack, CONNACK, DISCONNECT: unspecified error.
@@ -160,11 +165,17 @@ pub enum ReasonCode {
     PayloadFormatInvalid = 0x99,
     /// CONNACK, DISCONNECT: retain not supported.
     RetainNotSupported = 0x9A,
+    /// SUBACK, DISCONNECT: shared subscriptions not supported.
+    SharedSubscriptionsNotSupported = 0x9E,
+    /// SUBACK, DISCONNECT: subscription identifiers not supported.
+    SubscriptionIdentifiersNotSupported = 0xA1,
 }
 
 impl ReasonCode {
     /// DISCONNECT: normal disconnection (discards the will message).
     pub const NORMAL_DISCONNECTION: ReasonCode = ReasonCode::Success;
+    /// SUBACK: granted QoS 0.
+    pub const GRANTED_QOS_0: ReasonCode = ReasonCode::Success;
 
     /// The reason code's number.
     pub fn code(self) -> u8 {

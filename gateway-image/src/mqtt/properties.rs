@@ -100,9 +100,13 @@ pub struct Properties {
     pub auth_method: Option<String>,
     /// The largest packet the client accepts (CONNECT).
     pub maximum_packet_size: Option<u32>,
-    /// Session Expiry Interval (CONNECT, DISCONNECT); sessions are not persisted, but a
-    /// DISCONNECT may not set one when the CONNECT's was zero.
+    /// Session Expiry Interval (CONNECT, DISCONNECT): a non-zero one keeps the session's
+    /// commands queued after the connection closes.
     pub session_expiry_interval: Option<u32>,
+    /// Receive Maximum (CONNECT): most QoS 1 and 2 messages the client takes unacknowledged.
+    pub receive_maximum: Option<u16>,
+    /// Subscription Identifier (SUBSCRIBE).
+    pub subscription_identifier: Option<u32>,
 }
 
 impl Properties {
@@ -161,11 +165,10 @@ fn read_value(
                 return invalid;
             }
         }
-        PropertyId::ReceiveMaximum => {
-            if read_u16(block)? == 0 {
-                return invalid;
-            }
-        }
+        PropertyId::ReceiveMaximum => match read_u16(block)? {
+            0 => return invalid,
+            maximum => properties.receive_maximum = Some(maximum),
+        },
         PropertyId::MaximumPacketSize => match read_u32(block)? {
             0 => return invalid,
             size => properties.maximum_packet_size = Some(size),
@@ -176,8 +179,10 @@ fn read_value(
         },
         PropertyId::SubscriptionIdentifier => {
             // A client's PUBLISH must not carry one [MQTT-3.3.4-6]; 0 is never valid.
-            if read_varint(block)? == 0 || context == PropertyContext::Publish {
-                return invalid;
+            match read_varint(block)? {
+                0 => return invalid,
+                _ if context == PropertyContext::Publish => return invalid,
+                identifier => properties.subscription_identifier = Some(identifier),
             }
         }
         PropertyId::ContentType => properties.content_type = Some(read_string(block)?),

@@ -17,12 +17,13 @@ enum Client {
     Anonymous(u64),
 }
 
-/// One live session: its registration id, takeover token and revocation token.
+/// One live session: its registration id, takeover, revocation and release tokens.
 #[derive(Debug)]
 struct Entry {
     id: u64,
     taken_over: CancellationToken,
     revoked: CancellationToken,
+    released: CancellationToken,
 }
 
 /// Device → its sessions (client → entry).
@@ -53,6 +54,11 @@ pub struct Registration {
     /// Cancelled when the device may no longer connect (disabled or removed from the
     /// device table).
     pub revoked: CancellationToken,
+    /// Cancelled by this session once it let go of its device's commands (at the latest
+    /// when the registration is dropped): a session taking it over waits for it.
+    pub released: CancellationToken,
+    /// The `released` token of the session this one took over, if any.
+    pub predecessor: Option<CancellationToken>,
 }
 
 impl Sessions {
@@ -75,6 +81,7 @@ impl Sessions {
         };
         let taken_over = CancellationToken::new();
         let revoked = CancellationToken::new();
+        let released = CancellationToken::new();
         let mut live = self.lock();
         let sessions = live.entry(device.to_owned()).or_default();
         if !sessions.contains_key(&client) && sessions.len() >= max_per_device {
@@ -87,10 +94,12 @@ impl Sessions {
             id,
             taken_over: taken_over.clone(),
             revoked: revoked.clone(),
+            released: released.clone(),
         };
-        if let Some(older) = sessions.insert(client.clone(), entry) {
+        let predecessor = sessions.insert(client.clone(), entry).map(|older| {
             older.taken_over.cancel();
-        }
+            older.released
+        });
         drop(live);
         Ok(Registration {
             sessions: Arc::clone(self),
@@ -99,6 +108,8 @@ impl Sessions {
             id,
             taken_over,
             revoked,
+            released,
+            predecessor,
         })
     }
 
@@ -137,6 +148,7 @@ impl Sessions {
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        self.released.cancel();
         let mut live = self.sessions.lock();
         let Some(sessions) = live.get_mut(&self.device) else {
             return;
@@ -166,6 +178,14 @@ mod tests {
         let second = sessions.register("press-1", Some("c1"), 4).expect("room");
         assert!(first.taken_over.is_cancelled());
         assert!(!other_device.taken_over.is_cancelled());
+        let waits_for = second.predecessor.clone().expect("took over");
+        assert!(!waits_for.is_cancelled());
+        first.released.cancel();
+        assert!(
+            waits_for.is_cancelled(),
+            "the newer session learns of the release"
+        );
+        assert!(other_device.predecessor.is_none());
         drop(first);
         assert_eq!(sessions.len(), 2, "the newer session stays registered");
         drop(second);

@@ -4,11 +4,13 @@
 //!
 //! QoS 1 is answered with PUBACK once the broker confirmed the message; QoS 2 with PUBREC
 //! at that point, then PUBCOMP on the client's PUBREL. A QoS 2 message resent before its
-//! PUBREL is answered again, not published twice. Sessions are not persisted, so that
-//! promise holds within one connection.
+//! PUBREL is answered again, not published twice, within one connection (what persists of
+//! a session is its device's command queue, nothing of its publishes).
 //!
 //! `connect` validates and authenticates the CONNECT; `publish` takes messages to the
-//! broker and answers them, the will message included.
+//! broker and answers them, the will message included; `respond` forwards responses to
+//! commands; `commands` handles SUBSCRIBE, UNSUBSCRIBE and the session's command queue at
+//! CONNECT; `deliver` sends commands out and takes their PUBACKs.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -28,10 +30,16 @@ use super::names::{PacketType, ReasonCode};
 use crate::ingest::{Gateway, IngestError};
 use crate::metrics::{ProtocolLabel, RejectReason};
 
+mod commands;
 mod connect;
+mod deliver;
 mod publish;
+mod respond;
 
-type Pending = Pin<Box<dyn Future<Output = (Option<Answer>, Result<String, IngestError>)> + Send>>;
+/// A publish on its way: its answer and the reason code to answer with (a failure reason,
+/// or an error that ends the session when the broker could not take it).
+type Pending =
+    Pin<Box<dyn Future<Output = (Option<Answer>, Result<ReasonCode, IngestError>)> + Send>>;
 
 /// How a finished publish is answered: PUBACK (QoS 1) or PUBREC (QoS 2); QoS 0 has none.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +55,20 @@ enum ExactlyOnce {
     Delivering,
     /// Stored and PUBREC sent; waiting for the client's PUBREL.
     Received,
+}
+
+/// The publish loop's state between two turns.
+struct LoopState {
+    /// Publishes on their way to the broker, answered in order.
+    pending: FuturesOrdered<Pending>,
+    /// Whether the client may still send (no DISCONNECT, no end of stream, no drain).
+    reading: bool,
+    /// When the last whole packet arrived (keep-alive).
+    last_packet: tokio::time::Instant,
+    /// Most publishes in flight at once.
+    window: usize,
+    /// Longest silence allowed.
+    idle: Duration,
 }
 
 /// What decoding the buffered bytes came to.
@@ -145,6 +167,7 @@ pub async fn serve<S>(
         taken_over: tokio_util::sync::CancellationToken::new(),
         revoked: tokio_util::sync::CancellationToken::new(),
         unauthenticated: Some(unauthenticated),
+        commands: deliver::CommandState::default(),
     };
     let end = session.run(certificate_device).await;
     // Flush what is queued (e.g. a DISCONNECT) and close cleanly, within the write timeout
@@ -182,6 +205,8 @@ struct Session<R, W> {
     revoked: tokio_util::sync::CancellationToken,
     /// The place among unauthenticated connections, held until the CONNECT is answered.
     unauthenticated: Option<super::places::Place>,
+    /// Subscriptions and the commands on their way to the device.
+    commands: deliver::CommandState,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
@@ -202,7 +227,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
             .is_none_or(|seconds| seconds == 0);
         let accepted = self.accept(&connect, certificate_device, deadline).await;
         self.unauthenticated = None;
-        let (_connection_permit, _registration) = match accepted {
+        let (_connection_permit, registration) = match accepted {
             Ok(held) => held,
             Err(refusal) => {
                 encode::connack_refused(&mut self.out, self.v5, refusal);
@@ -217,6 +242,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
         );
         let end = self.publish_loop(keep_alive).await;
         metrics.connections.dec();
+        self.end_commands(&end).await;
+        registration.released.cancel();
         // Only a normal disconnection (all of 3.1.1's) discards the will; a revoked device
         // publishes nothing more.
         if let Some(will) = connect.will {
@@ -286,72 +313,104 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
     }
 
     async fn publish_loop(&mut self, keep_alive: u16) -> SessionEnd {
-        let gateway = Arc::clone(&self.gateway);
-        let window = usize::from(gateway.limits.max_in_flight_per_connection.max(1));
+        let window = usize::from(self.gateway.limits.max_in_flight_per_connection.max(1));
         // The spec allows one and a half keep-alive periods without a control packet. Only
         // whole packets count: a packet trickled a byte at a time does not keep the
         // connection alive.
-        let idle = Duration::from_millis(u64::from(keep_alive.max(1)) * 1500);
-        let mut last_packet = tokio::time::Instant::now();
-        let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
-        let mut reading = true;
+        let mut state = LoopState {
+            pending: FuturesOrdered::new(),
+            reading: true,
+            last_packet: tokio::time::Instant::now(),
+            window,
+            idle: Duration::from_millis(u64::from(keep_alive.max(1)) * 1500),
+        };
         loop {
-            if let Err(end) = self.flush().await {
+            if let Err(end) = self.step(&mut state).await {
                 return end;
-            }
-            if reading {
-                match self.decode_buffered(&mut pending, window).await {
-                    Ok(Buffered::Incomplete) => {}
-                    Ok(Buffered::Handled(at)) => last_packet = at,
-                    Ok(Buffered::ClientDone(at)) => {
-                        last_packet = at;
-                        reading = false;
-                    }
-                    Err(end) => return end,
-                }
-            }
-            if let Err(end) = self.flush().await {
-                return end;
-            }
-            if !reading && pending.is_empty() {
-                return SessionEnd::Disconnected;
-            }
-            let can_read = reading && pending.len() < window;
-            tokio::select! {
-                Some((answer, result)) = pending.next(), if !pending.is_empty() => {
-                    if let Err(end) = self.acknowledge(answer, result) {
-                        return end;
-                    }
-                }
-                read = self.reader.read_buf(&mut self.buffer), if can_read => match read {
-                    Ok(0) => reading = false,
-                    Ok(_) => {}
-                    Err(error) => return error.into(),
-                },
-                _ = tokio::time::sleep_until(last_packet + idle), if can_read => {
-                    return SessionEnd::Timeout;
-                }
-                _ = self.taken_over.cancelled() => {
-                    // Unconfirmed messages in `pending` are dropped unanswered: the client
-                    // resends them on its new connection.
-                    self.disconnect_v5(ReasonCode::SessionTakenOver);
-                    return SessionEnd::TakenOver;
-                }
-                _ = self.revoked.cancelled() => {
-                    self.disconnect_v5(ReasonCode::NotAuthorized);
-                    return SessionEnd::Revoked;
-                }
-                _ = gateway.draining.cancelled(), if reading => {
-                    // Stop reading; the loop finishes the confirms in flight, then closes.
-                    reading = false;
-                    self.disconnect_v5(ReasonCode::ServerShuttingDown);
-                }
-            }
-            if !can_read {
-                // Not reading is backpressure from the gateway, not silence from the client.
-                last_packet = tokio::time::Instant::now();
             }
         }
+    }
+
+    /// One turn of the loop: write, handle buffered packets, write, then wait for the next
+    /// event. `Err` ends the session.
+    async fn step(&mut self, state: &mut LoopState) -> Result<(), SessionEnd> {
+        self.flush_and_settle().await?;
+        if state.reading {
+            match self
+                .decode_buffered(&mut state.pending, state.window)
+                .await?
+            {
+                Buffered::Incomplete => {}
+                Buffered::Handled(at) => state.last_packet = at,
+                Buffered::ClientDone(at) => {
+                    state.last_packet = at;
+                    state.reading = false;
+                }
+            }
+        }
+        self.flush_and_settle().await?;
+        if !state.reading && state.pending.is_empty() {
+            return Err(SessionEnd::Disconnected);
+        }
+        let can_read = state.reading && state.pending.len() < state.window;
+        self.wait(state, can_read).await?;
+        if !can_read {
+            // Not reading is backpressure from the gateway, not silence from the client.
+            state.last_packet = tokio::time::Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Waits for the next event: a confirm, bytes, a command, a deadline, a takeover,
+    /// a revocation or the drain.
+    async fn wait(&mut self, state: &mut LoopState, can_read: bool) -> Result<(), SessionEnd> {
+        let gateway = Arc::clone(&self.gateway);
+        // Commands are taken while the session reads (not while it drains).
+        let take_commands = state.reading && self.commands.feed.is_some();
+        let retry_at = self.commands.retry_at.filter(|_| state.reading);
+        let far = tokio::time::Instant::now() + Duration::from_secs(86_400);
+        tokio::select! {
+            Some((answer, result)) = state.pending.next(), if !state.pending.is_empty() => {
+                self.acknowledge(answer, result)?;
+            }
+            read = self.reader.read_buf(&mut self.buffer), if can_read => match read {
+                Ok(0) => state.reading = false,
+                Ok(_) => {}
+                Err(error) => return Err(error.into()),
+            },
+            _ = tokio::time::sleep_until(state.last_packet + state.idle), if can_read => {
+                return Err(SessionEnd::Timeout);
+            }
+            incoming = deliver::next_incoming(&mut self.commands.feed), if take_commands => {
+                self.on_incoming(incoming).await;
+            }
+            _ = tokio::time::sleep_until(retry_at.unwrap_or(far)), if retry_at.is_some() => {
+                self.restart_feed().await;
+            }
+            _ = self.taken_over.cancelled() => {
+                // Unconfirmed messages in `pending` are dropped unanswered: the client
+                // resends them on its new connection.
+                self.disconnect_v5(ReasonCode::SessionTakenOver);
+                return Err(SessionEnd::TakenOver);
+            }
+            _ = self.revoked.cancelled() => {
+                self.disconnect_v5(ReasonCode::NotAuthorized);
+                return Err(SessionEnd::Revoked);
+            }
+            _ = gateway.draining.cancelled(), if state.reading => {
+                // Stop reading; the loop finishes the confirms in flight, then closes.
+                state.reading = false;
+                self.disconnect_v5(ReasonCode::ServerShuttingDown);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes what is queued, then acknowledges the QoS 0 commands it carried.
+    async fn flush_and_settle(&mut self) -> Result<(), SessionEnd> {
+        self.flush().await?;
+        self.settle_written().await;
+        Ok(())
     }
 
     /// Decodes and handles the packets buffered while the window has room.
@@ -404,12 +463,12 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
     ) -> Result<bool, SessionEnd> {
         match packet {
             Packet::Publish(publish) => self.publish(*publish, pending).await.map(|()| true),
-            Packet::Subscribe { packet_id, filters } => {
-                encode::suback_refused(&mut self.out, self.v5, packet_id, filters);
+            Packet::Subscribe(subscribe) => {
+                self.subscribe(*subscribe).await;
                 Ok(true)
             }
             Packet::Unsubscribe { packet_id, filters } => {
-                encode::unsuback(&mut self.out, self.v5, packet_id, filters);
+                self.unsubscribe(packet_id, &filters);
                 Ok(true)
             }
             Packet::Pingreq => {
@@ -417,22 +476,33 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                 Ok(true)
             }
             Packet::Disconnect {
-                sets_session_expiry: true,
+                session_expiry: Some(seconds),
                 ..
-            } if self.session_expires_at_close => {
+            } if seconds > 0 && self.session_expires_at_close => {
                 // [MQTT-3.14.2-2]: not a valid DISCONNECT, so the will stays due.
                 self.violation("DISCONNECT sets a session expiry the CONNECT did not")
             }
-            Packet::Disconnect { reason, .. } => {
+            Packet::Disconnect {
+                reason,
+                session_expiry,
+            } => {
                 self.disconnect_reason = Some(reason);
+                self.session_expiry_changed(session_expiry);
                 Ok(false)
             }
             Packet::Ack {
                 kind: PacketType::Pubrel,
                 packet_id,
             } => self.release(packet_id),
-            // The gateway never sends QoS > 0 messages, so other acks from the client are
-            // stray but harmless.
+            Packet::Ack {
+                kind: PacketType::Puback,
+                packet_id,
+            } => {
+                self.command_acknowledged(packet_id).await;
+                Ok(true)
+            }
+            // The gateway sends commands at QoS 0 or 1 only: other acks are stray but
+            // harmless.
             Packet::Ack { .. } => Ok(true),
             Packet::Connect(_) => self.violation("second CONNECT"),
             Packet::Auth => self.violation("AUTH is not supported"),

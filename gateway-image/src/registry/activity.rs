@@ -13,6 +13,7 @@ struct Counts {
     last_seen_ms: Option<u64>,
     accepted: u64,
     rejected: u64,
+    commands_expired: u64,
 }
 
 /// Per-device activity of table devices.
@@ -30,6 +31,8 @@ pub enum Event {
     Accepted,
     /// A message refused, or a failed login.
     Rejected,
+    /// A command for the device expired before it took it.
+    CommandExpired,
 }
 
 impl Activity {
@@ -47,6 +50,7 @@ impl Activity {
                 counts.last_seen_ms = Some(now_ms);
             }
             Event::Rejected => counts.rejected += 1,
+            Event::CommandExpired => counts.commands_expired += 1,
         }
     }
 
@@ -72,6 +76,7 @@ impl Activity {
                         last_seen_ms: counts.last_seen_ms,
                         accepted: counts.accepted,
                         rejected: counts.rejected,
+                        commands_expired: counts.commands_expired,
                     }
                 })
             })
@@ -104,8 +109,9 @@ mod tests {
         activity.record("a", Event::Accepted, 20);
         activity.record("a", Event::Accepted, 30);
         activity.record("a", Event::Rejected, 40);
+        activity.record("c", Event::CommandExpired, 50);
         let report = activity.report(&table, |id| u32::from(id == "b"));
-        assert_eq!(report.len(), 2, "c was never seen");
+        assert_eq!(report.len(), 3);
         assert_eq!(
             (
                 report[0].id.as_str(),
@@ -117,6 +123,11 @@ mod tests {
         assert_eq!(report[0].last_seen_ms, Some(30), "a refusal is not 'seen'");
         assert_eq!((report[1].id.as_str(), report[1].connections), ("b", 1));
         assert_eq!(report[1].last_seen_ms, None);
+        assert_eq!(
+            (report[2].id.as_str(), report[2].commands_expired),
+            ("c", 1)
+        );
+        assert_eq!(report[2].last_seen_ms, None, "an expiry is not 'seen'");
     }
 
     #[test]

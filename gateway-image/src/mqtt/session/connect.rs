@@ -57,6 +57,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
         }
         self.taken_over = registration.taken_over.clone();
         self.revoked = registration.revoked.clone();
+        let session_present = self
+            .open_commands(connect, registration.predecessor.clone())
+            .await;
         let limits = ServerLimits {
             receive_maximum: gateway.limits.max_in_flight_per_connection.max(1),
             maximum_packet_size: u32::try_from(max_packet_size(&gateway)).unwrap_or(u32::MAX),
@@ -66,6 +69,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                     granted_keep_alive(connect.keep_alive, gateway.limits.max_keep_alive_seconds);
                 (granted != connect.keep_alive).then_some(granted)
             },
+            session_present,
+            session_expiry_interval: self.granted_session_expiry(connect),
+            wildcard_subscriptions: gateway.commands.enabled(),
         };
         encode::connack_accepted(&mut self.out, self.v5, &limits);
         Ok((permit, registration))

@@ -67,7 +67,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
             match self.exactly_once.get(&answer.packet_id) {
                 // Resent before its PUBREL: stored already, answer again (in order).
                 Some(ExactlyOnce::Received) => {
-                    pending.push_back(Box::pin(async move { (Some(answer), Ok(String::new())) }));
+                    let success = ReasonCode::Success;
+                    pending.push_back(Box::pin(async move { (Some(answer), Ok(success)) }));
                     return Ok(());
                 }
                 Some(ExactlyOnce::Delivering) => {
@@ -77,6 +78,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                 None => {}
             }
         }
+        let Some(publish) = self.respond(publish, answer, pending).await? else {
+            return Ok(()); // a response to a command
+        };
         let gateway = Arc::clone(&self.gateway);
         // Slow the device down rather than refuse: MQTT has no "retry later".
         gateway.rate.take(&self.device).await;
@@ -114,7 +118,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
         }
         pending.push_back(Box::pin(async move {
             let _permit = permit;
-            (answer, gateway.deliver(prepared, ProtocolLabel::Mqtt).await)
+            let delivered = gateway.deliver(prepared, ProtocolLabel::Mqtt).await;
+            (answer, delivered.map(|_| ReasonCode::Success))
         }));
         Ok(())
     }
@@ -162,13 +167,13 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
     pub(super) fn acknowledge(
         &mut self,
         answer: Option<Answer>,
-        result: Result<String, IngestError>,
+        result: Result<ReasonCode, IngestError>,
     ) -> Result<(), SessionEnd> {
         let Some(answer) = answer else {
             return Ok(()); // QoS 0: nothing to answer, whatever happened
         };
         let reason = match result {
-            Ok(_) => ReasonCode::Success,
+            Ok(reason) => reason,
             Err(error) if self.v5 && is_permanent(&error) => {
                 if error == IngestError::Broker(PublishError::Nacked) {
                     ReasonCode::QuotaExceeded // e.g. a full queue with reject-publish
@@ -183,7 +188,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
         };
         if answer.exactly_once {
             // A refused QoS 2 message ends its exchange at the PUBREC.
-            if reason == ReasonCode::Success {
+            if !reason.is_failure() {
                 self.exactly_once
                     .insert(answer.packet_id, ExactlyOnce::Received);
             } else {
