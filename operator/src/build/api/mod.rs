@@ -58,6 +58,13 @@ pub fn endpoint(api: &str, namespace: &str) -> String {
     format!("{}.{namespace}.svc:{PORT}", child_name(api))
 }
 
+/// The Sinks an ApplicationApi reads (history, then latest values).
+pub fn sinks_of(api: &ApplicationApi) -> Vec<&str> {
+    std::iter::once(api.spec.history.sink.as_str())
+        .chain(api.spec.latest.as_ref().map(|l| l.sink.as_str()))
+        .collect()
+}
+
 /// Everything the children depend on besides the spec.
 #[derive(Clone, Debug)]
 pub struct ApiInputs {
@@ -336,4 +343,4 @@ pub fn command_exchange(namespace: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
