@@ -100,6 +100,8 @@ factory_sql "SELECT machine, seq, round(temperature_c::numeric, 1) AS celsius, v
   column -t -s '|' -N machine,seq,celsius,vibration,rpm,received_at
 echo
 echo "Latest value of machine-7 in Redis: $(factory_redis GET factory:latest:machine-7)"
+# The application API (examples/factory-telemetry/api.yaml): its Service and generated key.
+api_ip=$(kubectl -n factory get service factory-api -o jsonpath='{.spec.clusterIP}' 2>/dev/null || true)
 cat <<MSG
 
 Done in $((SECONDS - started)) s. The pipeline keeps running. Look further:
@@ -114,5 +116,12 @@ generated for it in the Secret machine-N-credentials):
   password=\$(kubectl -n factory get secret machine-7-credentials -o jsonpath='{.data.password}' | base64 -d)
   mosquitto_pub -h $ip -p 1883 -q 1 -i machine-7 -u machine-7 -P "\$password" \\
     -t factory/line-1/machine-7/telemetry -m '{"seq":100000,"temperatureF":150.0,"vibration":0.4,"rpm":1500}'
+Open the dashboard of the application API (ApplicationApi factory, Service factory-api):
+  kubectl -n factory wait --for=condition=Ready --timeout=5m applicationapi/factory
+  kubectl -n factory port-forward svc/factory-api 8080:8080    # then http://127.0.0.1:8080/dashboard
+  (or, on this node, http://${api_ip:-<clusterIP of svc/factory-api>}:8080/dashboard)
+and paste the key the operator generated for it:
+  kubectl -n factory get secret factory-api-keys -o jsonpath='{.data.dashboard}' | base64 -d
+The same key reads the API: curl -H "Authorization: Bearer \$KEY" http://${api_ip:-127.0.0.1}:8080/v1/devices
 Stop everything this created: bash tests/cluster/cluster.sh down
 MSG

@@ -23,6 +23,11 @@ pub mod reason {
     pub const WAITING_FOR_SECRET: &str = "WaitingForSecret";
     /// A Gateway a Device names does not exist yet.
     pub const WAITING_FOR_GATEWAY: &str = "WaitingForGateway";
+    /// A referenced resource exists but cannot serve this one (a Sink of another type, a
+    /// Gateway without commands); fix the reference or the resource.
+    pub const INVALID_REFERENCE: &str = "InvalidReference";
+    /// A child's name is taken by an object the operator does not own (never overwritten).
+    pub const NAME_CONFLICT: &str = "NameConflict";
     /// The broker cannot be reached or refused the topology.
     pub const BROKER_UNAVAILABLE: &str = "BrokerUnavailable";
     /// Deletion waits: the broker queue still holds messages.

@@ -156,6 +156,13 @@ struct RunArgs {
         default_value = tributary_operator::build::DEFAULT_WORKER_IMAGE
     )]
     worker_image: String,
+    /// Default application API image.
+    #[arg(
+        long,
+        env = "TRIBUTARY_API_IMAGE",
+        default_value = tributary_operator::build::DEFAULT_API_IMAGE
+    )]
+    api_image: String,
     /// Namespace of the leader-election Lease; without it, no leader election (one replica).
     #[arg(long, env = "TRIBUTARY_LEASE_NAMESPACE")]
     lease_namespace: Option<String>,
@@ -307,6 +314,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             rabbitmq: args.rabbitmq_image,
             gateway: args.gateway_image,
             worker: args.worker_image,
+            api: args.api_image,
         },
         lease_namespace: args.lease_namespace.filter(|n| !n.is_empty()),
         lease_name: args.lease_name,

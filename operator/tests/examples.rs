@@ -35,7 +35,7 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use tributary_operator::build;
-use tributary_operator::crd::{Device, Gateway, Queue, SecretKeyRef, Sink, Worker};
+use tributary_operator::crd::{ApplicationApi, Device, Gateway, Queue, SecretKeyRef, Sink, Worker};
 
 const GROUP_PREFIX: &str = "tributary.dev/";
 
@@ -198,7 +198,7 @@ fn lost_fields(input: &Value, output: &Value, path: &str, lost: &mut Vec<String>
     }
 }
 
-/// The five resource kinds, parsed and validated.
+/// The six resource kinds, parsed and validated.
 #[derive(Default)]
 struct Parsed {
     queues: BTreeMap<String, Queue>,
@@ -206,6 +206,7 @@ struct Parsed {
     workers: BTreeMap<String, Worker>,
     sinks: BTreeMap<String, Sink>,
     devices: BTreeMap<String, Device>,
+    apis: BTreeMap<String, ApplicationApi>,
 }
 
 /// Strict parsing plus the operator's `validate` of one Tributary object.
@@ -239,6 +240,11 @@ fn check_tributary(object: &Object, parsed: &mut Parsed) -> Result<(), String> {
             build::sink::validate(&sink, &build::sink::SinkPolicy::default()).map_err(invalid)?;
             check_sink_expressions(&sink).map_err(|e| format!("{}: {e}", object.describe()))?;
             parsed.sinks.insert(name, sink);
+        }
+        "ApplicationApi" => {
+            let api: ApplicationApi = strict(object)?;
+            build::api::validate(&api).map_err(invalid)?;
+            parsed.apis.insert(name, api);
         }
         other => return Err(format!("{}: unknown kind {other}", object.describe())),
     }

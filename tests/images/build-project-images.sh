@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the project's images (operator, gateway, worker, device simulator) from binaries built on this host
+# Builds the project's images (operator, gateway, worker, api, device simulator) from binaries built on this host
 # and the runtime stage of the repository's Dockerfile (one per binary, chosen by its
 # BINARY build argument), as docker-archive files in the cache. Prints
 # the archive paths, one per line, on stdout; progress goes to stderr.
@@ -17,11 +17,11 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$TRIBUTARY_CACHE/target}"
 mkdir -p "$IMAGES_CACHE"
 
 # Image tributary/NAME:VERSION holds the binary (and crate) tributary-NAME.
-COMPONENTS=(operator gateway worker simulator)
+COMPONENTS=(operator gateway worker api simulator)
 dockerfile="$repo/Dockerfile"
 
 step "building release binaries (cargo, target in $CARGO_TARGET_DIR)"
-(cd "$repo" && cargo build --release --locked -q -p tributary-operator -p tributary-gateway -p tributary-worker -p tributary-simulator)
+(cd "$repo" && cargo build --release --locked -q -p tributary-operator -p tributary-gateway -p tributary-worker -p tributary-api -p tributary-simulator)
 
 # The runtime stage's base image is a stand-in built from Debian's packages.
 base_archive=$(bash "$here/build-standins.sh" debian)

@@ -154,6 +154,17 @@ impl Broker {
         self.settle(target, &connection, result).await
     }
 
+    /// [`topology::declare_topic_exchange`] over the kept connection to `target`.
+    pub async fn declare_topic_exchange(
+        &self,
+        target: Amqp<'_>,
+        exchange: &str,
+    ) -> Result<(), BrokerError> {
+        let connection = self.connection(target).await?;
+        let result = topology::declare_topic_exchange(&connection, exchange).await;
+        self.settle(target, &connection, result).await
+    }
+
     /// [`topology::inspect`] over the kept connection to `target`.
     pub async fn inspect(&self, target: Amqp<'_>, queue: &str) -> Result<Option<u32>, BrokerError> {
         let connection = self.connection(target).await?;

@@ -5,10 +5,10 @@
 use super::pool::Amqp;
 use super::{timed, BrokerError, TIMEOUT};
 use crate::build::queue::ArgValue;
-use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use std::collections::BTreeMap;
 use tributary_service_kit::amqp;
 
@@ -91,6 +91,35 @@ pub async fn declare(
     .await?;
     close(&channel).await;
     Ok(declared.message_count())
+}
+
+/// Declares a durable topic exchange (idempotent; one that exists with another type is
+/// refused by the broker and reported).
+pub async fn declare_topic_exchange(
+    connection: &Connection,
+    exchange: &str,
+) -> Result<(), BrokerError> {
+    let channel = channel(connection).await?;
+    let options = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    timed(
+        channel.exchange_declare(
+            exchange.into(),
+            ExchangeKind::Topic,
+            options,
+            FieldTable::default(),
+        ),
+        |reason| BrokerError::Refused {
+            operation: "declaration",
+            queue: exchange.to_owned(),
+            reason,
+        },
+    )
+    .await?;
+    close(&channel).await;
+    Ok(())
 }
 
 /// Ready messages and consumers of a queue by passive declaration (current to the moment,

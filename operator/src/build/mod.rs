@@ -10,6 +10,7 @@ use kube::Resource;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
+pub mod api;
 pub mod device;
 pub mod gateway;
 pub mod labels;
@@ -54,6 +55,9 @@ pub const DEFAULT_GATEWAY_IMAGE: &str = "tributary/gateway:0.1.0";
 /// Default worker runtime image (`--worker-image`).
 pub const DEFAULT_WORKER_IMAGE: &str = "tributary/worker:0.1.0";
 
+/// Default application API image (`--api-image`).
+pub const DEFAULT_API_IMAGE: &str = "tributary/api:0.1.0";
+
 /// Images and defaults the operator was started with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Images {
@@ -63,6 +67,8 @@ pub struct Images {
     pub gateway: String,
     /// Worker runtime image.
     pub worker: String,
+    /// Application API image.
+    pub api: String,
 }
 
 impl Default for Images {
@@ -71,6 +77,7 @@ impl Default for Images {
             rabbitmq: DEFAULT_RABBITMQ_IMAGE.to_owned(),
             gateway: DEFAULT_GATEWAY_IMAGE.to_owned(),
             worker: DEFAULT_WORKER_IMAGE.to_owned(),
+            api: DEFAULT_API_IMAGE.to_owned(),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Pod pieces shared by the data-plane workloads (gateway, worker): the rendered config
+//! Pod pieces shared by the data-plane workloads (gateway, worker, api): the rendered config
 //! volume, Secrets mounted as files, probes and the Deployment shell.
 
 use super::sink::SECRETS_DIR;
@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::{BTreeMap, BTreeSet};
 
-/// uid/gid of the gateway and worker images (`USER 65532:65532`).
+/// uid/gid of the gateway, worker and api images (`USER 65532:65532`).
 pub const DATA_PLANE_UID: i64 = 65532;
 /// Folder where the rendered config ConfigMap is mounted.
 pub const CONFIG_DIR: &str = "/etc/tributary/config";
@@ -161,6 +161,12 @@ pub const GATEWAY_RESOURCES: DefaultResources = DefaultResources {
 pub const WORKER_RESOURCES: DefaultResources = DefaultResources {
     requests: &[("cpu", "100m"), ("memory", "64Mi")],
     limits: &[("cpu", "1"), ("memory", "512Mi")],
+};
+/// The application API container's defaults (queries run in the database; live clients
+/// are buffered in memory).
+pub const API_RESOURCES: DefaultResources = DefaultResources {
+    requests: &[("cpu", "50m"), ("memory", "64Mi")],
+    limits: &[("cpu", "1"), ("memory", "256Mi")],
 };
 /// A user's processing container's defaults.
 pub const PROCESSOR_RESOURCES: DefaultResources = DefaultResources {

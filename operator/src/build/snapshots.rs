@@ -307,6 +307,19 @@ fn worker_children_render_as_committed() {
 }
 
 #[test]
+fn application_api_children_render_as_committed() {
+    let api: crate::crd::ApplicationApi = load("application-api.yaml");
+    let children = super::api::build(&api, &super::api::tests::inputs()).expect("builds");
+    let name = "application-api";
+    assert_snapshot(&format!("{name}.configmap"), &children.config_map);
+    assert_snapshot(&format!("{name}.deployment"), &children.deployment);
+    assert_snapshot(&format!("{name}.service"), &children.service);
+    assert_snapshot(&format!("{name}.networkpolicy"), &children.network_policy);
+    // The keys Secret holds the fixed test keys; generated ones never reach a fixture.
+    assert_snapshot(&format!("{name}.keys-secret"), &children.keys_secret);
+}
+
+#[test]
 fn monitoring_objects_render_as_committed() {
     let mut with_max_length: Queue = load("queue-managed.yaml");
     with_max_length.spec.max_length = Some(5000);

@@ -94,16 +94,7 @@ impl TenantPolicy {
         if let Some(image) = &gateway.spec.image {
             self.check_image(&namespace, "spec.image", image)?;
         }
-        let service_type = gateway.spec.service.type_.as_str();
-        match self.service_types.for_namespace(&namespace) {
-            Some(types) if !types.iter().any(|t| t == service_type) => {
-                Err(BuildError::Invalid(format!(
-                    "spec.service.type: {service_type} is not allowed in namespace \
-                     {namespace:?}; the operator admits {types:?}"
-                )))
-            }
-            _ => Ok(()),
-        }
+        self.check_service_type(&namespace, gateway.spec.service.type_.as_str())
     }
 
     /// A Worker's runtime image and its custom container's image.
@@ -116,6 +107,27 @@ impl TenantPolicy {
             self.check_image(&namespace, "spec.container.image", &container.image)?;
         }
         Ok(())
+    }
+
+    /// An ApplicationApi's image and Service type.
+    pub fn admits_api(&self, api: &crate::crd::ApplicationApi) -> Result<(), BuildError> {
+        let namespace = api.namespace().unwrap_or_default();
+        if let Some(image) = &api.spec.image {
+            self.check_image(&namespace, "spec.image", image)?;
+        }
+        self.check_service_type(&namespace, api.spec.service.type_.as_str())
+    }
+
+    fn check_service_type(&self, namespace: &str, service_type: &str) -> Result<(), BuildError> {
+        match self.service_types.for_namespace(namespace) {
+            Some(types) if !types.iter().any(|t| t == service_type) => {
+                Err(BuildError::Invalid(format!(
+                    "spec.service.type: {service_type} is not allowed in namespace \
+                     {namespace:?}; the operator admits {types:?}"
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// A managed broker's image.

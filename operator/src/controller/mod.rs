@@ -21,6 +21,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod application_api;
 pub mod broker_user;
 pub mod device;
 pub mod gateway;

@@ -1,5 +1,5 @@
 //! Custom resource types of `tributary.dev/v1alpha1`: [`Queue`], [`Gateway`], [`Worker`],
-//! [`Sink`] and [`Device`], plus the pieces they share (conditions, Secret references).
+//! [`Sink`], [`Device`] and [`ApplicationApi`], plus the pieces they share (conditions, Secret references).
 //!
 //! The CRD YAML in `crds/` is generated from these types (`tributary-operator crds`, or
 //! `hack/gen-crds.sh`); a unit test fails when the committed files are stale.
@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 
 // `printcolumn(...)` repeats `type_ = ...` by design; clippy mistakes that for duplicates.
 #[allow(clippy::duplicated_attributes)]
+pub mod application_api;
+#[allow(clippy::duplicated_attributes)]
 pub mod device;
 #[allow(clippy::duplicated_attributes)]
 pub mod gateway;
@@ -22,6 +24,7 @@ pub mod sink;
 #[allow(clippy::duplicated_attributes)]
 pub mod worker;
 
+pub use application_api::{ApplicationApi, ApplicationApiSpec, ApplicationApiStatus};
 pub use device::{Device, DeviceSpec, DeviceStatus};
 pub use gateway::{Gateway, GatewaySpec, GatewayStatus};
 pub use queue::{Queue, QueueSpec, QueueStatus};
@@ -92,6 +95,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         Worker::crd(),
         Sink::crd(),
         Device::crd(),
+        ApplicationApi::crd(),
     ]
     .into_iter()
     .map(without_nullable)

@@ -3,7 +3,7 @@
 
 use super::stopped;
 use crate::controller::{self, error_policy, malformed::guarded, Context};
-use crate::crd::{Device, Gateway, Queue, Sink, Worker};
+use crate::crd::{ApplicationApi, Device, Gateway, Queue, Sink, Worker};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -67,7 +67,7 @@ fn children_config() -> watcher::Config {
     watcher::Config::default().labels("app.kubernetes.io/managed-by=tributary-operator")
 }
 
-/// Runs the four controllers and the autoscaler for one namespace (or all) until `stop`
+/// Runs the controllers and the autoscaler for one namespace (or all) until `stop`
 /// fires.
 pub(super) async fn run_controllers(
     ctx: Arc<Context>,
@@ -91,6 +91,7 @@ pub(super) async fn run_controllers(
         sinks(&ctx, ns, stop.clone()),
         gateways(&ctx, ns, stop.clone()),
         devices(&ctx, ns, stop.clone()),
+        application_apis(&ctx, ns, stop.clone()),
         gateway_pods(&ctx, ns, stop.clone()),
         device_secrets(&ctx, ns, stop.clone()),
         run_workers(workers, &ctx, ns, stop),
@@ -272,6 +273,68 @@ async fn run_workers(
         .graceful_shutdown_on(on_stop(stop))
         .run(
             |object, ctx| guarded(object, ctx, controller::worker::reconcile),
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}
+
+/// The ApplicationApi controller: woken by its Deployment, the Sinks, Queues and Gateways
+/// it reads from, and the Secrets of its namespace (the Sinks' URLs, its keys Secret).
+async fn application_apis(ctx: &Arc<Context>, ns: Option<&str>, stop: watch::Receiver<bool>) {
+    let client = &ctx.client;
+    let wc = watcher::Config::default();
+    let apis = Controller::new(
+        api_for::<DeserializeGuard<ApplicationApi>>(client, ns),
+        wc.clone(),
+    );
+    let (by_sink, by_queue, by_gateway, by_secret) =
+        (apis.store(), apis.store(), apis.store(), apis.store());
+    apis.owns(api_for::<Deployment>(client, ns), children_config())
+        .watches(
+            api_for::<Sink>(client, ns),
+            wc.clone(),
+            move |sink: Sink| {
+                dependents(&by_sink, sink.namespace(), |a| {
+                    crate::build::api::sinks_of(a).contains(&sink.name_any().as_str())
+                })
+            },
+        )
+        .watches(
+            api_for::<Queue>(client, ns),
+            wc.clone(),
+            move |queue: Queue| {
+                // The live Queue by name; a Gateway's Queues are not named in the spec.
+                dependents(&by_queue, queue.namespace(), |a| {
+                    a.spec.commands.is_some()
+                        || a.spec
+                            .live
+                            .as_ref()
+                            .is_some_and(|l| l.queue == queue.name_any())
+                })
+            },
+        )
+        .watches(
+            api_for::<PartialObjectMeta<Gateway>>(client, ns),
+            wc.clone(),
+            move |gateway: PartialObjectMeta<Gateway>| {
+                dependents(&by_gateway, gateway.namespace(), |a| {
+                    a.spec
+                        .commands
+                        .as_ref()
+                        .is_some_and(|c| c.gateway == gateway.name_any())
+                })
+            },
+        )
+        .watches(
+            api_for::<SecretMeta>(client, ns),
+            wc,
+            move |secret: SecretMeta| dependents(&by_secret, secret.namespace(), |_| true),
+        )
+        .graceful_shutdown_on(on_stop(stop))
+        .run(
+            |object, ctx| guarded(object, ctx, controller::application_api::reconcile),
             error_policy,
             ctx.clone(),
         )

@@ -10,6 +10,7 @@
 //! `TRIBUTARY_TEST_RABBITMQ_IMAGE` names the RabbitMQ image imported into the node
 //! (default `rabbitmq:3-management`).
 
+mod application_api;
 mod autoscaler;
 mod commands;
 mod devices;

@@ -170,6 +170,9 @@ pub(super) fn check_references(
             }
         }
     }
+    for (name, api) in &parsed.apis {
+        api_references(&mut problems, scope, name, api, &parsed);
+    }
     let mut wanted_config_maps: Vec<(String, String, Option<String>)> = Vec::new();
     for object in objects {
         if let Some(pod) = pod_spec_value(object) {
@@ -209,6 +212,43 @@ pub(super) fn check_references(
     }
     problems
 }
+/// An ApplicationApi's Sinks (of the right type), live Queue and commands Gateway exist.
+fn api_references(
+    problems: &mut Vec<String>,
+    scope: &str,
+    name: &str,
+    api: &ApplicationApi,
+    parsed: &Parsed,
+) {
+    let who = format!("{scope}: ApplicationApi {name}");
+    let history = &api.spec.history.sink;
+    match parsed.sinks.get(history) {
+        Some(sink) if sink.spec.postgres.is_some() => {}
+        Some(_) => problems.push(format!("{who}: history Sink {history} is not PostgreSQL")),
+        None => problems.push(format!("{who}: reads missing Sink {history}")),
+    }
+    if let Some(latest) = &api.spec.latest {
+        match parsed.sinks.get(&latest.sink) {
+            Some(sink) if sink.spec.redis.is_some() => {}
+            Some(_) => problems.push(format!("{who}: latest Sink {} is not Redis", latest.sink)),
+            None => problems.push(format!("{who}: reads missing Sink {}", latest.sink)),
+        }
+    }
+    if let Some(live) = &api.spec.live {
+        if !parsed.queues.contains_key(&live.queue) {
+            problems.push(format!("{who}: live feed on missing Queue {}", live.queue));
+        }
+    }
+    if let Some(commands) = &api.spec.commands {
+        if !parsed.gateways.contains_key(&commands.gateway) {
+            problems.push(format!(
+                "{who}: commands through missing Gateway {}",
+                commands.gateway
+            ));
+        }
+    }
+}
+
 fn wanted_device_hash(
     problems: &mut Vec<String>,
     scope: &str,

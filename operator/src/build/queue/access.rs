@@ -150,6 +150,44 @@ pub fn worker_permissions(consumed: &[&str]) -> Permissions {
     }
 }
 
+/// Server-named queues (`amq.gen-…`): RabbitMQ names a queue declared without a name so,
+/// and checks the declaring user's rights on that name.
+pub const SERVER_NAMED_QUEUES: &str = r"^amq\.gen-.*$";
+
+/// What an ApplicationApi's user may do on one broker (read from `api-image`'s `live` and
+/// `commands/broker` modules):
+///
+/// - `live_exchange`: declare its own exclusive, auto-deleted, server-named queue
+///   (configure on `amq.gen-…`), bind it to the live exchange (write on the queue, read on
+///   the exchange) and consume it (read on the queue). The operator declares the exchange,
+///   so the API only binds to it.
+/// - `command_exchange`: declare the command exchange as the gateways do (a non-passive
+///   declaration of an existing exchange is still checked as configure, on that exchange
+///   only) and publish to it (write). Answers come through RabbitMQ's direct reply-to:
+///   consuming the pseudo-queue `amq.rabbitmq.reply-to` is not a queue access RabbitMQ
+///   checks, and the device's answer is the gateway's publish (its own write on the
+///   default exchange), so it needs no grant here.
+///
+/// Nothing else: no default exchange, no other queue.
+pub fn api_permissions(live_exchange: Option<&str>, command_exchange: Option<&str>) -> Permissions {
+    let mut permissions = Permissions {
+        configure: NOTHING.to_owned(),
+        write: NOTHING.to_owned(),
+        read: NOTHING.to_owned(),
+    };
+    if let Some(exchange) = live_exchange {
+        permissions.configure = SERVER_NAMED_QUEUES.to_owned();
+        permissions.write = SERVER_NAMED_QUEUES.to_owned();
+        permissions.read = either(SERVER_NAMED_QUEUES, &exactly(&[exchange]));
+    }
+    if let Some(exchange) = command_exchange {
+        let exchange = exactly(&[exchange]);
+        permissions.configure = either(&permissions.configure, &exchange);
+        permissions.write = either(&permissions.write, &exchange);
+    }
+    permissions
+}
+
 /// The broker user of a workload: `<kind>.<namespace>.<name>`; past [`MAX_USER_NAME`]
 /// cut and suffixed with a hash of the whole, so it stays stable and distinct.
 pub fn user_name(kind: &str, namespace: &str, name: &str) -> String {
@@ -269,6 +307,45 @@ mod tests {
             r"^(amq\.default)$|^(tributary\.commands\.factory)$"
         );
         assert_eq!(permissions.read, r"^(factory\.telemetry)$");
+    }
+
+    #[test]
+    fn an_api_may_only_bind_its_own_queue_to_the_live_exchange_and_publish_commands() {
+        let matches =
+            |pattern: &str, name: &str| regex::Regex::new(pattern).expect("regex").is_match(name);
+        let live = api_permissions(Some("tributary.live.factory"), None);
+        assert!(matches(&live.configure, "amq.gen-Jzq3B0xWn1"));
+        assert!(!matches(&live.configure, "factory.telemetry"));
+        assert!(matches(&live.read, "tributary.live.factory"));
+        assert!(matches(&live.read, "amq.gen-Jzq3B0xWn1"));
+        assert!(!matches(&live.read, "tributary.live.factory2"));
+        assert!(!matches(&live.read, "factory.telemetry"));
+        assert!(!matches(&live.write, "amq.default"));
+        assert!(
+            !matches(&live.write, "tributary.live.factory"),
+            "it never publishes there"
+        );
+
+        let commands = api_permissions(None, Some("tributary.commands.factory"));
+        assert_eq!(commands.configure, r"^(tributary\.commands\.factory)$");
+        assert_eq!(commands.write, r"^(tributary\.commands\.factory)$");
+        assert_eq!(
+            commands.read, NOTHING,
+            "direct reply-to needs no read right"
+        );
+        assert!(!matches(
+            &commands.write,
+            "tributary.commands.factory.device.m-1"
+        ));
+
+        let both = api_permissions(
+            Some("tributary.live.factory"),
+            Some("tributary.commands.factory"),
+        );
+        assert!(matches(&both.write, "tributary.commands.factory"));
+        assert!(matches(&both.write, "amq.gen-x"));
+        assert!(matches(&both.configure, "tributary.commands.factory"));
+        assert_eq!(api_permissions(None, None).write, NOTHING);
     }
 
     #[test]
