@@ -171,12 +171,12 @@ impl Sender {
                     )
                     .await
                     .unwrap();
-                tokio::spawn(async move { confirm.await });
+                tokio::spawn(confirm);
             }
             Sender::Plugin(channel) => {
                 let key = format!("commands.{device}.ping.{id}");
                 let options = BasicPublishOptions::default();
-                let _ = channel
+                let _unconfirmed = channel
                     .basic_publish(
                         "amq.topic".into(),
                         key.as_str().into(),
