@@ -1,5 +1,5 @@
 # The image of each Tributary binary (tributary-operator, tributary-gateway,
-# tributary-worker, tributary-simulator): the same stages for all four, the binary chosen
+# tributary-worker, tributary-api, tributary-simulator): the same stages for all five, the binary chosen
 # by the BINARY build argument.
 #
 # With a registry:
@@ -40,6 +40,9 @@ ENTRYPOINT ["/usr/local/bin/tributary-gateway"]
 
 FROM base AS tributary-worker
 ENTRYPOINT ["/usr/local/bin/tributary-worker"]
+
+FROM base AS tributary-api
+ENTRYPOINT ["/usr/local/bin/tributary-api"]
 
 FROM base AS tributary-simulator
 ENTRYPOINT ["/usr/local/bin/tributary-simulator"]
