@@ -59,6 +59,35 @@ async fn a_persistent_device_gets_the_commands_sent_while_offline_in_order() {
 }
 
 #[tokio::test]
+async fn a_clean_connection_that_only_publishes_leaves_the_devices_queued_commands_alone() {
+    let setup = Setup::start(&["press-6"], |_| {}).await;
+    let login = Login::persistent(true, "press-6", "press-6");
+    subscribed(&setup, &login).await.disconnect().await;
+    setup.wait_consumers(0).await;
+    let command = Cmd::new("c-kept", "step", b"1");
+    assert_eq!(setup.sender.send("press-6", &command).await, Sent::Queued);
+    // The same device publishes from a second, clean connection (another client id) and
+    // hangs up: its clean start is about its own session, not the device's queue.
+    let mut publisher =
+        Client::connect(setup.mqtt(), &Login::clean(true, "press-6-pub", "press-6")).await;
+    assert!(!publisher.session_present);
+    publisher
+        .publish("devices/press-6/telemetry", 1, b"{}")
+        .await;
+    publisher.disconnect().await;
+    let mut client = Client::connect(setup.mqtt(), &login).await;
+    assert!(
+        client.session_present,
+        "the persistent session is still there"
+    );
+    let received = client.next_publish().await;
+    assert_eq!(received.payload, b"1", "the command queued while offline");
+    client.puback(received.packet_id.expect("QoS 1")).await;
+    client.disconnect().await;
+    setup.finish().await;
+}
+
+#[tokio::test]
 async fn an_unacknowledged_qos1_command_is_redelivered_with_dup_on_the_next_connection() {
     let setup = Setup::start(&["press-4"], |_| {}).await;
     let login = Login::persistent(false, "press-4", "press-4");

@@ -87,8 +87,12 @@ async fn the_api_serves_devices_with_the_key_the_operator_issued() {
         env!("CARGO_MANIFEST_DIR")
     ))
     .expect("sinks.yaml");
-    let readings_db = sinks_yaml.split("\n---").next().expect("first document");
-    apply_yaml(&ns.api::<Sink>(), readings_db).await;
+    let readings_db = sinks_yaml
+        .split("\n---")
+        .next()
+        .expect("first document")
+        .replace("  namespace: factory\n", "");
+    apply_yaml(&ns.api::<Sink>(), &readings_db).await;
     apply_yaml(&ns.api::<Queue>(), QUEUE).await;
     wait_ready(&ns.api::<Sink>(), "readings-db", "Sink ready", |s, _| {
         s == "True"

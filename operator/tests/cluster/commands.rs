@@ -27,6 +27,23 @@ async fn gateway_pod_ip(ns: &TestNamespace) -> String {
     .await
 }
 
+/// The gateway pods' log (for a failure's message).
+async fn gateway_log(namespace: &str) -> String {
+    let out = tokio::process::Command::new("kubectl")
+        .args([
+            "-n",
+            namespace,
+            "logs",
+            "deployment/line-1-gateway",
+            "--tail",
+            "40",
+        ])
+        .output()
+        .await;
+    out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_else(|e| format!("kubectl logs: {e}"))
+}
+
 /// A Secret's key as text.
 async fn secret_text(secrets: &Api<Secret>, name: &str, key: &str) -> Option<String> {
     let data = secrets.get_opt(name).await.ok()??.data?;
@@ -134,12 +151,13 @@ async fn a_workers_command_sink_commands_the_device_whose_reading_crossed_the_li
     .await;
     let output = received.await.expect("joined").expect("mosquitto_sub ran");
     let text = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "mosquitto_sub: {text} {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let (topic, payload) = text.trim().split_once(' ').expect("topic and payload");
+    let error = String::from_utf8_lossy(&output.stderr);
+    let Some((topic, payload)) = text.trim().split_once(' ') else {
+        panic!(
+            "no command at the device; mosquitto_sub: {text:?} {error:?}; gateway log:\n{}",
+            gateway_log(&ns.name).await
+        );
+    };
     assert_eq!(topic, "commands/fan-1/fan/set");
     let command: serde_json::Value = serde_json::from_str(payload).expect("JSON payload");
     assert_eq!(command["speed"], 100, "{command}");

@@ -5,7 +5,8 @@
 //! A persistent session (3.1.1 clean session 0, MQTT 5 Session Expiry Interval > 0) keeps
 //! its device's queue after the connection; a CONNECT without clean start resumes it when
 //! it exists (Session Present 1, every command delivered at QoS 1 until the device
-//! subscribes again); a clean start deletes it first.
+//! subscribes again); a clean start deletes it before its first grant (a connection that
+//! never subscribes leaves the device's queue alone).
 
 use std::sync::Arc;
 
@@ -35,18 +36,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
             return false;
         }
         if connect.clean_start {
-            // MQTT discards the old session: its queue goes, before anything is granted.
-            let predecessor = state.predecessor.take();
-            let device = self.device.clone();
-            state.cleanup = Some(tokio::spawn(async move {
-                if let Some(predecessor) = predecessor {
-                    let wait = std::time::Duration::from_secs(10);
-                    let _ = tokio::time::timeout(wait, predecessor.cancelled()).await;
-                }
-                if let Err(error) = commands.delete_queue(&device).await {
-                    tracing::debug!(%device, %error, "old command session not deleted at clean start");
-                }
-            }));
+            // MQTT discards the old session: its queue goes, but only once this session
+            // subscribes (`start_feed`). The queue is the device's, not this connection's:
+            // a connection that only publishes must leave another's queue alone.
+            state.discard_old = true;
             return false;
         }
         state.settled().await;

@@ -47,8 +47,8 @@ pub(super) struct CommandState {
     /// What an MQTT 5 client announced: Receive Maximum, Maximum Packet Size.
     pub(super) receive_maximum: Option<u16>,
     pub(super) maximum_packet_size: Option<u32>,
-    /// A clean start's deletion of the old session's queue, awaited before any grant.
-    pub(super) cleanup: Option<tokio::task::JoinHandle<()>>,
+    /// A clean start: the old session's queue is deleted before the first grant.
+    pub(super) discard_old: bool,
     /// The session this one took over releases the device's commands first.
     pub(super) predecessor: Option<CancellationToken>,
 }
@@ -70,11 +70,8 @@ impl CommandState {
         self.retry_at = Some(Instant::now() + self.retry_delay);
     }
 
-    /// Waits (bounded) for a clean start's cleanup and for the session taken over.
+    /// Waits (bounded) for the session taken over to release the device's commands.
     pub(super) async fn settled(&mut self) {
-        if let Some(cleanup) = self.cleanup.take() {
-            let _ = tokio::time::timeout(PREDECESSOR_WAIT, cleanup).await;
-        }
         if let Some(predecessor) = self.predecessor.take() {
             let _ = tokio::time::timeout(PREDECESSOR_WAIT, predecessor.cancelled()).await;
         }
@@ -98,10 +95,23 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
         self.commands.settled().await;
         let commands = std::sync::Arc::clone(&self.gateway.commands);
         let prefetch = commands.prefetch(self.commands.receive_maximum);
+        if std::mem::take(&mut self.commands.discard_old) {
+            if let Err(error) = commands.delete_queue(&self.device).await {
+                tracing::debug!(device = %self.device, %error, "old command session not deleted at clean start");
+            }
+        }
         let started = async {
             commands.ensure_queue(&self.device).await?;
             self.commands.owns_queue = true;
-            commands.consume(&self.device, prefetch, "mqtt").await
+            match commands.consume(&self.device, prefetch, "mqtt").await {
+                // Another session of the device deleted it in between (its clean session
+                // ended, unused): declared again, once.
+                Err(BrokerError::Refused { code: 404, .. }) => {
+                    commands.ensure_queue(&self.device).await?;
+                    commands.consume(&self.device, prefetch, "mqtt").await
+                }
+                other => other,
+            }
         }
         .await;
         match started {
@@ -231,9 +241,6 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
     /// queue, then a session that does not persist deletes its queue (unless a newer one
     /// took it over).
     pub(super) async fn end_commands(&mut self, end: &SessionEnd) {
-        if let Some(cleanup) = self.commands.cleanup.take() {
-            let _ = tokio::time::timeout(PREDECESSOR_WAIT, cleanup).await;
-        }
         if let Some(feed) = self.commands.feed.take() {
             feed.release().await;
         }
