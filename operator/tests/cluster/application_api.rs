@@ -54,7 +54,15 @@ async fn kubectl_apply_example(ns: &str, file: &str) {
 async fn sql(ns: &str, statement: &str) -> bool {
     tokio::process::Command::new("kubectl")
         .args(["-n", ns, "exec", "postgres-0", "-c", "postgres", "--"])
-        .args(["psql", "-U", "tributary", "-d", "factory", "-c", statement])
+        // Over TCP with the example's password (the image's server has no local socket).
+        .args([
+            "env",
+            "PGPASSWORD=factory-demo-db-password",
+            "psql",
+            "-h",
+            "127.0.0.1",
+        ])
+        .args(["-U", "tributary", "-d", "factory", "-c", statement])
         .output()
         .await
         .is_ok_and(|out| out.status.success())
