@@ -6,8 +6,6 @@
 //! (`tests/images/build-project-images.sh`), `kubectl` and `curl` on this host.
 
 use super::*;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::ListParams;
 use tributary_operator::crd::ApplicationApi;
 
 const QUEUE: &str = "apiVersion: tributary.dev/v1alpha1
@@ -145,25 +143,7 @@ async fn the_api_serves_devices_with_the_key_the_operator_issued() {
         .then_some(())
     })
     .await;
-    let pods: Api<Pod> = ns.api();
-    let ip = wait_for("a ready API pod", || async {
-        let params = ListParams::default()
-            .labels("app.kubernetes.io/name=api,app.kubernetes.io/instance=factory");
-        pods.list(&params)
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .find_map(|pod| {
-                let status = pod.status?;
-                let ready = status
-                    .conditions?
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True");
-                ready.then_some(status.pod_ip?)
-            })
-    })
-    .await;
+    let ip = ready_pod_ip(&ns, "api", "factory").await;
     let url = format!("http://{ip}:8080/v1/devices");
     let (code, body) = get(&url, Some(&key)).await;
     assert_eq!(code, "200", "{body}");

@@ -4,28 +4,8 @@
 //! the device's command queue → the gateway pod holding its connection → the device).
 
 use super::*;
-use k8s_openapi::api::core::v1::Pod;
 use std::process::Stdio;
 use tributary_operator::crd::Device;
-
-/// The IP of the Gateway `line-1`'s ready pod.
-async fn gateway_pod_ip(ns: &TestNamespace) -> String {
-    let pods: Api<Pod> = ns.api();
-    wait_for("a ready gateway pod", || async {
-        let params = kube::api::ListParams::default()
-            .labels("app.kubernetes.io/name=gateway,app.kubernetes.io/instance=line-1");
-        let list = pods.list(&params).await.ok()?;
-        list.items.into_iter().find_map(|pod| {
-            let status = pod.status?;
-            let ready = status
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True");
-            ready.then_some(status.pod_ip?)
-        })
-    })
-    .await
-}
 
 /// The gateway pods' log (for a failure's message).
 async fn gateway_log(namespace: &str) -> String {
@@ -42,12 +22,6 @@ async fn gateway_log(namespace: &str) -> String {
         .await;
     out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_else(|e| format!("kubectl logs: {e}"))
-}
-
-/// A Secret's key as text.
-async fn secret_text(secrets: &Api<Secret>, name: &str, key: &str) -> Option<String> {
-    let data = secrets.get_opt(name).await.ok()??.data?;
-    String::from_utf8(data.get(key)?.0.clone()).ok()
 }
 
 /// `mosquitto_pub` of one QoS 1 reading; true when the gateway accepted it.
@@ -110,7 +84,7 @@ async fn a_workers_command_sink_commands_the_device_whose_reading_crossed_the_li
     })
     .await;
     wait_ready(&workers, "cooling", "Worker Ready", |s, _| s == "True").await;
-    let ip = gateway_pod_ip(&ns).await;
+    let ip = ready_pod_ip(&ns, "gateway", "line-1").await;
 
     step("the device subscribes to its commands; a hot reading commands its fan");
     let subscriber = tokio::process::Command::new("mosquitto_sub")

@@ -4,36 +4,10 @@
 //! rotation's grace period, and accepts an issued certificate over mutual TLS.
 
 use super::*;
-use k8s_openapi::api::core::v1::Pod;
 use std::process::Command;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tributary_operator::crd::Device;
-
-/// A Secret's key as text.
-async fn secret_text(secrets: &Api<Secret>, name: &str, key: &str) -> Option<String> {
-    let data = secrets.get_opt(name).await.ok()??.data?;
-    String::from_utf8(data.get(key)?.0.clone()).ok()
-}
-
-/// The IP of the Gateway's ready pod.
-async fn gateway_pod_ip(ns: &TestNamespace) -> String {
-    let pods: Api<Pod> = ns.api();
-    wait_for("a ready gateway pod", || async {
-        let params = kube::api::ListParams::default()
-            .labels("app.kubernetes.io/name=gateway,app.kubernetes.io/instance=line-1");
-        let list = pods.list(&params).await.ok()?;
-        list.items.into_iter().find_map(|pod| {
-            let status = pod.status?;
-            let ready = status
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True");
-            ready.then_some(status.pod_ip?)
-        })
-    })
-    .await
-}
 
 /// `mosquitto_pub` of one QoS 1 message; true when the gateway accepted it.
 fn publish(ip: &str, device: &str, password: &str, payload: &str) -> bool {
@@ -269,7 +243,7 @@ async fn devices_get_credentials_a_real_gateway_accepts_disables_and_rotations_a
         s == "True"
     })
     .await;
-    let ip = gateway_pod_ip(&ns).await;
+    let ip = ready_pod_ip(&ns, "gateway", "line-1").await;
 
     step("a generated secret is accepted; the envelope carries the attributes");
     wait_publish(&ip, "lamp-1", &password_1, true, "lamp-1 accepted").await;

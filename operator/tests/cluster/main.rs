@@ -387,3 +387,30 @@ fn monitoring_api(client: &Client, ns: &str, kind: &str, plural: &str) -> Api<Dy
 fn uid_of<K: Resource>(object: &K) -> String {
     object.meta().uid.clone().unwrap_or_default()
 }
+
+/// The IP of a ready pod of component `name` (`app.kubernetes.io/name`) of `instance`.
+async fn ready_pod_ip(ns: &TestNamespace, name: &str, instance: &str) -> String {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = ns.api();
+    let labels = format!("app.kubernetes.io/name={name},app.kubernetes.io/instance={instance}");
+    wait_for(&format!("a ready {name} pod of {instance}"), || async {
+        let list = pods
+            .list(&kube::api::ListParams::default().labels(&labels))
+            .await
+            .ok()?;
+        list.items.into_iter().find_map(|pod| {
+            let status = pod.status?;
+            let ready = status
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            ready.then_some(status.pod_ip?)
+        })
+    })
+    .await
+}
+
+/// A Secret's key as text.
+async fn secret_text(secrets: &Api<Secret>, name: &str, key: &str) -> Option<String> {
+    let data = secrets.get_opt(name).await.ok()??.data?;
+    String::from_utf8(data.get(key)?.0.clone()).ok()
+}
