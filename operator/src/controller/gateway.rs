@@ -4,11 +4,10 @@
 
 use super::{
     apply, being_deleted, broker_user, checked, patch_status, ready_condition, resolve_queue,
-    resolve_secrets, Context, Error, Outcome, Step, PROGRESS_POLL,
+    resolve_secrets, Context, Error, Outcome, Step,
 };
 use crate::build::gateway::{self as build, GatewayChildren, GatewayInputs};
 use crate::build::queue::access::{self, BrokerCredentials};
-use crate::conditions::reason;
 use crate::crd::{Gateway, GatewayStatus};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::controller::Action;
@@ -154,26 +153,16 @@ fn report(gateway: &Gateway, deployment: &Deployment, status: &mut GatewayStatus
     let namespace = gateway.namespace().unwrap_or_default();
     let child = build::child_name(&gateway.name_any());
     status.endpoint = Some(format!("{child}.{namespace}.svc"));
-    let ready = deployment
-        .status
-        .as_ref()
-        .and_then(|s| s.ready_replicas)
-        .unwrap_or(0);
+    let (ready, outcome) =
+        super::deployment_readiness(deployment, gateway.spec.replicas, "gateway");
     status.ready_replicas = Some(ready);
-    let desired = gateway.spec.replicas;
-    if desired > 0 && ready == 0 {
-        return Outcome::waiting(
-            reason::PROGRESSING,
-            format!("waiting for gateway pods to become ready (0/{desired})"),
-            PROGRESS_POLL,
-        );
-    }
-    Outcome::ready(format!("{ready}/{desired} gateway pods ready"))
+    outcome
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conditions::reason;
     use crate::build::fixtures::load;
     use crate::controller::mock_api::{
         context, deleted, events, mocked, path, ready_queue, secret, tributary, Exchange,

@@ -103,6 +103,30 @@ pub const PROGRESS_POLL: Duration = Duration::from_secs(5);
 /// Requeue interval after a transient failure.
 pub const RETRY: Duration = Duration::from_secs(15);
 
+/// The ready pods of an applied Deployment of `desired` replicas, and the outcome: ready
+/// once one is (`what` names the pods in the message), else waiting.
+pub fn deployment_readiness(
+    deployment: &k8s_openapi::api::apps::v1::Deployment,
+    desired: i32,
+    what: &str,
+) -> (i32, Outcome) {
+    let ready = deployment
+        .status
+        .as_ref()
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+    let outcome = if desired > 0 && ready == 0 {
+        Outcome::waiting(
+            conditions::reason::PROGRESSING,
+            format!("waiting for {what} pods to become ready (0/{desired})"),
+            PROGRESS_POLL,
+        )
+    } else {
+        Outcome::ready(format!("{ready}/{desired} {what} pods ready"))
+    };
+    (ready, outcome)
+}
+
 /// `error_policy` shared by all controllers: count the failure and retry soon.
 pub fn error_policy<K: Resource<DynamicType = ()>>(
     object: Arc<K>,

@@ -6,10 +6,9 @@ mod dereference;
 
 use super::{
     apply, being_deleted, broker_user, checked, patch_status, ready_condition, Context, Error,
-    Outcome, PROGRESS_POLL,
+    Outcome,
 };
 use crate::build::api::{self as build, keys, ApiChildren};
-use crate::conditions::reason;
 use crate::crd::{ApplicationApi, ApplicationApiStatus};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::controller::Action;
@@ -90,21 +89,9 @@ fn report(
     status.endpoint = Some(build::endpoint(&name, &api.namespace().unwrap_or_default()));
     status.keys_secret = Some(keys::secret_name(&name));
     status.dashboard_path = Some(build::DASHBOARD_PATH.to_owned());
-    let ready = deployment
-        .status
-        .as_ref()
-        .and_then(|s| s.ready_replicas)
-        .unwrap_or(0);
+    let (ready, outcome) = super::deployment_readiness(deployment, api.spec.replicas, "API");
     status.ready_replicas = Some(ready);
-    let desired = api.spec.replicas;
-    if desired > 0 && ready == 0 {
-        return Outcome::waiting(
-            reason::PROGRESSING,
-            format!("waiting for API pods to become ready (0/{desired})"),
-            PROGRESS_POLL,
-        );
-    }
-    Outcome::ready(format!("{ready}/{desired} API pods ready"))
+    outcome
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! ApplicationApi reconciles against the mocked API server.
 
 use super::*;
+use crate::conditions::reason;
 use crate::build::fixtures::load;
 use crate::controller::mock_api::{
     context, deleted, events, mocked, path, ready, secret, tributary, Exchange,
