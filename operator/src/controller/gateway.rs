@@ -162,8 +162,8 @@ fn report(gateway: &Gateway, deployment: &Deployment, status: &mut GatewayStatus
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conditions::reason;
     use crate::build::fixtures::load;
+    use crate::conditions::reason;
     use crate::controller::mock_api::{
         context, deleted, events, mocked, path, ready_queue, secret, tributary, Exchange,
     };

@@ -1,8 +1,8 @@
 //! ApplicationApi reconciles against the mocked API server.
 
 use super::*;
-use crate::conditions::reason;
 use crate::build::fixtures::load;
+use crate::conditions::reason;
 use crate::controller::mock_api::{
     context, deleted, events, mocked, path, ready, secret, tributary, Exchange,
 };
