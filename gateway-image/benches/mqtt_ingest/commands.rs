@@ -21,11 +21,12 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tributary_contract::command;
 
 use crate::servers::{self, Servers};
-use crate::wire::{mqtt_connect, packet, read_packet, string, PASSWORD};
+use crate::wire::{connect_packet, mqtt_connect, packet, read_packet, string, PASSWORD};
 use crate::{bench_line, env_usize};
 
 /// The tenant of the benchmark's gateway (`servers::start_gateway_with`).
@@ -86,21 +87,55 @@ fn parse_publish(packet: &[u8]) -> Option<(String, Option<u16>)> {
     Some((topic, id))
 }
 
-/// One device: connects, subscribes to its commands, answers each at once.
-async fn device(addr: String, index: usize, user: String, password: String, answer: Answer) {
+/// Connects and subscribes to `filter`, retrying refusals (the gateway admits 16
+/// unauthenticated connections per address at a time and closes the others at accept).
+async fn connect_subscribed(addr: &str, name: &str, user: &str, password: &str) -> TcpStream {
+    let mut delay = Duration::from_millis(20);
+    for _ in 0..100 {
+        if let Ok(mut stream) = TcpStream::connect(addr).await {
+            stream.set_nodelay(true).unwrap();
+            let filter = format!("commands/{name}/#");
+            let hello = [
+                connect_packet(name, user, password),
+                subscribe_packet(&filter),
+            ]
+            .concat();
+            if stream.write_all(&hello).await.is_ok() {
+                let connack = read_packet(&mut stream).await;
+                let suback = read_packet(&mut stream).await;
+                if let (Ok(connack), Ok(suback)) = (connack, suback) {
+                    assert_eq!(connack.get(2), Some(&0), "CONNACK refused by {addr}");
+                    assert_eq!(suback.last(), Some(&1), "{name}'s SUBSCRIBE granted QoS 1");
+                    return stream;
+                }
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(500));
+    }
+    panic!("{name} could not connect to {addr}");
+}
+
+/// One device: connected and subscribed (then `ready` is told), it answers each command at
+/// once.
+async fn device(
+    addr: String,
+    index: usize,
+    user: String,
+    password: String,
+    answer: Answer,
+    ready: mpsc::UnboundedSender<()>,
+) {
     let name = format!("dev-{index}");
     let user = if user.is_empty() { name.clone() } else { user };
-    let stream = mqtt_connect(&addr, &name, &user, &password).await;
+    let stream = connect_subscribed(&addr, &name, &user, &password).await;
+    let _ = ready.send(());
     let (reader, mut writer) = stream.into_split();
     let mut reader = BufReader::new(reader);
-    writer
-        .write_all(&subscribe_packet(&format!("commands/{name}/#")))
-        .await
-        .unwrap();
     let mut next_id: u16 = 0;
     while let Ok(packet) = read_packet(&mut reader).await {
         if packet[0] >> 4 != 3 {
-            continue; // SUBACK, PUBACKs of the answers
+            continue; // PUBACKs of the answers
         }
         let Some((topic, id)) = parse_publish(&packet) else {
             continue;
@@ -119,16 +154,22 @@ async fn device(addr: String, index: usize, user: String, password: String, answ
     }
 }
 
-/// Connects `count` devices to `addr`, 50 at a time, and gives them time to subscribe.
+/// Connects `count` devices to `addr`, 8 logging in at a time, until all are subscribed.
 async fn connect_devices(addr: &str, count: usize, user: &str, password: &str, answer: Answer) {
-    for chunk in (0..count).collect::<Vec<_>>().chunks(50) {
-        for &index in chunk {
-            let (addr, user, password) = (addr.to_owned(), user.to_owned(), password.to_owned());
-            tokio::spawn(device(addr, index, user, password, answer));
+    let (ready, mut subscribed) = mpsc::unbounded_channel();
+    let mut done = 0;
+    for index in 0..count {
+        if index >= done + 8 {
+            subscribed.recv().await.expect("devices report");
+            done += 1;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (addr, user, password) = (addr.to_owned(), user.to_owned(), password.to_owned());
+        tokio::spawn(device(addr, index, user, password, answer, ready.clone()));
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    while done < count {
+        subscribed.recv().await.expect("devices report");
+        done += 1;
+    }
 }
 
 /// How the sender sends one command.
