@@ -304,7 +304,7 @@ async fn invalid_requests_are_refused_before_anything_is_sent() {
         ("press-1", "fan/+", ""),
         ("press-1", "a%20b", ""),
         ("press-1", &long_name, ""),
-        ("a%20b", "reboot", ""),
+        ("a%23b", "reboot", ""),
         ("a+b", "reboot", ""),
         (&long_device, "reboot", ""),
         ("press-1", "reboot", "?ttlSeconds=0"),
