@@ -82,8 +82,8 @@ pub fn device_id(value: &Value) -> Result<String, String> {
     };
     if !command::valid_device_id(id) {
         return Err(format!(
-            "the device id {id:?} is empty, longer than {MAX_DEVICE_ID} bytes, or holds '/', \
-             '+', '#' or a control character"
+            "the device id {id:?} is not a valid device id (1 to {MAX_DEVICE_ID} bytes \
+             without '/', '+', '#' or control characters)"
         ));
     }
     Ok(id.clone())
@@ -214,11 +214,14 @@ mod tests {
         for (bad, words) in [
             (json!(7), "not a string"),
             (json!(null), "not a string"),
-            (json!(""), "empty"),
-            (json!("a/b"), "'/'"),
-            (json!("+"), "'/'"),
-            (json!("a\nb"), "control"),
-            (json!("x".repeat(MAX_DEVICE_ID + 1)), "longer"),
+            (json!(""), "not a valid device id"),
+            (json!("a/b"), "not a valid device id"),
+            (json!("+"), "not a valid device id"),
+            (json!("a\nb"), "not a valid device id"),
+            (
+                json!("x".repeat(MAX_DEVICE_ID + 1)),
+                "not a valid device id",
+            ),
         ] {
             let error = device_id(&bad).expect_err("invalid");
             assert!(error.contains(words), "{bad}: {error}");

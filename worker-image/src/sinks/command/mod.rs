@@ -346,7 +346,11 @@ mod tests {
                 "true",
                 "device: the device id is 31.5, not a string",
             ),
-            (Some("'a/b'"), "true", "device: the device id \"a/b\" holds"),
+            (
+                Some("'a/b'"),
+                "true",
+                "device: the device id \"a/b\" is not a valid device id",
+            ),
             (None, "payload.missing", "when: CEL evaluation"),
             (None, "1", "when: expected a bool, got 1"),
         ];
