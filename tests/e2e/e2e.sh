@@ -166,8 +166,9 @@ made_by_operator() { # NAMESPACE: objects the operator made that still exist, bu
   kubectl -n "$1" get deployments,statefulsets,services,configmaps,secrets,pods \
     -l 'app.kubernetes.io/managed-by=tributary-operator,tributary.dev/owner-kind notin (queue,namespace)' -o name 2>/dev/null
 }
-# The Devices too: their credential Secrets are the operator's (owned by each Device).
-for f in worker gateway sinks queue devices; do
+# The Devices too (their credential Secrets are the operator's, owned by each Device), and
+# the ApplicationApi (its keys Secret, Deployment, Service, ConfigMap and broker user).
+for f in api worker gateway sinks queue devices; do
   kubectl delete -f "$repo/examples/factory-telemetry/$f.yaml" --wait=true --timeout=180s >/dev/null
 done
 nothing_left() { [ -z "$(made_by_operator factory)" ]; }
