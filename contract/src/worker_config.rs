@@ -212,6 +212,9 @@ pub enum SinkConfig {
     /// A command to a device (through its tenant's command exchange) for each message
     /// that meets a condition.
     Command(CommandSinkConfig),
+    /// A live copy of each processed message for the application API's streams; never
+    /// waited for.
+    Live(LiveSinkConfig),
 }
 
 impl SinkConfig {
@@ -224,6 +227,7 @@ impl SinkConfig {
             SinkConfig::Webhook(c) => &c.name,
             SinkConfig::Republish(c) => &c.name,
             SinkConfig::Command(c) => &c.name,
+            SinkConfig::Live(c) => &c.name,
         }
     }
 
@@ -236,6 +240,7 @@ impl SinkConfig {
             SinkConfig::Webhook(c) => &c.batch,
             SinkConfig::Republish(c) => &c.batch,
             SinkConfig::Command(c) => &c.batch,
+            SinkConfig::Live(c) => &c.batch,
         }
     }
 }
@@ -442,6 +447,40 @@ pub struct CommandSinkConfig {
     pub batch: BatchConfig,
 }
 
+/// Live sink: a transient copy of each processed message (JSON, routed by its `device`) to
+/// the topic exchange the application API's streams bind to. A write only hands the batch
+/// to a bounded buffer that a publisher drains without `mandatory` or confirms: a copy is
+/// dropped (counted) when the buffer is full, the broker away or the exchange missing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LiveSinkConfig {
+    /// The sink's name.
+    pub name: String,
+    /// The topic exchange (the operator declares it for an ApplicationApi).
+    pub exchange: String,
+    /// File holding the broker's URI; default the consumed queue's broker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri_file: Option<PathBuf>,
+    /// A PEM file of the CA(s) that broker's certificate may chain to (with `uriFile`);
+    /// without `uriFile`, the consumed queue's `caFile` applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Messages waiting for the publisher at most; more are dropped. Default 10000.
+    #[serde(default = "default_live_buffer")]
+    pub buffer_messages: u32,
+    /// Batching (a batch is handed to the buffer at once). Default 500 messages, 4 MiB,
+    /// 20 ms, as a republish sink.
+    #[serde(default = "default_republish_batch")]
+    pub batch: BatchConfig,
+}
+
+/// The live sink's default buffer, in messages.
+pub const DEFAULT_LIVE_BUFFER: u32 = 10_000;
+
+fn default_live_buffer() -> u32 {
+    DEFAULT_LIVE_BUFFER
+}
+
 /// The metrics and health HTTP server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -560,29 +599,4 @@ fn default_republish_batch() -> BatchConfig {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn minimal_config_gets_documented_defaults() {
-        let text = r#"{
-            "queue": {"uriFile": "/s/uri", "name": "telemetry"},
-            "sinks": [{"republish": {"name": "fwd", "routingKey": "other"}}]
-        }"#;
-        let config: WorkerConfig = serde_json::from_str(text).expect("parse");
-        assert_eq!(config.queue.prefetch, 500);
-        assert_eq!(config.retry, RetryConfig::default());
-        assert_eq!(config.http.listen, "0.0.0.0:9090");
-        assert_eq!(config.sinks[0].name(), "fwd");
-    }
-
-    #[test]
-    fn unknown_field_is_rejected() {
-        let text = r#"{
-            "queue": {"uriFile": "/s/uri", "name": "q", "prefetsh": 10},
-            "sinks": []
-        }"#;
-        let error = serde_json::from_str::<WorkerConfig>(text).expect_err("must fail");
-        assert!(error.to_string().contains("prefetsh"), "{error}");
-    }
-}
+mod tests;

@@ -14,6 +14,7 @@
 //! | `tributary_worker_target_unavailable` | gauge | `target` (`sink NAME`, `container`, `dead-letter queue`) |
 //! | `tributary_worker_redeliveries_counted_total` | counter | |
 //! | `tributary_worker_commands_total` | counter | `sink`, `result` |
+//! | `tributary_worker_live_total` | counter | `sink`, `result` |
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
@@ -61,6 +62,7 @@ pub struct Metrics {
     /// Redelivered messages the worker counted and put back (classic queues).
     pub redeliveries_counted: Counter,
     commands: Family<Labels, Counter>,
+    live: Family<Labels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -111,6 +113,10 @@ const COMMANDS: (&str, &str) = (
     "commands",
     "Messages a command sink handled, by sink and result (sent, undeliverable, queue_full, skipped)",
 );
+const LIVE: (&str, &str) = (
+    "live",
+    "Messages a live sink handled, by sink and result (published, buffer_full, unavailable, no_exchange)",
+);
 const SINK_ERRORS: (&str, &str) = (
     "sink_errors",
     "Failed sink writes, by sink and kind (unavailable or rejected)",
@@ -159,6 +165,7 @@ impl Metrics {
             ),
             sink_errors: registered(r, SINK_ERRORS, Family::default()),
             commands: registered(r, COMMANDS, Family::default()),
+            live: registered(r, LIVE, Family::default()),
             registry,
         }
     }
@@ -207,6 +214,18 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts `count` messages a live sink handled, by result (`published`, or why it was
+    /// dropped: `buffer_full`, `unavailable`, `no_exchange`); a count of 0 creates the
+    /// series.
+    pub fn live(&self, sink: &str, result: &str, count: u64) {
+        self.live
+            .get_or_create(&vec![
+                ("sink".into(), sink.into()),
+                ("result".into(), result.into()),
+            ])
+            .inc_by(count);
+    }
+
     /// Sets whether a target is unavailable.
     pub fn target_unavailable(&self, target: &str, unavailable: bool) {
         self.target_unavailable
@@ -231,6 +250,7 @@ mod tests {
         metrics.sink_write("db", 0.01, 10);
         metrics.dead_lettered("pipeline");
         metrics.command("fan", "queue_full");
+        metrics.live("view", "buffer_full", 3);
         let text = metrics.render();
         for name in [
             "tributary_worker_messages_consumed_total 1",
@@ -238,6 +258,7 @@ mod tests {
             "tributary_worker_sink_batch_size_messages_count{sink=\"db\"} 1",
             "tributary_worker_messages_dead_lettered_total{reason=\"pipeline\"} 1",
             "tributary_worker_commands_total{sink=\"fan\",result=\"queue_full\"} 1",
+            "tributary_worker_live_total{sink=\"view\",result=\"buffer_full\"} 3",
         ] {
             assert!(text.contains(name), "{name} missing in\n{text}");
         }

@@ -246,6 +246,13 @@ metadata: {name: defaults-only}
 spec:
   redis:
     urlSecretRef: {name: redis, key: url}
+---
+apiVersion: tributary.dev/v1alpha1
+kind: Sink
+metadata: {name: live-view, namespace: factory}
+spec:
+  live:
+    bufferMessages: 5000
 "#;
 
 fn all_sinks(child: &str) -> Vec<(Sink, Option<ResolvedTarget>)> {

@@ -137,7 +137,7 @@ fn default_batch(kind: SinkKind) -> BatchConfig {
         SinkKind::Redis => contract::DEFAULT_REDIS_BATCH,
         SinkKind::S3 => contract::DEFAULT_S3_BATCH,
         SinkKind::Webhook => contract::DEFAULT_WEBHOOK_BATCH,
-        SinkKind::Queue | SinkKind::Command => contract::DEFAULT_REPUBLISH_BATCH,
+        SinkKind::Queue | SinkKind::Command | SinkKind::Live => contract::DEFAULT_REPUBLISH_BATCH,
     }
 }
 

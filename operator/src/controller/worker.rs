@@ -190,10 +190,13 @@ fn grants(
     if queue.credentials == BrokerCredentials::Administrator {
         // Its own Queue last: a sink republishing to it adds nothing to reading it.
         let mut permissions = access::worker_permissions(&[queue.broker_queue.as_str()]);
+        // Command and live sinks publish on the consumed queue's broker.
+        let namespace = worker.namespace().unwrap_or_default();
         if sinks.iter().any(|(sink, _)| sink.spec.command.is_some()) {
-            // Command sinks publish on the consumed queue's broker.
-            let namespace = worker.namespace().unwrap_or_default();
             permissions = permissions.with_command_sender(&namespace);
+        }
+        if sinks.iter().any(|(sink, _)| sink.spec.live.is_some()) {
+            permissions = permissions.with_live_publisher(&namespace);
         }
         grants.insert(worker.spec.queue.clone(), permissions);
     }

@@ -17,7 +17,7 @@ use tributary_contract::worker_config;
     status = "SinkStatus",
     shortname = "tsk",
     category = "tributary",
-    doc = "A destination for processed messages: PostgreSQL, Redis, S3-compatible storage, an HTTP webhook or another Queue.",
+    doc = "A destination for processed messages: PostgreSQL, Redis, S3-compatible storage, an HTTP webhook, another Queue, commands to devices or the application API's live feed.",
     printcolumn(name = "Type", type_ = "string", json_path = ".status.sinkType"),
     printcolumn(
         name = "Ready",
@@ -56,6 +56,12 @@ pub struct SinkSpec {
     /// command exchange on the Worker's broker (docs/commands.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<CommandSink>,
+    /// A live copy of each processed message for the namespace's ApplicationApi (its
+    /// streams and dashboard chart), through the exchange `tributary.live.<namespace>` on
+    /// the Worker's broker. Never slows the pipeline down: copies the API cannot take are
+    /// dropped and counted (docs/application-api.md, "Live feed").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<LiveSink>,
 }
 
 /// Batching of a sink's writes: a batch is written when it reaches `maxMessages` or
@@ -267,6 +273,24 @@ pub struct CommandSink {
     pub batch: Option<Batch>,
 }
 
+/// A live copy of each processed message: transient, routed by device, handed to a bounded
+/// buffer that a publisher drains without waiting for confirms. A full buffer, a broker
+/// that is away or an exchange no ApplicationApi declared yet drops the copy (counted in
+/// `tributary_worker_live_total`); the message itself is acknowledged as usual.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LiveSink {
+    /// Copies waiting for the publisher at most, per worker pod; more are dropped.
+    /// Default 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub buffer_messages: Option<i32>,
+    /// Batching (a batch is handed to the buffer at once). Default 500 messages, 4 MiB,
+    /// 20 ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<Batch>,
+}
+
 /// Observed state of a Sink.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -278,7 +302,7 @@ pub struct SinkStatus {
     /// The `metadata.generation` last reconciled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `postgres`, `redis`, `s3`, `webhook` or `queue`.
+    /// `postgres`, `redis`, `s3`, `webhook`, `queue`, `command` or `live`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sink_type: Option<String>,
 }

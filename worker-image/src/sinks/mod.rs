@@ -8,6 +8,7 @@
 //! command sink sends a command id derived from it).
 
 pub mod command;
+pub mod live;
 pub mod postgres;
 pub mod postgres_tls;
 pub mod redis;
@@ -116,12 +117,14 @@ pub enum Sink {
     Republish(republish::RepublishSink),
     /// Commands to devices (boxed: three compiled expressions make it the largest).
     Command(Box<command::CommandSink>),
+    /// A live copy for the application API's streams.
+    Live(live::LiveSink),
 }
 
 /// What the worker gives the sinks it builds.
 #[derive(Debug, Clone)]
 pub struct SinkContext<'a> {
-    /// The consumed broker (URI and CA file), for republish and command sinks without
+    /// The consumed broker (URI and CA file), for republish, command and live sinks without
     /// their own.
     pub broker: DefaultBroker<'a>,
     /// The worker's metrics, for sinks that count more than their writes.
@@ -168,6 +171,9 @@ impl Sink {
                 default_broker,
                 context.metrics,
             )?)),
+            SinkConfig::Live(c) => {
+                Sink::Live(live::LiveSink::build(c, default_broker, context.metrics)?)
+            }
         })
     }
 
@@ -180,6 +186,7 @@ impl Sink {
             Sink::Webhook(s) => s.name(),
             Sink::Republish(s) => s.name(),
             Sink::Command(s) => s.name(),
+            Sink::Live(s) => s.name(),
         }
     }
 
@@ -192,6 +199,7 @@ impl Sink {
             Sink::Webhook(s) => s.batch_config(),
             Sink::Republish(s) => s.batch_config(),
             Sink::Command(s) => s.batch_config(),
+            Sink::Live(s) => s.batch_config(),
         }
     }
 
@@ -204,6 +212,7 @@ impl Sink {
             Sink::Webhook(_) => Ok(()),
             Sink::Republish(s) => s.init().await,
             Sink::Command(s) => s.init().await,
+            Sink::Live(s) => s.init().await,
         }
     }
 
@@ -217,6 +226,7 @@ impl Sink {
             Sink::Webhook(s) => s.prepare(record).map(Some),
             Sink::Republish(s) => s.prepare(record).map(Some),
             Sink::Command(s) => s.prepare(record),
+            Sink::Live(s) => s.prepare(record).map(Some),
         }
     }
 
@@ -229,6 +239,7 @@ impl Sink {
             Sink::Webhook(s) => s.write(batch).await,
             Sink::Republish(s) => s.write(batch).await,
             Sink::Command(s) => s.write(batch).await,
+            Sink::Live(s) => s.write(batch).await,
         }
     }
 }

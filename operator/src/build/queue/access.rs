@@ -82,6 +82,14 @@ impl Permissions {
         self.write = either(&self.write, &exchange);
         self
     }
+
+    /// The same, and publish to the namespace's live exchange (a Worker with a `live`
+    /// sink; the exchange is looked up passively, which needs no permission).
+    pub fn with_live_publisher(mut self, namespace: &str) -> Self {
+        let exchange = exactly(&[&crate::build::api::live_exchange(namespace)]);
+        self.write = either(&self.write, &exchange);
+        self
+    }
 }
 
 /// A regex matching what `a` or `b` matches.
@@ -307,6 +315,18 @@ mod tests {
             r"^(amq\.default)$|^(tributary\.commands\.factory)$"
         );
         assert_eq!(permissions.read, r"^(factory\.telemetry)$");
+    }
+
+    #[test]
+    fn a_live_publisher_may_write_to_its_namespaces_live_exchange_only() {
+        let matches =
+            |pattern: &str, name: &str| regex::Regex::new(pattern).expect("regex").is_match(name);
+        let permissions = worker_permissions(&["factory.telemetry"]).with_live_publisher("factory");
+        assert_eq!(permissions.configure, NOTHING);
+        assert!(matches(&permissions.write, "tributary.live.factory"));
+        assert!(!matches(&permissions.write, "tributary.live.factory2"));
+        assert!(!matches(&permissions.write, "tributary.live.other"));
+        assert!(!matches(&permissions.read, "tributary.live.factory"));
     }
 
     #[test]

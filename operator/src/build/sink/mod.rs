@@ -6,8 +6,8 @@ use crate::crd::{SecretKeyRef, Sink};
 use std::path::{Path, PathBuf};
 use tributary_contract::sql;
 use tributary_contract::worker_config::{
-    BatchConfig, ColumnMapping, PostgresSinkConfig, RedisSinkConfig, RepublishSinkConfig,
-    S3SinkConfig, SinkConfig, WebhookSinkConfig,
+    BatchConfig, ColumnMapping, LiveSinkConfig, PostgresSinkConfig, RedisSinkConfig,
+    RepublishSinkConfig, S3SinkConfig, SinkConfig, WebhookSinkConfig, DEFAULT_LIVE_BUFFER,
 };
 
 /// Folder in data-plane pods under which each referenced Secret is mounted as
@@ -34,6 +34,8 @@ pub enum SinkKind {
     Queue,
     /// Commands to devices.
     Command,
+    /// The application API's live feed.
+    Live,
 }
 
 impl SinkKind {
@@ -46,6 +48,7 @@ impl SinkKind {
             SinkKind::Webhook => "webhook",
             SinkKind::Queue => "queue",
             SinkKind::Command => "command",
+            SinkKind::Live => "live",
         }
     }
 }
@@ -70,6 +73,7 @@ pub fn validate(sink: &Sink, policy: &SinkPolicy) -> Result<SinkKind, BuildError
         (spec.webhook.is_some(), SinkKind::Webhook),
         (spec.queue.is_some(), SinkKind::Queue),
         (spec.command.is_some(), SinkKind::Command),
+        (spec.live.is_some(), SinkKind::Live),
     ]
     .into_iter()
     .filter_map(|(present, kind)| present.then_some(kind))
@@ -78,7 +82,8 @@ pub fn validate(sink: &Sink, policy: &SinkPolicy) -> Result<SinkKind, BuildError
         [kind] => *kind,
         [] => {
             return Err(BuildError::Invalid(
-                "set exactly one of spec.postgres, redis, s3, webhook, queue or command".into(),
+                "set exactly one of spec.postgres, redis, s3, webhook, queue, command or live"
+                    .into(),
             ))
         }
         many => {
@@ -107,6 +112,16 @@ pub fn validate(sink: &Sink, policy: &SinkPolicy) -> Result<SinkKind, BuildError
     }
     if let Some(command) = &spec.command {
         command::validate(command)?;
+    }
+    if spec
+        .live
+        .as_ref()
+        .and_then(|l| l.buffer_messages)
+        .is_some_and(|n| n < 1)
+    {
+        return Err(BuildError::Invalid(
+            "spec.live.bufferMessages must be at least 1".into(),
+        ));
     }
     Ok(kind)
 }
@@ -318,6 +333,23 @@ pub fn to_config(
         SinkKind::Command => {
             let c = spec.command.as_ref().ok_or_else(missing)?;
             SinkConfig::Command(command::config(name, namespace, c, batch_of(&c.batch)?)?)
+        }
+        SinkKind::Live => {
+            let l = spec.live.as_ref().ok_or_else(missing)?;
+            let buffer_messages = match l.buffer_messages {
+                None => DEFAULT_LIVE_BUFFER,
+                Some(n) => u32::try_from(n).ok().filter(|n| *n >= 1).ok_or_else(|| {
+                    BuildError::Invalid("spec.live.bufferMessages must be at least 1".into())
+                })?,
+            };
+            SinkConfig::Live(LiveSinkConfig {
+                name,
+                exchange: crate::build::api::live_exchange(&namespace),
+                uri_file: None,
+                ca_file: None,
+                buffer_messages,
+                batch: batch_of(&l.batch)?,
+            })
         }
     })
 }

@@ -238,3 +238,28 @@ fn a_command_sink_with_a_bad_name_expression_or_ttl_is_invalid() {
         assert!(error.to_string().contains(field), "{field}: {error}");
     }
 }
+
+#[test]
+fn a_live_sink_renders_the_namespaces_live_exchange_and_its_buffer() {
+    let mut sink: Sink = load("sink-command.yaml");
+    sink.spec.command = None;
+    sink.spec.live = Some(crate::crd::sink::LiveSink::default());
+    assert_eq!(validate(&sink, &SinkPolicy::default()), Ok(SinkKind::Live));
+    let SinkConfig::Live(config) = to_config(&sink, None, &defaults).expect("renders") else {
+        panic!("live expected");
+    };
+    assert_eq!(config.exchange, "tributary.live.factory");
+    assert_eq!(config.buffer_messages, 10_000);
+    assert_eq!(config.uri_file, None, "the consumed queue's broker");
+    assert!(referenced_secrets(&sink).is_empty());
+
+    sink.spec.live = Some(crate::crd::sink::LiveSink {
+        buffer_messages: Some(0),
+        batch: None,
+    });
+    let error = validate(&sink, &SinkPolicy::default()).expect_err("invalid");
+    assert!(
+        error.to_string().contains("spec.live.bufferMessages"),
+        "{error}"
+    );
+}

@@ -1,0 +1,315 @@
+//! Live sink: a transient copy of each processed message to the topic exchange the
+//! application API's live streams bind to, without ever holding the pipeline back.
+//!
+//! A write hands the batch to a bounded buffer and returns at once; a publisher task
+//! drains the buffer to the broker without `mandatory` and without confirms. A full
+//! buffer, a broker that is away and an exchange that does not exist (no application API
+//! yet) each drop the message for the live view only, counted by reason: the stored copy
+//! is the other sinks' business, and the message is acknowledged as usual.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use tokio::sync::mpsc;
+use tributary_contract::worker_config::{BatchConfig, LiveSinkConfig};
+use tributary_service_kit::amqp;
+
+use super::republish::DefaultBroker;
+use super::{json_bytes, read_secret, Prepared, SinkBuildError, SinkError};
+use crate::metrics::Metrics;
+use crate::record::Record;
+
+/// The first wait after a failed connection or a missing exchange; doubled up to
+/// [`MAX_RETRY_DELAY`].
+pub const FIRST_RETRY_DELAY: Duration = Duration::from_millis(500);
+/// The longest wait between attempts to reach the broker or find the exchange.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
+
+/// Why a message did not reach the live exchange (the `result` label of
+/// `tributary_worker_live_total`, with `published`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// The buffer was full: the publisher is slower than the pipeline.
+    BufferFull,
+    /// The broker could not be reached or refused the publish.
+    Unavailable,
+    /// The exchange does not exist (nothing declared it yet).
+    NoExchange,
+}
+
+impl Dropped {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dropped::BufferFull => "buffer_full",
+            Dropped::Unavailable => "unavailable",
+            Dropped::NoExchange => "no_exchange",
+        }
+    }
+}
+
+/// One message for the live exchange: its routing key (the device) and JSON body.
+#[derive(Debug)]
+struct Item {
+    routing_key: String,
+    id: String,
+    body: Vec<u8>,
+}
+
+/// The live sink.
+pub struct LiveSink {
+    name: String,
+    batch: BatchConfig,
+    sender: mpsc::Sender<Item>,
+    publisher: Mutex<Option<Publisher>>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for LiveSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveSink")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl LiveSink {
+    /// Builds the sink; the URI (and CA file) is the sink's own or the consumed broker's.
+    /// The publisher starts with [`LiveSink::init`].
+    pub fn build(
+        config: &LiveSinkConfig,
+        default: DefaultBroker<'_>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, SinkBuildError> {
+        let (uri, ca_file) = match &config.uri_file {
+            Some(path) => (read_secret(&config.name, path)?, config.ca_file.clone()),
+            None => (
+                default.uri.to_string(),
+                default.ca_file.map(Path::to_path_buf),
+            ),
+        };
+        if config.buffer_messages == 0 {
+            return Err(SinkBuildError::Invalid {
+                sink: config.name.clone(),
+                message: "bufferMessages must be at least 1".into(),
+            });
+        }
+        let (sender, receiver) = mpsc::channel(config.buffer_messages as usize);
+        for result in ["published", "buffer_full", "unavailable", "no_exchange"] {
+            metrics.live(&config.name, result, 0);
+        }
+        let publisher = Publisher {
+            sink: config.name.clone(),
+            uri,
+            ca_file,
+            exchange: config.exchange.clone(),
+            receiver,
+            metrics: metrics.clone(),
+        };
+        Ok(Self {
+            name: config.name.clone(),
+            batch: config.batch.clone(),
+            sender,
+            publisher: Mutex::new(Some(publisher)),
+            metrics,
+        })
+    }
+
+    /// The sink's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The batching policy.
+    pub fn batch_config(&self) -> &BatchConfig {
+        &self.batch
+    }
+
+    /// Starts the publisher task (once); it ends when the sink is dropped. Never fails:
+    /// the broker is the publisher's to wait for.
+    pub async fn init(&self) -> Result<(), SinkError> {
+        let publisher = self.publisher.lock().map(|mut p| p.take()).unwrap_or(None);
+        if let Some(publisher) = publisher {
+            tokio::spawn(publisher.run());
+        }
+        Ok(())
+    }
+
+    /// The JSON body, routed by the message's `device` (empty when it has none).
+    pub fn prepare(&self, record: &Record) -> Result<Prepared, String> {
+        let device = record
+            .value
+            .get("device")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default();
+        Ok(Prepared {
+            id: record.id.clone(),
+            key: Some(device.to_string()),
+            bytes: json_bytes(&record.value),
+            refused: None,
+        })
+    }
+
+    /// Hands the batch to the publisher; what does not fit is dropped and counted. Always
+    /// succeeds at once.
+    pub async fn write(&self, batch: &[Prepared]) -> Result<(), SinkError> {
+        let mut full = 0;
+        for prepared in batch {
+            let item = Item {
+                routing_key: prepared.key.clone().unwrap_or_default(),
+                id: prepared.id.clone(),
+                body: prepared.bytes.clone(),
+            };
+            if self.sender.try_send(item).is_err() {
+                full += 1;
+            }
+        }
+        if full > 0 {
+            self.metrics
+                .live(&self.name, Dropped::BufferFull.as_str(), full);
+        }
+        Ok(())
+    }
+}
+
+/// The task that drains the buffer to the broker.
+struct Publisher {
+    sink: String,
+    uri: String,
+    ca_file: Option<PathBuf>,
+    exchange: String,
+    receiver: mpsc::Receiver<Item>,
+    metrics: Arc<Metrics>,
+}
+
+/// Whether the broker closed the channel because the exchange does not exist.
+fn not_found(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(amqp)
+            if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
+    )
+}
+
+impl Publisher {
+    async fn run(mut self) {
+        let mut delay = FIRST_RETRY_DELAY;
+        let mut last_problem: Option<Dropped> = None;
+        loop {
+            let problem = match self.connect().await {
+                Ok((connection, channel)) => {
+                    if last_problem.take().is_some() {
+                        tracing::info!(sink = %self.sink, exchange = %self.exchange, "live exchange reached: publishing");
+                    }
+                    delay = FIRST_RETRY_DELAY;
+                    let ended = self.publish_until_failure(&channel).await;
+                    let _ = connection.close(200, "live sink done".into()).await;
+                    match ended {
+                        None => return,
+                        Some(problem) => problem,
+                    }
+                }
+                Err(problem) => problem,
+            };
+            if last_problem != Some(problem.0) {
+                tracing::warn!(sink = %self.sink, exchange = %self.exchange, reason = %problem.1, "live messages are dropped until the exchange can be reached");
+                last_problem = Some(problem.0);
+            }
+            if !self.drop_for(delay, problem.0).await {
+                return;
+            }
+            delay = (delay * 2).min(MAX_RETRY_DELAY);
+        }
+    }
+
+    /// A connection and a channel on which the exchange is known to exist.
+    async fn connect(&self) -> Result<(Connection, Channel), (Dropped, String)> {
+        let unavailable =
+            |what: &str, e: &dyn std::fmt::Display| (Dropped::Unavailable, format!("{what}: {e}"));
+        let properties =
+            ConnectionProperties::default().with_connection_name("tributary-worker-live".into());
+        let connection = amqp::connect(&self.uri, self.ca_file.as_deref(), properties)
+            .await
+            .map_err(|e| unavailable("connect", &e))?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| unavailable("channel", &e))?;
+        // Passive: needs no permission, and declares nothing the worker does not own.
+        let passive = ExchangeDeclareOptions {
+            passive: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        let looked_up = channel
+            .exchange_declare(
+                self.exchange.as_str().into(),
+                ExchangeKind::Topic,
+                passive,
+                FieldTable::default(),
+            )
+            .await;
+        match looked_up {
+            Ok(()) => Ok((connection, channel)),
+            Err(e) => {
+                let _ = connection.close(200, "live exchange lookup".into()).await;
+                if not_found(&e) {
+                    Err((Dropped::NoExchange, "the exchange does not exist".into()))
+                } else {
+                    Err(unavailable("exchange lookup", &e))
+                }
+            }
+        }
+    }
+
+    /// Publishes buffered messages until the buffer closes (`None`: the sink is gone) or
+    /// the broker fails (the message in hand is dropped and counted).
+    async fn publish_until_failure(&mut self, channel: &Channel) -> Option<(Dropped, String)> {
+        while let Some(item) = self.receiver.recv().await {
+            let properties = BasicProperties::default()
+                .with_delivery_mode(1)
+                .with_content_type("application/json".into())
+                .with_message_id(item.id.as_str().into());
+            let published = channel
+                .basic_publish(
+                    self.exchange.as_str().into(),
+                    item.routing_key.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &item.body,
+                    properties,
+                )
+                .await;
+            match published {
+                Ok(_not_confirmed) => self.metrics.live(&self.sink, "published", 1),
+                Err(e) => {
+                    let problem = if not_found(&e) {
+                        (Dropped::NoExchange, "the exchange was deleted".to_string())
+                    } else {
+                        (Dropped::Unavailable, format!("publish: {e}"))
+                    };
+                    self.metrics.live(&self.sink, problem.0.as_str(), 1);
+                    return Some(problem);
+                }
+            }
+        }
+        None
+    }
+
+    /// Drops what arrives for `delay`, counted as `reason`; false when the sink is gone.
+    async fn drop_for(&mut self, delay: Duration, reason: Dropped) -> bool {
+        let deadline = tokio::time::Instant::now() + delay;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => return true,
+                item = self.receiver.recv() => match item {
+                    Some(_) => self.metrics.live(&self.sink, reason.as_str(), 1),
+                    None => return false,
+                },
+            }
+        }
+    }
+}
