@@ -461,15 +461,13 @@ pub struct LiveSinkConfig {
     /// File holding the broker's URI; default the consumed queue's broker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uri_file: Option<PathBuf>,
-    /// A PEM file of the CA(s) that broker's certificate may chain to (with `uriFile`);
-    /// without `uriFile`, the consumed queue's `caFile` applies.
+    /// A PEM CA file for that broker (with `uriFile`; else the consumed queue's `caFile`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
     /// Messages waiting for the publisher at most; more are dropped. Default 10000.
     #[serde(default = "default_live_buffer")]
     pub buffer_messages: u32,
-    /// Batching (a batch is handed to the buffer at once). Default 500 messages, 4 MiB,
-    /// 20 ms, as a republish sink.
+    /// Batching (a batch goes to the buffer at once). Default as a republish sink.
     #[serde(default = "default_republish_batch")]
     pub batch: BatchConfig,
 }
