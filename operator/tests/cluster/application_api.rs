@@ -26,7 +26,7 @@ spec:
 ";
 
 /// Applies every document of an example file into the test namespace with `kubectl`.
-async fn kubectl_apply_example(ns: &str, file: &str) {
+pub(super) async fn kubectl_apply_example(ns: &str, file: &str) {
     let path = format!(
         "{}/../examples/factory-telemetry/{file}",
         env!("CARGO_MANIFEST_DIR")
@@ -46,6 +46,27 @@ async fn kubectl_apply_example(ns: &str, file: &str) {
         child.wait().await.expect("kubectl").success(),
         "kubectl apply {file}"
     );
+}
+
+/// The factory example's PostgreSQL and its Sink `readings-db` (an ApplicationApi's
+/// history), Ready.
+pub(super) async fn history_sink(ns: &TestNamespace) {
+    kubectl_apply_example(&ns.name, "postgres.yaml").await;
+    let sinks_yaml = std::fs::read_to_string(format!(
+        "{}/../examples/factory-telemetry/sinks.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .expect("sinks.yaml");
+    let readings_db = sinks_yaml
+        .split("\n---")
+        .next()
+        .expect("first document")
+        .replace("  namespace: factory\n", "");
+    apply_yaml(&ns.api::<Sink>(), &readings_db).await;
+    wait_ready(&ns.api::<Sink>(), "readings-db", "Sink ready", |s, _| {
+        s == "True"
+    })
+    .await;
 }
 
 /// Runs SQL in the PostgreSQL pod; true when it succeeded.
@@ -87,23 +108,8 @@ async fn the_api_serves_devices_with_the_key_the_operator_issued() {
     let ns = TestNamespace::create(&client, "api").await;
     start_operator(&ns.name);
     step("PostgreSQL of the factory example, its Sink and a Queue");
-    kubectl_apply_example(&ns.name, "postgres.yaml").await;
-    let sinks_yaml = std::fs::read_to_string(format!(
-        "{}/../examples/factory-telemetry/sinks.yaml",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .expect("sinks.yaml");
-    let readings_db = sinks_yaml
-        .split("\n---")
-        .next()
-        .expect("first document")
-        .replace("  namespace: factory\n", "");
-    apply_yaml(&ns.api::<Sink>(), &readings_db).await;
+    history_sink(&ns).await;
     apply_yaml(&ns.api::<Queue>(), QUEUE).await;
-    wait_ready(&ns.api::<Sink>(), "readings-db", "Sink ready", |s, _| {
-        s == "True"
-    })
-    .await;
 
     step("the ApplicationApi, Ready with its key issued");
     let apis: Api<ApplicationApi> = ns.api();

@@ -15,6 +15,7 @@ mod autoscaler;
 mod commands;
 mod devices;
 mod leader_election;
+mod live_stream;
 mod monitoring;
 mod queue_lifecycle;
 mod spec_and_references;
