@@ -19,6 +19,8 @@ PACKAGES=(
   buildah debootstrap
   # Scripts and tests.
   curl jq ca-certificates
+  # The dashboard rendered in a real browser (tests/dashboard).
+  chromium
 )
 
 missing=()

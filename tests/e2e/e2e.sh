@@ -3,7 +3,8 @@
 # examples/factory-telemetry applied, its 50 Device resources given generated credentials,
 # N messages (default 10,000) published by the 50 simulated devices with those credentials
 # through the gateway Service, then exactly N distinct rows in PostgreSQL, the last
-# reading of every device in Redis, nothing dead-lettered; examples/multi-tenant refuses a
+# reading of every device in Redis, nothing dead-lettered; the factory dashboard in headless
+# Chromium shows its devices and a live chart whose values change; examples/multi-tenant refuses a
 # cross-tenant publish; deleting the examples' resources removes everything the operator
 # made. Needs KUBECONFIG, kubectl and helm on PATH, the images loaded into the node
 # (tests/images/build-and-load.sh) and mosquitto_pub (tests/services/install-clients.sh).
@@ -49,7 +50,7 @@ check operator-installed-with-helm install_operator "$repo"
 step "applying examples/factory-telemetry"
 kubectl apply -k "$repo/examples/factory-telemetry" >/dev/null
 check factory-resources-ready wait_ready factory 300 queue/telemetry sink/readings-db \
-  sink/latest-readings gateway/sensors worker/readings
+  sink/latest-readings sink/live-readings gateway/sensors worker/readings applicationapi/factory
 databases_ready() { kubectl -n factory rollout status statefulset/postgres --timeout=180s >/dev/null; }
 check factory-databases-ready databases_ready
 columns_shown() {
@@ -136,6 +137,26 @@ max_replicas=$(sort -n "$work/replicas" | tail -1)
 desired=$(jsonpath factory worker/readings .status.scaling.desiredReplicas)
 step "worker replicas during the run: up to ${max_replicas:-?}; autoscaler wants ${desired:-?} now"
 check workers-autoscaled test -n "$desired"
+
+# The dashboard in headless Chromium while a few devices keep publishing (after the exact
+# counts above, so these readings change nothing they checked). TRIBUTARY_DASHBOARD_SHOT
+# keeps the screenshot (docs/dashboard.png is one).
+step "the factory dashboard in headless Chromium while 10 devices publish"
+dashboard_live() {
+  local api_ip
+  api_ip=$(service_ip factory factory-api)
+  kubectl -n factory get secret factory-api-keys -o jsonpath='{.data.dashboard}' | base64 -d >"$work/dashboard-key"
+  "$simulator" --host "$ip" --port 1883 --credentials-dir "$work/credentials" \
+    --devices 10 --rate 20 --duration-seconds 120 --username-template 'machine-{n}' \
+    --topic 'factory/line-1/{device}/telemetry' >"$work/dashboard-simulator.log" 2>&1 &
+  local simulator_pid=$! rc=0
+  bash "$repo/tests/dashboard/browser.sh" "http://$api_ip:8080" "$work/dashboard-key" \
+    "${TRIBUTARY_DASHBOARD_SHOT:-$work/dashboard.png}" || rc=$?
+  kill "$simulator_pid" 2>/dev/null || true
+  wait "$simulator_pid" 2>/dev/null || true
+  return "$rc"
+}
+check dashboard-live-chart-changes dashboard_live
 
 step "applying examples/multi-tenant"
 kubectl apply -k "$repo/examples/multi-tenant" >/dev/null
