@@ -114,6 +114,7 @@ suite "security analyzer (checkov) on the chart and rendered children: every fin
   bash tests/security/checkov.sh
 suite "fuzzing: each libFuzzer target for ${TRIBUTARY_FUZZ_SECONDS:-60} s" bash tests/fuzz/run.sh
 suite "monitoring with a real Prometheus" bash tests/monitoring/prometheus.sh
+suite "application API against its OpenAPI document (schemathesis): no failures" bash tests/api-schema/run.sh
 
 if ! bash tests/cluster/cluster.sh status >/dev/null 2>&1; then
   started_cluster=1

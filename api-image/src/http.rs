@@ -16,7 +16,6 @@ use axum::{Json, Router};
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::timeout::TimeoutLayer;
 use tributary_contract::api_config::ApiLimits;
 
 use crate::commands::Commander;
@@ -250,8 +249,13 @@ async fn render_metrics(State(state): State<AppState>) -> Response {
     tributary_service_kit::metrics::response(state.metrics.render())
 }
 
-async fn openapi_document() -> impl IntoResponse {
-    Json(openapi::document())
+/// The document with this server's configured maxima (page size, devices per query, wait).
+async fn openapi_document(State(state): State<AppState>) -> impl IntoResponse {
+    let max_wait = state.commands.as_ref().map(|c| c.max_wait_seconds());
+    Json(openapi::document_with(&openapi::Bounds::of(
+        &state.limits,
+        max_wait,
+    )))
 }
 
 fn cors(origins: &[String]) -> Option<CorsLayer> {
@@ -277,6 +281,53 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
     )
 }
 
+/// Gives every error answer the documented JSON body: axum's and tower's own refusals (a
+/// path that is not UTF-8, a body over the limit, a method not allowed) come as plain text
+/// or empty. Their status and headers (`Allow`, `Retry-After`) stay; the probes' plain
+/// answers are left alone.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let probe = [HEALTHZ, READYZ, METRICS].contains(&request.uri().path());
+    let response = next.run(request).await;
+    let status = response.status();
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if probe || json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_string())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    } else {
+        text
+    };
+    let body = serde_json::json!({ "error": message }).to_string();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, axum::body::Body::from(body))
+}
+
+/// Answers a request still running after `limit` with a JSON 504 like every other error
+/// (tower's timeout layer answers with an empty body, which the document does not describe).
+async fn time_limit(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "the request took longer than the API's request timeout",
+        )
+        .into_response(),
+    }
+}
+
 /// The whole application.
 pub fn router(state: AppState, cors_origins: &[String]) -> Router {
     let timeout = Duration::from_millis(state.limits.request_timeout_ms.max(1));
@@ -293,10 +344,7 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
         .route(METRICS, get(render_metrics))
         .route(DASHBOARD, get(dashboard::page))
         .route(DASHBOARD_FILE, get(dashboard::file))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::GATEWAY_TIMEOUT,
-            timeout,
-        ));
+        .layer(axum::middleware::from_fn_with_state(timeout, time_limit));
     let live = Router::new()
         .route(STREAM, get(stream::sse))
         .route(WEBSOCKET, get(stream::websocket));
@@ -305,9 +353,9 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
     let max_wait = state.commands.as_ref().map_or(0, |c| c.max_wait_seconds());
     let commands = Router::new()
         .route(DEVICE_COMMAND, post(commands::handler::send))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::GATEWAY_TIMEOUT,
+        .layer(axum::middleware::from_fn_with_state(
             timeout + Duration::from_secs(u64::from(max_wait)),
+            time_limit,
         ));
     let mut app = bounded
         .merge(live)
@@ -316,6 +364,7 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), record))
         .layer(DefaultBodyLimit::max(max_bytes))
         .layer(RequestBodyLimitLayer::new(max_bytes))
+        .layer(axum::middleware::from_fn(json_errors))
         .with_state(state);
     if let Some(cors) = cors(cors_origins) {
         app = app.layer(cors);

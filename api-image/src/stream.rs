@@ -18,6 +18,9 @@ use tokio_util::sync::CancellationToken;
 use crate::http::{ApiError, AppState, Caller};
 use crate::live::{LiveFilter, Subscription};
 
+/// Longest `topic` filter, in characters.
+pub const MAX_TOPIC_CHARS: usize = 256;
+
 /// Counts a live client for as long as it is held.
 struct ClientGauge(Gauge);
 
@@ -61,7 +64,7 @@ fn subscribe(
     let topic = params.get("topic").cloned();
     if topic
         .as_ref()
-        .is_some_and(|t| t.is_empty() || t.len() > 256)
+        .is_some_and(|t| t.is_empty() || t.chars().count() > MAX_TOPIC_CHARS)
     {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -132,7 +135,8 @@ pub async fn websocket(
     let subscription = subscribe(&state, &caller, &params)?;
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
-        Err(rejection) => return Ok(rejection.into_response()),
+        // As a JSON error like every other refusal (axum's own answer is plain text).
+        Err(rejection) => return Err(ApiError::new(rejection.status(), rejection.body_text())),
     };
     let gauge = ClientGauge::new(state.metrics.stream_clients("ws"));
     let stop = state.stop.clone();

@@ -334,6 +334,41 @@ async fn operations_endpoints_cors_and_limits() {
     table.drop_table().await;
 }
 
+/// The refusals axum and tower make themselves (a path that is not UTF-8, a body over the
+/// limit, a method the route does not take) carry the documented JSON error body too.
+#[tokio::test]
+async fn every_refusal_is_a_json_error() {
+    let table = filled_table().await;
+    let dir = temp_dir();
+    let limits = json!({"limits": {"maxRequestBytes": 1024}});
+    let server = Server::start(config(&table, &dir, limits)).await;
+    let cases = [
+        (reqwest::Method::GET, "/v1/devices/%FF/latest", 0, 400),
+        (reqwest::Method::GET, "/v1/devices", 4096, 413),
+        (reqwest::Method::DELETE, "/v1/devices", 0, 405),
+        (reqwest::Method::GET, "/v1/nothing-here", 0, 404),
+    ];
+    for (method, path, body, status) in cases {
+        let response = server
+            .http
+            .request(method.clone(), format!("{}{path}", server.base))
+            .bearer_auth(ADMIN)
+            .body(vec![b'x'; body])
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status().as_u16(), status, "{method} {path}");
+        let allow = response.headers().get("allow").cloned();
+        let answer: Value = response.json().await.expect("a JSON body");
+        assert!(answer["error"].is_string(), "{method} {path}: {answer}");
+        if status == 405 {
+            assert!(allow.is_some(), "405 names the allowed methods");
+        }
+    }
+    server.stop().await;
+    table.drop_table().await;
+}
+
 /// Idle and half-header sockets are closed after the head deadline, connections past the
 /// cap are closed at once, and a well-behaved client is served meanwhile.
 #[tokio::test]

@@ -334,3 +334,23 @@ async fn a_websocket_client_gets_the_same_filtered_messages() {
     .await;
     live.finish().await;
 }
+
+#[tokio::test]
+async fn live_refusals_are_documented_json_errors_and_topics_count_characters() {
+    let live = Live::start(json!({})).await;
+    // A plain GET of the WebSocket endpoint (no handshake) is a JSON 400 like every refusal.
+    let (status, body) = live.server.get("/v1/ws", ADMIN).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].is_string(), "{body}");
+    // `topic` is bounded in characters, as documented: 256 two-byte characters are fine.
+    let topic = |n: usize| "%C3%A9".repeat(n);
+    let mut long = SseReader::open(&live.server, &format!("?topic={}", topic(256)), ADMIN).await;
+    assert_eq!(long.expect("ready", WAIT).await.event, "ready");
+    drop(long);
+    let (status, body) = live
+        .server
+        .get(&format!("/v1/stream?topic={}", topic(257)), ADMIN)
+        .await;
+    assert_eq!(status, 400, "{body}");
+    live.finish().await;
+}
