@@ -33,6 +33,22 @@ ROWS = [
     ("gateway", "command_round_trip_p99", "gateway", "mosquitto", "command round trip, p99, 1,000 connected devices", "Mosquitto (in memory, no durability)", "lower"),
     ("worker", "worker_rows", "worker", "copy", "worker → PostgreSQL, rows stored per second", "plain `COPY` of the same rows", "higher"),
     ("worker", "worker_rows", "worker", "broker-ceiling", "worker → PostgreSQL, rows stored per second", "bare consumer of the same broker (drain ceiling)", "higher"),
+] + [
+    ("api", f"history_{kind}_{stat}", "api", "sql", f"history: {what}, {label}", "the same SQL, prepared, straight to PostgreSQL (same connections and concurrency)", better)
+    for kind, what in [
+        ("page", "a page of 100 rows of one device's day"),
+        ("buckets", "one device's day in 1 h buckets"),
+        ("group", "10 devices' day in 1 h buckets (`devices=`)"),
+        ("prefix", "10 devices' day in 1 h buckets (`devicePrefix=`)"),
+    ]
+    for stat, label, better in [("p50", "p50", "lower"), ("p99", "p99", "lower"), ("rate", "requests/s, 8 in flight", "higher")]
+] + [
+    ("api", "live_latency_p50", "api-sse", "amqp-consumer", "live fan-out: publish → receipt on each of 100 SSE clients, p50", "one plain AMQP consumer of the same exchange", "lower"),
+    ("api", "live_latency_p99", "api-sse", "amqp-consumer", "live fan-out: publish → receipt on each of 100 SSE clients, p99", "one plain AMQP consumer of the same exchange", "lower"),
+    ("api", "live_delivered", "api-sse", "amqp-consumer", "live fan-out: messages delivered of those published, every client", "one plain AMQP consumer of the same exchange", "higher"),
+    ("api", "live_api_cpu", "api-sse", None, "live fan-out: the API's CPU (% of one core) while 100 SSE clients receive 100 msg/s", None, "lower"),
+    ("api", "live_api_rss", "api-sse", None, "live fan-out: the API's RSS after the run", None, "lower"),
+] + [
     ("autoscale", "autoscale_decision", "tributary-poll5", "keda-hpa", "backlog → scale decision (poll 5 s, default)", "KEDA 30 s poll + HPA 15 s sync (computed mean)", "lower"),
     ("autoscale", "autoscale_decision", "tributary-poll1", "keda-hpa", "backlog → scale decision (poll 1 s)", "KEDA 30 s poll + HPA 15 s sync (computed mean)", "lower"),
     ("autoscale", "autoscale_consuming", "tributary-poll5", "keda-hpa", "backlog → first worker pod consuming", "KEDA + HPA decision + the same pod start", "lower"),
@@ -200,6 +216,19 @@ def charts(figures, run_dir, chart_dir):
         ]),
         chart(plt, os.path.join(chart_dir, "worker.png"), [
             ("into PostgreSQL", "rows/s", pick(figures, "worker_rows", ["worker", "copy", "broker-ceiling"])),
+        ]),
+        chart(plt, os.path.join(chart_dir, "api-history.png"), [
+            (f"history {kind}", "ms", [
+                (f"{system} {stat}", figures[(f"history_{kind}_{stat}", system)][0])
+                for stat in ["p50", "p99"] for system in ["api", "sql"]
+                if (f"history_{kind}_{stat}", system) in figures
+            ])
+            for kind in ["page", "buckets", "group", "prefix"]
+        ]),
+        chart(plt, os.path.join(chart_dir, "api-live.png"), [
+            ("live publish → receipt p50", "ms", pick(figures, "live_latency_p50", ["api-sse", "amqp-consumer"])),
+            ("live publish → receipt p99", "ms", pick(figures, "live_latency_p99", ["api-sse", "amqp-consumer"])),
+            ("API CPU, 100 SSE clients", "% of a core", pick(figures, "live_api_cpu", ["api-sse"])),
         ]),
         chart(plt, os.path.join(chart_dir, "autoscale.png"), [
             ("backlog → scale decision", "s", pick(figures, "autoscale_decision", ["tributary-poll5", "tributary-poll1", "keda-hpa"])),

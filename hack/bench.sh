@@ -4,9 +4,10 @@
 # lines, and writes docs/benchmarks.md (one table: figure, Tributary, peer, ratio; the
 # machine, load, date and commit) with charts in docs/benchmarks/*.png.
 #
-#   hack/bench.sh                  # full run: about 5 minutes on 2 cores once built (the
-#                                  # first release builds take 15-25 minutes), plus the
-#                                  # autoscaler's trials on the cluster (not timed yet)
+#   hack/bench.sh                  # full run: about 7 minutes on 2 cores once built (the
+#                                  # first release builds take 15-25 minutes; the first api
+#                                  # run loads its 10 million rows, about 2 minutes more),
+#                                  # plus the autoscaler's trials on the cluster (not timed yet)
 #   BENCH_QUICK=1 hack/bench.sh    # short smoke run with small sizes
 #
 # Benchmarks, each beside a peer measured in the same run:
@@ -17,6 +18,11 @@
 #              connected devices beside the MQTT plugin and Mosquitto
 #   worker     worker-image/bench.sh: worker -> PostgreSQL beside a plain COPY and beside a
 #              bare consumer of the same broker
+#   api        api-image/bench.sh: history queries of the application API over
+#              BENCH_HISTORY_ROWS (10,000,000 [1,000,000]) rows beside the same SQL straight
+#              against PostgreSQL (the table is loaded once, minutes for 10 million rows, and
+#              kept in the PostgreSQL instance for the next runs); live fan-out to
+#              BENCH_SSE_CLIENTS SSE clients beside a plain AMQP consumer
 #   devices    operator/bench-devices.sh: BENCH_DEVICE_COUNT (10000 [1000]) Device resources
 #              applied at once, the operator (on the host) until all are Ready and in the
 #              Gateway's table, beside kubectl's own apply time; its memory and API requests
@@ -31,7 +37,9 @@
 # per client, BENCH_IDLE_CONNECTIONS 10000 [1000], BENCH_LOGINS 1000 [100],
 # BENCH_LOGIN_SETTLE_SECONDS 10 [3], BENCH_STORM_DEVICES 10000 [1000],
 # BENCH_STORM_ARGON2_DEVICES 10000 [200] (fewer: its time extrapolated to the storm's size), BENCH_ROWS 100000 [10000], BENCH_TRIALS 3 [1],
-# BENCH_AUTOSCALE_MESSAGES 500 [200], BENCH_COMMAND_DEVICES 1000 [200], BENCH_COMMANDS 2000 [300].
+# BENCH_AUTOSCALE_MESSAGES 500 [200], BENCH_COMMAND_DEVICES 1000 [200], BENCH_COMMANDS 2000 [300],
+# BENCH_HISTORY_ROWS 10000000 [1000000], BENCH_HISTORY_SECONDS 10 [3] per figure,
+# BENCH_SSE_CLIENTS 100 [100], BENCH_SSE_MESSAGES 2000 [300].
 # BENCH_ONLY="gateway worker" runs a subset.
 #
 # Servers: a private RabbitMQ and PostgreSQL instance named "bench" (ports 5794/15794/1994
@@ -72,7 +80,11 @@ size BENCH_AUTOSCALE_MESSAGES 500 200
 size BENCH_DEVICE_COUNT 10000 1000
 size BENCH_COMMAND_DEVICES 1000 200
 size BENCH_COMMANDS 2000 300
-only="${BENCH_ONLY:-gateway worker devices autoscale}"
+size BENCH_HISTORY_ROWS 10000000 1000000
+size BENCH_HISTORY_SECONDS 10 3
+size BENCH_SSE_CLIENTS 100 100
+size BENCH_SSE_MESSAGES 2000 300
+only="${BENCH_ONLY:-gateway worker api devices autoscale}"
 
 run_dir="${BENCH_LOG_DIR:-$(mktemp -d /tmp/tributary-bench-XXXXXX)}"
 mkdir -p "$run_dir"
@@ -125,6 +137,11 @@ if wanted worker; then
 else
   status worker skipped "not selected (BENCH_ONLY)"
 fi
+if wanted api; then
+  run api env BENCH_MODE=all bash api-image/bench.sh
+else
+  status api skipped "not selected (BENCH_ONLY)"
+fi
 busy=""
 wanted devices || busy="not selected (BENCH_ONLY)"
 [ -n "$busy" ] || busy="$(cluster_busy | head -1)"
@@ -161,7 +178,7 @@ git diff --quiet HEAD -- . ':!docs/benchmarks.md' ':!docs/benchmarks' || commit=
     echo "load_note= (a full test run was going on at the same time)"
   fi
   if [ "$quick" = 1 ]; then echo "mode=quick (BENCH_QUICK=1)"; else echo "mode=full"; fi
-  echo "sizes=$BENCH_CLIENTS MQTT clients × $BENCH_MESSAGES messages; $BENCH_IDLE_CONNECTIONS idle connections; $BENCH_LOGINS logins; $BENCH_ROWS rows; $BENCH_TRIALS autoscaler trials of $BENCH_AUTOSCALE_MESSAGES messages"
+  echo "sizes=$BENCH_CLIENTS MQTT clients × $BENCH_MESSAGES messages; $BENCH_IDLE_CONNECTIONS idle connections; $BENCH_LOGINS logins; $BENCH_ROWS rows; $BENCH_HISTORY_ROWS history rows, $BENCH_SSE_CLIENTS SSE clients × $BENCH_SSE_MESSAGES messages; $BENCH_TRIALS autoscaler trials of $BENCH_AUTOSCALE_MESSAGES messages"
 } >"$run_dir/meta.txt"
 
 # The charts: matplotlib from Debian, drawn by the system's Python.

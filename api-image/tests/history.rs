@@ -392,6 +392,45 @@ async fn devices_and_latest_values_come_from_postgres_or_redis() {
 }
 
 #[tokio::test]
+async fn device_prefixes_match_literally_not_as_patterns() {
+    let table = Table::create().await;
+    let base = base();
+    let devices = ["s_1", "sx1", "s%1", "s%x", "s\\1", "t_1"];
+    let rows: Vec<Row> = devices
+        .iter()
+        .enumerate()
+        .map(|(i, device)| Row::new(device, &at(&base, i as i64), json!({"t": i})))
+        .collect();
+    table.insert(&rows).await;
+    let dir = temp_dir();
+    let server = Server::start(config(&table, &dir, json!({}))).await;
+    // `_` and `%` are LIKE wildcards and `\` its escape: a prefix holding them still
+    // matches only ids that start with exactly those characters.
+    for (prefix, expected) in [
+        ("s_", vec!["s_1"]),
+        ("s%25", vec!["s%1", "s%x"]),
+        ("s%5C", vec!["s\\1"]),
+        ("s", vec!["s_1", "sx1", "s%1", "s%x", "s\\1"]),
+    ] {
+        let body = server
+            .ok(&format!("/v1/history?devicePrefix={prefix}"), ADMIN)
+            .await;
+        let mut got: Vec<&str> = body["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter_map(|item| item["device"].as_str())
+            .collect();
+        got.sort_unstable();
+        let mut expected = expected;
+        expected.sort_unstable();
+        assert_eq!(got, expected, "devicePrefix={prefix}");
+    }
+    server.stop().await;
+    table.drop_table().await;
+}
+
+#[tokio::test]
 async fn questions_the_table_cannot_answer_are_400_not_500() {
     let table = Table::create().await;
     let base = base();
