@@ -2,7 +2,7 @@
 // puppeteer-core opens /dashboard, pastes the API key, and checks what a person would
 // look at: the live stream subscribed, the device table filled, and the live chart's
 // values changing between two looks a few seconds apart while devices publish. Then it
-// saves a screenshot.
+// saves a screenshot of the window (after TRIBUTARY_DASHBOARD_LINGER_SECONDS, if set).
 //
 //   node browser.cjs PUPPETEER_DIR BASE_URL KEY_FILE SCREENSHOT
 //
@@ -85,7 +85,13 @@ async function main() {
       [first.chart !== second.chart, "the chart was redrawn with new points"],
       [problems.length === 0, `no script, console or request errors (${problems.join("; ")})`],
     ];
-    await page.screenshot({ path: screenshot, fullPage: true });
+    // A longer look for a screenshot that shows a few minutes of the chart (docs).
+    const linger = Number(process.env.TRIBUTARY_DASHBOARD_LINGER_SECONDS || 0);
+    if (linger > 0) {
+      say(`lingering ${linger} s before the screenshot`);
+      await new Promise((resolve) => setTimeout(resolve, linger * 1000));
+    }
+    await page.screenshot({ path: screenshot });
     say(`screenshot: ${screenshot}`);
     const failed = checks.filter(([ok]) => !ok).map(([, what]) => what);
     for (const [ok, what] of checks) say(`${ok ? "ok  " : "FAIL"} ${what}`);
