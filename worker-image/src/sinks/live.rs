@@ -7,20 +7,18 @@
 //! yet) each drop the message for the live view only, counted by reason: the stored copy
 //! is the other sinks' business, and the message is acknowledged as usual.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions};
-use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::options::BasicPublishOptions;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::sync::mpsc;
 use tributary_contract::worker_config::{BatchConfig, LiveSinkConfig};
 use tributary_service_kit::amqp;
 
 use super::republish::DefaultBroker;
-use super::{json_bytes, read_secret, Prepared, SinkBuildError, SinkError};
+use super::{broker_not_found, exchange_exists, json_bytes, Prepared, SinkBuildError, SinkError};
 use crate::metrics::Metrics;
 use crate::record::Record;
 
@@ -86,13 +84,11 @@ impl LiveSink {
         default: DefaultBroker<'_>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, SinkBuildError> {
-        let (uri, ca_file) = match &config.uri_file {
-            Some(path) => (read_secret(&config.name, path)?, config.ca_file.clone()),
-            None => (
-                default.uri.to_string(),
-                default.ca_file.map(Path::to_path_buf),
-            ),
-        };
+        let (uri, ca_file) = default.or_own(
+            &config.name,
+            config.uri_file.as_deref(),
+            config.ca_file.as_deref(),
+        )?;
         if config.buffer_messages == 0 {
             return Err(SinkBuildError::Invalid {
                 sink: config.name.clone(),
@@ -187,15 +183,6 @@ struct Publisher {
     metrics: Arc<Metrics>,
 }
 
-/// Whether the broker closed the channel because the exchange does not exist.
-fn not_found(error: &lapin::Error) -> bool {
-    matches!(
-        error.kind(),
-        lapin::ErrorKind::ProtocolError(amqp)
-            if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
-    )
-}
-
 impl Publisher {
     async fn run(mut self) {
         let mut delay = FIRST_RETRY_DELAY;
@@ -241,23 +228,12 @@ impl Publisher {
             .await
             .map_err(|e| unavailable("channel", &e))?;
         // Passive: needs no permission, and declares nothing the worker does not own.
-        let passive = ExchangeDeclareOptions {
-            passive: true,
-            ..ExchangeDeclareOptions::default()
-        };
-        let looked_up = channel
-            .exchange_declare(
-                self.exchange.as_str().into(),
-                ExchangeKind::Topic,
-                passive,
-                FieldTable::default(),
-            )
-            .await;
+        let looked_up = exchange_exists(&channel, &self.exchange).await;
         match looked_up {
             Ok(()) => Ok((connection, channel)),
             Err(e) => {
                 let _ = connection.close(200, "live exchange lookup".into()).await;
-                if not_found(&e) {
+                if broker_not_found(&e) {
                     Err((Dropped::NoExchange, "the exchange does not exist".into()))
                 } else {
                     Err(unavailable("exchange lookup", &e))
@@ -286,7 +262,7 @@ impl Publisher {
             match published {
                 Ok(_not_confirmed) => self.metrics.live(&self.sink, "published", 1),
                 Err(e) => {
-                    let problem = if not_found(&e) {
+                    let problem = if broker_not_found(&e) {
                         (Dropped::NoExchange, "the exchange was deleted".to_string())
                     } else {
                         (Dropped::Unavailable, format!("publish: {e}"))

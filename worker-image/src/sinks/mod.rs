@@ -244,6 +244,37 @@ impl Sink {
     }
 }
 
+/// Whether the broker closed the channel because the thing named does not exist (404).
+pub(crate) fn broker_not_found(error: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(amqp)
+            if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
+    )
+}
+
+/// Looks an exchange up without declaring it, which needs no permission; a missing one
+/// fails with [`broker_not_found`] and closes the channel.
+pub(crate) async fn exchange_exists(
+    channel: &lapin::Channel,
+    exchange: &str,
+) -> Result<(), lapin::Error> {
+    let passive = lapin::options::ExchangeDeclareOptions {
+        passive: true,
+        ..lapin::options::ExchangeDeclareOptions::default()
+    };
+    // The kind is not checked by a passive declaration.
+    channel
+        .exchange_declare(
+            exchange.into(),
+            lapin::ExchangeKind::Direct,
+            passive,
+            lapin::types::FieldTable::default(),
+        )
+        .await
+}
+
 /// Serializes a JSON value; a `serde_json::Value` always serializes.
 pub(crate) fn json_bytes(value: &serde_json::Value) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()

@@ -21,6 +21,22 @@ pub struct DefaultBroker<'a> {
     pub ca_file: Option<&'a Path>,
 }
 
+impl DefaultBroker<'_> {
+    /// The broker a sink publishes to: its own `uri_file` (read now) with its own
+    /// `ca_file`, or this one. Returns the URI and the CA file.
+    pub fn or_own(
+        &self,
+        sink: &str,
+        uri_file: Option<&Path>,
+        ca_file: Option<&Path>,
+    ) -> Result<(String, Option<PathBuf>), SinkBuildError> {
+        Ok(match uri_file {
+            Some(path) => (read_secret(sink, path)?, ca_file.map(Path::to_path_buf)),
+            None => (self.uri.to_string(), self.ca_file.map(Path::to_path_buf)),
+        })
+    }
+}
+
 impl<'a> From<&'a str> for DefaultBroker<'a> {
     fn from(uri: &'a str) -> Self {
         DefaultBroker { uri, ca_file: None }
@@ -53,13 +69,11 @@ impl RepublishSink {
         config: &RepublishSinkConfig,
         default: DefaultBroker<'_>,
     ) -> Result<Self, SinkBuildError> {
-        let (uri, ca_file) = match &config.uri_file {
-            Some(path) => (read_secret(&config.name, path)?, config.ca_file.clone()),
-            None => (
-                default.uri.to_string(),
-                default.ca_file.map(Path::to_path_buf),
-            ),
-        };
+        let (uri, ca_file) = default.or_own(
+            &config.name,
+            config.uri_file.as_deref(),
+            config.ca_file.as_deref(),
+        )?;
         Ok(Self {
             name: config.name.clone(),
             uri,

@@ -12,15 +12,13 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
-use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::sync::Mutex;
 use tributary_service_kit::amqp;
 
 use super::encode::{outcomes, Delivery};
-use crate::sinks::SinkError;
+use crate::sinks::{broker_not_found, exchange_exists, SinkError};
 
 /// How long a missing exchange is taken as missing before it is looked up again.
 pub const EXCHANGE_RECHECK: Duration = Duration::from_secs(5);
@@ -69,15 +67,6 @@ impl std::fmt::Debug for Link {
 
 fn unavailable(what: &'static str) -> impl Fn(lapin::Error) -> SinkError {
     move |e| SinkError::Unavailable(format!("{what}: {e}"))
-}
-
-/// Whether the broker closed the channel because the thing named does not exist.
-fn not_found(error: &lapin::Error) -> bool {
-    matches!(
-        error.kind(),
-        lapin::ErrorKind::ProtocolError(amqp)
-            if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
-    )
 }
 
 impl Link {
@@ -168,24 +157,13 @@ impl Link {
             Exchange::Missing(since) if since.elapsed() < EXCHANGE_RECHECK => return Ok(false),
             Exchange::Missing(_) | Exchange::Unknown => {}
         }
-        let passive = ExchangeDeclareOptions {
-            passive: true,
-            ..ExchangeDeclareOptions::default()
-        };
-        let looked_up = channel
-            .exchange_declare(
-                self.exchange.as_str().into(),
-                ExchangeKind::Direct,
-                passive,
-                FieldTable::default(),
-            )
-            .await;
+        let looked_up = exchange_exists(channel, &self.exchange).await;
         match looked_up {
             Ok(()) => {
                 state.exchange = Exchange::Present;
                 Ok(true)
             }
-            Err(e) if not_found(&e) => {
+            Err(e) if broker_not_found(&e) => {
                 tracing::info!(exchange = %self.exchange, "the command exchange does not exist (no gateway of the tenant declared it): commands are undeliverable");
                 state.channel = None;
                 state.exchange = Exchange::Missing(Instant::now());

@@ -19,7 +19,6 @@
 mod encode;
 mod link;
 
-use std::path::Path;
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -31,7 +30,7 @@ use encode::{config_problem, properties, sender, Template};
 use link::{Link, Outgoing};
 
 use super::republish::DefaultBroker;
-use super::{json_bytes, read_secret, Prepared, SinkBuildError, SinkError};
+use super::{json_bytes, Prepared, SinkBuildError, SinkError};
 use crate::expr::{CelEnv, Expr};
 use crate::metrics::Metrics;
 use crate::record::Record;
@@ -90,13 +89,11 @@ impl CommandSink {
             compile("device", &config.device)?,
         );
         let payload = compile("payload", &config.payload)?;
-        let (uri, ca_file) = match &config.uri_file {
-            Some(path) => (read_secret(&config.name, path)?, config.ca_file.clone()),
-            None => (
-                default.uri.to_string(),
-                default.ca_file.map(Path::to_path_buf),
-            ),
-        };
+        let (uri, ca_file) = default.or_own(
+            &config.name,
+            config.uri_file.as_deref(),
+            config.ca_file.as_deref(),
+        )?;
         Ok(Self {
             name: config.name.clone(),
             env: env.clone(),
