@@ -464,7 +464,7 @@ pub struct LiveSinkConfig {
     /// A PEM CA file for that broker (with `uriFile`; else the consumed queue's `caFile`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
-    /// Messages waiting for the publisher at most; more are dropped. Default 10000.
+    /// Messages waiting for the publisher at most (and 16 MiB); more are dropped. Default 10000.
     #[serde(default = "default_live_buffer")]
     pub buffer_messages: u32,
     /// Batching (a batch goes to the buffer at once). Default as a republish sink.

@@ -280,8 +280,8 @@ pub struct CommandSink {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LiveSink {
-    /// Copies waiting for the publisher at most, per worker pod; more are dropped.
-    /// Default 10000.
+    /// Copies waiting for the publisher at most, per worker pod (and at most 16 MiB of
+    /// them); more are dropped. Default 10000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000000))]
     pub buffer_messages: Option<i32>,

@@ -8,6 +8,7 @@
 //! is the other sinks' business, and the message is acknowledged as usual.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +28,9 @@ use crate::record::Record;
 pub const FIRST_RETRY_DELAY: Duration = Duration::from_millis(500);
 /// The longest wait between attempts to reach the broker or find the exchange.
 pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
+/// The most bytes of copies waiting for the publisher, whatever `bufferMessages` allows:
+/// large messages fill the buffer by size before they fill it by count.
+pub const MAX_BUFFER_BYTES: usize = 16 << 20;
 
 /// Why a message did not reach the live exchange (the `result` label of
 /// `tributary_worker_live_total`, with `published`).
@@ -64,6 +68,8 @@ pub struct LiveSink {
     name: String,
     batch: BatchConfig,
     sender: mpsc::Sender<Item>,
+    /// Bytes of the copies in the buffer (added by `write`, taken off by the publisher).
+    buffered: Arc<AtomicUsize>,
     publisher: Mutex<Option<Publisher>>,
     metrics: Arc<Metrics>,
 }
@@ -96,6 +102,7 @@ impl LiveSink {
             });
         }
         let (sender, receiver) = mpsc::channel(config.buffer_messages as usize);
+        let buffered = Arc::new(AtomicUsize::new(0));
         for result in ["published", "buffer_full", "unavailable", "no_exchange"] {
             metrics.live(&config.name, result, 0);
         }
@@ -105,12 +112,14 @@ impl LiveSink {
             ca_file,
             exchange: config.exchange.clone(),
             receiver,
+            buffered: buffered.clone(),
             metrics: metrics.clone(),
         };
         Ok(Self {
             name: config.name.clone(),
             batch: config.batch.clone(),
             sender,
+            buffered,
             publisher: Mutex::new(Some(publisher)),
             metrics,
         })
@@ -151,17 +160,25 @@ impl LiveSink {
         })
     }
 
-    /// Hands the batch to the publisher; what does not fit is dropped and counted. Always
-    /// succeeds at once.
+    /// Hands the batch to the publisher; what does not fit (by count or by
+    /// [`MAX_BUFFER_BYTES`]) is dropped and counted. Always succeeds at once.
     pub async fn write(&self, batch: &[Prepared]) -> Result<(), SinkError> {
         let mut full = 0;
         for prepared in batch {
+            let size = prepared.bytes.len();
+            let before = self.buffered.fetch_add(size, Ordering::SeqCst);
+            if before + size > MAX_BUFFER_BYTES {
+                self.buffered.fetch_sub(size, Ordering::SeqCst);
+                full += 1;
+                continue;
+            }
             let item = Item {
                 routing_key: prepared.key.clone().unwrap_or_default(),
                 id: prepared.id.clone(),
                 body: prepared.bytes.clone(),
             };
             if self.sender.try_send(item).is_err() {
+                self.buffered.fetch_sub(size, Ordering::SeqCst);
                 full += 1;
             }
         }
@@ -180,10 +197,19 @@ struct Publisher {
     ca_file: Option<PathBuf>,
     exchange: String,
     receiver: mpsc::Receiver<Item>,
+    buffered: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
 }
 
 impl Publisher {
+    /// The next copy from the buffer, its bytes taken off the buffer's count; `None` once
+    /// the sink is gone.
+    async fn next(&mut self) -> Option<Item> {
+        let item = self.receiver.recv().await?;
+        self.buffered.fetch_sub(item.body.len(), Ordering::SeqCst);
+        Some(item)
+    }
+
     async fn run(mut self) {
         let mut delay = FIRST_RETRY_DELAY;
         let mut last_problem: Option<Dropped> = None;
@@ -245,7 +271,7 @@ impl Publisher {
     /// Publishes buffered messages until the buffer closes (`None`: the sink is gone) or
     /// the broker fails (the message in hand is dropped and counted).
     async fn publish_until_failure(&mut self, channel: &Channel) -> Option<(Dropped, String)> {
-        while let Some(item) = self.receiver.recv().await {
+        while let Some(item) = self.next().await {
             let properties = BasicProperties::default()
                 .with_delivery_mode(1)
                 .with_content_type("application/json".into())
@@ -281,11 +307,68 @@ impl Publisher {
         loop {
             tokio::select! {
                 () = tokio::time::sleep_until(deadline) => return true,
-                item = self.receiver.recv() => match item {
+                item = self.next() => match item {
                     Some(_) => self.metrics.live(&self.sink, reason.as_str(), 1),
                     None => return false,
                 },
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(buffer_messages: u32) -> LiveSinkConfig {
+        LiveSinkConfig {
+            name: "view".into(),
+            exchange: "tributary.live.t".into(),
+            uri_file: None,
+            ca_file: None,
+            buffer_messages,
+            batch: tributary_contract::worker_config::DEFAULT_REPUBLISH_BATCH,
+        }
+    }
+
+    fn item(size: usize) -> Prepared {
+        Prepared {
+            id: "m".into(),
+            key: Some("d".into()),
+            bytes: vec![b'x'; size],
+            refused: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_buffer_takes_no_more_than_its_bytes_or_its_count_and_counts_the_rest() {
+        let metrics = Arc::new(Metrics::new());
+        // Not started: nothing drains the buffer.
+        let sink = LiveSink::build(&config(1000), "amqp://unused".into(), metrics.clone())
+            .expect("builds");
+        let big = MAX_BUFFER_BYTES / 3 + 1;
+        sink.write(&[item(big), item(big), item(big), item(big)])
+            .await
+            .expect("never fails");
+        // Two fit in the bytes; the third and fourth would pass them.
+        assert_eq!(sink.buffered.load(Ordering::SeqCst), 2 * big);
+        sink.write(&[item(10)]).await.expect("never fails");
+        assert_eq!(
+            sink.buffered.load(Ordering::SeqCst),
+            2 * big + 10,
+            "small ones still fit"
+        );
+        let text = metrics.render();
+        assert!(
+            text.contains("tributary_worker_live_total{sink=\"view\",result=\"buffer_full\"} 2"),
+            "{text}"
+        );
+
+        let sink = LiveSink::build(&config(2), "amqp://unused".into(), Arc::new(Metrics::new()))
+            .expect("builds");
+        sink.write(&[item(1), item(1), item(1)])
+            .await
+            .expect("never fails");
+        assert_eq!(sink.buffered.load(Ordering::SeqCst), 2, "two by count");
     }
 }
