@@ -166,6 +166,8 @@ sinks:
       command: fan/set
       when: "payload.temp > 2"
       payload: "{'speed': 100}"
+  # A live copy for an application API (none here: the exchange is missing, counted).
+  - live: {name: view, exchange: tributary.live.factory}
 http: {listen: "127.0.0.1:$W_OK"}
 EOF
 cat >"$WORK/worker-failing.yaml" <<EOF
