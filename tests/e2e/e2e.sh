@@ -140,7 +140,7 @@ check workers-autoscaled test -n "$desired"
 
 # The dashboard in headless Chromium while a few devices keep publishing (after the exact
 # counts above, so these readings change nothing they checked). TRIBUTARY_DASHBOARD_SHOT
-# keeps the screenshot (docs/dashboard.png is one).
+# keeps the screenshot (docs/dashboard.png was taken the same way, over the demo's pipeline).
 step "the factory dashboard in headless Chromium while 10 devices publish"
 dashboard_live() {
   local api_ip
