@@ -72,8 +72,16 @@ pub async fn read_packet<R: AsyncReadExt + Unpin>(reader: &mut R) -> std::io::Re
     Ok(body)
 }
 
-/// Connects and logs in; panics when the server refuses (the benchmark cannot go on).
+/// Logins in flight at once.
+pub const LOGINS_AT_ONCE: usize = 8;
+
+/// Connects and logs in, at most [`LOGINS_AT_ONCE`] at a time (the gateway admits 16
+/// unauthenticated connections per address, and every client here comes from loopback;
+/// every server is measured the same way); panics when the server refuses (the benchmark
+/// cannot go on).
 pub async fn mqtt_connect(addr: &str, client_id: &str, user: &str, password: &str) -> TcpStream {
+    static LOGINS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(LOGINS_AT_ONCE);
+    let _login = LOGINS.acquire().await.expect("never closed");
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     stream.set_nodelay(true).unwrap();
     stream
