@@ -214,16 +214,16 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts `count` messages a live sink handled, by result (`published`, or why it was
-    /// dropped: `buffer_full`, `unavailable`, `no_exchange`); a count of 0 creates the
-    /// series.
-    pub fn live(&self, sink: &str, result: &str, count: u64) {
+    /// The counter of messages a live sink handled with `result` (`published`, or why it
+    /// was dropped: `buffer_full`, `unavailable`, `no_exchange`), created at 0 and shared:
+    /// the sink keeps it, so counting a message allocates nothing.
+    pub fn live(&self, sink: &str, result: &str) -> Counter {
         self.live
             .get_or_create(&vec![
                 ("sink".into(), sink.into()),
                 ("result".into(), result.into()),
             ])
-            .inc_by(count);
+            .clone()
     }
 
     /// Sets whether a target is unavailable.
@@ -250,7 +250,7 @@ mod tests {
         metrics.sink_write("db", 0.01, 10);
         metrics.dead_lettered("pipeline");
         metrics.command("fan", "queue_full");
-        metrics.live("view", "buffer_full", 3);
+        metrics.live("view", "buffer_full").inc_by(3);
         let text = metrics.render();
         for name in [
             "tributary_worker_messages_consumed_total 1",

@@ -22,6 +22,7 @@ use super::republish::DefaultBroker;
 use super::{broker_not_found, exchange_exists, json_bytes, Prepared, SinkBuildError, SinkError};
 use crate::metrics::Metrics;
 use crate::record::Record;
+use prometheus_client::metrics::counter::Counter;
 
 /// The first wait after a failed connection or a missing exchange; doubled up to
 /// [`MAX_RETRY_DELAY`].
@@ -32,25 +33,38 @@ pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
 /// large messages fill the buffer by size before they fill it by count.
 pub const MAX_BUFFER_BYTES: usize = 16 << 20;
 
-/// Why a message did not reach the live exchange (the `result` label of
-/// `tributary_worker_live_total`, with `published`).
+/// Why the publisher could not pass copies on (a full buffer is counted by the write).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dropped {
-    /// The buffer was full: the publisher is slower than the pipeline.
-    BufferFull,
     /// The broker could not be reached or refused the publish.
     Unavailable,
     /// The exchange does not exist (nothing declared it yet).
     NoExchange,
 }
 
-impl Dropped {
-    /// The metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Dropped::BufferFull => "buffer_full",
-            Dropped::Unavailable => "unavailable",
-            Dropped::NoExchange => "no_exchange",
+/// The sink's series of `tributary_worker_live_total`, one per result.
+#[derive(Clone)]
+struct Counters {
+    published: Counter,
+    buffer_full: Counter,
+    unavailable: Counter,
+    no_exchange: Counter,
+}
+
+impl Counters {
+    fn new(metrics: &Metrics, sink: &str) -> Self {
+        Self {
+            published: metrics.live(sink, "published"),
+            buffer_full: metrics.live(sink, "buffer_full"),
+            unavailable: metrics.live(sink, "unavailable"),
+            no_exchange: metrics.live(sink, "no_exchange"),
+        }
+    }
+
+    fn dropped(&self, reason: Dropped) -> &Counter {
+        match reason {
+            Dropped::Unavailable => &self.unavailable,
+            Dropped::NoExchange => &self.no_exchange,
         }
     }
 }
@@ -71,7 +85,7 @@ pub struct LiveSink {
     /// Bytes of the copies in the buffer (added by `write`, taken off by the publisher).
     buffered: Arc<AtomicUsize>,
     publisher: Mutex<Option<Publisher>>,
-    metrics: Arc<Metrics>,
+    counters: Counters,
 }
 
 impl std::fmt::Debug for LiveSink {
@@ -103,9 +117,7 @@ impl LiveSink {
         }
         let (sender, receiver) = mpsc::channel(config.buffer_messages as usize);
         let buffered = Arc::new(AtomicUsize::new(0));
-        for result in ["published", "buffer_full", "unavailable", "no_exchange"] {
-            metrics.live(&config.name, result, 0);
-        }
+        let counters = Counters::new(&metrics, &config.name);
         let publisher = Publisher {
             sink: config.name.clone(),
             uri,
@@ -113,7 +125,7 @@ impl LiveSink {
             exchange: config.exchange.clone(),
             receiver,
             buffered: buffered.clone(),
-            metrics: metrics.clone(),
+            counters: counters.clone(),
         };
         Ok(Self {
             name: config.name.clone(),
@@ -121,7 +133,7 @@ impl LiveSink {
             sender,
             buffered,
             publisher: Mutex::new(Some(publisher)),
-            metrics,
+            counters,
         })
     }
 
@@ -182,10 +194,7 @@ impl LiveSink {
                 full += 1;
             }
         }
-        if full > 0 {
-            self.metrics
-                .live(&self.name, Dropped::BufferFull.as_str(), full);
-        }
+        self.counters.buffer_full.inc_by(full);
         Ok(())
     }
 }
@@ -198,7 +207,7 @@ struct Publisher {
     exchange: String,
     receiver: mpsc::Receiver<Item>,
     buffered: Arc<AtomicUsize>,
-    metrics: Arc<Metrics>,
+    counters: Counters,
 }
 
 impl Publisher {
@@ -286,14 +295,16 @@ impl Publisher {
                 )
                 .await;
             match published {
-                Ok(_not_confirmed) => self.metrics.live(&self.sink, "published", 1),
+                Ok(_not_confirmed) => {
+                    self.counters.published.inc();
+                }
                 Err(e) => {
                     let problem = if broker_not_found(&e) {
                         (Dropped::NoExchange, "the exchange was deleted".to_string())
                     } else {
                         (Dropped::Unavailable, format!("publish: {e}"))
                     };
-                    self.metrics.live(&self.sink, problem.0.as_str(), 1);
+                    self.counters.dropped(problem.0).inc();
                     return Some(problem);
                 }
             }
@@ -308,7 +319,9 @@ impl Publisher {
             tokio::select! {
                 () = tokio::time::sleep_until(deadline) => return true,
                 item = self.next() => match item {
-                    Some(_) => self.metrics.live(&self.sink, reason.as_str(), 1),
+                    Some(_) => {
+                        self.counters.dropped(reason).inc();
+                    }
                     None => return false,
                 },
             }
