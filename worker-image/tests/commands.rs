@@ -186,18 +186,6 @@ fn fan_sink(tenant: &str, extra: &str) -> String {
     )
 }
 
-async fn wait_acked(worker: &WorkerProcess, count: usize) {
-    wait_for(
-        &format!("{count} messages acknowledged"),
-        DEADLINE,
-        || async {
-            (worker.metric("tributary_worker_messages_acked_total").await == Some(count as f64))
-                .then_some(())
-        },
-    )
-    .await;
-}
-
 async fn commands(worker: &WorkerProcess, sink: &str, result: &str) -> f64 {
     let name = format!("tributary_worker_commands_total{{sink=\"{sink}\",result=\"{result}\"}}");
     worker.metric(&name).await.unwrap_or(0.0)
@@ -217,7 +205,7 @@ async fn a_hot_reading_sends_one_command_with_a_stable_id_and_a_cool_one_none() 
     // The hot message twice (a duplicate, as a redelivery would be): one id for both.
     broker.publish(&[hot.clone(), cool, hot.clone()]).await;
     let worker = WorkerProcess::start(&scratch, &config, port, 1);
-    wait_acked(&worker, 3).await;
+    worker.wait_acked(3, DEADLINE).await;
 
     let taken = gateway.take_all("press-7").await;
     assert_eq!(taken.len(), 2, "one command per hot message: {taken:?}");
@@ -256,7 +244,7 @@ async fn offline_devices_full_queues_and_missing_exchanges_are_counted_not_dead_
     envelopes.extend((0..3).map(|_| hot("busy")));
     broker.publish(&envelopes).await;
     let worker = WorkerProcess::start(&scratch, &config, port, 1);
-    wait_acked(&worker, 5).await;
+    worker.wait_acked(5, DEADLINE).await;
 
     // offline and ghost: no queue; busy: two queued, the third refused by the full queue.
     assert_eq!(commands(&worker, "fan", "undeliverable").await, 2.0);
@@ -287,7 +275,7 @@ async fn a_device_expression_that_fails_dead_letters_the_message_with_the_reason
     let good = envelope(&new_id(), "press-2", json!({"temp": 50.5, "fan": "fan-3"}));
     broker.publish(&[bad.clone(), good]).await;
     let worker = WorkerProcess::start(&scratch, &config, port, 1);
-    wait_acked(&worker, 2).await;
+    worker.wait_acked(2, DEADLINE).await;
 
     let (id, reason, _) = wait_for("the bad message dead-lettered", DEADLINE, || async {
         broker.take_dead_letter().await
@@ -328,7 +316,7 @@ async fn an_outage_of_the_command_broker_holds_the_messages_until_it_is_back() {
     let first = hot();
     broker.publish(std::slice::from_ref(&first)).await;
     let worker = WorkerProcess::start(&scratch, &config, port, 1);
-    wait_acked(&worker, 1).await;
+    worker.wait_acked(1, DEADLINE).await;
     let before: Vec<String> = gateway
         .take_all("press-9")
         .await
@@ -357,7 +345,7 @@ async fn an_outage_of_the_command_broker_holds_the_messages_until_it_is_back() {
     assert_eq!(broker.depth(&broker.dead_letter_queue).await, 0);
 
     COMMAND_BROKER.run_async("start").await;
-    wait_acked(&worker, 4).await;
+    worker.wait_acked(4, DEADLINE).await;
     let gateway = Gateway::connect(&url, &tenant).await;
     gateway.device_queue("press-9", 100).await;
     let after: HashSet<String> = gateway

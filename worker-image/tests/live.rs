@@ -136,18 +136,6 @@ http: {{listen: "127.0.0.1:{port}"}}
     )
 }
 
-async fn wait_acked(worker: &WorkerProcess, count: usize) {
-    wait_for(
-        &format!("{count} messages acknowledged"),
-        DEADLINE,
-        || async {
-            (worker.metric("tributary_worker_messages_acked_total").await == Some(count as f64))
-                .then_some(())
-        },
-    )
-    .await;
-}
-
 async fn live(worker: &WorkerProcess, result: &str) -> f64 {
     let name = format!("tributary_worker_live_total{{sink=\"view\",result=\"{result}\"}}");
     worker.metric(&name).await.unwrap_or(-1.0)
@@ -170,7 +158,7 @@ async fn processed_messages_reach_the_live_exchange_transient_and_routed_by_devi
     let sent = readings(30);
     broker.publish(&sent).await;
     let worker = WorkerProcess::start(&scratch, &config, port, 1);
-    wait_acked(&worker, sent.len()).await;
+    worker.wait_acked(sent.len(), DEADLINE).await;
     wait_for("30 live messages published", DEADLINE, || async {
         (live(&worker, "published").await == 30.0).then_some(())
     })
@@ -206,7 +194,7 @@ async fn without_the_exchange_messages_are_acked_and_live_copies_start_once_it_e
     let config = worker_config(&scratch, &broker, &exchange, "", port);
     broker.publish(&readings(20)).await;
     let worker = WorkerProcess::start(&scratch, &config, port, 1);
-    wait_acked(&worker, 20).await;
+    worker.wait_acked(20, DEADLINE).await;
     wait_for("20 live copies dropped: no exchange", DEADLINE, || async {
         (live(&worker, "no_exchange").await == 20.0).then_some(())
     })
@@ -232,7 +220,7 @@ async fn without_the_exchange_messages_are_acked_and_live_copies_start_once_it_e
     })
     .await;
     assert!(!first.1 && first.2["device"].is_string(), "{first:?}");
-    wait_acked(&worker, sent).await;
+    worker.wait_acked(sent, DEADLINE).await;
     assert_eq!(broker.depth(&broker.dead_letter_queue).await, 0);
     remove_live(&broker, &exchange, &queue).await;
     broker.cleanup().await;
@@ -251,7 +239,7 @@ async fn a_full_live_buffer_drops_live_copies_only_and_every_message_is_acked() 
     let sent = readings(2000);
     broker.publish(&sent).await;
     let worker = WorkerProcess::start(&scratch, &config, port, 1);
-    wait_acked(&worker, sent.len()).await;
+    worker.wait_acked(sent.len(), DEADLINE).await;
     let full = live(&worker, "buffer_full").await;
     assert!(full > 0.0, "the bound was pushed past: {full}");
     wait_for("every message published or dropped", DEADLINE, || async {

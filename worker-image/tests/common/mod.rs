@@ -375,6 +375,20 @@ impl WorkerProcess {
             .collect();
         (!values.is_empty()).then(|| values.iter().sum())
     }
+
+    /// Waits until the worker has acknowledged exactly `count` messages, or fails after
+    /// `timeout`.
+    pub async fn wait_acked(&self, count: usize, timeout: Duration) {
+        wait_for(
+            &format!("{count} messages acknowledged"),
+            timeout,
+            || async {
+                (self.metric("tributary_worker_messages_acked_total").await == Some(count as f64))
+                    .then_some(())
+            },
+        )
+        .await;
+    }
 }
 
 impl Drop for WorkerProcess {
