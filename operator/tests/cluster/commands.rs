@@ -24,17 +24,10 @@ async fn gateway_log(namespace: &str) -> String {
         .unwrap_or_else(|e| format!("kubectl logs: {e}"))
 }
 
-/// `mosquitto_pub` of one QoS 1 reading; true when the gateway accepted it.
+/// One reading of device `fan-1`; true when the gateway accepted it.
 async fn publish_reading(ip: &str, password: &str, temperature: f64) -> bool {
-    tokio::process::Command::new("mosquitto_pub")
-        .args(["-h", ip, "-p", "1883", "-q", "1", "-i", "fan-1-pub"])
-        .args(["-u", "fan-1", "-P", password])
-        .args(["-t", "devices/fan-1/telemetry"])
-        .args(["-m", &format!("{{\"temperature\": {temperature}}}")])
-        .output()
-        .await
-        .map(|out| out.status.success())
-        .unwrap_or(false)
+    let reading = format!("{{\"temperature\": {temperature}}}");
+    mosquitto_pub(ip, "fan-1", password, &reading).await
 }
 
 const SINK: &str = "apiVersion: tributary.dev/v1alpha1

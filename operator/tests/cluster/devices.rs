@@ -9,30 +9,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tributary_operator::crd::Device;
 
-/// `mosquitto_pub` of one QoS 1 message; true when the gateway accepted it.
-fn publish(ip: &str, device: &str, password: &str, payload: &str) -> bool {
-    Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            ip,
-            "-p",
-            "1883",
-            "-q",
-            "1",
-            "-i",
-            &format!("{device}-pub"),
-        ])
-        .args(["-u", device, "-P", password])
-        .args(["-t", &format!("devices/{device}/telemetry"), "-m", payload])
-        .output()
-        .map(|out| out.status.success())
-        .unwrap_or(false)
-}
-
 /// Waits until publishing as `device` with `password` is accepted (`true`) or refused.
 async fn wait_publish(ip: &str, device: &str, password: &str, accepted: bool, what: &str) {
     wait_for(what, || async {
-        (publish(ip, device, password, "{\"probe\":1}") == accepted).then_some(())
+        (mosquitto_pub(ip, device, password, "{\"probe\":1}").await == accepted).then_some(())
     })
     .await;
 }
@@ -248,7 +228,7 @@ async fn devices_get_credentials_a_real_gateway_accepts_disables_and_rotations_a
     step("a generated secret is accepted; the envelope carries the attributes");
     wait_publish(&ip, "lamp-1", &password_1, true, "lamp-1 accepted").await;
     assert!(
-        !publish(&ip, "lamp-1", "wrong-password", "{}"),
+        !mosquitto_pub(&ip, "lamp-1", "wrong-password", "{}").await,
         "a wrong secret is refused"
     );
     let uri = managed_broker_uri(&ns, "telemetry").await;
@@ -288,7 +268,7 @@ async fn devices_get_credentials_a_real_gateway_accepts_disables_and_rotations_a
         disabled_at.elapsed()
     );
     assert!(
-        !publish(&ip, "lamp-1", &password_1, "{}"),
+        !mosquitto_pub(&ip, "lamp-1", &password_1, "{}").await,
         "a disabled device is refused"
     );
     assert!(
@@ -309,7 +289,7 @@ async fn devices_get_credentials_a_real_gateway_accepts_disables_and_rotations_a
     .await;
     wait_publish(&ip, "lamp-2", &new_2, true, "the new secret accepted").await;
     assert!(
-        publish(&ip, "lamp-2", &password_2, "{}"),
+        mosquitto_pub(&ip, "lamp-2", &password_2, "{}").await,
         "the old secret still works in the grace period"
     );
     wait_publish(
@@ -321,7 +301,7 @@ async fn devices_get_credentials_a_real_gateway_accepts_disables_and_rotations_a
     )
     .await;
     assert!(
-        publish(&ip, "lamp-2", &new_2, "{}"),
+        mosquitto_pub(&ip, "lamp-2", &new_2, "{}").await,
         "the new secret keeps working"
     );
 

@@ -83,28 +83,10 @@ async fn websocket_client(url: String, arrivals: mpsc::UnboundedSender<Arrival>)
     });
 }
 
-/// `mosquitto_pub` of one QoS 1 reading with `marker`; true when the gateway accepted it.
+/// One reading of device `press-1` with `marker`; true when the gateway accepted it.
 async fn publish(ip: &str, password: &str, marker: &str) -> bool {
-    tokio::process::Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            ip,
-            "-p",
-            "1883",
-            "-q",
-            "1",
-            "-i",
-            &format!("pub-{marker}"),
-        ])
-        .args(["-u", "press-1", "-P", password])
-        .args(["-t", "devices/press-1/telemetry"])
-        .args([
-            "-m",
-            &format!("{{\"marker\": \"{marker}\", \"rpm\": 1500}}"),
-        ])
-        .output()
-        .await
-        .is_ok_and(|out| out.status.success())
+    let reading = format!("{{\"marker\": \"{marker}\", \"rpm\": 1500}}");
+    mosquitto_pub(ip, "press-1", password, &reading).await
 }
 
 /// Arrivals until both clients received `marker`, or None after `patience`.

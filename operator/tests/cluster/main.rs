@@ -410,6 +410,28 @@ async fn ready_pod_ip(ns: &TestNamespace, name: &str, instance: &str) -> String 
     .await
 }
 
+/// `mosquitto_pub` of one QoS 1 message from `device` (client id `<device>-pub`) on
+/// `devices/<device>/telemetry` to the gateway at `ip:1883`; true when the gateway
+/// accepted it.
+async fn mosquitto_pub(ip: &str, device: &str, password: &str, payload: &str) -> bool {
+    tokio::process::Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            ip,
+            "-p",
+            "1883",
+            "-q",
+            "1",
+            "-i",
+            &format!("{device}-pub"),
+        ])
+        .args(["-u", device, "-P", password])
+        .args(["-t", &format!("devices/{device}/telemetry"), "-m", payload])
+        .output()
+        .await
+        .is_ok_and(|out| out.status.success())
+}
+
 /// A Secret's key as text.
 async fn secret_text(secrets: &Api<Secret>, name: &str, key: &str) -> Option<String> {
     let data = secrets.get_opt(name).await.ok()??.data?;
