@@ -13,6 +13,19 @@ use tokio_postgres::{Client, NoTls, Row};
 
 use crate::sql::{Param, Statement};
 
+/// A statement's parameters as tokio-postgres takes them.
+pub fn bind_params(statement: &Statement) -> Vec<&(dyn ToSql + Sync)> {
+    statement
+        .params
+        .iter()
+        .map(|p| match p {
+            Param::Text(v) => v as &(dyn ToSql + Sync),
+            Param::TextArray(v) => v as &(dyn ToSql + Sync),
+            Param::Int(v) => v as &(dyn ToSql + Sync),
+        })
+        .collect()
+}
+
 /// A failed read, as the client sees it.
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -105,15 +118,7 @@ impl Postgres {
     /// Runs a statement; its rows.
     pub async fn query(&self, statement: &Statement) -> Result<Vec<Row>, StoreError> {
         let client = self.client().await?;
-        let params: Vec<&(dyn ToSql + Sync)> = statement
-            .params
-            .iter()
-            .map(|p| match p {
-                Param::Text(v) => v as &(dyn ToSql + Sync),
-                Param::TextArray(v) => v as &(dyn ToSql + Sync),
-                Param::Int(v) => v as &(dyn ToSql + Sync),
-            })
-            .collect();
+        let params = bind_params(statement);
         client
             .query(statement.sql.as_str(), &params)
             .await

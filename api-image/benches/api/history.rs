@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls};
 use tributary_api::query::{parse_time, Field, Order};
-use tributary_api::sql::{DeviceFilter, Param, Statement, Table};
+use tributary_api::sql::{DeviceFilter, Statement, Table};
+use tributary_api::store::bind_params;
 use tributary_contract::api_config::PostgresSource;
 
 use crate::load::{self, device, History};
@@ -189,15 +189,7 @@ impl Peer {
     }
 
     async fn run(&self, worker: usize, statement: &Statement) -> Result<(), String> {
-        let params: Vec<&(dyn ToSql + Sync)> = statement
-            .params
-            .iter()
-            .map(|p| match p {
-                Param::Text(v) => v as &(dyn ToSql + Sync),
-                Param::TextArray(v) => v as &(dyn ToSql + Sync),
-                Param::Int(v) => v as &(dyn ToSql + Sync),
-            })
-            .collect();
+        let params = bind_params(statement);
         let slot = worker % self.clients.len();
         self.clients[slot]
             .query(&self.prepared[slot], &params)
