@@ -7,9 +7,11 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
+use crate::backlog::Backlog;
 use crate::http::{ApiError, AppState, Caller};
 use crate::keys::Scope;
 use crate::query::{self, Cursor, Field};
+use crate::roster::{self, StoredDevice};
 use crate::sql::DeviceFilter;
 
 type Params = HashMap<String, String>;
@@ -48,7 +50,8 @@ fn parse_json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or(Value::Null)
 }
 
-/// `GET /v1/devices`: the key's devices seen in the table, with last time and row count.
+/// `GET /v1/devices`: the key's devices, registered (Device resources) or seen in the
+/// table, with their status, last time and row count.
 pub async fn devices(
     State(state): State<AppState>,
     Caller(key): Caller,
@@ -62,17 +65,41 @@ pub async fn devices(
     )?;
     let statement = state.table.devices(&scope_filter(&key.scope), limit);
     let rows = state.postgres.query(&statement).await?;
-    let devices: Vec<Value> = rows
+    let stored: Vec<StoredDevice> = rows
         .iter()
-        .map(|row| {
-            json!({
-                "device": row.get::<_, Option<String>>(0),
-                "lastSeen": row.get::<_, Option<String>>(1),
-                "messages": row.get::<_, i64>(2),
-            })
+        .map(|row| StoredDevice {
+            device: row.get(0),
+            last_seen: row.get(1),
+            messages: row.get(2),
         })
         .collect();
-    Ok(Json(json!({ "devices": devices })))
+    let roster = state.roster.get();
+    let devices = roster::merge(&stored, &roster, &key.scope, limit as usize);
+    Ok(Json(
+        json!({ "devices": devices, "rosterOmitted": roster.omitted }),
+    ))
+}
+
+/// `GET /v1/backlog`: the pipeline queue's depth, as last read (every few seconds).
+pub async fn backlog(
+    State(state): State<AppState>,
+    Caller(_): Caller,
+    Query(params): Query<Params>,
+) -> Result<Json<Value>, ApiError> {
+    only(&params, &[])?;
+    let Some(backlog) = &state.backlog else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no backlog: the API reads no live Queue",
+        ));
+    };
+    match backlog.current() {
+        Some(reading) => Ok(Json(Backlog::answer(&reading))),
+        None => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the depth of queue {:?} is not known yet", backlog.queue()),
+        )),
+    }
 }
 
 /// `GET /v1/devices/{id}/latest`: from Redis when configured, else the newest row.

@@ -27,8 +27,10 @@ use crate::sql::Table;
 use crate::store::{Postgres, RedisLatest, StoreError};
 use crate::{commands, dashboard, handlers, openapi, stream};
 
-/// `GET`: devices seen in the table.
+/// `GET`: devices registered or seen in the table.
 pub const DEVICES: &str = "/v1/devices";
+/// `GET`: the pipeline queue's depth.
+pub const BACKLOG: &str = "/v1/backlog";
 /// `GET`: a device's latest value.
 pub const DEVICE_LATEST: &str = "/v1/devices/{id}/latest";
 /// `GET`: a device's rows or buckets.
@@ -55,8 +57,9 @@ pub const DASHBOARD: &str = "/dashboard";
 pub const DASHBOARD_FILE: &str = "/dashboard/{file}";
 
 /// Every route the server answers, for the OpenAPI document's check.
-pub const ROUTES: [&str; 13] = [
+pub const ROUTES: [&str; 14] = [
     DEVICES,
+    BACKLOG,
     DEVICE_LATEST,
     DEVICE_HISTORY,
     DEVICE_COMMAND,
@@ -88,6 +91,10 @@ pub struct AppState {
     pub hub: Option<Arc<Hub>>,
     /// The command publisher, when commands are configured.
     pub commands: Option<Arc<Commander>>,
+    /// The registered devices (empty without a roster file).
+    pub roster: Arc<crate::roster::Roster>,
+    /// The pipeline queue's depth, when the live source names the queue.
+    pub backlog: Option<Arc<crate::backlog::Backlog>>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Cancelled at shutdown: streams end, `/readyz` fails.
@@ -335,6 +342,7 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
     // Requests that answer once are bounded in time; live streams are not.
     let bounded = Router::new()
         .route(DEVICES, get(handlers::devices))
+        .route(BACKLOG, get(handlers::backlog))
         .route(DEVICE_LATEST, get(handlers::latest))
         .route(DEVICE_HISTORY, get(handlers::device_history))
         .route(GROUP_HISTORY, get(handlers::group_history))

@@ -5,6 +5,7 @@
 //! Data plane: no Kubernetes dependencies; it runs standalone from its config file.
 #![forbid(unsafe_code)]
 
+pub mod backlog;
 pub mod commands;
 pub mod config;
 pub mod dashboard;
@@ -15,6 +16,7 @@ pub mod live;
 pub mod metrics;
 pub mod openapi;
 pub mod query;
+pub mod roster;
 pub mod sql;
 pub mod store;
 pub mod stream;
@@ -30,12 +32,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tributary_contract::api_config::ApiConfig;
 
+use crate::backlog::Backlog;
 use crate::commands::broker::BrokerAddress;
 use crate::commands::Commander;
 use crate::http::AppState;
 use crate::keys::Keys;
 use crate::live::Hub;
 use crate::metrics::Metrics;
+use crate::roster::Roster;
 use crate::sql::Table;
 use crate::store::{Postgres, RedisLatest};
 
@@ -142,6 +146,12 @@ impl Api {
             redis,
             hub,
             commands,
+            roster: Arc::new(Roster::default()),
+            backlog: config
+                .live
+                .as_ref()
+                .and_then(|live| live.backlog_queue.clone())
+                .map(|queue| Arc::new(Backlog::new(queue))),
             metrics,
             stop: CancellationToken::new(),
             accepting: Arc::new(AtomicBool::new(true)),
@@ -195,10 +205,18 @@ impl Server {
                 live.clone(),
                 uri.clone(),
                 hub.clone(),
+                state.backlog.clone(),
                 state.stop.clone(),
             ))),
             _ => None,
         };
+        let roster = api.config.device_roster_file.clone().map(|path| {
+            tokio::spawn(roster::watch(
+                path,
+                state.roster.clone(),
+                state.stop.clone(),
+            ))
+        });
         // The publisher outlives the live streams: commands in flight (some waiting for an
         // answer) get the grace period too.
         let publisher_stop = CancellationToken::new();
@@ -244,7 +262,7 @@ impl Server {
             tracing::warn!("requests still running after the shutdown grace period; exiting");
         }
         publisher_stop.cancel();
-        for task in [consumer, publisher].into_iter().flatten() {
+        for task in [consumer, publisher, roster].into_iter().flatten() {
             let _ = task.await;
         }
         tracing::info!("stopped");

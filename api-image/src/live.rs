@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tributary_contract::api_config::LiveSource;
 
+use crate::backlog::Backlog;
 use crate::keys::Scope;
 use crate::metrics::Metrics;
 
@@ -202,12 +203,19 @@ impl Hub {
     }
 }
 
-/// Consumes the API's live queue into the hub until `stop`, reconnecting with backoff.
-pub async fn run(config: LiveSource, uri: String, hub: Arc<Hub>, stop: CancellationToken) {
+/// Consumes the API's live queue into the hub until `stop`, reconnecting with backoff; on
+/// the same connection, reads the backlog queue's depth when there is one.
+pub async fn run(
+    config: LiveSource,
+    uri: String,
+    hub: Arc<Hub>,
+    backlog: Option<Arc<Backlog>>,
+    stop: CancellationToken,
+) {
     let max_delay = Duration::from_millis(config.reconnect_max_delay_ms.max(100));
     let mut delay = Duration::from_millis(100);
     loop {
-        let session = consume(&config, &uri, &hub, &stop);
+        let session = consume(&config, &uri, &hub, backlog.as_deref(), &stop);
         let result = tokio::select! {
             result = session => result,
             () = stop.cancelled() => Ok(()),
@@ -258,6 +266,7 @@ async fn consume(
     config: &LiveSource,
     uri: &str,
     hub: &Hub,
+    backlog: Option<&Backlog>,
     stop: &CancellationToken,
 ) -> Result<(), lapin::Error> {
     let properties = ConnectionProperties::default().with_connection_name("tributary-api".into());
@@ -297,7 +306,7 @@ async fn consume(
         )
         .await?;
     channel.basic_qos(256, BasicQosOptions::default()).await?;
-    let mut consumer = channel
+    let consumer = channel
         .basic_consume(
             queue.name().clone(),
             "".into(),
@@ -307,13 +316,36 @@ async fn consume(
         .await?;
     hub.set_connected(true);
     tracing::info!(exchange = %config.exchange, queue = %queue.name(), "consuming live messages");
+    let backlog = async {
+        match backlog {
+            Some(backlog) => crate::backlog::poll(&connection, backlog, stop).await,
+            None => {
+                stop.cancelled().await;
+                Ok(())
+            }
+        }
+    };
+    tokio::select! {
+        delivered = deliver(consumer, hub, stop) => delivered?,
+        polled = backlog => polled?,
+    }
+    let _ = connection.close(200, "api stopping".into()).await;
+    Ok(())
+}
+
+/// Hands every delivery to the hub until `stop` or the end of the consumer.
+async fn deliver(
+    mut consumer: lapin::Consumer,
+    hub: &Hub,
+    stop: &CancellationToken,
+) -> Result<(), lapin::Error> {
     loop {
         let delivery = tokio::select! {
             delivery = consumer.next() => delivery,
-            () = stop.cancelled() => break,
+            () = stop.cancelled() => return Ok(()),
         };
         let Some(delivery) = delivery else {
-            break;
+            return Ok(());
         };
         let delivery = delivery?;
         hub.metrics.live_messages.inc();
@@ -327,8 +359,6 @@ async fn consume(
         // missed update on a dashboard, never lost data.
         delivery.acker.ack(BasicAckOptions::default()).await?;
     }
-    let _ = connection.close(200, "api stopping".into()).await;
-    Ok(())
 }
 
 #[cfg(test)]

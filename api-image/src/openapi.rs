@@ -5,8 +5,8 @@ use serde_json::{json, Value};
 use tributary_contract::api_config::ApiLimits;
 
 use crate::http::{
-    DASHBOARD, DASHBOARD_FILE, DEVICES, DEVICE_HISTORY, DEVICE_LATEST, GROUP_HISTORY, HEALTHZ,
-    METRICS, OPENAPI, READYZ, STREAM, WEBSOCKET,
+    BACKLOG, DASHBOARD, DASHBOARD_FILE, DEVICES, DEVICE_HISTORY, DEVICE_LATEST, GROUP_HISTORY,
+    HEALTHZ, METRICS, OPENAPI, READYZ, STREAM, WEBSOCKET,
 };
 
 /// The configured bounds the document states as parameter maxima. The served document
@@ -193,7 +193,7 @@ pub fn document_with(bounds: &Bounds) -> Value {
 fn v1_paths(paths: &mut serde_json::Map<String, Value>, bounds: &Bounds) {
     let page = bounded_integer(1, bounds.max_page_size.map(u64::from));
     paths.insert(DEVICES.into(), json!({"get": secured(json!({
-        "summary": "Devices seen in the table, limited to the key's devices",
+        "summary": "Devices registered (Device resources) or seen in the table, limited to the key's devices",
         "operationId": "listDevices",
         "parameters": [query("limit", "Most devices returned (default and most: `limits.maxPageSize`)", page)],
         "responses": {
@@ -204,6 +204,15 @@ fn v1_paths(paths: &mut serde_json::Map<String, Value>, bounds: &Bounds) {
             "400": error("An invalid `limit`, or an unknown parameter"),
             "503": error("The database is unreachable"),
             "504": error("The query took longer than the database's statement timeout")
+        }
+    }))}));
+    paths.insert(BACKLOG.into(), json!({"get": secured(json!({
+        "summary": "The pipeline's backlog: messages waiting in the live Queue's broker queue, read every few seconds",
+        "operationId": "backlog",
+        "responses": {
+            "200": json_answer("The queue's depth", "Backlog"),
+            "400": error("An unknown parameter"),
+            "503": error("No live Queue configured, or its depth not read in the last 20 seconds")
         }
     }))}));
     paths.insert(DEVICE_LATEST.into(), json!({"get": secured(json!({
@@ -368,13 +377,26 @@ fn schemas() -> Value {
 fn data_schemas() -> Value {
     json!({
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
-        "DeviceList": {"type": "object", "required": ["devices"], "properties": {"devices": {"type": "array", "items": {
-            "type": "object", "required": ["device", "lastSeen", "messages"], "properties": {
-                "device": {"type": "string", "nullable": true, "description": "The device column (null for rows without one)"},
-                "lastSeen": {"type": "string", "format": "date-time", "nullable": true, "description": "The newest row's time (null when no row has one)"},
-                "messages": {"type": "integer", "minimum": 1, "description": "Rows stored"}
-            }
-        }}}},
+        "DeviceList": {"type": "object", "required": ["devices", "rosterOmitted"], "properties": {
+            "devices": {"type": "array", "items": {
+                "type": "object", "required": ["device", "lastSeen", "messages", "registered"], "properties": {
+                    "device": {"type": "string", "nullable": true, "description": "The device id (null for rows without one)"},
+                    "lastSeen": {"type": "string", "format": "date-time", "nullable": true, "description": "The later of the newest row's time and the gateways' last report (null when neither knows one)"},
+                    "messages": {"type": "integer", "minimum": 0, "description": "Rows stored (0 for a registered device that sent nothing yet)"},
+                    "registered": {"type": "boolean", "description": "A Device resource has this id"},
+                    "resource": {"type": "string", "description": "The Device resource (registered devices only)"},
+                    "ready": {"type": "boolean", "description": "Its credentials are issued and its Gateways know it (registered devices only)"},
+                    "disabled": {"type": "boolean", "description": "Its Device is disabled (registered devices only)"},
+                    "connected": {"type": "boolean", "nullable": true, "description": "Whether it holds a connection to a gateway, as the gateways last reported (registered devices only; null before any report)"}
+                }
+            }},
+            "rosterOmitted": {"type": "integer", "minimum": 0, "description": "Registered devices the operator left out of the API's roster for its size (the last ids)"}
+        }},
+        "Backlog": {"type": "object", "required": ["messages", "consumers", "observedAt"], "properties": {
+            "messages": {"type": "integer", "minimum": 0, "description": "Messages waiting in the pipeline's queue for a worker"},
+            "consumers": {"type": "integer", "minimum": 0, "description": "Consumers of the queue (workers' channels)"},
+            "observedAt": {"type": "string", "format": "date-time", "description": "When the depth was read (every few seconds)"}
+        }},
         "Latest": {"type": "object", "required": ["device", "source", "id", "value"], "properties": {
             "device": {"type": "string"},
             "source": {"type": "string", "enum": ["redis", "postgres"]},

@@ -330,10 +330,11 @@ async fn devices_and_latest_values_come_from_postgres_or_redis() {
     assert_eq!(
         body["devices"],
         json!([
-            {"device": "a-1", "lastSeen": "2026-01-05T10:00:02.000000Z", "messages": 3},
-            {"device": "b-1", "lastSeen": "2026-01-05T10:00:00.500000Z", "messages": 1},
+            {"device": "a-1", "lastSeen": "2026-01-05T10:00:02.000000Z", "messages": 3, "registered": false},
+            {"device": "b-1", "lastSeen": "2026-01-05T10:00:00.500000Z", "messages": 1, "registered": false},
         ])
     );
+    assert_eq!(body["rosterOmitted"], 0);
     let latest = server.ok("/v1/devices/a-1/latest", ADMIN).await;
     assert_eq!(latest["source"], "postgres");
     assert_eq!(latest["id"], json!(rows[1].id));

@@ -354,3 +354,71 @@ async fn live_refusals_are_documented_json_errors_and_topics_count_characters() 
     assert_eq!(status, 400, "{body}");
     live.finish().await;
 }
+
+#[tokio::test]
+async fn the_backlog_is_the_pipeline_queues_depth_once_the_queue_exists() {
+    let queue = unique("api_backlog");
+    let live = Live::start(json!({"backlogQueue": queue})).await;
+    // The queue does not exist yet: no depth, and the live feed is unaffected.
+    let (status, body) = live.server.get("/v1/backlog", GROUP_A).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"].as_str().unwrap_or("").contains(&queue),
+        "{body}"
+    );
+    let mut reader = SseReader::open(&live.server, "", ADMIN).await;
+    assert_eq!(reader.expect("ready", WAIT).await.event, "ready");
+    let id = live.publish("a-1", "telemetry", json!({"t": 1})).await;
+    let event = reader.expect("a live message", WAIT).await;
+    assert_eq!(data(&event)["id"], json!(id));
+
+    // The pipeline's queue appears with 7 messages waiting.
+    let declare = lapin::options::QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    live.channel
+        .queue_declare(queue.as_str().into(), declare, Default::default())
+        .await
+        .expect("declare the pipeline queue");
+    for n in 0..7 {
+        live.channel
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                format!("{n}").as_bytes(),
+                BasicProperties::default(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+    }
+    let body = wait_for("the backlog's depth", Duration::from_secs(30), || async {
+        let (status, body) = live.server.get("/v1/backlog", GROUP_A).await;
+        (status == 200 && body["messages"] == 7).then_some(body)
+    })
+    .await;
+    assert_eq!(body["consumers"], 0);
+    assert!(body["observedAt"].is_string(), "{body}");
+    let (status, _) = live.server.get("/v1/backlog?x=1", GROUP_A).await;
+    assert_eq!(status, 400, "unknown parameters are refused");
+    let _ = live
+        .channel
+        .queue_delete(queue.as_str().into(), Default::default())
+        .await;
+    drop(reader);
+    live.finish().await;
+}
+
+#[tokio::test]
+async fn without_a_live_queue_there_is_no_backlog() {
+    let table = Table::create().await;
+    let dir = temp_dir();
+    let server = Server::start(config(&table, &dir, json!({}))).await;
+    let (status, body) = server.get("/v1/backlog", ADMIN).await;
+    assert_eq!(status, 503, "{body}");
+    server.stop().await;
+    table.drop_table().await;
+}

@@ -79,6 +79,11 @@ pub struct ApiConfig {
     /// Default 10.
     #[serde(default = "default_shutdown_grace_seconds")]
     pub shutdown_grace_seconds: u64,
+    /// The registered devices (`tributary_contract::device_roster`, a file the operator
+    /// renders from the Device resources), listed by `/v1/devices` with the devices the
+    /// table holds. Read again when it changes; a missing file is an empty roster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_roster_file: Option<PathBuf>,
 }
 
 /// The table a PostgreSQL Sink writes: one row per message.
@@ -153,6 +158,11 @@ pub struct LiveSource {
     /// Longest wait between reconnect attempts, in milliseconds. Default 5000.
     #[serde(default = "default_reconnect_max_delay_ms")]
     pub reconnect_max_delay_ms: u64,
+    /// The pipeline's queue on the same broker: its depth is the backlog `/v1/backlog`
+    /// reports (a passive declare, which creates nothing). When absent, that endpoint
+    /// answers 503.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backlog_queue: Option<String>,
 }
 
 /// The broker commands are published to, and the bounds of waiting for answers.

@@ -8,6 +8,7 @@ pub mod api_config;
 pub mod cel_bounds;
 pub mod command;
 pub mod config_file;
+pub mod device_roster;
 pub mod device_table;
 pub mod envelope;
 pub mod gateway_config;

@@ -203,7 +203,8 @@ async fn run_namespaces(ctx: Arc<Context>, watched: &[String], stop: watch::Rece
     );
     tokio::join!(
         controllers,
-        crate::registry::collector::run(ctx.clone(), stop.clone())
+        crate::registry::collector::run(ctx.clone(), stop.clone()),
+        crate::registry::roster::run(ctx.clone(), stop.clone())
     );
 }
 

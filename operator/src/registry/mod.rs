@@ -17,11 +17,12 @@
 pub mod collector;
 pub mod credentials;
 pub mod keys;
+pub mod roster;
 pub mod sync;
 pub mod table;
 
 use crate::crd::device::Device;
-use crate::crd::Gateway;
+use crate::crd::{ApplicationApi, Gateway};
 use bytes::Bytes;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::core::v1::Secret;
@@ -69,6 +70,7 @@ pub struct Registry {
     pods: Mutex<Vec<Store<Pod>>>,
     device_secrets: Mutex<Vec<Store<PartialObjectMeta<Secret>>>>,
     gateways: Mutex<Vec<Store<DeserializeGuard<Gateway>>>>,
+    apis: Mutex<Vec<Store<DeserializeGuard<ApplicationApi>>>>,
     published: Mutex<BTreeMap<GatewayKey, Arc<Published>>>,
     /// Wakes the collector when a table was published.
     pub changed: Notify,
@@ -97,6 +99,20 @@ impl Registry {
     /// Adds the Gateway cache of one watched namespace (or of all).
     pub fn add_gateways(&self, store: Store<DeserializeGuard<Gateway>>) {
         locked(&self.gateways).push(store);
+    }
+
+    /// Adds the ApplicationApi cache of one watched namespace (or of all).
+    pub fn add_apis(&self, store: Store<DeserializeGuard<ApplicationApi>>) {
+        locked(&self.apis).push(store);
+    }
+
+    /// Every readable ApplicationApi in the caches.
+    pub fn apis(&self) -> Vec<ApplicationApi> {
+        locked(&self.apis)
+            .iter()
+            .flat_map(|store| store.state())
+            .filter_map(|guard| guard.0.as_ref().ok().cloned())
+            .collect()
     }
 
     /// The cached metadata of a Device's credential Secret (`None`: not cached, which does

@@ -291,6 +291,7 @@ async fn application_apis(ctx: &Arc<Context>, ns: Option<&str>, stop: watch::Rec
     );
     let (by_sink, by_queue, by_gateway, by_secret) =
         (apis.store(), apis.store(), apis.store(), apis.store());
+    ctx.registry.add_apis(apis.store());
     apis.owns(api_for::<Deployment>(client, ns), children_config())
         .watches(
             api_for::<Sink>(client, ns),

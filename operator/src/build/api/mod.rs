@@ -4,6 +4,7 @@
 //! config's sources in [`sources`].
 
 pub mod keys;
+pub mod roster;
 pub mod sources;
 
 use super::network_policy::pod_ingress_policy;
@@ -20,7 +21,8 @@ use super::{
 use crate::crd::{ApplicationApi, Sink};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, ContainerPort, Secret, Service, ServicePort, ServiceSpec,
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, Secret, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -183,6 +185,7 @@ fn live_source(target: &ResolvedTarget, namespace: &str) -> Result<LiveSource, B
             "uriFile": secret_file(&uri.name, &uri.key),
             "exchange": live_exchange(namespace),
             "exchangeType": LIVE_EXCHANGE_TYPE,
+            "backlogQueue": target.broker_queue,
         }),
     )
 }
@@ -228,6 +231,7 @@ pub fn render_config(api: &ApplicationApi, inputs: &ApiInputs) -> Result<ApiConf
     };
     config.cors_allowed_origins = api.spec.cors_allowed_origins.clone();
     config.limits = limits(api)?;
+    config.device_roster_file = Some(roster::roster_path().into());
     Ok(config)
 }
 
@@ -254,12 +258,29 @@ pub fn mounted_secrets(inputs: &ApiInputs) -> BTreeSet<String> {
     names
 }
 
+/// The roster ConfigMap's volume: optional (the pods start before the first roster is
+/// written) and outside the pod-template hash (the kubelet refreshes it in place).
+fn roster_volume(api: &str) -> (Volume, VolumeMount) {
+    let volume = Volume {
+        name: "devices".to_owned(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: roster::config_map_name(api),
+            optional: Some(true),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    };
+    let mount = VolumeMount {
+        name: "devices".to_owned(),
+        mount_path: roster::ROSTER_DIR.to_owned(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    };
+    (volume, mount)
+}
+
 /// The API container.
-fn container(
-    api: &ApplicationApi,
-    image: &str,
-    mounts: Vec<k8s_openapi::api::core::v1::VolumeMount>,
-) -> Container {
+fn container(api: &ApplicationApi, image: &str, mounts: Vec<VolumeMount>) -> Container {
     Container {
         name: "api".to_owned(),
         image: Some(api.spec.image.clone().unwrap_or_else(|| image.to_owned())),
@@ -310,7 +331,10 @@ pub fn build(api: &ApplicationApi, inputs: &ApiInputs) -> Result<ApiChildren, Bu
     let config = render_config(api, inputs)?;
     let text = super::render_yaml("API", &config)?;
     let child = child_name(&name);
-    let (volumes, mounts) = config_and_secret_volumes(&child, &mounted_secrets(inputs));
+    let (mut volumes, mut mounts) = config_and_secret_volumes(&child, &mounted_secrets(inputs));
+    let (volume, mount) = roster_volume(&name);
+    volumes.push(volume);
+    mounts.push(mount);
     let pods = selector_labels(&name, COMPONENT);
     // Applications and browsers call the API from anywhere; its health and metrics share
     // the port (the API serves one listener).
