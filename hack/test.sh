@@ -110,6 +110,8 @@ suite "cargo fmt --check" cargo fmt --all -- --check
 suite "cargo clippy -D warnings" cargo clippy --workspace --all-targets --locked -q -- -D warnings
 suite "unit and integration tests (cargo test)" cargo test --workspace --locked
 suite "code shape: file and function sizes, one version per dependency" python3 hack/check-code-shape.py
+suite "dashboard script in Node against a stub page" \
+  node api-image/tests/dashboard-smoke.js api-image/src/dashboard/dashboard.js
 suite "security analyzer (checkov) on the chart and rendered children: every finding justified" \
   bash tests/security/checkov.sh
 suite "fuzzing: each libFuzzer target for ${TRIBUTARY_FUZZ_SECONDS:-60} s" bash tests/fuzz/run.sh

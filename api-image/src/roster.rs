@@ -295,7 +295,9 @@ mod tests {
         assert_eq!(roster.devices[0].device, "a");
         assert!(roster.get("b").is_some());
         write(&path, b"[1, 2]");
-        assert!(read(&path).expect_err("refused").contains("not a device roster"));
+        assert!(read(&path)
+            .expect_err("refused")
+            .contains("not a device roster"));
         std::fs::write(&path, b"plain text").expect("write");
         assert!(read(&path).expect_err("refused").contains("not gzip"));
         std::fs::remove_dir_all(&dir).expect("remove temp dir");

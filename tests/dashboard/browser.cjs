@@ -26,6 +26,7 @@ async function look(page) {
     stream: document.getElementById("stream-state").textContent,
     online: document.getElementById("online").textContent,
     rate: document.getElementById("rate").textContent,
+    backlog: document.getElementById("backlog").textContent,
     devices: [...document.querySelectorAll("#devices tr")].filter((row) => !row.querySelector(".empty")).length,
     field: document.getElementById("field").value,
     legend: [...document.querySelectorAll("#legend li")].map((item) => item.textContent),
@@ -74,12 +75,13 @@ async function main() {
     say(`first look: stream ${first.stream}, ${first.devices} devices (${first.online} online), ${first.rate} msg/s, ${first.field}: ${first.legend.join(", ")}`);
     await new Promise((resolve) => setTimeout(resolve, 6000));
     const second = await look(page);
-    say(`second look: stream ${second.stream}, ${second.devices} devices (${second.online} online), ${second.rate} msg/s, ${second.field}: ${second.legend.join(", ")}`);
+    say(`second look: stream ${second.stream}, ${second.devices} devices (${second.online} online), ${second.rate} msg/s, backlog ${second.backlog}, ${second.field}: ${second.legend.join(", ")}`);
 
     const checks = [
       [first.devices > 0, "the device table lists devices"],
       [Number(first.online) > 0, "devices are shown online"],
       [second.stream === "live", "the live stream is still subscribed"],
+      [/^[0-9][0-9,.\u202f\u00a0]*$/.test(second.backlog), `the backlog shows the pipeline queue's depth (${second.backlog})`],
       [second.legend.length > 0, "the chart has series"],
       [JSON.stringify(first.legend) !== JSON.stringify(second.legend), "the chart's latest values changed between the two looks"],
       [first.chart !== second.chart, "the chart was redrawn with new points"],

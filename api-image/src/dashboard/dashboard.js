@@ -13,6 +13,7 @@
   const MAX_SAMPLES = 2000; // kept per device
   const MAX_FIELDS = 200;
   const DEVICES_URL = "/v1/devices";
+  const BACKLOG_URL = "/v1/backlog";
   const STREAM_URL = "/v1/stream";
 
   const $ = (id) => document.getElementById(id);
@@ -24,7 +25,8 @@
   let retryTimer = 0;
   let devicesTimer = 0;
   let devicesLoadedAt = 0;
-  const devices = new Map(); // device -> {lastSeen: ms or NaN, messages: number or null}
+  // device -> {lastSeen: ms or NaN, messages: number or null, registered, connected, disabled}
+  const devices = new Map();
   const samples = new Map(); // device -> [{t, values: {field: number}}]
   const arrivals = []; // arrival times of live messages, for throughput
   const fields = new Set();
@@ -127,11 +129,48 @@
       devices.set(entry.device, {
         lastSeen: known && known.lastSeen > stored ? known.lastSeen : stored,
         messages: typeof entry.messages === "number" ? entry.messages : null,
+        registered: entry.registered === true,
+        connected: typeof entry.connected === "boolean" ? entry.connected : null,
+        disabled: entry.disabled === true,
       });
     }
     devicesLoadedAt = Date.now();
     notice("Connected. Devices refresh every " + DEVICES_EVERY_MS / 1000 + " s.", false);
     renderDevices();
+  }
+
+  /** The pipeline's backlog: messages waiting in its queue for a worker. */
+  async function loadBacklog() {
+    if (!key) return;
+    let body = {};
+    let ok = false;
+    try {
+      const response = await fetch(BACKLOG_URL, { headers: authHeaders(), cache: "no-store" });
+      ok = response.ok;
+      body = await response.json().catch(() => ({}));
+    } catch (error) {
+      body = { error: error.message };
+    }
+    if (ok && typeof body.messages === "number") {
+      $("backlog").textContent = body.messages.toLocaleString();
+      $("backlog-note").textContent =
+        "waiting for " + body.consumers + (body.consumers === 1 ? " consumer" : " consumers");
+    } else {
+      $("backlog").textContent = "–";
+      $("backlog-note").textContent = body.error ? "unknown: " + body.error : "unknown";
+    }
+  }
+
+  /** Online: connected to a gateway (registered devices), or seen recently. */
+  function isOnline(device, now) {
+    if (device.disabled) return false;
+    return device.connected === true || now - device.lastSeen <= ONLINE_MS;
+  }
+
+  function statusText(device, online) {
+    if (device.disabled) return "disabled";
+    if (online) return "online";
+    return Number.isFinite(device.lastSeen) || device.messages ? "offline" : "never seen";
   }
 
   function renderDevices() {
@@ -140,7 +179,7 @@
       const byTime = (b[1].lastSeen || 0) - (a[1].lastSeen || 0);
       return byTime || a[0].localeCompare(b[0]);
     });
-    const online = rows.filter(([, d]) => now - d.lastSeen <= ONLINE_MS).length;
+    const online = rows.filter(([, d]) => isOnline(d, now)).length;
     $("online").textContent = key ? String(online) : "–";
     $("online-note").textContent = key ? "of " + rows.length + " devices" : "of –";
     $("devices-updated").textContent = devicesLoadedAt ? "updated " + ago(devicesLoadedAt) : "";
@@ -156,13 +195,14 @@
       return;
     }
     for (const [name, device] of rows.slice(0, 1000)) {
-      const isOnline = now - device.lastSeen <= ONLINE_MS;
+      const online = isOnline(device, now);
       const tr = body.insertRow();
       tr.insertCell().textContent = name;
       const status = tr.insertCell();
       const dot = document.createElement("span");
-      dot.className = isOnline ? "dot online" : "dot";
-      status.append(dot, isOnline ? "online" : "offline");
+      dot.className = online ? "dot online" : "dot";
+      status.append(dot, statusText(device, online));
+      if (device.registered) status.title = "a registered Device";
       const seen = tr.insertCell();
       seen.textContent = ago(device.lastSeen);
       if (Number.isFinite(device.lastSeen)) seen.title = new Date(device.lastSeen).toISOString();
@@ -208,8 +248,8 @@
     if (!message || typeof message.device !== "string") return;
     const now = Date.now();
     arrivals.push(now);
-    const known = devices.get(message.device);
-    devices.set(message.device, { lastSeen: now, messages: known ? known.messages : null });
+    const known = devices.get(message.device) || { messages: null };
+    devices.set(message.device, { ...known, lastSeen: now });
 
     const values = numericFields(message, "", {}, 0);
     let added = false;
@@ -397,8 +437,12 @@
     if (!key) return;
     notice("Connecting…", false);
     loadDevices();
+    loadBacklog();
     clearInterval(devicesTimer);
-    devicesTimer = setInterval(loadDevices, DEVICES_EVERY_MS);
+    devicesTimer = setInterval(() => {
+      loadDevices();
+      loadBacklog();
+    }, DEVICES_EVERY_MS);
     openStream();
   }
 

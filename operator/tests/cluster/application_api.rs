@@ -88,7 +88,7 @@ async fn sql(ns: &str, statement: &str) -> bool {
 }
 
 /// `curl` of the API; (status code, body).
-async fn get(url: &str, key: Option<&str>) -> (String, String) {
+pub(super) async fn get(url: &str, key: Option<&str>) -> (String, String) {
     let mut command = tokio::process::Command::new("curl");
     command.args(["-s", "-m", "5", "-w", "\n%{http_code}"]);
     if let Some(key) = key {

@@ -3,8 +3,10 @@
 //! namespace's live exchange, and the ApplicationApi pod hands it to a Server-Sent Events
 //! client (`curl -N`) and a WebSocket client at once. The time from the publish to each
 //! client's receipt is printed (the machines are shared: it is measured, not asserted).
+//! The same API then lists the registered Devices (one that never sent anything too) and
+//! the live Queue's backlog, read by the API's own broker user.
 
-use super::application_api::history_sink;
+use super::application_api::{get, history_sink};
 use super::*;
 use futures::StreamExt;
 use std::process::Stdio;
@@ -201,5 +203,48 @@ async fn a_reading_published_through_the_gateway_reaches_sse_and_websocket_clien
         "live: publish to both clients over 5 readings: median {} ms, max {} ms",
         latencies[2].as_millis(),
         latencies[4].as_millis()
+    );
+
+    registered_devices_and_backlog(&ns, &api, &key).await;
+}
+
+/// `/v1/devices` lists both registered Devices (press-1 with the activity its gateway
+/// reported, idle-2 never seen) and `/v1/backlog` reads the live Queue's depth.
+async fn registered_devices_and_backlog(ns: &TestNamespace, api: &str, key: &str) {
+    step("the API lists the registered Devices (the roster) and the pipeline's backlog");
+    apply_yaml(&ns.api::<Device>(), "apiVersion: tributary.dev/v1alpha1\nkind: Device\nmetadata: {name: idle-2}\nspec:\n  gateways: [line-1]\n  credentials: {generated: {}}\n").await;
+    let devices_url = format!("http://{api}:8080/v1/devices");
+    let (press, idle) = wait_for("press-1 and idle-2 registered in /v1/devices", || async {
+        let (code, body) = get(&devices_url, Some(key)).await;
+        let answer: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let list = answer["devices"].as_array()?.clone();
+        let registered = |id: &str| {
+            list.iter()
+                .find(|d| d["device"] == id && d["registered"] == true)
+                .cloned()
+        };
+        (code == "200").then_some(())?;
+        Some((registered("press-1")?, registered("idle-2")?))
+    })
+    .await;
+    eprintln!("live: registered devices: {press} {idle}");
+    assert_eq!(press["resource"], "press-1", "{press}");
+    assert!(
+        press["lastSeen"].is_string(),
+        "the gateway reported press-1: {press}"
+    );
+    assert_eq!(idle["messages"], 0, "{idle}");
+    assert!(idle["lastSeen"].is_null(), "idle-2 never connected: {idle}");
+    let backlog_url = format!("http://{api}:8080/v1/backlog");
+    let backlog = wait_for("the backlog's depth", || async {
+        let (code, body) = get(&backlog_url, Some(key)).await;
+        let answer: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (code == "200" && answer["messages"].is_u64()).then_some(answer)
+    })
+    .await;
+    eprintln!("live: backlog {backlog}");
+    assert_eq!(
+        backlog["consumers"], 1,
+        "the Worker consumes the Queue: {backlog}"
     );
 }

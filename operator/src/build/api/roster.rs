@@ -130,7 +130,9 @@ mod tests {
 
     fn read(bytes: &[u8]) -> DeviceRoster {
         let mut json = String::new();
-        GzDecoder::new(bytes).read_to_string(&mut json).expect("gzip");
+        GzDecoder::new(bytes)
+            .read_to_string(&mut json)
+            .expect("gzip");
         serde_json::from_str(&json).expect("a roster")
     }
 
