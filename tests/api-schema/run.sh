@@ -45,9 +45,9 @@ die() {
   exit 1
 }
 
-rabbit_api() { # METHOD PATH: the test broker's management API
+rabbit_api() { # METHOD PATH [CURL ARGS...]: the test broker's management API
   curl -sf -u "$TRIBUTARY_TEST_RABBITMQ_API_USER:$TRIBUTARY_TEST_RABBITMQ_API_PASSWORD" \
-    -X "$1" "$TRIBUTARY_TEST_RABBITMQ_API$2"
+    -X "$1" "$TRIBUTARY_TEST_RABBITMQ_API$2" "${@:3}"
 }
 
 cleanup() {
@@ -66,6 +66,7 @@ cleanup() {
     for exchange in "tributary.live.$RUN" "tributary.commands.$RUN"; do
       rabbit_api DELETE "/api/exchanges/%2F/$exchange" >/dev/null 2>&1 || true
     done
+    rabbit_api DELETE "/api/queues/%2F/$RUN.pipeline" >/dev/null 2>&1 || true
   fi
   if [ "$ok" = 1 ]; then
     rm -rf "$WORK"
@@ -256,18 +257,31 @@ printf %s "$TRIBUTARY_TEST_AMQP_URL" >"$WORK/amqp-uri"
 PASSED=0
 FAILED=0
 
+# The pipeline's queue (its depth is the backlog) and a roster of registered devices, one of
+# them with rows in the table and one without.
+rabbit_api PUT "/api/queues/%2F/$RUN.pipeline" -H 'content-type: application/json' \
+  -d '{"durable": true, "auto_delete": false}' >/dev/null || die "cannot declare the backlog queue"
+printf '%s' '{"devices": [{"device": "dev-0", "resource": "dev-0", "ready": true, "connected": true, "lastSeen": "2026-01-05T10:00:00Z"}, {"device": "registered-only", "resource": "registered-only", "disabled": true}]}' |
+  gzip >"$WORK/devices.json.gz"
 start_api full "redis: {urlFile: $WORK/redis-url, keyTemplate: \"$RUN:latest:{device}\"}
-live: {uriFile: $WORK/amqp-uri, exchange: tributary.live.$RUN, declareExchange: true}
-commands: {uriFile: $WORK/amqp-uri, maxWaitSeconds: 5}"
+live: {uriFile: $WORK/amqp-uri, exchange: tributary.live.$RUN, declareExchange: true, backlogQueue: $RUN.pipeline}
+commands: {uriFile: $WORK/amqp-uri, maxWaitSeconds: 5}
+deviceRosterFile: $WORK/devices.json.gz"
+deadline=$((SECONDS + 60))
+until curl -sf -o /dev/null -H "Authorization: Bearer $KEY" "$API/v1/backlog"; do
+  [ "$SECONDS" -lt "$deadline" ] || die "the full API read no backlog within 60 s; see $WORK/full-api.log"
+  sleep 0.5
+done
 run_schemathesis full "$HERE/schemathesis.toml" "$EXAMPLES"
 stop_api
 
-# Without live messages and commands their endpoints answer 503 by design ("not
-# configured", documented): accepted from those two operations only.
+# Without live messages and commands their endpoints (and the backlog, read on the live
+# connection) answer 503 by design ("not configured", documented): accepted from those
+# three operations only.
 cat "$HERE/schemathesis.toml" - >"$WORK/minimal.toml" <<'TOML'
 
 [[operations]]
-include-operation-id = ["liveStream", "sendCommand"]
+include-operation-id = ["liveStream", "sendCommand", "backlog"]
 checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", "503"]
 TOML
 start_api minimal ""
