@@ -56,6 +56,14 @@ ROWS = [
     ("devices", "devices_operator_peak_rss", "tributary", None, "operator peak RSS while the fleet reconciles", None, "lower"),
     ("devices", "devices_steady_writes", "tributary", None, "operator API writes in the minute after the fleet settled", None, "lower"),
     ("devices", "devices_steady_requests", "tributary", None, "operator API requests (all verbs) in the minute after the fleet settled", None, "lower"),
+    ("scale", "scale_settled", "tributary", "kubectl-apply", "operator at scale: 10 resources × N namespaces applied at once → all Ready, children included", "`kubectl apply --server-side` of the same manifests (the client's own time)", "lower"),
+    ("scale", "scale_cpu", "tributary", None, "operator at scale: CPU seconds until settled", None, "lower"),
+    ("scale", "scale_peak_rss", "tributary", None, "operator at scale: peak RSS", None, "lower"),
+    ("scale", "scale_settled_rss", "tributary", None, "operator at scale: RSS once settled", None, "lower"),
+    ("scale", "scale_end_rss", "tributary", None, "operator at scale: RSS after the steady window", None, "lower"),
+    ("scale", "scale_steady_requests", "tributary", None, "operator at scale: API requests per minute at steady state", None, "lower"),
+    ("scale", "scale_steady_writes", "tributary", None, "operator at scale: API writes per minute at steady state", None, "lower"),
+    ("scale", "scale_steady_cpu", "tributary", None, "operator at scale: CPU at steady state (‰ of one core)", None, "lower"),
 ]
 
 

@@ -27,6 +27,13 @@
 #              applied at once, the operator (on the host) until all are Ready and in the
 #              Gateway's table, beside kubectl's own apply time; its memory and API requests
 #              once settled; needs the local cluster, skipped like autoscale
+#   scale      operator/bench-scale.sh: the operator (on the host, every namespace) with
+#              BENCH_SCALE_NAMESPACES (100 [20]) namespaces of ten resources each (Queue on
+#              one shared external broker, Gateway, Worker, two Sinks, ApplicationApi, four
+#              Devices; workloads at 0 replicas, their children created) applied at once:
+#              time until all Ready beside kubectl's apply time, CPU, RSS (peak, settled,
+#              after the steady window), API requests and writes per minute at steady
+#              state; needs the local cluster, skipped like autoscale
 #   autoscale  operator/bench-autoscale.sh: the autoscaler's reaction beside KEDA + HPA's
 #              default intervals; needs the local cluster (tests/cluster/cluster.sh up, images
 #              loaded) and is skipped, marked "not measured in this run", when the cluster is
@@ -78,13 +85,14 @@ size BENCH_ROWS 100000 10000
 size BENCH_TRIALS 3 1
 size BENCH_AUTOSCALE_MESSAGES 500 200
 size BENCH_DEVICE_COUNT 10000 1000
+size BENCH_SCALE_NAMESPACES 100 20
 size BENCH_COMMAND_DEVICES 1000 200
 size BENCH_COMMANDS 2000 300
 size BENCH_HISTORY_ROWS 10000000 1000000
 size BENCH_HISTORY_SECONDS 10 3
 size BENCH_SSE_CLIENTS 100 100
 size BENCH_SSE_MESSAGES 2000 300
-only="${BENCH_ONLY:-gateway worker api devices autoscale}"
+only="${BENCH_ONLY:-gateway worker api devices scale autoscale}"
 
 run_dir="${BENCH_LOG_DIR:-$(mktemp -d /tmp/tributary-bench-XXXXXX)}"
 mkdir -p "$run_dir"
@@ -152,6 +160,15 @@ else
   status devices skipped "$busy"
 fi
 busy=""
+wanted scale || busy="not selected (BENCH_ONLY)"
+[ -n "$busy" ] || busy="$(cluster_busy | head -1)"
+if [ -z "$busy" ]; then
+  run scale bash operator/bench-scale.sh
+else
+  say "scale: not measured in this run: $busy"
+  status scale skipped "$busy"
+fi
+busy=""
 wanted autoscale || busy="not selected (BENCH_ONLY)"
 [ "${BENCH_AUTOSCALE:-auto}" = 0 ] && busy="BENCH_AUTOSCALE=0 was set"
 [ -n "$busy" ] || busy="$(cluster_busy | head -1)"
@@ -178,7 +195,7 @@ git diff --quiet HEAD -- . ':!docs/benchmarks.md' ':!docs/benchmarks' || commit=
     echo "load_note= (a full test run was going on at the same time)"
   fi
   if [ "$quick" = 1 ]; then echo "mode=quick (BENCH_QUICK=1)"; else echo "mode=full"; fi
-  echo "sizes=$BENCH_CLIENTS MQTT clients × $BENCH_MESSAGES messages; $BENCH_IDLE_CONNECTIONS idle connections; $BENCH_LOGINS logins; $BENCH_ROWS rows; $BENCH_HISTORY_ROWS history rows, $BENCH_SSE_CLIENTS SSE clients × $BENCH_SSE_MESSAGES messages; $BENCH_TRIALS autoscaler trials of $BENCH_AUTOSCALE_MESSAGES messages"
+  echo "sizes=$BENCH_CLIENTS MQTT clients × $BENCH_MESSAGES messages; $BENCH_IDLE_CONNECTIONS idle connections; $BENCH_LOGINS logins; $BENCH_ROWS rows; $BENCH_HISTORY_ROWS history rows, $BENCH_SSE_CLIENTS SSE clients × $BENCH_SSE_MESSAGES messages; $BENCH_DEVICE_COUNT Devices; $BENCH_SCALE_NAMESPACES namespaces × 10 resources; $BENCH_TRIALS autoscaler trials of $BENCH_AUTOSCALE_MESSAGES messages"
 } >"$run_dir/meta.txt"
 
 # The charts: matplotlib from Debian, drawn by the system's Python.
