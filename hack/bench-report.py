@@ -18,6 +18,8 @@ import sys
 ROWS = [
     ("gateway", "ingest_rate", "gateway", "rabbitmq-mqtt", "MQTT QoS 1 ingest, acknowledged after the broker's confirm", "RabbitMQ's MQTT plugin, same broker", "higher"),
     ("gateway", "ingest_rate", "gateway", "mosquitto", "MQTT QoS 1 ingest", "Mosquitto (in memory, no durability)", "higher"),
+    ("gateway", "ingest_rate", "gateway", "amqp-confirms-1x1", "MQTT QoS 1 ingest, acknowledged after the broker's confirm", "the broker's confirm ceiling: an AMQP client, same queue and load, 1 connection × 1 channel (the gateway's shape)", "higher"),
+    ("gateway", "ingest_rate", "gateway", "amqp-confirms-4x1", "MQTT QoS 1 ingest, acknowledged after the broker's confirm", "the broker's confirm ceiling: an AMQP client, same queue and load, 4 connections × 1 channel", "higher"),
     ("gateway", "ingest_p99", "gateway", "rabbitmq-mqtt", "publish → PUBACK latency, p99", "RabbitMQ's MQTT plugin, same broker", "lower"),
     ("gateway", "ingest_p99", "gateway", "mosquitto", "publish → PUBACK latency, p99", "Mosquitto (in memory, no durability)", "lower"),
     ("gateway", "idle_bytes_per_connection", "gateway", "mosquitto", "memory per idle MQTT connection (logged in)", "Mosquitto", "lower"),
@@ -206,8 +208,10 @@ def charts(figures, run_dir, chart_dir):
         if old.endswith(".png"):
             os.remove(os.path.join(chart_dir, old))
     mqtt = ["gateway", "rabbitmq-mqtt", "mosquitto"]
+    ingest = ["gateway", "rabbitmq-mqtt", "amqp-confirms-1x1", "amqp-confirms-4x1"]
     made = [
         chart(plt, os.path.join(chart_dir, "ingest.png"), [
+            ("QoS 1 ingest with confirms", "msg/s", pick(figures, "ingest_rate", ingest)),
             ("MQTT QoS 1 ingest", "msg/s", pick(figures, "ingest_rate", mqtt)),
             ("publish → PUBACK p99", "ms", pick(figures, "ingest_p99", mqtt)),
         ]),
@@ -278,7 +282,10 @@ and the gateway slows repeated failures on purpose, so the burst's duration is c
 a race. The gateway keeps each password-check slot's argon2 memory for its lifetime and
 reuses it (`auth.passwordCheckSlots`, 2 by default, × 19 MiB), so its memory after the burst
 stays at the peak by design: the figure to watch is that the peak stays bounded however
-many logins come. The KEDA + HPA reference is computed from its default intervals (not run here), with
+many logins come. The ingest queues are quorum queues (the Queue resource's default) unless
+the run says otherwise (`queue_type` in the log); the broker's confirm ceiling is an AMQP
+client publishing the gateway's envelopes to the same queue with the same load (publishers,
+messages in flight each), which is what the gateway can at most reach. The KEDA + HPA reference is computed from its default intervals (not run here), with
 the pod start measured in the same run.
 
 ## Runs

@@ -11,8 +11,8 @@
 #   BENCH_QUICK=1 hack/bench.sh    # short smoke run with small sizes
 #
 # Benchmarks, each beside a peer measured in the same run:
-#   gateway    gateway-image/bench.sh: MQTT ingest beside RabbitMQ's MQTT plugin and
-#              Mosquitto, memory per idle connection and around a burst of password logins
+#   gateway    gateway-image/bench.sh: MQTT ingest beside RabbitMQ's MQTT plugin,
+#              Mosquitto and the broker's confirm ceiling (AMQP, same queue), memory per idle connection and around a burst of password logins
 #              beside Mosquitto, a reconnect storm (device table generated secrets beside
 #              argon2 passwords), the round trip of request/response commands to 1,000
 #              connected devices beside the MQTT plugin and Mosquitto

@@ -3,8 +3,11 @@
 //! Throughput: the same MQTT load generator (many QoS 1 publishers, a window of messages in
 //! flight each) against (a) the gateway → RabbitMQ queue with publisher confirms, (b)
 //! RabbitMQ's own MQTT plugin → a queue bound to `amq.topic` on the same broker, (c)
-//! Mosquitto (no durability, a reference). Prints messages/s, publish→PUBACK latency
-//! p50/p99 and the ratios.
+//! Mosquitto (no durability, a reference); then (d) the broker's confirm ceiling for the
+//! same queue, an AMQP client publishing the same load with confirms, on one connection
+//! with one channel like the gateway and on several connections (see `ceiling.rs`).
+//! The ingest queues are of type BENCH_QUEUE_TYPE (`quorum`, the Queue resource's default;
+//! or `classic`). Prints messages/s, publish→PUBACK latency p50/p99 and the ratios.
 //!
 //! Idle: opens N idle MQTT connections to the gateway and to Mosquitto and prints the
 //! server's resident memory per connection.
@@ -22,9 +25,11 @@
 //! Commands: the round trip of request/response commands to 1,000 connected devices,
 //! gateway beside RabbitMQ's MQTT plugin and Mosquitto (see `commands.rs`).
 //!
-//! Settings (environment): BENCH_MODE=all|throughput|idle|logins|storm|commands, BENCH_CLIENTS (20),
+//! Settings (environment): BENCH_MODE=all|throughput (or ingest)|idle|logins|storm|commands, BENCH_CLIENTS (20),
 //! BENCH_MESSAGES per client (2000), BENCH_WINDOW in flight per client (10),
-//! BENCH_PAYLOAD_BYTES (100), BENCH_IDLE_CONNECTIONS (10000), BENCH_LOGINS (1000), BENCH_PORT_BASE (28830: the loopback ports of the servers it
+//! BENCH_PAYLOAD_BYTES (100), BENCH_QUEUE_TYPE (quorum), BENCH_CEILING_SHAPES (`1x1,4x1`:
+//! connections x channels), BENCH_GATEWAY_BIN (another gateway build, e.g. an earlier
+//! commit's, for a before/after in the same conditions), BENCH_IDLE_CONNECTIONS (10000), BENCH_LOGINS (1000), BENCH_PORT_BASE (28830: the loopback ports of the servers it
 //! starts), plus the TRIBUTARY_TEST_AMQP_URL / TRIBUTARY_TEST_RABBITMQ_MQTT printed by
 //! `tests/services/rabbitmq.sh env`.
 #![allow(clippy::unwrap_used)]
@@ -36,6 +41,7 @@ use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use tokio::io::{AsyncWriteExt, BufReader};
 
+mod ceiling;
 mod commands;
 mod logins;
 mod servers;
@@ -213,25 +219,43 @@ async fn idle_memory(name: &str, addr: &str, user: &str, pid: u32, count: usize)
     per_connection
 }
 
-/// The two bench queues, empty; the plugin's is bound to `amq.topic` for `plugin.#`.
+/// The ingest queues' type: BENCH_QUEUE_TYPE, `quorum` (the Queue resource's default) or
+/// `classic`.
+fn queue_type() -> String {
+    std::env::var("BENCH_QUEUE_TYPE").unwrap_or_else(|_| "quorum".into())
+}
+
+/// The ingest queue of `system` (`gateway`, `plugin`), named after its type so that a
+/// broker holding one of another type from an earlier run is no obstacle.
+fn ingest_queue(system: &str) -> String {
+    format!("bench-{system}-{}", queue_type())
+}
+
+/// The two ingest queues of BENCH_QUEUE_TYPE, empty; the plugin's is bound to `amq.topic`
+/// for `plugin.#`.
 async fn declare_queues(channel: &lapin::Channel) {
     let durable = QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
     };
-    for queue in ["bench-gateway", "bench-plugin"] {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString(queue_type().into()),
+    );
+    for queue in [ingest_queue("gateway"), ingest_queue("plugin")] {
         channel
-            .queue_declare(queue.into(), durable, FieldTable::default())
+            .queue_declare(queue.as_str().into(), durable, arguments.clone())
             .await
             .unwrap();
         channel
-            .queue_purge(queue.into(), QueuePurgeOptions::default())
+            .queue_purge(queue.as_str().into(), QueuePurgeOptions::default())
             .await
             .unwrap();
     }
     channel
         .queue_bind(
-            "bench-plugin".into(),
+            ingest_queue("plugin").as_str().into(),
             "amq.topic".into(),
             "plugin.#".into(),
             QueueBindOptions::default(),
@@ -241,43 +265,58 @@ async fn declare_queues(channel: &lapin::Channel) {
         .unwrap();
 }
 
-/// Loads the gateway, the RabbitMQ MQTT plugin and Mosquitto in turn and prints their rates
-/// and latencies.
-async fn throughput(channel: &lapin::Channel, ports: &servers::Ports, plugin_mqtt: &str) {
+/// Loads the gateway, the RabbitMQ MQTT plugin and Mosquitto in turn, then measures the
+/// broker's confirm ceiling for the same queue (one connection with one channel like the
+/// gateway, and several connections); prints their rates, latencies and the ratios.
+async fn throughput(
+    channel: &lapin::Channel,
+    ports: &servers::Ports,
+    amqp_url: &str,
+    plugin_mqtt: &str,
+) {
     let results = vec![
         load("gateway", &ports.gateway_mqtt, USER, "gw").await,
         load("rabbitmq-mqtt", plugin_mqtt, "tributary", "plugin").await,
         load("mosquitto", &ports.mosquitto, USER, "mq").await,
     ];
-    for queue in ["bench-gateway", "bench-plugin"] {
+    for queue in [ingest_queue("gateway"), ingest_queue("plugin")] {
         let _ = channel
-            .queue_purge(queue.into(), QueuePurgeOptions::default())
+            .queue_purge(queue.as_str().into(), QueuePurgeOptions::default())
             .await;
     }
-    println!(
-        "\n{:<14} {:>12} {:>12} {:>12}",
-        "target", "msgs/s", "p50", "p99"
-    );
     let extra = format!(
-        "clients={} messages={} window={}",
+        "clients={} messages={} window={} queue_type={}",
         env_usize("BENCH_CLIENTS", 20),
         env_usize("BENCH_MESSAGES", 2000),
-        env_usize("BENCH_WINDOW", 10)
+        env_usize("BENCH_WINDOW", 10),
+        queue_type()
+    );
+    let shapes = ceiling::shapes();
+    let ceilings = ceiling::run(amqp_url, &ingest_queue("gateway"), &shapes, &extra).await;
+    println!(
+        "\n{:<22} {:>12} {:>12} {:>12}",
+        "target", "msgs/s", "p50", "p99"
     );
     for r in &results {
         println!(
-            "{:<14} {:>12.0} {:>12.2?} {:>12.2?}",
+            "{:<22} {:>12.0} {:>12.2?} {:>12.2?}",
             r.name, r.rate, r.p50, r.p99
         );
         bench_line("ingest_rate", r.name, r.rate, "msg/s", &extra);
         let millis = r.p99.as_secs_f64() * 1000.0;
         bench_line("ingest_p99", r.name, millis, "ms", &extra);
     }
+    for (system, rate) in &ceilings {
+        println!("{system:<22} {rate:>12.0}");
+    }
     println!(
         "ratio gateway / rabbit-mqtt plugin: {:.2}   gateway / mosquitto: {:.2}",
         results[0].rate / results[1].rate,
         results[0].rate / results[2].rate
     );
+    for (system, rate) in &ceilings {
+        println!("ratio gateway / {system}: {:.2}", results[0].rate / rate);
+    }
 }
 
 /// Idle connections to the gateway, then to Mosquitto; prints memory per connection.
@@ -308,16 +347,32 @@ async fn main() {
     let channel = amqp.create_channel().await.unwrap();
     declare_queues(&channel).await;
 
+    // `ingest` is another name for `throughput`.
+    let mode = if mode == "ingest" {
+        "throughput".into()
+    } else {
+        mode
+    };
+    let modes = ["all", "throughput", "idle", "logins", "storm", "commands"];
+    assert!(
+        modes.contains(&mode.as_str()),
+        "BENCH_MODE={mode}: one of {modes:?} or ingest"
+    );
     if ["all", "throughput", "idle"].contains(&mode.as_str()) {
         let ports = servers::ports(0);
         let servers = Servers(vec![
-            servers::start_gateway(&ports, &amqp_url, "bench-gateway", &device_passwords()),
+            servers::start_gateway(
+                &ports,
+                &amqp_url,
+                &ingest_queue("gateway"),
+                &device_passwords(),
+            ),
             servers::start_mosquitto(&ports.mosquitto, None),
         ]);
         servers::wait_ready(&ports.gateway_health).await;
         servers::wait_port(&ports.mosquitto).await;
         if mode != "idle" {
-            throughput(&channel, &ports, &plugin_mqtt).await;
+            throughput(&channel, &ports, &amqp_url, &plugin_mqtt).await;
         }
         if mode != "throughput" {
             idle(&ports, servers.0[0].id(), servers.0[1].id()).await;

@@ -49,6 +49,14 @@ pub fn start_gateway(ports: &Ports, amqp_url: &str, queue: &str, passwords: &str
     start_gateway_with(ports, amqp_url, queue, &auth)
 }
 
+/// The gateway binary: BENCH_GATEWAY_BIN (another build, e.g. an earlier commit's, for a
+/// before/after comparison in the same run conditions), or this build's.
+fn gateway_binary() -> PathBuf {
+    std::env::var_os("BENCH_GATEWAY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tributary-gateway")))
+}
+
 /// Starts our own gateway process with `auth` as the lines of its `auth:` section.
 pub fn start_gateway_with(ports: &Ports, amqp_url: &str, queue: &str, auth: &str) -> Child {
     let dir = temp_dir(&format!(
@@ -66,7 +74,7 @@ pub fn start_gateway_with(ports: &Ports, amqp_url: &str, queue: &str, auth: &str
         dir = dir.display()
     );
     std::fs::write(dir.join("gateway.yaml"), config).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_tributary-gateway"))
+    Command::new(gateway_binary())
         .arg("--config")
         .arg(dir.join("gateway.yaml"))
         .env("RUST_LOG", "warn")
