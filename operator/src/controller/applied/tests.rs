@@ -201,3 +201,110 @@ async fn a_second_reconcile_with_nothing_changed_writes_nothing() {
         assert!(metrics.contains(&line), "{line} in\n{metrics}");
     }
 }
+
+/// The reads of every Gateway pass: its Queue and the Secrets it mounts.
+fn gateway_reads() -> Vec<Exchange> {
+    let secret_path = |name: &str| path("v1", "factory", "secrets", name);
+    vec![
+        Exchange::get(&tributary("queues", "telemetry")).reply(ready_queue("telemetry")),
+        Exchange::get(&secret_path("devices")).reply(secret("devices", "passwords", "d1:x")),
+        Exchange::get(&secret_path("jwt-keys")).reply(secret("jwt-keys", "a.pem", "-----")),
+        Exchange::get(&secret_path("telemetry-uri")).reply(secret(
+            "telemetry-uri",
+            "uri",
+            "amqp://broker",
+        )),
+    ]
+}
+
+#[tokio::test]
+async fn a_settled_gateway_writes_nothing_on_its_next_reconcile() {
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    let gateway: crate::crd::Gateway = crate::build::fixtures::load("gateway.yaml");
+    let (client, server) = mocked();
+    let ctx = context(client);
+    let mut config_maps = cache::<Meta<ConfigMap>>(&ctx.applied, true);
+    let mut services = cache::<Meta<Service>>(&ctx.applied, true);
+    let mut budgets = cache::<Meta<PodDisruptionBudget>>(&ctx.applied, true);
+    let mut policies = cache::<Meta<NetworkPolicy>>(&ctx.applied, true);
+    let mut deployments = cache::<Deployment>(&ctx.applied, true);
+    let child = |group_version: &str, plural: &str| {
+        path(group_version, "factory", plural, "line-1-gateway")
+    };
+    let registry = path("v1", "factory", "secrets", "line-1-gateway-registry");
+    let deployment_answer = json!({
+        "metadata": { "uid": "u-d", "generation": 1 },
+        "status": { "replicas": 2, "readyReplicas": 2 },
+    });
+    let mut first = gateway_reads();
+    first.extend([
+        Exchange::get(&path(
+            "v1",
+            "factory",
+            "secrets",
+            "tributary-device-registry",
+        ))
+        .not_found(),
+        Exchange::post("/api/v1/namespaces/factory/secrets"),
+        Exchange::get(&registry).not_found(),
+        Exchange::apply(&registry),
+        Exchange::apply(&child("v1", "configmaps")).reply(versioned("u-c", None)),
+        Exchange::apply(&child("v1", "services")).reply(versioned("u-s", None)),
+        Exchange::apply(&child("policy/v1", "poddisruptionbudgets"))
+            .reply(versioned("u-p", Some(1))),
+        Exchange::apply(&child("networking.k8s.io/v1", "networkpolicies"))
+            .reply(versioned("u-n", Some(1))),
+        Exchange::apply(&child("apps/v1", "deployments")).reply(deployment_answer.clone()),
+        Exchange::post(&events("factory")),
+        Exchange::apply(&tributary("gateways", "line-1/status"))
+            .reply(serde_json::to_value(&gateway).expect("serializes")),
+    ]);
+    let scenario = server.run(first);
+    let action = crate::controller::gateway::reconcile(Arc::new(gateway.clone()), ctx.clone());
+    action.await.expect("first pass reconciles");
+    let bodies = scenario.done().await;
+    config_maps.apply_watcher_event(&Event::Apply(as_watched(
+        &bodies[8],
+        versioned("u-c", None),
+    )));
+    services.apply_watcher_event(&Event::Apply(as_watched(
+        &bodies[9],
+        versioned("u-s", None),
+    )));
+    let budget = as_watched(&bodies[10], versioned("u-p", Some(1)));
+    budgets.apply_watcher_event(&Event::Apply(budget));
+    let policy = as_watched(&bodies[11], versioned("u-n", Some(1)));
+    policies.apply_watcher_event(&Event::Apply(policy));
+    deployments.apply_watcher_event(&Event::Apply(as_watched(&bodies[12], deployment_answer)));
+    let mut settled = gateway;
+    settled.status = Some(serde_json::from_value(bodies[14]["status"].clone()).expect("status"));
+
+    // Second pass: the namespace's keys are kept; the registry Secret is read back (its
+    // table unchanged); nothing is written.
+    let (client, server) = mocked();
+    let ctx = Arc::new(Context {
+        client,
+        ..Arc::into_inner(ctx).expect("the only reference")
+    });
+    let mut second = gateway_reads();
+    second.push(Exchange::get(&registry).reply(bodies[7].clone()));
+    let scenario = server.run(second);
+    let action = crate::controller::gateway::reconcile(Arc::new(settled), ctx.clone());
+    action
+        .await
+        .expect("second pass reconciles without a write");
+    assert_eq!(scenario.done().await.len(), 5, "reads only");
+    let metrics = ctx.metrics.render();
+    let kinds = [
+        "ConfigMap",
+        "Service",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+        "Deployment",
+    ];
+    for kind in kinds {
+        let line = format!("tributary_operator_applies_skipped_total{{kind=\"{kind}\"}} 1");
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
+}
