@@ -76,6 +76,15 @@ impl Applied {
         }
     }
 
+    /// Whether filled caches show that none of `children` (kind, name) exists in
+    /// `namespace`: only then may a step skip reading them. Unknown is not absent.
+    pub fn all_absent(&self, namespace: &str, children: &[(&str, &str)]) -> bool {
+        children.iter().all(|(kind, name)| {
+            let key = ((*kind).to_owned(), namespace.to_owned(), (*name).to_owned());
+            self.caches.lookup(&key).0 == decision::Cached::Absent
+        })
+    }
+
     /// How many children are remembered (for tests).
     #[cfg(test)]
     pub fn remembered(&self) -> usize {

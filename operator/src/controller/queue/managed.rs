@@ -139,6 +139,19 @@ async fn leave_managed(
 ) -> Result<Option<Outcome>, Error> {
     let namespace = queue.namespace().unwrap_or_default();
     let names = ManagedNames::for_queue(&queue.name_any());
+    // The common case, an external broker never managed: the children's caches show none
+    // of the managed broker's children, so nothing is read (nor removed).
+    let children = [
+        ("StatefulSet", names.broker.as_str()),
+        ("Service", names.broker.as_str()),
+        ("Service", names.headless.as_str()),
+        ("ConfigMap", names.config.as_str()),
+        ("NetworkPolicy", names.broker.as_str()),
+        ("Secret", names.credentials.as_str()),
+    ];
+    if ctx.applied.all_absent(&namespace, &children) {
+        return Ok(None);
+    }
     let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
     let set = sets
         .get_opt(&names.broker)
