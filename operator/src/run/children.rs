@@ -4,6 +4,7 @@
 
 use super::controllers::{api_for, children_config};
 use super::stopped;
+use crate::build::monitoring::MonitoringKind;
 use crate::controller::Context;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -11,9 +12,10 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::NamespaceResourceScope;
+use kube::api::DynamicObject;
 use kube::core::PartialObjectMeta as Meta;
 use kube::runtime::{reflector, watcher, WatchStreamExt};
-use kube::{Resource, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -36,8 +38,38 @@ pub(super) async fn fill_caches(ctx: &Arc<Context>, ns: Option<&str>, stop: watc
         cache::<Meta<NetworkPolicy>>(ctx, ns, stop.clone()),
         pdbs,
         cache::<Deployment>(ctx, ns, stop.clone()),
-        cache::<StatefulSet>(ctx, ns, stop),
+        cache::<StatefulSet>(ctx, ns, stop.clone()),
+        monitoring(ctx, ns, stop),
     );
+}
+
+/// The metadata of the PodMonitors and PrometheusRules, for the kinds the cluster serves at
+/// start (installed later, they are applied on every reconcile until a restart).
+async fn monitoring(ctx: &Arc<Context>, ns: Option<&str>, stop: watch::Receiver<bool>) {
+    let served = crate::controller::monitoring::served(&ctx.client).await;
+    let kinds = [MonitoringKind::PodMonitor, MonitoringKind::PrometheusRule];
+    let caches = kinds
+        .into_iter()
+        .filter(|kind| served.serves(*kind))
+        .map(|kind| {
+            let resource = kind.api_resource();
+            let writer = reflector::store::Writer::new(resource.clone());
+            let namespace = ns.map(str::to_owned);
+            ctx.applied
+                .caches
+                .add_dynamic(&resource, namespace, writer.as_reader());
+            let api: Api<Meta<DynamicObject>> = match ns {
+                Some(ns) => Api::namespaced_with(ctx.client.clone(), ns, &resource),
+                None => Api::all_with(ctx.client.clone(), &resource),
+            };
+            let stream = watcher(api, children_config())
+                .default_backoff()
+                .modify(|object| object.managed_fields_mut().clear())
+                .reflect(writer)
+                .take_while(|item| futures::future::ready(!refused(item)));
+            drain(stream, stop.clone())
+        });
+    futures::future::join_all(caches).await;
 }
 
 /// The children of kind `K` (`Meta<_>`: metadata only, the API asked for no more),

@@ -6,6 +6,8 @@
 use super::decision::{Cached, Seen};
 use super::Key;
 use futures::FutureExt;
+use kube::api::{ApiResource, DynamicObject};
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::Resource;
 use std::any::Any;
@@ -39,6 +41,25 @@ where
     }
 }
 
+/// The metadata of a kind known at run time (the Prometheus Operator's).
+struct Dynamic {
+    store: Store<PartialObjectMeta<DynamicObject>>,
+    resource: ApiResource,
+}
+
+impl Lookup for Dynamic {
+    fn ready(&self) -> bool {
+        matches!(self.store.wait_until_ready().now_or_never(), Some(Ok(())))
+    }
+
+    fn get(&self, namespace: &str, name: &str) -> Option<(Option<Seen>, Shared)> {
+        let key = ObjectRef::new_with(name, self.resource.clone()).within(namespace);
+        let object = self.store.get(&key)?;
+        let seen = Seen::of(object.meta());
+        Some((seen, object))
+    }
+}
+
 struct Registered {
     kind: String,
     /// `None`: every namespace.
@@ -63,6 +84,27 @@ impl ChildCaches {
             kind: kind.to_owned(),
             namespace,
             cache: Box::new(store),
+        };
+        self.registered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(registered);
+    }
+
+    /// Adds the metadata cache of `resource`'s kind of one watched namespace (`None`: all).
+    pub fn add_dynamic(
+        &self,
+        resource: &ApiResource,
+        namespace: Option<String>,
+        store: Store<PartialObjectMeta<DynamicObject>>,
+    ) {
+        let registered = Registered {
+            kind: resource.kind.clone(),
+            namespace,
+            cache: Box::new(Dynamic {
+                store,
+                resource: resource.clone(),
+            }),
         };
         self.registered
             .lock()

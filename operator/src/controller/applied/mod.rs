@@ -17,7 +17,7 @@ use crate::build::BuildError;
 use decision::{Decision, Record};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::ObjectMeta;
+use kube::api::{DynamicObject, ObjectMeta};
 use kube::Resource;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -123,6 +123,44 @@ where
     Fut: Future<Output = Result<ObjectMeta, Error>>,
 {
     let (key, hash) = key_and_hash(object)?;
+    send_unless_current(ctx, key, hash, send).await
+}
+
+/// Applies a child of a kind known at run time (`kind`, e.g. `PodMonitor`) with `send`
+/// unless that cannot change anything.
+pub async fn apply_dynamic<F, Fut>(
+    ctx: &Context,
+    kind: &str,
+    object: &DynamicObject,
+    send: F,
+) -> Result<(), Error>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<ObjectMeta, Error>>,
+{
+    let meta = &object.metadata;
+    let namespace = meta
+        .namespace
+        .clone()
+        .ok_or(BuildError::MissingMetadata("namespace"))?;
+    let name = meta
+        .name
+        .clone()
+        .ok_or(BuildError::MissingMetadata("name"))?;
+    let hash = decision::desired_hash(object)?;
+    send_unless_current(ctx, (kind.to_owned(), namespace, name), hash, send).await
+}
+
+async fn send_unless_current<F, Fut>(
+    ctx: &Context,
+    key: Key,
+    hash: u64,
+    send: F,
+) -> Result<(), Error>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<ObjectMeta, Error>>,
+{
     if ctx.applied.check(&key, hash).0 == Decision::Skip {
         ctx.metrics.apply_skipped(&key.0);
         return Ok(());

@@ -308,3 +308,52 @@ async fn a_settled_gateway_writes_nothing_on_its_next_reconcile() {
         assert!(metrics.contains(&line), "{line} in\n{metrics}");
     }
 }
+
+#[tokio::test]
+async fn a_monitoring_object_is_sent_again_only_once_its_cache_shows_a_change() {
+    use crate::build::monitoring::MonitoringKind;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (client, _server) = mocked();
+    let ctx = context(client);
+    let resource = MonitoringKind::PodMonitor.api_resource();
+    let mut writer = Writer::new(resource.clone());
+    let namespace = Some("factory".to_owned());
+    ctx.applied
+        .caches
+        .add_dynamic(&resource, namespace, writer.as_reader());
+    writer.apply_watcher_event(&Event::Init);
+    writer.apply_watcher_event(&Event::InitDone);
+    let object = DynamicObject::new("line-1-gateway", &resource)
+        .within("factory")
+        .data(json!({ "spec": { "podMetricsEndpoints": [{ "port": "metrics" }] } }));
+    let watched = |generation: i64| -> Meta<DynamicObject> {
+        serde_json::from_value(json!({
+            "apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
+            "metadata": { "name": "line-1-gateway", "namespace": "factory", "uid": "u-m",
+                          "generation": generation, "resourceVersion": "5" },
+        }))
+        .expect("metadata")
+    };
+    let sent = AtomicUsize::new(0);
+    let send = || async {
+        sent.fetch_add(1, Ordering::SeqCst);
+        Ok(watched(1).metadata)
+    };
+    apply_dynamic(&ctx, "PodMonitor", &object, send)
+        .await
+        .expect("sent");
+    writer.apply_watcher_event(&Event::Apply(watched(1)));
+    apply_dynamic(&ctx, "PodMonitor", &object, send)
+        .await
+        .expect("skipped");
+    assert_eq!(sent.load(Ordering::SeqCst), 1, "unchanged: not sent again");
+    writer.apply_watcher_event(&Event::Apply(watched(2)));
+    apply_dynamic(&ctx, "PodMonitor", &object, send)
+        .await
+        .expect("sent");
+    assert_eq!(
+        sent.load(Ordering::SeqCst),
+        2,
+        "edited by someone: sent again"
+    );
+}
