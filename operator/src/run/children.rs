@@ -1,6 +1,9 @@
 //! The watch caches of the children the operator applies (`controller::applied`), for one
 //! watched namespace (or all): label-selected, metadata only (a Secret's values never
-//! reach them), except the Deployments and StatefulSets whose status the reconciles read.
+//! reach them), except the Deployments and StatefulSets whose status the reconciles read;
+//! PodMonitors and PrometheusRules too when the cluster serves them at start. A kind the
+//! operator may not list and watch leaves its cache unfilled: those children are always
+//! applied.
 
 use super::controllers::{api_for, children_config};
 use super::stopped;
