@@ -5,6 +5,8 @@
 //! - `tributary_operator_reconcile_duration_seconds{kind}`: reconcile latency histogram.
 //! - `tributary_operator_leader`: 1 while this replica holds the leader Lease.
 //! - `tributary_operator_api_requests_total{verb}`: requests to the Kubernetes API.
+//! - `tributary_operator_applies_skipped_total{kind}`: child applies skipped as unable to
+//!   change anything.
 //! - `tributary_operator_queue_ready_messages{namespace,queue}`, `…_unacked_messages`,
 //!   `…_consumers`, `…_dead_letter_messages`: the broker counts the Queue controller last
 //!   read (the leader only), for backlog and dead-letter alerts.
@@ -36,6 +38,7 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Requests to the Kubernetes API, by verb (counted by [`requests::CountRequests`]).
     pub api_requests: requests::RequestCounts,
+    applies_skipped: Family<Labels, Counter>,
     scale_events: Family<Labels, Counter>,
     worker_replicas: Family<Labels, Gauge>,
     worker_backlog: Family<Labels, Gauge>,
@@ -64,6 +67,7 @@ impl Metrics {
             }),
             leader: Gauge::default(),
             api_requests: Family::default(),
+            applies_skipped: Family::default(),
             scale_events: Family::default(),
             worker_replicas: Family::default(),
             worker_backlog: Family::default(),
@@ -106,6 +110,11 @@ impl Metrics {
             "api_requests",
             "Requests to the Kubernetes API, by verb (watch, get, create, update, patch, delete)",
             self.api_requests.clone(),
+        );
+        registry.register(
+            "applies_skipped",
+            "Child applies skipped because they could not change anything, by child kind",
+            self.applies_skipped.clone(),
         );
     }
 
@@ -169,6 +178,12 @@ impl Metrics {
             labels,
             start: Instant::now(),
         }
+    }
+
+    /// Counts a child apply of `kind` skipped because it could not change anything.
+    pub fn apply_skipped(&self, kind: &str) {
+        let labels = vec![("kind".to_owned(), kind.to_owned())];
+        self.applies_skipped.get_or_create(&labels).inc();
     }
 
     /// Counts a failed reconcile.
@@ -372,6 +387,7 @@ mod tests {
         let metrics = Metrics::new();
         drop(metrics.reconcile("Queue"));
         metrics.error("Queue", "kube");
+        metrics.apply_skipped("ConfigMap");
         metrics.leader.set(1);
         metrics
             .api_requests

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tributary_service_kit::{health, metrics as ops_metrics, serve, shutdown};
 
+mod children;
 mod controllers;
 
 /// Settings of `run`.
@@ -185,6 +186,7 @@ async fn context(client: Client, settings: &Settings, metrics: Arc<Metrics>) -> 
         tenancy: settings.tenancy.clone(),
         retries: Default::default(),
         registry: Default::default(),
+        applied: Default::default(),
         operator_namespace: settings.operator_namespace.clone(),
     })
 }

@@ -8,7 +8,8 @@
 //! namespace going away) releases the workload at once, one that does not answer after
 //! [`GIVE_UP_AFTER`], each time with an Event.
 
-use super::{apply, being_deleted, Context, Error, Outcome, RETRY};
+use super::applied::apply_child;
+use super::{being_deleted, Context, Error, Outcome, RETRY};
 use crate::broker::endpoint::{managed_by_name, random_token, secret_data, Endpoint};
 use crate::broker::BrokerUser;
 use crate::build::queue::access::{
@@ -150,8 +151,8 @@ async fn ensure_one<K: Workload>(
             "cannot set up broker user {user} on the managed broker of Queue {queue:?}: {error}"
         ));
     }
-    apply(
-        &ctx.client,
+    apply_child(
+        ctx,
         &access::user_secret(workload, &name, queue, &user, &password)?,
     )
     .await?;

@@ -2,8 +2,9 @@
 //! renders the gateway config, and applies the ConfigMap, Deployment, Service and
 //! PodDisruptionBudget.
 
+use super::applied::{apply_child, apply_kept, apply_pdb};
 use super::{
-    apply, being_deleted, broker_user, checked, patch_status, ready_condition, resolve_queue,
+    being_deleted, broker_user, checked, patch_status, ready_condition, resolve_queue,
     resolve_secrets, Context, Error, Outcome, Step,
 };
 use crate::build::gateway::{self as build, GatewayChildren, GatewayInputs};
@@ -141,11 +142,11 @@ async fn dereference(ctx: &Context, gateway: &Gateway) -> Step<GatewayInputs> {
 
 /// Applies the children; the Deployment last (its pods mount the ConfigMap), as applied.
 async fn apply_children(ctx: &Context, children: &GatewayChildren) -> Result<Deployment, Error> {
-    apply(&ctx.client, &children.config_map).await?;
-    apply(&ctx.client, &children.service).await?;
-    ctx.pdb.apply(&ctx.client, &children.pdb).await?;
-    apply(&ctx.client, &children.network_policy).await?;
-    apply(&ctx.client, &children.deployment).await
+    apply_child(ctx, &children.config_map).await?;
+    apply_child(ctx, &children.service).await?;
+    apply_pdb(ctx, &children.pdb).await?;
+    apply_child(ctx, &children.network_policy).await?;
+    apply_kept(ctx, &children.deployment).await
 }
 
 /// The status from the applied Deployment: endpoint, ready pods, and whether it is Ready.

@@ -354,6 +354,7 @@ pub fn context_with(client: Client, tenancy: crate::build::tenancy::TenantPolicy
         tenancy,
         retries: Default::default(),
         registry: Default::default(),
+        applied: Default::default(),
         operator_namespace: Some("tributary-system".to_owned()),
     })
 }

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod application_api;
+pub mod applied;
 pub mod broker_user;
 pub mod device;
 pub mod gateway;
@@ -64,6 +65,9 @@ pub struct Context {
     /// The device registry: namespace keys, cached Devices and gateway pods, published
     /// tables.
     pub registry: Arc<crate::registry::Registry>,
+    /// What was applied of each child, and the children's caches: applies that cannot
+    /// change anything are skipped.
+    pub applied: applied::Applied,
 }
 
 /// Why a reconcile failed. Invalid specs and missing references are not errors: they

@@ -12,7 +12,7 @@ use super::Context;
 use crate::build::monitoring::{self as build, MonitoringKind};
 use crate::build::{BuildError, FIELD_MANAGER};
 use crate::crd::{Gateway, Queue, Worker};
-use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
+use kube::api::{ApiResource, DynamicObject, ObjectMeta, Patch, PatchParams};
 use kube::{Api, Client, Resource};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -46,7 +46,8 @@ impl Served {
         served
     }
 
-    fn serves(self, kind: MonitoringKind) -> bool {
+    /// Whether `kind` is served.
+    pub fn serves(self, kind: MonitoringKind) -> bool {
         match kind {
             MonitoringKind::PodMonitor => self.pod_monitor,
             MonitoringKind::PrometheusRule => self.prometheus_rule,
@@ -118,7 +119,7 @@ async fn apply_dynamic(
     client: &Client,
     resource: &ApiResource,
     object: &DynamicObject,
-) -> Result<(), super::Error> {
+) -> Result<ObjectMeta, super::Error> {
     let namespace = object
         .metadata
         .namespace
@@ -131,8 +132,10 @@ async fn apply_dynamic(
         .ok_or(BuildError::MissingMetadata("name"))?;
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, resource);
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch(&name, &params, &Patch::Apply(object)).await?;
-    Ok(())
+    Ok(api
+        .patch(&name, &params, &Patch::Apply(object))
+        .await?
+        .metadata)
 }
 
 /// Builds and applies the objects of `owner` whose kind the cluster serves; logs and counts
@@ -152,7 +155,11 @@ async fn ensure<K>(
         let result = match object {
             Ok(mut object) => {
                 crate::build::labels::add_missing(&mut object.metadata, &ctx.monitoring_labels);
-                apply_dynamic(&ctx.client, &kind.api_resource(), &object).await
+                let resource = kind.api_resource();
+                super::applied::apply_dynamic(ctx, kind.kind(), &object, || {
+                    apply_dynamic(&ctx.client, &resource, &object)
+                })
+                .await
             }
             Err(error) => Err(error.into()),
         };

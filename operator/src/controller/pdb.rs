@@ -5,7 +5,7 @@
 use super::Error;
 use crate::build::{BuildError, FIELD_MANAGER};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
+use kube::api::{ApiResource, DynamicObject, ObjectMeta, Patch, PatchParams};
 use kube::{Api, Client};
 
 /// Which PodDisruptionBudget API the cluster serves.
@@ -55,8 +55,13 @@ impl PdbApi {
         Ok(serde_json::from_value(value)?)
     }
 
-    /// Server-side applies the PodDisruptionBudget in the served version.
-    pub async fn apply(&self, client: &Client, pdb: &PodDisruptionBudget) -> Result<(), Error> {
+    /// Server-side applies the PodDisruptionBudget in the served version; answers its
+    /// metadata as the server returned it.
+    pub async fn apply(
+        &self,
+        client: &Client,
+        pdb: &PodDisruptionBudget,
+    ) -> Result<ObjectMeta, Error> {
         let namespace = pdb
             .metadata
             .namespace
@@ -71,8 +76,10 @@ impl PdbApi {
             Api::namespaced_with(client.clone(), &namespace, &self.resource);
         let object = self.to_dynamic(pdb)?;
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        api.patch(&name, &params, &Patch::Apply(&object)).await?;
-        Ok(())
+        Ok(api
+            .patch(&name, &params, &Patch::Apply(&object))
+            .await?
+            .metadata)
     }
 }
 

@@ -1,8 +1,9 @@
 //! Worker controller: dereferences the Queue, the Sinks and their Secrets, renders the
 //! worker config, applies the ConfigMap and Deployment, and reports replicas.
 
+use super::applied::{apply_child, apply_kept};
 use super::{
-    apply, being_deleted, broker_user, checked, patch_status, ready_condition, resolve_queue,
+    being_deleted, broker_user, checked, patch_status, ready_condition, resolve_queue,
     resolve_secrets, Context, Error, Outcome, Step, PROGRESS_POLL, RESYNC,
 };
 use crate::build::queue::access::{self, BrokerCredentials};
@@ -107,7 +108,8 @@ async fn dereference(ctx: &Context, worker: &Worker) -> Step<WorkerInputs> {
             broker_user::substitute(&mut target.uri, &mut target.credentials, users.get(name));
         }
     }
-    let handed_over = replicas_handed_over(client, worker).await?;
+    // Without autoscaling the replicas are the operator's: nothing to read.
+    let handed_over = worker.spec.scaling.enabled && replicas_handed_over(client, worker).await?;
     let mut inputs = WorkerInputs {
         queue,
         sinks,
@@ -225,9 +227,9 @@ async fn apply_children(
     children: &WorkerChildren,
     set_replicas: bool,
 ) -> Result<Deployment, Error> {
-    apply(&ctx.client, &children.config_map).await?;
-    apply(&ctx.client, &children.network_policy).await?;
-    let deployment = apply(&ctx.client, &children.deployment).await?;
+    apply_child(ctx, &children.config_map).await?;
+    apply_child(ctx, &children.network_policy).await?;
+    let deployment = apply_kept(ctx, &children.deployment).await?;
     super::monitoring::ensure_for_worker(ctx, worker).await;
     if worker.spec.scaling.enabled && set_replicas {
         let namespace = worker.namespace().unwrap_or_default();

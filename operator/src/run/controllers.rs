@@ -16,7 +16,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use std::sync::Arc;
 use tokio::sync::watch;
 
-fn api_for<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+pub(super) fn api_for<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
 {
@@ -63,7 +63,7 @@ fn labelled_queue<K: Resource>(child: &K) -> Option<ObjectRef<DeserializeGuard<Q
     Some(ObjectRef::new(name).within(child.meta().namespace.as_deref()?))
 }
 
-fn children_config() -> watcher::Config {
+pub(super) fn children_config() -> watcher::Config {
     watcher::Config::default().labels("app.kubernetes.io/managed-by=tributary-operator")
 }
 
@@ -94,6 +94,7 @@ pub(super) async fn run_controllers(
         application_apis(&ctx, ns, stop.clone()),
         gateway_pods(&ctx, ns, stop.clone()),
         device_secrets(&ctx, ns, stop.clone()),
+        super::children::fill_caches(&ctx, ns, stop.clone()),
         run_workers(workers, &ctx, ns, stop),
         autoscaler
     );

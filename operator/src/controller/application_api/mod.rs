@@ -4,9 +4,9 @@
 
 mod dereference;
 
+use super::applied::{apply_child, apply_kept};
 use super::{
-    apply, being_deleted, broker_user, checked, patch_status, ready_condition, Context, Error,
-    Outcome,
+    being_deleted, broker_user, checked, patch_status, ready_condition, Context, Error, Outcome,
 };
 use crate::build::api::{self as build, keys, ApiChildren};
 use crate::crd::{ApplicationApi, ApplicationApiStatus};
@@ -71,11 +71,11 @@ async fn steps(
 /// Applies the keys Secret first (an application may read its key while the pods start),
 /// then the config, Service and policy, and the Deployment last, as applied.
 async fn apply_children(ctx: &Context, children: &ApiChildren) -> Result<Deployment, Error> {
-    apply(&ctx.client, &children.keys_secret).await?;
-    apply(&ctx.client, &children.config_map).await?;
-    apply(&ctx.client, &children.service).await?;
-    apply(&ctx.client, &children.network_policy).await?;
-    apply(&ctx.client, &children.deployment).await
+    apply_child(ctx, &children.keys_secret).await?;
+    apply_child(ctx, &children.config_map).await?;
+    apply_child(ctx, &children.service).await?;
+    apply_child(ctx, &children.network_policy).await?;
+    apply_kept(ctx, &children.deployment).await
 }
 
 /// The status from the applied Deployment: where to reach the API, where its keys are, and

@@ -2,7 +2,8 @@
 //! to form before the first declaration, and removing it after a switch to an external
 //! broker once it is verified to hold no messages.
 
-use super::super::{apply, being_deleted, Context, Error, Outcome, PROGRESS_POLL, RETRY};
+use super::super::applied::{apply_child, apply_kept};
+use super::super::{being_deleted, Context, Error, Outcome, PROGRESS_POLL, RETRY};
 use super::BrokerQueues;
 use crate::broker::endpoint;
 use crate::build::queue::{self as build, managed::belongs_to, ManagedNames};
@@ -24,14 +25,14 @@ pub(super) async fn apply_broker(
     let names = ManagedNames::for_queue(&queue.name_any());
     let creds = endpoint::credentials(&ctx.client, &namespace, &names).await?;
     let children = build::build_managed(queue, managed, &creds, &ctx.images.rabbitmq)?;
-    apply(&ctx.client, &children.secret).await?;
-    apply(&ctx.client, &children.config_map).await?;
-    apply(&ctx.client, &children.headless_service).await?;
-    apply(&ctx.client, &children.service).await?;
+    apply_child(ctx, &children.secret).await?;
+    apply_child(ctx, &children.config_map).await?;
+    apply_child(ctx, &children.headless_service).await?;
+    apply_child(ctx, &children.service).await?;
     // Before the broker pods exist: they never run unprotected.
     let policy = build::broker_network_policy(queue, ctx.operator_namespace.as_deref())?;
-    apply(&ctx.client, &policy).await?;
-    let sts = apply(&ctx.client, &children.stateful_set).await?;
+    apply_child(ctx, &policy).await?;
+    let sts = apply_kept(ctx, &children.stateful_set).await?;
     let ready = sts.status.and_then(|s| s.ready_replicas).unwrap_or(0);
     if ready < 1 {
         return Ok(Some(Outcome::waiting(
@@ -138,6 +139,19 @@ async fn leave_managed(
 ) -> Result<Option<Outcome>, Error> {
     let namespace = queue.namespace().unwrap_or_default();
     let names = ManagedNames::for_queue(&queue.name_any());
+    // The common case, an external broker never managed: the children's caches show none
+    // of the managed broker's children, so nothing is read (nor removed).
+    let children = [
+        ("StatefulSet", names.broker.as_str()),
+        ("Service", names.broker.as_str()),
+        ("Service", names.headless.as_str()),
+        ("ConfigMap", names.config.as_str()),
+        ("NetworkPolicy", names.broker.as_str()),
+        ("Secret", names.credentials.as_str()),
+    ];
+    if ctx.applied.all_absent(&namespace, &children) {
+        return Ok(None);
+    }
     let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
     let set = sets
         .get_opt(&names.broker)

@@ -178,6 +178,48 @@ async fn an_external_broker_whose_uri_secret_is_missing_waits_for_the_secret() {
 }
 
 #[tokio::test]
+async fn an_external_broker_never_managed_reads_no_managed_children_when_the_caches_are_filled() {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    use kube::core::PartialObjectMeta as Meta;
+    use kube::runtime::{reflector, watcher::Event};
+    fn filled<K>(ctx: &Context, namespace: &str)
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    {
+        let (reader, mut writer) = reflector::store::<K>();
+        writer.apply_watcher_event(&Event::Init);
+        writer.apply_watcher_event(&Event::InitDone);
+        let kind = K::kind(&());
+        ctx.applied
+            .caches
+            .add(&kind, Some(namespace.to_owned()), reader);
+    }
+    let queue: Queue = load("queue-external.yaml");
+    let (client, server) = mocked();
+    let ctx = context(client);
+    let namespace = queue.namespace().expect("fixtures have a namespace");
+    filled::<StatefulSet>(&ctx, &namespace);
+    filled::<Meta<Service>>(&ctx, &namespace);
+    filled::<Meta<ConfigMap>>(&ctx, &namespace);
+    filled::<Meta<NetworkPolicy>>(&ctx, &namespace);
+    filled::<Meta<Secret>>(&ctx, &namespace);
+    let mut scenario = vec![
+        Exchange::merge(&own_path(&queue, ""))
+            .with("/metadata/finalizers", json!([FINALIZER]))
+            .reply(object(&queue)),
+        // Straight to the endpoint: the caches hold no managed broker's child.
+        Exchange::get(&in_namespace(&queue, "v1", "secrets", "shared-rabbit")).not_found(),
+    ];
+    scenario.extend(reported(&queue, reason::WAITING_FOR_SECRET));
+    let scenario = server.run(scenario);
+    let action = reconcile(Arc::new(queue), ctx).await;
+    assert_eq!(action.expect("reconciles"), Action::requeue(RETRY * 4));
+    scenario.done().await;
+}
+
+#[tokio::test]
 async fn a_managed_cluster_gets_its_children_applied_and_reports_progress_while_pods_start() {
     // `queue-managed-ha.yaml`: Queue `ha` in `factory`, a managed broker of 3 replicas.
     let queue: Queue = load("queue-managed-ha.yaml");
