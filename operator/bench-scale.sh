@@ -112,6 +112,9 @@ spec:
     urlSecretRef: {name: db, key: url}
     table: readings
     createTable: false
+    columns:
+      - {name: device, expr: device}
+      - {name: received_at, expr: receivedAt, type: timestamptz}
 ---
 apiVersion: tributary.dev/v1alpha1
 kind: Sink
