@@ -96,6 +96,17 @@ pub fn may_retry(retry: &RetryConfig, attempts: u32) -> bool {
 /// while the previous one is still being written and settled.
 pub const WRITES_IN_FLIGHT: usize = 2;
 
+/// The batch policy a sink runs with under `prefetch`: at most a share of the prefetch per
+/// batch, so that the next batch can be gathered while [`WRITES_IN_FLIGHT`] are written (a
+/// batch as large as the prefetch would wait for its own acks, and be flushed by age).
+pub fn effective_batch(config: &BatchConfig, prefetch: u16) -> BatchConfig {
+    let share = (usize::from(prefetch) / WRITES_IN_FLIGHT).max(1);
+    BatchConfig {
+        max_messages: config.max_messages.clamp(1, share),
+        ..config.clone()
+    }
+}
+
 enum Outcome {
     Written,
     Rejected(String),
@@ -116,6 +127,8 @@ pub struct SinkRunner {
     pub outages: Arc<Outages>,
     /// Cancelled at shutdown: stops waiting between retries (the batch is requeued).
     pub shutdown: CancellationToken,
+    /// The consuming channel's prefetch (it bounds the batch size, see [`effective_batch`]).
+    pub prefetch: u16,
 }
 
 impl SinkRunner {
@@ -123,7 +136,7 @@ impl SinkRunner {
     pub async fn run(self: Arc<Self>, mut rx: mpsc::Receiver<SinkItem>) {
         let in_flight = Arc::new(tokio::sync::Semaphore::new(WRITES_IN_FLIGHT));
         let mut writes = tokio::task::JoinSet::new();
-        let mut buffer = BatchBuffer::new(self.sink.batch_config().clone());
+        let mut buffer = BatchBuffer::new(effective_batch(self.sink.batch_config(), self.prefetch));
         let mut open = true;
         while open {
             if buffer.is_empty() {
@@ -227,12 +240,21 @@ impl SinkRunner {
             },
             Outcome::Interrupted => Verdict::Requeue,
         };
-        let settled: Vec<_> = tickets
+        let mut acked = Vec::with_capacity(tickets.len());
+        let mut others = Vec::new();
+        for (delivery, verdict) in tickets
             .iter()
             .filter_map(|ticket| ticket.complete(verdict.clone()))
-            .collect();
+        {
+            match verdict {
+                Verdict::Ack => acked.push(delivery),
+                verdict => others.push((delivery, verdict)),
+            }
+        }
+        // Acked together: one multiple ack when their tags are contiguous.
+        self.finisher.ack_all(acked);
         futures::future::join_all(
-            settled
+            others
                 .into_iter()
                 .map(|(delivery, verdict)| self.finisher.finish(delivery, verdict)),
         )
@@ -319,6 +341,16 @@ mod tests {
         buffer.push(1, 1, first);
         buffer.push(2, 1, first + Duration::from_millis(50));
         assert_eq!(buffer.deadline(), Some(first + Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn a_batch_is_at_most_a_share_of_the_prefetch_so_two_can_be_in_flight() {
+        let config = policy(1000, 1 << 20);
+        assert_eq!(effective_batch(&config, 1000).max_messages, 500);
+        assert_eq!(effective_batch(&config, 4000).max_messages, 1000);
+        assert_eq!(effective_batch(&config, 1).max_messages, 1);
+        assert_eq!(effective_batch(&policy(0, 10), 500).max_messages, 1);
+        assert_eq!(effective_batch(&config, 1000).max_bytes, 1 << 20);
     }
 
     #[test]

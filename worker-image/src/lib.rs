@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ack;
+pub mod ack_window;
 pub mod app;
 pub mod batch;
 pub mod config;
