@@ -113,6 +113,37 @@ enum Outcome {
     Interrupted,
 }
 
+fn push(buffer: &mut BatchBuffer<SinkItem>, item: SinkItem) {
+    let size = item.prepared.bytes.len();
+    buffer.push(item, size, Instant::now());
+}
+
+/// Fills a started batch until it is due by count, bytes or age; false when the channel
+/// closed. Items already queued are taken without waiting (one timer per batch).
+async fn fill(buffer: &mut BatchBuffer<SinkItem>, rx: &mut mpsc::Receiver<SinkItem>) -> bool {
+    let deadline = buffer.deadline().unwrap_or_else(Instant::now);
+    let age = tokio::time::sleep_until(deadline.into());
+    let mut age = std::pin::pin!(age);
+    while !buffer.is_full() {
+        match rx.try_recv() {
+            Ok(item) => {
+                push(buffer, item);
+                continue;
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => return false,
+            Err(mpsc::error::TryRecvError::Empty) => {}
+        }
+        tokio::select! {
+            item = rx.recv() => match item {
+                Some(item) => push(buffer, item),
+                None => return false,
+            },
+            _ = &mut age => break,
+        }
+    }
+    true
+}
+
 /// Runs one sink until its channel closes (every sender dropped), flushing what is left.
 pub struct SinkRunner {
     /// The sink.
@@ -141,26 +172,11 @@ impl SinkRunner {
         while open {
             if buffer.is_empty() {
                 match rx.recv().await {
-                    Some(item) => {
-                        let size = item.prepared.bytes.len();
-                        buffer.push(item, size, Instant::now());
-                    }
+                    Some(item) => push(&mut buffer, item),
                     None => break,
                 }
             }
-            while !buffer.is_full() {
-                let deadline = buffer.deadline().unwrap_or_else(Instant::now);
-                tokio::select! {
-                    item = rx.recv() => match item {
-                        Some(item) => {
-                            let size = item.prepared.bytes.len();
-                            buffer.push(item, size, Instant::now());
-                        }
-                        None => { open = false; break; }
-                    },
-                    _ = tokio::time::sleep_until(deadline.into()) => break,
-                }
-            }
+            open = fill(&mut buffer, &mut rx).await;
             let items = buffer.take();
             self.spawn_write(&in_flight, &mut writes, items).await;
         }
