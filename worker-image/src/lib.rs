@@ -9,6 +9,7 @@ pub mod batch;
 pub mod config;
 pub mod container;
 pub mod expr;
+pub mod field_path;
 pub mod http;
 pub mod http_client;
 pub mod metrics;

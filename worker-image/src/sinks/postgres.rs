@@ -268,9 +268,18 @@ impl PostgresSink {
         }
         let mut line = String::with_capacity(128);
         push_escaped(&mut line, &record.id);
-        let scope = self.env.scope(&record.value);
+        // Built only for a column that is more than a field path present in the message.
+        let mut scope = None;
         for column in &self.columns {
-            let value = column.expr.eval_in(&scope).map_err(|e| e.to_string())?;
+            let value = match column.expr.lookup(&record.value) {
+                Some(value) => std::borrow::Cow::Borrowed(value),
+                None => std::borrow::Cow::Owned(
+                    column
+                        .expr
+                        .eval_in(scope.get_or_insert_with(|| self.env.scope(&record.value)))
+                        .map_err(|e| e.to_string())?,
+                ),
+            };
             if let Some(why) = refusal(column.kind, &value) {
                 return Ok(refused(&column.name, why));
             }
