@@ -96,11 +96,13 @@ pub fn may_retry(retry: &RetryConfig, attempts: u32) -> bool {
 /// while the previous one is still being written and settled.
 pub const WRITES_IN_FLIGHT: usize = 2;
 
-/// The batch policy a sink runs with under `prefetch`: at most a share of the prefetch per
-/// batch, so that the next batch can be gathered while [`WRITES_IN_FLIGHT`] are written (a
-/// batch as large as the prefetch would wait for its own acks, and be flushed by age).
+/// The batch policy a sink runs with under `prefetch`: at most a quarter of the prefetch per
+/// batch, so that the [`WRITES_IN_FLIGHT`] batches being written hold half of it and the
+/// broker keeps delivering the next ones meanwhile (a batch as large as the prefetch would
+/// wait for its own acks and be flushed by age; two of half of it would stop the broker
+/// during every write).
 pub fn effective_batch(config: &BatchConfig, prefetch: u16) -> BatchConfig {
-    let share = (usize::from(prefetch) / WRITES_IN_FLIGHT).max(1);
+    let share = (usize::from(prefetch) / (2 * WRITES_IN_FLIGHT)).max(1);
     BatchConfig {
         max_messages: config.max_messages.clamp(1, share),
         ..config.clone()
@@ -360,10 +362,11 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_is_at_most_a_share_of_the_prefetch_so_two_can_be_in_flight() {
+    fn a_batch_is_at_most_a_quarter_of_the_prefetch_so_two_are_written_while_more_arrive() {
         let config = policy(1000, 1 << 20);
-        assert_eq!(effective_batch(&config, 1000).max_messages, 500);
+        assert_eq!(effective_batch(&config, 1000).max_messages, 250);
         assert_eq!(effective_batch(&config, 4000).max_messages, 1000);
+        assert_eq!(effective_batch(&config, 2000).max_messages, 500);
         assert_eq!(effective_batch(&config, 1).max_messages, 1);
         assert_eq!(effective_batch(&policy(0, 10), 500).max_messages, 1);
         assert_eq!(effective_batch(&config, 1000).max_bytes, 1 << 20);
