@@ -33,8 +33,8 @@ ROWS = [
     ("gateway", "command_round_trip_p99", "gateway", "rabbitmq-mqtt", "command round trip, p99, 1,000 connected devices", "RabbitMQ's MQTT plugin, same broker, `amq.topic`", "lower"),
     ("gateway", "command_round_trip_p50", "gateway", "mosquitto", "command round trip, p50, 1,000 connected devices", "Mosquitto (in memory, no durability)", "lower"),
     ("gateway", "command_round_trip_p99", "gateway", "mosquitto", "command round trip, p99, 1,000 connected devices", "Mosquitto (in memory, no durability)", "lower"),
-    ("worker", "worker_rows", "worker", "copy", "worker → PostgreSQL, rows stored per second", "plain `COPY` of the same rows", "higher"),
-    ("worker", "worker_rows", "worker", "broker-ceiling", "worker → PostgreSQL, rows stored per second", "bare consumer of the same broker (drain ceiling)", "higher"),
+    ("worker", "worker_rows", "worker", "copy", "worker → PostgreSQL, rows stored per second (one pod, default batch and prefetch)", "plain `COPY` of the same rows", "higher"),
+    ("worker", "worker_rows", "worker", "broker-ceiling", "worker → PostgreSQL, rows stored per second (one pod, default batch and prefetch)", "bare consumer of the same broker, same prefetch, one multiple ack per quarter of it (drain ceiling)", "higher"),
 ] + [
     ("api", f"history_{kind}_{stat}", "api", "sql", f"history: {what}, {label}", "the same SQL, prepared, straight to PostgreSQL (same connections and concurrency)", better)
     for kind, what in [

@@ -1,10 +1,15 @@
 //! Benchmark (not a test): worker → PostgreSQL rows/s, beside a plain `COPY` of the same
 //! rows into a table of the same shape, in the same run; prints both and the ratio.
 //!
+//! The worker runs as one pod of a Worker with the defaults would: default batch, default
+//! concurrency, and the prefetch the operator renders for it ([`prefetch`]). The broker's
+//! drain ceiling is a bare consumer of the same messages with the same prefetch that
+//! acknowledges with `multiple` every quarter of the prefetch.
+//!
 //! Needs RabbitMQ and PostgreSQL from `tests/services/`; `worker-image/bench.sh` starts
-//! them and runs this. Rows: `BENCH_ROWS` (default 100000). Besides the text, every rate
-//! is printed as a `BENCH figure=worker_rows system=… value=… unit=rows/s` line, which
-//! `hack/bench.sh` collects.
+//! them and runs this. Rows: `BENCH_ROWS` (default 100000); prefetch: `BENCH_PREFETCH`
+//! (default as above). Besides the text, every rate is printed as a `BENCH
+//! figure=worker_rows system=… value=… unit=rows/s` line, which `hack/bench.sh` collects.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +21,7 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::json;
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
+use tributary_contract::worker_config::{DEFAULT_POSTGRES_BATCH, DEFAULT_PREFETCH};
 use tributary_worker::config;
 use tributary_worker::record::{parse_envelope, record_of};
 use tributary_worker::sinks::postgres::push_copy_field;
@@ -39,6 +45,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// The prefetch of the run: `BENCH_PREFETCH`, or what the operator renders for a Worker with
+/// one default PostgreSQL sink (its batch, at least the worker's default prefetch).
+fn prefetch() -> u16 {
+    let rendered = u16::try_from(DEFAULT_POSTGRES_BATCH.max_messages)
+        .unwrap_or(u16::MAX)
+        .max(DEFAULT_PREFETCH);
+    std::env::var("BENCH_PREFETCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(rendered)
+}
 
 async fn run() -> BenchResult<()> {
     let amqp_url = env("TRIBUTARY_TEST_AMQP_URL");
@@ -67,7 +85,8 @@ async fn run() -> BenchResult<()> {
     // Broker ceiling: a bare consumer that only acknowledges, same prefetch, same messages.
     let bare_queue = format!("bench_bare_{tag}");
     declare_and_fill(&channel, &bare_queue, &bodies).await?;
-    let bare_seconds = bare_consume(&connection, &bare_queue, rows).await?;
+    let prefetch = prefetch();
+    let bare_seconds = bare_consume(&connection, &bare_queue, rows, prefetch).await?;
 
     let worker_table = format!("bench_worker_{tag}");
     pg.batch_execute(&format!("CREATE TABLE {worker_table} ({COLUMNS})"))
@@ -76,7 +95,7 @@ async fn run() -> BenchResult<()> {
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("amqp"), &amqp_url)?;
     std::fs::write(dir.join("pg"), &pg_url)?;
-    let config_text = worker_config(&dir, &queue, &worker_table)?;
+    let config_text = worker_config(&dir, (&queue, prefetch), &worker_table)?;
     let worker = tributary_worker::Worker::build(config::parse(&config_text)?)?;
     let metrics = worker.metrics();
     let prepare_micros = prepare_micros(&config_text, &amqp_url, &bodies)?;
@@ -84,7 +103,7 @@ async fn run() -> BenchResult<()> {
 
     let copy_rate = rows as f64 / copy_seconds;
     let worker_rate = rows as f64 / worker_seconds;
-    println!("rows: {rows}");
+    println!("rows: {rows}, prefetch {prefetch}");
     println!("plain COPY into {copy_table}: {copy_seconds:.3} s, {copy_rate:.0} rows/s");
     println!(
         "worker (RabbitMQ -> pipeline -> batched COPY + INSERT ON CONFLICT, acks) into {worker_table}: {worker_seconds:.3} s, {worker_rate:.0} rows/s"
@@ -92,7 +111,7 @@ async fn run() -> BenchResult<()> {
     println!("ratio worker/COPY: {:.2}", worker_rate / copy_rate);
     let bare_rate = rows as f64 / bare_seconds;
     println!(
-        "broker ceiling (bare consumer, ack only, no processing or sink): {bare_seconds:.3} s, {bare_rate:.0} rows/s; worker/ceiling {:.2}",
+        "broker ceiling (bare consumer, same prefetch, multiple acks, no processing or sink): {bare_seconds:.3} s, {bare_rate:.0} rows/s; worker/ceiling {:.2}",
         worker_rate / bare_rate
     );
     println!("processing CPU (parse + record + column CEL) per message: {prepare_micros:.1} µs");
@@ -207,14 +226,19 @@ async fn declare_and_fill(
     publish(channel, queue, bodies).await
 }
 
-/// The worker's config: `queue` into `table`, its files under `dir`, HTTP on a free port.
-fn worker_config(dir: &std::path::Path, queue: &str, table: &str) -> BenchResult<String> {
+/// The worker's config: `queue` with `prefetch` into `table` (default batch and
+/// concurrency), its files under `dir`, HTTP on a free port.
+fn worker_config(
+    dir: &std::path::Path,
+    (queue, prefetch): (&str, u16),
+    table: &str,
+) -> BenchResult<String> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
     Ok(format!(
         r#"
-queue: {{uriFile: {dir}/amqp, name: {queue}, prefetch: 4000, concurrency: 4}}
+queue: {{uriFile: {dir}/amqp, name: {queue}, prefetch: {prefetch}}}
 sinks:
   - postgres:
       name: rows
@@ -225,7 +249,6 @@ sinks:
         - {{name: seq, expr: payload.seq}}
         - {{name: temp, expr: payload.temp}}
         - {{name: payload, expr: payload}}
-      batch: {{maxMessages: 2000, maxBytes: 8000000, maxAgeMs: 50}}
 http: {{listen: "127.0.0.1:{port}"}}
 "#,
         dir = dir.display()
@@ -253,30 +276,37 @@ fn prepare_micros(
     Ok(started.elapsed().as_secs_f64() * 1e6 / bodies.len() as f64)
 }
 
-/// Runs the worker until `table` holds `rows` rows; the seconds that took.
+/// Runs the worker until it acknowledged `rows` messages (each only once its row is
+/// committed), then checks that `table` holds them; the seconds until the last ack. The
+/// worker's own counter is read, not `count(*)`: polling a growing table would take the
+/// CPU the worker and PostgreSQL share.
 async fn run_worker(
     worker: tributary_worker::Worker,
     pg: &tokio_postgres::Client,
     table: &str,
     rows: usize,
 ) -> BenchResult<f64> {
+    let metrics = worker.metrics();
     let shutdown = CancellationToken::new();
     let started = Instant::now();
     let handle = tokio::spawn(worker.run(shutdown.clone()));
-    let count_sql = format!("SELECT count(*) FROM {table}");
-    loop {
-        let count: i64 = pg.query_one(&count_sql, &[]).await?.get(0);
-        if count as usize >= rows {
-            break;
-        }
+    while metrics.acked.get() < rows as u64 {
         if started.elapsed() > Duration::from_secs(600) {
-            return Err(format!("worker stored only {count} of {rows} rows in 600 s").into());
+            let acked = metrics.acked.get();
+            return Err(format!("worker acknowledged only {acked} of {rows} in 600 s").into());
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let worker_seconds = started.elapsed().as_secs_f64();
     shutdown.cancel();
     let _ = handle.await;
+    let count: i64 = pg
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await?
+        .get(0);
+    if count as usize != rows {
+        return Err(format!("{rows} messages acknowledged but {count} rows stored").into());
+    }
     Ok(worker_seconds)
 }
 
@@ -310,17 +340,21 @@ async fn publish(
     Ok(())
 }
 
-/// Seconds for a consumer that only acknowledges to drain `rows` messages.
+/// Seconds for a consumer that only acknowledges to drain `rows` messages, with `prefetch`
+/// and one `multiple` ack per quarter of it (and one for the rest).
 async fn bare_consume(
     connection: &Connection,
     queue: &str,
     rows: usize,
+    prefetch: u16,
 ) -> Result<f64, Box<dyn std::error::Error>> {
     use futures::StreamExt;
+    use lapin::options::BasicAckOptions;
     let channel = connection.create_channel().await?;
     channel
-        .basic_qos(4000, lapin::options::BasicQosOptions::default())
+        .basic_qos(prefetch, lapin::options::BasicQosOptions::default())
         .await?;
+    let every = (usize::from(prefetch) / 4).max(1);
     let started = Instant::now();
     let mut consumer = channel
         .basic_consume(
@@ -335,11 +369,14 @@ async fn bare_consume(
         let Some(delivery) = consumer.next().await else {
             break;
         };
-        delivery?
-            .acker
-            .ack(lapin::options::BasicAckOptions::default())
-            .await?;
+        let delivery = delivery?;
         seen += 1;
+        if seen % every == 0 || seen == rows {
+            delivery
+                .acker
+                .ack(BasicAckOptions { multiple: true })
+                .await?;
+        }
     }
     let seconds = started.elapsed().as_secs_f64();
     channel.close(200, "done".into()).await?;

@@ -1,18 +1,20 @@
 //! Settling deliveries: a [`Ticket`] gathers every sink's verdict on one message, and the
-//! [`Finisher`] acts on the final one (ack, dead-letter then ack, or requeue). A dead letter
-//! the broker refuses is held and retried with backoff, never dropped; for classic queues the
-//! finisher also counts redeliveries (see [`redelivery`]).
+//! [`Finisher`] acts on the final one (ack, dead-letter then ack, or requeue). Acks are
+//! handed to the channel's [`Acks`], which sends them in bulk; a requeue or a reject is sent
+//! alone at once. A dead letter the broker refuses is held and retried with backoff, never
+//! dropped; for classic queues the finisher also counts redeliveries (see [`redelivery`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions, BasicRejectOptions};
+use lapin::options::{BasicNackOptions, BasicPublishOptions, BasicRejectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::Acker;
 use lapin::{BasicProperties, Channel};
 use tokio_util::sync::CancellationToken;
 use tributary_contract::worker_config::{DeadLetterConfig, RetryConfig};
 
+use crate::ack_window::Acks;
 use crate::batch::backoff;
 use crate::metrics::Metrics;
 use crate::outages::Outages;
@@ -106,6 +108,8 @@ impl<D> Ticket<D> {
 
 /// What the finisher needs of a delivery.
 pub struct Delivered {
+    /// Its delivery tag on the consuming channel.
+    pub tag: u64,
     /// Acknowledges on the consuming channel.
     pub acker: Acker,
     /// The original body.
@@ -186,6 +190,7 @@ pub fn counted_deliveries(properties: &BasicProperties) -> u32 {
 /// Acts on final verdicts.
 pub struct Finisher {
     queue: String,
+    acks: Arc<Acks>,
     dead_letter: Option<DeadLetterConfig>,
     channel: Option<Channel>,
     metrics: Arc<Metrics>,
@@ -206,6 +211,8 @@ impl std::fmt::Debug for Finisher {
 pub struct FinisherSetup {
     /// The consumed queue's name (republished counted messages go back to it).
     pub queue: String,
+    /// The consuming channel's acknowledgements.
+    pub acks: Arc<Acks>,
     /// The dead-letter target, when configured.
     pub dead_letter: Option<DeadLetterConfig>,
     /// A channel in confirm mode for dead letters and counted messages.
@@ -225,6 +232,7 @@ impl Finisher {
     pub fn new(setup: FinisherSetup) -> Self {
         Self {
             queue: setup.queue,
+            acks: setup.acks,
             dead_letter: setup.dead_letter,
             channel: setup.channel,
             metrics: setup.metrics,
@@ -237,44 +245,49 @@ impl Finisher {
     /// Settles one delivery. Errors are logged: an unsettled delivery returns to the queue
     /// when the channel closes, so nothing is lost.
     pub async fn finish(&self, delivery: Delivered, verdict: Verdict) {
-        let id = delivery.message_id();
         match verdict {
-            Verdict::Ack => self.ack(&delivery, &id).await,
-            Verdict::Requeue => self.requeue(&delivery, &id).await,
-            Verdict::DeadLetter { kind, reason } => {
-                tracing::warn!(message_id = %id, kind, reason = %reason, "dead-lettering");
-                match (&self.dead_letter, &self.channel) {
-                    (Some(target), Some(channel)) => {
-                        let headers = dead_letter_headers(&delivery, kind, &reason, &self.queue);
-                        let published = self
-                            .publish_until_taken(
-                                channel,
-                                (&target.exchange, &target.routing_key),
-                                &delivery,
-                                headers,
-                            )
-                            .await;
-                        if published {
-                            self.metrics.dead_lettered(kind);
-                            self.ack(&delivery, &id).await;
-                        } else {
-                            self.requeue(&delivery, &id).await;
-                        }
-                    }
-                    _ => {
-                        // Dead-lettering switched off: the broker's own policy applies, and
-                        // without one the message is discarded (as documented).
-                        match delivery
-                            .acker
-                            .reject(BasicRejectOptions { requeue: false })
-                            .await
-                        {
-                            Ok(_) => self.metrics.dead_lettered(kind),
-                            Err(e) => tracing::warn!(message_id = %id, error = %e, "reject failed"),
-                        }
-                    }
-                }
+            Verdict::Ack => self.ack_all([delivery]),
+            Verdict::Requeue => {
+                let id = delivery.message_id();
+                self.requeue(&delivery, &id).await;
             }
+            Verdict::DeadLetter { kind, reason } => {
+                self.dead_letter(delivery, kind, &reason).await;
+            }
+        }
+    }
+
+    /// Publishes a copy with the reason to the dead-letter target, then acknowledges (or,
+    /// without a target, rejects so that the broker's own policy applies).
+    async fn dead_letter(&self, delivery: Delivered, kind: &'static str, reason: &str) {
+        let id = delivery.message_id();
+        tracing::warn!(message_id = %id, kind, reason = %reason, "dead-lettering");
+        let (Some(target), Some(channel)) = (&self.dead_letter, &self.channel) else {
+            // Dead-lettering switched off: the broker's own policy applies, and without one
+            // the message is discarded (as documented).
+            let rejected = delivery
+                .acker
+                .reject(BasicRejectOptions { requeue: false })
+                .await;
+            match rejected {
+                Ok(sent) => {
+                    self.metrics.dead_lettered(kind);
+                    self.sent_alone(&delivery, sent);
+                }
+                Err(e) => tracing::warn!(message_id = %id, error = %e, "reject failed"),
+            }
+            return;
+        };
+        let headers = dead_letter_headers(&delivery, kind, reason, &self.queue);
+        let route = (target.exchange.as_str(), target.routing_key.as_str());
+        if self
+            .publish_until_taken(channel, route, &delivery, headers)
+            .await
+        {
+            self.metrics.dead_lettered(kind);
+            self.ack_all([delivery]);
+        } else {
+            self.requeue(&delivery, &id).await;
         }
     }
 
@@ -296,7 +309,7 @@ impl Finisher {
             .publish_until_taken(channel, ("", &self.queue), &delivery, headers)
             .await
         {
-            self.ack(&delivery, &id).await;
+            self.ack_all([delivery]);
             // Counted once the original is settled too (tests wait for it before a crash).
             self.metrics.redeliveries_counted.inc();
         } else {
@@ -342,19 +355,26 @@ impl Finisher {
             requeue: true,
         };
         match delivery.acker.nack(options).await {
-            Ok(_) => {
+            Ok(sent) => {
                 self.metrics.requeued.inc();
+                self.sent_alone(delivery, sent);
             }
             Err(e) => tracing::warn!(message_id = %id, error = %e, "nack failed"),
         };
     }
 
-    async fn ack(&self, delivery: &Delivered, id: &str) {
-        match delivery.acker.ack(BasicAckOptions::default()).await {
-            Ok(_) => {
-                self.metrics.acked.inc();
-            }
-            Err(e) => tracing::warn!(message_id = %id, error = %e, "ack failed"),
+    /// Acknowledges deliveries whose writes are durable: the channel's [`Acks`] sends one
+    /// multiple ack for each settled run of tags (counted in `acked` once sent).
+    pub fn ack_all(&self, deliveries: impl IntoIterator<Item = Delivered>) {
+        self.acks
+            .ack(deliveries.into_iter().map(|d| (d.tag, d.acker)));
+    }
+
+    /// A nack or reject went out alone: a later multiple ack may pass over it. One that was
+    /// not sent (the channel closed) keeps blocking it; the broker requeues the message.
+    fn sent_alone(&self, delivery: &Delivered, sent: bool) {
+        if sent {
+            self.acks.settled_alone(delivery.tag);
         }
     }
 }

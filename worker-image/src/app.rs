@@ -24,7 +24,8 @@ use tributary_contract::worker_config::{ProcessingConfig, WorkerConfig};
 use tributary_service_kit::amqp;
 
 use crate::ack::{Finisher, FinisherSetup};
-use crate::batch::{backoff, SinkRunner};
+use crate::ack_window::{Acks, OutOfOrder};
+use crate::batch::{backoff, effective_batch, SinkRunner};
 use crate::container::ContainerClient;
 use crate::expr::CelEnv;
 use crate::http::{serve, Health};
@@ -73,6 +74,10 @@ pub enum RunError {
     /// The broker closed the consumer (connection lost, queue deleted).
     #[error("broker closed the consumer")]
     ConsumerClosed,
+    /// The channel skipped or repeated a delivery tag: bulk acks could cover the wrong
+    /// messages, so the session ends and its unacknowledged messages return to the queue.
+    #[error("broker delivery tags: {0}")]
+    DeliveryTags(#[from] OutOfOrder),
 }
 
 /// A worker ready to run.
@@ -123,11 +128,15 @@ impl Worker {
             })
             .collect::<Result<Vec<_>, _>>()?;
         for sink in &sinks {
-            if sink.batch_config().max_messages > usize::from(config.queue.prefetch) {
-                tracing::warn!(
+            let configured = sink.batch_config().max_messages;
+            let effective = effective_batch(sink.batch_config(), config.queue.prefetch);
+            if effective.max_messages < configured {
+                tracing::info!(
                     sink = sink.name(),
                     prefetch = config.queue.prefetch,
-                    "batch maxMessages exceeds queue.prefetch: batches will be flushed by age"
+                    configured,
+                    batch = effective.max_messages,
+                    "batches limited to a share of queue.prefetch, so that the next one fills while one is written"
                 );
             }
         }
@@ -230,7 +239,8 @@ impl Worker {
         if queue.declare {
             self.declare(&consume_channel).await?;
         }
-        let (processor, runners) = self.start_pipeline(&publish_channel, &session_stop);
+        let acks = Arc::new(Acks::new(self.metrics.clone()));
+        let (processor, runners) = self.start_pipeline(&publish_channel, &acks, &session_stop);
         let tag = format!("tributary-worker-{}", std::process::id());
         let mut consumer = consume_channel
             .basic_consume(
@@ -240,13 +250,15 @@ impl Worker {
                 FieldTable::default(),
             )
             .await?;
+        // Spawned once nothing can fail before the drain, which closes it.
+        let ack_task = tokio::spawn(acks.clone().run());
         self.health.ready.store(true, Ordering::Relaxed);
         tracing::info!(queue = %queue.name, prefetch = queue.prefetch, concurrency = queue.concurrency, "consuming");
 
         let concurrency = queue.concurrency;
         let permits = Arc::new(Semaphore::new(concurrency as usize));
         let outcome = self
-            .hand_out(&mut consumer, &processor, &permits, shutdown)
+            .hand_out(&mut consumer, (&processor, &acks), &permits, shutdown)
             .await;
         self.health.ready.store(false, Ordering::Relaxed);
         tracing::info!("draining: stop consuming, flush batches, settle");
@@ -262,8 +274,13 @@ impl Worker {
             for runner in runners {
                 let _ = runner.await;
             }
+            // Everything is settled: send the last acks before the channel closes.
+            acks.close();
+            let _ = ack_task.await;
         })
         .await;
+        // After a drain cut short too: the task sends what is settled and ends.
+        acks.close();
         if drained.is_err() {
             tracing::warn!(
                 grace_seconds = grace.as_secs(),
@@ -281,11 +298,13 @@ impl Worker {
     fn start_pipeline(
         &self,
         publish_channel: &Channel,
+        acks: &Arc<Acks>,
         session_stop: &CancellationToken,
     ) -> (Arc<Processor>, Vec<tokio::task::JoinHandle<()>>) {
         let queue = &self.config.queue;
         let finisher = Arc::new(Finisher::new(FinisherSetup {
             queue: queue.name.clone(),
+            acks: acks.clone(),
             dead_letter: self.config.dead_letter.clone(),
             channel: Some(publish_channel.clone()),
             metrics: self.metrics.clone(),
@@ -304,6 +323,7 @@ impl Worker {
                 metrics: self.metrics.clone(),
                 outages: self.outages.clone(),
                 shutdown: session_stop.clone(),
+                prefetch: queue.prefetch,
             };
             runners.push(tokio::spawn(Arc::new(runner).run(rx)));
             senders.push((sink.clone(), tx));
@@ -321,12 +341,12 @@ impl Worker {
         (processor, runners)
     }
 
-    /// Hands each delivery to a processing task (at most `permits` at once) until shutdown
-    /// (`Ok`) or a broker error.
+    /// Records each delivery's tag, then hands it to a processing task (at most `permits` at
+    /// once) until shutdown (`Ok`) or a broker error.
     async fn hand_out(
         &self,
         consumer: &mut lapin::Consumer,
-        processor: &Arc<Processor>,
+        (processor, acks): (&Arc<Processor>, &Acks),
         permits: &Arc<Semaphore>,
         shutdown: &CancellationToken,
     ) -> Result<(), RunError> {
@@ -342,6 +362,7 @@ impl Worker {
                 None => return Err(RunError::ConsumerClosed),
             };
             self.metrics.consumed.inc();
+            acks.delivered(delivery.delivery_tag)?;
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 return Ok(());
             };

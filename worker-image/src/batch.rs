@@ -96,10 +96,54 @@ pub fn may_retry(retry: &RetryConfig, attempts: u32) -> bool {
 /// while the previous one is still being written and settled.
 pub const WRITES_IN_FLIGHT: usize = 2;
 
+/// The batch policy a sink runs with under `prefetch`: at most a quarter of the prefetch per
+/// batch, so that the [`WRITES_IN_FLIGHT`] batches being written hold half of it and the
+/// broker keeps delivering the next ones meanwhile (a batch as large as the prefetch would
+/// wait for its own acks and be flushed by age; two of half of it would stop the broker
+/// during every write).
+pub fn effective_batch(config: &BatchConfig, prefetch: u16) -> BatchConfig {
+    let share = (usize::from(prefetch) / (2 * WRITES_IN_FLIGHT)).max(1);
+    BatchConfig {
+        max_messages: config.max_messages.clamp(1, share),
+        ..config.clone()
+    }
+}
+
 enum Outcome {
     Written,
     Rejected(String),
     Interrupted,
+}
+
+fn push(buffer: &mut BatchBuffer<SinkItem>, item: SinkItem) {
+    let size = item.prepared.bytes.len();
+    buffer.push(item, size, Instant::now());
+}
+
+/// Fills a started batch until it is due by count, bytes or age; false when the channel
+/// closed. Items already queued are taken without waiting (one timer per batch).
+async fn fill(buffer: &mut BatchBuffer<SinkItem>, rx: &mut mpsc::Receiver<SinkItem>) -> bool {
+    let deadline = buffer.deadline().unwrap_or_else(Instant::now);
+    let age = tokio::time::sleep_until(deadline.into());
+    let mut age = std::pin::pin!(age);
+    while !buffer.is_full() {
+        match rx.try_recv() {
+            Ok(item) => {
+                push(buffer, item);
+                continue;
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => return false,
+            Err(mpsc::error::TryRecvError::Empty) => {}
+        }
+        tokio::select! {
+            item = rx.recv() => match item {
+                Some(item) => push(buffer, item),
+                None => return false,
+            },
+            _ = &mut age => break,
+        }
+    }
+    true
 }
 
 /// Runs one sink until its channel closes (every sender dropped), flushing what is left.
@@ -116,6 +160,8 @@ pub struct SinkRunner {
     pub outages: Arc<Outages>,
     /// Cancelled at shutdown: stops waiting between retries (the batch is requeued).
     pub shutdown: CancellationToken,
+    /// The consuming channel's prefetch (it bounds the batch size, see [`effective_batch`]).
+    pub prefetch: u16,
 }
 
 impl SinkRunner {
@@ -123,31 +169,16 @@ impl SinkRunner {
     pub async fn run(self: Arc<Self>, mut rx: mpsc::Receiver<SinkItem>) {
         let in_flight = Arc::new(tokio::sync::Semaphore::new(WRITES_IN_FLIGHT));
         let mut writes = tokio::task::JoinSet::new();
-        let mut buffer = BatchBuffer::new(self.sink.batch_config().clone());
+        let mut buffer = BatchBuffer::new(effective_batch(self.sink.batch_config(), self.prefetch));
         let mut open = true;
         while open {
             if buffer.is_empty() {
                 match rx.recv().await {
-                    Some(item) => {
-                        let size = item.prepared.bytes.len();
-                        buffer.push(item, size, Instant::now());
-                    }
+                    Some(item) => push(&mut buffer, item),
                     None => break,
                 }
             }
-            while !buffer.is_full() {
-                let deadline = buffer.deadline().unwrap_or_else(Instant::now);
-                tokio::select! {
-                    item = rx.recv() => match item {
-                        Some(item) => {
-                            let size = item.prepared.bytes.len();
-                            buffer.push(item, size, Instant::now());
-                        }
-                        None => { open = false; break; }
-                    },
-                    _ = tokio::time::sleep_until(deadline.into()) => break,
-                }
-            }
+            open = fill(&mut buffer, &mut rx).await;
             let items = buffer.take();
             self.spawn_write(&in_flight, &mut writes, items).await;
         }
@@ -227,12 +258,21 @@ impl SinkRunner {
             },
             Outcome::Interrupted => Verdict::Requeue,
         };
-        let settled: Vec<_> = tickets
+        let mut acked = Vec::with_capacity(tickets.len());
+        let mut others = Vec::new();
+        for (delivery, verdict) in tickets
             .iter()
             .filter_map(|ticket| ticket.complete(verdict.clone()))
-            .collect();
+        {
+            match verdict {
+                Verdict::Ack => acked.push(delivery),
+                verdict => others.push((delivery, verdict)),
+            }
+        }
+        // Acked together: one multiple ack when their tags are contiguous.
+        self.finisher.ack_all(acked);
         futures::future::join_all(
-            settled
+            others
                 .into_iter()
                 .map(|(delivery, verdict)| self.finisher.finish(delivery, verdict)),
         )
@@ -319,6 +359,17 @@ mod tests {
         buffer.push(1, 1, first);
         buffer.push(2, 1, first + Duration::from_millis(50));
         assert_eq!(buffer.deadline(), Some(first + Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn a_batch_is_at_most_a_quarter_of_the_prefetch_so_two_are_written_while_more_arrive() {
+        let config = policy(1000, 1 << 20);
+        assert_eq!(effective_batch(&config, 1000).max_messages, 250);
+        assert_eq!(effective_batch(&config, 4000).max_messages, 1000);
+        assert_eq!(effective_batch(&config, 2000).max_messages, 500);
+        assert_eq!(effective_batch(&config, 1).max_messages, 1);
+        assert_eq!(effective_batch(&policy(0, 10), 500).max_messages, 1);
+        assert_eq!(effective_batch(&config, 1000).max_bytes, 1 << 20);
     }
 
     #[test]

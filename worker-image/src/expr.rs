@@ -96,6 +96,8 @@ pub struct Expr {
     source: String,
     program: Program,
     env: Arc<Env>,
+    /// The field path, when the expression is nothing more (see [`crate::field_path`]).
+    path: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for Expr {
@@ -132,6 +134,7 @@ impl CelEnv {
             source: source.to_string(),
             program,
             env: self.env.clone(),
+            path: crate::field_path::plain_path(source),
         })
     }
 }
@@ -146,6 +149,12 @@ impl Expr {
     /// `message`. To evaluate several expressions on one message, build a [`Scope`] once.
     pub fn eval(&self, message: &Value) -> Result<Value, ExprError> {
         self.eval_in(&Scope::new(&self.env, message))
+    }
+
+    /// The value without CEL when the expression is a plain field path and the field is
+    /// there (the same value CEL gives); None when CEL must evaluate it.
+    pub fn lookup<'a>(&self, message: &'a Value) -> Option<&'a Value> {
+        crate::field_path::lookup(message, self.path.as_deref()?, MAX_VALUE_BYTES)
     }
 
     /// Evaluates in a prepared scope.

@@ -3,11 +3,13 @@
 #![forbid(unsafe_code)]
 
 pub mod ack;
+pub mod ack_window;
 pub mod app;
 pub mod batch;
 pub mod config;
 pub mod container;
 pub mod expr;
+pub mod field_path;
 pub mod http;
 pub mod http_client;
 pub mod metrics;

@@ -18,7 +18,7 @@ use crate::container::{ContainerClient, ContainerError};
 use crate::metrics::Metrics;
 use crate::outages::Outages;
 use crate::pipeline::{Outcome, Pipeline};
-use crate::record::{parse_envelope, record_of, Record};
+use crate::record::{into_record, parse_envelope, Record};
 use crate::sinks::Sink;
 
 /// How messages are processed.
@@ -63,6 +63,7 @@ impl Processor {
     /// Processes one delivery to the point where the sinks (or the finisher) own it.
     pub async fn process(&self, delivery: Delivery) {
         let delivered = Delivered {
+            tag: delivery.delivery_tag,
             acker: delivery.acker,
             body: delivery.data,
             properties: delivery.properties,
@@ -100,7 +101,7 @@ impl Processor {
                 })
             }
         };
-        let mut record = record_of(&envelope);
+        let mut record = into_record(envelope);
         match self.mode.as_ref() {
             Mode::PassThrough => {}
             Mode::Pipeline(pipeline) => match pipeline.apply(record.value) {

@@ -39,32 +39,37 @@ pub fn parse_envelope(body: &[u8]) -> Result<Envelope, RecordError> {
 /// attributes from its Device resource (an empty object when it has none, so that steps
 /// can test `has(attributes.site)`).
 pub fn record_of(envelope: &Envelope) -> Record {
+    into_record(envelope.clone())
+}
+
+/// [`record_of`], taking the envelope: its strings and payload move into the record.
+pub fn into_record(envelope: Envelope) -> Record {
     let mut object = Map::new();
-    object.insert("id".into(), envelope.id.clone().into());
-    object.insert("tenant".into(), envelope.tenant.clone().into());
-    object.insert("gateway".into(), envelope.gateway.clone().into());
-    object.insert("device".into(), envelope.device.clone().into());
-    object.insert("topic".into(), envelope.topic.clone().into());
+    object.insert("id".into(), envelope.id.as_str().into());
+    object.insert("tenant".into(), envelope.tenant.into());
+    object.insert("gateway".into(), envelope.gateway.into());
+    object.insert("device".into(), envelope.device.into());
+    object.insert("topic".into(), envelope.topic.into());
     let protocol = serde_json::to_value(envelope.protocol).unwrap_or(Value::Null);
     object.insert("protocol".into(), protocol);
-    object.insert("receivedAt".into(), envelope.received_at.clone().into());
-    if let Some(content_type) = &envelope.content_type {
-        object.insert("contentType".into(), content_type.clone().into());
+    object.insert("receivedAt".into(), envelope.received_at.into());
+    if let Some(content_type) = envelope.content_type {
+        object.insert("contentType".into(), content_type.into());
     }
-    let (encoding, payload) = match &envelope.payload {
-        Payload::Json(value) => ("json", value.clone()),
-        Payload::Base64(text) => ("base64", Value::String(text.clone())),
+    let (encoding, payload) = match envelope.payload {
+        Payload::Json(value) => ("json", value),
+        Payload::Base64(text) => ("base64", Value::String(text)),
     };
     object.insert("payload".into(), payload);
     object.insert("payloadEncoding".into(), encoding.into());
     let attributes: Map<String, Value> = envelope
         .attributes
-        .iter()
-        .map(|(key, value)| (key.clone(), Value::String(value.clone())))
+        .into_iter()
+        .map(|(key, value)| (key, Value::String(value)))
         .collect();
     object.insert("attributes".into(), Value::Object(attributes));
     Record {
-        id: envelope.id.clone(),
+        id: envelope.id,
         value: Value::Object(object),
     }
 }

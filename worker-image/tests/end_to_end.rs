@@ -403,12 +403,13 @@ async fn sigterm_flushes_pending_batches_and_acknowledges_before_exit() {
     let scratch = Scratch::new("drain");
     let table = unique("drain");
     let port = free_port();
-    // The batch would wait 10 minutes: only the shutdown flush can write it.
+    // The batch would wait 10 minutes: only the shutdown flush can write it (the prefetch
+    // of 1000 allows batches of 250, more than the 200 messages).
     let config = scratch.file(
         "worker.yaml",
         &format!(
             r#"
-queue: {{uriFile: {amqp}, name: {queue}, prefetch: 500}}
+queue: {{uriFile: {amqp}, name: {queue}, prefetch: 1000}}
 sinks:
   - postgres:
       name: rows

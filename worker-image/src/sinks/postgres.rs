@@ -135,25 +135,34 @@ fn json_has_nul(value: &Value) -> bool {
 /// Appends a value to a COPY text-format line: NULL as `\N`, strings escaped, numbers and
 /// bools as text, arrays and objects as JSON.
 pub fn push_copy_field(line: &mut String, value: &Value) {
-    let text = match value {
-        Value::Null => {
-            line.push_str("\\N");
-            return;
+    use std::fmt::Write;
+    match value {
+        Value::Null => line.push_str("\\N"),
+        Value::String(s) => push_escaped(line, s),
+        // Digits, signs, `.`, `e` and the words true/false: nothing to escape.
+        Value::Bool(b) => line.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => {
+            let _ = write!(line, "{n}");
         }
-        Value::String(s) => s.clone(),
-        Value::Bool(b) => b.to_string(),
-        Value::Number(n) => n.to_string(),
-        other => other.to_string(),
-    };
-    for c in text.chars() {
-        match c {
-            '\\' => line.push_str("\\\\"),
-            '\n' => line.push_str("\\n"),
-            '\r' => line.push_str("\\r"),
-            '\t' => line.push_str("\\t"),
-            c => line.push(c),
-        }
+        other => push_escaped(line, &other.to_string()),
     }
+}
+
+/// Appends `text` with COPY's text-format escapes.
+fn push_escaped(line: &mut String, text: &str) {
+    let mut rest = text;
+    while let Some(at) = rest.find(['\\', '\n', '\r', '\t']) {
+        line.push_str(&rest[..at]);
+        let escaped = match rest.as_bytes()[at] {
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            _ => "\\t",
+        };
+        line.push_str(escaped);
+        rest = &rest[at + 1..];
+    }
+    line.push_str(rest);
 }
 
 impl PostgresSink {
@@ -252,15 +261,25 @@ impl PostgresSink {
             bytes: Vec::new(),
             refused: Some(format!("column {column}: {why}")),
         };
-        let id = Value::String(record.id.clone());
-        if let Some(why) = refusal(ColumnKind::Other, &id) {
+        if record.id.contains('\0') {
+            let id = Value::String(record.id.clone());
+            let why = refusal(ColumnKind::Other, &id).unwrap_or("contains U+0000 (NUL)");
             return Ok(refused("id", why));
         }
         let mut line = String::with_capacity(128);
-        push_copy_field(&mut line, &id);
-        let scope = self.env.scope(&record.value);
+        push_escaped(&mut line, &record.id);
+        // Built only for a column that is more than a field path present in the message.
+        let mut scope = None;
         for column in &self.columns {
-            let value = column.expr.eval_in(&scope).map_err(|e| e.to_string())?;
+            let value = match column.expr.lookup(&record.value) {
+                Some(value) => std::borrow::Cow::Borrowed(value),
+                None => std::borrow::Cow::Owned(
+                    column
+                        .expr
+                        .eval_in(scope.get_or_insert_with(|| self.env.scope(&record.value)))
+                        .map_err(|e| e.to_string())?,
+                ),
+            };
             if let Some(why) = refusal(column.kind, &value) {
                 return Ok(refused(&column.name, why));
             }
