@@ -15,14 +15,8 @@
 # (tests/services/rabbitmq.sh with TRIBUTARY_RABBITMQ_INSTANCE=bench, started if needed).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-# shellcheck source=../tests/cluster/lib.sh
-source "$repo/tests/cluster/lib.sh"
-export KUBECONFIG="${KUBECONFIG:-$KUBECONFIG_PATH}" PATH="$K8S_BIN:$PATH"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$TRIBUTARY_CACHE/target}"
-export TRIBUTARY_RABBITMQ_INSTANCE="${TRIBUTARY_RABBITMQ_INSTANCE:-bench}"
-export TRIBUTARY_RABBITMQ_PORT="${TRIBUTARY_RABBITMQ_PORT:-5794}"
-export TRIBUTARY_RABBITMQ_MGMT_PORT="${TRIBUTARY_RABBITMQ_MGMT_PORT:-15794}"
-export TRIBUTARY_RABBITMQ_MQTT_PORT="${TRIBUTARY_RABBITMQ_MQTT_PORT:-1994}"
+# shellcheck source=bench-lib.sh
+source "$repo/operator/bench-lib.sh"
 count="${BENCH_DEVICE_COUNT:-10000}"
 steady="${BENCH_STEADY_SECONDS:-60}"
 deadline="${BENCH_DEVICE_DEADLINE:-900}"
@@ -40,29 +34,13 @@ kubectl delete namespace "$ns" --ignore-not-found --wait=true --timeout=600s >/d
 kubectl create namespace "$ns" >/dev/null
 work=$(mktemp -d /tmp/tributary-bench-devices-XXXXXX)
 pid_file="$work/operator.pid"
-# Operators installed in the cluster (the demo's, a test run's Helm release) act on every
-# namespace and would fight the one measured here: scaled to 0 meanwhile, restored after.
-paused=()
-while read -r pns pname preplicas; do
-  [ -n "$pname" ] || continue
-  paused+=("$pns/$pname/${preplicas:-1}")
-  say "pausing the installed operator $pns/$pname during the benchmark"
-  kubectl -n "$pns" scale deployment "$pname" --replicas=0 >/dev/null
-done < <(kubectl get deployments --all-namespaces -l app.kubernetes.io/name=tributary-operator \
-  -o jsonpath='{range .items[*]}{.metadata.namespace} {.metadata.name} {.spec.replicas}{"\n"}{end}')
 cleanup() {
-  local entry pns pname preplicas
   if [ -s "$pid_file" ]; then kill "$(cat "$pid_file")" 2>/dev/null || true; fi
   kubectl delete namespace "$ns" --wait=false >/dev/null 2>&1 || true
-  for entry in "${paused[@]}"; do
-    IFS=/ read -r pns pname preplicas <<<"$entry"
-    kubectl -n "$pns" scale deployment "$pname" --replicas="$preplicas" >/dev/null 2>&1 || true
-  done
+  restore_paused_operators
 }
 trap cleanup EXIT
-until [ -z "$(kubectl get pods --all-namespaces -l app.kubernetes.io/name=tributary-operator -o name 2>/dev/null)" ]; do
-  sleep 2
-done
+pause_installed_operators
 
 kubectl -n "$ns" create secret generic broker --from-literal=uri="$TRIBUTARY_TEST_AMQP_URL" >/dev/null
 kubectl -n "$ns" apply -f - >/dev/null <<'YAML'

@@ -15,14 +15,8 @@
 # as `BENCH figure=… system=… value=… unit=…` lines (hack/bench.sh collects them).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-# shellcheck source=../tests/cluster/lib.sh
-source "$repo/tests/cluster/lib.sh"
-export KUBECONFIG="${KUBECONFIG:-$KUBECONFIG_PATH}" PATH="$K8S_BIN:$PATH"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$TRIBUTARY_CACHE/target}"
-export TRIBUTARY_RABBITMQ_INSTANCE="${TRIBUTARY_RABBITMQ_INSTANCE:-bench}"
-export TRIBUTARY_RABBITMQ_PORT="${TRIBUTARY_RABBITMQ_PORT:-5794}"
-export TRIBUTARY_RABBITMQ_MGMT_PORT="${TRIBUTARY_RABBITMQ_MGMT_PORT:-15794}"
-export TRIBUTARY_RABBITMQ_MQTT_PORT="${TRIBUTARY_RABBITMQ_MQTT_PORT:-1994}"
+# shellcheck source=bench-lib.sh
+source "$repo/operator/bench-lib.sh"
 namespaces="${BENCH_SCALE_NAMESPACES:-100}"
 steady="${BENCH_STEADY_SECONDS:-120}"
 deadline="${BENCH_SCALE_DEADLINE:-900}"
@@ -44,29 +38,13 @@ ns_names() { seq -f "$prefix-%03g" 1 "$namespaces"; }
 delete_namespaces() { # WAIT: true or false
   ns_names | xargs -r kubectl delete namespace --ignore-not-found --wait="$1" --timeout=600s >/dev/null 2>&1 || true
 }
-# Operators installed in the cluster act on every namespace and would fight the one
-# measured here: scaled to 0 meanwhile, restored after.
-paused=()
-while read -r pns pname preplicas; do
-  [ -n "$pname" ] || continue
-  paused+=("$pns/$pname/${preplicas:-1}")
-  say "pausing the installed operator $pns/$pname during the benchmark"
-  kubectl -n "$pns" scale deployment "$pname" --replicas=0 >/dev/null
-done < <(kubectl get deployments --all-namespaces -l app.kubernetes.io/name=tributary-operator \
-  -o jsonpath='{range .items[*]}{.metadata.namespace} {.metadata.name} {.spec.replicas}{"\n"}{end}')
 cleanup() {
-  local entry pns pname preplicas
   if [ -s "$pid_file" ]; then kill "$(cat "$pid_file")" 2>/dev/null || true; fi
   delete_namespaces false
-  for entry in "${paused[@]}"; do
-    IFS=/ read -r pns pname preplicas <<<"$entry"
-    kubectl -n "$pns" scale deployment "$pname" --replicas="$preplicas" >/dev/null 2>&1 || true
-  done
+  restore_paused_operators
 }
 trap cleanup EXIT
-until [ -z "$(kubectl get pods --all-namespaces -l app.kubernetes.io/name=tributary-operator -o name 2>/dev/null)" ]; do
-  sleep 2
-done
+pause_installed_operators
 say "removing namespaces of an earlier run"
 delete_namespaces true
 
