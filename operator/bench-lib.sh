@@ -3,6 +3,7 @@
 # kubectl, the release build's target and the "bench" RabbitMQ instance's variables, and
 # pauses the operators installed in the cluster while the benchmark's own one runs.
 # shellcheck shell=bash
+: "${repo:?set repo (the repository root) before sourcing bench-lib.sh}"
 # shellcheck source=../tests/cluster/lib.sh
 source "$repo/tests/cluster/lib.sh"
 export KUBECONFIG="${KUBECONFIG:-$KUBECONFIG_PATH}" PATH="$K8S_BIN:$PATH"
