@@ -1,10 +1,11 @@
 //! The roster writer: every [`INTERVAL`], each ApplicationApi's registered devices (from the
 //! Device cache, with the activity the collector wrote into their status) into its roster
 //! ConfigMap (`build::api::roster`), written only when the roster changed since the last
-//! write. At steady state it makes no request; while devices come and go it writes each
+//! write or the operator's ConfigMap cache shows it deleted. At steady state it makes no
+//! request; while devices come and go it writes each
 //! ApplicationApi's roster at most once per interval, however many Devices changed.
 
-use crate::build::api::roster::{config_map, roster_of};
+use crate::build::api::roster::{config_map, config_map_name, roster_of};
 use crate::controller::{apply, being_deleted, Context};
 use crate::crd::ApplicationApi;
 use kube::ResourceExt;
@@ -54,7 +55,12 @@ async fn cycle(ctx: &Context, written: &mut HashMap<ApiKey, u64>) {
         };
         let roster = roster_of(crate::registry::readable(&devices));
         let fingerprint = fingerprint(&roster);
-        if written.get(&key) == Some(&fingerprint) {
+        // Written before and still there (a deleted ConfigMap is written again).
+        let name = config_map_name(&key.1);
+        let gone = ctx
+            .applied
+            .all_absent(&key.0, &[("ConfigMap", name.as_str())]);
+        if written.get(&key) == Some(&fingerprint) && !gone {
             continue;
         }
         let count = roster.devices.len();
