@@ -150,34 +150,26 @@ if wanted api; then
 else
   status api skipped "not selected (BENCH_ONLY)"
 fi
-busy=""
-wanted devices || busy="not selected (BENCH_ONLY)"
-[ -n "$busy" ] || busy="$(cluster_busy | head -1)"
-if [ -z "$busy" ]; then
-  run devices bash operator/bench-devices.sh
-else
-  say "devices: not measured in this run: $busy"
-  status devices skipped "$busy"
-fi
-busy=""
-wanted scale || busy="not selected (BENCH_ONLY)"
-[ -n "$busy" ] || busy="$(cluster_busy | head -1)"
-if [ -z "$busy" ]; then
-  run scale bash operator/bench-scale.sh
-else
-  say "scale: not measured in this run: $busy"
-  status scale skipped "$busy"
-fi
-busy=""
-wanted autoscale || busy="not selected (BENCH_ONLY)"
-[ "${BENCH_AUTOSCALE:-auto}" = 0 ] && busy="BENCH_AUTOSCALE=0 was set"
-[ -n "$busy" ] || busy="$(cluster_busy | head -1)"
-if [ -z "$busy" ]; then
-  run autoscale env BENCH_MESSAGES="$BENCH_AUTOSCALE_MESSAGES" bash operator/bench-autoscale.sh
-else
-  say "autoscale: not measured in this run: $busy"
-  status autoscale skipped "$busy"
-fi
+# on_cluster BENCH REASON COMMAND...: runs a benchmark that needs the local cluster, or
+# marks it skipped with why (REASON, when not empty, is a reason to skip of its own).
+on_cluster() {
+  local bench=$1 busy=$2
+  shift 2
+  wanted "$bench" || busy="not selected (BENCH_ONLY)"
+  [ -n "$busy" ] || busy="$(cluster_busy | head -1)"
+  if [ -z "$busy" ]; then
+    run "$bench" "$@"
+  else
+    say "$bench: not measured in this run: $busy"
+    status "$bench" skipped "$busy"
+  fi
+}
+on_cluster devices "" bash operator/bench-devices.sh
+on_cluster scale "" bash operator/bench-scale.sh
+autoscale_off=""
+[ "${BENCH_AUTOSCALE:-auto}" = 0 ] && autoscale_off="BENCH_AUTOSCALE=0 was set"
+on_cluster autoscale "$autoscale_off" \
+  env BENCH_MESSAGES="$BENCH_AUTOSCALE_MESSAGES" bash operator/bench-autoscale.sh
 
 load_end="$(cut -d' ' -f1-3 /proc/loadavg)"
 commit="$(git rev-parse --short HEAD)"

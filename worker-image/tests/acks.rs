@@ -62,22 +62,65 @@ async fn wait_acked_by_broker(broker: &Broker, count: u64) -> QueueCounters {
     .await
 }
 
+/// One test's servers: PostgreSQL with its own table, a broker queue, a scratch directory
+/// and a port for the worker's HTTP server.
+struct Rig {
+    pg_url: String,
+    pg: tokio_postgres::Client,
+    broker: Broker,
+    scratch: Scratch,
+    table: String,
+    port: u16,
+}
+
+impl Rig {
+    async fn new(name: &str) -> Rig {
+        let pg_url = required_env("TRIBUTARY_TEST_POSTGRES_URL", "postgres.sh");
+        let pg = postgres(&pg_url).await;
+        let table = unique(&name.replace('-', "_"));
+        create_table(&pg, &table).await;
+        Rig {
+            broker: Broker::connect(name).await,
+            scratch: Scratch::new(name),
+            pg_url,
+            pg,
+            table,
+            port: free_port(),
+        }
+    }
+
+    /// The worker config of [`config`] for this rig, as written.
+    fn config_text(&self) -> String {
+        config(
+            &self.scratch,
+            &self.broker,
+            (&self.pg_url, &self.table),
+            self.port,
+        )
+    }
+
+    /// Writes `text` as the worker's config file.
+    fn config_file(&self, text: &str) -> std::path::PathBuf {
+        self.scratch.file("worker.yaml", text)
+    }
+}
+
+/// Each envelope as (id, JSON body).
+fn encoded(envelopes: &[Value]) -> Vec<(String, Vec<u8>)> {
+    envelopes
+        .iter()
+        .map(|e| (id_of(e), serde_json::to_vec(e).expect("json")))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_messages_mid_stream_are_dead_lettered_alone_and_the_rest_acknowledged_in_bulk() {
     const N: usize = 600;
-    let pg_url = required_env("TRIBUTARY_TEST_POSTGRES_URL", "postgres.sh");
-    let pg = postgres(&pg_url).await;
-    let broker = Broker::connect("bulk-dlq").await;
-    let scratch = Scratch::new("bulk-dlq");
-    let table = unique("bulk_dlq");
-    create_table(&pg, &table).await;
-    let port = free_port();
+    let rig = Rig::new("bulk-dlq").await;
+    let (pg, broker, table) = (&rig.pg, &rig.broker, &rig.table);
     // Two bad messages among good ones: one the worker cannot parse (settled while its
     // neighbours are still being batched), one PostgreSQL refuses in the middle of a batch.
-    let mut messages: Vec<(String, Vec<u8>)> = seq_envelopes(0..N)
-        .iter()
-        .map(|e| (id_of(e), serde_json::to_vec(e).expect("json")))
-        .collect();
+    let mut messages = encoded(&seq_envelopes(0..N));
     messages[137] = ("unparsable".into(), b"{not an envelope".to_vec());
     let refused = envelope(&new_id(), "d", json!({"seq": "not a number"}));
     let refused_id = id_of(&refused);
@@ -87,13 +130,10 @@ async fn bad_messages_mid_stream_are_dead_lettered_alone_and_the_rest_acknowledg
     );
     broker.publish_raw(&messages).await;
 
-    let config = scratch.file(
-        "worker.yaml",
-        &config(&scratch, &broker, (&pg_url, &table), port),
-    );
-    let worker = WorkerProcess::start(&scratch, &config, port, 1);
+    let config = rig.config_file(&rig.config_text());
+    let worker = WorkerProcess::start(&rig.scratch, &config, rig.port, 1);
     worker.wait_acked(N, DEADLINE).await;
-    assert_eq!(count_rows(&pg, &table).await, N as i64 - 2);
+    assert_eq!(count_rows(pg, table).await, N as i64 - 2);
     let mut dead = HashSet::new();
     while let Some((id, reason, _)) = broker.take_dead_letter().await {
         assert!(!reason.is_empty(), "{id} carries its reason");
@@ -102,7 +142,7 @@ async fn bad_messages_mid_stream_are_dead_lettered_alone_and_the_rest_acknowledg
     let expected: HashSet<String> = ["unparsable".to_string(), refused_id].into();
     assert_eq!(dead, expected);
     assert_eq!(broker.depth(&broker.queue).await, 0);
-    let counters = wait_acked_by_broker(&broker, N as u64).await;
+    let counters = wait_acked_by_broker(broker, N as u64).await;
     assert_eq!(counters.dropped(), 0, "{counters:?}");
     assert_eq!(
         counted(&worker, "tributary_worker_broker_reconnects_total").await,
@@ -115,31 +155,23 @@ async fn bad_messages_mid_stream_are_dead_lettered_alone_and_the_rest_acknowledg
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_rejected_alone_mid_stream_are_never_covered_by_a_bulk_ack() {
     const N: usize = 600;
-    let pg_url = required_env("TRIBUTARY_TEST_POSTGRES_URL", "postgres.sh");
-    let pg = postgres(&pg_url).await;
-    let broker = Broker::connect("bulk-reject").await;
-    let scratch = Scratch::new("bulk-reject");
-    let table = unique("bulk_reject");
-    create_table(&pg, &table).await;
-    let port = free_port();
-    let mut messages: Vec<(String, Vec<u8>)> = seq_envelopes(0..N)
-        .iter()
-        .map(|e| (id_of(e), serde_json::to_vec(e).expect("json")))
-        .collect();
+    let rig = Rig::new("bulk-reject").await;
+    let (pg, broker, table) = (&rig.pg, &rig.broker, &rig.table);
+    let mut messages = encoded(&seq_envelopes(0..N));
     for at in [0, 99, 300, 301, 599] {
         messages[at] = (format!("bad-{at}"), b"{not an envelope".to_vec());
     }
     broker.publish_raw(&messages).await;
 
     // No dead-letter target: a bad message is rejected without requeue, alone.
-    let text = config(&scratch, &broker, (&pg_url, &table), port);
-    let text: String = text
+    let text: String = rig
+        .config_text()
         .lines()
         .filter(|line| !line.starts_with("deadLetter"))
         .map(|line| format!("{line}\n"))
         .collect();
-    let config = scratch.file("worker.yaml", &text);
-    let worker = WorkerProcess::start(&scratch, &config, port, 1);
+    let config = rig.config_file(&text);
+    let worker = WorkerProcess::start(&rig.scratch, &config, rig.port, 1);
     let good = N - 5;
     worker.wait_acked(good, DEADLINE).await;
     wait_for("five rejected", DEADLINE, || async {
@@ -147,9 +179,9 @@ async fn messages_rejected_alone_mid_stream_are_never_covered_by_a_bulk_ack() {
             .then_some(())
     })
     .await;
-    assert_eq!(count_rows(&pg, &table).await, good as i64);
+    assert_eq!(count_rows(pg, table).await, good as i64);
     assert_eq!(broker.depth(&broker.queue).await, 0);
-    let counters = wait_acked_by_broker(&broker, good as u64).await;
+    let counters = wait_acked_by_broker(broker, good as u64).await;
     // Rejected, not acknowledged: the broker counts them dropped.
     assert_eq!(counters.dropped(), 5, "{counters:?}");
     assert_eq!(
@@ -162,19 +194,11 @@ async fn messages_rejected_alone_mid_stream_are_never_covered_by_a_bulk_ack() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_mid_stream_then_a_crash_loses_nothing_and_stores_each_message_once() {
     const HALF: usize = 400;
-    let pg_url = required_env("TRIBUTARY_TEST_POSTGRES_URL", "postgres.sh");
-    let pg = postgres(&pg_url).await;
-    let broker = Broker::connect("bulk-outage").await;
-    let scratch = Scratch::new("bulk-outage");
-    let table = unique("bulk_outage");
+    let rig = Rig::new("bulk-outage").await;
+    let (pg, broker, table) = (&rig.pg, &rig.broker, &rig.table);
     let away = format!("{table}_away");
-    create_table(&pg, &table).await;
-    let port = free_port();
-    let config = scratch.file(
-        "worker.yaml",
-        &config(&scratch, &broker, (&pg_url, &table), port),
-    );
-    let mut worker = WorkerProcess::start(&scratch, &config, port, 1);
+    let config = rig.config_file(&rig.config_text());
+    let mut worker = WorkerProcess::start(&rig.scratch, &config, rig.port, 1);
     broker.publish(&seq_envelopes(0..HALF)).await;
     worker.wait_acked(HALF, DEADLINE).await;
 
@@ -202,10 +226,10 @@ async fn an_outage_mid_stream_then_a_crash_loses_nothing_and_stores_each_message
     pg.batch_execute(&format!("ALTER TABLE \"{away}\" RENAME TO \"{table}\""))
         .await
         .expect("rename back");
-    let worker = WorkerProcess::start(&scratch, &config, port, 2);
+    let worker = WorkerProcess::start(&rig.scratch, &config, rig.port, 2);
     worker.wait_acked(HALF, DEADLINE).await;
-    assert_eq!(count_rows(&pg, &table).await, 2 * HALF as i64);
-    assert_eq!(distinct_seq(&pg, &table).await, 2 * HALF as i64);
+    assert_eq!(count_rows(pg, table).await, 2 * HALF as i64);
+    assert_eq!(distinct_seq(pg, table).await, 2 * HALF as i64);
     assert_eq!(broker.depth(&broker.queue).await, 0);
     assert_eq!(
         broker.take_dead_letter().await,
@@ -218,13 +242,8 @@ async fn an_outage_mid_stream_then_a_crash_loses_nothing_and_stores_each_message
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicates_in_one_batch_and_across_batches_are_stored_once() {
     const IDS: usize = 100;
-    let pg_url = required_env("TRIBUTARY_TEST_POSTGRES_URL", "postgres.sh");
-    let pg = postgres(&pg_url).await;
-    let broker = Broker::connect("bulk-dups").await;
-    let scratch = Scratch::new("bulk-dups");
-    let table = unique("bulk_dups");
-    create_table(&pg, &table).await;
-    let port = free_port();
+    let rig = Rig::new("bulk-dups").await;
+    let (pg, broker, table) = (&rig.pg, &rig.broker, &rig.table);
     let originals = seq_envelopes(0..IDS);
     // Each id three times: right after itself (same batch) and once more at the end
     // (another batch).
@@ -235,13 +254,10 @@ async fn duplicates_in_one_batch_and_across_batches_are_stored_once() {
     }
     stream.extend(originals.iter().cloned());
     broker.publish(&stream).await;
-    let config = scratch.file(
-        "worker.yaml",
-        &config(&scratch, &broker, (&pg_url, &table), port),
-    );
-    let worker = WorkerProcess::start(&scratch, &config, port, 1);
+    let config = rig.config_file(&rig.config_text());
+    let worker = WorkerProcess::start(&rig.scratch, &config, rig.port, 1);
     worker.wait_acked(3 * IDS, DEADLINE).await;
-    assert_eq!(count_rows(&pg, &table).await, IDS as i64);
+    assert_eq!(count_rows(pg, table).await, IDS as i64);
     for envelope in originals.iter().take(5) {
         let seq: i64 = pg
             .query_one(

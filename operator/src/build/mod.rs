@@ -232,6 +232,18 @@ pub fn render_yaml<T: serde::Serialize>(what: &str, config: &T) -> Result<String
     serde_yaml::to_string(&value).map_err(|e| invalid(e.to_string()))
 }
 
+/// `value` as gzip-compressed JSON (the device tables and rosters the data plane reads);
+/// errors name `what` (`device table`, `roster`).
+pub fn gzip_json<T: serde::Serialize>(what: &str, value: &T) -> Result<Vec<u8>, BuildError> {
+    use std::io::Write;
+    let failed = |e: std::io::Error| BuildError::Invalid(format!("compressing the {what}: {e}"));
+    let json = serde_json::to_vec(value)
+        .map_err(|e| BuildError::Invalid(format!("rendering the {what}: {e}")))?;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(&json).map_err(failed)?;
+    encoder.finish().map_err(failed)
+}
+
 /// Checks that a CEL expression is within the worker's bounds and compiles (the worker
 /// checks and compiles it again at start).
 pub fn check_cel(what: &str, source: &str) -> Result<(), BuildError> {

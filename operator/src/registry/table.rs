@@ -4,14 +4,11 @@
 //! (from the referenced Secret), JWT key — whether it is disabled, its extra topics and its
 //! attributes.
 
-use crate::build::{hash_parts, BuildError, SecretData};
+use crate::build::{gzip_json, hash_parts, BuildError, SecretData};
 use crate::crd::device::Device;
-use flate2::write::GzEncoder;
-use flate2::Compression;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use std::collections::BTreeMap;
-use std::io::Write;
 use tributary_contract::device_table::{Credential, DeviceEntry, DeviceTable, GeneratedSecret};
 
 /// The Devices of the namespace that name `gateway`, each device id once (the oldest
@@ -131,12 +128,7 @@ pub fn content_hash(table: &DeviceTable) -> Result<String, BuildError> {
 
 /// The gzip-compressed JSON the gateways read.
 pub fn compress(table: &DeviceTable) -> Result<Vec<u8>, BuildError> {
-    let failed = |e: std::io::Error| BuildError::Invalid(format!("compressing the table: {e}"));
-    let json = serde_json::to_vec(table)
-        .map_err(|e| BuildError::Invalid(format!("rendering the device table: {e}")))?;
-    let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
-    encoder.write_all(&json).map_err(failed)?;
-    encoder.finish().map_err(failed)
+    gzip_json("device table", table)
 }
 
 /// The Secrets (`name` → keys) that the Devices' `passwordHash` references name.

@@ -4,15 +4,12 @@
 //! running pods when the kubelet refreshes the volume, without a restart).
 
 use super::{child_name, COMPONENT};
-use crate::build::{child_meta, BuildError};
+use crate::build::{child_meta, gzip_json, BuildError};
 use crate::conditions::is_ready;
 use crate::crd::{ApplicationApi, Device};
-use flate2::write::GzEncoder;
-use flate2::Compression;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::ByteString;
 use std::collections::BTreeMap;
-use std::io::Write;
 use tributary_contract::device_roster::{
     DeviceRoster, RosterDevice, MAX_COMPRESSED_BYTES, ROSTER_FILE,
 };
@@ -67,20 +64,11 @@ pub fn roster_of<'a>(devices: impl IntoIterator<Item = &'a Device>) -> DeviceRos
     }
 }
 
-fn gzip(roster: &DeviceRoster) -> Result<Vec<u8>, BuildError> {
-    let failed = |e: std::io::Error| BuildError::Invalid(format!("compressing the roster: {e}"));
-    let json = serde_json::to_vec(roster)
-        .map_err(|e| BuildError::Invalid(format!("rendering the roster: {e}")))?;
-    let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
-    encoder.write_all(&json).map_err(failed)?;
-    encoder.finish().map_err(failed)
-}
-
 /// The compressed roster, at most `limit` bytes: when the whole roster is larger, the
 /// devices with the last ids are left out and counted in `omitted`.
 pub fn compress(mut roster: DeviceRoster, limit: usize) -> Result<Vec<u8>, BuildError> {
     loop {
-        let bytes = gzip(&roster)?;
+        let bytes = gzip_json("roster", &roster)?;
         if bytes.len() <= limit || roster.devices.is_empty() {
             return Ok(bytes);
         }

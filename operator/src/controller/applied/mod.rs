@@ -96,12 +96,8 @@ impl Applied {
     }
 }
 
-/// The key and desired hash of `object`.
-fn key_and_hash<K>(object: &K) -> Result<(Key, u64), Error>
-where
-    K: Resource<DynamicType = ()> + Serialize,
-{
-    let meta = object.meta();
+/// The key of a child of `kind` with metadata `meta`.
+fn key_of(kind: &str, meta: &ObjectMeta) -> Result<Key, Error> {
     let namespace = meta
         .namespace
         .clone()
@@ -110,7 +106,15 @@ where
         .name
         .clone()
         .ok_or(BuildError::MissingMetadata("name"))?;
-    let key = (K::kind(&()).into_owned(), namespace, name);
+    Ok((kind.to_owned(), namespace, name))
+}
+
+/// The key and desired hash of `object`.
+fn key_and_hash<K>(object: &K) -> Result<(Key, u64), Error>
+where
+    K: Resource<DynamicType = ()> + Serialize,
+{
+    let key = key_of(&K::kind(&()), object.meta())?;
     Ok((key, decision::desired_hash(object)?))
 }
 
@@ -138,17 +142,9 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<ObjectMeta, Error>>,
 {
-    let meta = &object.metadata;
-    let namespace = meta
-        .namespace
-        .clone()
-        .ok_or(BuildError::MissingMetadata("namespace"))?;
-    let name = meta
-        .name
-        .clone()
-        .ok_or(BuildError::MissingMetadata("name"))?;
+    let key = key_of(kind, &object.metadata)?;
     let hash = decision::desired_hash(object)?;
-    send_unless_current(ctx, (kind.to_owned(), namespace, name), hash, send).await
+    send_unless_current(ctx, key, hash, send).await
 }
 
 async fn send_unless_current<F, Fut>(
