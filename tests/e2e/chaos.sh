@@ -256,6 +256,18 @@ check quorum-queue-declared wait_every 60 5 queue_declared
 check quorum-queue-has-three-members test "$(members 2>/dev/null)" = 3
 step "quorum queue $BROKER_QUEUE: members $(queue_field "$BROKER_QUEUE" '.members | join(" ")' 2>/dev/null)"
 initial_members=$(members 2>/dev/null || echo '?')
+if [ "$initial_members" != 3 ]; then
+  # What the operator and the broker nodes said while the cluster formed: why a node was
+  # missing when the queue was declared.
+  step "operator lines on Queue telemetry:"
+  { kubectl -n "$OPERATOR_NAMESPACE" logs "deployment/$OPERATOR_RELEASE" 2>/dev/null || true; } |
+    grep -i 'telemetry' | grep -iv 'device' | tail -n 25 | sed 's/^/    /'
+  for pod in $(k get pods -l "$(selector "statefulset/$BROKER_STS")" -o name); do
+    step "${pod#pod/} cluster lines (restarts: $(k get "$pod" -o jsonpath='{.status.containerStatuses[0].restartCount}' 2>/dev/null)):"
+    { k logs "$pod" 2>/dev/null || true; } |
+      grep -iE 'peer discovery|cluster|join|Node .* (up|down)|startup complete' | tail -n 12 | sed 's/^/    /'
+  done
+fi
 check gateway-two-pods-ready wait_until 180 pods_exactly_ready deployment/devices-gateway 2
 check worker-two-pods-ready wait_until 180 pods_exactly_ready deployment/rows-worker 2
 

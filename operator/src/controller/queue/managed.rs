@@ -65,11 +65,11 @@ async fn await_cluster_formation(
         return Ok(None); // reported by the endpoint step
     };
     let broker_queue = build::broker_queue_name(queue)?;
-    match ctx.broker.inspect(endpoint.amqp(), &broker_queue).await {
-        Ok(Some(_)) => return Ok(None),
-        // The declaration that follows reports an unreachable broker.
-        Err(_) => return Ok(None),
-        Ok(None) => {}
+    // Only a queue seen to exist skips the wait: a broker that cannot be asked (a node
+    // still starting behind the Service, say) may be a cluster still forming, and a
+    // declaration then would place the members on the nodes that happen to run.
+    if let Ok(Some(_)) = ctx.broker.inspect(endpoint.amqp(), &broker_queue).await {
+        return Ok(None);
     }
     let running = match (&endpoint.management, ready_pods >= replicas) {
         (Some(management), true) => ctx.broker.running_nodes(management).await.ok(),
