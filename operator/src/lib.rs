@@ -17,6 +17,7 @@ pub mod fleet;
 pub mod leader;
 pub mod metrics;
 pub mod pod_http;
+pub mod reads;
 pub mod reference;
 pub mod registry;
 pub mod run;

@@ -168,6 +168,7 @@ async fn elect(
 async fn context(client: Client, settings: &Settings, metrics: Arc<Metrics>) -> Arc<Context> {
     Arc::new(Context {
         pdb: PdbApi::discover(&client).await,
+        reads: Arc::new(crate::reads::Reads::new(client.clone())),
         recorder: Recorder::new(
             client.clone(),
             Reporter {

@@ -18,11 +18,10 @@ pub mod sinks;
 use crate::broker::{self, Broker, Endpoint, Reading};
 use crate::build::BuildError;
 use crate::conditions;
-use crate::crd::{Condition, Queue, ScalingStatus, Worker};
+use crate::crd::{Condition, ScalingStatus, Worker};
 use crate::metrics::Metrics;
 use crate::scaling::{set_replicas, FIELD_MANAGER};
 use futures::future::join_all;
-use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -48,6 +47,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Kept connections to the brokers (shared with the Queue controller).
     pub broker: Arc<Broker>,
+    /// Reads through the operator's watch caches (shared with the controllers).
+    pub reads: Arc<crate::reads::Reads>,
 }
 
 /// Why a poll failed (logged; the next poll tries again).
@@ -219,7 +220,7 @@ async fn observe_sinks(
 ) -> Option<sinks::SinkVerdict> {
     let namespace = worker.namespace().unwrap_or_default();
     let name = worker.name_any();
-    let verdict = match reader.read_worker(&ctx.client, worker).await {
+    let verdict = match reader.read_worker(&ctx.reads, worker).await {
         Ok(verdict) => verdict,
         Err(error) => {
             tracing::warn!(worker = %name, %namespace, %error, "reading the worker pods' status failed");
@@ -298,15 +299,14 @@ async fn read_backlog(ctx: &Context, worker: &Worker) -> Result<Option<(Reading,
             .await
             .map(|()| None)
     };
-    let queues: Api<Queue> = Api::namespaced(ctx.client.clone(), &namespace);
     let queue_name = &worker.spec.queue;
-    let Some(queue) = queues.get_opt(queue_name).await? else {
+    let Some(queue) = ctx.reads.queue(&namespace, queue_name).await? else {
         return no_reading(format!("Queue {queue_name:?} does not exist")).await;
     };
     let Some(broker_queue) = queue.status.as_ref().and_then(|s| s.queue_name.clone()) else {
         return no_reading(format!("Queue {queue_name:?} is not ready yet")).await;
     };
-    let endpoint = match broker::endpoint::lookup(&ctx.client, &queue).await? {
+    let endpoint = match broker::endpoint::lookup(&ctx.reads, &queue).await? {
         Ok(endpoint) => endpoint,
         Err(why) => return no_reading(why.to_string()).await,
     };
@@ -315,8 +315,7 @@ async fn read_backlog(ctx: &Context, worker: &Worker) -> Result<Option<(Reading,
         Err(error) => return no_reading(error.to_string()).await,
     };
     let child = crate::build::worker::child_name(&name);
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
-    let Some(deployment) = deployments.get_opt(&child).await? else {
+    let Some(deployment) = ctx.reads.deployment(&namespace, &child).await? else {
         // The Worker controller has not created it yet.
         return Ok(None);
     };

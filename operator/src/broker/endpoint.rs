@@ -11,9 +11,9 @@ use crate::build::queue::{
 };
 use crate::build::BuildError;
 use crate::crd::Queue;
-use k8s_openapi::api::core::v1::{Secret, Service};
-use kube::{Api, Client, ResourceExt};
-use std::collections::BTreeMap;
+use crate::reads::{Reads, SecretData};
+use kube::ResourceExt;
+use std::sync::Arc;
 
 /// How the operator reaches the broker of a Queue (credentials inside: never log).
 pub struct Endpoint {
@@ -67,7 +67,7 @@ pub enum LookupError {
 
 /// Validates the Queue and dereferences how to reach its broker.
 pub async fn lookup(
-    client: &Client,
+    reads: &Reads,
     queue: &Queue,
 ) -> Result<Result<Endpoint, Unreachable>, LookupError> {
     let plan = match build::validate(queue) {
@@ -75,19 +75,19 @@ pub async fn lookup(
         Err(BuildError::Invalid(message)) => return Ok(Err(Unreachable::Invalid(message))),
         Err(other) => return Err(other.into()),
     };
-    lookup_plan(client, queue, &plan).await
+    lookup_plan(reads, queue, &plan).await
 }
 
 /// Dereferences how to reach the broker of a validated Queue.
 pub async fn lookup_plan(
-    client: &Client,
+    reads: &Reads,
     queue: &Queue,
     plan: &BrokerPlan,
 ) -> Result<Result<Endpoint, Unreachable>, LookupError> {
     let namespace = queue.namespace().unwrap_or_default();
     let (uri, management_uri, ca_ref) = match plan {
         BrokerPlan::Managed(_) => {
-            return Ok(managed(client, queue).await?.ok_or(Unreachable::NoAddress));
+            return Ok(managed(reads, queue).await?.ok_or(Unreachable::NoAddress));
         }
         BrokerPlan::External {
             uri,
@@ -95,11 +95,11 @@ pub async fn lookup_plan(
             ca,
         } => (uri, management_uri, ca),
     };
-    let read = |data: Option<BTreeMap<String, Vec<u8>>>, key: &str| {
+    let read = |data: Option<Arc<SecretData>>, key: &str| {
         data.and_then(|d| d.get(key).cloned())
             .and_then(|v| String::from_utf8(v).ok())
     };
-    let Some(amqp_uri) = read(secret_data(client, &namespace, &uri.name).await?, &uri.key) else {
+    let Some(amqp_uri) = read(reads.secret_data(&namespace, &uri.name).await?, &uri.key) else {
         return Ok(Err(Unreachable::MissingSecret {
             name: uri.name.clone(),
             key: uri.key.clone(),
@@ -108,7 +108,7 @@ pub async fn lookup_plan(
     let amqp_uri = amqp_uri.trim().to_owned();
     let ca = match ca_ref {
         Some(r) => {
-            let Some(pem) = read(secret_data(client, &namespace, &r.name).await?, &r.key) else {
+            let Some(pem) = read(reads.secret_data(&namespace, &r.name).await?, &r.key) else {
                 return Ok(Err(Unreachable::MissingSecret {
                     name: r.name.clone(),
                     key: r.key.clone(),
@@ -122,7 +122,7 @@ pub async fn lookup_plan(
         None => None,
     };
     let management = match management_uri {
-        Some(r) => read(secret_data(client, &namespace, &r.name).await?, &r.key)
+        Some(r) => read(reads.secret_data(&namespace, &r.name).await?, &r.key)
             .and_then(|text| Management::from_uri(text.trim())),
         None => None,
     };
@@ -149,22 +149,21 @@ pub fn check_ca_use(amqp_uri: &str, pem: &str) -> Result<(), String> {
 
 /// How to reach the Queue's managed broker through its Service; `None` while (or when) the
 /// Service has no address.
-pub async fn managed(client: &Client, queue: &Queue) -> Result<Option<Endpoint>, LookupError> {
+pub async fn managed(reads: &Reads, queue: &Queue) -> Result<Option<Endpoint>, LookupError> {
     let namespace = queue.namespace().unwrap_or_default();
-    managed_by_name(client, &namespace, &queue.name_any()).await
+    managed_by_name(reads, &namespace, &queue.name_any()).await
 }
 
 /// [`managed`] by the Queue's namespace and name (the Gateway and Worker controllers reach
 /// the broker of a Queue they name, also once the Queue itself is gone).
 pub async fn managed_by_name(
-    client: &Client,
+    reads: &Reads,
     namespace: &str,
     queue: &str,
 ) -> Result<Option<Endpoint>, LookupError> {
     let names = ManagedNames::for_queue(queue);
-    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
-    let ip = services
-        .get_opt(&names.broker)
+    let ip = reads
+        .service(namespace, &names.broker)
         .await?
         .and_then(|s| s.spec)
         .and_then(|s| s.cluster_ip)
@@ -172,7 +171,7 @@ pub async fn managed_by_name(
     let Some(ip) = ip else {
         return Ok(None);
     };
-    let creds = credentials(client, namespace, &names).await?;
+    let creds = credentials(reads, namespace, &names).await?;
     // The ClusterIP works from inside the cluster and from a node alike.
     Ok(Some(Endpoint {
         ca: None,
@@ -191,11 +190,11 @@ pub async fn managed_by_name(
 /// The managed broker's credentials: read back from its Secret, or generated the first
 /// time.
 pub async fn credentials(
-    client: &Client,
+    reads: &Reads,
     namespace: &str,
     names: &ManagedNames,
 ) -> Result<Credentials, LookupError> {
-    let existing = secret_data(client, namespace, &names.credentials).await?;
+    let existing = reads.secret_data(namespace, &names.credentials).await?;
     let text = |key: &str| {
         existing
             .as_ref()
@@ -227,28 +226,6 @@ pub fn random_token(bytes: usize) -> Result<String, BuildError> {
         .iter()
         .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
         .collect())
-}
-
-/// A Secret's data (`stringData` merged in), or `None` when the Secret does not exist. The
-/// controllers dereference their Secrets with it too.
-pub async fn secret_data(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-) -> Result<Option<BTreeMap<String, Vec<u8>>>, kube::Error> {
-    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    Ok(api.get_opt(name).await?.map(|secret| {
-        let mut data: BTreeMap<String, Vec<u8>> = secret
-            .data
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.0))
-            .collect();
-        for (key, value) in secret.string_data.unwrap_or_default() {
-            data.insert(key, value.into_bytes());
-        }
-        data
-    }))
 }
 
 #[cfg(test)]

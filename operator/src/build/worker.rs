@@ -408,10 +408,18 @@ pub fn build(worker: &Worker, inputs: &WorkerInputs) -> Result<WorkerChildren, B
     })
 }
 
+/// The labels that select the Worker's pods.
+pub fn pod_labels(worker: &Worker) -> Result<BTreeMap<String, String>, BuildError> {
+    let (name, _) = name_and_namespace(worker)?;
+    Ok(selector_labels(&name, COMPONENT))
+}
+
+/// The pods' labels as a label selector (all of them the Deployment's selector).
+pub const WORKER_POD_SELECTOR: &str = "app.kubernetes.io/name=worker";
+
 /// The `/scale` label selector of a Worker's pods, as `status.selector` text.
 pub fn selector_string(worker: &Worker) -> Result<String, BuildError> {
-    let (name, _) = name_and_namespace(worker)?;
-    Ok(selector_labels(&name, COMPONENT)
+    Ok(pod_labels(worker)?
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()

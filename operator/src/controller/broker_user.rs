@@ -10,7 +10,7 @@
 
 use super::applied::apply_child;
 use super::{being_deleted, Context, Error, Outcome, RETRY};
-use crate::broker::endpoint::{managed_by_name, random_token, secret_data, Endpoint};
+use crate::broker::endpoint::{managed_by_name, random_token, Endpoint};
 use crate::broker::BrokerUser;
 use crate::build::queue::access::{
     self, BrokerCredentials, Permissions, MANAGED_VHOST, PASSWORD_LENGTH, QUEUE_ANNOTATION,
@@ -129,7 +129,7 @@ async fn ensure_one<K: Workload>(
         ));
     };
     let name = access::secret_name(&workload.child(), queue);
-    let existing = secret_data(&ctx.client, &namespace, &name).await?;
+    let existing = ctx.reads.secret_data(&namespace, &name).await?;
     let password = existing
         .as_ref()
         .and_then(|data| data.get(KEY_PASSWORD))
@@ -164,7 +164,7 @@ async fn ensure_one<K: Workload>(
 
 /// How the operator reaches the managed broker of Queue `queue`, if it has an address.
 async fn broker(ctx: &Context, namespace: &str, queue: &str) -> Result<Option<Endpoint>, Error> {
-    Ok(managed_by_name(&ctx.client, namespace, queue).await?)
+    Ok(managed_by_name(&ctx.reads, namespace, queue).await?)
 }
 
 /// The workload's user Secrets, by the Queue each one's user is on.

@@ -305,8 +305,7 @@ async fn check_hash(
     namespace: &str,
     reference: &crate::crd::SecretKeyRef,
 ) -> Step<()> {
-    let data =
-        crate::broker::endpoint::secret_data(&ctx.client, namespace, &reference.name).await?;
+    let data = ctx.reads.secret_data(namespace, &reference.name).await?;
     let hash = data
         .as_ref()
         .and_then(|data| data.get(&reference.key))

@@ -83,13 +83,14 @@ async fn steps(
 /// mounts: its own and the Queues' connection Secrets (its user's on a managed broker).
 async fn dereference(ctx: &Context, gateway: &Gateway) -> Step<GatewayInputs> {
     let client = &ctx.client;
+    let reads = &*ctx.reads;
     let namespace = gateway.namespace().unwrap_or_default();
     let mut queues = BTreeMap::new();
     for route in &gateway.spec.routes {
         if queues.contains_key(&route.queue) {
             continue;
         }
-        match resolve_queue(client, &namespace, &route.queue).await? {
+        match resolve_queue(reads, &namespace, &route.queue).await? {
             Ok(queue) => {
                 queues.insert(route.queue.clone(), queue);
             }
@@ -127,7 +128,7 @@ async fn dereference(ctx: &Context, gateway: &Gateway) -> Step<GatewayInputs> {
             .filter_map(|q| q.ca.as_ref())
             .map(|ca| ca.name.clone()),
     );
-    let secrets = match resolve_secrets(client, &namespace, names).await? {
+    let secrets = match resolve_secrets(reads, &namespace, names).await? {
         Ok(secrets) => secrets,
         Err(outcome) => return Ok(Err(outcome)),
     };

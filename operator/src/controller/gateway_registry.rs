@@ -3,7 +3,6 @@
 //! the collector, which pushes it to the running pods at once.
 
 use super::{apply, Context, Error};
-use crate::broker::endpoint::secret_data;
 use crate::build::gateway::registry_secret_name;
 use crate::build::{child_meta, BuildError, SecretData};
 use crate::crd::Gateway;
@@ -129,8 +128,8 @@ async fn hash_secrets(
 ) -> Result<SecretData, Error> {
     let mut data = SecretData::new();
     for name in table::hash_secrets(devices).into_keys() {
-        if let Some(values) = secret_data(&ctx.client, namespace, &name).await? {
-            data.insert(name, values);
+        if let Some(values) = ctx.reads.secret_data(namespace, &name).await? {
+            data.insert(name, std::sync::Arc::unwrap_or_clone(values));
         }
     }
     Ok(data)

@@ -337,6 +337,7 @@ pub fn context(client: Client) -> Arc<Context> {
 /// [`context`] with the operator's tenancy settings.
 pub fn context_with(client: Client, tenancy: crate::build::tenancy::TenantPolicy) -> Arc<Context> {
     Arc::new(Context {
+        reads: Arc::new(crate::reads::Reads::new(client.clone())),
         recorder: Recorder::new(
             client.clone(),
             Reporter {
@@ -439,7 +440,8 @@ mod tests {
             Exchange::get(&path("v1", "factory", "secrets", "absent")).not_found(),
         ]);
         let names = ["pg", "absent", "never-asked"].map(String::from);
-        let resolved = resolve_secrets(&client, "factory", names)
+        let reads = crate::reads::Reads::new(client);
+        let resolved = resolve_secrets(&reads, "factory", names)
             .await
             .expect("no API error");
         let waiting = resolved.expect_err("waits for the missing Secret");
@@ -452,7 +454,9 @@ mod tests {
     async fn a_request_the_scenario_did_not_expect_fails_it() {
         let (client, server) = mocked();
         let scenario = server.run(vec![Exchange::get(&path("v1", "factory", "secrets", "a"))]);
-        let asked = crate::broker::endpoint::secret_data(&client, "factory", "b").await;
+        let asked = crate::reads::Reads::new(client)
+            .secret_data("factory", "b")
+            .await;
         assert!(asked.is_err(), "the server answered nothing");
         let failed = tokio::spawn(scenario.done()).await;
         assert!(failed.is_err(), "a mismatched request fails the scenario");

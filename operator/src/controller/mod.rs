@@ -2,13 +2,13 @@
 //! dereference → validate → build → apply → status. Shared here: the context, the error
 //! type, server-side apply and status helpers.
 
-use crate::broker::endpoint::secret_data;
 use crate::broker::Broker;
 use crate::build::queue::access::BrokerCredentials;
 use crate::build::{BuildError, Images, FIELD_MANAGER};
 use crate::conditions::{self, Desired};
 use crate::crd::Condition;
 use crate::metrics::Metrics;
+use crate::reads::Reads;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{ObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -68,6 +68,8 @@ pub struct Context {
     /// What was applied of each child, and the children's caches: applies that cannot
     /// change anything are skipped.
     pub applied: applied::Applied,
+    /// Reads of Queues, Deployments, Services, pods and Secrets through the watch caches.
+    pub reads: Arc<crate::reads::Reads>,
 }
 
 /// Why a reconcile failed. Invalid specs and missing references are not errors: they
@@ -364,11 +366,10 @@ pub fn checked<T>(built: Result<T, BuildError>) -> Step<T> {
 /// Dereferences a Queue by name: its broker queue and connection Secret once it is Ready,
 /// or a waiting outcome naming it.
 pub async fn resolve_queue(
-    client: &Client,
+    reads: &Reads,
     namespace: &str,
     name: &str,
 ) -> Step<crate::build::worker::ResolvedQueue> {
-    let api: Api<crate::crd::Queue> = Api::namespaced(client.clone(), namespace);
     let waiting = |message: String| {
         Err(Outcome::waiting(
             conditions::reason::WAITING_FOR_QUEUE,
@@ -376,7 +377,7 @@ pub async fn resolve_queue(
             RESYNC,
         ))
     };
-    let Some(queue) = api.get_opt(name).await? else {
+    let Some(queue) = reads.queue(namespace, name).await? else {
         return Ok(waiting(format!("Queue {name:?} does not exist")));
     };
     let delivery_limit = crate::build::queue::worker_delivery_limit(&queue);
@@ -412,15 +413,15 @@ pub async fn resolve_queue(
 
 /// Dereferences Secrets by name; the first missing one yields a waiting outcome.
 pub async fn resolve_secrets(
-    client: &Client,
+    reads: &Reads,
     namespace: &str,
     names: impl IntoIterator<Item = String>,
 ) -> Step<crate::build::SecretData> {
     let mut data = crate::build::SecretData::new();
     for name in names {
-        match secret_data(client, namespace, &name).await? {
+        match reads.secret_data(namespace, &name).await? {
             Some(values) => {
-                data.insert(name, values);
+                data.insert(name, Arc::unwrap_or_clone(values));
             }
             None => {
                 return Ok(Err(Outcome::waiting(

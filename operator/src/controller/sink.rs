@@ -5,12 +5,12 @@ use super::{
     checked, patch_status, ready_condition, resolve_queue, skip_deleted, Context, Error, Outcome,
     Step, RESYNC,
 };
-use crate::broker::endpoint::secret_data;
 use crate::build::sink as build;
 use crate::conditions::reason;
 use crate::crd::{Sink, SinkStatus};
+use crate::reads::Reads;
 use kube::runtime::controller::Action;
-use kube::{Client, ResourceExt};
+use kube::ResourceExt;
 use std::sync::Arc;
 use tracing::Instrument;
 
@@ -39,17 +39,17 @@ async fn steps(sink: &Sink, ctx: &Context, status: &mut SinkStatus) -> Result<Ou
         Err(outcome) => return Ok(outcome),
     };
     status.sink_type = Some(kind.as_str().to_owned());
-    if let Err(outcome) = dereference(&ctx.client, sink).await? {
+    if let Err(outcome) = dereference(&ctx.reads, sink).await? {
         return Ok(outcome);
     }
     Ok(Outcome::ready(format!("{} sink is valid", kind.as_str())))
 }
 
 /// Checks that every referenced Secret key exists, then that the target Queue is Ready.
-async fn dereference(client: &Client, sink: &Sink) -> Step<()> {
+async fn dereference(reads: &Reads, sink: &Sink) -> Step<()> {
     let namespace = sink.namespace().unwrap_or_default();
     for reference in build::referenced_secrets(sink) {
-        let data = secret_data(client, &namespace, &reference.name).await?;
+        let data = reads.secret_data(&namespace, &reference.name).await?;
         if !data.is_some_and(|d| d.contains_key(&reference.key)) {
             return Ok(Err(Outcome::waiting(
                 reason::WAITING_FOR_SECRET,
@@ -64,7 +64,7 @@ async fn dereference(client: &Client, sink: &Sink) -> Step<()> {
     let Some(target) = build::target_queue(sink) else {
         return Ok(Ok(()));
     };
-    Ok(resolve_queue(client, &namespace, target)
+    Ok(resolve_queue(reads, &namespace, target)
         .await?
         .map(|_ready| ()))
 }

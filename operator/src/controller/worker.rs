@@ -11,10 +11,11 @@ use crate::build::sink::{self as sink_build, ResolvedTarget};
 use crate::build::worker::{self as build, ResolvedQueue, WorkerChildren, WorkerInputs};
 use crate::conditions::{self, reason};
 use crate::crd::{Condition, Sink, Worker, WorkerStatus};
+use crate::reads::Reads;
 use crate::scaling as autoscaler;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::controller::Action;
-use kube::{Api, Client, ResourceExt};
+use kube::ResourceExt;
 use std::sync::Arc;
 use tracing::Instrument;
 
@@ -85,13 +86,13 @@ async fn steps(
 /// broker (ensured there), then every Secret they need, and who sets the Deployment's
 /// replica count.
 async fn dereference(ctx: &Context, worker: &Worker) -> Step<WorkerInputs> {
-    let client = &ctx.client;
+    let reads = &*ctx.reads;
     let namespace = worker.namespace().unwrap_or_default();
-    let queue = match resolve_queue(client, &namespace, &worker.spec.queue).await? {
+    let queue = match resolve_queue(reads, &namespace, &worker.spec.queue).await? {
         Ok(queue) => queue,
         Err(outcome) => return Ok(Err(outcome)),
     };
-    let mut sinks = match dereference_sinks(client, &namespace, &worker.spec.sinks).await? {
+    let mut sinks = match dereference_sinks(reads, &namespace, &worker.spec.sinks).await? {
         Ok(sinks) => sinks,
         Err(outcome) => return Ok(Err(outcome)),
     };
@@ -109,7 +110,7 @@ async fn dereference(ctx: &Context, worker: &Worker) -> Step<WorkerInputs> {
         }
     }
     // Without autoscaling the replicas are the operator's: nothing to read.
-    let handed_over = worker.spec.scaling.enabled && replicas_handed_over(client, worker).await?;
+    let handed_over = worker.spec.scaling.enabled && replicas_handed_over(reads, worker).await?;
     let mut inputs = WorkerInputs {
         queue,
         sinks,
@@ -118,7 +119,7 @@ async fn dereference(ctx: &Context, worker: &Worker) -> Step<WorkerInputs> {
         set_replicas: !(worker.spec.scaling.enabled && handed_over),
     };
     let names = build::mounted_secrets(&inputs);
-    inputs.secrets = match resolve_secrets(client, &namespace, names).await? {
+    inputs.secrets = match resolve_secrets(reads, &namespace, names).await? {
         Ok(secrets) => secrets,
         Err(outcome) => return Ok(Err(outcome)),
     };
@@ -127,11 +128,10 @@ async fn dereference(ctx: &Context, worker: &Worker) -> Step<WorkerInputs> {
 
 /// The Sinks named, in order, each Ready, with the Queue a `queue` sink publishes to.
 async fn dereference_sinks(
-    client: &Client,
+    reads: &Reads,
     namespace: &str,
     names: &[String],
 ) -> Step<Vec<(Sink, Option<ResolvedTarget>)>> {
-    let api: Api<Sink> = Api::namespaced(client.clone(), namespace);
     let waiting = |message: String| {
         Ok(Err(Outcome::waiting(
             reason::WAITING_FOR_SINK,
@@ -141,7 +141,7 @@ async fn dereference_sinks(
     };
     let mut sinks = Vec::new();
     for name in names {
-        let Some(sink) = api.get_opt(name).await? else {
+        let Some(sink) = reads.sink(namespace, name).await? else {
             return waiting(format!("Sink {name:?} does not exist"));
         };
         let sink_ready = sink
@@ -153,7 +153,7 @@ async fn dereference_sinks(
         }
         let target = match sink_build::target_queue(&sink) {
             None => None,
-            Some(target) => match resolve_queue(client, namespace, target).await? {
+            Some(target) => match resolve_queue(reads, namespace, target).await? {
                 Ok(ResolvedQueue {
                     broker_queue,
                     uri,
@@ -209,12 +209,11 @@ fn grants(
 /// Deployment's replicas belong to the autoscaler once it has; until then (creation,
 /// scaling just enabled) the operator sets the minimum and hands the field over right after
 /// applying.
-async fn replicas_handed_over(client: &Client, worker: &Worker) -> Result<bool, Error> {
+async fn replicas_handed_over(reads: &Reads, worker: &Worker) -> Result<bool, Error> {
     let namespace = worker.namespace().unwrap_or_default();
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
     let child = build::child_name(&worker.name_any());
-    Ok(deployments
-        .get_opt(&child)
+    Ok(reads
+        .deployment(&namespace, &child)
         .await?
         .is_some_and(|d| autoscaler::owns_replicas(&d, autoscaler::FIELD_MANAGER)))
 }

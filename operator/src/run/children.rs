@@ -1,7 +1,8 @@
 //! The watch caches of the children the operator applies (`controller::applied`), for one
 //! watched namespace (or all): label-selected, metadata only (a Secret's values never
-//! reach them), except the Deployments and StatefulSets whose status the reconciles read;
-//! PodMonitors and PrometheusRules too when the cluster serves them at start. A kind the
+//! reach them), except the Deployments and StatefulSets whose status the reconciles read
+//! and the Services whose address they read (the Deployments and Services also answer
+//! `crate::reads`); PodMonitors and PrometheusRules too when the cluster serves them at start. A kind the
 //! operator may not list and watch leaves its cache unfilled: those children are always
 //! applied.
 
@@ -31,17 +32,17 @@ pub(super) async fn fill_caches(ctx: &Arc<Context>, ns: Option<&str>, stop: watc
     let pdb_stop = stop.clone();
     let pdbs = async move {
         if with_pdbs {
-            cache::<Meta<PodDisruptionBudget>>(ctx, ns, pdb_stop).await;
+            cache::<Meta<PodDisruptionBudget>>(ctx, ns, pdb_stop, Reads::No).await;
         }
     };
     tokio::join!(
-        cache::<Meta<ConfigMap>>(ctx, ns, stop.clone()),
-        cache::<Meta<Secret>>(ctx, ns, stop.clone()),
-        cache::<Meta<Service>>(ctx, ns, stop.clone()),
-        cache::<Meta<NetworkPolicy>>(ctx, ns, stop.clone()),
+        cache::<Meta<ConfigMap>>(ctx, ns, stop.clone(), Reads::No),
+        cache::<Meta<Secret>>(ctx, ns, stop.clone(), Reads::No),
+        cache::<Service>(ctx, ns, stop.clone(), Reads::Too),
+        cache::<Meta<NetworkPolicy>>(ctx, ns, stop.clone(), Reads::No),
         pdbs,
-        cache::<Deployment>(ctx, ns, stop.clone()),
-        cache::<StatefulSet>(ctx, ns, stop.clone()),
+        cache::<Deployment>(ctx, ns, stop.clone(), Reads::Too),
+        cache::<StatefulSet>(ctx, ns, stop.clone(), Reads::No),
         monitoring(ctx, ns, stop),
     );
 }
@@ -76,8 +77,9 @@ async fn monitoring(ctx: &Arc<Context>, ns: Option<&str>, stop: watch::Receiver<
 }
 
 /// The children of kind `K` (`Meta<_>`: metadata only, the API asked for no more),
-/// without their managedFields.
-async fn cache<K>(ctx: &Arc<Context>, ns: Option<&str>, stop: watch::Receiver<bool>)
+/// without their managedFields; the whole-object caches of `Reads::Too` also answer the
+/// reconciles' and the autoscaler's reads.
+async fn cache<K>(ctx: &Arc<Context>, ns: Option<&str>, stop: watch::Receiver<bool>, reads: Reads)
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -89,6 +91,9 @@ where
 {
     let (reader, writer) = reflector::store();
     let kind = K::kind(&()).into_owned();
+    if reads == Reads::Too {
+        ctx.reads.add(&kind, ns.map(str::to_owned), reader.clone());
+    }
     ctx.applied.caches.add(&kind, ns.map(str::to_owned), reader);
     let stream = watcher(api_for::<K>(&ctx.client, ns), children_config())
         .default_backoff()
@@ -105,6 +110,13 @@ where
             futures::future::ready(!refused)
         });
     drain(stream, stop).await;
+}
+
+/// Whether a cache of children also answers the reconciles' reads (`crate::reads`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reads {
+    Too,
+    No,
 }
 
 /// Whether the API server refused to list or watch the kind for good: forbidden (the

@@ -84,6 +84,7 @@ pub(super) async fn run_controllers(
         metrics: ctx.metrics.clone(),
         recorder: ctx.recorder.clone(),
         broker: ctx.broker.clone(),
+        reads: ctx.reads.clone(),
     });
     let autoscaler = crate::autoscaler::run(autoscaler_ctx, workers.store(), stop.clone());
     tokio::join!(
@@ -94,6 +95,8 @@ pub(super) async fn run_controllers(
         application_apis(&ctx, ns, stop.clone()),
         gateway_pods(&ctx, ns, stop.clone()),
         device_secrets(&ctx, ns, stop.clone()),
+        secret_metadata(&ctx, ns, stop.clone()),
+        worker_pods(&ctx, ns, stop.clone()),
         super::children::fill_caches(&ctx, ns, stop.clone()),
         run_workers(workers, &ctx, ns, stop),
         autoscaler
@@ -112,6 +115,8 @@ async fn queues(ctx: &Arc<Context>, ns: Option<&str>, stop: watch::Receiver<bool
     let wc = watcher::Config::default();
     let queues = Controller::new(api_for::<DeserializeGuard<Queue>>(client, ns), wc.clone());
     let queue_store = queues.store();
+    ctx.reads
+        .add("Queue", ns.map(str::to_owned), queues.store());
     queues
         // By label, not owner reference: under `Retain` the broker has no owner.
         .watches(
@@ -150,6 +155,7 @@ async fn sinks(ctx: &Arc<Context>, ns: Option<&str>, stop: watch::Receiver<bool>
     let wc = watcher::Config::default();
     let sinks = Controller::new(api_for::<DeserializeGuard<Sink>>(client, ns), wc.clone());
     let sink_store = sinks.store();
+    ctx.reads.add("Sink", ns.map(str::to_owned), sinks.store());
     let sink_store_for_queues = sink_store.clone();
     sinks
         .watches(
@@ -390,6 +396,22 @@ async fn device_secrets(ctx: &Arc<Context>, ns: Option<&str>, stop: watch::Recei
     fill(writer, api_for::<SecretMeta>(&ctx.client, ns), labels, stop).await;
 }
 
+/// A cache of the metadata of every Secret (their versions: a Secret the reconciles read
+/// is read again only once it changed).
+async fn secret_metadata(ctx: &Arc<Context>, ns: Option<&str>, stop: watch::Receiver<bool>) {
+    let (reader, writer) = reflector::store();
+    ctx.reads.add("Secret", ns.map(str::to_owned), reader);
+    fill(writer, api_for::<SecretMeta>(&ctx.client, ns), "", stop).await;
+}
+
+/// A cache of the Workers' pods (the autoscaler asks each for its sinks' status).
+async fn worker_pods(ctx: &Arc<Context>, ns: Option<&str>, stop: watch::Receiver<bool>) {
+    let (reader, writer) = reflector::store();
+    ctx.reads.add_worker_pods(ns.map(str::to_owned), reader);
+    let labels = crate::build::worker::WORKER_POD_SELECTOR;
+    fill(writer, api_for::<Pod>(&ctx.client, ns), labels, stop).await;
+}
+
 /// A cache of the gateway pods (their addresses, for the device collector).
 async fn gateway_pods(ctx: &Arc<Context>, ns: Option<&str>, stop: watch::Receiver<bool>) {
     let (reader, writer) = reflector::store();
@@ -398,8 +420,8 @@ async fn gateway_pods(ctx: &Arc<Context>, ns: Option<&str>, stop: watch::Receive
     fill(writer, api_for::<Pod>(&ctx.client, ns), labels, stop).await;
 }
 
-/// Keeps `writer`'s cache filled with the objects of `api` that carry `labels`, until
-/// `stop` fires.
+/// Keeps `writer`'s cache filled with the objects of `api` that carry `labels` (all of
+/// them when empty), until `stop` fires.
 async fn fill<K>(
     writer: reflector::store::Writer<K>,
     api: Api<K>,
@@ -409,7 +431,10 @@ async fn fill<K>(
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
-    let config = watcher::Config::default().labels(labels);
+    let config = match labels {
+        "" => watcher::Config::default(),
+        labels => watcher::Config::default().labels(labels),
+    };
     let stream = watcher(api, config)
         .default_backoff()
         .modify(|object| object.managed_fields_mut().clear())

@@ -3,15 +3,14 @@
 
 use super::{merge, PodReport, SinkVerdict};
 use crate::autoscaler::Error;
-use crate::build::worker::{selector_string, METRICS_PORT};
+use crate::build::worker::{pod_labels, METRICS_PORT};
 use crate::crd::Worker;
 use crate::pod_http::PodHttp;
 use bytes::Bytes;
 use futures::StreamExt;
 use http_body_util::Full;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::ListParams;
-use kube::{Api, Client, ResourceExt};
+use kube::ResourceExt;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tributary_contract::worker_status::WorkerStatus;
@@ -88,21 +87,15 @@ impl Reader {
             .await
     }
 
-    /// Lists the Worker's running pods (from the API server's cache) and merges their
-    /// reports.
+    /// The Worker's running pods (from the operator's cache) and their merged reports.
     pub async fn read_worker(
         &self,
-        client: &Client,
+        reads: &crate::reads::Reads,
         worker: &Worker,
     ) -> Result<SinkVerdict, Error> {
         let namespace = worker.namespace().unwrap_or_default();
-        let selector = selector_string(worker)?;
-        let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-        let listed = pods
-            .list(&ListParams::default().labels(&selector).match_any())
-            .await?;
+        let listed = reads.worker_pods(&namespace, &pod_labels(worker)?).await?;
         let targets: Vec<(String, Option<String>)> = listed
-            .items
             .iter()
             .filter(|pod| {
                 pod.metadata.deletion_timestamp.is_none()

@@ -13,15 +13,15 @@ use crate::controller::{
     broker_user, resolve_queue, resolve_secrets, Context, Outcome, Step, RESYNC, RETRY,
 };
 use crate::crd::{ApplicationApi, Gateway, Queue, Sink};
-use k8s_openapi::api::core::v1::Secret;
+use crate::reads::Reads;
 use kube::{Api, Client, ResourceExt};
 
 /// Everything the build needs, or the outcome saying what is missing.
 pub async fn dereference(ctx: &Context, api: &ApplicationApi) -> Step<ApiInputs> {
-    let client = &ctx.client;
+    let reads = &*ctx.reads;
     let namespace = api.namespace().unwrap_or_default();
     let spec = &api.spec;
-    let history = match ready_sink(client, &namespace, &spec.history.sink).await? {
+    let history = match ready_sink(reads, &namespace, &spec.history.sink).await? {
         Ok(sink) => sink,
         Err(outcome) => return Ok(Err(outcome)),
     };
@@ -30,7 +30,7 @@ pub async fn dereference(ctx: &Context, api: &ApplicationApi) -> Step<ApiInputs>
     }
     let latest = match &spec.latest {
         None => None,
-        Some(latest) => match ready_sink(client, &namespace, &latest.sink).await? {
+        Some(latest) => match ready_sink(reads, &namespace, &latest.sink).await? {
             Ok(sink) => match sources::redis_source(&sink)? {
                 Ok(_) => Some(sink),
                 Err(unusable) => return Ok(Err(invalid_reference(unusable.0))),
@@ -42,7 +42,7 @@ pub async fn dereference(ctx: &Context, api: &ApplicationApi) -> Step<ApiInputs>
         Ok(brokers) => brokers,
         Err(outcome) => return Ok(Err(outcome)),
     };
-    let issued = match issued_keys(client, api).await? {
+    let issued = match issued_keys(reads, api).await? {
         Ok(issued) => issued,
         Err(outcome) => return Ok(Err(outcome)),
     };
@@ -56,7 +56,7 @@ pub async fn dereference(ctx: &Context, api: &ApplicationApi) -> Step<ApiInputs>
         image: ctx.images.api.clone(),
     };
     inputs.secrets =
-        match resolve_secrets(client, &namespace, build::mounted_secrets(&inputs)).await? {
+        match resolve_secrets(reads, &namespace, build::mounted_secrets(&inputs)).await? {
             Ok(secrets) => secrets,
             Err(outcome) => return Ok(Err(outcome)),
         };
@@ -70,8 +70,7 @@ fn invalid_reference(message: String) -> Outcome {
 }
 
 /// A Sink of the namespace that exists and is Ready.
-async fn ready_sink(client: &Client, namespace: &str, name: &str) -> Step<Sink> {
-    let api: Api<Sink> = Api::namespaced(client.clone(), namespace);
+async fn ready_sink(reads: &Reads, namespace: &str, name: &str) -> Step<Sink> {
     let waiting = |message: String| {
         Ok(Err(Outcome::waiting(
             reason::WAITING_FOR_SINK,
@@ -79,7 +78,7 @@ async fn ready_sink(client: &Client, namespace: &str, name: &str) -> Step<Sink> 
             RESYNC,
         )))
     };
-    let Some(sink) = api.get_opt(name).await? else {
+    let Some(sink) = reads.sink(namespace, name).await? else {
         return waiting(format!("Sink {name:?} does not exist"));
     };
     let ready = sink
@@ -107,10 +106,11 @@ type Brokers = (Option<ResolvedTarget>, Option<ResolvedTarget>);
 /// with the API's own user on a managed broker.
 async fn brokers(ctx: &Context, api: &ApplicationApi) -> Step<Brokers> {
     let client = &ctx.client;
+    let reads = &*ctx.reads;
     let namespace = api.namespace().unwrap_or_default();
     let mut live = None;
     if let Some(spec) = &api.spec.live {
-        match resolve_queue(client, &namespace, &spec.queue).await? {
+        match resolve_queue(reads, &namespace, &spec.queue).await? {
             Ok(queue) => live = Some((spec.queue.clone(), target(queue))),
             Err(outcome) => return Ok(Err(outcome)),
         }
@@ -124,7 +124,7 @@ async fn brokers(ctx: &Context, api: &ApplicationApi) -> Step<Brokers> {
             Ok(queue) => queue,
             Err(outcome) => return Ok(Err(outcome)),
         };
-        match resolve_queue(client, &namespace, &queue).await? {
+        match resolve_queue(reads, &namespace, &queue).await? {
             Ok(resolved) => commands = Some((queue, target(resolved))),
             Err(outcome) => return Ok(Err(outcome)),
         }
@@ -208,7 +208,7 @@ async fn declare_live_exchange(ctx: &Context, namespace: &str, queue: &str) -> S
     let Some(queue_object) = queues.get_opt(queue).await? else {
         return unavailable(format!("Queue {queue:?} does not exist"));
     };
-    let endpoint = match endpoint::lookup(&ctx.client, &queue_object).await {
+    let endpoint = match endpoint::lookup(&ctx.reads, &queue_object).await {
         Ok(Ok(endpoint)) => endpoint,
         Ok(Err(Unreachable::NoAddress)) | Ok(Err(_)) => {
             return unavailable(format!(
@@ -233,11 +233,10 @@ async fn declare_live_exchange(ctx: &Context, namespace: &str, queue: &str) -> S
 
 /// The keys already issued, from the keys Secret when this ApplicationApi owns it; a Secret
 /// of that name owned by anything else is never touched.
-async fn issued_keys(client: &Client, api: &ApplicationApi) -> Step<keys::IssuedKeys> {
+async fn issued_keys(reads: &Reads, api: &ApplicationApi) -> Step<keys::IssuedKeys> {
     let namespace = api.namespace().unwrap_or_default();
     let name = keys::secret_name(&api.name_any());
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-    let Some(secret) = secrets.get_opt(&name).await? else {
+    let Some(secret) = reads.secret(&namespace, &name).await? else {
         return Ok(Ok(keys::IssuedKeys::default()));
     };
     let uid = api.metadata.uid.as_deref();

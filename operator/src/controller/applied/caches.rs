@@ -112,6 +112,23 @@ impl ChildCaches {
             .push(registered);
     }
 
+    /// The cached object of `kind` (of type `K`, as its cache holds it): `None` when no
+    /// filled cache covers it (ask the API server), `Some(None)` when the caches show that
+    /// it does not exist.
+    pub fn object<K: Send + Sync + 'static>(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Option<Arc<K>>> {
+        let key = (kind.to_owned(), namespace.to_owned(), name.to_owned());
+        match self.lookup(&key) {
+            (Cached::Absent, _) => Some(None),
+            (_, Some(object)) => object.downcast::<K>().ok().map(Some),
+            (_, None) => None,
+        }
+    }
+
     /// What the caches covering the child's kind and namespace show of it: nothing known
     /// unless one covers it and all that do are filled.
     pub(super) fn lookup(&self, key: &Key) -> (Cached, Option<Shared>) {

@@ -188,6 +188,7 @@ async fn a_second_reconcile_with_nothing_changed_writes_nothing() {
     // Second pass: the same reads, no write (a further request would find no server).
     let (client, server) = mocked();
     let ctx = Arc::new(Context {
+        reads: Arc::new(crate::reads::Reads::new(client.clone())),
         client,
         ..Arc::into_inner(ctx).expect("the only reference")
     });
@@ -284,6 +285,7 @@ async fn a_settled_gateway_writes_nothing_on_its_next_reconcile() {
     // table unchanged); nothing is written.
     let (client, server) = mocked();
     let ctx = Arc::new(Context {
+        reads: Arc::new(crate::reads::Reads::new(client.clone())),
         client,
         ..Arc::into_inner(ctx).expect("the only reference")
     });

@@ -23,7 +23,7 @@ pub(super) async fn apply_broker(
 ) -> Result<Option<Outcome>, Error> {
     let namespace = queue.namespace().unwrap_or_default();
     let names = ManagedNames::for_queue(&queue.name_any());
-    let creds = endpoint::credentials(&ctx.client, &namespace, &names).await?;
+    let creds = endpoint::credentials(&ctx.reads, &namespace, &names).await?;
     let children = build::build_managed(queue, managed, &creds, &ctx.images.rabbitmq)?;
     apply_child(ctx, &children.secret).await?;
     apply_child(ctx, &children.config_map).await?;
@@ -61,7 +61,7 @@ async fn await_cluster_formation(
     replicas: i32,
     ready_pods: i32,
 ) -> Result<Option<Outcome>, Error> {
-    let Some(endpoint) = endpoint::managed(&ctx.client, queue).await? else {
+    let Some(endpoint) = endpoint::managed(&ctx.reads, queue).await? else {
         return Ok(None); // reported by the endpoint step
     };
     let broker_queue = build::broker_queue_name(queue)?;
@@ -216,7 +216,7 @@ async fn check_empty(
     queues: &[&str],
 ) -> Result<Option<String>, Error> {
     let listed = queues.join(", ");
-    let Some(endpoint) = endpoint::managed(&ctx.client, queue).await? else {
+    let Some(endpoint) = endpoint::managed(&ctx.reads, queue).await? else {
         return Ok(Some(format!(
             "switching to the external broker waits: the managed RabbitMQ (StatefulSet {}) \
              cannot be reached (its Service has no address), so it cannot be verified to \

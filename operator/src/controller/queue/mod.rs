@@ -80,7 +80,7 @@ async fn endpoint(
     queue: &Queue,
     plan: &BrokerPlan,
 ) -> Result<Result<Endpoint, Outcome>, Error> {
-    Ok(endpoint::lookup_plan(&ctx.client, queue, plan)
+    Ok(endpoint::lookup_plan(&ctx.reads, queue, plan)
         .await?
         .map_err(unreachable))
 }
