@@ -10,6 +10,7 @@
 pub mod autoscaler;
 pub mod broker;
 pub mod build;
+pub mod caches;
 pub mod conditions;
 pub mod controller;
 pub mod crd;

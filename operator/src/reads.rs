@@ -7,7 +7,7 @@
 //! Secret a reconcile reads is read once by name and kept with the resourceVersion it was
 //! read at; while the metadata cache shows it at that version, the kept one is the answer.
 
-use crate::controller::applied::caches::ChildCaches;
+use crate::caches::ChildCaches;
 use crate::crd::{Queue, Sink};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};

@@ -2,43 +2,8 @@
 //! desired object last applied, the version the API server gave it then, and what a watch
 //! cache shows of it now.
 
-use kube::api::ObjectMeta;
+pub use crate::caches::{Cached, Seen, Version};
 use std::hash::{Hash, Hasher};
-
-/// The version the API server gave a child: its `metadata.generation` when its kind has
-/// one (it moves only with the spec: a Deployment's status updates leave it), else its
-/// `metadata.resourceVersion` (which moves with every write).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Version {
-    /// `metadata.generation`.
-    Generation(i64),
-    /// `metadata.resourceVersion`.
-    ResourceVersion(String),
-}
-
-/// Which object a child is, and at which version.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Seen {
-    /// `metadata.uid`: a child deleted and made again by someone else is another object.
-    pub uid: Option<String>,
-    /// Its version.
-    pub version: Version,
-}
-
-impl Seen {
-    /// What the metadata says; `None` when it carries no version (not from a server).
-    pub fn of(meta: &ObjectMeta) -> Option<Seen> {
-        let version = match (meta.generation, &meta.resource_version) {
-            (Some(generation), _) => Version::Generation(generation),
-            (None, Some(version)) => Version::ResourceVersion(version.clone()),
-            (None, None) => return None,
-        };
-        Some(Seen {
-            uid: meta.uid.clone(),
-            version,
-        })
-    }
-}
 
 /// What was applied last for one child: the desired object's hash and what the server
 /// answered.
@@ -48,17 +13,6 @@ pub struct Record {
     pub hash: u64,
     /// The child as the server answered the apply.
     pub seen: Seen,
-}
-
-/// What a watch cache shows of a child.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Cached {
-    /// No cache of its kind and namespace, or not filled yet: nothing is known.
-    NotReady,
-    /// The filled cache does not hold it: deleted (or its labels removed).
-    Absent,
-    /// The filled cache holds it, at this version.
-    Present(Seen),
 }
 
 /// Whether to send the apply.
@@ -96,6 +50,7 @@ mod tests {
     use super::*;
     use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus};
     use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::ObjectMeta;
     use std::collections::BTreeMap;
 
     fn meta(generation: Option<i64>, version: &str) -> ObjectMeta {

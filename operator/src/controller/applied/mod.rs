@@ -9,7 +9,6 @@
 //! shows the child still at that version: a child edited or deleted by someone, or a
 //! changed desired object, is applied again. Without a filled cache, everything is applied.
 
-pub mod caches;
 pub mod decision;
 
 use super::{Context, Error};
@@ -27,7 +26,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// A child: kind, namespace, name.
-pub type Key = (String, String, String);
+pub use crate::caches::Key;
 
 /// Fewest records kept before a sweep drops those of children gone from the caches.
 const SWEEP_FLOOR: usize = 1024;
@@ -36,7 +35,7 @@ const SWEEP_FLOOR: usize = 1024;
 #[derive(Default)]
 pub struct Applied {
     /// The children's caches.
-    pub caches: caches::ChildCaches,
+    pub caches: crate::caches::ChildCaches,
     ledger: Mutex<Ledger>,
 }
 
@@ -50,7 +49,7 @@ struct Ledger {
 impl Applied {
     /// Whether to apply `key` with desired hash `hash`, and the cached child (whole object
     /// or metadata, by its cache).
-    fn check(&self, key: &Key, hash: u64) -> (Decision, Option<caches::Shared>) {
+    fn check(&self, key: &Key, hash: u64) -> (Decision, Option<crate::caches::Shared>) {
         let (cached, object) = self.caches.lookup(key);
         let ledger = self.ledger.lock().unwrap_or_else(PoisonError::into_inner);
         (

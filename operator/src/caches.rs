@@ -1,11 +1,10 @@
-//! The watch caches of the children the operator applies, by kind and watched namespace:
-//! metadata only, or whole objects for the kinds whose status the reconciles read. They
-//! are filled by `run` (label-selected: `app.kubernetes.io/managed-by`), and read here
-//! without a request.
+//! Watch caches by kind and watched namespace, read without a request: the children the
+//! operator applies (`controller::applied`: metadata only, or whole objects for the kinds
+//! whose status or address the reconciles read; label-selected) and the objects the
+//! reconciles dereference (`reads`). They are filled by `run`.
 
-use super::decision::{Cached, Seen};
-use super::Key;
 use futures::FutureExt;
+use kube::api::ObjectMeta;
 use kube::api::{ApiResource, DynamicObject};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -13,6 +12,55 @@ use kube::Resource;
 use std::any::Any;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, PoisonError};
+
+/// The version the API server gave a child: its `metadata.generation` when its kind has
+/// one (it moves only with the spec: a Deployment's status updates leave it), else its
+/// `metadata.resourceVersion` (which moves with every write).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Version {
+    /// `metadata.generation`.
+    Generation(i64),
+    /// `metadata.resourceVersion`.
+    ResourceVersion(String),
+}
+
+/// Which object a child is, and at which version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seen {
+    /// `metadata.uid`: a child deleted and made again by someone else is another object.
+    pub uid: Option<String>,
+    /// Its version.
+    pub version: Version,
+}
+
+impl Seen {
+    /// What the metadata says; `None` when it carries no version (not from a server).
+    pub fn of(meta: &ObjectMeta) -> Option<Seen> {
+        let version = match (meta.generation, &meta.resource_version) {
+            (Some(generation), _) => Version::Generation(generation),
+            (None, Some(version)) => Version::ResourceVersion(version.clone()),
+            (None, None) => return None,
+        };
+        Some(Seen {
+            uid: meta.uid.clone(),
+            version,
+        })
+    }
+}
+
+/// What a watch cache shows of a child.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cached {
+    /// No cache of its kind and namespace, or not filled yet: nothing is known.
+    NotReady,
+    /// The filled cache does not hold it: deleted (or its labels removed).
+    Absent,
+    /// The filled cache holds it, at this version.
+    Present(Seen),
+}
+
+/// A cached object: kind, namespace, name.
+pub type Key = (String, String, String);
 
 /// A cached child, whole or metadata only (downcast to find out).
 pub type Shared = Arc<dyn Any + Send + Sync>;
@@ -131,7 +179,7 @@ impl ChildCaches {
 
     /// What the caches covering the child's kind and namespace show of it: nothing known
     /// unless one covers it and all that do are filled.
-    pub(super) fn lookup(&self, key: &Key) -> (Cached, Option<Shared>) {
+    pub(crate) fn lookup(&self, key: &Key) -> (Cached, Option<Shared>) {
         let (kind, namespace, name) = key;
         let registered = self
             .registered
