@@ -151,6 +151,11 @@ requests() {
     }
     END {print sum + 0}'
 }
+# request_lines: `verb="…",resource="…" COUNT` for each kind of request so far.
+request_lines() {
+  curl -s "127.0.0.1:$metrics_port/metrics" |
+    sed -n 's/^tributary_operator_api_requests_total{\(.*\)} \([0-9.e+]*\)$/\1 \2/p'
+}
 say "operator running (pid $pid, RSS $(( $(rss_kib) / 1024 )) MiB); applying $total resources in $namespaces namespaces"
 peak=$(rss_kib)
 cpu_start=$(cpu_ticks)
@@ -189,10 +194,16 @@ deployments=$(kubectl get deployments --all-namespaces -o jsonpath='{range .item
 [ "$deployments" -ge $((namespaces * 3)) ] || { echo "only $deployments Deployments for $((namespaces * 3)) workloads" >&2; exit 1; }
 settled_rss=$(rss_kib)
 before=$(requests) before_writes=$(requests writes)
+request_lines >"$work/requests.before"
 cpu_before=$(cpu_ticks)
 say "settled in ${settled} s with $deployments Deployments; counting API requests for $steady s"
 sleep "$steady"
 after=$(requests) after_writes=$(requests writes)
+request_lines >"$work/requests.after"
+say "steady-state requests per minute by kind (the largest):"
+awk -v steady="$steady" 'NR == FNR {before[$1] = $2; next}
+  {d = $2 - before[$1]; if (d > 0) printf "  %7d/min  %s\n", d * 60 / steady, $1}' \
+  "$work/requests.before" "$work/requests.after" | sort -rn | head -8
 steady_cpu=$(( ($(cpu_ticks) - cpu_before) * 1000 / ticks_per_second / steady ))
 end_rss=$(rss_kib)
 per_minute() { echo $(( $1 * 60 / steady )); }

@@ -4,7 +4,7 @@
 //! - `tributary_operator_reconcile_errors_total{kind,error}`: failed reconciles by error kind.
 //! - `tributary_operator_reconcile_duration_seconds{kind}`: reconcile latency histogram.
 //! - `tributary_operator_leader`: 1 while this replica holds the leader Lease.
-//! - `tributary_operator_api_requests_total{verb}`: requests to the Kubernetes API.
+//! - `tributary_operator_api_requests_total{verb,resource}`: requests to the Kubernetes API.
 //! - `tributary_operator_applies_skipped_total{kind}`: child applies skipped as unable to
 //!   change anything.
 //! - `tributary_operator_queue_ready_messages{namespace,queue}`, `…_unacked_messages`,

@@ -1,6 +1,6 @@
-//! Counting the operator's requests to the Kubernetes API by verb: a tower layer on its
-//! client, so that a steady state making no writes (and few reads) can be checked from
-//! `/metrics`.
+//! Counting the operator's requests to the Kubernetes API by verb and resource: a tower
+//! layer on its client, so that a steady state making no writes (and few reads) can be
+//! checked from `/metrics`, and what it does ask for can be seen.
 
 use http::{Method, Request};
 use prometheus_client::metrics::counter::Counter;
@@ -8,7 +8,7 @@ use prometheus_client::metrics::family::Family;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
-/// The counter family, by `verb`.
+/// The counter family, by `verb` and `resource`.
 pub type RequestCounts = Family<Vec<(String, String)>, Counter>;
 
 /// The verb of a request as the API server names it, as far as the request shows it:
@@ -35,6 +35,28 @@ pub fn verb<B>(request: &Request<B>) -> &'static str {
     }
 }
 
+/// The resource a request path names, with its subresource (`secrets`, `queues/status`,
+/// `namespaces`), or `discovery` for the API's own listings. The operator builds every
+/// path, so the values are the few kinds it reads and writes.
+pub fn resource(path: &str) -> String {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // /api/v1/... or /apis/group/version/...
+    let rest = match segments.as_slice() {
+        ["api", _version, rest @ ..] => rest,
+        ["apis", _group, _version, rest @ ..] => rest,
+        _ => return "discovery".to_owned(),
+    };
+    let rest = match rest {
+        ["namespaces", _namespace, rest @ ..] if !rest.is_empty() => rest,
+        rest => rest,
+    };
+    match rest {
+        [] => "discovery".to_owned(),
+        [plural] | [plural, _] => (*plural).to_owned(),
+        [plural, _, subresource, ..] => format!("{plural}/{subresource}"),
+    }
+}
+
 /// Counts every request passing through.
 #[derive(Clone)]
 pub struct CountRequests(pub RequestCounts);
@@ -50,7 +72,7 @@ impl<S> Layer<S> for CountRequests {
     }
 }
 
-/// A service that counts its requests by verb.
+/// A service that counts its requests by verb and resource.
 #[derive(Clone)]
 pub struct Counted<S> {
     inner: S,
@@ -70,9 +92,11 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        self.counts
-            .get_or_create(&vec![("verb".to_owned(), verb(&request).to_owned())])
-            .inc();
+        let labels = vec![
+            ("verb".to_owned(), verb(&request).to_owned()),
+            ("resource".to_owned(), resource(request.uri().path())),
+        ];
+        self.counts.get_or_create(&labels).inc();
         self.inner.call(request)
     }
 }
@@ -111,5 +135,33 @@ mod tests {
             "create"
         );
         assert_eq!(verb(&request(Method::DELETE, "/x")), "delete");
+    }
+
+    #[test]
+    fn resources_are_named_by_their_plural_and_subresource() {
+        let cases = [
+            ("/api/v1/pods", "pods"),
+            ("/api/v1/namespaces/a/secrets/b", "secrets"),
+            ("/api/v1/namespaces/a/secrets", "secrets"),
+            ("/api/v1/namespaces/a", "namespaces"),
+            ("/api/v1/namespaces", "namespaces"),
+            (
+                "/apis/tributary.dev/v1alpha1/namespaces/a/queues/q/status",
+                "queues/status",
+            ),
+            (
+                "/apis/apps/v1/namespaces/a/deployments/d/scale",
+                "deployments/scale",
+            ),
+            (
+                "/apis/coordination.k8s.io/v1/namespaces/a/leases/l",
+                "leases",
+            ),
+            ("/apis/apps/v1", "discovery"),
+            ("/version", "discovery"),
+        ];
+        for (path, resource_name) in cases {
+            assert_eq!(resource(path), resource_name, "{path}");
+        }
     }
 }
