@@ -116,7 +116,7 @@ enum Outcome {
 }
 
 fn push(buffer: &mut BatchBuffer<SinkItem>, item: SinkItem) {
-    let size = item.prepared.bytes.len();
+    let size = item.prepared.size();
     buffer.push(item, size, Instant::now());
 }
 

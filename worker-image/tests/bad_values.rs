@@ -1,6 +1,6 @@
 //! Values PostgreSQL refuses, against real servers: the message holding one is dead-lettered
 //! alone with the reason, and the rest of its batch is stored in one transaction (refusals
-//! seen before the COPY) or in a few (refusals only the server sees).
+//! seen before the write) or in a few (refusals only the server sees).
 
 mod common;
 
@@ -196,7 +196,7 @@ async fn values_only_the_server_refuses_cost_a_few_transactions_not_one_per_row(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn number_an_integer_column_cannot_hold_is_dead_lettered_before_the_copy() {
+async fn number_an_integer_column_cannot_hold_is_dead_lettered_before_the_write() {
     let (dead, transactions) = run_batch(
         "fraction",
         &[(20, json!({"seq": 20.5, "note": "n", "doc": {}}))],

@@ -33,13 +33,22 @@ const RETRY_BUDGET: Duration = Duration::from_millis(150);
 /// How long the outage lasts: far beyond three retry budgets.
 const OUTAGE: Duration = Duration::from_secs(6);
 
-/// Runs our PostgreSQL script for a dedicated instance that this test may stop.
+/// Runs our PostgreSQL script for a dedicated instance that this test may stop:
+/// `TRIBUTARY_PG_OUTAGE_INSTANCE` on `TRIBUTARY_PG_OUTAGE_PORT` (default `postgres-outage` on
+/// 5434), so that test runs beside each other can each have one of their own.
 fn outage_postgres(action: &str) -> String {
+    let setting = |name: &str, default: &str| std::env::var(name).unwrap_or(default.into());
     let script: PathBuf = repo_root().join("tests/services/postgres.sh");
     let output = Command::new(&script)
         .arg(action)
-        .env("TRIBUTARY_PG_INSTANCE", "postgres-outage")
-        .env("TRIBUTARY_PG_PORT", "5434")
+        .env(
+            "TRIBUTARY_PG_INSTANCE",
+            setting("TRIBUTARY_PG_OUTAGE_INSTANCE", "postgres-outage"),
+        )
+        .env(
+            "TRIBUTARY_PG_PORT",
+            setting("TRIBUTARY_PG_OUTAGE_PORT", "5434"),
+        )
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
     assert!(

@@ -7,7 +7,8 @@ use common::*;
 use rusty_s3::Credentials;
 use serde_json::json;
 use tributary_contract::worker_config::{
-    BatchConfig, RedisSinkConfig, RepublishSinkConfig, S3SinkConfig, SinkConfig,
+    BatchConfig, ColumnMapping, PostgresSinkConfig, RedisSinkConfig, RepublishSinkConfig,
+    S3SinkConfig, SinkConfig,
 };
 use tributary_worker::expr::CelEnv;
 use tributary_worker::record::Record;
@@ -214,4 +215,193 @@ async fn s3_batch_lands_under_its_key_and_a_missing_bucket_or_server_is_an_outag
         })
         .collect();
     assert_eq!(ids, vec![format!("{second:?}"), format!("{first:?}")]);
+}
+
+fn postgres_config(scratch: &Scratch, url: &str, table: &str, create_table: bool) -> SinkConfig {
+    let column = |name: &str, expr: &str, sql_type: &str| ColumnMapping {
+        name: name.into(),
+        expr: expr.into(),
+        r#type: sql_type.into(),
+    };
+    SinkConfig::Postgres(PostgresSinkConfig {
+        name: "rows".into(),
+        url_file: scratch.file(&unique("pg"), url),
+        ca_file: None,
+        table: table.into(),
+        id_column: "id".into(),
+        columns: vec![
+            column("at", "payload.at", "timestamptz"),
+            column("seq", "payload.seq", "bigint"),
+            column("temp", "payload.temp", "double precision"),
+            column("doc", "payload.doc", "jsonb"),
+            column("note", "payload.note", "text"),
+            column("code", "payload.code", "varchar(3)"),
+        ],
+        create_table,
+        batch: batch(),
+    })
+}
+
+/// A record whose payload has every field the columns read: `given`'s, the others null.
+fn row_record(id: &str, given: serde_json::Value) -> Record {
+    let mut payload =
+        json!({"at": null, "seq": null, "temp": null, "doc": null, "note": null, "code": null});
+    if let (Some(payload), Some(given)) = (payload.as_object_mut(), given.as_object()) {
+        payload.extend(given.clone());
+    }
+    Record {
+        id: id.into(),
+        value: json!({"id": id, "device": "d", "payload": payload}),
+    }
+}
+
+#[tokio::test]
+async fn postgres_stores_each_id_once_and_typed_columns_round_trip() {
+    let pg_url = required_env("TRIBUTARY_TEST_POSTGRES_URL", "postgres.sh");
+    let pg = postgres(&pg_url).await;
+    let scratch = Scratch::new("pg-rows");
+    let table = unique("rows");
+    let sink = Sink::build(
+        &CelEnv::default(),
+        &postgres_config(&scratch, &pg_url, &table, true),
+        "amqp://unused",
+    )
+    .expect("build");
+    sink.init().await.expect("connect and create the table");
+    let prepare = |id: &str, payload: serde_json::Value| -> Prepared {
+        let prepared = sink
+            .prepare(&row_record(id, payload))
+            .expect("prepare")
+            .expect("written");
+        assert_eq!(prepared.refused, None, "{id}");
+        prepared
+    };
+    let (a, b, c) = (new_id(), new_id(), new_id());
+    let full = json!({
+        "at": "2026-11-26T09:00:00.250Z", "seq": 9_007_199_254_740_993i64, "temp": -21.5,
+        "doc": {"k": [1, "x", null], "nested": {"t": true}}, "note": "tab\there\\ \"quoted\"\nline",
+        "code": "abc",
+    });
+    // JSON nulls are SQL NULLs; a string in a jsonb column is parsed.
+    let sparse = json!({"seq": null, "doc": "{\"from\": \"text\"}", "note": ""});
+    let items = [
+        prepare(&a, full.clone()),
+        prepare(&b, sparse),
+        // A repeat within the batch, with other values: the first one is kept.
+        prepare(&a, json!({"seq": 1})),
+        prepare(&c, json!({"seq": 3, "doc": null})),
+    ];
+    sink.write(&items).await.expect("write");
+    // A redelivery of stored ids, alone and beside a new one.
+    sink.write(&items[..1]).await.expect("redelivery");
+    let d = new_id();
+    sink.write(&[
+        prepare(&c, json!({"seq": 30})),
+        prepare(&d, json!({"seq": 4})),
+    ])
+    .await
+    .expect("redelivery beside a new id");
+    assert_eq!(count_rows(&pg, &table).await, 4, "each id stored once");
+
+    let rows = pg
+        .query(
+            &format!(
+                "SELECT id, extract(epoch FROM at)::float8, seq, temp, doc::text, \
+                 jsonb_typeof(doc), note, code FROM \"{table}\" ORDER BY id"
+            ),
+            &[],
+        )
+        .await
+        .expect("select");
+    let by_id = |id: &str| {
+        rows.iter()
+            .find(|row| row.get::<_, String>(0) == id)
+            .unwrap_or_else(|| panic!("no row {id}"))
+    };
+    let row = by_id(&a);
+    assert_eq!(row.get::<_, Option<f64>>(1), Some(1_795_683_600.25));
+    assert_eq!(row.get::<_, Option<i64>>(2), Some(9_007_199_254_740_993));
+    assert_eq!(row.get::<_, Option<f64>>(3), Some(-21.5));
+    let doc: serde_json::Value =
+        serde_json::from_str(&row.get::<_, String>(4)).expect("doc is JSON");
+    assert_eq!(doc, full["doc"]);
+    assert_eq!(row.get::<_, Option<&str>>(5), Some("object"));
+    assert_eq!(row.get::<_, Option<&str>>(6), full["note"].as_str());
+    assert_eq!(row.get::<_, Option<&str>>(7), Some("abc"));
+    let row = by_id(&b);
+    assert_eq!(row.get::<_, Option<f64>>(1), None);
+    assert_eq!(row.get::<_, Option<i64>>(2), None);
+    assert_eq!(row.get::<_, Option<f64>>(3), None);
+    assert_eq!(row.get::<_, Option<&str>>(5), Some("object"), "parsed");
+    assert_eq!(row.get::<_, Option<&str>>(6), Some(""), "empty is not NULL");
+    let row = by_id(&c);
+    assert_eq!(
+        row.get::<_, Option<i64>>(2),
+        Some(3),
+        "the first write kept"
+    );
+    assert_eq!(row.get::<_, Option<&str>>(4), None, "JSON null is SQL NULL");
+}
+
+/// Prepares a record with `payload` for `sink` and writes it alone.
+async fn write_one(sink: &Sink, payload: serde_json::Value) -> Result<(), SinkError> {
+    let item = sink
+        .prepare(&row_record(&new_id(), payload))
+        .expect("prepare")
+        .expect("written");
+    sink.write(&[item]).await
+}
+
+#[tokio::test]
+async fn postgres_refusals_are_rejections_and_a_missing_table_or_server_an_outage() {
+    let pg_url = required_env("TRIBUTARY_TEST_POSTGRES_URL", "postgres.sh");
+    let pg = postgres(&pg_url).await;
+    let scratch = Scratch::new("pg-refused");
+    let table = unique("refused");
+    let sink = Sink::build(
+        &CelEnv::default(),
+        &postgres_config(&scratch, &pg_url, &table, true),
+        "amqp://unused",
+    )
+    .expect("build");
+    // Values only the server refuses fail the whole statement as the data's fault.
+    for (payload, code) in [
+        (json!({"seq": "not a number"}), "22P02"),
+        (json!({"at": "yesterday-ish"}), "22007"),
+        (json!({"doc": "{not json"}), "22P02"),
+        // Too long for varchar(3): refused, not cut to fit.
+        (json!({"code": "abcd"}), "22001"),
+    ] {
+        match write_one(&sink, payload.clone()).await {
+            Err(SinkError::Rejected(message)) => assert!(message.starts_with(code), "{message}"),
+            other => panic!("{payload}: {other:?}"),
+        }
+    }
+    assert_eq!(count_rows(&pg, &table).await, 0);
+    write_one(&sink, json!({"code": "ab"}))
+        .await
+        .expect("a value that fits");
+    assert_eq!(count_rows(&pg, &table).await, 1);
+
+    // A table nobody created yet, and a server that does not answer, are waited for.
+    let missing = Sink::build(
+        &CelEnv::default(),
+        &postgres_config(&scratch, &pg_url, &unique("missing"), false),
+        "amqp://unused",
+    )
+    .expect("build");
+    assert!(
+        matches!(missing.init().await, Err(SinkError::Unavailable(ref m)) if m.starts_with("42P01")),
+        "a missing table is an outage"
+    );
+    let away = Sink::build(
+        &CelEnv::default(),
+        &postgres_config(&scratch, "postgres://u:p@127.0.0.1:1/db", &table, false),
+        "amqp://unused",
+    )
+    .expect("build");
+    assert!(matches!(
+        write_one(&away, json!({})).await,
+        Err(SinkError::Unavailable(_))
+    ));
 }

@@ -134,7 +134,7 @@ impl Table {
         Table { name, client, url }
     }
 
-    /// Inserts rows with text values cast by PostgreSQL, as the sink's COPY does;
+    /// Inserts rows with text values cast by PostgreSQL, as the worker's sink does;
     /// duplicates of an id are skipped like the sink's `ON CONFLICT DO NOTHING`.
     pub async fn insert(&self, rows: &[Row]) {
         let column = |f: fn(&Row) -> String| rows.iter().map(f).collect::<Vec<String>>();

@@ -168,6 +168,7 @@ impl LiveSink {
             id: record.id.clone(),
             key: Some(device.to_string()),
             bytes: json_bytes(&record.value),
+            values: Vec::new(),
             refused: None,
         })
     }
@@ -349,6 +350,7 @@ mod tests {
             id: "m".into(),
             key: Some("d".into()),
             bytes: vec![b'x'; size],
+            values: Vec::new(),
             refused: None,
         }
     }

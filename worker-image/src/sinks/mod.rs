@@ -34,12 +34,23 @@ pub struct Prepared {
     pub id: String,
     /// A sink-specific key (Redis key, the device id of a command), if any.
     pub key: Option<String>,
-    /// The encoded message (a COPY line, a JSON line, a request body).
+    /// The encoded message (a JSON line, a request body); empty for PostgreSQL, whose row
+    /// is in `values`.
     pub bytes: Vec<u8>,
+    /// PostgreSQL: the row as text, one value per mapped column in order (None for SQL
+    /// NULL); empty for the other sinks.
+    pub values: Vec<Option<String>>,
     /// Why the target would certainly refuse this message (seen while encoding, e.g. a NUL
     /// byte PostgreSQL cannot store): it is dead-lettered as `sink-rejected` without being
     /// written, and the rest of its batch is written without it.
     pub refused: Option<String>,
+}
+
+impl Prepared {
+    /// The bytes it holds, counted against a batch's `maxBytes`.
+    pub fn size(&self) -> usize {
+        self.bytes.len() + self.values.iter().flatten().map(String::len).sum::<usize>()
+    }
 }
 
 /// A failed batch write.

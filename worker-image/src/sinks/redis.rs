@@ -135,6 +135,7 @@ impl RedisSink {
             id: record.id.clone(),
             key: Some(key),
             bytes,
+            values: Vec::new(),
             refused: None,
         })
     }

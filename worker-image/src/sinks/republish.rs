@@ -106,6 +106,7 @@ impl RepublishSink {
             id: record.id.clone(),
             key: None,
             bytes: json_bytes(&record.value),
+            values: Vec::new(),
             refused: None,
         })
     }

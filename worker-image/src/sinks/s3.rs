@@ -250,6 +250,7 @@ impl S3Sink {
             id: record.id.clone(),
             key: None,
             bytes,
+            values: Vec::new(),
             refused: None,
         })
     }
@@ -308,6 +309,7 @@ mod tests {
             id: id.into(),
             key: None,
             bytes: Vec::new(),
+            values: Vec::new(),
             refused: None,
         }
     }

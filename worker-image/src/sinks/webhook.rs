@@ -97,6 +97,7 @@ impl WebhookSink {
             id: record.id.clone(),
             key: None,
             bytes: json_bytes(&record.value),
+            values: Vec::new(),
             refused: None,
         })
     }

@@ -154,6 +154,7 @@ impl CommandSink {
             id: record.id.clone(),
             key: Some(device),
             bytes,
+            values: Vec::new(),
             refused: None,
         }))
     }
