@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures::stream::FuturesOrdered;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::codec::{decode, Connect, DecodeError, Packet};
@@ -372,6 +372,13 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
         tokio::select! {
             Some((answer, result)) = state.pending.next(), if !state.pending.is_empty() => {
                 self.acknowledge(answer, result)?;
+                // The broker confirms in bursts: every answer already settled goes into
+                // the same write (one send for many PUBACKs instead of one each). Polled
+                // without a waker, which is safe: the loop polls `pending` again with its
+                // own before it waits.
+                while let Some(Some((answer, result))) = state.pending.next().now_or_never() {
+                    self.acknowledge(answer, result)?;
+                }
             }
             read = self.reader.read_buf(&mut self.buffer), if can_read => match read {
                 Ok(0) => state.reading = false,
