@@ -79,17 +79,33 @@ impl Reads {
 
     /// A Queue, or `None` when it does not exist.
     pub async fn queue(&self, namespace: &str, name: &str) -> Result<Option<Queue>, kube::Error> {
-        self.guarded(namespace, name).await
+        let ready = |queue: &Queue| {
+            let status = queue.status.as_ref();
+            status.is_some_and(|s| crate::conditions::is_ready(&s.conditions))
+        };
+        self.guarded(namespace, name, ready).await
     }
 
     /// A Sink, or `None` when it does not exist.
     pub async fn sink(&self, namespace: &str, name: &str) -> Result<Option<Sink>, kube::Error> {
-        self.guarded(namespace, name).await
+        let ready = |sink: &Sink| {
+            let status = sink.status.as_ref();
+            status.is_some_and(|s| crate::conditions::is_ready(&s.conditions))
+        };
+        self.guarded(namespace, name, ready).await
     }
 
-    /// One of the operator's kinds from its controller's cache (which keeps objects that
-    /// cannot be read as such; those are asked for, and the answer says why).
-    async fn guarded<K>(&self, namespace: &str, name: &str) -> Result<Option<K>, kube::Error>
+    /// One of the operator's kinds from its controller's cache when the cache shows it
+    /// `settled` (Ready: what a dependent waits for); one that is not, or missing, or that
+    /// cannot be read as such, is asked for. The watch that wakes a dependent may run ahead
+    /// of the cache: a fresh answer then spares it a resync's wait, and at steady state
+    /// every answer is cached.
+    async fn guarded<K>(
+        &self,
+        namespace: &str,
+        name: &str,
+        settled: impl Fn(&K) -> bool,
+    ) -> Result<Option<K>, kube::Error>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
             + Clone
@@ -100,17 +116,15 @@ impl Reads {
             + 'static,
     {
         let kind = K::kind(&());
-        match self
+        let cached = self
             .caches
-            .object::<DeserializeGuard<K>>(&kind, namespace, name)
-        {
-            Some(None) => return Ok(None),
-            Some(Some(guard)) => {
-                if let Ok(object) = &guard.0 {
+            .object::<DeserializeGuard<K>>(&kind, namespace, name);
+        if let Some(Some(guard)) = cached {
+            if let Ok(object) = &guard.0 {
+                if settled(object) {
                     return Ok(Some(object.clone()));
                 }
             }
-            None => {}
         }
         Api::namespaced(self.client.clone(), namespace)
             .get_opt(name)

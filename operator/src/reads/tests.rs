@@ -120,11 +120,6 @@ async fn queues_deployments_and_worker_pods_come_from_filled_caches() {
 
     let found = reads.queue("factory", "q").await.expect("cached");
     assert_eq!(found.expect("exists").metadata.name.as_deref(), Some("q"));
-    assert!(reads
-        .queue("factory", "gone")
-        .await
-        .expect("cached")
-        .is_none());
     let found = reads.deployment("factory", "rows-worker").await;
     let replicas = found.expect("cached").expect("exists").spec.expect("spec");
     assert_eq!(replicas.replicas, Some(3));
@@ -167,4 +162,32 @@ async fn kept_secrets_follow_the_secrets_that_exist() {
     scenario.done().await;
     // The read past the floor swept every Secret gone since but itself.
     assert!(reads.kept_secrets() <= 1, "kept {}", reads.kept_secrets());
+}
+
+#[tokio::test]
+async fn a_queue_cached_as_missing_or_not_ready_is_asked_for() {
+    let (client, server) = mocked();
+    let reads = Reads::new(client);
+    let mut queues = filled::<DeserializeGuard<Queue>>(&reads, "Queue");
+    let mut waiting: Queue = serde_json::from_value(ready_queue("q")).expect("queue");
+    waiting.status = None;
+    queues.apply_watcher_event(&Event::Apply(DeserializeGuard(Ok(waiting))));
+    let get = |name: &str| {
+        Exchange::get(&format!(
+            "/apis/tributary.dev/v1alpha1/namespaces/factory/queues/{name}"
+        ))
+    };
+    // The watch that woke the caller ran ahead of the cache: the server knows better.
+    let scenario = server.run(vec![
+        get("q").reply(ready_queue("q")),
+        get("new").reply(ready_queue("new")),
+    ]);
+    let fresh = reads.queue("factory", "q").await.expect("read");
+    assert!(
+        fresh.and_then(|q| q.status).is_some(),
+        "the server's Ready Queue"
+    );
+    let created = reads.queue("factory", "new").await.expect("read");
+    assert!(created.is_some(), "created after the cache last heard");
+    assert_eq!(scenario.done().await.len(), 2);
 }
