@@ -131,7 +131,8 @@ impl Reads {
             .await
     }
 
-    /// A Deployment the operator made, or `None` when it does not exist.
+    /// A Deployment the operator made, or `None` when it does not exist; from the cache
+    /// without its managedFields (who owns a field is asked of the API server).
     pub async fn deployment(
         &self,
         namespace: &str,

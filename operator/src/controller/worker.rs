@@ -15,7 +15,7 @@ use crate::reads::Reads;
 use crate::scaling as autoscaler;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::controller::Action;
-use kube::ResourceExt;
+use kube::{Api, Client, ResourceExt};
 use std::sync::Arc;
 use tracing::Instrument;
 
@@ -110,7 +110,8 @@ async fn dereference(ctx: &Context, worker: &Worker) -> Step<WorkerInputs> {
         }
     }
     // Without autoscaling the replicas are the operator's: nothing to read.
-    let handed_over = worker.spec.scaling.enabled && replicas_handed_over(reads, worker).await?;
+    let handed_over =
+        worker.spec.scaling.enabled && replicas_handed_over(&ctx.client, worker).await?;
     let mut inputs = WorkerInputs {
         queue,
         sinks,
@@ -209,11 +210,15 @@ fn grants(
 /// Deployment's replicas belong to the autoscaler once it has; until then (creation,
 /// scaling just enabled) the operator sets the minimum and hands the field over right after
 /// applying.
-async fn replicas_handed_over(reads: &Reads, worker: &Worker) -> Result<bool, Error> {
+///
+/// Read from the API server, not from the cache: the caches drop managedFields, which say
+/// who owns the replicas.
+async fn replicas_handed_over(client: &Client, worker: &Worker) -> Result<bool, Error> {
     let namespace = worker.namespace().unwrap_or_default();
     let child = build::child_name(&worker.name_any());
-    Ok(reads
-        .deployment(&namespace, &child)
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+    Ok(deployments
+        .get_opt(&child)
         .await?
         .is_some_and(|d| autoscaler::owns_replicas(&d, autoscaler::FIELD_MANAGER)))
 }
