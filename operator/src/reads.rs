@@ -1,7 +1,9 @@
 //! Reads of the objects the reconciles and the autoscaler dereference (Queues, the
 //! Deployments and pods of Workers, Services, Secrets), answered from the operator's watch
-//! caches when a filled cache covers them, else asked of the API server. At steady state a
-//! reconcile or an autoscaler poll makes no read request.
+//! caches when a filled cache holds them (one it shows missing, or a Queue or Sink not yet
+//! Ready, is asked for: the watch that wakes a reconcile may run ahead of the cache), else
+//! asked of the API server. At steady state a reconcile or an autoscaler poll makes no read
+//! request.
 //!
 //! A Secret's data is never cached by a watch (the caches hold Secrets' metadata only): a
 //! Secret a reconcile reads is read once by name and kept with the resourceVersion it was
@@ -165,8 +167,10 @@ impl Reads {
             + Sync
             + 'static,
     {
-        if let Some(cached) = self.caches.object::<K>(kind, namespace, name) {
-            return Ok(cached.map(Arc::unwrap_or_clone));
+        // Only a present one is answered from the cache: one it shows missing may have been
+        // made since (the watch that woke the caller may run ahead of the cache).
+        if let Some(Some(cached)) = self.caches.object::<K>(kind, namespace, name) {
+            return Ok(Some(Arc::unwrap_or_clone(cached)));
         }
         Api::namespaced(self.client.clone(), namespace)
             .get_opt(name)
@@ -250,9 +254,9 @@ impl Reads {
             .caches
             .object::<PartialObjectMeta<Secret>>("Secret", namespace, name)
         {
-            Some(None) => return Ok(None),
             Some(Some(meta)) => meta.metadata.resource_version.clone(),
-            None => None,
+            // Missing in the cache may be made since: asked for.
+            Some(None) | None => None,
         };
         if let Some(version) = &version {
             if let Some(secret) = self.kept(&key, version) {

@@ -56,14 +56,23 @@ async fn a_secret_is_read_again_only_once_its_version_changed() {
     let changed = reads.secret_data("factory", "uri").await.expect("read");
     assert_eq!(value(changed), "amqp://two");
     assert_eq!(scenario.done().await.len(), 2, "one read per version");
+}
 
-    // Deleted: the cache answers, and nothing is asked.
-    metadata.apply_watcher_event(&Event::Delete(secret_meta("uri", "6")));
-    assert!(reads
-        .secret_data("factory", "uri")
-        .await
-        .expect("answered")
-        .is_none());
+#[tokio::test]
+async fn a_secret_the_cache_shows_missing_is_asked_for() {
+    let (client, server) = mocked();
+    let reads = Reads::new(client);
+    let _metadata = filled::<PartialObjectMeta<Secret>>(&reads, "Secret");
+    // Made after the cache last heard: the server has it.
+    let scenario = server.run(vec![
+        Exchange::get(&path("v1", "factory", "secrets", "uri")).reply(secret_at("uri", "x", "1")),
+        Exchange::get(&path("v1", "factory", "secrets", "gone")).not_found(),
+    ]);
+    let fresh = reads.secret_data("factory", "uri").await.expect("read");
+    assert!(fresh.is_some());
+    let gone = reads.secret_data("factory", "gone").await.expect("read");
+    assert!(gone.is_none());
+    assert_eq!(scenario.done().await.len(), 2);
 }
 
 #[tokio::test]
