@@ -26,6 +26,29 @@ pub type SecretData = BTreeMap<String, Vec<u8>>;
 /// Fewest kept Secrets before a sweep drops those gone from the metadata cache.
 const SWEEP_FLOOR: usize = 256;
 
+/// A namespaced kind the reads can ask for.
+pub trait Readable:
+    Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Readable for K where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// The operator's reads, through its caches.
 pub struct Reads {
     client: Client,
@@ -109,13 +132,7 @@ impl Reads {
         settled: impl Fn(&K) -> bool,
     ) -> Result<Option<K>, kube::Error>
     where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug
-            + Send
-            + Sync
-            + 'static,
+        K: Readable,
     {
         let kind = K::kind(&());
         let cached = self
@@ -128,9 +145,7 @@ impl Reads {
                 }
             }
         }
-        Api::namespaced(self.client.clone(), namespace)
-            .get_opt(name)
-            .await
+        self.ask(namespace, name).await
     }
 
     /// A Deployment the operator made, or `None` when it does not exist; from the cache
@@ -159,19 +174,22 @@ impl Reads {
         name: &str,
     ) -> Result<Option<K>, kube::Error>
     where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug
-            + Send
-            + Sync
-            + 'static,
+        K: Readable,
     {
         // Only a present one is answered from the cache: one it shows missing may have been
         // made since (the watch that woke the caller may run ahead of the cache).
         if let Some(Some(cached)) = self.caches.object::<K>(kind, namespace, name) {
             return Ok(Some(Arc::unwrap_or_clone(cached)));
         }
+        self.ask(namespace, name).await
+    }
+
+    /// Asks the API server.
+    async fn ask<K: Readable>(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<K>, kube::Error> {
         Api::namespaced(self.client.clone(), namespace)
             .get_opt(name)
             .await
