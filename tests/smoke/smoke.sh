@@ -95,11 +95,30 @@ k apply -f "$here/manifests.yaml" >/dev/null
 
 check "deployment of a project image (tributary/gateway) becomes Ready" deployment_ready
 
+# service_has_endpoint NAME: the Service's Endpoints list a ready address (within 60 s).
+# A Deployment is Ready before the endpoints controller and then kube-proxy have caught up;
+# a request sent in between is refused by the "no endpoints" rule.
+service_has_endpoint() {
+  local deadline=$(($(date +%s) + 60)) ips=""
+  while [ "$(date +%s)" -lt "$deadline" ]; do
+    ips=$(k get endpoints "$1" -o jsonpath='{.subsets[*].addresses[*].ip}' 2>/dev/null || true)
+    [ -n "$ips" ] && return 0
+    sleep 0.5
+  done
+  echo "  Service $1 has no ready endpoint after 60 s" >&2
+  return 1
+}
+check "the hello Service lists the ready pod as its endpoint" service_has_endpoint hello
+
+# kube-proxy writes its rules a moment after the Endpoints change: a refused connection is
+# retried for up to 30 s (a wrong name or a missing Service still fails).
+CURL_RETRY=(--retry 15 --retry-connrefused --retry-delay 2 --retry-max-time 30)
+
 check "a pod reaches the Service by its full DNS name" \
-  run_pod dns-full "$TOOLBOX" curl -fsS --max-time 10 "http://hello.$NS.svc.$CLUSTER_DOMAIN/healthz"
+  run_pod dns-full "$TOOLBOX" curl -fsS --max-time 10 "${CURL_RETRY[@]}" "http://hello.$NS.svc.$CLUSTER_DOMAIN/healthz"
 check "kubectl logs shows that pod's output" logs_contain dns-full ok
 check "a pod reaches the Service by its short DNS name" \
-  run_pod dns-short "$TOOLBOX" curl -fsS --max-time 10 http://hello/healthz
+  run_pod dns-short "$TOOLBOX" curl -fsS --max-time 10 "${CURL_RETRY[@]}" http://hello/healthz
 project_pod_logs() {
   local pod out
   pod=$(k get pod -l app=hello -o jsonpath='{.items[0].metadata.name}')
