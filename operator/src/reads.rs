@@ -10,7 +10,7 @@
 //! read at; while the metadata cache shows it at that version, the kept one is the answer.
 
 use crate::caches::ChildCaches;
-use crate::crd::{Queue, Sink};
+use crate::crd::{Gateway, Queue, Sink};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use kube::api::ListParams;
@@ -52,7 +52,7 @@ impl<K> Readable for K where
 /// The operator's reads, through its caches.
 pub struct Reads {
     client: Client,
-    /// Queues (the Queue controllers' caches), Deployments and Services (the children's),
+    /// Queues, Sinks and Gateways (their controllers' caches), Deployments and Services (the children's),
     /// the metadata of every Secret.
     caches: ChildCaches,
     /// The Workers' pods, by watched namespace (`None`: all).
@@ -83,8 +83,8 @@ impl Reads {
         &self.client
     }
 
-    /// Adds a cache of `kind` of one watched namespace (`None`: all): `Queue` and `Sink`
-    /// (their controllers' caches), `Deployment` and `Service` (the children's, whole
+    /// Adds a cache of `kind` of one watched namespace (`None`: all): `Queue`, `Sink` and
+    /// `Gateway` (their controllers' caches), `Deployment` and `Service` (the children's, whole
     /// objects), `Secret` (the metadata of all Secrets).
     pub fn add<K>(&self, kind: &str, namespace: Option<String>, store: Store<K>)
     where
@@ -118,6 +118,18 @@ impl Reads {
             status.is_some_and(|s| crate::conditions::is_ready(&s.conditions))
         };
         self.guarded(namespace, name, ready).await
+    }
+
+    /// A Gateway that sends commands (what an ApplicationApi waits for), or `None` when it
+    /// does not exist; one the cache shows without commands is asked for.
+    pub async fn gateway_for_commands(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Gateway>, kube::Error> {
+        let commanding =
+            |gateway: &Gateway| gateway.spec.commands.enabled && !gateway.spec.routes.is_empty();
+        self.guarded(namespace, name, commanding).await
     }
 
     /// One of the operator's kinds from its controller's cache when the cache shows it

@@ -1,5 +1,5 @@
 use super::*;
-use crate::controller::mock_api::{mocked, path, ready_queue, secret, Exchange};
+use crate::controller::mock_api::{mocked, path, ready_queue, secret, tributary, Exchange};
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::watcher::Event;
@@ -199,4 +199,52 @@ async fn a_queue_cached_as_missing_or_not_ready_is_asked_for() {
     let created = reads.queue("factory", "new").await.expect("read");
     assert!(created.is_some(), "created after the cache last heard");
     assert_eq!(scenario.done().await.len(), 2);
+}
+
+fn gateway(name: &str, commands: bool) -> serde_json::Value {
+    json!({
+        "apiVersion": "tributary.dev/v1alpha1", "kind": "Gateway",
+        "metadata": {"name": name, "namespace": "factory"},
+        "spec": {
+            "listeners": {"mqtt": {"port": 1883}},
+            "auth": {},
+            "routes": [{"topicFilter": "devices/+/telemetry", "queue": "telemetry"}],
+            "commands": {"enabled": commands},
+        },
+    })
+}
+
+#[tokio::test]
+async fn a_gateway_is_taken_from_the_cache_only_once_it_sends_commands() {
+    let (client, server) = mocked();
+    let reads = Reads::new(client);
+    let mut gateways = filled::<DeserializeGuard<Gateway>>(&reads, "Gateway");
+    let cached = |name: &str, commands: bool| {
+        let gateway: Gateway = serde_json::from_value(gateway(name, commands)).expect("gateway");
+        Event::Apply(DeserializeGuard(Ok(gateway)))
+    };
+    gateways.apply_watcher_event(&cached("line-1", true));
+    gateways.apply_watcher_event(&cached("line-2", false));
+    // line-1 comes from the cache; line-2's commands may have been enabled since the cache
+    // last heard, and line-3 made since: both are asked for.
+    let get = |name: &str| Exchange::get(&tributary("gateways", name));
+    let scenario = server.run(vec![
+        get("line-2").reply(gateway("line-2", true)),
+        get("line-3").not_found(),
+    ]);
+    let first = reads.gateway_for_commands("factory", "line-1").await;
+    assert!(first
+        .expect("read")
+        .is_some_and(|g| g.spec.commands.enabled));
+    let second = reads.gateway_for_commands("factory", "line-2").await;
+    assert!(second
+        .expect("read")
+        .is_some_and(|g| g.spec.commands.enabled));
+    let third = reads.gateway_for_commands("factory", "line-3").await;
+    assert!(third.expect("read").is_none());
+    assert_eq!(
+        scenario.done().await.len(),
+        2,
+        "only line-2 and line-3 asked for"
+    );
 }

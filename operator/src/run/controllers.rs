@@ -194,6 +194,8 @@ async fn gateways(ctx: &Arc<Context>, ns: Option<&str>, stop: watch::Receiver<bo
     let by_secret = gateways.store();
     let by_device = gateways.store();
     ctx.registry.add_gateways(gateways.store());
+    ctx.reads
+        .add("Gateway", ns.map(str::to_owned), gateways.store());
     gateways
         .owns(api_for::<Deployment>(client, ns), children_config())
         .watches(

@@ -12,9 +12,9 @@ use crate::conditions::{self, reason};
 use crate::controller::{
     broker_user, resolve_queue, resolve_secrets, Context, Outcome, Step, RESYNC, RETRY,
 };
-use crate::crd::{ApplicationApi, Gateway, Queue, Sink};
+use crate::crd::{ApplicationApi, Sink};
 use crate::reads::Reads;
-use kube::{Api, Client, ResourceExt};
+use kube::ResourceExt;
 
 /// Everything the build needs, or the outcome saying what is missing.
 pub async fn dereference(ctx: &Context, api: &ApplicationApi) -> Step<ApiInputs> {
@@ -105,7 +105,6 @@ type Brokers = (Option<ResolvedTarget>, Option<ResolvedTarget>);
 /// The live Queue's broker (its exchange declared) and the Gateway's Queues' broker, each
 /// with the API's own user on a managed broker.
 async fn brokers(ctx: &Context, api: &ApplicationApi) -> Step<Brokers> {
-    let client = &ctx.client;
     let reads = &*ctx.reads;
     let namespace = api.namespace().unwrap_or_default();
     let mut live = None;
@@ -120,7 +119,7 @@ async fn brokers(ctx: &Context, api: &ApplicationApi) -> Step<Brokers> {
     }
     let mut commands = None;
     if let Some(spec) = &api.spec.commands {
-        let queue = match gateway_queue(client, &namespace, &spec.gateway).await? {
+        let queue = match gateway_queue(reads, &namespace, &spec.gateway).await? {
             Ok(queue) => queue,
             Err(outcome) => return Ok(Err(outcome)),
         };
@@ -171,9 +170,8 @@ fn grants(
 
 /// The Queue a Gateway routes to (all its routed Queues share one broker), once the Gateway
 /// exists with commands enabled.
-async fn gateway_queue(client: &Client, namespace: &str, name: &str) -> Step<String> {
-    let api: Api<Gateway> = Api::namespaced(client.clone(), namespace);
-    let Some(gateway) = api.get_opt(name).await? else {
+async fn gateway_queue(reads: &Reads, namespace: &str, name: &str) -> Step<String> {
+    let Some(gateway) = reads.gateway_for_commands(namespace, name).await? else {
         return Ok(Err(Outcome::waiting(
             reason::WAITING_FOR_GATEWAY,
             format!("Gateway {name:?} does not exist"),
@@ -204,8 +202,7 @@ async fn declare_live_exchange(ctx: &Context, namespace: &str, queue: &str) -> S
             RETRY,
         )))
     };
-    let queues: Api<Queue> = Api::namespaced(ctx.client.clone(), namespace);
-    let Some(queue_object) = queues.get_opt(queue).await? else {
+    let Some(queue_object) = ctx.reads.queue(namespace, queue).await? else {
         return unavailable(format!("Queue {queue:?} does not exist"));
     };
     let endpoint = match endpoint::lookup(&ctx.reads, &queue_object).await {
