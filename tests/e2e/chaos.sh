@@ -357,7 +357,24 @@ broker_recovery_checks() {
   event "broker pod $broker_victim back: pods ready after ${broker_recovery} s; cluster: $(online 2>/dev/null || echo '?') of $(members 2>/dev/null || echo '?') queue members online, leader $(leader_pod 2>/dev/null || echo '?') ($((SECONDS - broker_deleted_at)) s after the deletion)"
   local restarts
   restarts=$(k get pod "$broker_victim" -o jsonpath='{.status.containerStatuses[0].restartCount}' 2>/dev/null || echo '?')
-  [ "$restarts" = 0 ] || event "note: pod $broker_victim restarted $restarts time(s) while rejoining (liveness probe)"
+  [ "$restarts" = 0 ] || event "note: pod $broker_victim restarted $restarts time(s) while rejoining"
+  [ "$restarts" = 0 ] && [ "$(online 2>/dev/null)" = 3 ] || explain_broker_rejoin
+}
+
+# explain_broker_rejoin: why the replaced broker node restarted or stayed out of the queue:
+# how its container last ended, the end of its previous run's log, its lines on clustering.
+explain_broker_rejoin() {
+  step "$broker_victim last ended: $(k get pod "$broker_victim" -o jsonpath='{.status.containerStatuses[0].lastState.terminated}' 2>/dev/null || echo '?')"
+  step "$broker_victim events:"
+  { k get events --field-selector "involvedObject.name=$broker_victim" \
+      -o custom-columns=REASON:.reason,MESSAGE:.message --no-headers 2>/dev/null || true; } |
+    tail -n 12 | sed 's/^/    /'
+  step "$broker_victim previous run, last lines:"
+  { k logs "$broker_victim" --previous 2>/dev/null || true; } | tail -n 40 | cut -c1-400 | sed 's/^/    /'
+  step "$broker_victim current run, clustering lines:"
+  { k logs "$broker_victim" 2>/dev/null || true; } |
+    grep -iE 'error|crash|inconsistent|peer discovery|cluster|join|mnesia|Node .* (up|down)|startup complete' |
+    tail -n 25 | cut -c1-400 | sed 's/^/    /'
 }
 
 # 2. A gateway pod.

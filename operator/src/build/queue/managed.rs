@@ -439,6 +439,25 @@ fn data_storage(managed: &ManagedBroker) -> (Option<Vec<PersistentVolumeClaim>>,
     (Some(vec![claim]), None)
 }
 
+/// How a broker whose data is an `emptyDir` starts. A start that failed half-way through
+/// joining leaves `schema_upgrade_lock` in the node's directory, and every later start of the
+/// container (the emptyDir outlives it) refuses to boot with `previous_upgrade_failed`: the
+/// pod crash-loops for good. That directory holds nothing a new pod would not lose anyway
+/// (its queues' replicas come back from the other nodes), so it is cleared and the node
+/// joins as a fresh one. The entrypoint is the official image's (and the stand-in's).
+const EPHEMERAL_START: &str = r#"dir="/var/lib/rabbitmq/mnesia/${RABBITMQ_NODENAME:-rabbit@$(hostname -s)}"
+if [ -e "$dir/schema_upgrade_lock" ]; then
+  echo "tributary: an earlier start of this node failed half-way (schema_upgrade_lock); its ephemeral data is cleared and it joins the cluster afresh"
+  rm -rf "$dir" "$dir-"*
+fi
+exec docker-entrypoint.sh rabbitmq-server"#;
+
+/// The broker container's command: the image's own, or [`EPHEMERAL_START`] when the data
+/// is an `emptyDir`.
+fn broker_command(ephemeral: bool) -> Option<Vec<String>> {
+    ephemeral.then(|| vec!["sh".to_owned(), "-c".to_owned(), EPHEMERAL_START.to_owned()])
+}
+
 /// The broker pod: the cookie init container, the broker, and its volumes.
 fn broker_pod_spec(
     managed: &ManagedBroker,
@@ -448,17 +467,20 @@ fn broker_pod_spec(
     data_volume: Option<Volume>,
 ) -> PodSpec {
     let mut volumes = config_and_cookie_volumes(names);
+    let ephemeral = data_volume.is_some();
     volumes.extend(data_volume);
+    let mut broker = broker_container(
+        image,
+        broker_env(managed, names, namespace),
+        resources(&BROKER_RESOURCES, managed.resources.as_ref()),
+    );
+    broker.command = broker_command(ephemeral);
     PodSpec {
         automount_service_account_token: Some(false),
         security_context: Some(restricted_pod_security(RABBITMQ_UID)),
         termination_grace_period_seconds: Some(60),
         init_containers: Some(vec![erlang_cookie_init(image)]),
-        containers: vec![broker_container(
-            image,
-            broker_env(managed, names, namespace),
-            resources(&BROKER_RESOURCES, managed.resources.as_ref()),
-        )],
+        containers: vec![broker],
         volumes: Some(volumes),
         ..PodSpec::default()
     }

@@ -70,6 +70,13 @@ fn managed_queue_builds_statefulset_services_secret_and_config() {
             .unwrap_or_else(|| panic!("volume {name}"))
     };
     assert!(volume("data").empty_dir.is_some(), "ephemeral data");
+    // Ephemeral data: a node left half-upgraded by a failed start is cleared, not looped on.
+    let command = broker.command.as_ref().expect("a start script").join(" ");
+    assert!(
+        command.contains("schema_upgrade_lock")
+            && command.ends_with("exec docker-entrypoint.sh rabbitmq-server"),
+        "{command}"
+    );
     let default_user = volume("default-user")
         .secret
         .as_ref()
@@ -201,6 +208,8 @@ fn three_replicas_form_a_cluster_with_long_names_and_persistent_storage() {
         .expect("requests");
     assert_eq!(requests["storage"].0, "2Gi");
     let pod = spec.template.spec.expect("pod");
+    // Persistent data is never cleared: the image's own start.
+    assert_eq!(pod.containers[0].command, None);
     assert!(pod.containers[0]
         .env
         .iter()
