@@ -255,6 +255,12 @@ queue_declared() { read_queues && [ -n "$(members)" ]; }
 check quorum-queue-declared wait_every 60 5 queue_declared
 check quorum-queue-has-three-members test "$(members 2>/dev/null)" = 3
 step "quorum queue $BROKER_QUEUE: members $(queue_field "$BROKER_QUEUE" '.members | join(" ")' 2>/dev/null)"
+# clustering_lines POD N: the last N lines of a broker node's log on clustering and errors.
+clustering_lines() {
+  { k logs "$1" 2>/dev/null || true; } |
+    grep -iE 'error|crash|inconsistent|peer discovery|cluster|join|mnesia|Node .* (up|down)|startup complete' |
+    tail -n "$2" | cut -c1-400 | sed 's/^/    /'
+}
 initial_members=$(members 2>/dev/null || echo '?')
 if [ "$initial_members" != 3 ]; then
   # What the operator and the broker nodes said while the cluster formed: why a node was
@@ -264,8 +270,7 @@ if [ "$initial_members" != 3 ]; then
     grep -i 'telemetry' | grep -iv 'device' | tail -n 25 | sed 's/^/    /'
   for pod in $(k get pods -l "$(selector "statefulset/$BROKER_STS")" -o name); do
     step "${pod#pod/} cluster lines (restarts: $(k get "$pod" -o jsonpath='{.status.containerStatuses[0].restartCount}' 2>/dev/null)):"
-    { k logs "$pod" 2>/dev/null || true; } |
-      grep -iE 'peer discovery|cluster|join|Node .* (up|down)|startup complete' | tail -n 12 | sed 's/^/    /'
+    clustering_lines "$pod" 12
   done
 fi
 check gateway-two-pods-ready wait_until 180 pods_exactly_ready deployment/devices-gateway 2
@@ -372,9 +377,7 @@ explain_broker_rejoin() {
   step "$broker_victim previous run, last lines:"
   { k logs "$broker_victim" --previous 2>/dev/null || true; } | tail -n 40 | cut -c1-400 | sed 's/^/    /'
   step "$broker_victim current run, clustering lines:"
-  { k logs "$broker_victim" 2>/dev/null || true; } |
-    grep -iE 'error|crash|inconsistent|peer discovery|cluster|join|mnesia|Node .* (up|down)|startup complete' |
-    tail -n 25 | cut -c1-400 | sed 's/^/    /'
+  clustering_lines "$broker_victim" 25
 }
 
 # 2. A gateway pod.
